@@ -1,1 +1,144 @@
-//! placeholder
+//! vendbox's persistence: the [`Store`] trait and its two implementations, SQLite (the embedded
+//! default, one file under the data directory, WAL) and PostgreSQL (several API hosts).
+//!
+//! Every method is durable when it returns `Ok`: SQLite runs with `synchronous=FULL`, PostgreSQL
+//! commits before answering. Uniqueness that matters for money (payment replay keys, ledger
+//! references) is a database constraint, never process memory.
+
+mod error;
+mod postgres;
+mod shared;
+mod sqlite;
+pub mod testkit;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use vendbox_core::{
+    AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerEntry, LedgerKind, Payment, PaymentId,
+    PaymentState, Quote, QuoteId, TokenHash, Usdc,
+};
+
+pub use error::StoreError;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How a payment leaves the `verified` state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// The money moved; the reference is the transaction hash or ledger entry.
+    Settled {
+        /// Where the money moved.
+        settlement_ref: String,
+    },
+    /// The buyer is not charged.
+    Voided {
+        /// Why, for the buyer and the operator.
+        reason: String,
+    },
+}
+
+/// Everything vendbox keeps. One implementation per database; both pass the same test suite
+/// (`tests/suite.rs`).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores a new quote.
+    async fn insert_quote(&self, quote: &Quote) -> StoreResult<()>;
+
+    /// The quote with this id.
+    async fn get_quote(&self, id: QuoteId) -> StoreResult<Option<Quote>>;
+
+    /// Deletes quotes that expired before `now` and that no payment or lease refers to.
+    async fn delete_expired_quotes(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Records a verified payment. Fails with [`StoreError::ReplayKeyTaken`] if its replay key was
+    /// ever used before, by any payment in any state.
+    async fn reserve_payment(&self, payment: &Payment) -> StoreResult<()>;
+
+    /// The payment with this id.
+    async fn get_payment(&self, id: PaymentId) -> StoreResult<Option<Payment>>;
+
+    /// Moves a `verified` payment to `settled` or `voided`. Fails with
+    /// [`StoreError::Conflict`] if it is no longer `verified` (someone else finished it).
+    async fn finish_payment(
+        &self,
+        id: PaymentId,
+        outcome: &PaymentOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Payment>;
+
+    /// Payments in `state` last changed before `before`, oldest first (for the settlement worker).
+    async fn payments_in_state(
+        &self,
+        state: PaymentState,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Payment>>;
+
+    /// Stores a new lease with the hashes of its capability tokens.
+    async fn insert_lease(&self, lease: &Lease, tokens: &[(Capability, TokenHash)]) -> StoreResult<()>;
+
+    /// The lease with this id.
+    async fn get_lease(&self, id: LeaseId) -> StoreResult<Option<Lease>>;
+
+    /// The capability token hashes of a lease, for constant-time comparison by the caller.
+    async fn lease_tokens(&self, id: LeaseId) -> StoreResult<Vec<(Capability, TokenHash)>>;
+
+    /// Writes `lease` if its stored state is still `expected` (compare-and-set). The move
+    /// `expected → lease.state` must be legal. Fails with [`StoreError::Conflict`] when the stored
+    /// state changed in the meantime.
+    async fn update_lease(&self, lease: &Lease, expected: LeaseState, now: DateTime<Utc>) -> StoreResult<()>;
+
+    /// Spends one action of an active lease atomically; returns what is left (`None` for a lease
+    /// without a budget). Fails with [`StoreError::ActionsExhausted`] at zero and
+    /// [`StoreError::Conflict`] when the lease is not active.
+    async fn spend_lease_action(&self, id: LeaseId) -> StoreResult<Option<u32>>;
+
+    /// Leases in any of `states`, oldest first.
+    async fn leases_in_states(&self, states: &[LeaseState]) -> StoreResult<Vec<Lease>>;
+
+    /// Books an entry in an account's ledger, creating the account on first use. A charge that
+    /// would take the balance below zero fails with [`StoreError::InsufficientBalance`]. The same
+    /// `(account, kind, reference)` booked twice returns the first entry and changes nothing.
+    async fn append_ledger(
+        &self,
+        account: &AccountAddress,
+        kind: LedgerKind,
+        amount: Usdc,
+        reference: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LedgerEntry>;
+
+    /// The account's balance in atomic units: the sum of its ledger.
+    async fn balance(&self, account: &AccountAddress) -> StoreResult<Usdc>;
+
+    /// The account's most recent ledger entries, newest first.
+    async fn ledger(&self, account: &AccountAddress, limit: u32) -> StoreResult<Vec<LedgerEntry>>;
+}
+
+/// Opens the store named by `database_url`, or the SQLite file `vendbox.db` under `data_dir`
+/// when there is none, and brings its schema up to date.
+pub async fn open(database_url: Option<&str>, data_dir: &Path) -> StoreResult<Arc<dyn Store>> {
+    match database_url.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(PostgresStore::connect(url).await?))
+        }
+        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(url).await?)),
+        Some(url) => Err(StoreError::BadUrl(format!(
+            "`{}` is neither postgres://… nor sqlite:…",
+            url.split('@').next_back().unwrap_or(url)
+        ))),
+        None => Ok(Arc::new(SqliteStore::open_file(&data_dir.join("vendbox.db")).await?)),
+    }
+}

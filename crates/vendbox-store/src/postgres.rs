@@ -1,0 +1,39 @@
+//! `PostgresStore`: state shared by several vendbox hosts in one PostgreSQL database.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::StoreResult;
+use crate::shared::store_impl;
+
+/// State in PostgreSQL: several API hosts, constraints and row locks do the coordinating.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    /// Connections to the database.
+    pool: PgPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl PostgresStore {
+    /// Connects to `url` and brings the schema up to date (sqlx holds an advisory lock while
+    /// migrating, so several hosts starting at once do not race).
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(PgConnectOptions::from_str(url)?).await
+    }
+
+    /// Connects with explicit options (tests use this to pin a private `search_path`).
+    pub async fn connect_with(options: PgConnectOptions) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+store_impl!(PostgresStore, sqlx::Postgres, "postgres");

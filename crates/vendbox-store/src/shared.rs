@@ -1,0 +1,543 @@
+//! The SQL both stores share. The two schemas differ only in DDL; every query here is valid
+//! on SQLite and PostgreSQL alike (`$n` placeholders, `RETURNING`, `ON CONFLICT`), so the
+//! implementation of [`crate::Store`] is written once and stamped out per database by
+//! [`store_impl!`], which keeps each backend a concrete, separately compiled type.
+
+use chrono::{DateTime, Utc};
+use vendbox_core::{LeaseState, PaymentState};
+
+use crate::StoreError;
+
+/// Unix milliseconds, as stored.
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A stored Unix-millisecond time.
+pub(crate) fn from_ms(v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(v).ok_or_else(|| StoreError::Corrupt(format!("time {v} out of range")))
+}
+
+/// An amount as stored (SQL has no unsigned 64-bit integer).
+pub(crate) fn atomic_to_sql(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("amount {v} does not fit in BIGINT")))
+}
+
+/// A count as read back.
+pub(crate) fn sql_to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v} out of range")))
+}
+
+/// Parses a stored enum-like text with `parse`, naming the column when it fails.
+pub(crate) fn parse_name<T>(text: &str, column: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    parse(text).ok_or_else(|| StoreError::Corrupt(format!("{column} `{text}`")))
+}
+
+/// Parses a stored id or other `FromStr` value, naming the column when it fails.
+pub(crate) fn parse_text<T: std::str::FromStr>(text: &str, column: &str) -> Result<T, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt(format!("{column} `{text}`")))
+}
+
+/// `'a', 'b'` for an `IN (...)` list of lease states (fixed names, never user input).
+pub(crate) fn lease_state_list(states: &[LeaseState]) -> String {
+    states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+}
+
+/// The `verified` state's stored name, for compare-and-set updates.
+pub(crate) const VERIFIED: &str = "verified";
+
+/// Whether the payment state name is terminal.
+pub(crate) fn is_final(state: PaymentState) -> bool {
+    state != PaymentState::Verified
+}
+
+/// Implements [`crate::Store`] for `$store`, whose `pool` field is a pool of database `$db`.
+macro_rules! store_impl {
+    ($store:ty, $db:ty, $backend:literal) => {
+        impl $store {
+            fn quote_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Quote> {
+                use sqlx::Row;
+                use $crate::shared::{from_ms, parse_text, sql_to_u32};
+                let opt_u32 = |col: &str| -> $crate::StoreResult<Option<u32>> {
+                    r.try_get::<Option<i64>, _>(col)?.map(|v| sql_to_u32(v, col)).transpose()
+                };
+                Ok(vendbox_core::Quote {
+                    id: parse_text(r.try_get::<&str, _>("id")?, "quotes.id")?,
+                    offer_id: parse_text(r.try_get::<&str, _>("offer_id")?, "quotes.offer_id")?,
+                    terms: vendbox_core::QuoteTerms {
+                        minutes: opt_u32("minutes")?,
+                        actions: opt_u32("actions")?,
+                        region: r.try_get("region")?,
+                        image: r.try_get("image")?,
+                        price: vendbox_core::Usdc(
+                            u64::try_from(r.try_get::<i64, _>("price_atomic")?)
+                                .map_err(|_| $crate::StoreError::Corrupt("negative price".into()))?,
+                        ),
+                    },
+                    created_at: from_ms(r.try_get("created_at")?)?,
+                    expires_at: from_ms(r.try_get("expires_at")?)?,
+                })
+            }
+
+            fn payment_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Payment> {
+                use sqlx::Row;
+                use $crate::shared::{from_ms, parse_name, parse_text};
+                let quote_id: Option<&str> = r.try_get("quote_id")?;
+                Ok(vendbox_core::Payment {
+                    id: parse_text(r.try_get::<&str, _>("id")?, "payments.id")?,
+                    quote_id: quote_id.map(|q| parse_text(q, "payments.quote_id")).transpose()?,
+                    method: parse_name(r.try_get("method")?, "payments.method", vendbox_core::PaymentMethod::from_name)?,
+                    replay_key: vendbox_core::ReplayKey {
+                        chain: r.try_get("chain")?,
+                        asset: r.try_get("asset")?,
+                        payer: r.try_get("payer")?,
+                        nonce: r.try_get("nonce")?,
+                    },
+                    amount: vendbox_core::Usdc(
+                        u64::try_from(r.try_get::<i64, _>("amount_atomic")?)
+                            .map_err(|_| $crate::StoreError::Corrupt("negative amount".into()))?,
+                    ),
+                    state: parse_name(r.try_get("state")?, "payments.state", vendbox_core::PaymentState::from_name)?,
+                    settlement_ref: r.try_get("settlement_ref")?,
+                    void_reason: r.try_get("void_reason")?,
+                    proof: r.try_get("proof")?,
+                    created_at: from_ms(r.try_get("created_at")?)?,
+                    updated_at: from_ms(r.try_get("updated_at")?)?,
+                })
+            }
+
+            fn lease_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Lease> {
+                use sqlx::Row;
+                use $crate::shared::{from_ms, parse_name, parse_text, sql_to_u32};
+                let quote_id: Option<&str> = r.try_get("quote_id")?;
+                let payment_id: Option<&str> = r.try_get("payment_id")?;
+                let expires_at: Option<i64> = r.try_get("expires_at")?;
+                let actions: Option<i64> = r.try_get("actions_remaining")?;
+                Ok(vendbox_core::Lease {
+                    id: parse_text(r.try_get::<&str, _>("id")?, "leases.id")?,
+                    offer_id: parse_text(r.try_get::<&str, _>("offer_id")?, "leases.offer_id")?,
+                    quote_id: quote_id.map(|q| parse_text(q, "leases.quote_id")).transpose()?,
+                    payment_id: payment_id.map(|p| parse_text(p, "leases.payment_id")).transpose()?,
+                    state: parse_name(r.try_get("state")?, "leases.state", vendbox_core::LeaseState::from_name)?,
+                    region: r.try_get("region")?,
+                    image: r.try_get("image")?,
+                    box_id: r.try_get("box_id")?,
+                    created_at: from_ms(r.try_get("created_at")?)?,
+                    expires_at: expires_at.map(from_ms).transpose()?,
+                    actions_remaining: actions.map(|a| sql_to_u32(a, "leases.actions_remaining")).transpose()?,
+                    failure_reason: r.try_get("failure_reason")?,
+                })
+            }
+
+            fn ledger_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::LedgerEntry> {
+                use sqlx::Row;
+                use $crate::shared::{from_ms, parse_name};
+                Ok(vendbox_core::LedgerEntry {
+                    id: r.try_get("id")?,
+                    account: vendbox_core::AccountAddress::parse(r.try_get("account")?, "ledger_entries.account")
+                        .map_err(|e| $crate::StoreError::Corrupt(e.to_string()))?,
+                    kind: parse_name(r.try_get("kind")?, "ledger_entries.kind", vendbox_core::LedgerKind::from_name)?,
+                    delta_atomic: r.try_get("delta_atomic")?,
+                    reference: r.try_get("reference")?,
+                    created_at: from_ms(r.try_get("created_at")?)?,
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn ping(&self) -> $crate::StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn insert_quote(&self, q: &vendbox_core::Quote) -> $crate::StoreResult<()> {
+                use $crate::shared::{atomic_to_sql, ms};
+                sqlx::query(
+                    "INSERT INTO quotes (id, offer_id, minutes, actions, region, image, price_atomic, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(q.id.to_string())
+                .bind(q.offer_id.as_str())
+                .bind(q.terms.minutes.map(i64::from))
+                .bind(q.terms.actions.map(i64::from))
+                .bind(q.terms.region.as_deref())
+                .bind(q.terms.image.as_deref())
+                .bind(atomic_to_sql(q.terms.price.atomic())?)
+                .bind(ms(q.created_at))
+                .bind(ms(q.expires_at))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_quote(&self, id: vendbox_core::QuoteId) -> $crate::StoreResult<Option<vendbox_core::Quote>> {
+                let row = sqlx::query("SELECT * FROM quotes WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::quote_from_row).transpose()
+            }
+
+            async fn delete_expired_quotes(&self, now: chrono::DateTime<chrono::Utc>) -> $crate::StoreResult<u64> {
+                let done = sqlx::query(
+                    "DELETE FROM quotes WHERE expires_at < $1 \
+                     AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.quote_id = quotes.id) \
+                     AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.quote_id = quotes.id)",
+                )
+                .bind($crate::shared::ms(now))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn reserve_payment(&self, p: &vendbox_core::Payment) -> $crate::StoreResult<()> {
+                use $crate::shared::{atomic_to_sql, ms};
+                if p.state != vendbox_core::PaymentState::Verified {
+                    return Err($crate::StoreError::Conflict("a payment is reserved in the verified state".into()));
+                }
+                let result = sqlx::query(
+                    "INSERT INTO payments (id, quote_id, method, chain, asset, payer, nonce, amount_atomic, state, \
+                     settlement_ref, void_reason, proof, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, $10, $11, $12)",
+                )
+                .bind(p.id.to_string())
+                .bind(p.quote_id.map(|q| q.to_string()))
+                .bind(p.method.as_str())
+                .bind(&p.replay_key.chain)
+                .bind(&p.replay_key.asset)
+                .bind(&p.replay_key.payer)
+                .bind(&p.replay_key.nonce)
+                .bind(atomic_to_sql(p.amount.atomic())?)
+                .bind(p.state.as_str())
+                .bind(p.proof.as_deref())
+                .bind(ms(p.created_at))
+                .bind(ms(p.updated_at))
+                .execute(&self.pool)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        if e.message().contains("payments.id") || e.message().contains("payments_pkey") {
+                            Err($crate::StoreError::Conflict(format!("payment {} exists", p.id)))
+                        } else {
+                            Err($crate::StoreError::ReplayKeyTaken)
+                        }
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn get_payment(&self, id: vendbox_core::PaymentId) -> $crate::StoreResult<Option<vendbox_core::Payment>> {
+                let row = sqlx::query("SELECT * FROM payments WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::payment_from_row).transpose()
+            }
+
+            async fn finish_payment(
+                &self,
+                id: vendbox_core::PaymentId,
+                outcome: &$crate::PaymentOutcome,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<vendbox_core::Payment> {
+                let (state, settlement_ref, void_reason) = match outcome {
+                    $crate::PaymentOutcome::Settled { settlement_ref } => {
+                        (vendbox_core::PaymentState::Settled, Some(settlement_ref.as_str()), None)
+                    }
+                    $crate::PaymentOutcome::Voided { reason } => {
+                        (vendbox_core::PaymentState::Voided, None, Some(reason.as_str()))
+                    }
+                };
+                debug_assert!($crate::shared::is_final(state));
+                let row = sqlx::query(
+                    "UPDATE payments SET state = $1, settlement_ref = $2, void_reason = $3, updated_at = $4 \
+                     WHERE id = $5 AND state = $6 RETURNING *",
+                )
+                .bind(state.as_str())
+                .bind(settlement_ref)
+                .bind(void_reason)
+                .bind($crate::shared::ms(now))
+                .bind(id.to_string())
+                .bind($crate::shared::VERIFIED)
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    Some(r) => Self::payment_from_row(&r),
+                    None => match self.get_payment(id).await? {
+                        None => Err($crate::StoreError::NotFound(format!("payment {id}"))),
+                        Some(p) => Err($crate::StoreError::Rule(p.state.checked_move(state).unwrap_err())),
+                    },
+                }
+            }
+
+            async fn payments_in_state(
+                &self,
+                state: vendbox_core::PaymentState,
+                before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::Payment>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM payments WHERE state = $1 AND updated_at < $2 ORDER BY updated_at, id LIMIT $3",
+                )
+                .bind(state.as_str())
+                .bind($crate::shared::ms(before))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::payment_from_row).collect()
+            }
+
+            async fn insert_lease(
+                &self,
+                l: &vendbox_core::Lease,
+                tokens: &[(vendbox_core::Capability, vendbox_core::TokenHash)],
+            ) -> $crate::StoreResult<()> {
+                use $crate::shared::ms;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO leases (id, offer_id, quote_id, payment_id, state, region, image, box_id, \
+                     created_at, updated_at, expires_at, actions_remaining, failure_reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(l.id.to_string())
+                .bind(l.offer_id.as_str())
+                .bind(l.quote_id.map(|q| q.to_string()))
+                .bind(l.payment_id.map(|p| p.to_string()))
+                .bind(l.state.as_str())
+                .bind(l.region.as_deref())
+                .bind(l.image.as_deref())
+                .bind(l.box_id.as_deref())
+                .bind(ms(l.created_at))
+                .bind(ms(l.created_at))
+                .bind(l.expires_at.map(ms))
+                .bind(l.actions_remaining.map(i64::from))
+                .bind(l.failure_reason.as_deref())
+                .execute(&mut *tx)
+                .await?;
+                for (capability, hash) in tokens {
+                    sqlx::query("INSERT INTO lease_tokens (lease_id, capability, token_hash) VALUES ($1, $2, $3)")
+                        .bind(l.id.to_string())
+                        .bind(capability.as_str())
+                        .bind(hash.to_hex())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_lease(&self, id: vendbox_core::LeaseId) -> $crate::StoreResult<Option<vendbox_core::Lease>> {
+                let row = sqlx::query("SELECT * FROM leases WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::lease_from_row).transpose()
+            }
+
+            async fn lease_tokens(
+                &self,
+                id: vendbox_core::LeaseId,
+            ) -> $crate::StoreResult<Vec<(vendbox_core::Capability, vendbox_core::TokenHash)>> {
+                use sqlx::Row;
+                let rows = sqlx::query("SELECT capability, token_hash FROM lease_tokens WHERE lease_id = $1")
+                    .bind(id.to_string())
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let capability = $crate::shared::parse_name(
+                            r.try_get("capability")?,
+                            "lease_tokens.capability",
+                            vendbox_core::Capability::from_name,
+                        )?;
+                        let hash = $crate::shared::parse_name(
+                            r.try_get("token_hash")?,
+                            "lease_tokens.token_hash",
+                            vendbox_core::TokenHash::from_hex,
+                        )?;
+                        Ok((capability, hash))
+                    })
+                    .collect()
+            }
+
+            async fn update_lease(
+                &self,
+                l: &vendbox_core::Lease,
+                expected: vendbox_core::LeaseState,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<()> {
+                use $crate::shared::ms;
+                if expected != l.state {
+                    expected.checked_move(l.state)?;
+                }
+                let done = sqlx::query(
+                    "UPDATE leases SET state = $1, box_id = $2, expires_at = $3, actions_remaining = $4, \
+                     failure_reason = $5, updated_at = $6 WHERE id = $7 AND state = $8",
+                )
+                .bind(l.state.as_str())
+                .bind(l.box_id.as_deref())
+                .bind(l.expires_at.map(ms))
+                .bind(l.actions_remaining.map(i64::from))
+                .bind(l.failure_reason.as_deref())
+                .bind(ms(now))
+                .bind(l.id.to_string())
+                .bind(expected.as_str())
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                match self.get_lease(l.id).await? {
+                    None => Err($crate::StoreError::NotFound(format!("lease {}", l.id))),
+                    Some(now_stored) => Err($crate::StoreError::Conflict(format!(
+                        "lease {} is {}, not {}",
+                        l.id,
+                        now_stored.state.as_str(),
+                        expected.as_str()
+                    ))),
+                }
+            }
+
+            async fn spend_lease_action(&self, id: vendbox_core::LeaseId) -> $crate::StoreResult<Option<u32>> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "UPDATE leases SET actions_remaining = actions_remaining - 1 \
+                     WHERE id = $1 AND state = 'active' AND actions_remaining > 0 RETURNING actions_remaining",
+                )
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(r) = row {
+                    let left: i64 = r.try_get("actions_remaining")?;
+                    return Ok(Some($crate::shared::sql_to_u32(left, "leases.actions_remaining")?));
+                }
+                match self.get_lease(id).await? {
+                    None => Err($crate::StoreError::NotFound(format!("lease {id}"))),
+                    Some(l) if l.state != vendbox_core::LeaseState::Active => {
+                        Err($crate::StoreError::Conflict(format!("lease {id} is {}", l.state.as_str())))
+                    }
+                    Some(l) if l.actions_remaining.is_none() => Ok(None),
+                    Some(_) => Err($crate::StoreError::ActionsExhausted),
+                }
+            }
+
+            async fn leases_in_states(
+                &self,
+                states: &[vendbox_core::LeaseState],
+            ) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
+                if states.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT * FROM leases WHERE state IN ({}) ORDER BY created_at, id",
+                    $crate::shared::lease_state_list(states)
+                );
+                let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::lease_from_row).collect()
+            }
+
+            async fn append_ledger(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                kind: vendbox_core::LedgerKind,
+                amount: vendbox_core::Usdc,
+                reference: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<vendbox_core::LedgerEntry> {
+                use sqlx::Row;
+                use $crate::shared::{atomic_to_sql, ms};
+                let magnitude = atomic_to_sql(amount.atomic())?;
+                let delta = if kind.is_credit() { magnitude } else { -magnitude };
+                let mut tx = self.pool.begin().await?;
+                // Writing the account row first takes its lock (a row lock on PostgreSQL, the write
+                // lock on SQLite), so concurrent bookings on one account are serialized.
+                sqlx::query(
+                    "INSERT INTO accounts (address, created_at, updated_at) VALUES ($1, $2, $2) \
+                     ON CONFLICT (address) DO UPDATE SET updated_at = excluded.updated_at",
+                )
+                .bind(account.as_str())
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+                let existing = sqlx::query(
+                    "SELECT * FROM ledger_entries WHERE account = $1 AND kind = $2 AND reference = $3",
+                )
+                .bind(account.as_str())
+                .bind(kind.as_str())
+                .bind(reference)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(r) = existing {
+                    tx.rollback().await?;
+                    return Self::ledger_from_row(&r);
+                }
+                let balance: i64 = sqlx::query(
+                    "SELECT CAST(COALESCE(SUM(delta_atomic), 0) AS BIGINT) AS balance FROM ledger_entries WHERE account = $1",
+                )
+                .bind(account.as_str())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("balance")?;
+                let after = balance.checked_add(delta).ok_or_else(|| {
+                    $crate::StoreError::Corrupt(format!("balance of {account} overflows"))
+                })?;
+                if after < 0 {
+                    tx.rollback().await?;
+                    return Err($crate::StoreError::InsufficientBalance {
+                        balance: vendbox_core::Usdc(u64::try_from(balance).unwrap_or(0)),
+                        needed: amount,
+                    });
+                }
+                let row = sqlx::query(
+                    "INSERT INTO ledger_entries (account, kind, delta_atomic, reference, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING *",
+                )
+                .bind(account.as_str())
+                .bind(kind.as_str())
+                .bind(delta)
+                .bind(reference)
+                .bind(ms(now))
+                .fetch_one(&mut *tx)
+                .await?;
+                let entry = Self::ledger_from_row(&row)?;
+                tx.commit().await?;
+                Ok(entry)
+            }
+
+            async fn balance(&self, account: &vendbox_core::AccountAddress) -> $crate::StoreResult<vendbox_core::Usdc> {
+                use sqlx::Row;
+                let balance: i64 = sqlx::query(
+                    "SELECT CAST(COALESCE(SUM(delta_atomic), 0) AS BIGINT) AS balance FROM ledger_entries WHERE account = $1",
+                )
+                .bind(account.as_str())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("balance")?;
+                u64::try_from(balance)
+                    .map(vendbox_core::Usdc)
+                    .map_err(|_| $crate::StoreError::Corrupt(format!("negative balance for {account}")))
+            }
+
+            async fn ledger(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::LedgerEntry>> {
+                let rows = sqlx::query("SELECT * FROM ledger_entries WHERE account = $1 ORDER BY id DESC LIMIT $2")
+                    .bind(account.as_str())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::ledger_from_row).collect()
+            }
+        }
+    };
+}
+
+pub(crate) use store_impl;

@@ -1,0 +1,374 @@
+//! The store test suite: every case runs against SQLite and against PostgreSQL.
+
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use vendbox_core::{
+    AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerKind, Offer, Payment, PaymentId,
+    PaymentMethod, PaymentState, Quote, QuoteParams, ReplayKey, SecretToken, Usdc,
+};
+use vendbox_store::testkit::PostgresSchema;
+use vendbox_store::{PaymentOutcome, SqliteStore, Store, StoreError};
+
+fn t0() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
+}
+
+fn offer() -> Offer {
+    toml::from_str(
+        r#"
+        id = "h3retik-custom"
+        kind = "sandbox"
+        title = "Custom"
+        duration = { rule = "range", min_minutes = 1, max_minutes = 360 }
+        actions = { rule = "range", min = 1, max = 300 }
+        regions = ["auto", "us"]
+        price = { per_minute = "0.04", per_action = "0.01" }
+        "#,
+    )
+    .unwrap()
+}
+
+fn quote(at: chrono::DateTime<Utc>) -> Quote {
+    let params = QuoteParams { minutes: Some(20), actions: Some(12), region: Some("us".into()), image: None };
+    let terms = offer().quote(&params).unwrap();
+    Quote::new(offer().id, terms, at)
+}
+
+fn payment(quote: Option<&Quote>, nonce: &str) -> Payment {
+    Payment {
+        id: PaymentId::new_random(),
+        quote_id: quote.map(|q| q.id),
+        method: PaymentMethod::X402ExactV2,
+        replay_key: ReplayKey::new("eip155:31337", "0xToken", "0xPayer", nonce),
+        amount: Usdc(920_000),
+        state: PaymentState::Verified,
+        settlement_ref: None,
+        void_reason: None,
+        proof: Some("{\"signature\":\"0x01\"}".into()),
+        created_at: t0(),
+        updated_at: t0(),
+    }
+}
+
+fn lease(actions: Option<u32>) -> Lease {
+    Lease {
+        id: LeaseId::new_random(),
+        offer_id: offer().id,
+        quote_id: None,
+        payment_id: None,
+        state: LeaseState::Pending,
+        region: Some("us".into()),
+        image: None,
+        box_id: None,
+        created_at: t0(),
+        expires_at: Some(t0() + Duration::minutes(20)),
+        actions_remaining: actions,
+        failure_reason: None,
+    }
+}
+
+fn account(n: u8) -> AccountAddress {
+    AccountAddress::parse(&format!("0x{}", format!("{n:02x}").repeat(20)), "account").unwrap()
+}
+
+async fn quotes_round_trip_and_expire(store: Arc<dyn Store>) {
+    let q = quote(t0());
+    store.insert_quote(&q).await.unwrap();
+    assert_eq!(store.get_quote(q.id).await.unwrap(), Some(q.clone()));
+    assert_eq!(store.get_quote(vendbox_core::QuoteId::new_random()).await.unwrap(), None);
+
+    // An expired quote that a payment refers to is kept; an unreferenced one goes.
+    let paid = quote(t0());
+    store.insert_quote(&paid).await.unwrap();
+    store.reserve_payment(&payment(Some(&paid), "0x01")).await.unwrap();
+    let later = t0() + Duration::hours(1);
+    assert_eq!(store.delete_expired_quotes(t0()).await.unwrap(), 0);
+    assert_eq!(store.delete_expired_quotes(later).await.unwrap(), 1);
+    assert_eq!(store.get_quote(q.id).await.unwrap(), None);
+    assert!(store.get_quote(paid.id).await.unwrap().is_some());
+}
+
+async fn replay_keys_pay_once(store: Arc<dyn Store>) {
+    let first = payment(None, "0xABC");
+    store.reserve_payment(&first).await.unwrap();
+    // Same key in another case, another payment id: refused.
+    let again = payment(None, "0xabc");
+    assert!(matches!(store.reserve_payment(&again).await, Err(StoreError::ReplayKeyTaken)));
+    // Still refused after the first one is voided: an authorization is good once, ever.
+    store
+        .finish_payment(first.id, &PaymentOutcome::Voided { reason: "work failed".into() }, t0())
+        .await
+        .unwrap();
+    assert!(matches!(store.reserve_payment(&again).await, Err(StoreError::ReplayKeyTaken)));
+    // Another nonce is another key.
+    store.reserve_payment(&payment(None, "0xabd")).await.unwrap();
+}
+
+async fn concurrent_reservations_of_one_key_admit_one(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.reserve_payment(&payment(None, "0xfeed")).await }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::ReplayKeyTaken) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
+async fn payments_settle_or_void_once(store: Arc<dyn Store>) {
+    let p = payment(None, "0x02");
+    store.reserve_payment(&p).await.unwrap();
+    assert_eq!(store.get_payment(p.id).await.unwrap(), Some(p.clone()));
+    let pending =
+        store.payments_in_state(PaymentState::Verified, t0() + Duration::seconds(1), 10).await.unwrap();
+    assert_eq!(pending.iter().map(|x| x.id).collect::<Vec<_>>(), vec![p.id]);
+
+    let settled = store
+        .finish_payment(
+            p.id,
+            &PaymentOutcome::Settled { settlement_ref: "0xtx".into() },
+            t0() + Duration::seconds(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(settled.state, PaymentState::Settled);
+    assert_eq!(settled.settlement_ref.as_deref(), Some("0xtx"));
+    assert_eq!(settled.updated_at, t0() + Duration::seconds(5));
+
+    // A second finish, either way, is refused and changes nothing.
+    let again = store.finish_payment(p.id, &PaymentOutcome::Voided { reason: "late".into() }, t0()).await;
+    assert!(matches!(again, Err(StoreError::Rule(_))), "{again:?}");
+    assert_eq!(store.get_payment(p.id).await.unwrap().unwrap().state, PaymentState::Settled);
+    let missing = store
+        .finish_payment(PaymentId::new_random(), &PaymentOutcome::Voided { reason: "x".into() }, t0())
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))));
+    assert!(
+        store
+            .payments_in_state(PaymentState::Verified, t0() + Duration::hours(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn leases_move_by_compare_and_set(store: Arc<dyn Store>) {
+    let mut l = lease(Some(3));
+    let root = SecretToken::generate();
+    let read = SecretToken::generate();
+    store
+        .insert_lease(&l, &[(Capability::Root, root.hash()), (Capability::Read, read.hash())])
+        .await
+        .unwrap();
+    assert_eq!(store.get_lease(l.id).await.unwrap(), Some(l.clone()));
+
+    let tokens = store.lease_tokens(l.id).await.unwrap();
+    let matching: Vec<_> = tokens.iter().filter(|(_, h)| h.verify(&read)).map(|(c, _)| *c).collect();
+    assert_eq!(matching, vec![Capability::Read]);
+    assert!(!tokens.iter().any(|(_, h)| h.verify(&SecretToken::generate())));
+
+    let stale = l.clone();
+    l.transition(LeaseState::Provisioning).unwrap();
+    store.update_lease(&l, LeaseState::Pending, t0()).await.unwrap();
+    l.transition(LeaseState::Active).unwrap();
+    l.box_id = Some("box-1".into());
+    store.update_lease(&l, LeaseState::Provisioning, t0()).await.unwrap();
+    assert_eq!(store.get_lease(l.id).await.unwrap(), Some(l.clone()));
+
+    // A writer holding an old view loses the compare-and-set.
+    let mut from_stale = stale.clone();
+    from_stale.transition(LeaseState::Failed).unwrap();
+    assert!(matches!(
+        store.update_lease(&from_stale, LeaseState::Pending, t0()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // An illegal move is refused before touching the database.
+    let mut backwards = l.clone();
+    backwards.state = LeaseState::Pending;
+    assert!(matches!(
+        store.update_lease(&backwards, LeaseState::Active, t0()).await,
+        Err(StoreError::Rule(_))
+    ));
+    assert_eq!(store.get_lease(l.id).await.unwrap().unwrap().state, LeaseState::Active);
+
+    let active = store.leases_in_states(&[LeaseState::Active, LeaseState::Provisioning]).await.unwrap();
+    assert_eq!(active.iter().map(|x| x.id).collect::<Vec<_>>(), vec![l.id]);
+    assert!(store.leases_in_states(&[LeaseState::Expired]).await.unwrap().is_empty());
+}
+
+async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
+    let mut l = lease(Some(5));
+    store.insert_lease(&l, &[]).await.unwrap();
+    // Not active yet: nothing to spend.
+    assert!(matches!(store.spend_lease_action(l.id).await, Err(StoreError::Conflict(_))));
+    for (next, from) in
+        [(LeaseState::Provisioning, LeaseState::Pending), (LeaseState::Active, LeaseState::Provisioning)]
+    {
+        l.transition(next).unwrap();
+        store.update_lease(&l, from, t0()).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.spend_lease_action(l.id).await }));
+    }
+    let (mut spent, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Some(_)) => spent += 1,
+            Err(StoreError::ActionsExhausted) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((spent, refused), (5, 7));
+    assert_eq!(store.get_lease(l.id).await.unwrap().unwrap().actions_remaining, Some(0));
+
+    let mut unlimited = lease(None);
+    store.insert_lease(&unlimited, &[]).await.unwrap();
+    for (next, from) in
+        [(LeaseState::Provisioning, LeaseState::Pending), (LeaseState::Active, LeaseState::Provisioning)]
+    {
+        unlimited.transition(next).unwrap();
+        store.update_lease(&unlimited, from, t0()).await.unwrap();
+    }
+    assert_eq!(store.spend_lease_action(unlimited.id).await.unwrap(), None);
+    assert!(matches!(store.spend_lease_action(LeaseId::new_random()).await, Err(StoreError::NotFound(_))));
+}
+
+async fn ledger_balances_never_go_negative(store: Arc<dyn Store>) {
+    let a = account(1);
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc::ZERO);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000), "pay-1", t0()).await.unwrap();
+    let charge = store.append_ledger(&a, LedgerKind::Charge, Usdc(300), "lease-1", t0()).await.unwrap();
+    assert_eq!(charge.delta_atomic, -300);
+    // Booking the same reference again is a no-op that returns the first entry.
+    let again = store.append_ledger(&a, LedgerKind::Charge, Usdc(300), "lease-1", t0()).await.unwrap();
+    assert_eq!(again, charge);
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc(700));
+    let too_much = store.append_ledger(&a, LedgerKind::Charge, Usdc(701), "lease-2", t0()).await;
+    assert!(matches!(
+        too_much,
+        Err(StoreError::InsufficientBalance { balance: Usdc(700), needed: Usdc(701) })
+    ));
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc(700));
+    assert_eq!(store.balance(&account(2)).await.unwrap(), Usdc::ZERO);
+    let entries = store.ledger(&a, 10).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.delta_atomic).collect::<Vec<_>>(), vec![-300, 1_000]);
+}
+
+async fn concurrent_charges_cannot_overdraw(store: Arc<dyn Store>) {
+    let a = account(3);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000), "pay", t0()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (store, a) = (store.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            store.append_ledger(&a, LedgerKind::Charge, Usdc(300), &format!("c{i}"), t0()).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::InsufficientBalance { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 3);
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc(100));
+}
+
+async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    assert!(["sqlite", "postgres"].contains(&store.backend()));
+}
+
+/// Runs `case` on a fresh SQLite file.
+async fn on_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_file(&dir.path().join("data/vendbox.db")).await.unwrap();
+    case(Arc::new(store)).await;
+}
+
+/// Runs `case` in a fresh PostgreSQL schema, dropped afterwards even when the case panics.
+async fn on_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(schema) = PostgresSchema::create().await else { return };
+    let store: Arc<dyn Store> = Arc::new(schema.store().await.unwrap());
+    let outcome = tokio::spawn(case(store)).await;
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_sqlite(super::$case).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_postgres(super::$case).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    ping_answers,
+    quotes_round_trip_and_expire,
+    replay_keys_pay_once,
+    concurrent_reservations_of_one_key_admit_one,
+    payments_settle_or_void_once,
+    leases_move_by_compare_and_set,
+    actions_are_spent_atomically,
+    ledger_balances_never_go_negative,
+    concurrent_charges_cannot_overdraw,
+);
+
+#[tokio::test]
+async fn sqlite_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vendbox.db");
+    let q = quote(t0());
+    {
+        let store = SqliteStore::open_file(&path).await.unwrap();
+        store.insert_quote(&q).await.unwrap();
+    }
+    let store = SqliteStore::open_file(&path).await.unwrap();
+    assert_eq!(store.get_quote(q.id).await.unwrap(), Some(q));
+}
+
+#[tokio::test]
+async fn open_rejects_unknown_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = vendbox_store::open(Some("mysql://user:secret@host/db"), dir.path()).await.unwrap_err();
+    assert!(matches!(err, StoreError::BadUrl(_)));
+    assert!(!err.to_string().contains("secret"), "{err}");
+    let store = vendbox_store::open(None, &dir.path().join("d")).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    assert!(dir.path().join("d/vendbox.db").exists());
+}
