@@ -1,1 +1,18 @@
-//! placeholder
+//! vendbox's HTTP server: configuration, the axum application (native API, OpenAPI document,
+//! metrics), background workers, and graceful serving.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod openapi;
+pub mod purge;
+pub mod routes;
+pub mod serve;
+pub mod worker;
+
+pub use app::{AppState, Limits, router};
+pub use config::{Config, ConfigError};
+pub use error::ApiError;
+pub use serve::{Server, shutdown_signal};

@@ -1,1 +1,133 @@
-fn main() {}
+//! The `vendbox` binary: `serve` runs the storefront; `version` says which build this is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use vendbox_server::{Config, Server, shutdown_signal};
+
+/// vendbox sells disposable compute to AI agents: sandboxes to run commands in, machines to SSH
+/// into, and TTL locks with fencing tokens, paid per request over HTTP 402 in USDC.
+#[derive(Debug, Parser)]
+#[command(name = "vendbox", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VENDBOX_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the storefront: the HTTP API, its workers and its store.
+    ///
+    /// With no configuration file vendbox starts on safe embedded defaults: it listens on
+    /// 127.0.0.1:8402, keeps its state in SQLite under ./vendbox-data and sells the default
+    /// catalog. Every key of vendbox.toml can also be set with VENDBOX_<SECTION>__<KEY>
+    /// (for example VENDBOX_SERVER__LISTEN=0.0.0.0:8402).
+    Serve(ServeArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration file [default: ./vendbox.toml when it exists].
+    #[arg(long, short, env = "VENDBOX_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding `server.listen`.
+    #[arg(long, env = "VENDBOX_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Directory for local state, overriding `store.data_dir`.
+    #[arg(long, env = "VENDBOX_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// postgres://… to share state between hosts, overriding `store.database_url`.
+    #[arg(long, env = "VENDBOX_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Version => {
+            println!("vendbox {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve(args) => run_async(serve(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vendbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(future: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(future)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VENDBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = args.config.clone().or_else(|| {
+        let default = PathBuf::from("vendbox.toml");
+        default.exists().then_some(default)
+    });
+    let mut config = Config::load(file.as_deref(), std::env::vars())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.store.data_dir = dir;
+    }
+    if let Some(url) = args.database_url {
+        config.store.database_url = Some(url);
+    }
+    let store = vendbox_store::open(config.store.database_url.as_deref(), &config.store.data_dir)
+        .await
+        .context("opening the store")?;
+    let server = Server::bind(&config, store.clone())
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    let addr = server.local_addr()?;
+    tracing::info!(
+        %addr,
+        store = store.backend(),
+        offers = config.offers.len(),
+        config = %file.as_deref().map_or_else(|| "embedded defaults".into(), |p| p.display().to_string()),
+        "vendbox {} serving",
+        env!("CARGO_PKG_VERSION"),
+    );
+    // Machine-readable line for scripts and tests that start vendbox on port 0.
+    println!("vendbox listening on http://{addr}");
+    server.run(shutdown_signal()).await.context("serving")?;
+    tracing::info!("vendbox stopped");
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The axum application: shared state, routes, and the layers every request passes through
+//! (request id, tracing, metrics, timeout, body limit, panic catcher, JSON 404/405).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use vendbox_core::Catalog;
+use vendbox_store::Store;
+
+use crate::error::ApiError;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::openapi;
+use crate::routes::{health, offers, quotes};
+
+/// Header carrying the request id, set by vendbox when the client sends none.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Offers for sale, fixed at start-up.
+    pub catalog: Arc<Catalog>,
+    /// Persistent state.
+    pub store: Arc<dyn Store>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest time to answer a request.
+    pub request_timeout: Duration,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { request_timeout: Duration::from_secs(30), max_body_bytes: 1024 * 1024 }
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let api = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/v1/offers", get(offers::list))
+        .route("/v1/offers/{id}", get(offers::get))
+        .route("/v1/quotes", post(quotes::create))
+        .route("/v1/quotes/{id}", get(quotes::get))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+
+    api.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            })
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
+            .layer(middleware::from_fn_with_state(state, record_metrics))
+            .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+                ApiError::internal(&"a handler panicked").into_response()
+            }))
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request_timeout", "the request took too long; try again")
+            }))
+            .timeout(limits.request_timeout)
+            .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+    )
+}
+
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    state.metrics.in_flight.inc();
+    let response = next.run(request).await;
+    state.metrics.in_flight.dec();
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels { method, route })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(
+        "not_found",
+        format!("there is nothing at {}; GET /openapi.json lists the API", request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
+}

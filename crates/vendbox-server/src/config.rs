@@ -1,0 +1,426 @@
+//! `Config`: `vendbox.toml` merged over the embedded defaults, then `VENDBOX_<SECTION>__<KEY>`
+//! environment overrides, checked as a whole. A bad file fails start-up naming the file, the key
+//! and what is wrong.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+use vendbox_core::{Catalog, Image, Offer, Region};
+
+/// The catalog vendbox sells when the operator says nothing else.
+pub const DEFAULT_CATALOG: &str = include_str!("default-catalog.toml");
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "VENDBOX_";
+
+/// Everything `vendbox serve` needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where state is kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Whether the embedded default offers are part of the catalog.
+    #[serde(default)]
+    pub catalog: CatalogSettings,
+    /// Offers for sale (defaults merged with the file's, by id).
+    #[serde(default)]
+    pub offers: Vec<Offer>,
+    /// Regions offers refer to.
+    #[serde(default)]
+    pub regions: Vec<Region>,
+    /// Images offers refer to.
+    #[serde(default)]
+    pub images: Vec<Image>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// The URL clients reach this vendbox at, used in payment requirements and links. Defaults
+    /// to `http://<listen>`.
+    pub public_url: Option<String>,
+    /// A request that takes longer is answered 503 `request_timeout`.
+    pub request_timeout_secs: u64,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8402)),
+            public_url: None,
+            request_timeout_secs: 30,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory for the SQLite database and other local state.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for a shared store, `sqlite:…` for another file; empty for the default
+    /// `<data_dir>/vendbox.db`.
+    pub database_url: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("vendbox-data"), database_url: None }
+    }
+}
+
+/// `[catalog]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogSettings {
+    /// Start from the embedded default offers (true), or sell only the file's offers (false).
+    pub include_defaults: bool,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        Self { include_defaults: true }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("{file}: not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key has a value vendbox cannot use.
+    #[error("{origin}: key `{key}`: {problem}")]
+    Key {
+        /// The file, or the environment variable that set the key.
+        origin: String,
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// The catalog of this configuration.
+    pub fn catalog(&self) -> Catalog {
+        Catalog { offers: self.offers.clone(), regions: self.regions.clone(), images: self.images.clone() }
+    }
+
+    /// The public URL, defaulting to `http://<listen>`.
+    pub fn public_url(&self) -> String {
+        self.server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Loads the embedded defaults, then `file` (if any), then `env` overrides
+    /// (`VENDBOX_SERVER__LISTEN=0.0.0.0:8402`), and checks the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file_name = file.map_or_else(|| "built-in defaults".to_owned(), |p| p.display().to_string());
+        let user = match file {
+            None => Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { file: file_name.clone(), source })?;
+                parse_table(&text, &file_name)?
+            }
+        };
+        let include_defaults = user
+            .get("catalog")
+            .and_then(|c| c.get("include_defaults"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let mut merged = if include_defaults {
+            parse_table(DEFAULT_CATALOG, "embedded default catalog")?
+        } else {
+            Table::new()
+        };
+        merge_config(&mut merged, user);
+
+        let mut env_keys = BTreeMap::new();
+        for (name, value) in env {
+            if let Some(path) = env_key_path(&name) {
+                set_path(&mut merged, &path, parse_env_value(&value));
+                env_keys.insert(path.join("."), name);
+            }
+        }
+
+        let offer_ids = ids_of(&merged, "offers");
+        let config: Config = serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
+            let key = readable_path(&e.path().to_string(), &offer_ids);
+            let origin = env_keys
+                .iter()
+                .find(|(k, _)| key == **k || key.starts_with(&format!("{k}.")))
+                .map_or_else(|| file_name.clone(), |(_, var)| format!("environment variable {var}"));
+            let problem = e.into_inner().to_string();
+            let problem = problem.lines().next().unwrap_or_default().trim_end_matches(',').to_owned();
+            ConfigError::Key { origin, key, problem }
+        })?;
+        config.catalog().check().map_err(|e| ConfigError::Key {
+            origin: file_name,
+            key: e.key,
+            problem: e.problem,
+        })?;
+        Ok(config)
+    }
+}
+
+fn parse_table(text: &str, file: &str) -> Result<Table, ConfigError> {
+    text.parse::<Table>()
+        .map_err(|e| ConfigError::Syntax { file: file.to_owned(), message: e.to_string().trim().to_owned() })
+}
+
+/// Merges `user` over `base`: tables merge key by key, the `offers`/`regions`/`images` arrays
+/// merge entry by entry on `id`, anything else is replaced.
+fn merge_config(base: &mut Table, user: Table) {
+    for (key, value) in user {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Array(existing)), Value::Array(new))
+                if ["offers", "regions", "images"].contains(&key.as_str()) =>
+            {
+                merge_by_id(existing, new);
+            }
+            (Some(Value::Table(existing)), Value::Table(new)) => merge_tables(existing, new),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn merge_tables(base: &mut Table, over: Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(existing)), Value::Table(new)) => merge_tables(existing, new),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn merge_by_id(base: &mut Vec<Value>, entries: Vec<Value>) {
+    for entry in entries {
+        let id = entry.get("id").and_then(Value::as_str).map(str::to_owned);
+        let existing = id
+            .as_deref()
+            .and_then(|id| base.iter_mut().find(|e| e.get("id").and_then(Value::as_str) == Some(id)));
+        match (existing, entry) {
+            (Some(Value::Table(old)), Value::Table(new)) => merge_tables(old, new),
+            (_, entry) => base.push(entry),
+        }
+    }
+}
+
+/// `VENDBOX_SERVER__LISTEN` → `["server", "listen"]`; variables without `__` are not
+/// configuration keys (they are flags' fallbacks and secrets).
+fn env_key_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    if !rest.contains("__") {
+        return None;
+    }
+    Some(rest.split("__").map(str::to_ascii_lowercase).collect())
+}
+
+/// An environment value as TOML (`8402`, `true`, `"x"`), falling back to a plain string.
+fn parse_env_value(text: &str) -> Value {
+    format!("v = {text}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(text.to_owned()))
+}
+
+fn set_path(table: &mut Table, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut current = table;
+    for key in parents {
+        let entry = current.entry(key.clone()).or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        let Value::Table(next) = entry else { return };
+        current = next;
+    }
+    current.insert(last.clone(), value);
+}
+
+fn ids_of(table: &Table, array: &str) -> Vec<Option<String>> {
+    table
+        .get(array)
+        .and_then(Value::as_array)
+        .map(|entries| {
+            entries.iter().map(|e| e.get("id").and_then(Value::as_str).map(str::to_owned)).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `offers[3].price.base` → `offers[h3retik-micro].price.base`.
+fn readable_path(path: &str, offer_ids: &[Option<String>]) -> String {
+    let Some(rest) = path.strip_prefix("offers[") else { return path.to_owned() };
+    let Some((index, tail)) = rest.split_once(']') else { return path.to_owned() };
+    match index.parse::<usize>().ok().and_then(|i| offer_ids.get(i).cloned().flatten()) {
+        Some(id) => format!("offers[{id}]{tail}"),
+        None => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        Config::load(Some(file.path()), env).map_err(|e| {
+            // Make the file name predictable in assertions.
+            match e {
+                ConfigError::Key { origin, key, problem } => ConfigError::Key {
+                    origin: origin.replace(&file.path().display().to_string(), "vendbox.toml"),
+                    key,
+                    problem,
+                },
+                other => other,
+            }
+        })
+    }
+
+    #[test]
+    fn defaults_alone_are_a_valid_configuration() {
+        let config = Config::load(None, []).unwrap();
+        assert_eq!(config.server.listen.port(), 8402);
+        assert!(config.offers.len() >= 27);
+        assert_eq!(config.catalog().offer("h3retik-micro").unwrap().price.base, "0.19".parse().unwrap());
+    }
+
+    #[test]
+    fn a_file_overrides_an_offer_by_id_and_adds_its_own() {
+        let config = load_text(
+            r#"
+            [server]
+            listen = "0.0.0.0:9000"
+
+            [[offers]]
+            id = "h3retik-micro"
+            price = { base = "0.25" }
+
+            [[offers]]
+            id = "my-box"
+            kind = "sandbox"
+            title = "Mine"
+            duration = { rule = "fixed", minutes = 10 }
+            price = { base = "1" }
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 9000);
+        let catalog = config.catalog();
+        let micro = catalog.offer("h3retik-micro").unwrap();
+        assert_eq!(micro.price.base, "0.25".parse().unwrap());
+        assert_eq!(micro.title, "Micro disposable VPS session", "untouched keys keep their defaults");
+        assert!(catalog.offer("my-box").is_ok());
+    }
+
+    #[test]
+    fn defaults_can_be_left_out() {
+        let config = load_text("[catalog]\ninclude_defaults = false\n", &[]).unwrap();
+        assert!(config.offers.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let config =
+            load_text("", &[("VENDBOX_SERVER__LISTEN", "127.0.0.1:7000"), ("VENDBOX_WALLET_KEY", "secret")])
+                .unwrap();
+        assert_eq!(config.server.listen.port(), 7000);
+        let err = load_text("", &[("VENDBOX_SERVER__REQUEST_TIMEOUT_SECS", "soon")]).unwrap_err().to_string();
+        assert!(err.contains("VENDBOX_SERVER__REQUEST_TIMEOUT_SECS"), "{err}");
+        assert!(err.contains("server.request_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let cases = [
+            ("[server]\nlisten = \"nowhere\"\n", "server.listen", "invalid socket address"),
+            ("[server]\nlisten_port = 1\n", "server.listen_port", "unknown field `listen_port`"),
+            (
+                "[[offers]]\nid = \"h3retik-micro\"\nprice = { base = \"0.1234567\" }\n",
+                "offers[h3retik-micro].price.base",
+                "more than 6 decimal places",
+            ),
+            (
+                "[[offers]]\nid = \"h3retik-custom\"\nduration = { rule = \"range\", min_minutes = 10, max_minutes = 5 }\n",
+                "offers[h3retik-custom].duration",
+                "min_minutes",
+            ),
+            (
+                "[[offers]]\nid = \"h3retik-micro\"\nregions = [\"mars\"]\ndefault_region = \"mars\"\n",
+                "offers[h3retik-micro].regions",
+                "mars",
+            ),
+            ("[[offers]]\nid = \"new\"\n", "offers[new]", "missing field"),
+        ];
+        for (text, key, problem) in cases {
+            let err = load_text(text, &[]).unwrap_err();
+            let ConfigError::Key { origin, key: got_key, problem: got_problem } = &err else {
+                panic!("{err}")
+            };
+            assert_eq!(origin, "vendbox.toml", "{err}");
+            assert_eq!(got_key, key, "{err}");
+            assert!(got_problem.contains(problem), "{err}");
+        }
+        let err = load_text("[server\n", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let err = Config::load(Some(Path::new("/nonexistent/vendbox.toml")), []).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/vendbox.toml: cannot read"), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! `ApiError`: the one error type of the HTTP API. It renders
+//! `{"error":{"code":"…","message":"…","field":"…"}}` with the right status; internals never
+//! reach the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use vendbox_core::CoreError;
+use vendbox_store::StoreError;
+
+/// An error a client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code (`out_of_range`, `unknown_offer`).
+    pub code: &'static str,
+    /// A sentence saying what is wrong and what to do.
+    pub message: String,
+    /// The request field at fault, when there is one.
+    pub field: Option<String>,
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code.
+    #[schema(example = "out_of_range")]
+    pub code: String,
+    /// What is wrong and what to do, for people.
+    pub message: String,
+    /// The request field at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// An error with no field.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), field: None }
+    }
+
+    /// The same error, blaming `field`.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// 404 for a path or id that does not exist.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 500 that says nothing about internals; the cause goes to the log.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "vendbox hit an internal error; try again later",
+        )
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        let code = e.code();
+        match e {
+            CoreError::Field(f) => Self::new(StatusCode::BAD_REQUEST, code, f.message).with_field(f.field),
+            CoreError::UnknownOffer(_) | CoreError::OfferUnavailable(_) => {
+                Self::new(StatusCode::BAD_REQUEST, code, e.to_string()).with_field("offer_id")
+            }
+            CoreError::ActionsExhausted => Self::new(StatusCode::FORBIDDEN, code, e.to_string()),
+            CoreError::IllegalTransition { .. } => Self::new(StatusCode::CONFLICT, code, e.to_string()),
+            CoreError::PriceOverflow => Self::new(StatusCode::BAD_REQUEST, code, e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rule(core) => core.into(),
+            StoreError::ActionsExhausted => CoreError::ActionsExhausted.into(),
+            StoreError::ReplayKeyTaken => Self::new(
+                StatusCode::CONFLICT,
+                "payment_replayed",
+                "this payment authorization was already used; sign a new one",
+            ),
+            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NotFound(m) => Self::not_found("not_found", m),
+            StoreError::InsufficientBalance { balance, needed } => Self::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_balance",
+                format!("the balance is {balance}; this needs {needed}"),
+            ),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_owned(), message: self.message, field: self.field },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

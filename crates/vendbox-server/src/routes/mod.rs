@@ -1,0 +1,5 @@
+//! The native API's handlers, one module per resource.
+
+pub mod health;
+pub mod offers;
+pub mod quotes;
