@@ -1,6 +1,6 @@
 //! `Quote`: an offer plus the buyer's parameters, priced, valid for a short while.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{OfferId, QuoteId};
@@ -25,8 +25,9 @@ pub struct Quote {
 }
 
 impl Quote {
-    /// A new quote made at `now`.
+    /// A new quote made at `now` (kept to the millisecond, as stored).
     pub fn new(offer_id: OfferId, terms: QuoteTerms, now: DateTime<Utc>) -> Self {
+        let now = now.trunc_subsecs(3);
         Self { id: QuoteId::new_random(), offer_id, terms, created_at: now, expires_at: now + QUOTE_VALIDITY }
     }
 

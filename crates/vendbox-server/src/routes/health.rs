@@ -24,6 +24,7 @@ pub struct Health {
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "healthz",
     tag = "health",
     responses(
         (status = 200, description = "Serving", body = Health),

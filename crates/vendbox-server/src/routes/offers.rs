@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use vendbox_core::{
     ActionRule, DurationRule, Offer, OfferId, OfferKind, PriceRule, QuoteParams, Resources, Usdc,
@@ -103,6 +105,7 @@ pub struct OfferFilter {
 #[utoipa::path(
     get,
     path = "/v1/offers",
+    operation_id = "listOffers",
     tag = "catalog",
     params(OfferFilter),
     responses(
@@ -110,7 +113,12 @@ pub struct OfferFilter {
         (status = 400, description = "Bad filter", body = crate::error::ErrorBody),
     )
 )]
-pub async fn list(State(state): State<AppState>, filter: Query<OfferFilter>) -> Json<OfferList> {
+pub async fn list(
+    State(state): State<AppState>,
+    filter: Result<Query<OfferFilter>, QueryRejection>,
+) -> Result<Json<OfferList>, ApiError> {
+    let Query(filter) =
+        filter.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let offers: Vec<OfferView> = state
         .catalog
         .offers
@@ -119,13 +127,14 @@ pub async fn list(State(state): State<AppState>, filter: Query<OfferFilter>) -> 
         .filter(|o| filter.surface.as_deref().is_none_or(|s| o.surface == s))
         .map(OfferView::of)
         .collect();
-    Json(OfferList { count: offers.len(), offers })
+    Ok(Json(OfferList { count: offers.len(), offers }))
 }
 
 /// One offer.
 #[utoipa::path(
     get,
     path = "/v1/offers/{id}",
+    operation_id = "getOffer",
     tag = "catalog",
     params(("id" = String, Path, description = "Offer id")),
     responses(

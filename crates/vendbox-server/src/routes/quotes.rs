@@ -81,6 +81,7 @@ impl From<&Quote> for QuoteView {
 #[utoipa::path(
     post,
     path = "/v1/quotes",
+    operation_id = "createQuote",
     tag = "catalog",
     request_body = QuoteRequest,
     responses(
@@ -110,6 +111,7 @@ pub async fn create(
 #[utoipa::path(
     get,
     path = "/v1/quotes/{id}",
+    operation_id = "getQuote",
     tag = "catalog",
     params(("id" = String, Path, description = "Quote id")),
     responses(
