@@ -67,14 +67,14 @@ impl LockRequest {
         metadata: Option<serde_json::Value>,
     ) -> Result<Self, CoreError> {
         let key = LockKey::parse(key)?;
-        if let Some(o) = &owner {
-            if o.chars().count() > 160 {
-                return Err(CoreError::field(
-                    "owner",
-                    FieldErrorCode::InvalidValue,
-                    "`owner` must be at most 160 characters",
-                ));
-            }
+        if let Some(o) = &owner
+            && o.chars().count() > 160
+        {
+            return Err(CoreError::field(
+                "owner",
+                FieldErrorCode::InvalidValue,
+                "`owner` must be at most 160 characters",
+            ));
         }
         let ttl_seconds = ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
         if !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&ttl_seconds) {

@@ -335,22 +335,22 @@ impl Offer {
         if let DurationRule::Fixed { minutes: 0 } = self.duration {
             return Err(("duration.minutes".into(), "must be at least 1".into()));
         }
-        if let ActionRule::Range { min, max } = self.actions {
-            if min == 0 || min > max {
-                return Err((
-                    "actions".into(),
-                    format!("min ({min}) must be at least 1 and at most max ({max})"),
-                ));
-            }
+        if let ActionRule::Range { min, max } = self.actions
+            && (min == 0 || min > max)
+        {
+            return Err((
+                "actions".into(),
+                format!("min ({min}) must be at least 1 and at most max ({max})"),
+            ));
         }
         for (key, choices, default) in [
             ("default_region", &self.regions, &self.default_region),
             ("default_image", &self.images, &self.default_image),
         ] {
-            if let Some(d) = default {
-                if !choices.contains(d) {
-                    return Err((key.into(), format!("`{d}` is not in the offer's list")));
-                }
+            if let Some(d) = default
+                && !choices.contains(d)
+            {
+                return Err((key.into(), format!("`{d}` is not in the offer's list")));
             }
         }
         // A price that overflows at the offer's largest purchase is a configuration error.

@@ -27,7 +27,7 @@ pub struct ApiDoc;
 /// The document as JSON.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    env!("CARGO_PKG_VERSION").clone_into(&mut doc.info.version);
     doc
 }
 

@@ -10,7 +10,7 @@ use vendbox_store::Store;
 use crate::worker::{Next, WorkResult, Worker};
 
 /// How often expired quotes are purged.
-pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+pub const PURGE_INTERVAL: Duration = Duration::from_mins(1);
 
 /// The purge worker.
 #[derive(Debug)]

@@ -34,7 +34,7 @@ pub type WorkResult = Result<Next, Box<dyn std::error::Error + Send + Sync>>;
 /// First wait after a failed round; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait after failed rounds.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+pub const MAX_BACKOFF: Duration = Duration::from_mins(1);
 
 /// Runs `worker` until `shutdown` turns true.
 pub async fn run(worker: Arc<dyn Worker>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
@@ -90,7 +90,7 @@ mod tests {
         }
         async fn work(&self) -> WorkResult {
             let n = self.rounds.fetch_add(1, Ordering::SeqCst);
-            if n < 2 { Err(format!("failure {n}").into()) } else { Ok(Next::Idle(Duration::from_secs(3600))) }
+            if n < 2 { Err(format!("failure {n}").into()) } else { Ok(Next::Idle(Duration::from_hours(1))) }
         }
     }
 
@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(worker.rounds.load(Ordering::SeqCst), 1, "waits 500 ms after the first failure");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(worker.rounds.load(Ordering::SeqCst), 2, "then 1 s after the second");
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(worker.rounds.load(Ordering::SeqCst), 3);
 
         stop.send(true).unwrap();

@@ -1,4 +1,6 @@
 //! The native API through the real router (no socket): catalog, quotes, errors, request ids,
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
 //! metrics and the OpenAPI document, on SQLite and on PostgreSQL.
 
 use std::sync::Arc;

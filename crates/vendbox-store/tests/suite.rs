@@ -1,5 +1,7 @@
 //! The store test suite: every case runs against SQLite and against PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
