@@ -1,0 +1,50 @@
+//! House rules checked on every test run: each Rust file opens with a `//!` line saying what it
+//! is for, and no migration that has shipped is edited (only new ones are added).
+
+use std::path::{Path, PathBuf};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("crates/vendbox is two levels down").to_path_buf()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && path.file_name().is_some_and(|n| n != "target") {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_rust_file_says_what_it_is_for() {
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join("crates"), &mut files);
+    assert!(files.len() > 10, "found only {} files; is the walk broken?", files.len());
+    let offenders: Vec<_> = files
+        .iter()
+        .filter(|f| !std::fs::read_to_string(f).unwrap_or_default().starts_with("//! "))
+        .map(|f| f.strip_prefix(workspace_root()).unwrap_or(f).display().to_string())
+        .collect();
+    assert!(offenders.is_empty(), "these files do not start with a `//! ` line: {offenders:#?}");
+}
+
+#[test]
+fn both_stores_have_the_same_migrations() {
+    let names = |flavour: &str| {
+        let dir = workspace_root().join("crates/vendbox-store/migrations").join(flavour);
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("migrations directory")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let sqlite = names("sqlite");
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, names("postgres"), "every migration needs a SQLite and a PostgreSQL flavour");
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what vendbox's tests need on a Debian machine with Rust, Python and PostgreSQL, and
+# makes sure the local PostgreSQL answers. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+say() { printf 'setup: %s\n' "$*"; }
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  say "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+# The OpenAPI 3.1 reference validator used by the API tests.
+if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+  say "installing openapi-spec-validator"
+  python3 -m pip install --quiet 'openapi-spec-validator==0.9.0'
+fi
+
+# PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test` (the store suite's second
+# backend). Start the local cluster if it is installed but down.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    say "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+fi
+if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE test' >/dev/null
+else
+  say "PostgreSQL does not answer at 127.0.0.1:5432; its tests will be skipped (or fail under CI)"
+fi
+say "ready"

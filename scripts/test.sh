@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# vendbox's whole test run: setup, formatting, clippy with warnings denied, and every test
+# (both stores) under cargo-nextest. This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+profile=default
+[ -n "${CI:-}" ] && profile=ci
+cargo nextest run --workspace --locked --profile "$profile"
