@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
 use crate::ids::OfferId;
+use crate::money::Usdc;
 use crate::offer::Offer;
 
 /// A place boxes can run, described for people.
@@ -48,6 +49,16 @@ fn x64() -> String {
     "x64".to_owned()
 }
 
+/// Rules for prepaid credit balances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsPolicy {
+    /// Smallest balance an account must hold before it may buy from its credits (SecretVM's
+    /// `AGENT_MIN_BALANCE`).
+    #[serde(default)]
+    pub min_balance: Usdc,
+}
+
 /// What a vendbox sells.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Catalog {
@@ -57,6 +68,8 @@ pub struct Catalog {
     pub regions: Vec<Region>,
     /// Images referred to by offers.
     pub images: Vec<Image>,
+    /// Rules for buying from prepaid credits.
+    pub credits: CreditsPolicy,
 }
 
 /// Why a catalog cannot be served: the key that is wrong and what is wrong with it.

@@ -14,7 +14,7 @@ pub mod quote;
 pub mod token;
 
 pub use account::{AccountAddress, LedgerEntry, LedgerKind};
-pub use catalog::{Catalog, CatalogError, Image, Region};
+pub use catalog::{Catalog, CatalogError, CreditsPolicy, Image, Region};
 pub use error::{CoreError, FieldError, FieldErrorCode};
 pub use ids::{LeaseId, OfferId, PaymentId, QuoteId};
 pub use lease::{Lease, LeaseState};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::{Table, Value};
-use vendbox_core::{Catalog, Image, Offer, Region};
+use vendbox_core::{Catalog, CreditsPolicy, Image, Offer, Region};
 
 /// The catalog vendbox sells when the operator says nothing else.
 pub const DEFAULT_CATALOG: &str = include_str!("default-catalog.toml");
@@ -39,6 +39,9 @@ pub struct Config {
     /// Images offers refer to.
     #[serde(default)]
     pub images: Vec<Image>,
+    /// Rules for buying from prepaid credits.
+    #[serde(default)]
+    pub credits: CreditsPolicy,
 }
 
 /// `[server]`.
@@ -142,7 +145,12 @@ pub enum ConfigError {
 impl Config {
     /// The catalog of this configuration.
     pub fn catalog(&self) -> Catalog {
-        Catalog { offers: self.offers.clone(), regions: self.regions.clone(), images: self.images.clone() }
+        Catalog {
+            offers: self.offers.clone(),
+            regions: self.regions.clone(),
+            images: self.images.clone(),
+            credits: self.credits,
+        }
     }
 
     /// The public URL, defaulting to `http://<listen>`.
@@ -338,6 +346,7 @@ mod tests {
         assert_eq!(config.server.listen.port(), 8402);
         assert!(config.offers.len() >= 27);
         assert_eq!(config.catalog().offer("h3retik-micro").unwrap().price.base, "0.19".parse().unwrap());
+        assert_eq!(config.credits.min_balance, vendbox_core::Usdc(100), "SecretVM's AGENT_MIN_BALANCE");
     }
 
     #[test]

@@ -111,6 +111,8 @@ async fn offers_list_every_seed_package_with_its_price() {
     assert_eq!(a100["pricing"]["per_month"], "90.00");
     assert_eq!(a100["regions"], json!(["lax", "ewr", "ord"]));
     assert_eq!(a100["resources"]["gpu"]["vram_gb"], 80);
+    // SecretVM's minimum balance for buying from credits.
+    assert_eq!(body["credits"]["min_balance"], "0.0001");
 
     let (_, _, filtered) = call(&app.router, get("/v1/offers?surface=h3retik&kind=lock")).await;
     let ids: Vec<_> = filtered["offers"].as_array().unwrap().iter().map(|o| o["id"].clone()).collect();

@@ -134,13 +134,15 @@ async fn sigterm_lets_in_flight_requests_finish() {
 async fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = Vendbox::start(dir.path(), &["--data-dir", "state"]);
-    let (status, quote) = post_json(&format!("{}/v1/quotes", first.url), r#"{"offer_id":"h3retik-micro"}"#).await;
+    let (status, quote) =
+        post_json(&format!("{}/v1/quotes", first.url), r#"{"offer_id":"h3retik-micro"}"#).await;
     assert_eq!(status, 201, "{quote}");
     first.signal("-INT");
     assert!(first.wait(Duration::from_secs(10)).success());
 
     let second = Vendbox::start(dir.path(), &["--data-dir", "state"]);
-    let (status, again) = get_json(&format!("{}/v1/quotes/{}", second.url, quote["id"].as_str().unwrap())).await;
+    let (status, again) =
+        get_json(&format!("{}/v1/quotes/{}", second.url, quote["id"].as_str().unwrap())).await;
     assert_eq!(status, 200);
     assert_eq!(again, quote);
 }
@@ -154,14 +156,18 @@ async fn serves_from_postgres_with_database_url() {
         let vendbox = Vendbox::start(dir.path(), &["--database-url", &url]);
         let (_, health) = get_json(&format!("{}/healthz", vendbox.url)).await;
         assert_eq!(health["store"], "postgres");
-        let (status, quote) =
-            post_json(&format!("{}/v1/quotes", vendbox.url), r#"{"offer_id":"gpu-h100-machine","minutes":90}"#).await;
+        let (status, quote) = post_json(
+            &format!("{}/v1/quotes", vendbox.url),
+            r#"{"offer_id":"gpu-h100-machine","minutes":90}"#,
+        )
+        .await;
         assert_eq!(status, 201, "{quote}");
         quote
     };
     // A second host on the same database sees it.
     let other = Vendbox::start(dir.path(), &["--database-url", &url]);
-    let (status, again) = get_json(&format!("{}/v1/quotes/{}", other.url, quote["id"].as_str().unwrap())).await;
+    let (status, again) =
+        get_json(&format!("{}/v1/quotes/{}", other.url, quote["id"].as_str().unwrap())).await;
     drop(other);
     schema.drop_schema().await;
     assert_eq!((status, again), (200, quote));
@@ -176,7 +182,11 @@ fn a_bad_config_file_stops_start_up_naming_file_key_and_problem() {
         "[[offers]]\nid = \"h3retik-custom\"\nduration = { rule = \"range\", min_minutes = 1, max_minutes = \"lots\" }\n",
     )
     .unwrap();
-    let output = Command::new(BIN).current_dir(dir.path()).args(["serve", "--listen", "127.0.0.1:0"]).output().unwrap();
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("vendbox.toml"), "{stderr}");
@@ -187,7 +197,10 @@ fn a_bad_config_file_stops_start_up_naming_file_key_and_problem() {
 #[test]
 fn version_and_help_read_well() {
     let version = Command::new(BIN).arg("version").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("vendbox {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("vendbox {}", env!("CARGO_PKG_VERSION"))
+    );
     let help = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for word in ["serve", "version", "HTTP 402"] {

@@ -8,7 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use vendbox_core::{
-    ActionRule, DurationRule, Offer, OfferId, OfferKind, PriceRule, QuoteParams, Resources, Usdc,
+    ActionRule, CreditsPolicy, DurationRule, Offer, OfferId, OfferKind, PriceRule, QuoteParams, Resources,
+    Usdc,
 };
 
 use crate::app::AppState;
@@ -88,6 +89,8 @@ pub struct OfferList {
     pub offers: Vec<OfferView>,
     /// How many.
     pub count: usize,
+    /// Rules for buying from prepaid credits.
+    pub credits: CreditsPolicy,
 }
 
 /// Filters for the offer list.
@@ -127,7 +130,7 @@ pub async fn list(
         .filter(|o| filter.surface.as_deref().is_none_or(|s| o.surface == s))
         .map(OfferView::of)
         .collect();
-    Ok(Json(OfferList { count: offers.len(), offers }))
+    Ok(Json(OfferList { count: offers.len(), offers, credits: state.catalog.credits }))
 }
 
 /// One offer.
