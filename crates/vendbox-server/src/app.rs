@@ -94,9 +94,8 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
     let started = Instant::now();
-    state.metrics.in_flight.inc();
+    let _in_flight = InFlight::enter(&state.metrics);
     let response = next.run(request).await;
-    state.metrics.in_flight.dec();
     let status = response.status().as_u16();
     state
         .metrics
@@ -109,6 +108,23 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .get_or_create(&RouteLabels { method, route })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Counts a request as in flight until dropped, also when the client goes away mid-request and
+/// the handler's future is dropped.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn enter(metrics: &Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics.in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -102,8 +102,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Spends one action of an active lease atomically; returns what is left (`None` for a lease
     /// without a budget). Fails with [`StoreError::ActionsExhausted`] at zero and
-    /// [`StoreError::Conflict`] when the lease is not active.
-    async fn spend_lease_action(&self, id: LeaseId) -> StoreResult<Option<u32>>;
+    /// [`StoreError::Conflict`] when the lease is not active or its window ended before `now`.
+    async fn spend_lease_action(&self, id: LeaseId, now: DateTime<Utc>) -> StoreResult<Option<u32>>;
 
     /// Leases in any of `states`, oldest first.
     async fn leases_in_states(&self, states: &[LeaseState]) -> StoreResult<Vec<Lease>>;

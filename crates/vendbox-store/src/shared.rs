@@ -271,7 +271,10 @@ macro_rules! store_impl {
                     Some(r) => Self::payment_from_row(&r),
                     None => match self.get_payment(id).await? {
                         None => Err($crate::StoreError::NotFound(format!("payment {id}"))),
-                        Some(p) => Err($crate::StoreError::Rule(p.state.checked_move(state).unwrap_err())),
+                        Some(p) => Err(match p.state.checked_move(state) {
+                            Err(rule) => $crate::StoreError::Rule(rule),
+                            Ok(_) => $crate::StoreError::Conflict(format!("payment {id} changed concurrently")),
+                        }),
                     },
                 }
             }
@@ -404,13 +407,19 @@ macro_rules! store_impl {
                 }
             }
 
-            async fn spend_lease_action(&self, id: vendbox_core::LeaseId) -> $crate::StoreResult<Option<u32>> {
+            async fn spend_lease_action(
+                &self,
+                id: vendbox_core::LeaseId,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Option<u32>> {
                 use sqlx::Row;
                 let row = sqlx::query(
-                    "UPDATE leases SET actions_remaining = actions_remaining - 1 \
-                     WHERE id = $1 AND state = 'active' AND actions_remaining > 0 RETURNING actions_remaining",
+                    "UPDATE leases SET actions_remaining = actions_remaining - 1, updated_at = $2 \
+                     WHERE id = $1 AND state = 'active' AND actions_remaining > 0 \
+                     AND (expires_at IS NULL OR expires_at > $2) RETURNING actions_remaining",
                 )
                 .bind(id.to_string())
+                .bind($crate::shared::ms(now))
                 .fetch_optional(&self.pool)
                 .await?;
                 if let Some(r) = row {
@@ -421,6 +430,9 @@ macro_rules! store_impl {
                     None => Err($crate::StoreError::NotFound(format!("lease {id}"))),
                     Some(l) if l.state != vendbox_core::LeaseState::Active => {
                         Err($crate::StoreError::Conflict(format!("lease {id} is {}", l.state.as_str())))
+                    }
+                    Some(l) if l.expires_at.is_some_and(|at| at <= now) => {
+                        Err($crate::StoreError::Conflict(format!("lease {id} has run out of time")))
                     }
                     Some(l) if l.actions_remaining.is_none() => Ok(None),
                     Some(_) => Err($crate::StoreError::ActionsExhausted),

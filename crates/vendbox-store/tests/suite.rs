@@ -209,7 +209,7 @@ async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
     let mut l = lease(Some(5));
     store.insert_lease(&l, &[]).await.unwrap();
     // Not active yet: nothing to spend.
-    assert!(matches!(store.spend_lease_action(l.id).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.spend_lease_action(l.id, t0()).await, Err(StoreError::Conflict(_))));
     for (next, from) in
         [(LeaseState::Provisioning, LeaseState::Pending), (LeaseState::Active, LeaseState::Provisioning)]
     {
@@ -219,7 +219,7 @@ async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for _ in 0..12 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.spend_lease_action(l.id).await }));
+        tasks.push(tokio::spawn(async move { store.spend_lease_action(l.id, t0()).await }));
     }
     let (mut spent, mut refused) = (0, 0);
     for t in tasks {
@@ -240,8 +240,14 @@ async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
         unlimited.transition(next).unwrap();
         store.update_lease(&unlimited, from, t0()).await.unwrap();
     }
-    assert_eq!(store.spend_lease_action(unlimited.id).await.unwrap(), None);
-    assert!(matches!(store.spend_lease_action(LeaseId::new_random()).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.spend_lease_action(unlimited.id, t0()).await.unwrap(), None);
+    // Past its window a lease has nothing to spend, budget or not.
+    let late = t0() + Duration::minutes(21);
+    assert!(matches!(store.spend_lease_action(unlimited.id, late).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.spend_lease_action(LeaseId::new_random(), t0()).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn ledger_balances_never_go_negative(store: Arc<dyn Store>) {
