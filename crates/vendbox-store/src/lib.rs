@@ -17,8 +17,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use vendbox_core::{
-    AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerEntry, LedgerKind, Payment, PaymentId,
-    PaymentState, Quote, QuoteId, TokenHash, Usdc,
+    AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerEntry, LedgerKind, Lock, LockKey, Payment,
+    PaymentId, PaymentState, Quote, QuoteId, TokenHash, Usdc,
 };
 
 pub use error::StoreError;
@@ -41,6 +41,15 @@ pub enum PaymentOutcome {
         /// Why, for the buyer and the operator.
         reason: String,
     },
+}
+
+/// The answer to a lock acquisition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LockAcquisition {
+    /// The caller holds the key now, under this grant (with a new fencing token).
+    Acquired(Lock),
+    /// Someone else holds it; this is their grant, without its release token.
+    Held(Lock),
 }
 
 /// Everything vendbox keeps. One implementation per database; both pass the same test suite
@@ -125,6 +134,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The account's most recent ledger entries, newest first.
     async fn ledger(&self, account: &AccountAddress, limit: u32) -> StoreResult<Vec<LedgerEntry>>;
+
+    /// Grants `key` for `ttl` to the holder of the release token whose hash is `release`, unless
+    /// an unexpired grant exists. Each grant gets a fencing token one higher than the key's last,
+    /// ever. Expiry is judged by the database's clock, so several hosts cannot disagree.
+    async fn acquire_lock(
+        &self,
+        key: &LockKey,
+        owner: Option<&str>,
+        metadata: Option<&serde_json::Value>,
+        ttl: std::time::Duration,
+        release: &TokenHash,
+    ) -> StoreResult<LockAcquisition>;
+
+    /// Moves the expiry of the unexpired grant held with `release` to `ttl` from now; `None` when
+    /// that grant has lapsed or passed to someone else (and then nothing changes).
+    async fn renew_lock(
+        &self,
+        key: &LockKey,
+        release: &TokenHash,
+        ttl: std::time::Duration,
+    ) -> StoreResult<Option<Lock>>;
+
+    /// Ends the grant held with `release`. `false` when there is no such grant (already released,
+    /// or the key passed to a newer holder, who is not touched).
+    async fn release_lock(&self, key: &LockKey, release: &TokenHash) -> StoreResult<bool>;
+
+    /// The unexpired grant on `key`, if any.
+    async fn get_lock(&self, key: &LockKey) -> StoreResult<Option<Lock>>;
 }
 
 /// Opens the store named by `database_url`, or the SQLite file `vendbox.db` under `data_dir`

@@ -36,4 +36,11 @@ impl PostgresStore {
     }
 }
 
-store_impl!(PostgresStore, sqlx::Postgres, "postgres");
+// The database server's clock, shared by every vendbox host: Unix milliseconds at the start of
+// the statement's transaction.
+store_impl!(
+    PostgresStore,
+    sqlx::Postgres,
+    "postgres",
+    now_ms = "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)"
+);

@@ -1,7 +1,9 @@
 //! The SQL both stores share. The two schemas differ only in DDL; every query here is valid
 //! on SQLite and PostgreSQL alike (`$n` placeholders, `RETURNING`, `ON CONFLICT`), so the
 //! implementation of [`crate::Store`] is written once and stamped out per database by
-//! [`store_impl!`], which keeps each backend a concrete, separately compiled type.
+//! [`store_impl!`], which keeps each backend a concrete, separately compiled type. The one
+//! dialect difference, the SQL that reads the database's clock in Unix milliseconds, is a
+//! parameter of the macro.
 
 use chrono::{DateTime, Utc};
 use vendbox_core::{LeaseState, PaymentState};
@@ -53,8 +55,33 @@ pub(crate) fn is_final(state: PaymentState) -> bool {
 
 /// Implements [`crate::Store`] for `$store`, whose `pool` field is a pool of database `$db`.
 macro_rules! store_impl {
-    ($store:ty, $db:ty, $backend:literal) => {
+    ($store:ty, $db:ty, $backend:literal, now_ms = $now:literal) => {
         impl $store {
+            fn lock_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Lock> {
+                use sqlx::Row;
+                use $crate::shared::from_ms;
+                let required = |col: &str| -> $crate::StoreResult<i64> {
+                    r.try_get::<Option<i64>, _>(col)?
+                        .ok_or_else(|| $crate::StoreError::Corrupt(format!("locks.{col} is empty on a held lock")))
+                };
+                let metadata: Option<String> = r.try_get("metadata")?;
+                Ok(vendbox_core::Lock {
+                    key: vendbox_core::LockKey::parse(r.try_get("key")?)
+                        .map_err(|e| $crate::StoreError::Corrupt(e.to_string()))?,
+                    owner: r.try_get("owner")?,
+                    fencing_token: vendbox_core::FencingToken(
+                        u64::try_from(r.try_get::<i64, _>("fencing_token")?)
+                            .map_err(|_| $crate::StoreError::Corrupt("negative fencing token".into()))?,
+                    ),
+                    acquired_at: from_ms(required("acquired_at")?)?,
+                    expires_at: from_ms(required("expires_at")?)?,
+                    metadata: metadata
+                        .map(|m| serde_json::from_str(&m))
+                        .transpose()
+                        .map_err(|e| $crate::StoreError::Corrupt(format!("locks.metadata: {e}")))?,
+                })
+            }
+
             fn quote_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Quote> {
                 use sqlx::Row;
                 use $crate::shared::{from_ms, parse_text, sql_to_u32};
@@ -547,6 +574,93 @@ macro_rules! store_impl {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(Self::ledger_from_row).collect()
+            }
+
+            async fn acquire_lock(
+                &self,
+                key: &vendbox_core::LockKey,
+                owner: Option<&str>,
+                metadata: Option<&serde_json::Value>,
+                ttl: std::time::Duration,
+                release: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<$crate::LockAcquisition> {
+                let ttl_ms = i64::try_from(ttl.as_millis())
+                    .map_err(|_| $crate::StoreError::Corrupt("lock TTL too long".into()))?;
+                let metadata = metadata.map(serde_json::Value::to_string);
+                // A held key answers no row; a free or lapsed one is granted with the next token.
+                // Between a refused grant and reading the holder, the holder may lapse: try again.
+                for _ in 0..8 {
+                    let granted = sqlx::query(concat!(
+                        "INSERT INTO locks (key, fencing_token, owner, release_token_hash, acquired_at, expires_at, metadata) \
+                         VALUES ($1, 1, $2, $3, ", $now, ", ", $now, " + $4, $5) \
+                         ON CONFLICT (key) DO UPDATE SET fencing_token = locks.fencing_token + 1, \
+                         owner = excluded.owner, release_token_hash = excluded.release_token_hash, \
+                         acquired_at = excluded.acquired_at, expires_at = excluded.expires_at, metadata = excluded.metadata \
+                         WHERE locks.release_token_hash IS NULL OR locks.expires_at <= excluded.acquired_at \
+                         RETURNING *"
+                    ))
+                    .bind(key.as_str())
+                    .bind(owner)
+                    .bind(release.to_hex())
+                    .bind(ttl_ms)
+                    .bind(metadata.as_deref())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    if let Some(row) = granted {
+                        return Ok($crate::LockAcquisition::Acquired(Self::lock_from_row(&row)?));
+                    }
+                    if let Some(holder) = self.get_lock(key).await? {
+                        return Ok($crate::LockAcquisition::Held(holder));
+                    }
+                }
+                Err($crate::StoreError::Conflict(format!("lock `{}` is changing hands too fast", key.as_str())))
+            }
+
+            async fn renew_lock(
+                &self,
+                key: &vendbox_core::LockKey,
+                release: &vendbox_core::TokenHash,
+                ttl: std::time::Duration,
+            ) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
+                let ttl_ms = i64::try_from(ttl.as_millis())
+                    .map_err(|_| $crate::StoreError::Corrupt("lock TTL too long".into()))?;
+                let row = sqlx::query(concat!(
+                    "UPDATE locks SET expires_at = ", $now, " + $3 \
+                     WHERE key = $1 AND release_token_hash = $2 AND expires_at > ", $now, " RETURNING *"
+                ))
+                .bind(key.as_str())
+                .bind(release.to_hex())
+                .bind(ttl_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.as_ref().map(Self::lock_from_row).transpose()
+            }
+
+            async fn release_lock(
+                &self,
+                key: &vendbox_core::LockKey,
+                release: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE locks SET owner = NULL, release_token_hash = NULL, acquired_at = NULL, \
+                     expires_at = NULL, metadata = NULL WHERE key = $1 AND release_token_hash = $2",
+                )
+                .bind(key.as_str())
+                .bind(release.to_hex())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn get_lock(&self, key: &vendbox_core::LockKey) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
+                let row = sqlx::query(concat!(
+                    "SELECT * FROM locks WHERE key = $1 AND release_token_hash IS NOT NULL AND expires_at > ",
+                    $now
+                ))
+                .bind(key.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+                row.as_ref().map(Self::lock_from_row).transpose()
             }
         }
     };

@@ -57,4 +57,5 @@ impl SqliteStore {
     }
 }
 
-store_impl!(SqliteStore, sqlx::Sqlite, "sqlite");
+// The database clock: Unix milliseconds, stable within one statement.
+store_impl!(SqliteStore, sqlx::Sqlite, "sqlite", now_ms = "CAST(unixepoch('subsec') * 1000 AS INTEGER)");

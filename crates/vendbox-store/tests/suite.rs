@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use vendbox_core::{
-    AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerKind, Offer, Payment, PaymentId,
-    PaymentMethod, PaymentState, Quote, QuoteParams, ReplayKey, SecretToken, Usdc,
+    AccountAddress, Capability, FencingToken, Lease, LeaseId, LeaseState, LedgerKind, LockKey, Offer,
+    Payment, PaymentId, PaymentMethod, PaymentState, Quote, QuoteParams, ReplayKey, SecretToken, Usdc,
 };
 use vendbox_store::testkit::PostgresSchema;
-use vendbox_store::{PaymentOutcome, SqliteStore, Store, StoreError};
+use vendbox_store::{LockAcquisition, PaymentOutcome, SqliteStore, Store, StoreError};
 
 fn t0() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
@@ -293,6 +293,93 @@ async fn concurrent_charges_cannot_overdraw(store: Arc<dyn Store>) {
     assert_eq!(store.balance(&a).await.unwrap(), Usdc(100));
 }
 
+fn key(text: &str) -> LockKey {
+    LockKey::parse(text).unwrap()
+}
+
+const LONG: std::time::Duration = std::time::Duration::from_mins(1);
+
+async fn locks_grant_one_holder_and_fence_each_grant(store: Arc<dyn Store>) {
+    let k = key("bounty:create:abc");
+    let (alice, bob) = (SecretToken::generate(), SecretToken::generate());
+    let meta = serde_json::json!({"case": 7});
+    let LockAcquisition::Acquired(first) =
+        store.acquire_lock(&k, Some("alice"), Some(&meta), LONG, &alice.hash()).await.unwrap()
+    else {
+        panic!("a free key is granted")
+    };
+    assert_eq!(first.fencing_token, FencingToken(1));
+    assert_eq!(first.metadata, Some(meta));
+    assert!(first.expires_at > first.acquired_at);
+
+    // Held: Bob learns who holds it and until when, and gets nothing.
+    let held = store.acquire_lock(&k, Some("bob"), None, LONG, &bob.hash()).await.unwrap();
+    assert_eq!(held, LockAcquisition::Held(first.clone()));
+    assert_eq!(store.get_lock(&k).await.unwrap(), Some(first.clone()));
+
+    // Only Alice's token renews or releases.
+    assert_eq!(store.renew_lock(&k, &bob.hash(), LONG).await.unwrap(), None);
+    assert!(!store.release_lock(&k, &bob.hash()).await.unwrap());
+    let renewed = store.renew_lock(&k, &alice.hash(), LONG * 2).await.unwrap().unwrap();
+    assert!(renewed.expires_at > first.expires_at);
+    assert_eq!(renewed.fencing_token, first.fencing_token, "renewing keeps the grant");
+    assert!(store.release_lock(&k, &alice.hash()).await.unwrap());
+    assert!(!store.release_lock(&k, &alice.hash()).await.unwrap(), "release is idempotent");
+    assert_eq!(store.get_lock(&k).await.unwrap(), None);
+
+    let LockAcquisition::Acquired(second) =
+        store.acquire_lock(&k, Some("bob"), None, LONG, &bob.hash()).await.unwrap()
+    else {
+        panic!("a released key is granted")
+    };
+    assert_eq!(second.fencing_token, FencingToken(2));
+    assert_eq!(second.metadata, None);
+    // Other keys have their own sequence.
+    let other = store.acquire_lock(&key("other-key"), None, None, LONG, &alice.hash()).await.unwrap();
+    assert!(matches!(other, LockAcquisition::Acquired(l) if l.fencing_token == FencingToken(1)));
+}
+
+async fn lapsed_locks_pass_on_and_stale_holders_touch_nothing(store: Arc<dyn Store>) {
+    let k = key("x-mention:42");
+    let (old, new) = (SecretToken::generate(), SecretToken::generate());
+    let short = std::time::Duration::from_millis(300);
+    store.acquire_lock(&k, Some("old"), None, short, &old.hash()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    assert_eq!(store.get_lock(&k).await.unwrap(), None, "a lapsed grant is not shown as held");
+    // The lapsed holder cannot renew its way back.
+    assert_eq!(store.renew_lock(&k, &old.hash(), LONG).await.unwrap(), None);
+    let LockAcquisition::Acquired(next) =
+        store.acquire_lock(&k, Some("new"), None, LONG, &new.hash()).await.unwrap()
+    else {
+        panic!("a lapsed key is granted")
+    };
+    assert_eq!(next.fencing_token, FencingToken(2));
+    // The stale holder's release and renew change nothing.
+    assert!(!store.release_lock(&k, &old.hash()).await.unwrap());
+    assert_eq!(store.renew_lock(&k, &old.hash(), LONG).await.unwrap(), None);
+    assert_eq!(store.get_lock(&k).await.unwrap(), Some(next));
+}
+
+async fn concurrent_acquisitions_grant_exactly_one(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let token = SecretToken::generate();
+            store.acquire_lock(&key("one-key"), Some(&format!("agent-{i}")), None, LONG, &token.hash()).await
+        }));
+    }
+    let mut granted = Vec::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            LockAcquisition::Acquired(lock) => granted.push(lock),
+            LockAcquisition::Held(lock) => assert_eq!(lock.fencing_token, FencingToken(1)),
+        }
+    }
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].fencing_token, FencingToken(1));
+}
+
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     assert!(["sqlite", "postgres"].contains(&store.backend()));
@@ -355,7 +442,28 @@ suite!(
     actions_are_spent_atomically,
     ledger_balances_never_go_negative,
     concurrent_charges_cannot_overdraw,
+    locks_grant_one_holder_and_fence_each_grant,
+    lapsed_locks_pass_on_and_stale_holders_touch_nothing,
+    concurrent_acquisitions_grant_exactly_one,
 );
+
+#[tokio::test]
+async fn fencing_tokens_keep_rising_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vendbox.db");
+    let k = key("restart-key");
+    for expected in 1..=3 {
+        let store = SqliteStore::open_file(&path).await.unwrap();
+        let token = SecretToken::generate();
+        let LockAcquisition::Acquired(lock) =
+            store.acquire_lock(&k, None, None, LONG, &token.hash()).await.unwrap()
+        else {
+            panic!("free after release")
+        };
+        assert_eq!(lock.fencing_token, FencingToken(expected));
+        assert!(store.release_lock(&k, &token.hash()).await.unwrap());
+    }
+}
 
 #[tokio::test]
 async fn sqlite_survives_reopening() {
