@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
-use crate::ids::OfferId;
 use crate::money::Usdc;
 use crate::offer::Offer;
 
@@ -115,11 +114,6 @@ impl Catalog {
     /// The offer with this id.
     pub fn offer(&self, id: &str) -> Result<&Offer, CoreError> {
         self.offers.iter().find(|o| o.id.as_str() == id).ok_or_else(|| CoreError::UnknownOffer(id.to_owned()))
-    }
-
-    /// The offer with this id, typed.
-    pub fn offer_by_id(&self, id: &OfferId) -> Result<&Offer, CoreError> {
-        self.offer(id.as_str())
     }
 
     /// The region with this id.

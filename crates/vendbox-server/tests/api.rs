@@ -23,10 +23,14 @@ struct TestApp {
 }
 
 async fn app() -> TestApp {
+    app_with(Limits::default()).await
+}
+
+async fn app_with(limits: Limits) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open_file(&dir.path().join("vendbox.db")).await.unwrap());
-    TestApp { router: app_on(store.clone(), Limits::default()), store, _dir: dir }
+    TestApp { router: app_on(store.clone(), limits), store, _dir: dir }
 }
 
 fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
@@ -217,11 +221,10 @@ async fn quotes_reject_bad_input_naming_the_field() {
 
 #[tokio::test]
 async fn oversized_bodies_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_file(&dir.path().join("v.db")).await.unwrap());
-    let router = app_on(store, Limits { max_body_bytes: 64, ..Limits::default() });
+    let app = app_with(Limits { max_body_bytes: 64, ..Limits::default() }).await;
+    let router = &app.router;
     let big = format!(r#"{{"offer_id":"{}"}}"#, "x".repeat(100));
-    let (status, _, err) = call(&router, post_json("/v1/quotes", &big)).await;
+    let (status, _, err) = call(router, post_json("/v1/quotes", &big)).await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
@@ -230,9 +233,8 @@ async fn oversized_bodies_are_refused() {
 
 #[tokio::test]
 async fn slow_requests_time_out_with_a_json_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_file(&dir.path().join("v.db")).await.unwrap());
-    let router = app_on(store, Limits { request_timeout: Duration::from_millis(100), ..Limits::default() });
+    let app = app_with(Limits { request_timeout: Duration::from_millis(100), ..Limits::default() }).await;
+    let router = &app.router;
     // A body that never finishes arriving keeps the handler waiting past the timeout.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
     tx.send(Ok(axum::body::Bytes::from_static(b"{\"offer_id\""))).await.unwrap();
@@ -242,7 +244,7 @@ async fn slow_requests_time_out_with_a_json_error() {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))
         .unwrap();
-    let (status, _, err) = call(&router, request).await;
+    let (status, _, err) = call(router, request).await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("request_timeout"))

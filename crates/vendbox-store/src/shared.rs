@@ -6,7 +6,7 @@
 //! parameter of the macro.
 
 use chrono::{DateTime, Utc};
-use vendbox_core::{LeaseState, PaymentState};
+use vendbox_core::LeaseState;
 
 use crate::StoreError;
 
@@ -45,13 +45,19 @@ pub(crate) fn lease_state_list(states: &[LeaseState]) -> String {
     states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
 }
 
-/// The `verified` state's stored name, for compare-and-set updates.
-pub(crate) const VERIFIED: &str = "verified";
-
-/// Whether the payment state name is terminal.
-pub(crate) fn is_final(state: PaymentState) -> bool {
-    state != PaymentState::Verified
+/// An amount or counter as read back (stored as signed BIGINT).
+pub(crate) fn sql_to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v} is negative")))
 }
+
+/// A lock TTL in milliseconds, as the SQL adds it to the clock.
+pub(crate) fn ttl_ms(ttl: std::time::Duration) -> Result<i64, StoreError> {
+    i64::try_from(ttl.as_millis()).map_err(|_| StoreError::Corrupt("lock TTL too long".into()))
+}
+
+/// An account's balance: the sum of its ledger.
+pub(crate) const BALANCE_SQL: &str =
+    "SELECT CAST(COALESCE(SUM(delta_atomic), 0) AS BIGINT) AS balance FROM ledger_entries WHERE account = $1";
 
 /// Implements [`crate::Store`] for `$store`, whose `pool` field is a pool of database `$db`.
 macro_rules! store_impl {
@@ -69,10 +75,10 @@ macro_rules! store_impl {
                     key: vendbox_core::LockKey::parse(r.try_get("key")?)
                         .map_err(|e| $crate::StoreError::Corrupt(e.to_string()))?,
                     owner: r.try_get("owner")?,
-                    fencing_token: vendbox_core::FencingToken(
-                        u64::try_from(r.try_get::<i64, _>("fencing_token")?)
-                            .map_err(|_| $crate::StoreError::Corrupt("negative fencing token".into()))?,
-                    ),
+                    fencing_token: vendbox_core::FencingToken($crate::shared::sql_to_u64(
+                        r.try_get("fencing_token")?,
+                        "locks.fencing_token",
+                    )?),
                     acquired_at: from_ms(required("acquired_at")?)?,
                     expires_at: from_ms(required("expires_at")?)?,
                     metadata: metadata
@@ -96,10 +102,10 @@ macro_rules! store_impl {
                         actions: opt_u32("actions")?,
                         region: r.try_get("region")?,
                         image: r.try_get("image")?,
-                        price: vendbox_core::Usdc(
-                            u64::try_from(r.try_get::<i64, _>("price_atomic")?)
-                                .map_err(|_| $crate::StoreError::Corrupt("negative price".into()))?,
-                        ),
+                        price: vendbox_core::Usdc($crate::shared::sql_to_u64(
+                            r.try_get("price_atomic")?,
+                            "quotes.price_atomic",
+                        )?),
                     },
                     created_at: from_ms(r.try_get("created_at")?)?,
                     expires_at: from_ms(r.try_get("expires_at")?)?,
@@ -120,10 +126,10 @@ macro_rules! store_impl {
                         payer: r.try_get("payer")?,
                         nonce: r.try_get("nonce")?,
                     },
-                    amount: vendbox_core::Usdc(
-                        u64::try_from(r.try_get::<i64, _>("amount_atomic")?)
-                            .map_err(|_| $crate::StoreError::Corrupt("negative amount".into()))?,
-                    ),
+                    amount: vendbox_core::Usdc($crate::shared::sql_to_u64(
+                        r.try_get("amount_atomic")?,
+                        "payments.amount_atomic",
+                    )?),
                     state: parse_name(r.try_get("state")?, "payments.state", vendbox_core::PaymentState::from_name)?,
                     settlement_ref: r.try_get("settlement_ref")?,
                     void_reason: r.try_get("void_reason")?,
@@ -281,7 +287,6 @@ macro_rules! store_impl {
                         (vendbox_core::PaymentState::Voided, None, Some(reason.as_str()))
                     }
                 };
-                debug_assert!($crate::shared::is_final(state));
                 let row = sqlx::query(
                     "UPDATE payments SET state = $1, settlement_ref = $2, void_reason = $3, updated_at = $4 \
                      WHERE id = $5 AND state = $6 RETURNING *",
@@ -291,7 +296,7 @@ macro_rules! store_impl {
                 .bind(void_reason)
                 .bind($crate::shared::ms(now))
                 .bind(id.to_string())
-                .bind($crate::shared::VERIFIED)
+                .bind(vendbox_core::PaymentState::Verified.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
                 match row {
@@ -516,9 +521,7 @@ macro_rules! store_impl {
                     tx.rollback().await?;
                     return Self::ledger_from_row(&r);
                 }
-                let balance: i64 = sqlx::query(
-                    "SELECT CAST(COALESCE(SUM(delta_atomic), 0) AS BIGINT) AS balance FROM ledger_entries WHERE account = $1",
-                )
+                let balance: i64 = sqlx::query($crate::shared::BALANCE_SQL)
                 .bind(account.as_str())
                 .fetch_one(&mut *tx)
                 .await?
@@ -551,16 +554,12 @@ macro_rules! store_impl {
 
             async fn balance(&self, account: &vendbox_core::AccountAddress) -> $crate::StoreResult<vendbox_core::Usdc> {
                 use sqlx::Row;
-                let balance: i64 = sqlx::query(
-                    "SELECT CAST(COALESCE(SUM(delta_atomic), 0) AS BIGINT) AS balance FROM ledger_entries WHERE account = $1",
-                )
+                let balance: i64 = sqlx::query($crate::shared::BALANCE_SQL)
                 .bind(account.as_str())
                 .fetch_one(&self.pool)
                 .await?
                 .try_get("balance")?;
-                u64::try_from(balance)
-                    .map(vendbox_core::Usdc)
-                    .map_err(|_| $crate::StoreError::Corrupt(format!("negative balance for {account}")))
+                $crate::shared::sql_to_u64(balance, "balance").map(vendbox_core::Usdc)
             }
 
             async fn ledger(
@@ -584,8 +583,7 @@ macro_rules! store_impl {
                 ttl: std::time::Duration,
                 release: &vendbox_core::TokenHash,
             ) -> $crate::StoreResult<$crate::LockAcquisition> {
-                let ttl_ms = i64::try_from(ttl.as_millis())
-                    .map_err(|_| $crate::StoreError::Corrupt("lock TTL too long".into()))?;
+                let ttl_ms = $crate::shared::ttl_ms(ttl)?;
                 let metadata = metadata.map(serde_json::Value::to_string);
                 // A held key answers no row; a free or lapsed one is granted with the next token.
                 // Between a refused grant and reading the holder, the holder may lapse: try again.
@@ -622,8 +620,7 @@ macro_rules! store_impl {
                 release: &vendbox_core::TokenHash,
                 ttl: std::time::Duration,
             ) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
-                let ttl_ms = i64::try_from(ttl.as_millis())
-                    .map_err(|_| $crate::StoreError::Corrupt("lock TTL too long".into()))?;
+                let ttl_ms = $crate::shared::ttl_ms(ttl)?;
                 let row = sqlx::query(concat!(
                     "UPDATE locks SET expires_at = ", $now, " + $3 \
                      WHERE key = $1 AND release_token_hash = $2 AND expires_at > ", $now, " RETURNING *"
