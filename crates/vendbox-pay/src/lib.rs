@@ -1,0 +1,16 @@
+//! vendbox-pay: x402 payments. The wire formats of protocol versions 1 and 2, the `exact` scheme
+//! on EVM chains (EIP-3009), and the facilitators that verify and settle payments.
+//!
+//! The server asks this crate three questions: what it accepts for a charge (`challenge`), whether
+//! a proof is good (`exact::check`, then `Facilitator::verify`), and to take or let go of the money
+//! (`Facilitator::settle`; a payment that is never settled costs the payer nothing).
+
+pub mod client;
+pub mod eip3009;
+pub mod exact;
+pub mod network;
+pub mod reason;
+pub mod wire;
+
+pub use network::Network;
+pub use reason::{Reason, Rejection};
