@@ -5,9 +5,12 @@
 //! a proof is good (`exact::check`, then `Facilitator::verify`), and to take or let go of the money
 //! (`Facilitator::settle`; a payment that is never settled costs the payer nothing).
 
+pub mod chain;
 pub mod client;
+pub mod devchain;
 pub mod eip3009;
 pub mod exact;
+pub mod facilitator;
 pub mod network;
 pub mod reason;
 pub mod wire;

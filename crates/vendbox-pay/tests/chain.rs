@@ -1,0 +1,113 @@
+//! The built-in facilitator against a real chain: anvil, vendbox's EIP-3009 token, real
+//! signatures and real transfers.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::str::FromStr;
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use vendbox_core::Usdc;
+use vendbox_pay::chain::{Chain, VerifyError};
+use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
+use vendbox_pay::exact::{self, Acceptance, Charge, Requirements, SentPayment};
+use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator};
+use vendbox_pay::{Network, Reason, client, wire};
+
+struct World {
+    _anvil: Anvil,
+    chain: Chain,
+    facilitator: BuiltinFacilitator,
+    requirements: Requirements,
+    payer: PrivateKeySigner,
+}
+
+async fn world() -> Option<World> {
+    let Some(binary) = devchain::find_anvil(&[]) else {
+        assert!(std::env::var_os("CI").is_none(), "CI must have anvil (scripts/setup.sh installs it)");
+        eprintln!("skipped: anvil is not installed");
+        return None;
+    };
+    let anvil = Anvil::start(&binary, 31337).await.unwrap();
+    let deployer = PrivateKeySigner::from_str(ANVIL_KEY_0).unwrap();
+    let asset = devchain::deploy_token(&anvil.rpc_url, &deployer, "USDC", "2").await.unwrap();
+    let payer = PrivateKeySigner::random();
+    devchain::mint(&anvil.rpc_url, &deployer, asset, payer.address(), U256::from(1_000_000u64)).await.unwrap();
+    let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
+    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+    let facilitator = BuiltinFacilitator::new(&anvil.rpc_url, asset, settler).unwrap();
+    let requirements = Requirements::new(
+        Acceptance {
+            network: Network::new(31337),
+            asset,
+            asset_name: "USDC".into(),
+            asset_version: "2".into(),
+            pay_to: Address::repeat_byte(0x42),
+            max_timeout_seconds: 120,
+        },
+        Charge {
+            amount: Usdc(10_000),
+            resource: "http://127.0.0.1/catalog".into(),
+            description: "test".into(),
+            mime_type: "application/json".into(),
+        },
+    );
+    Some(World { _anvil: anvil, chain, facilitator, requirements, payer })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn pay(w: &World, signer: &PrivateKeySigner) -> exact::CheckedPayment {
+    let header = client::pay_v2(signer, &w.requirements.v2(), &w.requirements.resource(), now()).unwrap();
+    let sent = SentPayment::V2(wire::decode_header(&header).unwrap());
+    exact::check(sent, &w.requirements, now()).unwrap()
+}
+
+fn rejected(result: Result<(), VerifyError>) -> Reason {
+    match result {
+        Err(VerifyError::Rejected(r)) => r.reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_verified_payment_settles_once_and_moves_exactly_the_price() {
+    let Some(w) = world().await else { return };
+    let payee = w.requirements.acceptance.pay_to;
+    let payment = pay(&w, &w.payer);
+    w.facilitator.verify(&payment, &w.requirements).await.unwrap();
+    let tx = w.facilitator.settle(&payment, &w.requirements).await.unwrap();
+    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), U256::from(990_000u64));
+    assert_eq!(w.chain.balance_of(payee).await.unwrap(), U256::from(10_000u64));
+    let auth = payment.authorization;
+    assert!(w.chain.authorization_used(auth.from, auth.nonce).await.unwrap());
+    assert_eq!(w.chain.find_settlement(auth.from, auth.nonce).await.unwrap(), Some(tx));
+
+    // The same authorization again: refused before and at settlement, nothing moves.
+    assert_eq!(rejected(w.facilitator.verify(&payment, &w.requirements).await), Reason::NonceUsed);
+    assert!(w.facilitator.settle(&payment, &w.requirements).await.is_err());
+    assert_eq!(w.chain.balance_of(payee).await.unwrap(), U256::from(10_000u64));
+}
+
+#[tokio::test]
+async fn an_empty_wallet_is_refused_before_any_work() {
+    let Some(w) = world().await else { return };
+    let empty = PrivateKeySigner::random();
+    let payment = pay(&w, &empty);
+    assert_eq!(rejected(w.facilitator.verify(&payment, &w.requirements).await), Reason::InsufficientFunds);
+    assert_eq!(w.chain.find_settlement(empty.address(), payment.authorization.nonce).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn concurrent_settlements_share_no_nonce() {
+    let Some(w) = world().await else { return };
+    let payments: Vec<_> = (0..12).map(|_| pay(&w, &w.payer)).collect();
+    let results = futures_util::future::join_all(
+        payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)),
+    )
+    .await;
+    let hashes: std::collections::HashSet<_> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(hashes.len(), 12);
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(120_000u64));
+}
