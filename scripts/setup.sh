@@ -3,6 +3,8 @@
 # makes sure the local PostgreSQL answers. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
+cd "$(dirname "$0")/.."
+
 say() { printf 'setup: %s\n' "$*"; }
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
@@ -15,6 +17,22 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
   say "installing openapi-spec-validator"
   python3 -m pip install --quiet 'openapi-spec-validator==0.9.0'
+fi
+
+# The ecosystem's own x402 clients that the payment tests pay with, and anvil (the local chain):
+# Python x402 2.25.0, and @x402/fetch 2.27.0, x402-fetch 1.2.0 and anvil 1.7.1 from npm.
+if ! python3 -c 'import x402, httpx' >/dev/null 2>&1; then
+  say "installing the x402 Python client"
+  python3 -m pip install --quiet -r tests/clients/requirements.txt
+fi
+if [ ! -x tests/clients/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
+  || [ ! -d tests/clients/node_modules/@x402/fetch ] || [ ! -d tests/clients/node_modules/x402-fetch ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    say "installing Node.js and npm"
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  say "installing the x402 JavaScript clients and anvil"
+  npm ci --prefix tests/clients --no-audit --no-fund --silent
 fi
 
 # PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test` (the store suite's second

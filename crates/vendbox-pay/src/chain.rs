@@ -16,6 +16,7 @@ use crate::reason::{Reason, Rejection};
 
 sol! {
     /// The parts of an EIP-3009 token vendbox uses.
+    #[allow(clippy::too_many_arguments)]
     #[sol(rpc)]
     interface Eip3009Token {
         function name() external view returns (string);
@@ -80,7 +81,11 @@ impl Chain {
 
     /// The token balance of `who`.
     pub async fn balance_of(&self, who: Address) -> Result<U256, ChainError> {
-        Eip3009Token::new(self.asset, &self.provider).balanceOf(who).call().await.map_err(ChainError::from_rpc)
+        Eip3009Token::new(self.asset, &self.provider)
+            .balanceOf(who)
+            .call()
+            .await
+            .map_err(ChainError::from_rpc)
     }
 
     /// Whether `from`'s authorization with `nonce` was used or cancelled on chain.
@@ -201,11 +206,19 @@ mod tests {
             VerifyError::Unavailable(_) => None,
         };
         assert_eq!(
-            reason("server returned an error response: error code 3: execution reverted: ERC20: transfer amount exceeds balance"),
+            reason(
+                "server returned an error response: error code 3: execution reverted: ERC20: transfer amount exceeds balance"
+            ),
             Some(Reason::InsufficientFunds)
         );
-        assert_eq!(reason("execution reverted: FiatTokenV2: authorization is used or canceled"), Some(Reason::NonceUsed));
-        assert_eq!(reason("execution reverted: FiatTokenV2: authorization is expired"), Some(Reason::ValidBefore));
+        assert_eq!(
+            reason("execution reverted: FiatTokenV2: authorization is used or canceled"),
+            Some(Reason::NonceUsed)
+        );
+        assert_eq!(
+            reason("execution reverted: FiatTokenV2: authorization is expired"),
+            Some(Reason::ValidBefore)
+        );
         assert_eq!(reason("execution reverted"), Some(Reason::TransactionState));
         assert_eq!(reason("error sending request: connection refused"), None);
     }

@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::eip3009::{Authorization, TokenDomain, signature_hex};
 use crate::network::Network;
 use crate::wire::{
-    self, ExactEvmPayload, PaymentPayloadV1, PaymentPayloadV2, PaymentRequiredV1,
-    PaymentRequiredV2, RequirementsV1, RequirementsV2,
+    self, ExactEvmPayload, PaymentPayloadV1, PaymentPayloadV2, PaymentRequiredV1, PaymentRequiredV2,
+    RequirementsV1, RequirementsV2,
 };
 
 /// What a 402 offered, in whichever versions it spoke.
@@ -61,7 +61,11 @@ impl Challenge {
             }
         }
         let challenge = self.v1.as_ref().ok_or("the 402 offers no exact payment")?;
-        let r = challenge.accepts.iter().find(|r| r.scheme == "exact").ok_or("the 402 offers no exact payment")?;
+        let r = challenge
+            .accepts
+            .iter()
+            .find(|r| r.scheme == "exact")
+            .ok_or("the 402 offers no exact payment")?;
         Ok((wire::X_PAYMENT, pay_v1(signer, r, now)?))
     }
 }
@@ -70,7 +74,8 @@ impl Challenge {
 pub fn pay_v1(signer: &PrivateKeySigner, r: &RequirementsV1, now: u64) -> Result<String, String> {
     let auth = authorize(signer.address(), &r.pay_to, &r.max_amount_required, now, r.max_timeout_seconds)?;
     let payload = sign(signer, &auth, &r.network, &r.asset, r.extra.as_ref())?;
-    let body = PaymentPayloadV1 { x402_version: 1, scheme: "exact".into(), network: r.network.clone(), payload };
+    let body =
+        PaymentPayloadV1 { x402_version: 1, scheme: "exact".into(), network: r.network.clone(), payload };
     Ok(wire::encode_header(&body))
 }
 
@@ -95,7 +100,13 @@ pub fn pay_v2(
 
 /// An authorization from `from` to `pay_to` for `amount`, valid from ten minutes ago for
 /// `timeout` seconds, with a fresh random nonce.
-pub fn authorize(from: Address, pay_to: &str, amount: &str, now: u64, timeout: u64) -> Result<Authorization, String> {
+pub fn authorize(
+    from: Address,
+    pay_to: &str,
+    amount: &str,
+    now: u64,
+    timeout: u64,
+) -> Result<Authorization, String> {
     Ok(Authorization {
         from,
         to: pay_to.parse().map_err(|_| format!("payTo {pay_to:?} is not an address"))?,
@@ -114,7 +125,8 @@ pub fn sign(
     asset: &str,
     extra: Option<&Value>,
 ) -> Result<ExactEvmPayload, String> {
-    let network = Network::parse(network).ok_or_else(|| format!("network {network:?} is not an EVM chain"))?;
+    let network =
+        Network::parse(network).ok_or_else(|| format!("network {network:?} is not an EVM chain"))?;
     let field = |name: &str| {
         extra
             .and_then(|e| e.get(name))

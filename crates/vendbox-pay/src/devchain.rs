@@ -35,7 +35,9 @@ const ANVIL_IN_PREFIX: &str = "node_modules/@foundry-rs/anvil-linux-amd64/bin/an
 #[derive(Debug, thiserror::Error)]
 pub enum DevChainError {
     /// anvil is not installed where vendbox looks.
-    #[error("anvil was not found: set VENDBOX_ANVIL, put anvil on PATH, or run `npm install {ANVIL_PACKAGE}`")]
+    #[error(
+        "anvil was not found: set VENDBOX_ANVIL, put anvil on PATH, or run `npm install {ANVIL_PACKAGE}`"
+    )]
     AnvilMissing,
     /// anvil did not start.
     #[error("anvil did not start: {0}")]
@@ -74,7 +76,9 @@ pub async fn install_anvil(prefix: &Path) -> Result<PathBuf, DevChainError> {
         .arg(ANVIL_PACKAGE)
         .status()
         .await
-        .map_err(|e| DevChainError::AnvilStart(format!("npm could not run ({e}); install Node.js and npm")))?;
+        .map_err(|e| {
+            DevChainError::AnvilStart(format!("npm could not run ({e}); install Node.js and npm"))
+        })?;
     let binary = prefix.join(ANVIL_IN_PREFIX);
     if status.success() && binary.is_file() { Ok(binary) } else { Err(DevChainError::AnvilMissing) }
 }
@@ -177,7 +181,12 @@ pub async fn mint(
 }
 
 /// Sends `wei` of the chain's native coin from `sender` to `to` (gas money for a new signer).
-pub async fn fund(rpc_url: &str, sender: &PrivateKeySigner, to: Address, wei: U256) -> Result<(), DevChainError> {
+pub async fn fund(
+    rpc_url: &str,
+    sender: &PrivateKeySigner,
+    to: Address,
+    wei: U256,
+) -> Result<(), DevChainError> {
     let provider = signing_provider(rpc_url, sender)?;
     provider
         .send_transaction(TransactionRequest::default().to(to).value(wei))

@@ -199,8 +199,12 @@ mod tests {
     fn type_hash_is_eip_3009s() {
         // keccak256("TransferWithAuthorization(address from,address to,uint256 value,uint256
         // validAfter,uint256 validBefore,bytes32 nonce)"), as published in EIP-3009.
-        let expected: B256 = "0x7c7c6cdb67a18743f49ec6fa9b35f50d52ed05cbed4cc592e13b44501c1a2267".parse().unwrap();
-        assert_eq!(TransferWithAuthorization::eip712_type_hash(&TransferWithAuthorization::default()), expected);
+        let expected: B256 =
+            "0x7c7c6cdb67a18743f49ec6fa9b35f50d52ed05cbed4cc592e13b44501c1a2267".parse().unwrap();
+        assert_eq!(
+            TransferWithAuthorization::eip712_type_hash(&TransferWithAuthorization::default()),
+            expected
+        );
     }
 
     #[test]
@@ -249,7 +253,8 @@ mod tests {
         let auth = authorization(signer.address());
         let sig = auth.sign(&signer, &domain()).unwrap();
         // The same signature with s' = n - s recovers the same key, and the token refuses it.
-        let n = U256::from_str_radix("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141", 16).unwrap();
+        let n = U256::from_str_radix("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141", 16)
+            .unwrap();
         let high = Signature::new(sig.r(), n - sig.s(), !sig.v());
         assert_eq!(auth.recover_signer(&high, &domain()).unwrap_err().reason, Reason::Signature);
     }

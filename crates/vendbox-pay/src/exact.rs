@@ -302,7 +302,10 @@ pub fn check(sent: SentPayment, requirements: &Requirements, now: u64) -> Result
     if authorization.value != amount {
         return Err(Rejection::new(
             Reason::Value,
-            format!("the authorization is for {} atomic units; the price is exactly {amount}", authorization.value),
+            format!(
+                "the authorization is for {} atomic units; the price is exactly {amount}",
+                authorization.value
+            ),
         ));
     }
     if authorization.valid_after > U256::from(now) {

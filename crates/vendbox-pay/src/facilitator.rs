@@ -51,7 +51,11 @@ pub trait Facilitator: Send + Sync + fmt::Debug {
     async fn verify(&self, payment: &CheckedPayment, requirements: &Requirements) -> Result<(), VerifyError>;
 
     /// Takes the money: returns the transaction hash once the transfer is on chain.
-    async fn settle(&self, payment: &CheckedPayment, requirements: &Requirements) -> Result<B256, SettleError>;
+    async fn settle(
+        &self,
+        payment: &CheckedPayment,
+        requirements: &Requirements,
+    ) -> Result<B256, SettleError>;
 }
 
 /// Settles on chain itself, with the operator's key.
@@ -85,7 +89,7 @@ impl BuiltinFacilitator {
             chain: Chain::with_provider(provider, asset),
             sender,
             send: Mutex::new(()),
-            receipt_timeout: Duration::from_secs(60),
+            receipt_timeout: Duration::from_mins(1),
         })
     }
 
@@ -129,7 +133,11 @@ impl Facilitator for BuiltinFacilitator {
         self.chain.simulate(payment, self.sender).await
     }
 
-    async fn settle(&self, payment: &CheckedPayment, _requirements: &Requirements) -> Result<B256, SettleError> {
+    async fn settle(
+        &self,
+        payment: &CheckedPayment,
+        _requirements: &Requirements,
+    ) -> Result<B256, SettleError> {
         let request = transfer_request(self.chain.asset(), payment);
         let pending = {
             let _turn = self.send.lock().await;
@@ -167,7 +175,7 @@ impl RemoteFacilitator {
     /// A client for the facilitator at `base`.
     pub fn new(base: &str, auth_header: Option<(String, String)>) -> Result<Self, ChainError> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_mins(1))
             .build()
             .map_err(|e| ChainError(format!("HTTP client: {e}")))?;
         Ok(Self { http, base: base.trim_end_matches('/').to_owned(), auth_header })
@@ -208,7 +216,8 @@ impl RemoteFacilitator {
         let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status();
         let text = response.text().await.map_err(|e| e.to_string())?;
-        serde_json::from_str(&text).map_err(|_| format!("{path} answered {status}: {}", text.chars().take(200).collect::<String>()))
+        serde_json::from_str(&text)
+            .map_err(|_| format!("{path} answered {status}: {}", text.chars().take(200).collect::<String>()))
     }
 }
 
@@ -234,8 +243,11 @@ struct SettleResponse {
 
 fn remote_rejection(code: Option<String>, message: Option<String>) -> Rejection {
     let code = code.unwrap_or_else(|| "unknown".into());
-    let reason = Reason::from_code(&code).unwrap_or(Reason::TransactionState);
-    Rejection::new(reason, format!("the facilitator refused the payment: {code} {}", message.unwrap_or_default()))
+    let reason = Reason::from_any_code(&code).unwrap_or(Reason::TransactionState);
+    Rejection::new(
+        reason,
+        format!("the facilitator refused the payment: {code} {}", message.unwrap_or_default()),
+    )
 }
 
 #[async_trait]
@@ -254,7 +266,11 @@ impl Facilitator for RemoteFacilitator {
         }
     }
 
-    async fn settle(&self, payment: &CheckedPayment, requirements: &Requirements) -> Result<B256, SettleError> {
+    async fn settle(
+        &self,
+        payment: &CheckedPayment,
+        requirements: &Requirements,
+    ) -> Result<B256, SettleError> {
         let answer: SettleResponse = self
             .call("/settle", payment, requirements)
             .await

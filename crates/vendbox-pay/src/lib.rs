@@ -17,3 +17,6 @@ pub mod wire;
 
 pub use network::Network;
 pub use reason::{Reason, Rejection};
+
+/// The Ethereum library vendbox-pay is built on, for callers that need its types.
+pub use alloy;

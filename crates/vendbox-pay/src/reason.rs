@@ -71,10 +71,10 @@ impl Reason {
             Reason::InsufficientFunds => "insufficient_funds",
             Reason::ValidAfter => "invalid_exact_evm_payload_authorization_valid_after",
             Reason::ValidBefore => "invalid_exact_evm_payload_authorization_valid_before",
-            Reason::Value => "invalid_exact_evm_payload_authorization_value",
+            Reason::Value => "invalid_exact_evm_payload_authorization_value_mismatch",
             Reason::Signature => "invalid_exact_evm_payload_signature",
             Reason::RecipientMismatch => "invalid_exact_evm_payload_recipient_mismatch",
-            Reason::NonceUsed => "invalid_exact_evm_payload_authorization_nonce_used",
+            Reason::NonceUsed => "invalid_exact_evm_nonce_already_used",
             Reason::Network => "invalid_network",
             Reason::Payload => "invalid_payload",
             Reason::Requirements => "invalid_payment_requirements",
@@ -91,6 +91,27 @@ impl Reason {
     /// The reason with this code.
     pub fn from_code(code: &str) -> Option<Reason> {
         Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// The reason for a code as any x402 implementation spells it (the specification's, the
+    /// official Python and JavaScript facilitators'), for answers of a remote facilitator.
+    pub fn from_any_code(code: &str) -> Option<Reason> {
+        Self::from_code(code).or(match code {
+            "invalid_exact_evm_insufficient_balance" => Some(Reason::InsufficientFunds),
+            "invalid_exact_evm_signature" | "invalid_exact_evm_failed_to_verify_signature" => {
+                Some(Reason::Signature)
+            }
+            "invalid_exact_evm_payload_authorization_value" | "invalid_exact_evm_authorization_value" => {
+                Some(Reason::Value)
+            }
+            "invalid_exact_evm_recipient_mismatch" => Some(Reason::RecipientMismatch),
+            "network_mismatch" | "invalid_exact_evm_network_mismatch" => Some(Reason::Network),
+            "invalid_scheme" | "invalid_exact_evm_scheme" => Some(Reason::Scheme),
+            "invalid_exact_evm_transaction_simulation_failed" | "transaction_failed" => {
+                Some(Reason::TransactionState)
+            }
+            _ => None,
+        })
     }
 
     /// True when the header itself could not be read: answered with 400, not 402.
@@ -133,5 +154,11 @@ mod tests {
             assert!(seen.insert(r.code()), "{} twice", r.code());
             assert_eq!(Reason::from_code(r.code()), Some(r));
         }
+        assert_eq!(
+            Reason::from_any_code("invalid_exact_evm_insufficient_balance"),
+            Some(Reason::InsufficientFunds)
+        );
+        assert_eq!(Reason::from_any_code("invalid_exact_evm_signature"), Some(Reason::Signature));
+        assert_eq!(Reason::from_any_code("no_such_code"), None);
     }
 }

@@ -227,9 +227,9 @@ pub fn header_version(header: &str) -> Result<u64, Rejection> {
     }
     let v: Versioned = decode_header(header)?;
     match v.x402_version {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .ok_or_else(|| Rejection::new(Reason::Version, "x402Version must be 1 or 2")),
+        Some(Value::Number(n)) => {
+            n.as_u64().ok_or_else(|| Rejection::new(Reason::Version, "x402Version must be 1 or 2"))
+        }
         _ => Err(Rejection::new(Reason::HeaderJson, "the payment header has no numeric x402Version")),
     }
 }

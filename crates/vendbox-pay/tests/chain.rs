@@ -31,7 +31,9 @@ async fn world() -> Option<World> {
     let deployer = PrivateKeySigner::from_str(ANVIL_KEY_0).unwrap();
     let asset = devchain::deploy_token(&anvil.rpc_url, &deployer, "USDC", "2").await.unwrap();
     let payer = PrivateKeySigner::random();
-    devchain::mint(&anvil.rpc_url, &deployer, asset, payer.address(), U256::from(1_000_000u64)).await.unwrap();
+    devchain::mint(&anvil.rpc_url, &deployer, asset, payer.address(), U256::from(1_000_000u64))
+        .await
+        .unwrap();
     let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
     let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
     let facilitator = BuiltinFacilitator::new(&anvil.rpc_url, asset, settler).unwrap();
@@ -103,10 +105,9 @@ async fn an_empty_wallet_is_refused_before_any_work() {
 async fn concurrent_settlements_share_no_nonce() {
     let Some(w) = world().await else { return };
     let payments: Vec<_> = (0..12).map(|_| pay(&w, &w.payer)).collect();
-    let results = futures_util::future::join_all(
-        payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)),
-    )
-    .await;
+    let results =
+        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)))
+            .await;
     let hashes: std::collections::HashSet<_> = results.into_iter().map(Result::unwrap).collect();
     assert_eq!(hashes.len(), 12);
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(120_000u64));

@@ -19,9 +19,10 @@ use vendbox_core::Catalog;
 use vendbox_store::Store;
 
 use crate::error::ApiError;
+use crate::gate::PaymentGate;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::openapi;
-use crate::routes::{health, offers, quotes};
+use crate::routes::{health, offers, payments, quotes, vpsagent};
 
 /// Header carrying the request id, set by vendbox when the client sends none.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,6 +36,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The payment gate of paid routes.
+    pub gate: Arc<PaymentGate>,
 }
 
 /// Limits applied to every request.
@@ -60,6 +63,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/v1/offers/{id}", get(offers::get))
         .route("/v1/quotes", post(quotes::create))
         .route("/v1/quotes/{id}", get(quotes::get))
+        .route("/v1/payments/{id}", get(payments::get))
+        .route("/catalog", get(vpsagent::catalog))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .fallback(not_found)

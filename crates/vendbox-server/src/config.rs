@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Table, Value};
 use vendbox_core::{Catalog, CreditsPolicy, Image, Offer, Region};
+use vendbox_pay::Network;
+use vendbox_pay::alloy::primitives::Address;
+use vendbox_pay::exact::Acceptance;
 
 /// The catalog vendbox sells when the operator says nothing else.
 pub const DEFAULT_CATALOG: &str = include_str!("default-catalog.toml");
@@ -42,6 +45,95 @@ pub struct Config {
     /// Rules for buying from prepaid credits.
     #[serde(default)]
     pub credits: CreditsPolicy,
+    /// How vendbox takes x402 payments.
+    #[serde(default)]
+    pub payments: PaymentsConfig,
+}
+
+/// Which facilitator verifies and settles payments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FacilitatorKind {
+    /// vendbox settles on chain itself with the key in `VENDBOX_SIGNER_KEY`.
+    Builtin,
+    /// An x402 facilitator service at `facilitator_url`.
+    Remote,
+}
+
+/// `[payments]`: one token on one chain, paid to the operator's address. Secrets never live
+/// here: the built-in facilitator's key comes from `VENDBOX_SIGNER_KEY` (or the file named by
+/// `VENDBOX_SIGNER_KEY_FILE`), a remote facilitator's auth header from `VENDBOX_FACILITATOR_AUTH`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// The chain: a CAIP-2 id (`eip155:8453`) or an x402 v1 name (`base-sepolia`).
+    pub network: String,
+    /// The token contract (EIP-3009).
+    pub asset: String,
+    /// The token's EIP-712 domain name.
+    pub asset_name: String,
+    /// The token's EIP-712 domain version.
+    pub asset_version: String,
+    /// The operator's payout address. Without one, paid routes answer 503 `payments_unconfigured`.
+    pub pay_to: Option<String>,
+    /// How long a client has to get its payment settled; clients set `validBefore` from it.
+    pub max_timeout_seconds: u64,
+    /// JSON-RPC endpoint of the chain, for on-chain checks and recovery.
+    pub rpc_url: String,
+    /// `builtin` or `remote`.
+    pub facilitator: FacilitatorKind,
+    /// Base URL of the remote facilitator.
+    pub facilitator_url: String,
+    /// A payment left `verified` this long (a crash between reserve and settle) is finished by
+    /// the settlement worker: settled if its transfer is on chain, voided otherwise.
+    pub settle_grace_secs: u64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            network: "base-sepolia".into(),
+            asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+            asset_name: "USDC".into(),
+            asset_version: "2".into(),
+            pay_to: None,
+            max_timeout_seconds: 300,
+            rpc_url: "https://sepolia.base.org".into(),
+            facilitator: FacilitatorKind::Remote,
+            facilitator_url: "https://x402.org/facilitator".into(),
+            settle_grace_secs: 300,
+        }
+    }
+}
+
+impl PaymentsConfig {
+    /// What vendbox accepts, or `None` while no payee is set. Errors name the key.
+    pub fn acceptance(&self) -> Result<Option<Acceptance>, (String, String)> {
+        let Some(pay_to) = &self.pay_to else { return Ok(None) };
+        let key = |k: &str| format!("payments.{k}");
+        let network = Network::parse(&self.network).ok_or_else(|| {
+            (key("network"), format!("{:?} is not an EVM network (`eip155:8453` or `base`)", self.network))
+        })?;
+        let address = |k: &str, text: &str| {
+            text.trim().parse::<Address>().map_err(|_| (key(k), format!("{text:?} is not a 0x address")))
+        };
+        if self.max_timeout_seconds < 30 {
+            return Err((key("max_timeout_seconds"), "must be at least 30 seconds".into()));
+        }
+        Ok(Some(Acceptance {
+            network,
+            asset: address("asset", &self.asset)?,
+            asset_name: self.asset_name.clone(),
+            asset_version: self.asset_version.clone(),
+            pay_to: address("pay_to", pay_to)?,
+            max_timeout_seconds: self.max_timeout_seconds,
+        }))
+    }
+
+    /// The settlement grace period.
+    pub fn settle_grace(&self) -> Duration {
+        Duration::from_secs(self.settle_grace_secs)
+    }
 }
 
 /// `[server]`.
@@ -210,9 +302,15 @@ impl Config {
             ConfigError::Key { origin, key, problem }
         })?;
         config.catalog().check().map_err(|e| ConfigError::Key {
-            origin: file_name,
+            origin: file_name.clone(),
             key: e.key,
             problem: e.problem,
+        })?;
+        config.payments.acceptance().map_err(|(key, problem)| {
+            let origin = env_keys
+                .get(&key)
+                .map_or_else(|| file_name.clone(), |var| format!("environment variable {var}"));
+            ConfigError::Key { origin, key, problem }
         })?;
         Ok(config)
     }

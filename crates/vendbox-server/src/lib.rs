@@ -4,15 +4,18 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod faults;
+pub mod gate;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod purge;
 pub mod routes;
 pub mod serve;
+pub mod settlement;
 pub mod worker;
 
 pub use app::{AppState, Limits, router};
 pub use config::{Config, ConfigError};
 pub use error::ApiError;
-pub use serve::{Server, shutdown_signal};
+pub use serve::{Secrets, Server, shutdown_signal};

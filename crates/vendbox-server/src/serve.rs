@@ -8,10 +8,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vendbox_store::Store;
 
+use std::str::FromStr;
+
+use vendbox_pay::alloy::signers::local::PrivateKeySigner;
+use vendbox_pay::chain::Chain;
+use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator};
+
 use crate::app::{AppState, Limits, router};
-use crate::config::Config;
+use crate::config::{Config, FacilitatorKind};
+use crate::faults::Faults;
+use crate::gate::PaymentGate;
 use crate::metrics::Metrics;
 use crate::purge::QuotePurge;
+use crate::settlement::SettlementWorker;
 use crate::worker::{self, Worker};
 
 /// A bound, not yet serving, vendbox.
@@ -21,20 +30,32 @@ pub struct Server {
     state: AppState,
     limits: Limits,
     grace: std::time::Duration,
+    settlement: Option<SettlementWorker>,
 }
 
 impl Server {
-    /// Opens the store and binds the listener of `config`.
-    pub async fn bind(config: &Config, store: Arc<dyn Store>) -> std::io::Result<Server> {
+    /// Binds the listener of `config`, with the store and the secrets (from the environment:
+    /// [`Secrets::from_env`]).
+    pub async fn bind(config: &Config, store: Arc<dyn Store>, secrets: Secrets) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.server.listen).await?;
-        let state =
-            AppState { catalog: Arc::new(config.catalog()), store, metrics: Arc::new(Metrics::new()) };
+        let public_url = match &config.server.public_url {
+            Some(_) => config.public_url(),
+            None => format!("http://{}", listener.local_addr()?),
+        };
+        let (gate, settlement) =
+            payments(config, store.clone(), public_url, secrets).map_err(std::io::Error::other)?;
+        let state = AppState {
+            catalog: Arc::new(config.catalog()),
+            store,
+            metrics: Arc::new(Metrics::new()),
+            gate: Arc::new(gate),
+        };
         let limits = Limits {
             request_timeout: config.server.request_timeout(),
             max_body_bytes: config.server.max_body_bytes,
         };
         let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
-        Ok(Server { listener, state, limits, grace })
+        Ok(Server { listener, state, limits, grace, settlement })
     }
 
     /// The address it listens on (useful with port 0).
@@ -45,7 +66,11 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_workers, workers_stop) = watch::channel(false);
-        let workers: Vec<Arc<dyn Worker>> = vec![Arc::new(QuotePurge { store: self.state.store.clone() })];
+        let mut workers: Vec<Arc<dyn Worker>> =
+            vec![Arc::new(QuotePurge { store: self.state.store.clone() })];
+        if let Some(settlement) = self.settlement {
+            workers.push(Arc::new(settlement));
+        }
         let handles: Vec<_> = workers
             .into_iter()
             .map(|w| tokio::spawn(worker::run(w, self.state.metrics.clone(), workers_stop.clone())))
@@ -74,6 +99,77 @@ impl Server {
             let _ = h.await;
         }
         result
+    }
+}
+
+/// The payment gate and settlement worker of `config`; an error names what is missing.
+fn payments(
+    config: &Config,
+    store: Arc<dyn Store>,
+    public_url: String,
+    secrets: Secrets,
+) -> Result<(PaymentGate, Option<SettlementWorker>), String> {
+    let p = &config.payments;
+    let Some(acceptance) = p.acceptance().map_err(|(key, problem)| format!("{key}: {problem}"))? else {
+        tracing::warn!("payments.pay_to is not set: paid routes answer 503 until it is");
+        return Ok((PaymentGate::unconfigured(store, public_url), None));
+    };
+    let chain_error = |e: vendbox_pay::chain::ChainError| e.to_string();
+    let facilitator: Arc<dyn Facilitator> = match p.facilitator {
+        FacilitatorKind::Builtin => {
+            let signer = secrets.signer.ok_or(
+                "payments.facilitator = \"builtin\" needs the settlement key in VENDBOX_SIGNER_KEY or VENDBOX_SIGNER_KEY_FILE",
+            )?;
+            tracing::info!(sender = %signer.address(), rpc = %p.rpc_url, "built-in facilitator settles on chain");
+            Arc::new(BuiltinFacilitator::new(&p.rpc_url, acceptance.asset, signer).map_err(chain_error)?)
+        }
+        FacilitatorKind::Remote => {
+            tracing::info!(url = %p.facilitator_url, "remote facilitator settles");
+            Arc::new(
+                RemoteFacilitator::new(&p.facilitator_url, secrets.facilitator_auth).map_err(chain_error)?,
+            )
+        }
+    };
+    let chain = Chain::connect(&p.rpc_url, acceptance.asset).map_err(chain_error)?;
+    tracing::info!(
+        network = %acceptance.network,
+        asset = %acceptance.asset,
+        pay_to = %acceptance.pay_to,
+        "taking x402 payments"
+    );
+    let worker = SettlementWorker { store: store.clone(), chain, grace: p.settle_grace() };
+    let gate = PaymentGate::new(Some(acceptance), Some(facilitator), store, public_url, Faults::from_env());
+    Ok((gate, Some(worker)))
+}
+
+/// What vendbox needs that never goes in a file it might share: keys and auth headers.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// The built-in facilitator's settlement key.
+    pub signer: Option<PrivateKeySigner>,
+    /// `(name, value)` of the header sent to a remote facilitator.
+    pub facilitator_auth: Option<(String, String)>,
+}
+
+impl Secrets {
+    /// `VENDBOX_SIGNER_KEY` (or the file named by `VENDBOX_SIGNER_KEY_FILE`) and
+    /// `VENDBOX_FACILITATOR_AUTH` (`Name: value`).
+    pub fn from_env() -> Result<Secrets, String> {
+        let key = match (std::env::var("VENDBOX_SIGNER_KEY"), std::env::var("VENDBOX_SIGNER_KEY_FILE")) {
+            (Ok(key), _) => Some(key),
+            (Err(_), Ok(file)) => Some(
+                std::fs::read_to_string(&file).map_err(|e| format!("VENDBOX_SIGNER_KEY_FILE {file}: {e}"))?,
+            ),
+            _ => None,
+        };
+        let signer = key
+            .map(|k| PrivateKeySigner::from_str(k.trim()))
+            .transpose()
+            .map_err(|_| "VENDBOX_SIGNER_KEY is not a 32-byte hex private key".to_owned())?;
+        let facilitator_auth = std::env::var("VENDBOX_FACILITATOR_AUTH").ok().and_then(|h| {
+            h.split_once(':').map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        });
+        Ok(Secrets { signer, facilitator_auth })
     }
 }
 

@@ -35,7 +35,11 @@ async fn app_with(limits: Limits) -> TestApp {
 
 fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
     let config = Config::load(None, []).unwrap();
-    let state = AppState { catalog: Arc::new(config.catalog()), store, metrics: Arc::default() };
+    let gate = Arc::new(vendbox_server::gate::PaymentGate::unconfigured(
+        store.clone(),
+        "http://vendbox.test".into(),
+    ));
+    let state = AppState { catalog: Arc::new(config.catalog()), store, metrics: Arc::default(), gate };
     router(state, limits)
 }
 

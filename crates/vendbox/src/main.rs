@@ -1,4 +1,9 @@
-//! The `vendbox` binary: `serve` runs the storefront; `version` says which build this is.
+//! The `vendbox` binary: `serve` runs the storefront; `dev` runs it on a local chain with test
+//! USDC and a funded agent wallet; `fetch` is an x402-paying HTTP client; `version` says which
+//! build this is.
+
+mod dev;
+mod fetch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use vendbox_server::{Config, Server, shutdown_signal};
+use vendbox_server::{Config, Secrets, Server, shutdown_signal};
 
 /// vendbox sells disposable compute to AI agents: sandboxes to run commands in, machines to SSH
 /// into, and TTL locks with fencing tokens, paid per request over HTTP 402 in USDC.
@@ -38,6 +43,11 @@ enum Command {
     /// catalog. Every key of vendbox.toml can also be set with VENDBOX_<SECTION>__<KEY>
     /// (for example VENDBOX_SERVER__LISTEN=0.0.0.0:8402).
     Serve(ServeArgs),
+    /// Run vendbox on a local chain: start anvil (or use --rpc-url), deploy a test USDC, fund
+    /// a fresh agent wallet, and serve with the built-in facilitator. Prints what an agent needs.
+    Dev(dev::DevArgs),
+    /// Fetch a URL, paying its HTTP 402 with x402 from VENDBOX_WALLET_KEY, up to --max-price.
+    Fetch(fetch::FetchArgs),
     /// Print the version.
     Version,
 }
@@ -67,6 +77,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Serve(args) => run_async(serve(args)),
+        Command::Dev(args) => run_async(dev::run(args)),
+        Command::Fetch(args) => run_async(fetch::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,11 +107,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let file = args.config.clone().or_else(|| {
+/// The configuration file named, or `./vendbox.toml` when it exists.
+fn config_file(named: Option<PathBuf>) -> Option<PathBuf> {
+    named.or_else(|| {
         let default = PathBuf::from("vendbox.toml");
         default.exists().then_some(default)
-    });
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = config_file(args.config.clone());
     let mut config = Config::load(file.as_deref(), std::env::vars())?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -110,10 +127,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.database_url {
         config.store.database_url = Some(url);
     }
+    let secrets = Secrets::from_env().map_err(anyhow::Error::msg)?;
+    let where_from = file.as_deref().map_or_else(|| "embedded defaults".into(), |p| p.display().to_string());
+    let server = start(&config, secrets, &where_from).await?;
+    server.run(shutdown_signal()).await.context("serving")?;
+    tracing::info!("vendbox stopped");
+    Ok(())
+}
+
+/// Opens the store and binds the server; prints the `vendbox listening on` line.
+async fn start(config: &Config, secrets: Secrets, where_from: &str) -> anyhow::Result<Server> {
     let store = vendbox_store::open(config.store.database_url.as_deref(), &config.store.data_dir)
         .await
         .context("opening the store")?;
-    let server = Server::bind(&config, store.clone())
+    let server = Server::bind(config, store.clone(), secrets)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
     let addr = server.local_addr()?;
@@ -121,13 +148,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         %addr,
         store = store.backend(),
         offers = config.offers.len(),
-        config = %file.as_deref().map_or_else(|| "embedded defaults".into(), |p| p.display().to_string()),
+        config = %where_from,
         "vendbox {} serving",
         env!("CARGO_PKG_VERSION"),
     );
     // Machine-readable line for scripts and tests that start vendbox on port 0.
     println!("vendbox listening on http://{addr}");
-    server.run(shutdown_signal()).await.context("serving")?;
-    tracing::info!("vendbox stopped");
-    Ok(())
+    Ok(server)
 }

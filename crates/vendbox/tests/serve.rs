@@ -2,75 +2,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vendbox_store::testkit::PostgresSchema;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vendbox");
+mod support;
 
-/// A running `vendbox serve`, stopped (by its pid) when dropped.
-struct Vendbox {
-    child: Child,
-    url: String,
-}
-
-impl Vendbox {
-    fn start(cwd: &Path, args: &[&str]) -> Vendbox {
-        let mut child = Command::new(BIN)
-            .current_dir(cwd)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("VENDBOX_DATABASE_URL")
-            .env("VENDBOX_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("vendbox listening on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("vendbox printed its address");
-        Vendbox { child, url }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(started.elapsed() < limit, "vendbox did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
-    }
-}
-
-impl Drop for Vendbox {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::Vendbox;
 
 async fn get_json(url: &str) -> (u16, Value) {
     let response = reqwest::get(url).await.unwrap();
@@ -182,7 +123,7 @@ fn a_bad_config_file_stops_start_up_naming_file_key_and_problem() {
         "[[offers]]\nid = \"h3retik-custom\"\nduration = { rule = \"range\", min_minutes = 1, max_minutes = \"lots\" }\n",
     )
     .unwrap();
-    let output = Command::new(BIN)
+    let output = Command::new(support::BIN)
         .current_dir(dir.path())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .output()
@@ -196,12 +137,12 @@ fn a_bad_config_file_stops_start_up_naming_file_key_and_problem() {
 
 #[test]
 fn version_and_help_read_well() {
-    let version = Command::new(BIN).arg("version").output().unwrap();
+    let version = Command::new(support::BIN).arg("version").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("vendbox {}", env!("CARGO_PKG_VERSION"))
     );
-    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = Command::new(support::BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for word in ["serve", "version", "HTTP 402"] {
         assert!(help.contains(word), "{help}");

@@ -2,4 +2,6 @@
 
 pub mod health;
 pub mod offers;
+pub mod payments;
 pub mod quotes;
+pub mod vpsagent;

@@ -1,0 +1,350 @@
+//! The payment gate every paid route goes through. No proof: a 402 offering the same charge in
+//! x402 v1 (JSON body) and v2 (`PAYMENT-REQUIRED`), and nothing else changes. A proof: check it,
+//! verify it on chain, reserve its replay key, do the work, then settle, or void when the work
+//! failed. Money moves only after the work succeeded, and the response (with the receipt) goes
+//! out only after the money moved.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::json;
+use vendbox_core::{Payment, PaymentId, PaymentMethod, PaymentState, ReplayKey, Usdc};
+use vendbox_pay::chain::VerifyError;
+use vendbox_pay::exact::{self, Acceptance, Charge, CheckedPayment, Requirements, SentPayment, Version};
+use vendbox_pay::facilitator::{Facilitator, SettleError};
+use vendbox_pay::wire::{self, SettlementResponse};
+use vendbox_pay::{Reason, Rejection};
+use vendbox_store::{PaymentOutcome, Store, StoreError};
+
+use crate::error::ApiError;
+use crate::faults::Faults;
+
+/// Response header naming the payment a paid response was paid with (`GET /v1/payments/{id}`).
+pub const PAYMENT_ID: HeaderName = HeaderName::from_static("vendbox-payment-id");
+
+/// The gate: what vendbox accepts, who settles, and where payments are recorded.
+#[derive(Debug, Clone)]
+pub struct PaymentGate {
+    /// What vendbox accepts; `None` while the operator has set no payee.
+    acceptance: Option<Acceptance>,
+    /// Verifies and settles.
+    facilitator: Option<Arc<dyn Facilitator>>,
+    /// Where payments are reserved and finished.
+    store: Arc<dyn Store>,
+    /// Base of the resource URLs named in requirements.
+    public_url: String,
+    /// Failures injected by crash tests.
+    faults: Faults,
+}
+
+impl PaymentGate {
+    /// A gate taking payments as `acceptance` says, through `facilitator`.
+    pub fn new(
+        acceptance: Option<Acceptance>,
+        facilitator: Option<Arc<dyn Facilitator>>,
+        store: Arc<dyn Store>,
+        public_url: String,
+        faults: Faults,
+    ) -> Self {
+        Self { acceptance, facilitator, store, public_url, faults }
+    }
+
+    /// A gate that takes no payments: paid routes answer 503 `payments_unconfigured`.
+    pub fn unconfigured(store: Arc<dyn Store>, public_url: String) -> Self {
+        Self::new(None, None, store, public_url, Faults::default())
+    }
+
+    /// What vendbox accepts, when it takes payments.
+    pub fn acceptance(&self) -> Option<&Acceptance> {
+        self.acceptance.as_ref()
+    }
+
+    /// The requirements for `amount` at `path`; `None` when the amount is zero (free).
+    pub fn charge(
+        &self,
+        amount: Usdc,
+        path: &str,
+        description: &str,
+    ) -> Result<Option<Requirements>, ApiError> {
+        if amount == Usdc::ZERO {
+            return Ok(None);
+        }
+        let acceptance = self.acceptance.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "payments_unconfigured",
+                "this vendbox takes no payments yet: its operator must set payments.pay_to",
+            )
+        })?;
+        let charge = Charge {
+            amount,
+            resource: format!("{}{path}", self.public_url),
+            description: description.to_owned(),
+            mime_type: "application/json".into(),
+        };
+        Ok(Some(Requirements::new(acceptance, charge)))
+    }
+
+    /// Runs `work` for a paid request: 402 without proof, and pay-on-success with one.
+    /// `requirements` of `None` means free: the work runs with no payment.
+    pub async fn pay_on_success<T, W>(
+        &self,
+        headers: &HeaderMap,
+        requirements: Option<Requirements>,
+        work: W,
+    ) -> Response
+    where
+        T: IntoResponse,
+        W: Future<Output = Result<T, ApiError>>,
+    {
+        let Some(requirements) = requirements else {
+            return work.await.into_response();
+        };
+        let admitted = match self.admit(headers, &requirements).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal,
+        };
+        let outcome = if self.faults.fail_work {
+            Err(ApiError::internal(&"injected fault: fail-work"))
+        } else {
+            work.await
+        };
+        match outcome {
+            Err(error) => {
+                let reason = format!("the paid work failed ({}); nothing was charged", error.code);
+                self.void(admitted.payment.id, &reason).await;
+                with_payment_id(error.into_response(), admitted.payment.id)
+            }
+            Ok(value) => match self.settle(admitted).await {
+                Ok(receipt) => (receipt, value).into_response(),
+                Err(refusal) => refusal,
+            },
+        }
+    }
+
+    /// Reads, checks, verifies and reserves the payment in `headers`.
+    async fn admit(&self, headers: &HeaderMap, requirements: &Requirements) -> Result<Admitted, Response> {
+        let header = |name: &str| headers.get(name).map(|v| v.to_str().map_err(|_| ()));
+        let (v2, v1) = (header(wire::PAYMENT_SIGNATURE), header(wire::X_PAYMENT));
+        if matches!(v2, Some(Err(()))) || matches!(v1, Some(Err(()))) {
+            return Err(refuse(
+                requirements,
+                &Rejection::new(Reason::HeaderEncoding, "the payment header is not ASCII"),
+            ));
+        }
+        let sent = match SentPayment::from_headers(v2.and_then(Result::ok), v1.and_then(Result::ok)) {
+            None => return Err(challenge(requirements, "payment_required", "pay this request with x402")),
+            Some(sent) => sent.map_err(|r| refuse(requirements, &r))?,
+        };
+        let checked = exact::check(sent, requirements, unix_now()).map_err(|r| refuse(requirements, &r))?;
+        let facilitator =
+            self.facilitator.as_ref().ok_or_else(|| unavailable("no facilitator is configured"))?;
+        match facilitator.verify(&checked, requirements).await {
+            Ok(()) => {}
+            Err(VerifyError::Rejected(r)) => return Err(refuse(requirements, &r)),
+            Err(VerifyError::Unavailable(m)) => {
+                tracing::warn!(error = %m, "payment verification unavailable");
+                return Err(unavailable("the payment could not be verified right now; try again"));
+            }
+        }
+        let payment = reservation(&checked, requirements);
+        match self.store.reserve_payment(&payment).await {
+            Ok(()) => {}
+            Err(StoreError::ReplayKeyTaken) => {
+                let r = Rejection::new(
+                    Reason::Replayed,
+                    "this authorization was already used here; sign a new one",
+                );
+                return Err(refuse(requirements, &r));
+            }
+            Err(e) => return Err(ApiError::from(e).into_response()),
+        }
+        tracing::info!(payment = %payment.id, payer = %checked.payer(), amount = %payment.amount, "payment reserved");
+        Ok(Admitted { payment, checked, requirements: requirements.clone() })
+    }
+
+    /// Takes the money; the receipt headers, or the refusal when the money did not move.
+    async fn settle(&self, admitted: Admitted) -> Result<HeaderMap, Response> {
+        let facilitator =
+            self.facilitator.clone().ok_or_else(|| unavailable("no facilitator is configured"))?;
+        let (store, faults) = (self.store.clone(), self.faults.clone());
+        let Admitted { payment, checked, requirements } = admitted;
+        let id = payment.id;
+        // A task of its own: a client that hangs up, or the request timeout, must not cut a
+        // settlement off between sending it and recording it.
+        let task = tokio::spawn(async move {
+            if let Some(pause) = faults.pause_before_settle {
+                tracing::warn!(payment = %id, "fault: pausing before settlement");
+                tokio::time::sleep(pause).await;
+            }
+            let result = facilitator.settle(&checked, &requirements).await;
+            if let (Ok(_), Some(pause)) = (&result, faults.pause_after_settle) {
+                tracing::warn!(payment = %id, "fault: pausing after settlement, before recording it");
+                tokio::time::sleep(pause).await;
+            }
+            let outcome = match &result {
+                Ok(tx) => Some(PaymentOutcome::Settled { settlement_ref: tx.to_string() }),
+                Err(SettleError::Unconfirmed { .. }) => None,
+                Err(e) => Some(PaymentOutcome::Voided { reason: format!("settlement failed: {e}") }),
+            };
+            if let Some(outcome) = outcome
+                && let Err(e) = store.finish_payment(id, &outcome, Utc::now()).await
+            {
+                tracing::error!(payment = %id, error = %e, "could not record the settlement; the settlement worker will");
+            }
+            (result, checked, requirements)
+        });
+        let (result, checked, requirements) =
+            task.await.map_err(|e| ApiError::internal(&e).into_response())?;
+        match result {
+            Ok(tx) => {
+                tracing::info!(payment = %id, transaction = %tx, "payment settled");
+                Ok(receipt(&checked, &requirements, id, &tx.to_string()))
+            }
+            Err(SettleError::Unconfirmed { transaction, message }) => {
+                // Sent (or maybe sent): the work is delivered, and the chain decides the rest.
+                tracing::warn!(payment = %id, error = %message, "settlement unconfirmed; delivering");
+                let tx = transaction.map(|t| t.to_string()).unwrap_or_default();
+                Ok(receipt(&checked, &requirements, id, &tx))
+            }
+            Err(SettleError::Refused(r)) => Err(with_payment_id(refuse(&requirements, &r), id)),
+            Err(e) => {
+                tracing::warn!(payment = %id, error = %e, "settlement failed; nothing was charged");
+                let refusal =
+                    challenge(&requirements, "settlement_failed", &format!("{e}; nothing was charged"));
+                Err(with_payment_id(refusal, id))
+            }
+        }
+    }
+
+    /// Lets the payment go: the buyer is not charged.
+    async fn void(&self, id: PaymentId, reason: &str) {
+        match self
+            .store
+            .finish_payment(id, &PaymentOutcome::Voided { reason: reason.to_owned() }, Utc::now())
+            .await
+        {
+            Ok(_) => tracing::info!(payment = %id, reason, "payment voided"),
+            Err(e) => {
+                tracing::error!(payment = %id, error = %e, "could not void; the settlement worker will");
+            }
+        }
+    }
+}
+
+/// A payment that passed every check and holds its replay key.
+#[derive(Debug)]
+struct Admitted {
+    payment: Payment,
+    checked: CheckedPayment,
+    requirements: Requirements,
+}
+
+fn reservation(checked: &CheckedPayment, requirements: &Requirements) -> Payment {
+    let acceptance = &requirements.acceptance;
+    let auth = &checked.authorization;
+    let now = Utc::now();
+    let method = match checked.sent.version() {
+        Version::V1 => PaymentMethod::X402ExactV1,
+        Version::V2 => PaymentMethod::X402ExactV2,
+    };
+    let proof = json!({
+        "payment": checked.sent.to_json(),
+        "requirements": requirements.v2(),
+        "resource": requirements.charge.resource,
+    });
+    Payment {
+        id: PaymentId::new_random(),
+        quote_id: None,
+        method,
+        replay_key: ReplayKey::new(
+            &acceptance.network.caip2(),
+            &acceptance.asset.to_string(),
+            &auth.from.to_string(),
+            &auth.nonce.to_string(),
+        ),
+        amount: requirements.charge.amount,
+        state: PaymentState::Verified,
+        settlement_ref: None,
+        void_reason: None,
+        proof: Some(proof.to_string()),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The receipt headers for a settled payment, in the payment's own protocol version.
+fn receipt(checked: &CheckedPayment, requirements: &Requirements, id: PaymentId, tx: &str) -> HeaderMap {
+    let network = requirements.acceptance.network;
+    let (name, network) = match checked.sent.version() {
+        Version::V1 => (wire::X_PAYMENT_RESPONSE, network.v1_label()),
+        Version::V2 => (wire::PAYMENT_RESPONSE, network.caip2()),
+    };
+    let body = SettlementResponse {
+        success: true,
+        transaction: tx.to_owned(),
+        network,
+        payer: Some(checked.payer().to_checksum(None)),
+        error_reason: None,
+    };
+    let mut headers = HeaderMap::new();
+    insert(&mut headers, HeaderName::from_static(name), &wire::encode_header(&body));
+    insert(&mut headers, PAYMENT_ID, &id.to_string());
+    insert(
+        &mut headers,
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        "payment-response, x-payment-response, vendbox-payment-id",
+    );
+    headers
+}
+
+/// A 402 offering `requirements`, saying why in `code` (and `message` for people).
+pub fn challenge(requirements: &Requirements, code: &str, message: &str) -> Response {
+    let (v1, v2) = requirements.challenge(code);
+    let mut body = serde_json::to_value(&v1).unwrap_or_default();
+    body["message"] = json!(message);
+    let mut response = (StatusCode::PAYMENT_REQUIRED, axum::Json(body)).into_response();
+    insert(
+        response.headers_mut(),
+        HeaderName::from_static(wire::PAYMENT_REQUIRED),
+        &wire::encode_header(&v2),
+    );
+    insert(response.headers_mut(), header::ACCESS_CONTROL_EXPOSE_HEADERS, "payment-required");
+    insert(response.headers_mut(), header::CACHE_CONTROL, "no-store");
+    response
+}
+
+/// The answer to a refused payment: 400 when the header could not be read, 402 otherwise.
+fn refuse(requirements: &Requirements, rejection: &Rejection) -> Response {
+    tracing::info!(reason = rejection.reason.code(), message = %rejection.message, "payment refused");
+    if rejection.reason.is_malformed_request() {
+        return ApiError::new(StatusCode::BAD_REQUEST, rejection.reason.code(), rejection.message.clone())
+            .with_field("payment header")
+            .into_response();
+    }
+    challenge(requirements, rejection.reason.code(), &rejection.message)
+}
+
+fn unavailable(message: &str) -> Response {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "payment_verification_unavailable", message)
+        .into_response()
+}
+
+fn with_payment_id(mut response: Response, id: PaymentId) -> Response {
+    insert(response.headers_mut(), PAYMENT_ID, &id.to_string());
+    response
+}
+
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,138 @@
+//! `vendbox dev`: the whole paid flow on one machine, offline. Starts anvil (installing it from
+//! npm when missing) or uses `--rpc-url`, deploys vendbox's test USDC, mints to a freshly
+//! generated agent wallet, and serves with the built-in facilitator settling on that chain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::Context;
+use vendbox_pay::alloy::primitives::U256;
+use vendbox_pay::alloy::signers::local::PrivateKeySigner;
+use vendbox_pay::devchain::{self, ANVIL_KEY_0, Anvil};
+use vendbox_server::config::FacilitatorKind;
+use vendbox_server::{Config, Secrets, shutdown_signal};
+
+/// Test USDC minted to the agent wallet, in whole USDC.
+const AGENT_FUNDS_USDC: u64 = 100;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevArgs {
+    /// Use this chain instead of starting anvil (its first anvil key must be funded).
+    #[arg(long, value_name = "URL")]
+    rpc_url: Option<String>,
+    /// Chain id of the anvil started (84532 lets x402 v1 clients pay on "base-sepolia").
+    #[arg(long, default_value_t = 31337)]
+    chain_id: u64,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8402", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Directory for state [default: a fresh temporary directory, removed on exit].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file with offers and settings; its [payments] section is replaced.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print what an agent needs as one JSON line instead of the banner.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let _anvil;
+    let rpc_url = if let Some(url) = &args.rpc_url {
+        url.clone()
+    } else {
+        let anvil = start_anvil(args.chain_id).await?;
+        let url = anvil.rpc_url.clone();
+        _anvil = anvil;
+        url
+    };
+    let operator = PrivateKeySigner::from_str(ANVIL_KEY_0).context("the development key")?;
+    let chain = vendbox_pay::chain::Chain::connect(&rpc_url, vendbox_pay::alloy::primitives::Address::ZERO)?;
+    let chain_id =
+        chain.wait_ready(std::time::Duration::from_secs(10)).await.context("the chain does not answer")?;
+    let asset =
+        devchain::deploy_token(&rpc_url, &operator, "USDC", "2").await.context("deploying test USDC")?;
+    let agent = PrivateKeySigner::random();
+    let payee = PrivateKeySigner::random().address();
+    let funds = U256::from(AGENT_FUNDS_USDC * 1_000_000);
+    devchain::mint(&rpc_url, &operator, asset, agent.address(), funds).await.context("minting test USDC")?;
+
+    let file = crate::config_file(args.config.clone());
+    let mut config = Config::load(file.as_deref(), std::env::vars())?;
+    config.server.listen = args.listen;
+    let temp;
+    config.store.data_dir = if let Some(dir) = args.data_dir {
+        dir
+    } else {
+        temp = tempfile::Builder::new().prefix("vendbox-dev-").tempdir()?;
+        temp.path().to_owned()
+    };
+    config.store.database_url = None;
+    let p = &mut config.payments;
+    p.network = format!("eip155:{chain_id}");
+    p.asset = asset.to_checksum(None);
+    "USDC".clone_into(&mut p.asset_name);
+    "2".clone_into(&mut p.asset_version);
+    p.pay_to = Some(payee.to_checksum(None));
+    p.rpc_url.clone_from(&rpc_url);
+    p.facilitator = FacilitatorKind::Builtin;
+    let secrets = Secrets { signer: Some(operator), facilitator_auth: None };
+    let server = crate::start(&config, secrets, "vendbox dev").await?;
+    let url = format!("http://{}", server.local_addr()?);
+    let agent_key = agent.to_bytes().to_string();
+    let network = vendbox_pay::Network::new(chain_id);
+    if args.json {
+        let line = serde_json::json!({
+            "url": url,
+            "rpc_url": rpc_url,
+            "chain_id": chain_id,
+            "network": network.caip2(),
+            "network_v1": network.v1_label(),
+            "asset": asset.to_checksum(None),
+            "pay_to": payee.to_checksum(None),
+            "agent_address": agent.address().to_checksum(None),
+            "agent_key": agent_key,
+        });
+        println!("{line}");
+    } else {
+        let exe = std::env::current_exe().map_or_else(|_| "vendbox".into(), |p| p.display().to_string());
+        println!(
+            "\nvendbox dev: a local chain, test USDC and a funded agent wallet\n\n  \
+             URL            {url}\n  \
+             network        {} (x402 v1: {}), RPC {rpc_url}\n  \
+             asset          {} (test USDC: EIP-712 \"USDC\" version \"2\", 6 decimals)\n  \
+             pay to         {}\n  \
+             agent address  {} (holds {AGENT_FUNDS_USDC} USDC)\n  \
+             agent key      {agent_key}\n\n\
+             Pay for the catalog (0.01 USDC) as an agent would:\n  \
+             VENDBOX_WALLET_KEY={agent_key} {exe} fetch {url}/catalog\n",
+            network.caip2(),
+            network.v1_label(),
+            asset.to_checksum(None),
+            payee.to_checksum(None),
+            agent.address().to_checksum(None),
+        );
+    }
+    server.run(shutdown_signal()).await.context("serving")?;
+    Ok(())
+}
+
+async fn start_anvil(chain_id: u64) -> anyhow::Result<Anvil> {
+    let tools = std::env::var_os("HOME")
+        .map_or_else(|| PathBuf::from(".vendbox"), |h| PathBuf::from(h).join(".vendbox"));
+    let binary = if let Some(binary) = devchain::find_anvil(std::slice::from_ref(&tools)) {
+        binary
+    } else {
+        eprintln!(
+            "vendbox dev: anvil is not installed; installing {} into {}",
+            devchain::ANVIL_PACKAGE,
+            tools.display()
+        );
+        devchain::install_anvil(&tools).await?
+    };
+    let anvil = Anvil::start(&binary, chain_id).await?;
+    tracing::info!(rpc = %anvil.rpc_url, chain_id, binary = %binary.display(), "anvil started");
+    Ok(anvil)
+}

@@ -1,0 +1,667 @@
+//! x402 end to end on a real local chain: anvil, vendbox's EIP-3009 token, the real `vendbox`
+//! binary with the built-in facilitator, and payers that are the ecosystem's official clients,
+//! vendbox's own `fetch`, or hand-made proofs that are wrong in exactly one way.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use base64::Engine as _;
+use serde_json::Value;
+use support::Vendbox;
+use tokio::io::AsyncBufReadExt as _;
+use vendbox_core::PaymentState;
+use vendbox_pay::alloy;
+use vendbox_pay::chain::Chain;
+use vendbox_pay::client::{self, Challenge};
+use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
+use vendbox_pay::facilitator::Facilitator as _;
+use vendbox_pay::wire::{self, PaymentPayloadV1, PaymentPayloadV2, SettlementResponse};
+
+/// The catalog's price in atomic units (0.01 USDC).
+const PRICE: u64 = 10_000;
+/// What each fresh payer is given.
+const FUNDS: u64 = 1_000_000;
+
+/// A chain with the token, and a vendbox selling on it.
+struct Shop {
+    anvil: Anvil,
+    chain: Chain,
+    asset: Address,
+    pay_to: Address,
+    dir: tempfile::TempDir,
+    vendbox: Vendbox,
+}
+
+fn anvil_binary() -> Option<PathBuf> {
+    let found = devchain::find_anvil(&[]);
+    if found.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have anvil (scripts/setup.sh installs it)");
+        eprintln!("skipped: anvil is not installed (npm install --prefix tests/clients)");
+    }
+    found
+}
+
+impl Shop {
+    async fn open(chain_id: u64, env: &[(&str, &str)]) -> Option<Shop> {
+        let anvil = Anvil::start(&anvil_binary()?, chain_id).await.unwrap();
+        let deployer = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+        let asset = devchain::deploy_token(&anvil.rpc_url, &deployer, "USDC", "2").await.unwrap();
+        let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
+        let pay_to = PrivateKeySigner::random().address();
+        let dir = tempfile::tempdir().unwrap();
+        let vendbox = serve(&anvil, asset, pay_to, dir.path(), env);
+        Some(Shop { anvil, chain, asset, pay_to, dir, vendbox })
+    }
+
+    /// Starts vendbox again on this chain and data directory.
+    fn serve(&self, extra: &[(&str, &str)]) -> Vendbox {
+        serve(&self.anvil, self.asset, self.pay_to, self.dir.path(), extra)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.vendbox.url)
+    }
+
+    /// A new wallet holding `FUNDS` atomic units.
+    async fn payer(&self) -> PrivateKeySigner {
+        let payer = PrivateKeySigner::random();
+        let minter = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+        devchain::mint(&self.anvil.rpc_url, &minter, self.asset, payer.address(), U256::from(FUNDS))
+            .await
+            .unwrap();
+        payer
+    }
+
+    async fn balance(&self, who: Address) -> u64 {
+        self.chain.balance_of(who).await.unwrap().to::<u64>()
+    }
+
+    /// The 402 of `GET /catalog`.
+    async fn challenge(&self) -> Challenge {
+        let response = reqwest::get(self.url("/catalog")).await.unwrap();
+        assert_eq!(response.status(), 402);
+        let header = response.headers().get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap().to_owned();
+        Challenge::read(Some(&header), &response.bytes().await.unwrap()).unwrap()
+    }
+
+    async fn get_catalog(&self, header: (&str, &str)) -> (u16, reqwest::header::HeaderMap, Value) {
+        let response =
+            reqwest::Client::new().get(self.url("/catalog")).header(header.0, header.1).send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs a client script from `tests/clients` as the payer; its one JSON line.
+    fn run_client(&self, program: &str, script: &str, payer: &PrivateKeySigner) -> Value {
+        let clients = repo_root().join("tests/clients");
+        let key = payer.to_bytes().to_string();
+        let output = std::process::Command::new(program)
+            .arg(clients.join(script))
+            .arg(self.url("/catalog"))
+            .env("VENDBOX_WALLET_KEY", key)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
+            panic!("{script} printed no JSON: {stdout}\n{}", String::from_utf8_lossy(&output.stderr))
+        });
+        let result: Value = serde_json::from_str(line).unwrap();
+        assert!(
+            output.status.success(),
+            "{script} failed: {result}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        result
+    }
+
+    /// Checks that exactly one price moved from `payer` to the payee since `before`.
+    async fn assert_paid_once(&self, payer: Address, payee_before: u64) {
+        assert_eq!(self.balance(payer).await, FUNDS - PRICE, "the payer paid exactly the price");
+        assert_eq!(self.balance(self.pay_to).await, payee_before + PRICE, "the payee got exactly the price");
+    }
+}
+
+/// `vendbox serve` selling on `anvil`'s chain, state in `dir/state`, settling with anvil's first key.
+fn serve(
+    anvil: &Anvil,
+    asset: Address,
+    pay_to: Address,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Vendbox {
+    let network = format!("eip155:{}", anvil.chain_id);
+    let (asset, pay_to) = (asset.to_string(), pay_to.to_string());
+    let mut env = vec![
+        ("VENDBOX_PAYMENTS__NETWORK", network.as_str()),
+        ("VENDBOX_PAYMENTS__ASSET", asset.as_str()),
+        ("VENDBOX_PAYMENTS__PAY_TO", pay_to.as_str()),
+        ("VENDBOX_PAYMENTS__RPC_URL", anvil.rpc_url.as_str()),
+        ("VENDBOX_PAYMENTS__FACILITATOR", "builtin"),
+        ("VENDBOX_PAYMENTS__MAX_TIMEOUT_SECONDS", "60"),
+        ("VENDBOX_SIGNER_KEY", ANVIL_KEY_0),
+    ];
+    env.extend_from_slice(extra);
+    Vendbox::start_with(dir, &["--data-dir", "state"], &env)
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn clients_installed(dir: &str) -> bool {
+    let ok = repo_root().join("tests/clients").join(dir).exists();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI must install the clients (scripts/setup.sh)");
+        eprintln!("skipped: the official clients are not installed (scripts/setup.sh)");
+    }
+    ok
+}
+
+fn python_client_installed() -> bool {
+    let ok =
+        std::process::Command::new("python3").args(["-c", "import x402"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install the x402 Python package (scripts/setup.sh)"
+        );
+        eprintln!("skipped: the x402 Python package is not installed (scripts/setup.sh)");
+    }
+    ok
+}
+
+fn receipt(value: &Value) -> SettlementResponse {
+    serde_json::from_value(value["payment_response"].clone()).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ecosystem's clients pay.
+
+#[tokio::test]
+async fn the_official_python_client_pays_over_v2() {
+    if !python_client_installed() {
+        return;
+    }
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    let result = shop.run_client("python3", "pay_x402.py", &payer);
+    assert_eq!(result["status"], 200, "{result}");
+    assert!(result["body"].as_array().unwrap().iter().any(|s| s["sku"] == "sandbox_1h"));
+    let receipt = receipt(&result);
+    assert!(receipt.success);
+    assert_eq!(receipt.network, "eip155:31337");
+    assert!(receipt.transaction.starts_with("0x"));
+    shop.assert_paid_once(payer.address(), 0).await;
+}
+
+#[tokio::test]
+async fn the_official_js_client_pays_over_v2() {
+    if !clients_installed("node_modules/@x402/fetch") {
+        return;
+    }
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    let result = shop.run_client("node", "pay_x402_v2.mjs", &payer);
+    assert_eq!(result["status"], 200, "{result}");
+    assert_eq!(receipt(&result).network, "eip155:31337");
+    shop.assert_paid_once(payer.address(), 0).await;
+}
+
+#[tokio::test]
+async fn the_v1_client_pays_on_base_sepolia() {
+    if !clients_installed("node_modules/x402-fetch") {
+        return;
+    }
+    let Some(shop) = Shop::open(84532, &[]).await else { return };
+    let payer = shop.payer().await;
+    let result = shop.run_client("node", "pay_x402_v1.mjs", &payer);
+    assert_eq!(result["status"], 200, "{result}");
+    let receipt = receipt(&result);
+    assert_eq!(receipt.network, "base-sepolia", "v1 names the network");
+    shop.assert_paid_once(payer.address(), 0).await;
+}
+
+#[tokio::test]
+async fn vendbox_fetch_pays_within_its_limit_and_refuses_above_it() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    let fetch = |max: &str| {
+        std::process::Command::new(support::BIN)
+            .args(["fetch", &shop.url("/catalog"), "--max-price", max])
+            .env("VENDBOX_WALLET_KEY", payer.to_bytes().to_string())
+            .output()
+            .unwrap()
+    };
+    let refused = fetch("0.009");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("above --max-price"));
+    assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing paid above the limit");
+
+    let paid = fetch("0.01");
+    let stderr = String::from_utf8_lossy(&paid.stderr);
+    assert!(paid.status.success(), "{stderr}");
+    let skus: Value = serde_json::from_slice(&paid.stdout).unwrap();
+    assert_eq!(skus.as_array().unwrap().len(), 9);
+    assert!(stderr.contains("transaction 0x"), "{stderr}");
+    shop.assert_paid_once(payer.address(), 0).await;
+}
+
+#[tokio::test]
+async fn receipts_name_a_payment_the_payer_can_look_up() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    for version in [1, 2] {
+        let challenge = shop.challenge().await;
+        let header = if version == 2 {
+            (
+                wire::PAYMENT_SIGNATURE,
+                client::pay_v2(
+                    &payer,
+                    &challenge.v2.as_ref().unwrap().accepts[0],
+                    &challenge.v2.as_ref().unwrap().resource,
+                    now(),
+                )
+                .unwrap(),
+            )
+        } else {
+            (
+                wire::X_PAYMENT,
+                client::pay_v1(&payer, &challenge.v1.as_ref().unwrap().accepts[0], now()).unwrap(),
+            )
+        };
+        let (status, headers, _) = shop.get_catalog((header.0, &header.1)).await;
+        assert_eq!(status, 200);
+        let name = if version == 2 { wire::PAYMENT_RESPONSE } else { wire::X_PAYMENT_RESPONSE };
+        let receipt: SettlementResponse = wire::decode_header(headers[name].to_str().unwrap()).unwrap();
+        let id = headers["vendbox-payment-id"].to_str().unwrap();
+        let payment: Value =
+            reqwest::get(shop.url(&format!("/v1/payments/{id}"))).await.unwrap().json().await.unwrap();
+        assert_eq!(payment["state"], "settled");
+        assert_eq!(payment["transaction"], receipt.transaction.as_str());
+        assert_eq!(payment["payer"], payer.address().to_string().to_lowercase());
+        assert_eq!(payment["method"], format!("x402-exact-v{version}"));
+    }
+    assert_eq!(shop.balance(shop.pay_to).await, 2 * PRICE);
+    let missing = reqwest::get(shop.url("/v1/payments/7d4a8f5e-0b1c-4c55-9d1e-3f2a7b6c8d90")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn the_402_offers_one_charge_in_both_versions() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let challenge = shop.challenge().await;
+    let v1 = &challenge.v1.as_ref().unwrap().accepts[0];
+    let v2 = challenge.v2.as_ref().unwrap();
+    assert_eq!(v1.max_amount_required, "10000");
+    assert_eq!(v2.accepts[0].amount, "10000");
+    assert_eq!(v2.accepts[0].network, "eip155:31337");
+    assert_eq!(v1.pay_to, v2.accepts[0].pay_to);
+    assert_eq!(v1.asset, shop.asset.to_checksum(None));
+    assert_eq!(v2.resource.url, shop.url("/catalog"));
+    assert_eq!(v1.extra.as_ref().unwrap()["name"], "USDC");
+    assert!(v1.max_timeout_seconds > 0 && !v1.description.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each wrong payment is refused with its reason, and moves no money.
+
+/// One row of the rejection table: a payment wrong in one way.
+async fn refused(shop: &Shop, payer: &PrivateKeySigner, header: (&str, String), status: u16, code: &str) {
+    let to_before = shop.balance(shop.pay_to).await;
+    let from_before = shop.balance(payer.address()).await;
+    let (got, headers, body) = shop.get_catalog((header.0, &header.1)).await;
+    assert_eq!(got, status, "{body}");
+    let reason = if status == 402 { body["error"].as_str() } else { body["error"]["code"].as_str() };
+    assert_eq!(reason, Some(code), "{body}");
+    if status == 402 {
+        let v2: wire::PaymentRequiredV2 =
+            wire::decode_header(headers[wire::PAYMENT_REQUIRED].to_str().unwrap()).unwrap();
+        assert_eq!(v2.error.as_deref(), Some(code), "the v2 header says why too");
+        assert!(!body["message"].as_str().unwrap().is_empty());
+    }
+    assert!(headers.get(wire::PAYMENT_RESPONSE).is_none() && headers.get("vendbox-payment-id").is_none());
+    assert_eq!(shop.balance(shop.pay_to).await, to_before, "no money moved");
+    assert_eq!(shop.balance(payer.address()).await, from_before, "no money moved");
+}
+
+/// A v2 payload for the catalog, signed by `signer`, after `tamper` changed the terms it signs.
+fn v2_payment(
+    challenge: &Challenge,
+    signer: &PrivateKeySigner,
+    tamper: impl FnOnce(&mut wire::RequirementsV2),
+) -> PaymentPayloadV2 {
+    let offered = challenge.v2.as_ref().unwrap();
+    let mut terms = offered.accepts[0].clone();
+    tamper(&mut terms);
+    let header = client::pay_v2(signer, &terms, &offered.resource, now()).unwrap();
+    let mut payload: PaymentPayloadV2 = wire::decode_header(&header).unwrap();
+    payload.accepted = offered.accepts[0].clone();
+    payload
+}
+
+fn v2_header(payload: &PaymentPayloadV2) -> (&'static str, String) {
+    (wire::PAYMENT_SIGNATURE, wire::encode_header(payload))
+}
+
+#[tokio::test]
+async fn wrong_payments_are_refused_with_their_reason_and_move_no_money() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    let challenge = shop.challenge().await;
+    let other_key = PrivateKeySigner::random();
+
+    // wrong payee
+    let p = v2_payment(&challenge, &payer, |t| t.pay_to = other_key.address().to_string());
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_recipient_mismatch").await;
+    // amount too low, amount too high
+    let p = v2_payment(&challenge, &payer, |t| t.amount = (PRICE - 1).to_string());
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_authorization_value_mismatch")
+        .await;
+    let p = v2_payment(&challenge, &payer, |t| t.amount = (PRICE + 1).to_string());
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_authorization_value_mismatch")
+        .await;
+    // wrong asset: signed for another token contract
+    let p = v2_payment(&challenge, &payer, |t| t.asset = other_key.address().to_string());
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_signature").await;
+    // wrong chain: signed for chain 8453, and a v1 payment naming another network
+    let p = v2_payment(&challenge, &payer, |t| t.network = "eip155:8453".into());
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_signature").await;
+    let mut v1: PaymentPayloadV1 = wire::decode_header(
+        &client::pay_v1(&payer, &challenge.v1.as_ref().unwrap().accepts[0], now()).unwrap(),
+    )
+    .unwrap();
+    v1.network = "base".into();
+    refused(&shop, &payer, (wire::X_PAYMENT, wire::encode_header(&v1)), 402, "invalid_network").await;
+    // expired, not yet valid
+    let mut p = v2_payment(&challenge, &payer, |_| {});
+    resign(&mut p, &payer, &challenge, |a| {
+        a.valid_after = U256::from(now() - 3600);
+        a.valid_before = U256::from(now() - 60);
+    });
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_authorization_valid_before").await;
+    let mut p = v2_payment(&challenge, &payer, |_| {});
+    resign(&mut p, &payer, &challenge, |a| a.valid_after = U256::from(now() + 3600));
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_authorization_valid_after").await;
+    // bad signature; a signature by another key
+    let mut p = v2_payment(&challenge, &payer, |_| {});
+    p.payload.signature = format!("0x{}1c", "ab".repeat(64));
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_signature").await;
+    let mut p = v2_payment(&challenge, &other_key, |_| {});
+    p.payload.authorization.from = payer.address().to_string();
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_signature").await;
+    // an empty wallet
+    let empty = PrivateKeySigner::random();
+    let p = v2_payment(&challenge, &empty, |_| {});
+    refused(&shop, &empty, v2_header(&p), 402, "insufficient_funds").await;
+    // malformed base64, malformed JSON, an oversized header
+    refused(
+        &shop,
+        &payer,
+        (wire::PAYMENT_SIGNATURE, "%%%not base64%%%".into()),
+        400,
+        "payment_header_not_base64",
+    )
+    .await;
+    let json = base64::engine::general_purpose::STANDARD.encode(r#"{"x402Version":2,"accepted":"#);
+    refused(&shop, &payer, (wire::PAYMENT_SIGNATURE, json), 400, "payment_header_malformed").await;
+    refused(&shop, &payer, (wire::PAYMENT_SIGNATURE, "A".repeat(16 * 1024)), 400, "payment_header_too_large")
+        .await;
+    // a v2 payload whose `accepted` is not what was offered (a lower amount, signed as such)
+    let mut p = v2_payment(&challenge, &payer, |t| t.amount = "1".into());
+    p.accepted.amount = "1".into();
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_payment_requirements").await;
+    let mut p = v2_payment(&challenge, &payer, |_| {});
+    p.accepted.pay_to = other_key.address().to_string();
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_payment_requirements").await;
+}
+
+/// Changes the authorization in `p` and signs it again with `signer`.
+fn resign(
+    p: &mut PaymentPayloadV2,
+    signer: &PrivateKeySigner,
+    challenge: &Challenge,
+    change: impl FnOnce(&mut vendbox_pay::eip3009::Authorization),
+) {
+    let mut auth = vendbox_pay::eip3009::Authorization::from_wire(&p.payload.authorization).unwrap();
+    change(&mut auth);
+    let terms = &challenge.v2.as_ref().unwrap().accepts[0];
+    p.payload = client::sign(signer, &auth, &terms.network, &terms.asset, terms.extra.as_ref()).unwrap();
+}
+
+#[tokio::test]
+async fn a_nonce_already_used_on_chain_is_refused() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    let challenge = shop.challenge().await;
+    let p = v2_payment(&challenge, &payer, |_| {});
+    // The payer's authorization is used on chain elsewhere (here: another vendbox-like party
+    // sends it straight to the token), then offered to vendbox.
+    let checked = vendbox_pay::exact::check(
+        vendbox_pay::exact::SentPayment::V2(p.clone()),
+        &requirements_of(&shop, &challenge),
+        now(),
+    )
+    .unwrap();
+    let other = vendbox_pay::facilitator::BuiltinFacilitator::new(
+        &shop.anvil.rpc_url,
+        shop.asset,
+        PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap(),
+    )
+    .unwrap();
+    other.settle(&checked, &requirements_of(&shop, &challenge)).await.unwrap();
+    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_nonce_already_used").await;
+}
+
+fn requirements_of(shop: &Shop, challenge: &Challenge) -> vendbox_pay::exact::Requirements {
+    let offered = &challenge.v2.as_ref().unwrap().accepts[0];
+    vendbox_pay::exact::Requirements::new(
+        vendbox_pay::exact::Acceptance {
+            network: vendbox_pay::Network::new(shop.anvil.chain_id),
+            asset: shop.asset,
+            asset_name: "USDC".into(),
+            asset_version: "2".into(),
+            pay_to: shop.pay_to,
+            max_timeout_seconds: offered.max_timeout_seconds,
+        },
+        vendbox_pay::exact::Charge {
+            amount: vendbox_core::Usdc(PRICE),
+            resource: shop.url("/catalog"),
+            description: String::new(),
+            mime_type: "application/json".into(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn the_same_authorization_sent_twenty_times_at_once_pays_once() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    let challenge = shop.challenge().await;
+    let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
+    let attempts = (0..20).map(|_| shop.get_catalog((header.0, &header.1)));
+    let results = futures_util::future::join_all(attempts).await;
+    let ok = results.iter().filter(|(s, _, _)| *s == 200).count();
+    assert_eq!(
+        ok,
+        1,
+        "exactly one succeeds: {:?}",
+        results.iter().map(|r| (r.0, r.2["error"].clone())).collect::<Vec<_>>()
+    );
+    for (status, _, body) in results.iter().filter(|(s, _, _)| *s != 200) {
+        assert_eq!(*status, 402);
+        let code = body["error"].as_str().unwrap();
+        assert!(code == "payment_replayed" || code == "invalid_exact_evm_nonce_already_used", "{body}");
+    }
+    shop.assert_paid_once(payer.address(), 0).await;
+    // And later, once more: still refused.
+    refused(&shop, &payer, header.clone(), 402, "invalid_exact_evm_nonce_already_used").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pay on success, and crashes between reserve and settle.
+
+#[tokio::test]
+async fn work_that_fails_after_verification_charges_nothing() {
+    let Some(shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "fail-work")]).await else { return };
+    let payer = shop.payer().await;
+    let challenge = shop.challenge().await;
+    let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
+    let (status, headers, body) = shop.get_catalog((header.0, &header.1)).await;
+    assert_eq!(status, 500, "{body}");
+    let id = headers["vendbox-payment-id"].to_str().unwrap();
+    let payment: Value =
+        reqwest::get(shop.url(&format!("/v1/payments/{id}"))).await.unwrap().json().await.unwrap();
+    assert_eq!(payment["state"], "voided", "{payment}");
+    assert!(payment["transaction"].is_null());
+    assert_eq!(shop.balance(payer.address()).await, FUNDS);
+    assert_eq!(shop.balance(shop.pay_to).await, 0);
+}
+
+/// Opens the store of a stopped-or-running vendbox, to see payments the way it left them.
+async fn payments_of(shop: &Shop) -> Vec<vendbox_core::Payment> {
+    let store = vendbox_store::open(None, &shop.dir.path().join("state")).await.unwrap();
+    let far = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut all = Vec::new();
+    for state in PaymentState::ALL {
+        all.extend(store.payments_in_state(state, far, 100).await.unwrap());
+    }
+    all
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_before_settlement_voids_the_payment_and_charges_nothing() {
+    let Some(mut shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=60")]).await else {
+        return;
+    };
+    let payer = shop.payer().await;
+    let challenge = shop.challenge().await;
+    let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
+    let url = shop.url("/catalog");
+    let (name, value) = header.clone();
+    let request =
+        tokio::spawn(async move { reqwest::Client::new().get(url).header(name, value).send().await });
+    wait_for("the payment to be reserved", Duration::from_secs(20), async || {
+        payments_of(&shop).await.iter().any(|p| p.state == PaymentState::Verified)
+    })
+    .await;
+    shop.vendbox.crash();
+    assert!(request.await.unwrap().is_err(), "the client got no answer");
+
+    shop.vendbox = shop.serve(&[("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1")]);
+    wait_for("the settlement worker to finish the payment", Duration::from_secs(30), async || {
+        payments_of(&shop).await.iter().all(|p| p.state != PaymentState::Verified)
+    })
+    .await;
+    let payments = payments_of(&shop).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0].state, PaymentState::Voided, "{payments:?}");
+    assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing was charged");
+    // The authorization vendbox voided is never taken again.
+    refused(&shop, &payer, header, 402, "payment_replayed").await;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_transfer_records_it_as_settled_once() {
+    let Some(mut shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-after-settle=60")]).await else {
+        return;
+    };
+    let payer = shop.payer().await;
+    let challenge = shop.challenge().await;
+    let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
+    let url = shop.url("/catalog");
+    let (name, value) = header.clone();
+    let request =
+        tokio::spawn(async move { reqwest::Client::new().get(url).header(name, value).send().await });
+    wait_for("the transfer on chain", Duration::from_secs(20), async || {
+        shop.balance(shop.pay_to).await == PRICE
+    })
+    .await;
+    shop.vendbox.crash();
+    assert!(request.await.unwrap().is_err());
+    assert_eq!(payments_of(&shop).await[0].state, PaymentState::Verified, "the crash left it in between");
+
+    shop.vendbox = shop.serve(&[("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1")]);
+    wait_for("the settlement worker to finish the payment", Duration::from_secs(30), async || {
+        payments_of(&shop).await.iter().all(|p| p.state != PaymentState::Verified)
+    })
+    .await;
+    let payment = payments_of(&shop).await.remove(0);
+    assert_eq!(payment.state, PaymentState::Settled);
+    let auth = &serde_json::from_str::<Value>(payment.proof.as_deref().unwrap()).unwrap()["payment"]["payload"]
+        ["authorization"];
+    let tx = shop
+        .chain
+        .find_settlement(
+            auth["from"].as_str().unwrap().parse().unwrap(),
+            auth["nonce"].as_str().unwrap().parse().unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payment.settlement_ref, Some(tx.to_string()), "the receipt names the real transfer");
+    shop.assert_paid_once(payer.address(), 0).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// `vendbox dev`.
+
+#[tokio::test]
+async fn vendbox_dev_prints_a_funded_wallet_that_can_pay() {
+    if anvil_binary().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(support::BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--json"])
+        .current_dir(dir.path())
+        .env("VENDBOX_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let info: Value = loop {
+        let line =
+            tokio::time::timeout(Duration::from_mins(1), lines.next_line()).await.unwrap().unwrap().unwrap();
+        if line.starts_with('{') {
+            break serde_json::from_str(&line).unwrap();
+        }
+    };
+    let output = tokio::process::Command::new(support::BIN)
+        .args(["fetch", &format!("{}/catalog", info["url"].as_str().unwrap())])
+        .env("VENDBOX_WALLET_KEY", info["agent_key"].as_str().unwrap())
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let chain =
+        Chain::connect(info["rpc_url"].as_str().unwrap(), info["asset"].as_str().unwrap().parse().unwrap())
+            .unwrap();
+    let agent: Address = info["agent_address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(chain.balance_of(agent).await.unwrap(), U256::from(100_000_000u64 - PRICE));
+    // SIGTERM stops vendbox and the anvil it started.
+    std::process::Command::new("kill").args(["-TERM", &child.id().unwrap().to_string()]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    assert!(chain.chain_id().await.is_err(), "anvil stopped with vendbox dev");
+}

@@ -1,0 +1,81 @@
+//! Test support shared by the end-to-end tests: the real `vendbox` binary, stopped by its pid.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vendbox");
+
+/// A running `vendbox serve`, stopped (by its pid) when dropped.
+pub struct Vendbox {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Vendbox {
+    pub fn start(cwd: &Path, args: &[&str]) -> Vendbox {
+        Self::start_with(cwd, args, &[])
+    }
+
+    /// `vendbox serve` with `env` set (configuration overrides, secrets, faults).
+    pub fn start_with(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Vendbox {
+        let mut child = Command::new(BIN)
+            .current_dir(cwd)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("VENDBOX_DATABASE_URL")
+            .env_remove("VENDBOX_FAULTS")
+            .env("VENDBOX_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("vendbox listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(30)).expect("vendbox printed its address");
+        Vendbox { child, url }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "vendbox did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and reaps it.
+    pub fn crash(&mut self) {
+        self.signal("-KILL");
+        let _ = self.wait(Duration::from_secs(10));
+    }
+
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+}
+
+impl Drop for Vendbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
