@@ -665,3 +665,102 @@ async fn vendbox_dev_prints_a_funded_wallet_that_can_pay() {
     assert!(status.success());
     assert!(chain.chain_id().await.is_err(), "anvil stopped with vendbox dev");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A remote facilitator: the official Python facilitator, over HTTP.
+
+/// `tests/clients/facilitator.py` (the official x402 facilitator behind its HTTP API), stopped by
+/// its pid when dropped.
+struct OfficialFacilitator {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OfficialFacilitator {
+    fn start(rpc_url: &str, auth: &str) -> OfficialFacilitator {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("python3")
+            .arg(repo_root().join("tests/clients/facilitator.py"))
+            .args(["--rpc-url", rpc_url, "--key", ANVIL_KEY_1, "--require-auth", auth, "--quiet"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("facilitator listening on ").unwrap().to_owned();
+        OfficialFacilitator { child, url }
+    }
+
+    async fn stats(&self) -> Value {
+        reqwest::get(format!("{}/stats", self.url)).await.unwrap().json().await.unwrap()
+    }
+}
+
+impl Drop for OfficialFacilitator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_remote_facilitator_verifies_and_settles_with_its_auth_header() {
+    if !python_client_installed() {
+        return;
+    }
+    let Some(mut shop) = Shop::open(31337, &[]).await else { return };
+    let facilitator = OfficialFacilitator::start(&shop.anvil.rpc_url, "Bearer s3cret");
+    let remote = |auth: &'static str| {
+        let url = facilitator.url.clone();
+        move |shop: &Shop| {
+            shop.serve(&[
+                ("VENDBOX_PAYMENTS__FACILITATOR", "remote"),
+                ("VENDBOX_PAYMENTS__FACILITATOR_URL", url.as_str()),
+                ("VENDBOX_FACILITATOR_AUTH", auth),
+            ])
+        }
+    };
+    shop.vendbox.crash();
+    shop.vendbox = remote("Authorization: Bearer s3cret")(&shop);
+    let payer = shop.payer().await;
+    let challenge = shop.challenge().await;
+    let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
+    let (status, headers, body) = shop.get_catalog((header.0, &header.1)).await;
+    assert_eq!(status, 200, "{body}");
+    let receipt: SettlementResponse =
+        wire::decode_header(headers[wire::PAYMENT_RESPONSE].to_str().unwrap()).unwrap();
+    let id = headers["vendbox-payment-id"].to_str().unwrap();
+    let payment: Value =
+        reqwest::get(shop.url(&format!("/v1/payments/{id}"))).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (payment["state"].as_str(), payment["transaction"].as_str()),
+        (Some("settled"), Some(receipt.transaction.as_str()))
+    );
+
+    // v1 on a chain without a v1 name: the official facilitator cannot route it (HTTP 500), so
+    // vendbox answers 503 and nothing moves.
+    let v1 = client::pay_v1(&payer, &challenge.v1.as_ref().unwrap().accepts[0], now()).unwrap();
+    let (status, _, body) = shop.get_catalog((wire::X_PAYMENT, &v1)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("payment_verification_unavailable")),
+        "{body}"
+    );
+    shop.assert_paid_once(payer.address(), 0).await;
+    let calls = facilitator.stats().await;
+    assert!(calls["verify"].as_u64().unwrap() >= 1 && calls["settle"].as_u64().unwrap() >= 1, "{calls}");
+
+    // A wrong auth header: the facilitator refuses vendbox, so vendbox cannot verify and says so.
+    shop.vendbox.crash();
+    shop.vendbox = remote("Authorization: Bearer wrong")(&shop);
+    let challenge = shop.challenge().await;
+    let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
+    let (status, _, body) = shop.get_catalog((header.0, &header.1)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("payment_verification_unavailable")),
+        "{body}"
+    );
+    assert!(facilitator.stats().await["unauthorized"].as_u64().unwrap() >= 1);
+    assert_eq!(shop.balance(payer.address()).await, FUNDS - PRICE, "nothing more moved");
+}
