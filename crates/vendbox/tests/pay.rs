@@ -355,76 +355,162 @@ fn v2_header(payload: &PaymentPayloadV2) -> (&'static str, String) {
     (wire::PAYMENT_SIGNATURE, wire::encode_header(payload))
 }
 
-#[tokio::test]
-async fn wrong_payments_are_refused_with_their_reason_and_move_no_money() {
+/// One row of the rejection table as a test: a funded payer sends the payment `wrong` builds
+/// (from the 402, the payer and an unrelated key) and gets `status` with `code`; nothing moves.
+async fn rejection(
+    status: u16,
+    code: &str,
+    wrong: impl FnOnce(&Challenge, &PrivateKeySigner, &PrivateKeySigner) -> (&'static str, String),
+) {
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
-    let challenge = shop.challenge().await;
-    let other_key = PrivateKeySigner::random();
+    let header = wrong(&shop.challenge().await, &payer, &PrivateKeySigner::random());
+    refused(&shop, &payer, header, status, code).await;
+}
 
-    // wrong payee
-    let p = v2_payment(&challenge, &payer, |t| t.pay_to = other_key.address().to_string());
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_recipient_mismatch").await;
-    // amount too low, amount too high
-    let p = v2_payment(&challenge, &payer, |t| t.amount = (PRICE - 1).to_string());
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_authorization_value_mismatch")
-        .await;
-    let p = v2_payment(&challenge, &payer, |t| t.amount = (PRICE + 1).to_string());
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_authorization_value_mismatch")
-        .await;
-    // wrong asset: signed for another token contract
-    let p = v2_payment(&challenge, &payer, |t| t.asset = other_key.address().to_string());
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_signature").await;
-    // wrong chain: signed for chain 8453, and a v1 payment naming another network
-    let p = v2_payment(&challenge, &payer, |t| t.network = "eip155:8453".into());
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_signature").await;
-    let mut v1: PaymentPayloadV1 = wire::decode_header(
-        &client::pay_v1(&payer, &challenge.v1.as_ref().unwrap().accepts[0], now()).unwrap(),
-    )
-    .unwrap();
-    v1.network = "base".into();
-    refused(&shop, &payer, (wire::X_PAYMENT, wire::encode_header(&v1)), 402, "invalid_network").await;
-    // expired, not yet valid
-    let mut p = v2_payment(&challenge, &payer, |_| {});
-    resign(&mut p, &payer, &challenge, |a| {
-        a.valid_after = U256::from(now() - 3600);
-        a.valid_before = U256::from(now() - 60);
-    });
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_authorization_valid_before").await;
-    let mut p = v2_payment(&challenge, &payer, |_| {});
-    resign(&mut p, &payer, &challenge, |a| a.valid_after = U256::from(now() + 3600));
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_authorization_valid_after").await;
-    // bad signature; a signature by another key
-    let mut p = v2_payment(&challenge, &payer, |_| {});
-    p.payload.signature = format!("0x{}1c", "ab".repeat(64));
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_signature").await;
-    let mut p = v2_payment(&challenge, &other_key, |_| {});
-    p.payload.authorization.from = payer.address().to_string();
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_exact_evm_payload_signature").await;
-    // an empty wallet
-    let empty = PrivateKeySigner::random();
-    let p = v2_payment(&challenge, &empty, |_| {});
-    refused(&shop, &empty, v2_header(&p), 402, "insufficient_funds").await;
-    // malformed base64, malformed JSON, an oversized header
-    refused(
-        &shop,
-        &payer,
-        (wire::PAYMENT_SIGNATURE, "%%%not base64%%%".into()),
-        400,
-        "payment_header_not_base64",
-    )
+#[tokio::test]
+async fn refuses_a_wrong_payee() {
+    rejection(402, "invalid_exact_evm_payload_recipient_mismatch", |c, payer, other| {
+        v2_header(&v2_payment(c, payer, |t| t.pay_to = other.address().to_string()))
+    })
     .await;
-    let json = base64::engine::general_purpose::STANDARD.encode(r#"{"x402Version":2,"accepted":"#);
-    refused(&shop, &payer, (wire::PAYMENT_SIGNATURE, json), 400, "payment_header_malformed").await;
-    refused(&shop, &payer, (wire::PAYMENT_SIGNATURE, "A".repeat(16 * 1024)), 400, "payment_header_too_large")
+}
+
+#[tokio::test]
+async fn refuses_an_amount_too_low() {
+    rejection(402, "invalid_exact_evm_payload_authorization_value_mismatch", |c, payer, _| {
+        v2_header(&v2_payment(c, payer, |t| t.amount = (PRICE - 1).to_string()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_an_amount_too_high() {
+    rejection(402, "invalid_exact_evm_payload_authorization_value_mismatch", |c, payer, _| {
+        v2_header(&v2_payment(c, payer, |t| t.amount = (PRICE + 1).to_string()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_a_signature_for_another_asset() {
+    rejection(402, "invalid_exact_evm_payload_signature", |c, payer, other| {
+        v2_header(&v2_payment(c, payer, |t| t.asset = other.address().to_string()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_a_signature_for_another_chain() {
+    rejection(402, "invalid_exact_evm_payload_signature", |c, payer, _| {
+        v2_header(&v2_payment(c, payer, |t| t.network = "eip155:8453".into()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_a_v1_payment_naming_another_network() {
+    rejection(402, "invalid_network", |c, payer, _| {
+        let header = client::pay_v1(payer, &c.v1.as_ref().unwrap().accepts[0], now()).unwrap();
+        let mut v1: PaymentPayloadV1 = wire::decode_header(&header).unwrap();
+        v1.network = "base".into();
+        (wire::X_PAYMENT, wire::encode_header(&v1))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_an_expired_authorization() {
+    rejection(402, "invalid_exact_evm_payload_authorization_valid_before", |c, payer, _| {
+        let mut p = v2_payment(c, payer, |_| {});
+        resign(&mut p, payer, c, |a| {
+            a.valid_after = U256::from(now() - 3600);
+            a.valid_before = U256::from(now() - 60);
+        });
+        v2_header(&p)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_an_authorization_not_yet_valid() {
+    rejection(402, "invalid_exact_evm_payload_authorization_valid_after", |c, payer, _| {
+        let mut p = v2_payment(c, payer, |_| {});
+        resign(&mut p, payer, c, |a| a.valid_after = U256::from(now() + 3600));
+        v2_header(&p)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_a_bad_signature() {
+    rejection(402, "invalid_exact_evm_payload_signature", |c, payer, _| {
+        let mut p = v2_payment(c, payer, |_| {});
+        p.payload.signature = format!("0x{}1c", "ab".repeat(64));
+        v2_header(&p)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_a_signature_by_another_key() {
+    rejection(402, "invalid_exact_evm_payload_signature", |c, payer, other| {
+        let mut p = v2_payment(c, other, |_| {});
+        p.payload.authorization.from = payer.address().to_string();
+        v2_header(&p)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_an_empty_wallet() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let empty = PrivateKeySigner::random();
+    let header = v2_header(&v2_payment(&shop.challenge().await, &empty, |_| {}));
+    refused(&shop, &empty, header, 402, "insufficient_funds").await;
+}
+
+#[tokio::test]
+async fn refuses_malformed_base64() {
+    rejection(400, "payment_header_not_base64", |_, _, _| {
+        (wire::PAYMENT_SIGNATURE, "%%%not base64%%%".into())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_malformed_json() {
+    rejection(400, "payment_header_malformed", |_, _, _| {
+        (
+            wire::PAYMENT_SIGNATURE,
+            base64::engine::general_purpose::STANDARD.encode(r#"{"x402Version":2,"accepted":"#),
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_an_oversized_header() {
+    rejection(400, "payment_header_too_large", |_, _, _| (wire::PAYMENT_SIGNATURE, "A".repeat(16 * 1024)))
         .await;
-    // a v2 payload whose `accepted` is not what was offered (a lower amount, signed as such)
-    let mut p = v2_payment(&challenge, &payer, |t| t.amount = "1".into());
-    p.accepted.amount = "1".into();
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_payment_requirements").await;
-    let mut p = v2_payment(&challenge, &payer, |_| {});
-    p.accepted.pay_to = other_key.address().to_string();
-    refused(&shop, &payer, v2_header(&p), 402, "invalid_payment_requirements").await;
+}
+
+#[tokio::test]
+async fn refuses_a_v2_payload_whose_accepted_differs_from_the_offer() {
+    // A lower amount, signed as such and claimed as accepted.
+    rejection(402, "invalid_payment_requirements", |c, payer, _| {
+        let mut p = v2_payment(c, payer, |t| t.amount = "1".into());
+        p.accepted.amount = "1".into();
+        v2_header(&p)
+    })
+    .await;
+    // Another payee in `accepted`, the signature untouched.
+    rejection(402, "invalid_payment_requirements", |c, payer, other| {
+        let mut p = v2_payment(c, payer, |_| {});
+        p.accepted.pay_to = other.address().to_string();
+        v2_header(&p)
+    })
+    .await;
 }
 
 /// Changes the authorization in `p` and signs it again with `signer`.
@@ -548,18 +634,33 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> b
     }
 }
 
+/// A fresh payer pays `GET /catalog` from a task of its own: the payer, its header and the task.
+async fn pay_in_background(
+    shop: &Shop,
+) -> (PrivateKeySigner, (&'static str, String), tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
+    let payer = shop.payer().await;
+    let header = v2_header(&v2_payment(&shop.challenge().await, &payer, |_| {}));
+    let request = reqwest::Client::new().get(shop.url("/catalog")).header(header.0, header.1.clone());
+    (payer, header, tokio::spawn(request.send()))
+}
+
+/// Restarts vendbox with a short grace and waits until the settlement worker finished every
+/// payment the crash left `verified`.
+async fn restart_and_settle(shop: &mut Shop) -> Vec<vendbox_core::Payment> {
+    shop.vendbox = shop.serve(&[("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1")]);
+    wait_for("the settlement worker to finish the payment", Duration::from_secs(30), async || {
+        payments_of(shop).await.iter().all(|p| p.state != PaymentState::Verified)
+    })
+    .await;
+    payments_of(shop).await
+}
+
 #[tokio::test]
 async fn a_crash_before_settlement_voids_the_payment_and_charges_nothing() {
     let Some(mut shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=60")]).await else {
         return;
     };
-    let payer = shop.payer().await;
-    let challenge = shop.challenge().await;
-    let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
-    let url = shop.url("/catalog");
-    let (name, value) = header.clone();
-    let request =
-        tokio::spawn(async move { reqwest::Client::new().get(url).header(name, value).send().await });
+    let (payer, header, request) = pay_in_background(&shop).await;
     wait_for("the payment to be reserved", Duration::from_secs(20), async || {
         payments_of(&shop).await.iter().any(|p| p.state == PaymentState::Verified)
     })
@@ -567,12 +668,7 @@ async fn a_crash_before_settlement_voids_the_payment_and_charges_nothing() {
     shop.vendbox.crash();
     assert!(request.await.unwrap().is_err(), "the client got no answer");
 
-    shop.vendbox = shop.serve(&[("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1")]);
-    wait_for("the settlement worker to finish the payment", Duration::from_secs(30), async || {
-        payments_of(&shop).await.iter().all(|p| p.state != PaymentState::Verified)
-    })
-    .await;
-    let payments = payments_of(&shop).await;
+    let payments = restart_and_settle(&mut shop).await;
     assert_eq!(payments.len(), 1);
     assert_eq!(payments[0].state, PaymentState::Voided, "{payments:?}");
     assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing was charged");
@@ -585,13 +681,7 @@ async fn a_crash_after_the_transfer_records_it_as_settled_once() {
     let Some(mut shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-after-settle=60")]).await else {
         return;
     };
-    let payer = shop.payer().await;
-    let challenge = shop.challenge().await;
-    let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
-    let url = shop.url("/catalog");
-    let (name, value) = header.clone();
-    let request =
-        tokio::spawn(async move { reqwest::Client::new().get(url).header(name, value).send().await });
+    let (payer, header, request) = pay_in_background(&shop).await;
     wait_for("the transfer on chain", Duration::from_secs(20), async || {
         shop.balance(shop.pay_to).await == PRICE
     })
@@ -600,12 +690,7 @@ async fn a_crash_after_the_transfer_records_it_as_settled_once() {
     assert!(request.await.unwrap().is_err());
     assert_eq!(payments_of(&shop).await[0].state, PaymentState::Verified, "the crash left it in between");
 
-    shop.vendbox = shop.serve(&[("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1")]);
-    wait_for("the settlement worker to finish the payment", Duration::from_secs(30), async || {
-        payments_of(&shop).await.iter().all(|p| p.state != PaymentState::Verified)
-    })
-    .await;
-    let payment = payments_of(&shop).await.remove(0);
+    let payment = restart_and_settle(&mut shop).await.remove(0);
     assert_eq!(payment.state, PaymentState::Settled);
     let auth = &serde_json::from_str::<Value>(payment.proof.as_deref().unwrap()).unwrap()["payment"]["payload"]
         ["authorization"];
@@ -620,6 +705,8 @@ async fn a_crash_after_the_transfer_records_it_as_settled_once() {
         .unwrap();
     assert_eq!(payment.settlement_ref, Some(tx.to_string()), "the receipt names the real transfer");
     shop.assert_paid_once(payer.address(), 0).await;
+    // Sent again, the same authorization is refused: it paid once and only once.
+    refused(&shop, &payer, header, 402, "invalid_exact_evm_nonce_already_used").await;
 }
 
 // ---------------------------------------------------------------------------------------------
