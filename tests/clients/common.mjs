@@ -60,3 +60,45 @@ export function errorString(e) {
   }
   return s;
 }
+
+const EMPTY = { status: 0, body: null, payment_response: null, payment_payload: null, payment_required: null };
+
+// The payer's key from VENDBOX_WALLET_KEY, or the error line and exit 1.
+export function walletKey() {
+  const key = process.env.VENDBOX_WALLET_KEY;
+  if (!key) {
+    emit({ ...EMPTY, error: "VENDBOX_WALLET_KEY is not set" });
+    process.exit(1);
+  }
+  return key;
+}
+
+// Sends the request of `args` through `fetchWithPayment`, prints the one JSON result line and
+// exits (0 on a 2xx). `paymentPayload()` gives the payment header the wrapper sent, decoded.
+export async function payAndReport(fetchWithPayment, args, paymentPayload) {
+  let response;
+  let text;
+  try {
+    // x402-fetch spreads init.headers into a new object: keep it a plain object.
+    const init = { method: args.method, headers: {} };
+    if (args.json !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(JSON.parse(args.json));
+    }
+    response = await fetchWithPayment(args.url, init);
+    text = await response.text();
+  } catch (e) {
+    emit({ ...EMPTY, payment_payload: paymentPayload(), error: errorString(e) });
+    process.exit(1);
+  }
+  emit({
+    status: response.status,
+    body: parseBody(text),
+    payment_response: decodeB64Json(
+      response.headers.get("PAYMENT-RESPONSE") || response.headers.get("X-PAYMENT-RESPONSE"),
+    ),
+    payment_payload: paymentPayload(),
+    payment_required: decodeB64Json(response.headers.get("PAYMENT-REQUIRED")),
+  });
+  process.exit(response.status >= 200 && response.status < 300 ? 0 : 1);
+}

@@ -27,14 +27,10 @@ import { wrapFetchWithPayment } from "x402-fetch";
 import { createWalletClient, custom } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { baseSepolia } from "viem/chains";
-import { parseArgs, decodeB64Json, parseBody, emit, errorString } from "./common.mjs";
+import { parseArgs, decodeB64Json, walletKey, payAndReport } from "./common.mjs";
 
 const args = parseArgs(process.argv.slice(2));
-const key = process.env.VENDBOX_WALLET_KEY;
-if (!key) {
-  emit({ status: 0, body: null, payment_response: null, payment_payload: null, payment_required: null, error: "VENDBOX_WALLET_KEY is not set" });
-  process.exit(1);
-}
+const key = walletKey();
 
 // Signing typed data with a local account needs no RPC; refuse any call so
 // nothing ever reaches a public Base Sepolia node.
@@ -56,29 +52,4 @@ const recordingFetch = async (input, init) => {
 const maxValue = BigInt(args.maxValue ?? "10000000");
 const fetchWithPayment = wrapFetchWithPayment(recordingFetch, wallet, maxValue);
 
-let response;
-let text;
-try {
-  // x402-fetch spreads init.headers into a new object: keep it a plain object.
-  const init = { method: args.method, headers: {} };
-  if (args.json !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(JSON.parse(args.json));
-  }
-  response = await fetchWithPayment(args.url, init);
-  text = await response.text();
-} catch (e) {
-  emit({ status: 0, body: null, payment_response: null, payment_payload: paymentPayload, payment_required: null, error: errorString(e) });
-  process.exit(1);
-}
-
-emit({
-  status: response.status,
-  body: parseBody(text),
-  payment_response: decodeB64Json(
-    response.headers.get("X-PAYMENT-RESPONSE") || response.headers.get("PAYMENT-RESPONSE"),
-  ),
-  payment_payload: paymentPayload,
-  payment_required: decodeB64Json(response.headers.get("PAYMENT-REQUIRED")),
-});
-process.exit(response.status >= 200 && response.status < 300 ? 0 : 1);
+await payAndReport(fetchWithPayment, args, () => paymentPayload);

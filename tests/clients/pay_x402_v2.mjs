@@ -21,14 +21,10 @@
 import { wrapFetchWithPaymentFromConfig } from "@x402/fetch";
 import { ExactEvmScheme } from "@x402/evm/exact/client";
 import { privateKeyToAccount } from "viem/accounts";
-import { parseArgs, decodeB64Json, parseBody, emit, errorString } from "./common.mjs";
+import { parseArgs, decodeB64Json, walletKey, payAndReport } from "./common.mjs";
 
 const args = parseArgs(process.argv.slice(2));
-const key = process.env.VENDBOX_WALLET_KEY;
-if (!key) {
-  emit({ status: 0, body: null, payment_response: null, payment_payload: null, payment_required: null, error: "VENDBOX_WALLET_KEY is not set" });
-  process.exit(1);
-}
+const key = walletKey();
 
 let paymentPayload = null;
 // Records the payment header of every request the wrapper sends.
@@ -45,28 +41,4 @@ const fetchWithPayment = wrapFetchWithPaymentFromConfig(recordingFetch, {
   spendControls: { allowedAssets: true, maxAmountPerPayment: false },
 });
 
-let response;
-let text;
-try {
-  const init = { method: args.method, headers: {} };
-  if (args.json !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(JSON.parse(args.json));
-  }
-  response = await fetchWithPayment(args.url, init);
-  text = await response.text();
-} catch (e) {
-  emit({ status: 0, body: null, payment_response: null, payment_payload: paymentPayload, payment_required: null, error: errorString(e) });
-  process.exit(1);
-}
-
-emit({
-  status: response.status,
-  body: parseBody(text),
-  payment_response: decodeB64Json(
-    response.headers.get("PAYMENT-RESPONSE") || response.headers.get("X-PAYMENT-RESPONSE"),
-  ),
-  payment_payload: paymentPayload,
-  payment_required: decodeB64Json(response.headers.get("PAYMENT-REQUIRED")),
-});
-process.exit(response.status >= 200 && response.status < 300 ? 0 : 1);
+await payAndReport(fetchWithPayment, args, () => paymentPayload);

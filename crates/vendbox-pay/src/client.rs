@@ -42,23 +42,12 @@ impl Challenge {
         r.max_amount_required.parse().ok().map(|a| (a, r.network.clone()))
     }
 
-    /// Pays the first `exact` requirement: returns the header name and value to send.
+    /// Pays the first `exact` requirement, v2 preferred: returns the header name and value to send.
     pub fn pay(&self, signer: &PrivateKeySigner, now: u64) -> Result<(&'static str, String), String> {
         if let Some(challenge) = &self.v2
             && let Some(r) = challenge.accepts.iter().find(|r| r.scheme == "exact")
         {
-            {
-                let auth = authorize(signer.address(), &r.pay_to, &r.amount, now, r.max_timeout_seconds)?;
-                let payload = sign(signer, &auth, &r.network, &r.asset, r.extra.as_ref())?;
-                let body = PaymentPayloadV2 {
-                    x402_version: 2,
-                    resource: Some(challenge.resource.clone()),
-                    accepted: r.clone(),
-                    payload,
-                    extensions: None,
-                };
-                return Ok((wire::PAYMENT_SIGNATURE, wire::encode_header(&body)));
-            }
+            return Ok((wire::PAYMENT_SIGNATURE, pay_v2(signer, r, &challenge.resource, now)?));
         }
         let challenge = self.v1.as_ref().ok_or("the 402 offers no exact payment")?;
         let r = challenge

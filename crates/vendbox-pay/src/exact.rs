@@ -21,6 +21,11 @@ pub const SCHEME: &str = "exact";
 /// A payment must stay valid at least this long after it arrives, to leave time to settle.
 pub const SETTLE_MARGIN_SECS: u64 = 6;
 
+/// Now, in Unix seconds: the clock `validAfter` and `validBefore` are read against.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// How vendbox takes money: one token on one chain, paid to one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acceptance {

@@ -115,22 +115,20 @@ impl Facilitator for BuiltinFacilitator {
         if self.chain.asset() != requirements.acceptance.asset {
             return Err(VerifyError::Unavailable("the facilitator serves another token".into()));
         }
-        if self.chain.authorization_used(auth.from, auth.nonce).await? {
+        // The dry run refuses an empty wallet (and every other revert) with its reason; the
+        // authorization state is asked alongside, so that a used nonce is named as such.
+        let (used, dry_run) = tokio::join!(
+            self.chain.authorization_used(auth.from, auth.nonce),
+            self.chain.simulate(payment, self.sender)
+        );
+        if used? {
             return Err(Rejection::new(
                 Reason::NonceUsed,
                 "this authorization's nonce was already used on chain; sign a new one",
             )
             .into());
         }
-        let balance = self.chain.balance_of(auth.from).await?;
-        if balance < auth.value {
-            return Err(Rejection::new(
-                Reason::InsufficientFunds,
-                format!("{} holds {balance} atomic units; the price is {}", auth.from, auth.value),
-            )
-            .into());
-        }
-        self.chain.simulate(payment, self.sender).await
+        dry_run
     }
 
     async fn settle(

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -140,7 +139,8 @@ impl PaymentGate {
             None => return Err(challenge(requirements, "payment_required", "pay this request with x402")),
             Some(sent) => sent.map_err(|r| refuse(requirements, &r))?,
         };
-        let checked = exact::check(sent, requirements, unix_now()).map_err(|r| refuse(requirements, &r))?;
+        let checked =
+            exact::check(sent, requirements, exact::unix_now()).map_err(|r| refuse(requirements, &r))?;
         let facilitator =
             self.facilitator.as_ref().ok_or_else(|| unavailable("no facilitator is configured"))?;
         match facilitator.verify(&checked, requirements).await {
@@ -343,8 +343,4 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -42,10 +42,8 @@ impl Worker for SettlementWorker {
         let grace = chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX);
         let before = Utc::now() - grace;
         let stale = self.store.payments_in_state(PaymentState::Verified, before, BATCH).await?;
-        for payment in &stale {
-            if payment.replay_key.asset != self.chain.asset().to_string().to_ascii_lowercase() {
-                continue;
-            }
+        let asset = self.chain.asset().to_string().to_ascii_lowercase();
+        for payment in stale.iter().filter(|p| p.replay_key.asset == asset) {
             let outcome = self.resolve(payment).await?;
             match self.store.finish_payment(payment.id, &outcome, Utc::now()).await {
                 Ok(_) => {

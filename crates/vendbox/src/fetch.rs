@@ -3,7 +3,6 @@
 //! receipt (stderr).
 
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use vendbox_core::Usdc;
@@ -67,8 +66,7 @@ pub(crate) async fn run(args: FetchArgs) -> anyhow::Result<()> {
     }
     let key = args.wallet_key.as_deref().context("set VENDBOX_WALLET_KEY (or --wallet-key) to pay")?;
     let signer = PrivateKeySigner::from_str(key.trim()).context("VENDBOX_WALLET_KEY is not a private key")?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let (name, value) = challenge.pay(&signer, now).map_err(anyhow::Error::msg)?;
+    let (name, value) = challenge.pay(&signer, vendbox_pay::exact::unix_now()).map_err(anyhow::Error::msg)?;
     let paid = request(Some((name, &value))).send().await.context("sending the payment")?;
     let receipt = [wire::PAYMENT_RESPONSE, wire::X_PAYMENT_RESPONSE]
         .into_iter()
