@@ -18,7 +18,7 @@ pub use catalog::{Catalog, CatalogError, CreditsPolicy, Image, Region};
 pub use error::{CoreError, FieldError, FieldErrorCode};
 pub use ids::{LeaseId, OfferId, PaymentId, QuoteId};
 pub use lease::{Lease, LeaseState};
-pub use lock::{FencingToken, Lock, LockKey, LockRequest};
+pub use lock::{FencingToken, Lock, LockKey, LockRequest, check_ttl};
 pub use money::Usdc;
 pub use offer::{
     ActionRule, DurationRule, Gpu, Offer, OfferKind, PriceRule, QuoteParams, QuoteTerms, Resources,

@@ -45,6 +45,18 @@ impl LockKey {
     }
 }
 
+/// Checks a TTL in seconds (of an acquisition or a renewal) against the bounds.
+pub fn check_ttl(ttl_seconds: u32) -> Result<u32, CoreError> {
+    if (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&ttl_seconds) {
+        return Ok(ttl_seconds);
+    }
+    Err(CoreError::field(
+        "ttl_seconds",
+        FieldErrorCode::OutOfRange,
+        format!("`ttl_seconds` must be between {MIN_TTL_SECONDS} and {MAX_TTL_SECONDS}; got {ttl_seconds}"),
+    ))
+}
+
 /// A request to hold a key, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LockRequest {
@@ -76,16 +88,7 @@ impl LockRequest {
                 "`owner` must be at most 160 characters",
             ));
         }
-        let ttl_seconds = ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
-        if !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&ttl_seconds) {
-            return Err(CoreError::field(
-                "ttl_seconds",
-                FieldErrorCode::OutOfRange,
-                format!(
-                    "`ttl_seconds` must be between {MIN_TTL_SECONDS} and {MAX_TTL_SECONDS}; got {ttl_seconds}"
-                ),
-            ));
-        }
+        let ttl_seconds = check_ttl(ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS))?;
         if let Some(m) = &metadata {
             if !m.is_object() {
                 return Err(CoreError::field(
@@ -119,8 +122,21 @@ pub struct Lock {
     pub acquired_at: DateTime<Utc>,
     /// When this grant lapses unless renewed.
     pub expires_at: DateTime<Utc>,
+    /// How long the last acquisition or renewal made it last, in milliseconds; a renewal that
+    /// names no TTL extends by this much.
+    pub ttl_ms: u64,
+    /// When the holder released it, in the store's clock; `None` while it is held (or lapsed).
+    pub released_at: Option<DateTime<Utc>>,
     /// Coordination context.
     pub metadata: Option<serde_json::Value>,
+}
+
+impl Lock {
+    /// When the last acquisition or renewal happened, in the store's clock.
+    pub fn renewed_at(&self) -> DateTime<Utc> {
+        let ttl = chrono::Duration::milliseconds(i64::try_from(self.ttl_ms).unwrap_or(i64::MAX));
+        self.expires_at.checked_sub_signed(ttl).unwrap_or(self.acquired_at)
+    }
 }
 
 #[cfg(test)]

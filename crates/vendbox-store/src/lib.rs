@@ -52,6 +52,51 @@ pub enum LockAcquisition {
     Held(Lock),
 }
 
+/// The answer to a release.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LockRelease {
+    /// The grant ended now; `released_at` says when, in the store's clock.
+    Released(Lock),
+    /// This token had already released its grant, and the key has not been granted since;
+    /// nothing changed (releasing is idempotent).
+    AlreadyReleased(Lock),
+    /// Refused; nothing changed.
+    Refused(LockRefusal),
+}
+
+/// The answer to a renewal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LockRenewal {
+    /// The grant lasts until the new `expires_at`.
+    Renewed(Lock),
+    /// Refused; nothing changed.
+    Refused(LockRefusal),
+}
+
+/// Why a release token could not renew or release: in each case the key and its holder, if
+/// any, are untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockRefusal {
+    /// The token's grant ran out of time before this request.
+    Lapsed,
+    /// The token's grant was released.
+    Released,
+    /// The token names no grant on this key: never issued for it, or the key has since been
+    /// granted to someone else.
+    NotHolder,
+}
+
+impl LockRefusal {
+    /// Why the token whose grant is `grant` (as [`Store`] has it now) could not act on it.
+    fn of(grant: Option<&Lock>) -> Self {
+        match grant {
+            None => Self::NotHolder,
+            Some(g) if g.released_at.is_some() => Self::Released,
+            Some(_) => Self::Lapsed,
+        }
+    }
+}
+
 /// Everything vendbox keeps. One implementation per database; both pass the same test suite
 /// (`tests/suite.rs`).
 #[async_trait]
@@ -147,18 +192,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         release: &TokenHash,
     ) -> StoreResult<LockAcquisition>;
 
-    /// Moves the expiry of the unexpired grant held with `release` to `ttl` from now; `None` when
-    /// that grant has lapsed or passed to someone else (and then nothing changes).
+    /// Moves the expiry of the unexpired grant held with `release` to `ttl` from now (the
+    /// grant's own TTL when `None`). A lapsed, released or superseded grant is refused, and then
+    /// nothing changes.
     async fn renew_lock(
         &self,
         key: &LockKey,
         release: &TokenHash,
-        ttl: std::time::Duration,
-    ) -> StoreResult<Option<Lock>>;
+        ttl: Option<std::time::Duration>,
+    ) -> StoreResult<LockRenewal>;
 
-    /// Ends the grant held with `release`. `false` when there is no such grant (already released,
-    /// or the key passed to a newer holder, who is not touched).
-    async fn release_lock(&self, key: &LockKey, release: &TokenHash) -> StoreResult<bool>;
+    /// Ends the unexpired grant held with `release`. Again with the same token: the same answer,
+    /// as `AlreadyReleased`. A lapsed or superseded grant is refused, and its key's newer holder
+    /// is not touched.
+    async fn release_lock(&self, key: &LockKey, release: &TokenHash) -> StoreResult<LockRelease>;
 
     /// The unexpired grant on `key`, if any.
     async fn get_lock(&self, key: &LockKey) -> StoreResult<Option<Lock>>;

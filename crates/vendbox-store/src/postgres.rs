@@ -36,11 +36,14 @@ impl PostgresStore {
     }
 }
 
-// The database server's clock, shared by every vendbox host: Unix milliseconds at the start of
-// the statement's transaction.
+// The database server's clock, shared by every vendbox host, in Unix milliseconds: `now_ms` at
+// the start of the statement's transaction; `clock_ms` when it is read, which lock statements use
+// inside the row they changed, after any wait for that row's lock, so that a grant never starts
+// before the release or expiry it follows.
 store_impl!(
     PostgresStore,
     sqlx::Postgres,
     "postgres",
-    now_ms = "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)"
+    now_ms = "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)",
+    clock_ms = "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)"
 );

@@ -2,8 +2,8 @@
 //! on SQLite and PostgreSQL alike (`$n` placeholders, `RETURNING`, `ON CONFLICT`), so the
 //! implementation of [`crate::Store`] is written once and stamped out per database by
 //! [`store_impl!`], which keeps each backend a concrete, separately compiled type. The one
-//! dialect difference, the SQL that reads the database's clock in Unix milliseconds, is a
-//! parameter of the macro.
+//! dialect difference, the SQL that reads the database's clock in Unix milliseconds (at the
+//! transaction's start, and when read), is a parameter of the macro.
 
 use chrono::{DateTime, Utc};
 use vendbox_core::LeaseState;
@@ -61,7 +61,7 @@ pub(crate) const BALANCE_SQL: &str =
 
 /// Implements [`crate::Store`] for `$store`, whose `pool` field is a pool of database `$db`.
 macro_rules! store_impl {
-    ($store:ty, $db:ty, $backend:literal, now_ms = $now:literal) => {
+    ($store:ty, $db:ty, $backend:literal, now_ms = $now:literal, clock_ms = $clock:literal) => {
         impl $store {
             fn lock_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Lock> {
                 use sqlx::Row;
@@ -81,11 +81,28 @@ macro_rules! store_impl {
                     )?),
                     acquired_at: from_ms(required("acquired_at")?)?,
                     expires_at: from_ms(required("expires_at")?)?,
+                    ttl_ms: $crate::shared::sql_to_u64(required("ttl_ms")?, "locks.ttl_ms")?,
+                    released_at: r.try_get::<Option<i64>, _>("released_at")?.map(from_ms).transpose()?,
                     metadata: metadata
                         .map(|m| serde_json::from_str(&m))
                         .transpose()
                         .map_err(|e| $crate::StoreError::Corrupt(format!("locks.metadata: {e}")))?,
                 })
+            }
+
+            /// The grant on `key` made with `release`, as the store has it now (released,
+            /// lapsed or held); `None` when there is none (never, or the key was granted since).
+            async fn grant_of(
+                &self,
+                key: &vendbox_core::LockKey,
+                release: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
+                let row = sqlx::query("SELECT * FROM locks WHERE key = $1 AND release_token_hash = $2")
+                    .bind(key.as_str())
+                    .bind(release.to_hex())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::lock_from_row).transpose()
             }
 
             fn quote_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Quote> {
@@ -585,16 +602,21 @@ macro_rules! store_impl {
             ) -> $crate::StoreResult<$crate::LockAcquisition> {
                 let ttl_ms = $crate::shared::ttl_ms(ttl)?;
                 let metadata = metadata.map(serde_json::Value::to_string);
-                // A held key answers no row; a free or lapsed one is granted with the next token.
-                // Between a refused grant and reading the holder, the holder may lapse: try again.
+                // A held key answers no row; a free, released or lapsed one is granted with the
+                // next token. The update reads the clock after it holds the row, so the grant
+                // starts no earlier than the release or expiry before it. Between a refused grant
+                // and reading the holder, the holder may lapse: try again.
                 for _ in 0..8 {
                     let granted = sqlx::query(concat!(
-                        "INSERT INTO locks (key, fencing_token, owner, release_token_hash, acquired_at, expires_at, metadata) \
-                         VALUES ($1, 1, $2, $3, ", $now, ", ", $now, " + $4, $5) \
+                        "INSERT INTO locks (key, fencing_token, owner, release_token_hash, acquired_at, expires_at, \
+                         ttl_ms, released_at, metadata) \
+                         VALUES ($1, 1, $2, $3, ", $clock, ", ", $clock, " + $4, $4, NULL, $5) \
                          ON CONFLICT (key) DO UPDATE SET fencing_token = locks.fencing_token + 1, \
                          owner = excluded.owner, release_token_hash = excluded.release_token_hash, \
-                         acquired_at = excluded.acquired_at, expires_at = excluded.expires_at, metadata = excluded.metadata \
-                         WHERE locks.release_token_hash IS NULL OR locks.expires_at <= excluded.acquired_at \
+                         acquired_at = ", $clock, ", expires_at = ", $clock, " + excluded.ttl_ms, \
+                         ttl_ms = excluded.ttl_ms, released_at = NULL, metadata = excluded.metadata \
+                         WHERE locks.release_token_hash IS NULL OR locks.released_at IS NOT NULL \
+                         OR locks.expires_at <= ", $clock, " \
                          RETURNING *"
                     ))
                     .bind(key.as_str())
@@ -618,41 +640,56 @@ macro_rules! store_impl {
                 &self,
                 key: &vendbox_core::LockKey,
                 release: &vendbox_core::TokenHash,
-                ttl: std::time::Duration,
-            ) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
-                let ttl_ms = $crate::shared::ttl_ms(ttl)?;
+                ttl: Option<std::time::Duration>,
+            ) -> $crate::StoreResult<$crate::LockRenewal> {
+                let ttl_ms = ttl.map($crate::shared::ttl_ms).transpose()?;
                 let row = sqlx::query(concat!(
-                    "UPDATE locks SET expires_at = ", $now, " + $3 \
-                     WHERE key = $1 AND release_token_hash = $2 AND expires_at > ", $now, " RETURNING *"
+                    "UPDATE locks SET ttl_ms = COALESCE($3, ttl_ms), \
+                     expires_at = ", $clock, " + COALESCE($3, ttl_ms) \
+                     WHERE key = $1 AND release_token_hash = $2 AND released_at IS NULL AND expires_at > ", $clock,
+                    " RETURNING *"
                 ))
                 .bind(key.as_str())
                 .bind(release.to_hex())
                 .bind(ttl_ms)
                 .fetch_optional(&self.pool)
                 .await?;
-                row.as_ref().map(Self::lock_from_row).transpose()
+                if let Some(row) = row {
+                    return Ok($crate::LockRenewal::Renewed(Self::lock_from_row(&row)?));
+                }
+                let grant = self.grant_of(key, release).await?;
+                Ok($crate::LockRenewal::Refused($crate::LockRefusal::of(grant.as_ref())))
             }
 
             async fn release_lock(
                 &self,
                 key: &vendbox_core::LockKey,
                 release: &vendbox_core::TokenHash,
-            ) -> $crate::StoreResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE locks SET owner = NULL, release_token_hash = NULL, acquired_at = NULL, \
-                     expires_at = NULL, metadata = NULL WHERE key = $1 AND release_token_hash = $2",
-                )
+            ) -> $crate::StoreResult<$crate::LockRelease> {
+                let row = sqlx::query(concat!(
+                    "UPDATE locks SET released_at = ", $clock, " \
+                     WHERE key = $1 AND release_token_hash = $2 AND released_at IS NULL AND expires_at > ", $clock,
+                    " RETURNING *"
+                ))
                 .bind(key.as_str())
                 .bind(release.to_hex())
-                .execute(&self.pool)
+                .fetch_optional(&self.pool)
                 .await?;
-                Ok(done.rows_affected() == 1)
+                if let Some(row) = row {
+                    return Ok($crate::LockRelease::Released(Self::lock_from_row(&row)?));
+                }
+                // Released before with this token: answer as the first time.
+                Ok(match self.grant_of(key, release).await? {
+                    Some(grant) if grant.released_at.is_some() => $crate::LockRelease::AlreadyReleased(grant),
+                    grant => $crate::LockRelease::Refused($crate::LockRefusal::of(grant.as_ref())),
+                })
             }
 
             async fn get_lock(&self, key: &vendbox_core::LockKey) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
                 let row = sqlx::query(concat!(
-                    "SELECT * FROM locks WHERE key = $1 AND release_token_hash IS NOT NULL AND expires_at > ",
-                    $now
+                    "SELECT * FROM locks WHERE key = $1 AND release_token_hash IS NOT NULL \
+                     AND released_at IS NULL AND expires_at > ",
+                    $clock
                 ))
                 .bind(key.as_str())
                 .fetch_optional(&self.pool)

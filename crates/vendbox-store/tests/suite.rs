@@ -10,7 +10,9 @@ use vendbox_core::{
     Payment, PaymentId, PaymentMethod, PaymentState, Quote, QuoteParams, ReplayKey, SecretToken, Usdc,
 };
 use vendbox_store::testkit::PostgresSchema;
-use vendbox_store::{LockAcquisition, PaymentOutcome, SqliteStore, Store, StoreError};
+use vendbox_store::{
+    LockAcquisition, LockRefusal, LockRelease, LockRenewal, PaymentOutcome, SqliteStore, Store, StoreError,
+};
 
 fn t0() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
@@ -318,13 +320,41 @@ async fn locks_grant_one_holder_and_fence_each_grant(store: Arc<dyn Store>) {
     assert_eq!(store.get_lock(&k).await.unwrap(), Some(first.clone()));
 
     // Only Alice's token renews or releases.
-    assert_eq!(store.renew_lock(&k, &bob.hash(), LONG).await.unwrap(), None);
-    assert!(!store.release_lock(&k, &bob.hash()).await.unwrap());
-    let renewed = store.renew_lock(&k, &alice.hash(), LONG * 2).await.unwrap().unwrap();
+    let not_holder = LockRenewal::Refused(LockRefusal::NotHolder);
+    assert_eq!(store.renew_lock(&k, &bob.hash(), Some(LONG)).await.unwrap(), not_holder);
+    assert_eq!(
+        store.release_lock(&k, &bob.hash()).await.unwrap(),
+        LockRelease::Refused(LockRefusal::NotHolder)
+    );
+    assert_eq!(store.get_lock(&k).await.unwrap(), Some(first.clone()), "refusals change nothing");
+    let LockRenewal::Renewed(renewed) = store.renew_lock(&k, &alice.hash(), Some(LONG * 2)).await.unwrap()
+    else {
+        panic!("the holder renews")
+    };
     assert!(renewed.expires_at > first.expires_at);
+    assert_eq!(renewed.ttl_ms, 120_000);
+    assert!(renewed.renewed_at() >= first.acquired_at);
     assert_eq!(renewed.fencing_token, first.fencing_token, "renewing keeps the grant");
-    assert!(store.release_lock(&k, &alice.hash()).await.unwrap());
-    assert!(!store.release_lock(&k, &alice.hash()).await.unwrap(), "release is idempotent");
+    // With no TTL, a renewal lasts as long as the last one did.
+    let LockRenewal::Renewed(again) = store.renew_lock(&k, &alice.hash(), None).await.unwrap() else {
+        panic!("the holder renews")
+    };
+    assert_eq!(again.ttl_ms, 120_000);
+    let LockRelease::Released(released) = store.release_lock(&k, &alice.hash()).await.unwrap() else {
+        panic!("the holder releases")
+    };
+    let released_at = released.released_at.expect("a release is timed");
+    assert!(released_at >= first.acquired_at && released_at < again.expires_at);
+    assert_eq!(
+        store.release_lock(&k, &alice.hash()).await.unwrap(),
+        LockRelease::AlreadyReleased(released.clone()),
+        "release is idempotent"
+    );
+    assert_eq!(
+        store.renew_lock(&k, &alice.hash(), None).await.unwrap(),
+        LockRenewal::Refused(LockRefusal::Released),
+        "a released grant cannot be renewed back"
+    );
     assert_eq!(store.get_lock(&k).await.unwrap(), None);
 
     let LockAcquisition::Acquired(second) =
@@ -334,6 +364,13 @@ async fn locks_grant_one_holder_and_fence_each_grant(store: Arc<dyn Store>) {
     };
     assert_eq!(second.fencing_token, FencingToken(2));
     assert_eq!(second.metadata, None);
+    assert!(second.acquired_at >= released_at, "a grant starts no earlier than the release before it");
+    // Alice's old token is now stale: it touches nothing of Bob's.
+    assert_eq!(
+        store.release_lock(&k, &alice.hash()).await.unwrap(),
+        LockRelease::Refused(LockRefusal::NotHolder)
+    );
+    assert_eq!(store.get_lock(&k).await.unwrap(), Some(second.clone()));
     // Other keys have their own sequence.
     let other = store.acquire_lock(&key("other-key"), None, None, LONG, &alice.hash()).await.unwrap();
     assert!(matches!(other, LockAcquisition::Acquired(l) if l.fencing_token == FencingToken(1)));
@@ -346,8 +383,10 @@ async fn lapsed_locks_pass_on_and_stale_holders_touch_nothing(store: Arc<dyn Sto
     store.acquire_lock(&k, Some("old"), None, short, &old.hash()).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(450)).await;
     assert_eq!(store.get_lock(&k).await.unwrap(), None, "a lapsed grant is not shown as held");
-    // The lapsed holder cannot renew its way back.
-    assert_eq!(store.renew_lock(&k, &old.hash(), LONG).await.unwrap(), None);
+    // The lapsed holder cannot renew or release its way back.
+    let lapsed = LockRenewal::Refused(LockRefusal::Lapsed);
+    assert_eq!(store.renew_lock(&k, &old.hash(), Some(LONG)).await.unwrap(), lapsed);
+    assert_eq!(store.release_lock(&k, &old.hash()).await.unwrap(), LockRelease::Refused(LockRefusal::Lapsed));
     let LockAcquisition::Acquired(next) =
         store.acquire_lock(&k, Some("new"), None, LONG, &new.hash()).await.unwrap()
     else {
@@ -355,8 +394,14 @@ async fn lapsed_locks_pass_on_and_stale_holders_touch_nothing(store: Arc<dyn Sto
     };
     assert_eq!(next.fencing_token, FencingToken(2));
     // The stale holder's release and renew change nothing.
-    assert!(!store.release_lock(&k, &old.hash()).await.unwrap());
-    assert_eq!(store.renew_lock(&k, &old.hash(), LONG).await.unwrap(), None);
+    assert_eq!(
+        store.release_lock(&k, &old.hash()).await.unwrap(),
+        LockRelease::Refused(LockRefusal::NotHolder)
+    );
+    assert_eq!(
+        store.renew_lock(&k, &old.hash(), Some(LONG)).await.unwrap(),
+        LockRenewal::Refused(LockRefusal::NotHolder)
+    );
     assert_eq!(store.get_lock(&k).await.unwrap(), Some(next));
 }
 
@@ -461,7 +506,7 @@ async fn fencing_tokens_keep_rising_across_restarts() {
             panic!("free after release")
         };
         assert_eq!(lock.fencing_token, FencingToken(expected));
-        assert!(store.release_lock(&k, &token.hash()).await.unwrap());
+        assert!(matches!(store.release_lock(&k, &token.hash()).await.unwrap(), LockRelease::Released(_)));
     }
 }
 
