@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# A failing test shows its message, not a backtrace that pushes the message out of the log tail.
+export RUST_BACKTRACE=0
 profile=default
 [ -n "${CI:-}" ] && profile=ci
 cargo nextest run --workspace --locked --profile "$profile"

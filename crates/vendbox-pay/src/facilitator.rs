@@ -65,8 +65,8 @@ pub struct BuiltinFacilitator {
     chain: Chain,
     /// Who sends the settlement transactions (and pays their gas).
     sender: Address,
-    /// Held while a transaction gets its account nonce and is sent, so that concurrent
-    /// settlements never share a nonce or leave a gap.
+    /// Held while a transaction gets its account nonce and is sent (and only then: gas and fees
+    /// are estimated before), so that concurrent settlements never share a nonce or leave a gap.
     send: Mutex<()>,
     /// How long to wait for a settlement's receipt.
     receipt_timeout: Duration,
@@ -136,18 +136,25 @@ impl Facilitator for BuiltinFacilitator {
         payment: &CheckedPayment,
         _requirements: &Requirements,
     ) -> Result<B256, SettleError> {
-        let request = transfer_request(self.chain.asset(), payment);
+        let not_sent = |e: &dyn fmt::Display| match classify_revert(&e.to_string()) {
+            VerifyError::Rejected(r) => SettleError::Refused(r),
+            VerifyError::Unavailable(m) => SettleError::NotSent(m),
+        };
+        let provider = self.chain.provider();
+        // Gas and fees are asked for before taking the turn, so that only the nonce and the send
+        // are one at a time.
+        let request = transfer_request(self.chain.asset(), payment).from(self.sender);
+        let (gas, fees) =
+            tokio::join!(provider.estimate_gas(request.clone()), provider.estimate_eip1559_fees());
+        let gas = gas.map_err(|e| not_sent(&e))?;
+        let fees = fees.map_err(|e| not_sent(&e))?;
+        let request = request
+            .gas_limit(gas)
+            .max_fee_per_gas(fees.max_fee_per_gas)
+            .max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
         let pending = {
             let _turn = self.send.lock().await;
-            match self.chain.provider().send_transaction(request).await {
-                Ok(pending) => pending,
-                Err(e) => {
-                    return Err(match classify_revert(&e.to_string()) {
-                        VerifyError::Rejected(r) => SettleError::Refused(r),
-                        VerifyError::Unavailable(m) => SettleError::NotSent(m),
-                    });
-                }
-            }
+            provider.send_transaction(request).await.map_err(|e| not_sent(&e))?
         };
         let hash = *pending.tx_hash();
         tracing::info!(transaction = %hash, payer = %payment.payer(), "settlement sent");

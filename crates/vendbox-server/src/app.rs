@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::gate::PaymentGate;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::openapi;
-use crate::routes::{health, offers, payments, quotes, vpsagent};
+use crate::routes::{health, locks, offers, payments, quotes, vpsagent};
 
 /// Header carrying the request id, set by vendbox when the client sends none.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -65,6 +65,15 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/v1/quotes/{id}", get(quotes::get))
         .route("/v1/payments/{id}", get(payments::get))
         .route("/catalog", get(vpsagent::catalog))
+        .route("/x402/locks/acquire", post(locks::h3retik_acquire))
+        .route("/x402/locks/release", post(locks::h3retik_release))
+        .route("/x402/locks/renew", post(locks::h3retik_renew))
+        .route("/x402/locks/{key}", get(locks::h3retik_get))
+        .route(
+            "/v1/locks/{key}",
+            get(locks::native_get).post(locks::native_acquire).delete(locks::native_release),
+        )
+        .route("/v1/locks/{key}/renew", post(locks::native_renew))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .fallback(not_found)

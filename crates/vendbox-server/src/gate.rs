@@ -5,6 +5,7 @@
 //! out only after the money moved.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -24,6 +25,44 @@ use crate::faults::Faults;
 
 /// Response header naming the payment a paid response was paid with (`GET /v1/payments/{id}`).
 pub const PAYMENT_ID: HeaderName = HeaderName::from_static("vendbox-payment-id");
+
+/// What paid work produced: an answer, whether it is worth the price, and how to take it back
+/// when the money then does not move.
+pub struct Delivery<T> {
+    value: T,
+    delivered: bool,
+    undo: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<T> Delivery<T> {
+    /// The buyer got what they paid for: settle, then answer `value`.
+    pub fn delivered(value: T) -> Self {
+        Self { value, delivered: true, undo: None }
+    }
+
+    /// The request was served but nothing was sold (a lock already held): void the payment and
+    /// answer `value`, charging nothing.
+    pub fn not_delivered(value: T) -> Self {
+        Self { value, delivered: false, undo: None }
+    }
+
+    /// Runs `undo` if the settlement then fails, so that nobody keeps what was not paid for.
+    #[must_use]
+    pub fn undo_with(mut self, undo: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.undo = Some(Box::pin(undo));
+        self
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Delivery<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("value", &self.value)
+            .field("delivered", &self.delivered)
+            .field("undo", &self.undo.is_some())
+            .finish()
+    }
+}
 
 /// The gate: what vendbox accepts, who settles, and where payments are recorded.
 #[derive(Debug, Clone)]
@@ -100,8 +139,24 @@ impl PaymentGate {
         T: IntoResponse,
         W: Future<Output = Result<T, ApiError>>,
     {
+        self.pay_for(headers, requirements, async move { work.await.map(Delivery::delivered) }).await
+    }
+
+    /// As [`Self::pay_on_success`], for work that may serve the request without selling
+    /// anything ([`Delivery::not_delivered`]: voided, not charged) or that must be taken back if
+    /// the settlement fails ([`Delivery::undo_with`]).
+    pub async fn pay_for<T, W>(
+        &self,
+        headers: &HeaderMap,
+        requirements: Option<Requirements>,
+        work: W,
+    ) -> Response
+    where
+        T: IntoResponse,
+        W: Future<Output = Result<Delivery<T>, ApiError>>,
+    {
         let Some(requirements) = requirements else {
-            return work.await.into_response();
+            return work.await.map(|d| d.value).into_response();
         };
         let admitted = match self.admit(headers, &requirements).await {
             Ok(admitted) => admitted,
@@ -118,9 +173,19 @@ impl PaymentGate {
                 self.void(admitted.payment.id, &reason).await;
                 with_payment_id(error.into_response(), admitted.payment.id)
             }
-            Ok(value) => match self.settle(admitted).await {
+            Ok(Delivery { value, delivered: false, .. }) => {
+                let id = admitted.payment.id;
+                self.void(id, "nothing was sold for this request; nothing was charged").await;
+                with_payment_id(value.into_response(), id)
+            }
+            Ok(Delivery { value, delivered: true, undo }) => match self.settle(admitted).await {
                 Ok(receipt) => (receipt, value).into_response(),
-                Err(refusal) => refusal,
+                Err(refusal) => {
+                    if let Some(undo) = undo {
+                        undo.await;
+                    }
+                    refusal
+                }
             },
         }
     }

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{health, offers, payments, quotes, vpsagent};
+use crate::routes::{health, locks, offers, payments, quotes, vpsagent};
 
 /// vendbox's API description.
 #[derive(OpenApi, Debug)]
@@ -22,17 +22,42 @@ use crate::routes::{health, offers, payments, quotes, vpsagent};
         quotes::create,
         quotes::get,
         payments::get,
-        vpsagent::catalog
+        vpsagent::catalog,
+        locks::h3retik_acquire,
+        locks::h3retik_release,
+        locks::h3retik_renew,
+        locks::h3retik_get,
+        locks::native_acquire,
+        locks::native_get,
+        locks::native_renew,
+        locks::native_release
     ),
     components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&ReleaseTokenScheme),
     tags(
         (name = "health", description = "Liveness"),
         (name = "catalog", description = "What is for sale and what it costs"),
         (name = "payments", description = "Payments made to this vendbox (x402: 402 challenge, PAYMENT-SIGNATURE or X-PAYMENT, receipt in PAYMENT-RESPONSE or X-PAYMENT-RESPONSE)"),
         (name = "vpsagent", description = "The VpsAgent API, path for path"),
+        (name = "h3retik", description = "The H3RETIK Cloud API, path for path"),
+        (name = "locks", description = "Agent Lock, native: TTL locks with fencing tokens; the release token is a bearer"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the `release_token` bearer scheme of the native lock routes.
+#[derive(Debug)]
+struct ReleaseTokenScheme;
+
+impl utoipa::Modify for ReleaseTokenScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some("The `release_token` an acquisition returned".into());
+        components.add_security_scheme("release_token", SecurityScheme::Http(scheme));
+    }
+}
 
 /// The document as JSON.
 pub fn document() -> utoipa::openapi::OpenApi {

@@ -14,24 +14,20 @@
 )]
 
 use std::str::FromStr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use vendbox_core::Usdc;
 use vendbox_pay::alloy::primitives::{Address, U256};
 use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::client::{self, Challenge};
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
-use vendbox_pay::exact::{self, Acceptance, Charge, Requirements, SentPayment};
+use vendbox_pay::exact::{self, Acceptance, Charge, Requirements, SentPayment, unix_now as now};
 use vendbox_pay::{Network, wire};
 use vendbox_server::config::FacilitatorKind;
 use vendbox_server::{Config, Secrets, Server};
 
 const SIGNATURES: usize = 3000;
 const REQUESTS: usize = 200;
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
 
 fn requirements() -> Requirements {
     Requirements::new(

@@ -107,7 +107,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
              agent address  {} (holds {AGENT_FUNDS_USDC} USDC)\n  \
              agent key      {agent_key}\n\n\
              Pay for the catalog (0.01 USDC) as an agent would:\n  \
-             VENDBOX_WALLET_KEY={agent_key} {exe} fetch {url}/catalog\n",
+             VENDBOX_WALLET_KEY={agent_key} {exe} fetch {url}/catalog\n\n\
+             Take a lock (0.0001 USDC; not charged if someone holds it):\n  \
+             VENDBOX_WALLET_KEY={agent_key} {exe} fetch -X POST -d '{{\"key\":\"job:42\"}}' {url}/x402/locks/acquire\n",
             network.caip2(),
             network.v1_label(),
             asset.to_checksum(None),

@@ -4,183 +4,25 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+mod shop;
 mod support;
 
-use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
 use base64::Engine as _;
 use serde_json::Value;
-use support::Vendbox;
+use shop::{FUNDS, PRICE, Shop, anvil_binary, clients_installed, now, python_client_installed, repo_root};
 use tokio::io::AsyncBufReadExt as _;
 use vendbox_core::PaymentState;
 use vendbox_pay::alloy;
 use vendbox_pay::chain::Chain;
 use vendbox_pay::client::{self, Challenge};
-use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
+use vendbox_pay::devchain::ANVIL_KEY_1;
 use vendbox_pay::facilitator::Facilitator as _;
 use vendbox_pay::wire::{self, PaymentPayloadV1, PaymentPayloadV2, SettlementResponse};
-
-/// The catalog's price in atomic units (0.01 USDC).
-const PRICE: u64 = 10_000;
-/// What each fresh payer is given.
-const FUNDS: u64 = 1_000_000;
-
-/// A chain with the token, and a vendbox selling on it.
-struct Shop {
-    anvil: Anvil,
-    chain: Chain,
-    asset: Address,
-    pay_to: Address,
-    dir: tempfile::TempDir,
-    vendbox: Vendbox,
-}
-
-fn anvil_binary() -> Option<PathBuf> {
-    let found = devchain::find_anvil(&[]);
-    if found.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have anvil (scripts/setup.sh installs it)");
-        eprintln!("skipped: anvil is not installed (npm install --prefix tests/clients)");
-    }
-    found
-}
-
-impl Shop {
-    async fn open(chain_id: u64, env: &[(&str, &str)]) -> Option<Shop> {
-        let anvil = Anvil::start(&anvil_binary()?, chain_id).await.unwrap();
-        let deployer = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
-        let asset = devchain::deploy_token(&anvil.rpc_url, &deployer, "USDC", "2").await.unwrap();
-        let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
-        let pay_to = PrivateKeySigner::random().address();
-        let dir = tempfile::tempdir().unwrap();
-        let vendbox = serve(&anvil, asset, pay_to, dir.path(), env);
-        Some(Shop { anvil, chain, asset, pay_to, dir, vendbox })
-    }
-
-    /// Starts vendbox again on this chain and data directory.
-    fn serve(&self, extra: &[(&str, &str)]) -> Vendbox {
-        serve(&self.anvil, self.asset, self.pay_to, self.dir.path(), extra)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.vendbox.url)
-    }
-
-    /// A new wallet holding `FUNDS` atomic units.
-    async fn payer(&self) -> PrivateKeySigner {
-        let payer = PrivateKeySigner::random();
-        let minter = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
-        devchain::mint(&self.anvil.rpc_url, &minter, self.asset, payer.address(), U256::from(FUNDS))
-            .await
-            .unwrap();
-        payer
-    }
-
-    async fn balance(&self, who: Address) -> u64 {
-        self.chain.balance_of(who).await.unwrap().to::<u64>()
-    }
-
-    /// The 402 of `GET /catalog`.
-    async fn challenge(&self) -> Challenge {
-        let response = reqwest::get(self.url("/catalog")).await.unwrap();
-        assert_eq!(response.status(), 402);
-        let header = response.headers().get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap().to_owned();
-        Challenge::read(Some(&header), &response.bytes().await.unwrap()).unwrap()
-    }
-
-    async fn get_catalog(&self, header: (&str, &str)) -> (u16, reqwest::header::HeaderMap, Value) {
-        let response =
-            reqwest::Client::new().get(self.url("/catalog")).header(header.0, header.1).send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        (status, headers, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Runs a client script from `tests/clients` as the payer; its one JSON line.
-    fn run_client(&self, program: &str, script: &str, payer: &PrivateKeySigner) -> Value {
-        let clients = repo_root().join("tests/clients");
-        let key = payer.to_bytes().to_string();
-        let output = std::process::Command::new(program)
-            .arg(clients.join(script))
-            .arg(self.url("/catalog"))
-            .env("VENDBOX_WALLET_KEY", key)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
-            panic!("{script} printed no JSON: {stdout}\n{}", String::from_utf8_lossy(&output.stderr))
-        });
-        let result: Value = serde_json::from_str(line).unwrap();
-        assert!(
-            output.status.success(),
-            "{script} failed: {result}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        result
-    }
-
-    /// Checks that exactly one price moved from `payer` to the payee since `before`.
-    async fn assert_paid_once(&self, payer: Address, payee_before: u64) {
-        assert_eq!(self.balance(payer).await, FUNDS - PRICE, "the payer paid exactly the price");
-        assert_eq!(self.balance(self.pay_to).await, payee_before + PRICE, "the payee got exactly the price");
-    }
-}
-
-/// `vendbox serve` selling on `anvil`'s chain, state in `dir/state`, settling with anvil's first key.
-fn serve(
-    anvil: &Anvil,
-    asset: Address,
-    pay_to: Address,
-    dir: &std::path::Path,
-    extra: &[(&str, &str)],
-) -> Vendbox {
-    let network = format!("eip155:{}", anvil.chain_id);
-    let (asset, pay_to) = (asset.to_string(), pay_to.to_string());
-    let mut env = vec![
-        ("VENDBOX_PAYMENTS__NETWORK", network.as_str()),
-        ("VENDBOX_PAYMENTS__ASSET", asset.as_str()),
-        ("VENDBOX_PAYMENTS__PAY_TO", pay_to.as_str()),
-        ("VENDBOX_PAYMENTS__RPC_URL", anvil.rpc_url.as_str()),
-        ("VENDBOX_PAYMENTS__FACILITATOR", "builtin"),
-        ("VENDBOX_PAYMENTS__MAX_TIMEOUT_SECONDS", "60"),
-        ("VENDBOX_SIGNER_KEY", ANVIL_KEY_0),
-    ];
-    env.extend_from_slice(extra);
-    Vendbox::start_with(dir, &["--data-dir", "state"], &env)
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn clients_installed(dir: &str) -> bool {
-    let ok = repo_root().join("tests/clients").join(dir).exists();
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI must install the clients (scripts/setup.sh)");
-        eprintln!("skipped: the official clients are not installed (scripts/setup.sh)");
-    }
-    ok
-}
-
-fn python_client_installed() -> bool {
-    let ok =
-        std::process::Command::new("python3").args(["-c", "import x402"]).status().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install the x402 Python package (scripts/setup.sh)"
-        );
-        eprintln!("skipped: the x402 Python package is not installed (scripts/setup.sh)");
-    }
-    ok
-}
 
 fn receipt(value: &Value) -> SettlementResponse {
     serde_json::from_value(value["payment_response"].clone()).unwrap()
@@ -551,23 +393,7 @@ async fn a_nonce_already_used_on_chain_is_refused() {
 }
 
 fn requirements_of(shop: &Shop, challenge: &Challenge) -> vendbox_pay::exact::Requirements {
-    let offered = &challenge.v2.as_ref().unwrap().accepts[0];
-    vendbox_pay::exact::Requirements::new(
-        vendbox_pay::exact::Acceptance {
-            network: vendbox_pay::Network::new(shop.anvil.chain_id),
-            asset: shop.asset,
-            asset_name: "USDC".into(),
-            asset_version: "2".into(),
-            pay_to: shop.pay_to,
-            max_timeout_seconds: offered.max_timeout_seconds,
-        },
-        vendbox_pay::exact::Charge {
-            amount: vendbox_core::Usdc(PRICE),
-            resource: shop.url("/catalog"),
-            description: String::new(),
-            mime_type: "application/json".into(),
-        },
-    )
+    shop.requirements_of(challenge)
 }
 
 #[tokio::test]

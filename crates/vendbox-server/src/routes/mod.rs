@@ -1,6 +1,7 @@
 //! The native API's handlers, one module per resource.
 
 pub mod health;
+pub mod locks;
 pub mod offers;
 pub mod payments;
 pub mod quotes;

@@ -1,0 +1,564 @@
+//! Agent Lock: TTL locks with fencing tokens, paid per grant.
+//!
+//! Two surfaces over one service. H3RETIK's, path for path (`POST /x402/locks/acquire`, its
+//! `release`, `renew` and `GET /x402/locks/{key}`), carries the key and the release token in the
+//! body. The native one (`/v1/locks/{key}`) carries the key in the path and the release token as
+//! a bearer. The bodies they answer with are the same.
+//!
+//! Acquiring and renewing are sold at the catalog's prices (pay on success: a key already held
+//! answers `acquired: false` and charges nothing; a renewal that fails charges nothing).
+//! Releasing and reading are free. Every decision about time is the store's clock's.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use vendbox_core::{Lock, LockKey, LockRequest, Offer, OfferKind, SecretToken, check_ttl};
+use vendbox_store::{LockAcquisition, LockRefusal, LockRelease, LockRenewal, Store};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::gate::Delivery;
+use crate::json::{self, ApiJson};
+
+/// The `operation` label of the offer that prices acquisitions.
+pub const ACQUIRE: &str = "acquire";
+/// The `operation` label of the offer that prices renewals.
+pub const RENEW: &str = "renew";
+
+/// A request to take a key.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    /// Unique lock key, 3 to 256 characters.
+    #[schema(example = "h1dr4:x-mention:2066895922949464487", min_length = 3, max_length = 256)]
+    pub key: String,
+    /// Agent, wallet or worker name, up to 160 characters.
+    #[schema(example = "h1dr4-agent", max_length = 160)]
+    pub owner: Option<String>,
+    /// Seconds before the lock lapses unless renewed: 5 to 86400, 900 when absent.
+    #[schema(example = 900, minimum = 5, maximum = 86400)]
+    pub ttl_seconds: Option<u32>,
+    /// Small coordination context (a JSON object of at most 4096 bytes), shown to readers.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The native acquisition: the key is in the path.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NativeAcquireRequest {
+    /// Agent, wallet or worker name, up to 160 characters.
+    pub owner: Option<String>,
+    /// Seconds before the lock lapses unless renewed: 5 to 86400, 900 when absent.
+    #[schema(minimum = 5, maximum = 86400)]
+    pub ttl_seconds: Option<u32>,
+    /// Small coordination context (a JSON object of at most 4096 bytes).
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A request to release a key.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The key.
+    pub key: String,
+    /// The token the acquisition returned.
+    pub release_token: String,
+}
+
+/// A request to extend a held key.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// The key.
+    pub key: String,
+    /// The token the acquisition returned.
+    pub release_token: String,
+    /// New TTL from now, 5 to 86400 seconds; the grant's last TTL when absent.
+    #[schema(minimum = 5, maximum = 86400)]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// The native renewal: key in the path, token as bearer.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NativeRenewRequest {
+    /// New TTL from now, 5 to 86400 seconds; the grant's last TTL when absent.
+    #[schema(minimum = 5, maximum = 86400)]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// A grant as anyone may see it: never its release token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LockView {
+    /// The key.
+    pub key: String,
+    /// Who holds it, as they named themselves.
+    pub owner: Option<String>,
+    /// This grant's fencing token: strictly increasing per key, never reused. Pass it to the
+    /// resource the lock protects, and have it refuse tokens lower than the highest it has seen.
+    pub fencing_token: u64,
+    /// When the grant was made (the store's clock).
+    pub acquired_at: DateTime<Utc>,
+    /// When it was last acquired or renewed (the store's clock).
+    pub renewed_at: DateTime<Utc>,
+    /// When it lapses unless renewed (the store's clock).
+    pub expires_at: DateTime<Utc>,
+    /// The TTL of the last acquisition or renewal, in seconds.
+    pub ttl_seconds: u64,
+    /// Coordination context given at acquisition.
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl From<&Lock> for LockView {
+    fn from(lock: &Lock) -> Self {
+        Self {
+            key: lock.key.as_str().to_owned(),
+            owner: lock.owner.clone(),
+            fencing_token: lock.fencing_token.0,
+            acquired_at: lock.acquired_at,
+            renewed_at: lock.renewed_at(),
+            expires_at: lock.expires_at,
+            ttl_seconds: lock.ttl_ms.div_ceil(1000),
+            metadata: lock.metadata.clone(),
+        }
+    }
+}
+
+/// The answer to an acquisition.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AcquireResponse {
+    /// The request was served.
+    pub ok: bool,
+    /// `true`: the caller holds the key under `lock`. `false`: someone else does (`lock` is
+    /// theirs, without its token), and nothing was charged.
+    pub acquired: bool,
+    /// The grant.
+    pub lock: LockView,
+    /// Only when acquired: the secret that renews and releases this grant. Shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_token: Option<String>,
+    /// Only when acquired: the grant's fencing token (also in `lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<u64>,
+}
+
+/// The answer to a release.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReleaseResponse {
+    /// The request was served.
+    pub ok: bool,
+    /// The grant is over; the key is free unless granted since.
+    pub released: bool,
+    /// `true` when this token had already released its grant (releasing is idempotent).
+    pub already_released: bool,
+    /// The key.
+    pub key: String,
+    /// The fencing token of the grant released.
+    pub fencing_token: u64,
+    /// When it was released (the store's clock).
+    pub released_at: DateTime<Utc>,
+}
+
+/// The answer to a renewal.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RenewResponse {
+    /// The request was served.
+    pub ok: bool,
+    /// The grant now lasts until `lock.expires_at`.
+    pub renewed: bool,
+    /// The grant, with its new expiry.
+    pub lock: LockView,
+}
+
+/// The answer to a read.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LockStatus {
+    /// The request was served.
+    pub ok: bool,
+    /// The key.
+    pub key: String,
+    /// Whether an unexpired grant holds the key.
+    pub held: bool,
+    /// That grant, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockView>,
+}
+
+/// Tries to take a key for the caller. Pay on success: `acquired: true` settles the payment
+/// before answering; `acquired: false` (the key is held) voids it, so nothing is charged.
+#[utoipa::path(
+    post,
+    path = "/x402/locks/acquire",
+    operation_id = "acquireAgentLockX402",
+    tag = "h3retik",
+    request_body = AcquireRequest,
+    responses(
+        (status = 200, description = "Paid (or free) and attempted: `acquired: true` with `release_token`, or `acquired: false` while another actor holds the key (not charged)", body = AcquireResponse),
+        (status = 400, description = "Invalid key, owner, TTL, metadata or body, or an unreadable payment header", body = crate::error::ErrorBody),
+        (status = 402, description = "Payment required (or refused): x402 v1 body, v2 `PAYMENT-REQUIRED` header"),
+        (status = 503, description = "Locks are not offered here, or payments cannot be taken now", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn h3retik_acquire(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<AcquireRequest>,
+) -> Result<Response, ApiError> {
+    let request = LockRequest::new(&body.key, body.owner, body.ttl_seconds, body.metadata)?;
+    acquire(&state, &headers, request, "/x402/locks/acquire", StatusCode::OK).await
+}
+
+/// Native acquisition of `key`: as `POST /x402/locks/acquire`, answering 201 when acquired.
+#[utoipa::path(
+    post,
+    path = "/v1/locks/{key}",
+    operation_id = "acquireLock",
+    tag = "locks",
+    params(("key" = String, Path, description = "The key, 3 to 256 characters (percent-encode `/`)")),
+    request_body(content = NativeAcquireRequest, description = "Optional"),
+    responses(
+        (status = 201, description = "Acquired; `release_token` is shown once", body = AcquireResponse),
+        (status = 200, description = "Held by another actor: `acquired: false`, not charged", body = AcquireResponse),
+        (status = 400, description = "Invalid key, owner, TTL, metadata or body", body = crate::error::ErrorBody),
+        (status = 402, description = "Payment required (or refused)"),
+        (status = 503, description = "Locks are not offered here, or payments cannot be taken now", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn native_acquire(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: NativeAcquireRequest = json::parse_optional(&body)?;
+    let request = LockRequest::new(&key, body.owner, body.ttl_seconds, body.metadata)?;
+    acquire(&state, &headers, request, uri.path(), StatusCode::CREATED).await
+}
+
+/// Ends the caller's grant. Free. Again with the same token: the same answer
+/// (`already_released: true`). A token whose grant lapsed or passed to someone else is refused
+/// with 409 and changes nothing.
+#[utoipa::path(
+    post,
+    path = "/x402/locks/release",
+    operation_id = "releaseAgentLockX402",
+    tag = "h3retik",
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "Released (or already released by this token)", body = ReleaseResponse),
+        (status = 400, description = "Invalid key or body", body = crate::error::ErrorBody),
+        (status = 409, description = "`lock_not_held` (the token holds no grant on this key: never, or the key passed on) or `lock_expired` (its grant lapsed); nothing changed", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn h3retik_release(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ReleaseRequest>,
+) -> Result<Json<ReleaseResponse>, ApiError> {
+    let key = LockKey::parse(&body.key)?;
+    release(state.store.as_ref(), &key, &SecretToken::presented(body.release_token)).await
+}
+
+/// Native release of `key`, with the release token as a bearer.
+#[utoipa::path(
+    delete,
+    path = "/v1/locks/{key}",
+    operation_id = "releaseLock",
+    tag = "locks",
+    params(("key" = String, Path, description = "The key")),
+    security(("release_token" = [])),
+    responses(
+        (status = 200, description = "Released (or already released by this token)", body = ReleaseResponse),
+        (status = 401, description = "No bearer token", body = crate::error::ErrorBody),
+        (status = 409, description = "`lock_not_held` or `lock_expired`; nothing changed", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn native_release(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<ReleaseResponse>, ApiError> {
+    let key = LockKey::parse(&key)?;
+    release(state.store.as_ref(), &key, &bearer(&headers)?).await
+}
+
+/// Extends the caller's unexpired grant to `ttl_seconds` from now (its last TTL when absent),
+/// keeping its fencing token. Paid at the catalog's renewal price, on success only: a lapsed,
+/// released or superseded grant is refused with 409 and charges nothing.
+#[utoipa::path(
+    post,
+    path = "/x402/locks/renew",
+    operation_id = "renewAgentLockX402",
+    tag = "h3retik",
+    request_body = RenewRequest,
+    responses(
+        (status = 200, description = "Renewed", body = RenewResponse),
+        (status = 400, description = "Invalid key, TTL or body", body = crate::error::ErrorBody),
+        (status = 402, description = "Payment required (or refused)"),
+        (status = 409, description = "`lock_not_held`, `lock_expired` or `lock_released`; nothing changed and nothing was charged", body = crate::error::ErrorBody),
+        (status = 503, description = "Renewals are not offered here, or payments cannot be taken now", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn h3retik_renew(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RenewRequest>,
+) -> Result<Response, ApiError> {
+    let key = LockKey::parse(&body.key)?;
+    let token = SecretToken::presented(body.release_token);
+    renew(&state, &headers, key, token, body.ttl_seconds, "/x402/locks/renew").await
+}
+
+/// Native renewal of `key`, with the release token as a bearer.
+#[utoipa::path(
+    post,
+    path = "/v1/locks/{key}/renew",
+    operation_id = "renewLock",
+    tag = "locks",
+    params(("key" = String, Path, description = "The key")),
+    security(("release_token" = [])),
+    request_body(content = NativeRenewRequest, description = "Optional"),
+    responses(
+        (status = 200, description = "Renewed", body = RenewResponse),
+        (status = 400, description = "Invalid key, TTL or body", body = crate::error::ErrorBody),
+        (status = 401, description = "No bearer token", body = crate::error::ErrorBody),
+        (status = 402, description = "Payment required (or refused)"),
+        (status = 409, description = "`lock_not_held`, `lock_expired` or `lock_released`; nothing changed and nothing was charged", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn native_renew(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: NativeRenewRequest = json::parse_optional(&body)?;
+    let key = LockKey::parse(&key)?;
+    let token = bearer(&headers)?;
+    renew(&state, &headers, key, token, body.ttl_seconds, uri.path()).await
+}
+
+/// Who holds `key` and until when; never the release token. Free.
+#[utoipa::path(
+    get,
+    path = "/x402/locks/{key}",
+    operation_id = "getAgentLockX402",
+    tag = "h3retik",
+    params(("key" = String, Path, description = "The key")),
+    responses(
+        (status = 200, description = "`held` and, when held, the grant", body = LockStatus),
+        (status = 400, description = "Invalid key", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn h3retik_get(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<LockStatus>, ApiError> {
+    read(state.store.as_ref(), &key).await
+}
+
+/// Native read of `key`: as `GET /x402/locks/{key}`.
+#[utoipa::path(
+    get,
+    path = "/v1/locks/{key}",
+    operation_id = "getLock",
+    tag = "locks",
+    params(("key" = String, Path, description = "The key")),
+    responses(
+        (status = 200, description = "`held` and, when held, the grant", body = LockStatus),
+        (status = 400, description = "Invalid key", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn native_get(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<LockStatus>, ApiError> {
+    read(state.store.as_ref(), &key).await
+}
+
+async fn acquire(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: LockRequest,
+    path: &str,
+    created: StatusCode,
+) -> Result<Response, ApiError> {
+    let offer = lock_offer(state, ACQUIRE)?;
+    let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
+    let store = state.store.clone();
+    let work = async move {
+        let token = SecretToken::generate();
+        let ttl = Duration::from_secs(u64::from(request.ttl_seconds));
+        let answer = store
+            .acquire_lock(
+                &request.key,
+                request.owner.as_deref(),
+                request.metadata.as_ref(),
+                ttl,
+                &token.hash(),
+            )
+            .await?;
+        Ok(match answer {
+            LockAcquisition::Acquired(lock) => {
+                tracing::info!(
+                    key = lock.key.as_str(),
+                    fencing_token = lock.fencing_token.0,
+                    "lock acquired"
+                );
+                let body = AcquireResponse {
+                    ok: true,
+                    acquired: true,
+                    lock: LockView::from(&lock),
+                    release_token: Some(token.expose().to_owned()),
+                    fencing_token: Some(lock.fencing_token.0),
+                };
+                // Unpaid after all: give the key back at once rather than at expiry.
+                let undo = async move {
+                    if let Err(e) = store.release_lock(&lock.key, &token.hash()).await {
+                        tracing::warn!(key = lock.key.as_str(), error = %e, "could not release an unpaid lock; it lapses at its expiry");
+                    }
+                };
+                Delivery::delivered((created, Json(body))).undo_with(undo)
+            }
+            LockAcquisition::Held(holder) => Delivery::not_delivered((
+                StatusCode::OK,
+                Json(AcquireResponse {
+                    ok: true,
+                    acquired: false,
+                    lock: LockView::from(&holder),
+                    release_token: None,
+                    fencing_token: None,
+                }),
+            )),
+        })
+    };
+    Ok(state.gate.pay_for(headers, requirements, work).await)
+}
+
+async fn renew(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: LockKey,
+    token: SecretToken,
+    ttl_seconds: Option<u32>,
+    path: &str,
+) -> Result<Response, ApiError> {
+    let ttl_seconds = ttl_seconds.map(check_ttl).transpose()?;
+    let offer = lock_offer(state, RENEW)?;
+    let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
+    let store = state.store.clone();
+    let work = async move {
+        let ttl = ttl_seconds.map(|s| Duration::from_secs(u64::from(s)));
+        match store.renew_lock(&key, &token.hash(), ttl).await? {
+            LockRenewal::Renewed(lock) => {
+                tracing::info!(key = key.as_str(), fencing_token = lock.fencing_token.0, "lock renewed");
+                Ok(Json(RenewResponse { ok: true, renewed: true, lock: LockView::from(&lock) }))
+            }
+            LockRenewal::Refused(why) => Err(refused(why, &key)),
+        }
+    };
+    Ok(state.gate.pay_on_success(headers, requirements, work).await)
+}
+
+async fn release(
+    store: &dyn Store,
+    key: &LockKey,
+    token: &SecretToken,
+) -> Result<Json<ReleaseResponse>, ApiError> {
+    let (lock, already_released) = match store.release_lock(key, &token.hash()).await? {
+        LockRelease::Released(lock) => (lock, false),
+        LockRelease::AlreadyReleased(lock) => (lock, true),
+        LockRelease::Refused(why) => return Err(refused(why, key)),
+    };
+    let released_at =
+        lock.released_at.ok_or_else(|| ApiError::internal(&"a released lock has no release time"))?;
+    if !already_released {
+        tracing::info!(key = key.as_str(), fencing_token = lock.fencing_token.0, "lock released");
+    }
+    Ok(Json(ReleaseResponse {
+        ok: true,
+        released: true,
+        already_released,
+        key: key.as_str().to_owned(),
+        fencing_token: lock.fencing_token.0,
+        released_at,
+    }))
+}
+
+async fn read(store: &dyn Store, key: &str) -> Result<Json<LockStatus>, ApiError> {
+    let key = LockKey::parse(key)?;
+    let lock = store.get_lock(&key).await?;
+    Ok(Json(LockStatus {
+        ok: true,
+        key: key.as_str().to_owned(),
+        held: lock.is_some(),
+        lock: lock.as_ref().map(LockView::from),
+    }))
+}
+
+/// The 409 for a token that cannot renew or release.
+fn refused(why: LockRefusal, key: &LockKey) -> ApiError {
+    let key = key.as_str();
+    let (code, message) = match why {
+        LockRefusal::NotHolder => (
+            "lock_not_held",
+            format!(
+                "this release token holds no grant on `{key}`: it was never issued for it, or the key has since been granted to someone else"
+            ),
+        ),
+        LockRefusal::Lapsed => (
+            "lock_expired",
+            format!("the grant of `{key}` held with this token lapsed; acquire the key again"),
+        ),
+        LockRefusal::Released => (
+            "lock_released",
+            format!("the grant of `{key}` held with this token was released; acquire the key again"),
+        ),
+    };
+    ApiError::new(StatusCode::CONFLICT, code, message)
+}
+
+/// The offer pricing lock `operation`; 503 when the operator sells no such thing.
+fn lock_offer<'a>(state: &'a AppState, operation: &str) -> Result<&'a Offer, ApiError> {
+    state
+        .catalog
+        .offers
+        .iter()
+        .find(|o| {
+            o.kind == OfferKind::Lock
+                && o.available
+                && o.labels.get("operation").is_some_and(|op| op == operation)
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_offered",
+                format!("this vendbox does not sell lock {operation}s; its catalog has no such offer"),
+            )
+        })
+}
+
+/// The bearer token of a native lock request.
+fn bearer(headers: &HeaderMap) -> Result<SecretToken, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(SecretToken::presented)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "send the lock's release token as `Authorization: Bearer <release_token>`",
+            )
+        })
+}
