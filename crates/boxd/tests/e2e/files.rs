@@ -1,0 +1,158 @@
+//! The file endpoints, on a temporary directory.
+
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{Boxd, enc};
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn put_and_get_round_trip_three_mebibytes() {
+    let boxd = Boxd::start().await;
+    let data: Vec<u8> = (0..3 * 1024 * 1024_u32).map(|i| (i % 251) as u8).collect();
+    let path = boxd.path("a/b/blob.bin");
+    let p = enc(path.to_str().unwrap());
+
+    let (status, body) = boxd.call("PUT", &format!("/files?path={p}&mode=0600"), data.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let written: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(written, json!({"path": path.to_str().unwrap(), "size": data.len()}));
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+
+    let (status, body) = boxd.call("GET", &format!("/files?path={p}"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == data, "downloaded {} bytes differ", body.len());
+
+    let (status, info) = boxd.json("GET", &format!("/fs/stat?path={p}"), Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((info["name"].as_str(), info["kind"].as_str()), (Some("blob.bin"), Some("file")));
+    assert_eq!((info["size"].as_u64(), info["mode"].as_u64()), (Some(data.len() as u64), Some(0o600)));
+    assert!(info["modified_ms"].as_i64().unwrap() > 1_600_000_000_000);
+
+    // Overwriting replaces the file and leaves no temporary files behind.
+    let (status, _) = boxd.call("PUT", &format!("/files?path={p}"), "small").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(std::fs::read(&path).unwrap(), b"small");
+    let names: Vec<_> =
+        std::fs::read_dir(boxd.path("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["blob.bin"]);
+}
+
+#[tokio::test]
+async fn missing_files_and_directories_get_their_codes() {
+    let boxd = Boxd::start().await;
+    let dir = enc(boxd.dir.path().to_str().unwrap());
+    let (status, body) = boxd.call("GET", &format!("/files?path={dir}/nope"), "").await;
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = boxd.call("GET", &format!("/files?path={dir}"), "").await;
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, code(&err)), (StatusCode::BAD_REQUEST, "is_directory"));
+    let (status, body) = boxd.call("PUT", &format!("/files?path={dir}"), "x").await;
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, code(&err)), (StatusCode::BAD_REQUEST, "is_directory"));
+    let (status, err) = boxd.json("GET", &format!("/fs/stat?path={dir}/nope"), Value::Null).await;
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, err) = boxd.json("DELETE", &format!("/fs?path={dir}/nope"), Value::Null).await;
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, err) = boxd.json("GET", "/fs/stat", Value::Null).await;
+    assert_eq!((status, code(&err)), (StatusCode::BAD_REQUEST, "bad_request"));
+    let (status, body) = boxd.call("PUT", &format!("/files?path={dir}/f&mode=999"), "x").await;
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, code(&err)), (StatusCode::BAD_REQUEST, "bad_request"));
+}
+
+#[tokio::test]
+async fn list_recurses_to_depth_and_sorts_by_path() {
+    let boxd = Boxd::start().await;
+    let root = boxd.path("tree");
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("b.txt"), "bb").unwrap();
+    std::fs::write(root.join("sub/a.txt"), "a").unwrap();
+    std::fs::write(root.join("sub/deeper/z.txt"), "z").unwrap();
+    std::os::unix::fs::symlink(root.join("sub"), root.join("link")).unwrap();
+    let p = enc(root.to_str().unwrap());
+    let rel = |v: &Value| -> Vec<String> {
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().strip_prefix(root.to_str().unwrap()).unwrap().to_owned())
+            .collect()
+    };
+
+    let (status, one) = boxd.json("GET", &format!("/fs/list?path={p}"), Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rel(&one), ["/b.txt", "/link", "/sub"]);
+    let link = &one["entries"][1];
+    assert_eq!(
+        (link["kind"].as_str(), link["symlink_target"].as_str()),
+        (Some("symlink"), root.join("sub").to_str())
+    );
+    assert_eq!(
+        (one["entries"][2]["kind"].as_str(), one["entries"][0]["size"].as_u64()),
+        (Some("dir"), Some(2))
+    );
+
+    let (_, two) = boxd.json("GET", &format!("/fs/list?path={p}&depth=2"), Value::Null).await;
+    assert_eq!(rel(&two), ["/b.txt", "/link", "/sub", "/sub/a.txt", "/sub/deeper"]);
+    let (_, all) = boxd.json("GET", &format!("/fs/list?path={p}&depth=50"), Value::Null).await;
+    assert_eq!(rel(&all), ["/b.txt", "/link", "/sub", "/sub/a.txt", "/sub/deeper", "/sub/deeper/z.txt"]);
+
+    let (status, err) = boxd.json("GET", &format!("/fs/list?path={p}/b.txt"), Value::Null).await;
+    assert_eq!((status, code(&err)), (StatusCode::BAD_REQUEST, "not_directory"));
+    let (status, err) = boxd.json("GET", &format!("/fs/list?path={p}&depth=0"), Value::Null).await;
+    assert_eq!((status, code(&err)), (StatusCode::BAD_REQUEST, "bad_request"));
+}
+
+#[tokio::test]
+async fn mkdir_move_and_delete() {
+    let boxd = Boxd::start().await;
+    let dir = boxd.path("made/x/y");
+    let p = enc(dir.to_str().unwrap());
+    let (status, info) = boxd.json("POST", &format!("/fs/mkdir?path={p}"), Value::Null).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!((info["kind"].as_str(), info["name"].as_str()), (Some("dir"), Some("y")));
+    assert!(dir.is_dir());
+    let (status, _) = boxd.json("POST", &format!("/fs/mkdir?path={p}"), Value::Null).await;
+    assert_eq!(status, StatusCode::CREATED, "mkdir of an existing directory is fine");
+
+    let file = boxd.path("made/file");
+    std::fs::write(&file, "content").unwrap();
+    let f = enc(file.to_str().unwrap());
+    let (status, err) = boxd.json("POST", &format!("/fs/mkdir?path={f}"), Value::Null).await;
+    assert_eq!((status, code(&err)), (StatusCode::CONFLICT, "exists"));
+
+    let to = boxd.path("elsewhere/renamed");
+    let (status, info) = boxd
+        .json("POST", "/fs/move", json!({"from": file.to_str().unwrap(), "to": to.to_str().unwrap()}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!((info["path"].as_str(), info["size"].as_u64()), (to.to_str(), Some(7)));
+    assert!(!file.exists());
+    assert_eq!(std::fs::read_to_string(&to).unwrap(), "content");
+    let (status, err) = boxd
+        .json("POST", "/fs/move", json!({"from": dir.to_str().unwrap(), "to": to.to_str().unwrap()}))
+        .await;
+    assert_eq!((status, code(&err)), (StatusCode::CONFLICT, "exists"));
+    let (status, err) = boxd
+        .json(
+            "POST",
+            "/fs/move",
+            json!({"from": file.to_str().unwrap(), "to": boxd.path("z").to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!((status, code(&err)), (StatusCode::NOT_FOUND, "not_found"));
+
+    let made = enc(boxd.path("made").to_str().unwrap());
+    let (status, ack) = boxd.json("DELETE", &format!("/fs?path={made}"), Value::Null).await;
+    assert_eq!((status, ack), (StatusCode::OK, json!({"ok": true})));
+    assert!(!boxd.path("made").exists());
+    let (status, _) =
+        boxd.json("DELETE", &format!("/fs?path={}", enc(to.to_str().unwrap())), Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!to.exists());
+}
