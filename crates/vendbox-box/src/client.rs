@@ -1,0 +1,250 @@
+//! `BoxdClient`: the host's side of boxd's protocol (HTTP/1.1 with JSON over the box's Unix
+//! socket). One connection per call: a Unix socket connects in microseconds, and no state is
+//! kept between calls, so a box that restarts or ends never leaves a broken pooled connection.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use boxd::wire::{EntryInfo, Event, RunRequest, RunResult, StartRequest};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::BoxError;
+
+/// How long a call may take to connect to boxd and get its answer's head.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client of one box's boxd.
+#[derive(Debug, Clone)]
+pub struct BoxdClient {
+    socket: PathBuf,
+}
+
+/// The events of a started process, as boxd streams them.
+#[derive(Debug)]
+pub struct ExecStream {
+    body: Incoming,
+    buffer: Vec<u8>,
+}
+
+impl ExecStream {
+    /// The next event, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Result<Option<Event>, BoxError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let event = serde_json::from_slice(&line[..end])
+                    .map_err(|e| BoxError::Unreachable(format!("boxd sent a bad event: {e}")))?;
+                return Ok(Some(event));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(BoxError::Unreachable(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl BoxdClient {
+    /// A client for the boxd listening on `socket`.
+    pub fn new(socket: PathBuf) -> BoxdClient {
+        BoxdClient { socket }
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Whether boxd's socket exists yet.
+    pub fn socket_exists(&self) -> bool {
+        self.socket.exists()
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Bytes,
+        json: bool,
+    ) -> Result<hyper::Response<Incoming>, BoxError> {
+        let call = async {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.socket.display())))?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| BoxError::Unreachable(e.to_string()))?;
+            tokio::spawn(connection);
+            let content_type = if json { "application/json" } else { "application/octet-stream" };
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(http::header::HOST, "boxd")
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(Full::new(body))
+                .map_err(|e| BoxError::Unreachable(e.to_string()))?;
+            sender.send_request(request).await.map_err(|e| BoxError::Unreachable(e.to_string()))
+        };
+        let response = tokio::time::timeout(CONNECT_TIMEOUT, call).await.map_err(|_| {
+            BoxError::Unreachable(format!("boxd did not answer within {CONNECT_TIMEOUT:?}"))
+        })??;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(error_of(response).await)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, BoxError> {
+        let body = match body {
+            Some(body) => {
+                Bytes::from(serde_json::to_vec(body).map_err(|e| BoxError::Unreachable(e.to_string()))?)
+            }
+            None => Bytes::new(),
+        };
+        let response = self.send(method, uri, body, true).await?;
+        let bytes = collect(response).await?;
+        serde_json::from_slice(&bytes).map_err(|e| BoxError::Unreachable(format!("boxd sent bad JSON: {e}")))
+    }
+
+    /// Asks boxd whether it is alive.
+    pub async fn health(&self) -> Result<serde_json::Value, BoxError> {
+        self.call(Method::GET, "/health", None::<&()>).await
+    }
+
+    /// Runs a command to completion and returns its output (capped as the request says).
+    pub async fn run(&self, request: &RunRequest) -> Result<RunResult, BoxError> {
+        self.call(Method::POST, "/process/run", Some(request)).await
+    }
+
+    /// Starts a process and streams its events.
+    pub async fn start(&self, request: &StartRequest) -> Result<ExecStream, BoxError> {
+        let body =
+            Bytes::from(serde_json::to_vec(request).map_err(|e| BoxError::Unreachable(e.to_string()))?);
+        let response = self.send(Method::POST, "/process/start", body, true).await?;
+        Ok(ExecStream { body: response.into_body(), buffer: Vec::new() })
+    }
+
+    /// Writes `data` to the process's stdin (or its terminal).
+    pub async fn input(&self, pid: u32, data: &[u8]) -> Result<(), BoxError> {
+        use base64::Engine as _;
+        let body = serde_json::json!({ "data": base64::engine::general_purpose::STANDARD.encode(data) });
+        self.call::<serde_json::Value>(Method::POST, &format!("/process/{pid}/input"), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// Closes the process's stdin.
+    pub async fn close_input(&self, pid: u32) -> Result<(), BoxError> {
+        let body = serde_json::json!({ "eof": true });
+        self.call::<serde_json::Value>(Method::POST, &format!("/process/{pid}/input"), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// Sends `signal` (`SIGTERM`, `SIGKILL`…) to the process's group.
+    pub async fn signal(&self, pid: u32, signal: &str) -> Result<(), BoxError> {
+        let body = serde_json::json!({ "signal": signal });
+        self.call::<serde_json::Value>(Method::POST, &format!("/process/{pid}/signal"), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// Resizes the process's terminal.
+    pub async fn resize(&self, pid: u32, rows: u16, cols: u16) -> Result<(), BoxError> {
+        let body = serde_json::json!({ "rows": rows, "cols": cols });
+        self.call::<serde_json::Value>(Method::POST, &format!("/process/{pid}/resize"), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// A file's contents.
+    pub async fn read_file(&self, path: &str) -> Result<Bytes, BoxError> {
+        let response =
+            self.send(Method::GET, &format!("/files?path={}", encode(path)), Bytes::new(), false).await?;
+        collect(response).await
+    }
+
+    /// Writes a file (creating its parents) with `mode`.
+    pub async fn write_file(
+        &self,
+        path: &str,
+        contents: Bytes,
+        mode: u32,
+    ) -> Result<serde_json::Value, BoxError> {
+        let uri = format!("/files?path={}&mode={mode:o}", encode(path));
+        let response = self.send(Method::PUT, &uri, contents, false).await?;
+        let bytes = collect(response).await?;
+        serde_json::from_slice(&bytes).map_err(|e| BoxError::Unreachable(format!("boxd sent bad JSON: {e}")))
+    }
+
+    /// What is at `path` (not following a final symlink).
+    pub async fn stat(&self, path: &str) -> Result<EntryInfo, BoxError> {
+        self.call(Method::GET, &format!("/fs/stat?path={}", encode(path)), None::<&()>).await
+    }
+
+    /// The entries under the directory `path`, `depth` levels deep.
+    pub async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>, BoxError> {
+        #[derive(serde::Deserialize)]
+        struct Listing {
+            entries: Vec<EntryInfo>,
+        }
+        let listing: Listing = self
+            .call(Method::GET, &format!("/fs/list?path={}&depth={depth}", encode(path)), None::<&()>)
+            .await?;
+        Ok(listing.entries)
+    }
+
+    /// Removes a file or a directory tree.
+    pub async fn remove(&self, path: &str) -> Result<(), BoxError> {
+        self.call::<serde_json::Value>(Method::DELETE, &format!("/fs?path={}", encode(path)), None::<&()>)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn collect(response: hyper::Response<Incoming>) -> Result<Bytes, BoxError> {
+    Ok(response.into_body().collect().await.map_err(|e| BoxError::Unreachable(e.to_string()))?.to_bytes())
+}
+
+/// boxd's error answer as a `BoxError::Boxd`.
+async fn error_of(response: hyper::Response<Incoming>) -> BoxError {
+    let status = response.status();
+    let bytes = collect(response).await.unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let field = |name: &str| value["error"][name].as_str().map(str::to_owned);
+    BoxError::Boxd {
+        status: status.as_u16(),
+        code: field("code").unwrap_or_else(|| status_code_name(status)),
+        message: field("message").unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+    }
+}
+
+fn status_code_name(status: StatusCode) -> String {
+    status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_")
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}

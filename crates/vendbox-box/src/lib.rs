@@ -1,0 +1,112 @@
+//! Boxes: the `Backend` trait every way of running a box implements, the local namespace
+//! backend, and the client that talks to boxd (PID 1 of every box) over its Unix socket.
+//!
+//! Callers (the server's lease lifecycle) see only [`Backend`], [`BoxSpec`] and [`BoxdClient`]:
+//! a Kubernetes, cloud or microVM backend can follow without touching them.
+
+mod client;
+mod error;
+pub mod local;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use client::{BoxdClient, ExecStream};
+pub use error::BoxError;
+
+/// A box's id: chosen by the caller (the lease's box id), unique on the host, used for its
+/// directory and cgroup names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BoxId(String);
+
+impl BoxId {
+    /// A box id from text: 1-64 characters of `[a-z0-9-]`, so it is safe in paths and cgroup names.
+    pub fn new(id: &str) -> Result<BoxId, BoxError> {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok { Ok(BoxId(id.to_owned())) } else { Err(BoxError::BadId(id.to_owned())) }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BoxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The limits a box runs under; they come from the offer it was sold by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPUs' worth of time per period (1 = one full core).
+    pub vcpu: u32,
+    /// Memory, including the writable layer's contents, in MiB.
+    pub memory_mb: u32,
+    /// Size of the writable layer (/root, /home, /tmp, /var/tmp) in MiB.
+    pub disk_mb: u32,
+    /// Most processes and threads alive at once.
+    pub pids: u32,
+}
+
+impl Limits {
+    /// The process limit for a box of `memory_mb`: generous for real work, far below what hurts
+    /// the host.
+    pub fn pids_for(memory_mb: u32) -> u32 {
+        (memory_mb / 4).clamp(64, 4096)
+    }
+}
+
+/// Everything a backend needs to make a box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxSpec {
+    /// Its id.
+    pub id: BoxId,
+    /// Root filesystem image (`host` is the one every host has).
+    pub image: String,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Whether it may reach the internet; without it the box has only its own loopback.
+    pub egress: bool,
+}
+
+/// What a backend knows of a box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxStatus {
+    /// boxd answers.
+    Running,
+    /// Its processes exist but boxd does not answer.
+    Unresponsive,
+    /// Nothing of it runs any more (its directory may remain until destroyed).
+    Gone,
+}
+
+/// A way of running boxes.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Short name for logs and health (`local`).
+    fn name(&self) -> &'static str;
+
+    /// Makes the box and returns once its boxd answers, or fails having left nothing behind.
+    async fn create(&self, spec: &BoxSpec) -> Result<(), BoxError>;
+
+    /// Whether the box runs and answers.
+    async fn status(&self, id: &BoxId) -> Result<BoxStatus, BoxError>;
+
+    /// A client for the box's boxd (commands, files).
+    fn boxd(&self, id: &BoxId) -> BoxdClient;
+
+    /// Ends every process of the box and removes everything it had. Destroying a box that is
+    /// already gone succeeds.
+    async fn destroy(&self, id: &BoxId) -> Result<(), BoxError>;
+
+    /// The boxes this backend instance has on the host, running or not, for reconciliation.
+    async fn list(&self) -> Result<Vec<BoxId>, BoxError>;
+}

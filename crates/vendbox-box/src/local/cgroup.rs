@@ -1,0 +1,255 @@
+//! A cgroup per box with memory, pids and cpu limits, on cgroup v2, v1 and hybrid hosts.
+//!
+//! Each controller is placed where the host has it: in the unified (v2) hierarchy when the v2
+//! root lists it in `cgroup.controllers`, else in its own v1 hierarchy. A hybrid host (v1
+//! controllers next to an empty v2 tree) therefore gets three v1 directories per box. Boxes live
+//! under `vendbox/<instance>/<box>` so that several vendbox instances on one host never touch each
+//! other's boxes.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Limits;
+use crate::error::BoxError;
+
+/// The controllers a box is limited by.
+const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// Length of a CPU accounting period in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Where each controller lives on this host.
+#[derive(Debug, Clone)]
+pub(crate) struct Hierarchies {
+    /// `(controller, mount point, is v2)` for memory, pids and cpu.
+    places: Vec<(&'static str, PathBuf, bool)>,
+}
+
+impl Hierarchies {
+    /// Reads the host's cgroup mounts from `/proc/self/mountinfo`.
+    pub(crate) fn detect() -> Result<Hierarchies, BoxError> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(BoxError::io("reading /proc/self/mountinfo"))?;
+        let mut v2_root = None;
+        let mut v1 = Vec::new();
+        for line in mountinfo.lines() {
+            // `… mount_point options - fstype source super_options`
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let mount_point = left.split(' ').nth(4).unwrap_or_default();
+            let mut right = right.split(' ');
+            let fstype = right.next().unwrap_or_default();
+            let super_options = right.nth(1).unwrap_or_default();
+            match fstype {
+                "cgroup2" if v2_root.is_none() => v2_root = Some(PathBuf::from(mount_point)),
+                "cgroup" => v1.push((PathBuf::from(mount_point), super_options.to_owned())),
+                _ => {}
+            }
+        }
+        let v2_controllers = v2_root
+            .as_ref()
+            .and_then(|root| fs::read_to_string(root.join("cgroup.controllers")).ok())
+            .unwrap_or_default();
+        let mut places = Vec::new();
+        for controller in CONTROLLERS {
+            if let Some(root) =
+                v2_root.as_ref().filter(|_| v2_controllers.split_whitespace().any(|c| c == controller))
+            {
+                places.push((controller, root.clone(), true));
+            } else if let Some((mount, _)) =
+                v1.iter().find(|(_, options)| options.split(',').any(|o| o == controller))
+            {
+                places.push((controller, mount.clone(), false));
+            } else {
+                return Err(BoxError::Unsupported(format!(
+                    "no cgroup hierarchy offers the `{controller}` controller"
+                )));
+            }
+        }
+        Ok(Hierarchies { places })
+    }
+
+    /// A short description for logs (`memory:v1 pids:v1 cpu:v1`).
+    pub(crate) fn describe(&self) -> String {
+        self.places
+            .iter()
+            .map(|(c, _, v2)| format!("{c}:{}", if *v2 { "v2" } else { "v1" }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The distinct directories a box's cgroup occupies, with whether each is v2.
+    fn dirs(&self, relative: &Path) -> Vec<(PathBuf, bool)> {
+        let mut dirs: Vec<(PathBuf, bool)> = Vec::new();
+        for (_, root, v2) in &self.places {
+            let dir = root.join(relative);
+            if !dirs.iter().any(|(d, _)| *d == dir) {
+                dirs.push((dir, *v2));
+            }
+        }
+        dirs
+    }
+
+    /// The parent of every box of `instance`.
+    pub(crate) fn instance_path(instance: &str) -> PathBuf {
+        Path::new("vendbox").join(instance)
+    }
+
+    /// Creates the box's cgroup with `limits`; returns the `cgroup.procs` files a process writes
+    /// its pid into to join it.
+    pub(crate) fn create(
+        &self,
+        instance: &str,
+        box_name: &str,
+        limits: Limits,
+    ) -> Result<Vec<PathBuf>, BoxError> {
+        let relative = Self::instance_path(instance).join(box_name);
+        for (root, v2) in self.dirs(Path::new("")) {
+            if v2 {
+                enable_v2_controllers(&root, &relative, &self.v2_controllers())?;
+            }
+        }
+        let mut procs = Vec::new();
+        for (dir, _) in self.dirs(&relative) {
+            fs::create_dir_all(&dir).map_err(BoxError::io(format!("creating cgroup {}", dir.display())))?;
+            procs.push(dir.join("cgroup.procs"));
+        }
+        let memory = u64::from(limits.memory_mb) * 1024 * 1024;
+        let quota = u64::from(limits.vcpu.max(1)) * CPU_PERIOD_US;
+        for (controller, root, v2) in &self.places {
+            let dir = root.join(&relative);
+            let writes: Vec<(&str, String)> = match (*controller, *v2) {
+                ("memory", true) => vec![("memory.max", memory.to_string()), ("memory.swap.max", "0".into())],
+                ("memory", false) => vec![
+                    ("memory.limit_in_bytes", memory.to_string()),
+                    ("memory.memsw.limit_in_bytes", memory.to_string()),
+                    ("memory.swappiness", "0".into()),
+                ],
+                ("pids", _) => vec![("pids.max", limits.pids.to_string())],
+                ("cpu", true) => vec![("cpu.max", format!("{quota} {CPU_PERIOD_US}"))],
+                ("cpu", false) => {
+                    vec![
+                        ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                        ("cpu.cfs_quota_us", quota.to_string()),
+                    ]
+                }
+                _ => vec![],
+            };
+            for (file, value) in writes {
+                let path = dir.join(file);
+                match fs::write(&path, &value) {
+                    Ok(()) => {}
+                    // Swap accounting is off on many hosts; without swap files the limit is the same.
+                    Err(e) if e.kind() == ErrorKind::NotFound && file.contains("sw") => {}
+                    Err(e) => {
+                        return Err(BoxError::Io {
+                            context: format!("writing {value} to {}", path.display()),
+                            source: e,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(procs)
+    }
+
+    fn v2_controllers(&self) -> Vec<&'static str> {
+        self.places.iter().filter(|(_, _, v2)| *v2).map(|(c, _, _)| *c).collect()
+    }
+
+    /// The pids in the box's cgroup (from the pids controller's directory).
+    pub(crate) fn pids(&self, instance: &str, box_name: &str) -> Vec<i32> {
+        let relative = Self::instance_path(instance).join(box_name);
+        let mut pids = Vec::new();
+        for (dir, _) in self.dirs(&relative) {
+            if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Kills every process of the box and removes its cgroup directories. Idempotent.
+    pub(crate) async fn destroy(&self, instance: &str, box_name: &str) -> Result<(), BoxError> {
+        let relative = Self::instance_path(instance).join(box_name);
+        for (dir, v2) in self.dirs(&relative) {
+            if v2 && dir.exists() {
+                let _ = fs::write(dir.join("cgroup.kill"), "1");
+            }
+        }
+        // Kill until the cgroup is empty: a process may fork between our read and our kill, but
+        // the pids limit bounds how often, and each round kills all that were there.
+        for round in 0..200 {
+            let pids = self.pids(instance, box_name);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(if round < 10 { 2 } else { 20 })).await;
+        }
+        for (dir, _) in self.dirs(&relative) {
+            remove_cgroup_dir(&dir).await?;
+        }
+        Ok(())
+    }
+
+    /// Names of the box cgroups of `instance` (from the first hierarchy).
+    pub(crate) fn list(&self, instance: &str) -> Vec<String> {
+        let Some((dir, _)) = self.dirs(&Self::instance_path(instance)).into_iter().next() else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+}
+
+impl Hierarchies {
+    /// Removes the (empty) parent cgroup of `instance`'s boxes.
+    pub(crate) async fn remove_instance(&self, instance: &str) -> Result<(), BoxError> {
+        for (dir, _) in self.dirs(&Self::instance_path(instance)) {
+            remove_cgroup_dir(&dir).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Turns on `controllers` in each v2 ancestor of `relative` so the box's cgroup can use them.
+fn enable_v2_controllers(root: &Path, relative: &Path, controllers: &[&str]) -> Result<(), BoxError> {
+    if controllers.is_empty() {
+        return Ok(());
+    }
+    let line = controllers.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
+    let mut dir = root.to_path_buf();
+    let ancestors: Vec<_> = relative.components().collect();
+    for component in &ancestors[..ancestors.len().saturating_sub(1)] {
+        fs::write(dir.join("cgroup.subtree_control"), &line)
+            .map_err(BoxError::io(format!("enabling {line} in {}", dir.display())))?;
+        dir.push(component);
+        fs::create_dir_all(&dir).map_err(BoxError::io(format!("creating cgroup {}", dir.display())))?;
+    }
+    fs::write(dir.join("cgroup.subtree_control"), &line)
+        .map_err(BoxError::io(format!("enabling {line} in {}", dir.display())))
+}
+
+/// Removes an empty cgroup directory, waiting briefly for the kernel to let go of exited tasks.
+async fn remove_cgroup_dir(dir: &Path) -> Result<(), BoxError> {
+    for _ in 0..100 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    fs::remove_dir(dir).map_err(BoxError::io(format!("removing cgroup {}", dir.display())))
+}
