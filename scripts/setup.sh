@@ -35,6 +35,13 @@ if [ ! -x tests/clients/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
   npm ci --prefix tests/clients --no-audit --no-fund --silent
 fi
 
+# bubblewrap: the local box backend's sandbox (namespaces, read-only root, seccomp).
+if ! command -v bwrap >/dev/null 2>&1; then
+  say "installing bubblewrap"
+  (apt-get install -y -qq bubblewrap >/dev/null 2>&1) \
+    || (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null)
+fi
+
 # PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test` (the store suite's second
 # backend). Start the local cluster if it is installed but down.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

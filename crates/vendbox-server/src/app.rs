@@ -18,11 +18,12 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use vendbox_core::Catalog;
 use vendbox_store::Store;
 
+use crate::boxes::Boxes;
 use crate::error::ApiError;
 use crate::gate::PaymentGate;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::openapi;
-use crate::routes::{health, locks, offers, payments, quotes, vpsagent};
+use crate::routes::{boxes, health, locks, offers, payments, quotes, sessions, vpsagent};
 
 /// Header carrying the request id, set by vendbox when the client sends none.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -38,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The payment gate of paid routes.
     pub gate: Arc<PaymentGate>,
+    /// The boxes for sale, or why this vendbox runs none.
+    pub boxes: Result<Arc<Boxes>, Arc<str>>,
 }
 
 /// Limits applied to every request.
@@ -47,11 +50,17 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Largest file sent into a box, in bytes.
+    pub max_file_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { request_timeout: Duration::from_secs(30), max_body_bytes: 1024 * 1024 }
+        Self {
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+            max_file_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -74,11 +83,39 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             get(locks::native_get).post(locks::native_acquire).delete(locks::native_release),
         )
         .route("/v1/locks/{key}/renew", post(locks::native_renew))
+        .route("/v1/boxes", post(boxes::create))
+        .route("/v1/boxes/{id}", get(boxes::get).delete(boxes::terminate))
+        .route("/x402/sessions", post(sessions::custom))
+        .route("/x402/sessions/micro", post(sessions::micro))
+        .route("/x402/sessions/probe", post(sessions::probe))
+        .route("/x402/sessions/ops", post(sessions::ops))
+        .route("/x402/sessions/deep", post(sessions::deep))
+        .route("/x402/sessions/{session_id}", get(sessions::get))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state.clone());
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "request_timeout",
+                        "the request took too long; try again",
+                    )
+                }))
+                .timeout(limits.request_timeout),
+        )
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    // Commands and file transfers run as long as they need (a command's own time limit bounds
+    // it) and move bigger bodies than the rest of the API.
+    let long = Router::new()
+        .route("/v1/boxes/{id}/exec", post(boxes::exec))
+        .route("/v1/boxes/{id}/exec/stream", post(boxes::exec_stream))
+        .route("/x402/sessions/{session_id}/exec", post(sessions::exec))
+        .route("/v1/boxes/{id}/files", get(boxes::read_file).put(boxes::write_file))
+        .layer(DefaultBodyLimit::max(limits.max_file_bytes));
+    let api = long.merge(api).with_state(state.clone());
 
     api.layer(
         ServiceBuilder::new()
@@ -93,11 +130,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::internal(&"a handler panicked").into_response()
             }))
-            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request_timeout", "the request took too long; try again")
-            }))
-            .timeout(limits.request_timeout)
-            .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+            ,
     )
 }
 

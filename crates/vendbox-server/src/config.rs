@@ -48,6 +48,45 @@ pub struct Config {
     /// How vendbox takes x402 payments.
     #[serde(default)]
     pub payments: PaymentsConfig,
+    /// Where and how boxes run.
+    #[serde(default)]
+    pub boxes: BoxesConfig,
+}
+
+/// Which backend runs boxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// bubblewrap sandboxes on this host (needs root and the `bubblewrap` package).
+    Local,
+    /// No boxes: box and session routes answer 503 `boxes_unavailable`.
+    None,
+}
+
+/// `[boxes]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoxesConfig {
+    /// The backend.
+    pub backend: BackendKind,
+    /// Host directory for boxes' writable layers and uid claims (local backend).
+    pub run_dir: PathBuf,
+    /// Largest file a `PUT /v1/boxes/{id}/files` may send, in bytes.
+    pub max_file_bytes: usize,
+    /// The program (and its first arguments) that runs as PID 1 of each box; empty means this
+    /// vendbox program itself, as `vendbox boxd`.
+    pub boxd_command: Vec<String>,
+}
+
+impl Default for BoxesConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Local,
+            run_dir: PathBuf::from("/run/vendbox"),
+            max_file_bytes: 64 * 1024 * 1024,
+            boxd_command: Vec::new(),
+        }
+    }
 }
 
 /// Which facilitator verifies and settles payments.

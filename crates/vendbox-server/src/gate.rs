@@ -139,24 +139,26 @@ impl PaymentGate {
         T: IntoResponse,
         W: Future<Output = Result<T, ApiError>>,
     {
-        self.pay_for(headers, requirements, async move { work.await.map(Delivery::delivered) }).await
+        self.pay_for(headers, requirements, |_| async move { work.await.map(Delivery::delivered) }).await
     }
 
     /// As [`Self::pay_on_success`], for work that may serve the request without selling
     /// anything ([`Delivery::not_delivered`]: voided, not charged) or that must be taken back if
-    /// the settlement fails ([`Delivery::undo_with`]).
-    pub async fn pay_for<T, W>(
+    /// the settlement fails ([`Delivery::undo_with`]). `work` is given the id of the payment
+    /// that pays for it (`None` when free), to record next to what it makes.
+    pub async fn pay_for<T, F, W>(
         &self,
         headers: &HeaderMap,
         requirements: Option<Requirements>,
-        work: W,
+        work: F,
     ) -> Response
     where
         T: IntoResponse,
+        F: FnOnce(Option<PaymentId>) -> W,
         W: Future<Output = Result<Delivery<T>, ApiError>>,
     {
         let Some(requirements) = requirements else {
-            return work.await.map(|d| d.value).into_response();
+            return work(None).await.map(|d| d.value).into_response();
         };
         let admitted = match self.admit(headers, &requirements).await {
             Ok(admitted) => admitted,
@@ -165,7 +167,7 @@ impl PaymentGate {
         let outcome = if self.faults.fail_work {
             Err(ApiError::internal(&"injected fault: fail-work"))
         } else {
-            work.await
+            work(Some(admitted.payment.id)).await
         };
         match outcome {
             Err(error) => {

@@ -2,6 +2,8 @@
 //! metrics), background workers, and graceful serving.
 
 pub mod app;
+pub mod auth;
+pub mod boxes;
 pub mod config;
 pub mod error;
 pub mod faults;

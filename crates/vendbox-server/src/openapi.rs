@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{health, locks, offers, payments, quotes, vpsagent};
+use crate::routes::{boxes, health, locks, offers, payments, quotes, sessions, vpsagent};
 
 /// vendbox's API description.
 #[derive(OpenApi, Debug)]
@@ -30,7 +30,21 @@ use crate::routes::{health, locks, offers, payments, quotes, vpsagent};
         locks::native_acquire,
         locks::native_get,
         locks::native_renew,
-        locks::native_release
+        locks::native_release,
+        sessions::micro,
+        sessions::probe,
+        sessions::ops,
+        sessions::deep,
+        sessions::custom,
+        sessions::get,
+        sessions::exec,
+        boxes::create,
+        boxes::get,
+        boxes::exec,
+        boxes::exec_stream,
+        boxes::read_file,
+        boxes::write_file,
+        boxes::terminate
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&ReleaseTokenScheme),
@@ -41,11 +55,12 @@ use crate::routes::{health, locks, offers, payments, quotes, vpsagent};
         (name = "vpsagent", description = "The VpsAgent API, path for path"),
         (name = "h3retik", description = "The H3RETIK Cloud API, path for path"),
         (name = "locks", description = "Agent Lock, native: TTL locks with fencing tokens; the release token is a bearer"),
+        (name = "boxes", description = "Boxes, native: buy one, run commands (one action each), move files, end it; the box's token is a bearer"),
     )
 )]
 pub struct ApiDoc;
 
-/// Declares the `release_token` bearer scheme of the native lock routes.
+/// Declares the bearer schemes: `release_token` (native locks) and `lease_token` (boxes).
 #[derive(Debug)]
 struct ReleaseTokenScheme;
 
@@ -56,6 +71,10 @@ impl utoipa::Modify for ReleaseTokenScheme {
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
         scheme.description = Some("The `release_token` an acquisition returned".into());
         components.add_security_scheme("release_token", SecurityScheme::Http(scheme));
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description =
+            Some("The `token` (native) or `session_token` (H3RETIK) a box purchase returned".into());
+        components.add_security_scheme("lease_token", SecurityScheme::Http(scheme));
     }
 }
 

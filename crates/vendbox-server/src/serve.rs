@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use vendbox_box::local::{LocalBackend, LocalConfig};
 use vendbox_store::Store;
 
 use std::str::FromStr;
@@ -15,7 +16,8 @@ use vendbox_pay::chain::Chain;
 use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator};
 
 use crate::app::{AppState, Limits, router};
-use crate::config::{Config, FacilitatorKind};
+use crate::boxes::{BoxExpiry, Boxes};
+use crate::config::{BackendKind, Config, FacilitatorKind};
 use crate::faults::Faults;
 use crate::gate::PaymentGate;
 use crate::metrics::Metrics;
@@ -44,15 +46,18 @@ impl Server {
         };
         let (gate, settlement) =
             payments(config, store.clone(), public_url, secrets).map_err(std::io::Error::other)?;
+        let boxes = boxes(config, store.clone()).await.map_err(std::io::Error::other)?;
         let state = AppState {
             catalog: Arc::new(config.catalog()),
             store,
             metrics: Arc::new(Metrics::new()),
             gate: Arc::new(gate),
+            boxes,
         };
         let limits = Limits {
             request_timeout: config.server.request_timeout(),
             max_body_bytes: config.server.max_body_bytes,
+            max_file_bytes: config.boxes.max_file_bytes,
         };
         let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
         Ok(Server { listener, state, limits, grace, settlement })
@@ -70,6 +75,9 @@ impl Server {
             vec![Arc::new(QuotePurge { store: self.state.store.clone() })];
         if let Some(settlement) = self.settlement {
             workers.push(Arc::new(settlement));
+        }
+        if let Ok(boxes) = &self.state.boxes {
+            workers.push(Arc::new(BoxExpiry { boxes: boxes.clone() }));
         }
         let handles: Vec<_> = workers
             .into_iter()
@@ -100,6 +108,40 @@ impl Server {
         }
         result
     }
+}
+
+/// The box service of `config`, reconciled with the host; or why there is none. A host that
+/// cannot run boxes (not root, no bubblewrap) still serves everything else.
+async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxes>, Arc<str>>, String> {
+    if config.boxes.backend == BackendKind::None {
+        return Ok(Err("its operator turned boxes off ([boxes] backend = \"none\")".into()));
+    }
+    let boxd = if config.boxes.boxd_command.is_empty() {
+        let exe = std::env::current_exe().map_err(|e| format!("finding vendbox's own program: {e}"))?;
+        vec![exe.to_string_lossy().into_owned(), "boxd".into()]
+    } else {
+        config.boxes.boxd_command.clone()
+    };
+    let local =
+        LocalConfig { data_dir: config.store.data_dir.clone(), boxd, run_root: config.boxes.run_dir.clone() };
+    let backend = match LocalBackend::new(local) {
+        Ok(backend) => backend,
+        Err(e) => {
+            tracing::warn!(error = %e, "boxes are not for sale on this host");
+            return Ok(Err(e.to_string().into()));
+        }
+    };
+    let boxes = Arc::new(Boxes::new(Arc::new(backend), store));
+    let report =
+        boxes.reconcile().await.map_err(|e| format!("reconciling boxes at start-up: {}", e.message))?;
+    tracing::info!(
+        kept = report.boxes_kept,
+        orphans_destroyed = report.orphans_destroyed,
+        failed = report.leases_failed,
+        ended = report.leases_ended,
+        "boxes reconciled"
+    );
+    Ok(Ok(boxes))
 }
 
 /// The payment gate and settlement worker of `config`; an error names what is missing.

@@ -39,7 +39,13 @@ fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
         store.clone(),
         "http://vendbox.test".into(),
     ));
-    let state = AppState { catalog: Arc::new(config.catalog()), store, metrics: Arc::default(), gate };
+    let state = AppState {
+        catalog: Arc::new(config.catalog()),
+        store,
+        metrics: Arc::default(),
+        gate,
+        boxes: Err("no boxes in these tests".into()),
+    };
     router(state, limits)
 }
 

@@ -159,6 +159,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`StoreError::Conflict`] when the lease is not active or its window ended before `now`.
     async fn spend_lease_action(&self, id: LeaseId, now: DateTime<Utc>) -> StoreResult<Option<u32>>;
 
+    /// Gives back one action spent on a command that then could not run (the box did not
+    /// answer). Changes nothing for a lease without a budget or no longer active.
+    async fn refund_lease_action(&self, id: LeaseId, now: DateTime<Utc>) -> StoreResult<()>;
+
     /// Leases in any of `states`, oldest first.
     async fn leases_in_states(&self, states: &[LeaseState]) -> StoreResult<Vec<Lease>>;
 

@@ -456,6 +456,22 @@ macro_rules! store_impl {
                 }
             }
 
+            async fn refund_lease_action(
+                &self,
+                id: vendbox_core::LeaseId,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<()> {
+                sqlx::query(
+                    "UPDATE leases SET actions_remaining = actions_remaining + 1, updated_at = $2 \
+                     WHERE id = $1 AND state = 'active' AND actions_remaining IS NOT NULL",
+                )
+                .bind(id.to_string())
+                .bind($crate::shared::ms(now))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn spend_lease_action(
                 &self,
                 id: vendbox_core::LeaseId,

@@ -233,6 +233,10 @@ async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
     }
     assert_eq!((spent, refused), (5, 7));
     assert_eq!(store.get_lease(l.id).await.unwrap().unwrap().actions_remaining, Some(0));
+    // An action spent on a command that could not run is given back, once per refund.
+    store.refund_lease_action(l.id, t0()).await.unwrap();
+    assert_eq!(store.get_lease(l.id).await.unwrap().unwrap().actions_remaining, Some(1));
+    assert_eq!(store.spend_lease_action(l.id, t0()).await.unwrap(), Some(0));
 
     let mut unlimited = lease(None);
     store.insert_lease(&unlimited, &[]).await.unwrap();
@@ -243,6 +247,8 @@ async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
         store.update_lease(&unlimited, from, t0()).await.unwrap();
     }
     assert_eq!(store.spend_lease_action(unlimited.id, t0()).await.unwrap(), None);
+    store.refund_lease_action(unlimited.id, t0()).await.unwrap();
+    assert_eq!(store.get_lease(unlimited.id).await.unwrap().unwrap().actions_remaining, None);
     // Past its window a lease has nothing to spend, budget or not.
     let late = t0() + Duration::minutes(21);
     assert!(matches!(store.spend_lease_action(unlimited.id, late).await, Err(StoreError::Conflict(_))));

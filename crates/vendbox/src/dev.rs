@@ -109,7 +109,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
              Pay for the catalog (0.01 USDC) as an agent would:\n  \
              VENDBOX_WALLET_KEY={agent_key} {exe} fetch {url}/catalog\n\n\
              Take a lock (0.0001 USDC; not charged if someone holds it):\n  \
-             VENDBOX_WALLET_KEY={agent_key} {exe} fetch -X POST -d '{{\"key\":\"job:42\"}}' {url}/x402/locks/acquire\n",
+             VENDBOX_WALLET_KEY={agent_key} {exe} fetch -X POST -d '{{\"key\":\"job:42\"}}' {url}/x402/locks/acquire\n\n\
+             Buy a micro session (0.19 USDC: a box for 5 minutes and 3 commands), then run a command in it:\n  \
+             VENDBOX_WALLET_KEY={agent_key} {exe} fetch --max-price 0.19 -X POST {url}/x402/sessions/micro\n  \
+             curl -s -H 'authorization: Bearer <session_token>' -H 'content-type: application/json' \\\n    \
+             -d '{{\"command\":\"uname -a\"}}' {url}/x402/sessions/<session_id>/exec\n",
             network.caip2(),
             network.v1_label(),
             asset.to_checksum(None),

@@ -1,6 +1,6 @@
 //! The `vendbox` binary: `serve` runs the storefront; `dev` runs it on a local chain with test
 //! USDC and a funded agent wallet; `fetch` is an x402-paying HTTP client; `version` says which
-//! build this is.
+//! build this is. Inside every box the same program runs as `vendbox boxd`, the box's PID 1.
 
 mod dev;
 mod fetch;
@@ -50,6 +50,16 @@ enum Command {
     Fetch(fetch::FetchArgs),
     /// Print the version.
     Version,
+    /// Run as PID 1 of a box (started by vendbox inside each box; not for people).
+    #[command(hide = true)]
+    Boxd(BoxdArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BoxdArgs {
+    /// The Unix socket to serve the host on.
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +89,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_async(serve(args)),
         Command::Dev(args) => run_async(dev::run(args)),
         Command::Fetch(args) => run_async(fetch::run(args)),
+        Command::Boxd(args) => boxd::run(boxd::RunOptions { socket: args.socket }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -439,7 +439,7 @@ async fn acquire(
             )),
         })
     };
-    Ok(state.gate.pay_for(headers, requirements, work).await)
+    Ok(state.gate.pay_for(headers, requirements, |_| work).await)
 }
 
 async fn renew(
@@ -547,18 +547,5 @@ fn lock_offer<'a>(state: &'a AppState, operation: &str) -> Result<&'a Offer, Api
 
 /// The bearer token of a native lock request.
 fn bearer(headers: &HeaderMap) -> Result<SecretToken, ApiError> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(SecretToken::presented)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "send the lock's release token as `Authorization: Bearer <release_token>`",
-            )
-        })
+    crate::auth::bearer(headers, "the lock's release token")
 }

@@ -1,8 +1,10 @@
 //! The native API's handlers, one module per resource.
 
+pub mod boxes;
 pub mod health;
 pub mod locks;
 pub mod offers;
 pub mod payments;
 pub mod quotes;
+pub mod sessions;
 pub mod vpsagent;

@@ -1,0 +1,499 @@
+//! `Boxes`: the lifecycle of leases that have a box behind them, over a [`Backend`].
+//!
+//! A lease is made `provisioning`, its box is created, and it becomes `active` (with its window
+//! starting then) only once the box's boxd answers; the payment settles after that. Commands
+//! spend the lease's actions atomically in the store before they run. A lease ends `expired` at
+//! its `expires_at` or when its last action has run, `terminated` on its owner's request, or
+//! `failed` with a reason its owner can read; its box is destroyed in each case. At start-up
+//! [`Boxes::reconcile`] makes the host and the store agree again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Limits};
+use vendbox_core::{
+    Capability, Lease, LeaseId, LeaseState, Offer, OfferKind, PaymentId, PaymentState, QuoteTerms,
+    SecretToken,
+};
+use vendbox_store::{Store, StoreError};
+
+use crate::error::ApiError;
+use crate::worker::{Next, WorkResult, Worker};
+
+/// How often the expiry worker looks for leases whose time or actions ran out.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Output kept per stream of a command run through the API; the rest is dropped and flagged.
+pub const MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
+
+/// A command's time limit when the request sets none.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_mins(1);
+
+/// The most a request may ask for.
+pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_mins(30);
+
+/// Boxes for sale: a backend and the leases in the store.
+#[derive(Debug)]
+pub struct Boxes {
+    backend: Arc<dyn Backend>,
+    store: Arc<dyn Store>,
+}
+
+/// A lease just made, with the token that opens it (shown once).
+#[derive(Debug)]
+pub struct Provisioned {
+    /// The lease, active.
+    pub lease: Lease,
+    /// Its bearer token.
+    pub token: SecretToken,
+}
+
+/// What one command did.
+#[derive(Debug)]
+pub struct Ran {
+    /// boxd's report.
+    pub result: boxd::wire::RunResult,
+    /// Actions left after it (`None`: no budget).
+    pub actions_remaining: Option<u32>,
+}
+
+/// A command to run, already validated.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// argv, or a shell line when `shell`.
+    pub cmd: String,
+    /// Arguments (ignored for a shell line).
+    pub args: Vec<String>,
+    /// Run `cmd` with `/bin/sh -c`.
+    pub shell: bool,
+    /// Extra environment.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory (default `/root`).
+    pub cwd: Option<String>,
+    /// Time limit.
+    pub timeout: Duration,
+}
+
+impl Boxes {
+    /// Boxes made by `backend`, with leases in `store`.
+    pub fn new(backend: Arc<dyn Backend>, store: Arc<dyn Store>) -> Boxes {
+        Boxes { backend, store }
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Makes a box for `offer` on `terms` and returns its active lease. On failure the lease is
+    /// left `failed` with the reason, and the error says nothing was charged.
+    pub async fn provision(
+        &self,
+        offer: &Offer,
+        terms: &QuoteTerms,
+        payment_id: Option<PaymentId>,
+    ) -> Result<Provisioned, ApiError> {
+        if !matches!(offer.kind, OfferKind::Sandbox | OfferKind::Machine) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not_a_box",
+                format!("offer `{}` does not sell a box", offer.id),
+            ));
+        }
+        let now = now();
+        let id = LeaseId::new_random();
+        let box_id = BoxId::new(&id.to_string()).map_err(|e| ApiError::internal(&e))?;
+        let token = SecretToken::generate();
+        let mut lease = Lease {
+            id,
+            offer_id: offer.id.clone(),
+            quote_id: None,
+            payment_id,
+            state: LeaseState::Provisioning,
+            region: terms.region.clone(),
+            image: terms.image.clone(),
+            box_id: Some(box_id.to_string()),
+            created_at: now,
+            expires_at: None,
+            actions_remaining: terms.actions,
+            failure_reason: None,
+        };
+        self.store.insert_lease(&lease, &[(Capability::Root, token.hash())]).await?;
+        let memory_mb = offer.resources.memory_mb.max(64);
+        let spec = BoxSpec {
+            id: box_id,
+            image: terms.image.clone().unwrap_or_else(|| "host".into()),
+            limits: Limits {
+                vcpu: offer.resources.vcpu.max(1),
+                memory_mb,
+                disk_mb: offer.resources.disk_gb.max(1).saturating_mul(1024),
+                pids: Limits::pids_for(memory_mb),
+            },
+            egress: false,
+        };
+        if let Err(e) = self.backend.create(&spec).await {
+            tracing::warn!(lease = %lease.id, error = %e, "a box could not be made");
+            let reason = format!("the box could not be made: {e}");
+            self.fail(&mut lease, LeaseState::Provisioning, &reason).await;
+            return Err(box_error(&e).with_message(format!("{reason}; nothing was charged")));
+        }
+        let activated = now_ms_rounded();
+        lease.expires_at = terms.minutes.map(|m| activated + chrono::Duration::minutes(i64::from(m)));
+        lease.transition(LeaseState::Active)?;
+        if let Err(e) = self.store.update_lease(&lease, LeaseState::Provisioning, activated).await {
+            let _ = self.backend.destroy(&spec.id).await;
+            return Err(e.into());
+        }
+        tracing::info!(lease = %lease.id, offer = %lease.offer_id, "box active");
+        Ok(Provisioned { lease, token })
+    }
+
+    /// The lease `id` if `token` opens it; 404 and 401 otherwise (the same 404 for a lease that
+    /// does not exist and one that is not a box).
+    pub async fn open(&self, id: &str, token: Option<&SecretToken>) -> Result<Lease, ApiError> {
+        let missing = || ApiError::not_found("box_not_found", format!("there is no box `{id}`"));
+        let lease_id: LeaseId = id.parse().map_err(|_| missing())?;
+        let lease =
+            self.store.get_lease(lease_id).await?.filter(|l| l.box_id.is_some()).ok_or_else(missing)?;
+        let token = token.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "send the box's token as `Authorization: Bearer …`",
+            )
+        })?;
+        let tokens = self.store.lease_tokens(lease.id).await?;
+        if tokens.iter().any(|(capability, hash)| capability.allows(Capability::Read) && hash.verify(token)) {
+            Ok(lease)
+        } else {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "this token does not open this box"))
+        }
+    }
+
+    /// Refuses with a clear code unless the lease's box can take commands now.
+    pub fn check_usable(lease: &Lease) -> Result<(), ApiError> {
+        if lease.actions_remaining == Some(0) {
+            return Err(exhausted());
+        }
+        match lease.state {
+            LeaseState::Active if lease.expires_at.is_some_and(|at| at <= now()) => Err(ended(lease)),
+            LeaseState::Active => Ok(()),
+            LeaseState::Pending | LeaseState::Provisioning => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "box_not_ready",
+                "the box is still being made; try again in a moment",
+            )),
+            _ => Err(ended(lease)),
+        }
+    }
+
+    /// A client for the lease's box, once it is usable.
+    pub fn boxd(&self, lease: &Lease) -> Result<BoxdClient, ApiError> {
+        Self::check_usable(lease)?;
+        let box_id = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()).ok_or_else(|| ended(lease))?;
+        Ok(self.backend.boxd(&box_id))
+    }
+
+    /// Spends one action of the lease, then runs `command` in its box.
+    pub async fn exec(&self, lease: &Lease, command: Command) -> Result<Ran, ApiError> {
+        let client = self.boxd(lease)?;
+        let actions_remaining = self.spend(lease).await?;
+        let request = boxd::wire::RunRequest {
+            cmd: command.cmd,
+            args: command.args,
+            shell: command.shell,
+            envs: command.env,
+            cwd: command.cwd,
+            user: None,
+            timeout_ms: Some(u64::try_from(command.timeout.as_millis()).unwrap_or(u64::MAX)),
+            tag: None,
+            max_output_bytes: MAX_OUTPUT_BYTES,
+        };
+        match client.run(&request).await {
+            Ok(result) => {
+                self.after_action(lease.id, actions_remaining);
+                Ok(Ran { result, actions_remaining })
+            }
+            Err(e) => {
+                self.refund(lease.id).await;
+                Err(box_error(&e))
+            }
+        }
+    }
+
+    /// Spends one action of the lease, then starts `command` in its box and streams its events.
+    /// The caller calls [`Self::after_action`] when the stream ends.
+    pub async fn exec_stream(
+        &self,
+        lease: &Lease,
+        command: Command,
+    ) -> Result<(vendbox_box::ExecStream, Option<u32>), ApiError> {
+        let client = self.boxd(lease)?;
+        let actions_remaining = self.spend(lease).await?;
+        let request = boxd::wire::StartRequest {
+            cmd: command.cmd,
+            args: command.args,
+            shell: command.shell,
+            envs: command.env,
+            cwd: command.cwd,
+            user: None,
+            timeout_ms: Some(u64::try_from(command.timeout.as_millis()).unwrap_or(u64::MAX)),
+            stdin: false,
+            pty: None,
+            tag: None,
+        };
+        match client.start(&request).await {
+            Ok(stream) => Ok((stream, actions_remaining)),
+            Err(e) => {
+                self.refund(lease.id).await;
+                Err(box_error(&e))
+            }
+        }
+    }
+
+    /// Spends one action of an active lease in the store.
+    async fn spend(&self, lease: &Lease) -> Result<Option<u32>, ApiError> {
+        match self.store.spend_lease_action(lease.id, now()).await {
+            Ok(left) => Ok(left),
+            Err(StoreError::ActionsExhausted) => Err(exhausted()),
+            Err(StoreError::Conflict(_)) => {
+                let fresh = self.store.get_lease(lease.id).await?.unwrap_or_else(|| lease.clone());
+                Err(Self::check_usable(&fresh).err().unwrap_or_else(|| ended(&fresh)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives back an action whose command could not run.
+    async fn refund(&self, id: LeaseId) {
+        if let Err(e) = self.store.refund_lease_action(id, now()).await {
+            tracing::warn!(lease = %id, error = %e, "could not give back an action whose command did not run");
+        }
+    }
+
+    /// Ends the lease once its last action has run.
+    pub fn after_action(&self, id: LeaseId, actions_remaining: Option<u32>) {
+        if actions_remaining != Some(0) {
+            return;
+        }
+        let store = self.store.clone();
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            if let Err(e) = end_lease(&*store, &*backend, id, LeaseState::Expired, None).await {
+                tracing::warn!(lease = %id, error = %e, "could not end a box whose actions ran out");
+            }
+        });
+    }
+
+    /// Ends the lease at its owner's request and destroys its box.
+    pub async fn terminate(&self, lease: &Lease) -> Result<Lease, ApiError> {
+        if lease.state.is_terminal() {
+            return Ok(lease.clone());
+        }
+        end_lease(&*self.store, &*self.backend, lease.id, LeaseState::Terminated, None).await
+    }
+
+    /// Marks a lease failed and destroys whatever box it has.
+    async fn fail(&self, lease: &mut Lease, expected: LeaseState, reason: &str) {
+        if let Some(box_id) = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()) {
+            let _ = self.backend.destroy(&box_id).await;
+        }
+        lease.failure_reason = Some(reason.to_owned());
+        if lease.transition(LeaseState::Failed).is_ok()
+            && let Err(e) = self.store.update_lease(lease, expected, now()).await
+        {
+            tracing::warn!(lease = %lease.id, error = %e, "could not record a failed lease");
+        }
+    }
+
+    /// Ends a lease whose payment did not settle after its box was made.
+    pub async fn unpaid(&self, id: LeaseId) {
+        let reason = "its payment did not settle; nothing was charged";
+        if let Err(e) = end_lease(&*self.store, &*self.backend, id, LeaseState::Failed, Some(reason)).await {
+            tracing::warn!(lease = %id, error = %e, "could not end an unpaid box");
+        }
+    }
+
+    /// Makes the host and the store agree after a start: a box no live lease owns is destroyed;
+    /// a live lease whose box is gone, or that a restart caught half made, or whose payment was
+    /// voided, is failed with the reason.
+    pub async fn reconcile(&self) -> Result<Reconciled, ApiError> {
+        let mut report = Reconciled::default();
+        let live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        let boxes = self.backend.list().await.map_err(|e| box_error(&e))?;
+        for box_id in &boxes {
+            if !live.iter().any(|l| l.box_id.as_deref() == Some(box_id.as_str())) {
+                tracing::info!(box_id = %box_id, "destroying a box no lease owns");
+                self.backend.destroy(box_id).await.map_err(|e| box_error(&e))?;
+                report.orphans_destroyed += 1;
+            }
+        }
+        for mut lease in live {
+            let reason = if lease.state == LeaseState::Provisioning {
+                Some("vendbox stopped while the box was being made; nothing was charged".to_owned())
+            } else if lease.is_used_up_at(now()) {
+                end_lease(&*self.store, &*self.backend, lease.id, LeaseState::Expired, None).await?;
+                report.leases_ended += 1;
+                continue;
+            } else if let Some(payment) = self.paid_with(&lease).await?
+                && payment == PaymentState::Voided
+            {
+                Some("its payment did not settle; nothing was charged".to_owned())
+            } else {
+                let box_id = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok());
+                let status = match &box_id {
+                    Some(id) if boxes.contains(id) => {
+                        self.backend.status(id).await.map_err(|e| box_error(&e))?
+                    }
+                    _ => BoxStatus::Gone,
+                };
+                (status != BoxStatus::Running)
+                    .then(|| format!("its box was lost while vendbox was down ({status:?})"))
+            };
+            if let Some(reason) = reason {
+                let expected = lease.state;
+                tracing::info!(lease = %lease.id, reason, "failing a lease at start-up");
+                self.fail(&mut lease, expected, &reason).await;
+                report.leases_failed += 1;
+            } else {
+                report.boxes_kept += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn paid_with(&self, lease: &Lease) -> Result<Option<PaymentState>, ApiError> {
+        let Some(id) = lease.payment_id else { return Ok(None) };
+        Ok(self.store.get_payment(id).await?.map(|p| p.state))
+    }
+
+    /// One expiry round: ends every active lease whose window has passed. (A lease whose
+    /// actions ran out ends when its last command finishes: [`Self::after_action`].)
+    pub async fn expire_due(&self) -> Result<usize, ApiError> {
+        let now = now();
+        let due: Vec<Lease> = self
+            .store
+            .leases_in_states(&[LeaseState::Active])
+            .await?
+            .into_iter()
+            .filter(|l| l.box_id.is_some() && l.expires_at.is_some_and(|at| at <= now))
+            .collect();
+        for lease in &due {
+            end_lease(&*self.store, &*self.backend, lease.id, LeaseState::Expired, None).await?;
+        }
+        Ok(due.len())
+    }
+}
+
+/// What start-up reconciliation did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Boxes on the host that no live lease owned.
+    pub orphans_destroyed: usize,
+    /// Live leases that could not go on.
+    pub leases_failed: usize,
+    /// Live leases whose time or actions ran out while vendbox was down.
+    pub leases_ended: usize,
+    /// Live leases whose boxes answer again.
+    pub boxes_kept: usize,
+}
+
+/// Moves lease `id` from a live state to `state` (with `reason`), then destroys its box. The
+/// store's compare-and-set decides a race with another ender; the loser just reads the result.
+async fn end_lease(
+    store: &dyn Store,
+    backend: &dyn Backend,
+    id: LeaseId,
+    state: LeaseState,
+    reason: Option<&str>,
+) -> Result<Lease, ApiError> {
+    let mut lease =
+        store.get_lease(id).await?.ok_or_else(|| ApiError::not_found("box_not_found", "no such box"))?;
+    if !lease.state.is_terminal() {
+        let expected = lease.state;
+        lease.transition(state)?;
+        lease.failure_reason = reason.map(str::to_owned);
+        match store.update_lease(&lease, expected, now()).await {
+            Ok(()) => tracing::info!(lease = %id, state = state.as_str(), "lease ended"),
+            Err(StoreError::Conflict(_)) => {
+                lease = store.get_lease(id).await?.unwrap_or(lease);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(box_id) = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()) {
+        backend.destroy(&box_id).await.map_err(|e| box_error(&e))?;
+    }
+    Ok(lease)
+}
+
+/// The error a caller sees once a lease's actions are used up.
+fn exhausted() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "actions_exhausted",
+        "every action this box was bought with has been used; buy a new one",
+    )
+}
+
+/// The error a caller sees for a lease that has ended, saying how.
+fn ended(lease: &Lease) -> ApiError {
+    match lease.state {
+        LeaseState::Terminated => ApiError::new(
+            StatusCode::GONE,
+            "box_terminated",
+            "this box was terminated at its owner's request",
+        ),
+        LeaseState::Failed => ApiError::new(
+            StatusCode::GONE,
+            "box_failed",
+            format!("this box failed: {}", lease.failure_reason.as_deref().unwrap_or("no reason recorded")),
+        ),
+        _ => ApiError::new(StatusCode::GONE, "box_expired", "this box's time has run out; buy a new one"),
+    }
+}
+
+/// A backend or boxd failure as an API error.
+fn box_error(error: &BoxError) -> ApiError {
+    match error {
+        BoxError::Boxd { status, code, message } if *status < 500 => {
+            ApiError::new(StatusCode::BAD_REQUEST, "command_refused", format!("{code}: {message}"))
+        }
+        BoxError::Unsupported(m) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "boxes_unavailable", m.clone())
+        }
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "box_unavailable", other.to_string()),
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+/// Now, to the millisecond (what the store keeps).
+fn now_ms_rounded() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(3)
+}
+
+/// The expiry worker: ends leases whose time or actions ran out.
+#[derive(Debug)]
+pub struct BoxExpiry {
+    /// The boxes.
+    pub boxes: Arc<Boxes>,
+}
+
+#[async_trait]
+impl Worker for BoxExpiry {
+    fn name(&self) -> &'static str {
+        "box-expiry"
+    }
+
+    async fn work(&self) -> WorkResult {
+        let ended = self.boxes.expire_due().await.map_err(|e| e.to_string())?;
+        Ok(if ended > 0 { Next::Busy } else { Next::Idle(EXPIRY_INTERVAL) })
+    }
+}

@@ -1,0 +1,417 @@
+//! The native box API: `POST /v1/boxes` (paid), `GET /v1/boxes/{id}`, `POST …/exec`,
+//! `POST …/exec/stream` (Server-Sent Events), `GET`/`PUT …/files?path=`, `DELETE /v1/boxes/{id}`.
+//! Every call but the purchase takes the lease's token as a bearer.
+//!
+//! Streaming uses Server-Sent Events rather than WebSocket: a command's output flows one way,
+//! SSE is plain HTTP that every proxy, `curl -N` and `EventSource` understand, and the request
+//! that starts the command is an ordinary paid-or-metered POST with a JSON body. Input to a
+//! running process belongs to the interactive (SSH) path.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use vendbox_core::{Lease, LeaseState, OfferId, QuoteParams};
+
+use crate::app::AppState;
+use crate::auth::optional_bearer;
+use crate::boxes::{self, Boxes, Command, Provisioned};
+use crate::error::ApiError;
+use crate::gate::Delivery;
+use crate::json::ApiJson;
+
+/// A box to buy.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBox {
+    /// The offer (`GET /v1/offers`; a `sandbox` or `machine` offer).
+    #[schema(example = "h3retik-micro")]
+    pub offer: String,
+    /// Minutes, for offers sold by time within bounds.
+    pub minutes: Option<u32>,
+    /// Actions, for offers with a chosen budget.
+    pub actions: Option<u32>,
+    /// Region; the offer's default when absent.
+    pub region: Option<String>,
+    /// Image; the offer's default when absent.
+    pub image: Option<String>,
+}
+
+/// A box as its owner sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BoxView {
+    /// Its id (the lease's).
+    pub id: String,
+    /// `provisioning`, `active`, `expired`, `terminated` or `failed`.
+    pub state: LeaseState,
+    /// The offer it was bought from.
+    pub offer: OfferId,
+    /// Region.
+    pub region: Option<String>,
+    /// Image.
+    pub image: Option<String>,
+    /// When it was bought.
+    pub created_at: DateTime<Utc>,
+    /// When it ends.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Commands left (`null`: no budget).
+    pub actions_remaining: Option<u32>,
+    /// Why it failed, when it did.
+    pub failure_reason: Option<String>,
+}
+
+impl From<&Lease> for BoxView {
+    fn from(lease: &Lease) -> Self {
+        BoxView {
+            id: lease.id.to_string(),
+            state: lease.state,
+            offer: lease.offer_id.clone(),
+            region: lease.region.clone(),
+            image: lease.image.clone(),
+            created_at: lease.created_at,
+            expires_at: lease.expires_at,
+            actions_remaining: lease.actions_remaining,
+            failure_reason: lease.failure_reason.clone(),
+        }
+    }
+}
+
+/// A box just bought: the only time its token is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedBox {
+    /// The box.
+    #[serde(flatten)]
+    pub view: BoxView,
+    /// Bearer token for every other call on this box. Keep it; it is not shown again.
+    pub token: String,
+}
+
+/// A command to run: a shell line (`command`) or an argument vector (`argv`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// A shell command line, run with `/bin/sh -c`.
+    #[schema(example = "uname -a && id")]
+    pub command: Option<String>,
+    /// A program and its arguments, run without a shell.
+    pub argv: Option<Vec<String>>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default `/root`).
+    pub cwd: Option<String>,
+    /// Time limit in seconds (default 60, at most 1800); the command's process group is killed
+    /// after it.
+    #[schema(minimum = 1, maximum = 1800)]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// What a command did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExecResponse {
+    /// Its exit code, when it exited on its own.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, when one did.
+    pub signal: Option<i32>,
+    /// Killed for running past its time limit.
+    pub timed_out: bool,
+    /// Standard output (UTF-8, invalid bytes replaced), at most 1 MiB.
+    pub stdout: String,
+    /// Standard error, likewise.
+    pub stderr: String,
+    /// Output past 1 MiB was dropped from stdout.
+    pub stdout_truncated: bool,
+    /// Output past 1 MiB was dropped from stderr.
+    pub stderr_truncated: bool,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
+    /// Actions left after this one (`null`: no budget).
+    pub actions_remaining: Option<u32>,
+}
+
+/// `?path=` of the file routes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FileQuery {
+    /// Absolute, or relative to `/root`.
+    pub path: String,
+    /// Permission bits in octal for `PUT` (default `644`).
+    pub mode: Option<String>,
+}
+
+/// The box service, or 503 when this vendbox cannot run boxes.
+pub(crate) fn service(state: &AppState) -> Result<Arc<Boxes>, ApiError> {
+    state.boxes.clone().map_err(|why| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "boxes_unavailable",
+            format!("this vendbox runs no boxes: {why}"),
+        )
+    })
+}
+
+/// Buys a box: prices the offer, takes the payment, makes the box, and settles once it answers.
+#[utoipa::path(post, path = "/v1/boxes", tag = "boxes", request_body = CreateBox,
+    responses((status = 201, body = CreatedBox), (status = 402, description = "Payment required"),
+        (status = 400, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<CreateBox>,
+) -> Result<Response, ApiError> {
+    let params = QuoteParams {
+        minutes: request.minutes,
+        actions: request.actions,
+        region: request.region,
+        image: request.image,
+    };
+    buy(&state, &headers, &request.offer, &params, "/v1/boxes", |provisioned| {
+        let view = BoxView::from(&provisioned.lease);
+        (StatusCode::CREATED, Json(CreatedBox { view, token: provisioned.token.expose().to_owned() }))
+            .into_response()
+    })
+    .await
+}
+
+/// Sells `offer_id` on `params` through the gate; `answer` shapes the response of the made box.
+pub(crate) async fn buy(
+    state: &AppState,
+    headers: &HeaderMap,
+    offer_id: &str,
+    params: &QuoteParams,
+    path: &str,
+    answer: impl FnOnce(&Provisioned) -> Response + Send,
+) -> Result<Response, ApiError> {
+    let boxes = service(state)?;
+    let offer = state.catalog.offer(offer_id).map_err(|e| ApiError::from(e).with_field("offer"))?.clone();
+    let terms = offer.quote(params)?;
+    let requirements = state.gate.charge(terms.price, path, &offer.title)?;
+    let work = |payment_id| async move {
+        let provisioned = boxes.provision(&offer, &terms, payment_id).await?;
+        let id = provisioned.lease.id;
+        let response = answer(&provisioned);
+        let undo = async move { boxes.unpaid(id).await };
+        Ok(Delivery::delivered(response).undo_with(undo))
+    };
+    Ok(state.gate.pay_for(headers, requirements, work).await)
+}
+
+/// The box, for its owner.
+#[utoipa::path(get, path = "/v1/boxes/{id}", tag = "boxes", security(("lease_token" = [])),
+    responses((status = 200, body = BoxView), (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<BoxView>, ApiError> {
+    let lease = service(&state)?.open(&id, optional_bearer(&headers).as_ref()).await?;
+    Ok(Json(BoxView::from(&lease)))
+}
+
+/// Ends the box now.
+#[utoipa::path(delete, path = "/v1/boxes/{id}", tag = "boxes", security(("lease_token" = [])),
+    responses((status = 200, body = BoxView), (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn terminate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<BoxView>, ApiError> {
+    let boxes = service(&state)?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    Ok(Json(BoxView::from(&boxes.terminate(&lease).await?)))
+}
+
+/// Validates a command request.
+pub(crate) fn command(request: ExecRequest) -> Result<Command, ApiError> {
+    let timeout = match request.timeout_seconds {
+        None => boxes::DEFAULT_EXEC_TIMEOUT,
+        Some(s) if (1..=boxes::MAX_EXEC_TIMEOUT.as_secs()).contains(&s) => Duration::from_secs(s),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "out_of_range",
+                format!("`timeout_seconds` must be between 1 and {}", boxes::MAX_EXEC_TIMEOUT.as_secs()),
+            )
+            .with_field("timeout_seconds"));
+        }
+    };
+    let (cmd, args, shell) = match (request.command, request.argv) {
+        (Some(line), None) if !line.trim().is_empty() => (line, Vec::new(), true),
+        (None, Some(argv)) if argv.first().is_some_and(|a| !a.is_empty()) => {
+            let mut argv = argv.into_iter();
+            (argv.next().unwrap_or_default(), argv.collect(), false)
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "send either `command` (a shell line) or `argv` (a program and its arguments), not both",
+            )
+            .with_field("command"));
+        }
+    };
+    Ok(Command { cmd, args, shell, env: request.env, cwd: request.cwd, timeout })
+}
+
+/// Runs one command (one action) and answers with its result.
+#[utoipa::path(post, path = "/v1/boxes/{id}/exec", tag = "boxes", security(("lease_token" = [])), request_body = ExecRequest,
+    responses((status = 200, body = ExecResponse), (status = 409, description = "actions_exhausted or box_not_ready", body = crate::error::ErrorBody),
+        (status = 410, description = "box_expired, box_terminated or box_failed", body = crate::error::ErrorBody)))]
+pub async fn exec(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ExecRequest>,
+) -> Result<Json<ExecResponse>, ApiError> {
+    let boxes = service(&state)?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    Ok(Json(run(&boxes, &lease, request).await?))
+}
+
+/// Runs a command request on a lease's box.
+pub(crate) async fn run(
+    boxes: &Boxes,
+    lease: &Lease,
+    request: ExecRequest,
+) -> Result<ExecResponse, ApiError> {
+    let ran = boxes.exec(lease, command(request)?).await?;
+    let r = ran.result;
+    Ok(ExecResponse {
+        exit_code: r.exit_code,
+        signal: r.signal,
+        timed_out: r.timed_out,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        stdout_truncated: r.stdout_truncated,
+        stderr_truncated: r.stderr_truncated,
+        duration_ms: r.duration_ms,
+        actions_remaining: ran.actions_remaining,
+    })
+}
+
+/// Runs one command (one action) and streams its output as Server-Sent Events: `start`
+/// (`{"pid":…}`), then `stdout` / `stderr` (`{"data":"<base64>"}`), then `exit`
+/// (`{"exit_code":…,"signal":…,"timed_out":…,"duration_ms":…}`).
+#[utoipa::path(post, path = "/v1/boxes/{id}/exec/stream", tag = "boxes", security(("lease_token" = [])), request_body = ExecRequest,
+    responses((status = 200, description = "text/event-stream of start, stdout, stderr and exit events")))]
+pub async fn exec_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ExecRequest>,
+) -> Result<Response, ApiError> {
+    let boxes = service(&state)?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let (mut stream, actions_remaining) = boxes.exec_stream(&lease, command(request)?).await?;
+    let lease_id = lease.id;
+    let events = async_stream(move |tx| async move {
+        loop {
+            let event = match stream.next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(SseEvent::default().event("error").data(e.to_string())).await;
+                    break;
+                }
+            };
+            let sse = match event {
+                boxd::wire::Event::Start { pid } => {
+                    SseEvent::default().event("start").data(format!("{{\"pid\":{pid}}}"))
+                }
+                boxd::wire::Event::Stdout(d) | boxd::wire::Event::Pty(d) => chunk("stdout", &d),
+                boxd::wire::Event::Stderr(d) => chunk("stderr", &d),
+                boxd::wire::Event::End(exit) => {
+                    let body = serde_json::to_string(&exit).unwrap_or_default();
+                    let _ = tx.send(SseEvent::default().event("exit").data(body)).await;
+                    break;
+                }
+            };
+            if tx.send(sse).await.is_err() {
+                break;
+            }
+        }
+        boxes.after_action(lease_id, actions_remaining);
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// An output event: `{"data":"<base64>"}` (base64 has no characters JSON must escape).
+fn chunk(name: &str, base64: &str) -> SseEvent {
+    SseEvent::default().event(name).data(format!("{{\"data\":\"{base64}\"}}"))
+}
+
+/// A stream fed by `produce` through a small channel.
+fn async_stream<F, Fut>(produce: F) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<SseEvent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(produce(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
+}
+
+/// Reads a file of the box.
+#[utoipa::path(get, path = "/v1/boxes/{id}/files", tag = "boxes", security(("lease_token" = [])), params(FileQuery),
+    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn read_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<FileQuery>,
+) -> Result<Response, ApiError> {
+    let boxes = service(&state)?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let bytes = boxes.boxd(&lease)?.read_file(&query.path).await.map_err(file_error)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from(bytes)).into_response())
+}
+
+/// Writes a file into the box (creating its parents).
+#[utoipa::path(put, path = "/v1/boxes/{id}/files", tag = "boxes", security(("lease_token" = [])), params(FileQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "`{\"path\":…,\"size\":…}`")))]
+pub async fn write_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<FileQuery>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let boxes = service(&state)?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let mode = match query.mode.as_deref() {
+        None => 0o644,
+        Some(text) => u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_mode", "`mode` is octal permission bits such as 644")
+                .with_field("mode")
+        })?,
+    };
+    let written = boxes.boxd(&lease)?.write_file(&query.path, body, mode).await.map_err(file_error)?;
+    Ok(Json(written))
+}
+
+/// boxd's file errors as API errors with boxd's code.
+fn file_error(error: vendbox_box::BoxError) -> ApiError {
+    match error {
+        vendbox_box::BoxError::Boxd { status, code, message } if status < 500 => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            let code: &'static str = match code.as_str() {
+                "not_found" => "file_not_found",
+                "is_directory" => "is_directory",
+                "not_directory" => "not_directory",
+                "exists" => "exists",
+                _ => "file_refused",
+            };
+            ApiError::new(status, code, message)
+        }
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "box_unavailable", other.to_string()),
+    }
+}

@@ -1,0 +1,272 @@
+//! Benchmark of boxes on this host, in one run:
+//! - create-to-first-exec latency (`POST /v1/boxes`, then `exec true`), p50/p99, against the
+//!   baseline of a bare `bwrap … /bin/true` spawn with the same namespaces, as the same kind of
+//!   unprivileged uid;
+//! - exec round trip of `true` through the API on one box, p50/p99, against the round trip of
+//!   `GET /healthz` (the HTTP stack alone);
+//! - idle density: how many idle boxes this host holds (up to `VENDBOX_BENCH_BOXES`, default
+//!   500) and the host memory each costs (MemAvailable before and after, and the box cgroups'
+//!   own accounting).
+//!
+//! vendbox runs in this process on a runtime of its own, with the local backend; this benchmark
+//! program is also each box's PID 1 (`boxes boxd --socket …`), as the vendbox binary is in
+//! production. Needs root and bubblewrap. Run: `cargo bench -p vendbox --bench boxes`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vendbox_box::local::{LocalBackend, LocalConfig};
+use vendbox_server::{Config, Secrets, Server};
+
+const CREATES: usize = 40;
+/// Exec round trips measured (a box of the custom offer holds at most 300 actions).
+const EXECS: usize = 250;
+
+fn percentiles(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort_unstable();
+    let at = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn row(label: &str, (p50, p99): (Duration, Duration), baseline: Option<(Duration, Duration)>) {
+    let ratio = baseline.map_or_else(String::new, |(b50, b99)| {
+        format!(
+            "   {:>6.2}x p50  {:>6.2}x p99",
+            p50.as_secs_f64() / b50.as_secs_f64(),
+            p99.as_secs_f64() / b99.as_secs_f64()
+        )
+    });
+    println!("  {label:<52} p50 {:>8.2} ms   p99 {:>8.2} ms{ratio}", ms(p50), ms(p99));
+}
+
+/// A vendbox selling a free small box, on a runtime of its own thread; its URL.
+fn serve(data_dir: PathBuf) -> String {
+    let mut config = Config::load(None, Vec::new()).unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.request_timeout_secs = 120;
+    config.store.data_dir = data_dir;
+    for offer in &mut config.offers {
+        if offer.id.as_str() == "h3retik-custom" {
+            offer.price = vendbox_core::PriceRule::default();
+            offer.resources.memory_mb = 256;
+            offer.resources.disk_gb = 1;
+            offer.resources.vcpu = 1;
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let store = vendbox_store::open(None, &config.store.data_dir).await.unwrap();
+            let server = Server::bind(&config, store, Secrets::default()).await.unwrap();
+            tx.send(format!("http://{}", server.local_addr().unwrap())).unwrap();
+            server.run(std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// The bare spawn: the same namespaces and read-only /usr, as an unprivileged uid, `/bin/true`.
+fn bare_bwrap() -> Duration {
+    let started = Instant::now();
+    let status = Command::new("bwrap")
+        .args([
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup",
+            "--unshare-net",
+            "--uid",
+            "0",
+            "--gid",
+            "0",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "/bin/true",
+        ])
+        .uid(2_099_999)
+        .gid(2_099_999)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    started.elapsed()
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn buy(&self) -> (String, String) {
+        let body = json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300 });
+        let answer: Value = self
+            .http
+            .post(format!("{}/v1/boxes", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned();
+        (id, answer["token"].as_str().unwrap().to_owned())
+    }
+
+    async fn exec_true(&self, (id, token): &(String, String)) {
+        let out: Value = self
+            .http
+            .post(format!("{}/v1/boxes/{id}/exec", self.base))
+            .bearer_auth(token)
+            .json(&json!({ "argv": ["true"] }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(out["exit_code"], 0, "{out}");
+    }
+
+    async fn end(&self, (id, token): &(String, String)) {
+        self.http.delete(format!("{}/v1/boxes/{id}", self.base)).bearer_auth(token).send().await.unwrap();
+    }
+}
+
+fn mem_available_kib() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("state");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let client = Client { http: reqwest::Client::new(), base: serve(data_dir.clone()) };
+    println!("boxes on this host ({} CPUs):", std::thread::available_parallelism().map_or(0, usize::from));
+
+    // Warm caches, then alternate the two measurements so that both see the same machine.
+    let _ = bare_bwrap();
+    let warm = client.buy().await;
+    client.exec_true(&warm).await;
+    let (mut bare, mut create) = (Vec::new(), Vec::new());
+    for _ in 0..CREATES {
+        bare.push(bare_bwrap());
+        let started = Instant::now();
+        let b = client.buy().await;
+        client.exec_true(&b).await;
+        create.push(started.elapsed());
+        client.end(&b).await;
+    }
+    let bare = percentiles(bare);
+    row("bare `bwrap … /bin/true` spawn (baseline)", bare, None);
+    row("create box + first exec, through the API", percentiles(create), Some(bare));
+
+    client.end(&warm).await;
+    let warm = client.buy().await;
+    client.exec_true(&warm).await;
+    let (mut health, mut exec) = (Vec::new(), Vec::new());
+    for _ in 0..EXECS {
+        let started = Instant::now();
+        client.http.get(format!("{}/healthz", client.base)).send().await.unwrap().bytes().await.unwrap();
+        health.push(started.elapsed());
+        let started = Instant::now();
+        client.exec_true(&warm).await;
+        exec.push(started.elapsed());
+    }
+    let health = percentiles(health);
+    row("GET /healthz round trip (baseline)", health, None);
+    row("exec `true` round trip, through the API", percentiles(exec), Some(health));
+    client.end(&warm).await;
+
+    let target: usize = std::env::var("VENDBOX_BENCH_BOXES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = mem_available_kib();
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..target {
+        idle.push(client.buy().await);
+    }
+    let made = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = mem_available_kib();
+    // Every box answers after the others were made.
+    for b in idle.iter().step_by(25) {
+        client.exec_true(b).await;
+    }
+    let per_box_host = (before.saturating_sub(after)) as f64 / idle.len() as f64;
+    let cgroup_bytes: u64 = std::fs::read_dir("/sys/fs/cgroup/memory/vendbox")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .flat_map(|instance| std::fs::read_dir(instance.path()).into_iter().flatten().filter_map(Result::ok))
+        .filter_map(|b| std::fs::read_to_string(b.path().join("memory.usage_in_bytes")).ok())
+        .filter_map(|t| t.trim().parse::<u64>().ok())
+        .sum();
+    println!(
+        "  idle density: {} boxes made in {:.1} s ({:.1} ms each); host memory {:.0} KiB per box (MemAvailable), \
+         box cgroups {:.0} KiB per box",
+        idle.len(),
+        made.as_secs_f64(),
+        ms(made) / idle.len() as f64,
+        per_box_host,
+        cgroup_bytes as f64 / 1024.0 / idle.len() as f64
+    );
+    let ended = Instant::now();
+    for b in &idle {
+        client.end(b).await;
+    }
+    println!("  ending {} boxes took {:.1} s", idle.len(), ended.elapsed().as_secs_f64());
+    // Leave nothing behind: this instance's cgroup parents and run directory.
+    let exe = std::env::current_exe().unwrap().to_string_lossy().into_owned();
+    let config =
+        LocalConfig { data_dir, boxd: vec![exe, "boxd".into()], run_root: PathBuf::from("/run/vendbox") };
+    LocalBackend::new(config).unwrap().remove_all().await.unwrap();
+}
+
+fn main() {
+    // This program is also each box's PID 1.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("boxd") {
+        let socket = args.iter().skip_while(|a| *a != "--socket").nth(1).expect("boxd needs --socket PATH");
+        boxd::run(boxd::RunOptions { socket: PathBuf::from(socket) }).unwrap();
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(run());
+}

@@ -1,0 +1,194 @@
+//! A vendbox selling free boxes from a test catalog, with the helpers box tests share; on drop
+//! it stops vendbox and removes every box, cgroup and directory its data directory had.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vendbox_box::local::{LocalBackend, LocalConfig};
+
+use crate::support::{BIN, Vendbox};
+
+/// Free offers for tests: the H3RETIK packages at price 0, and small boxes of chosen sizes.
+pub const FREE_CATALOG: &str = r#"
+[[offers]]
+id = "h3retik-micro"
+price = { base = "0" }
+
+[[offers]]
+id = "h3retik-custom"
+price = { per_minute = "0", per_action = "0" }
+
+[[offers]]
+id = "test-box"
+kind = "sandbox"
+title = "A small box for tests"
+resources = { vcpu = 1, memory_mb = 256, disk_gb = 1 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+actions = { rule = "unlimited" }
+images = ["host"]
+default_image = "host"
+price = {}
+
+[[offers]]
+id = "test-roomy"
+kind = "sandbox"
+title = "A box with more memory than disk"
+resources = { vcpu = 1, memory_mb = 2048, disk_gb = 1 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+actions = { rule = "unlimited" }
+images = ["host"]
+default_image = "host"
+price = {}
+"#;
+
+/// Whether this machine can run boxes (root and bubblewrap); CI must.
+pub fn boxes_supported() -> bool {
+    let root =
+        std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let bwrap =
+        std::process::Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !(root && bwrap) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run boxes: root and bubblewrap (scripts/setup.sh)"
+        );
+        eprintln!("skipped: boxes need root and bubblewrap");
+    }
+    root && bwrap
+}
+
+/// A vendbox serving [`FREE_CATALOG`].
+pub struct BoxHost {
+    pub vendbox: Option<Vendbox>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+/// A box bought through the native API.
+#[derive(Debug, Clone)]
+pub struct Bought {
+    pub id: String,
+    pub token: String,
+}
+
+impl BoxHost {
+    pub fn start() -> Option<BoxHost> {
+        if !boxes_supported() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vendbox.toml"), FREE_CATALOG).unwrap();
+        let vendbox = Vendbox::start(dir.path(), &["--data-dir", "state"]);
+        Some(BoxHost { vendbox: Some(vendbox), dir, http: reqwest::Client::new() })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.vendbox.as_ref().unwrap().url)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// vendbox's local backend for the same data directory (to look at boxes from the host).
+    pub fn backend(&self) -> LocalBackend {
+        backend_for(&self.data_dir())
+    }
+
+    pub fn restart(&mut self) {
+        self.vendbox = None;
+        self.vendbox = Some(Vendbox::start(self.dir.path(), &["--data-dir", "state"]));
+    }
+
+    pub fn crash(&mut self) {
+        self.vendbox.as_mut().unwrap().crash();
+        self.vendbox = None;
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Buys a box of `offer` for `minutes`.
+    pub async fn buy(&self, offer: &str, minutes: u32) -> Bought {
+        let (status, body) =
+            self.post("/v1/boxes", None, &json!({ "offer": offer, "minutes": minutes })).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["state"], "active", "{body}");
+        Bought {
+            id: body["id"].as_str().unwrap().to_owned(),
+            token: body["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Runs a shell line in the box; the status and the answer.
+    pub async fn sh(&self, b: &Bought, line: &str, timeout_seconds: u64) -> (u16, Value) {
+        let body = json!({ "command": line, "timeout_seconds": timeout_seconds });
+        self.post(&format!("/v1/boxes/{}/exec", b.id), Some(&b.token), &body).await
+    }
+
+    /// Runs a shell line that must succeed; its stdout.
+    pub async fn ok(&self, b: &Bought, line: &str) -> String {
+        let (status, out) = self.sh(b, line, 30).await;
+        assert_eq!(status, 200, "{line}: {out}");
+        assert_eq!(out["exit_code"], 0, "{line}: {out}");
+        out["stdout"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until nothing of box `id` remains on the host.
+    pub fn assert_gone_within(&self, id: &str, limit: Duration) {
+        let backend = self.backend();
+        let id = vendbox_box::BoxId::new(id).unwrap();
+        let started = Instant::now();
+        loop {
+            let traces = backend.leaves_traces(&id);
+            if traces.is_empty() {
+                return;
+            }
+            assert!(started.elapsed() < limit, "box {id} still has {traces:?} after {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for BoxHost {
+    fn drop(&mut self) {
+        self.vendbox = None;
+        remove_all(&self.data_dir());
+    }
+}
+
+pub fn backend_for(data_dir: &Path) -> LocalBackend {
+    LocalBackend::new(LocalConfig {
+        data_dir: data_dir.to_path_buf(),
+        boxd: vec![BIN.to_owned(), "boxd".to_owned()],
+        run_root: PathBuf::from("/run/vendbox"),
+    })
+    .unwrap()
+}
+
+/// Destroys every box of `data_dir`'s instance (from a thread of its own, so it also works from
+/// `Drop` inside an async test).
+pub fn remove_all(data_dir: &Path) {
+    let data_dir = data_dir.to_path_buf();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async { backend_for(&data_dir).remove_all().await.unwrap() });
+    })
+    .join()
+    .unwrap();
+}
