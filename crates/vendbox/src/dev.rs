@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Context;
+use vendbox_box::local::{LocalBackend, LocalConfig};
 use vendbox_pay::alloy::primitives::U256;
 use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, Anvil};
@@ -62,12 +63,14 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let file = crate::config_file(args.config.clone());
     let mut config = Config::load(file.as_deref(), std::env::vars())?;
     config.server.listen = args.listen;
-    let temp;
+    let mut temp = None;
     config.store.data_dir = if let Some(dir) = args.data_dir {
         dir
     } else {
-        temp = tempfile::Builder::new().prefix("vendbox-dev-").tempdir()?;
-        temp.path().to_owned()
+        let dir = tempfile::Builder::new().prefix("vendbox-dev-").tempdir()?;
+        let path = dir.path().to_owned();
+        temp = Some(dir);
+        path
     };
     config.store.database_url = None;
     let p = &mut config.payments;
@@ -122,6 +125,17 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
     }
     server.run(shutdown_signal()).await.context("serving")?;
+    if temp.is_some() {
+        // The state was temporary, so its boxes could never be found again: end them now.
+        let boxes = LocalConfig {
+            data_dir: config.store.data_dir.clone(),
+            boxd: vec![std::env::current_exe()?.to_string_lossy().into_owned(), "boxd".into()],
+            run_root: config.boxes.run_dir.clone(),
+        };
+        if let Ok(backend) = LocalBackend::new(boxes) {
+            backend.remove_all().await.context("ending the boxes of this dev run")?;
+        }
+    }
     Ok(())
 }
 

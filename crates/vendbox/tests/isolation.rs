@@ -167,15 +167,20 @@ async fn filling_the_disk_stops_at_the_bound() {
 }
 
 #[tokio::test]
-async fn kernel_modules_cannot_be_loaded() {
+async fn kernel_modules_keyrings_bpf_and_kexec_are_refused() {
     let Some(s) = scene("test-box").await else { return };
     // finit_module(313) and init_module(175), straight to the kernel.
     let line = "perl -e 'open(my $f, \"<\", \"/dev/null\"); my $none = \"\"; \
                 syscall(313, fileno($f), $none, 0); print \"finit:$!\\n\"; \
-                syscall(175, 0, 0, $none); print \"init:$!\\n\"'";
+                syscall(175, 0, 0, $none); print \"init:$!\\n\"; \
+                syscall(250, 0, 0, 0, 0, 0); print \"keyctl:$!\\n\"; \
+                syscall(321, 0, 0, 0); print \"bpf:$!\\n\"; \
+                syscall(246, 0, 0, 0, 0); print \"kexec:$!\\n\"'";
     let out = s.attack(line, 10).await;
     assert!(stdout(&out).contains("finit:Operation not permitted"), "{out}");
-    assert!(stdout(&out).contains("init:Operation not permitted"), "{out}");
+    for call in ["init", "keyctl", "bpf", "kexec"] {
+        assert!(stdout(&out).contains(&format!("{call}:Operation not permitted")), "{call}: {out}");
+    }
     s.assert_unharmed().await;
 }
 
