@@ -86,20 +86,11 @@ async fn start(
     State(boxd): State<Arc<Boxd>>,
     JsonBody(req): JsonBody<StartRequest>,
 ) -> Result<Response, ApiError> {
-    let spec = Launch {
-        cmd: &req.cmd,
-        args: &req.args,
-        shell: req.shell,
-        envs: &req.envs,
-        cwd: req.cwd.as_deref(),
-        user: req.user.as_deref(),
-        stdin: req.stdin,
-        pty: req.pty,
-    };
-    let spawned = launch(&boxd, &spec, req.tag.clone())?;
+    let spec = Launch::of(&req.process, req.stdin, req.pty);
+    let spawned = launch(&boxd, &spec, req.process.tag.clone())?;
     let (tx, rx) = mpsc::channel::<Bytes>(EVENT_QUEUE);
     send_event(&tx, &Event::Start { pid: spawned.pid }).await;
-    let watched = watched(spawned, req.timeout_ms);
+    let watched = watched(spawned, req.process.timeout_ms);
     tokio::spawn(async move {
         let end = supervise(&boxd.processes, watched, Sink::Stream(&tx)).await;
         send_event(&tx, &Event::End(end)).await;
@@ -114,18 +105,9 @@ async fn run(
     State(boxd): State<Arc<Boxd>>,
     JsonBody(req): JsonBody<RunRequest>,
 ) -> Result<Json<RunResult>, ApiError> {
-    let spec = Launch {
-        cmd: &req.cmd,
-        args: &req.args,
-        shell: req.shell,
-        envs: &req.envs,
-        cwd: req.cwd.as_deref(),
-        user: req.user.as_deref(),
-        stdin: false,
-        pty: None,
-    };
-    let spawned = launch(&boxd, &spec, req.tag.clone())?;
-    let watched = watched(spawned, req.timeout_ms);
+    let spec = Launch::of(&req.process, false, None);
+    let spawned = launch(&boxd, &spec, req.process.tag.clone())?;
+    let watched = watched(spawned, req.process.timeout_ms);
     let max = req.max_output_bytes;
     // A task of its own, so the process is still watched and reaped if the host hangs up.
     let (end, out) = tokio::spawn(async move {

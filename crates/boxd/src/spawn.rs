@@ -48,6 +48,22 @@ pub(crate) struct Launch<'a> {
     pub(crate) pty: Option<PtySize>,
 }
 
+impl<'a> Launch<'a> {
+    /// What a request asks to run, with its stdin and terminal choices.
+    pub(crate) fn of(process: &'a crate::wire::ProcessSpec, stdin: bool, pty: Option<PtySize>) -> Launch<'a> {
+        Launch {
+            cmd: &process.cmd,
+            args: &process.args,
+            shell: process.shell,
+            envs: &process.envs,
+            cwd: process.cwd.as_deref(),
+            user: process.user.as_deref(),
+            stdin,
+            pty,
+        }
+    }
+}
+
 /// The readable ends of a child's output.
 #[derive(Debug)]
 pub(crate) struct ChildOutput {

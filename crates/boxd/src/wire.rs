@@ -28,44 +28,10 @@ pub struct PtySize {
     pub cols: u16,
 }
 
-/// `POST /process/start`: start a process and stream its output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StartRequest {
-    /// The program (looked up in `PATH`), or a shell command line when `shell` is true.
-    pub cmd: String,
-    /// Arguments; ignored when `shell` is true.
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// Run `/bin/sh -c <cmd>` instead of `cmd` itself.
-    #[serde(default)]
-    pub shell: bool,
-    /// Extra environment variables, on top of boxd's clean base environment.
-    #[serde(default)]
-    pub envs: BTreeMap<String, String>,
-    /// Working directory: absolute, or relative to `/root`. Defaults to `/root`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    /// Only `root` (or absent) is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Kill the process group after this long.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    /// Give the process a stdin pipe the host writes through `/process/{pid}/input`; otherwise
-    /// stdin is `/dev/null`.
-    #[serde(default)]
-    pub stdin: bool,
-    /// Run the process on a new pseudo-terminal of this size; its output is then `pty` events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pty: Option<PtySize>,
-    /// A label the host chooses, shown in `GET /process`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
-}
-
-/// `POST /process/run`: run a process to completion and answer with its collected output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunRequest {
+/// What to run, common to `POST /process/start` and `POST /process/run` (flattened into both,
+/// so its fields sit at the top level of their JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ProcessSpec {
     /// The program (looked up in `PATH`), or a shell command line when `shell` is true.
     pub cmd: String,
     /// Arguments; ignored when `shell` is true.
@@ -89,6 +55,29 @@ pub struct RunRequest {
     /// A label the host chooses, shown in `GET /process` while the process runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+}
+
+/// `POST /process/start`: start a process and stream its output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// What to run.
+    #[serde(flatten)]
+    pub process: ProcessSpec,
+    /// Give the process a stdin pipe the host writes through `/process/{pid}/input`; otherwise
+    /// stdin is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run the process on a new pseudo-terminal of this size; its output is then `pty` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
+}
+
+/// `POST /process/run`: run a process to completion and answer with its collected output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// What to run.
+    #[serde(flatten)]
+    pub process: ProcessSpec,
     /// How many bytes of each of stdout and stderr to keep; the rest is read and discarded.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: u64,
@@ -350,6 +339,6 @@ mod tests {
     fn run_request_defaults() {
         let req: RunRequest = serde_json::from_str(r#"{"cmd":"true"}"#).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(req.max_output_bytes, DEFAULT_MAX_OUTPUT_BYTES);
-        assert!(req.args.is_empty() && !req.shell && req.cwd.is_none());
+        assert!(req.process.args.is_empty() && !req.process.shell && req.process.cwd.is_none());
     }
 }

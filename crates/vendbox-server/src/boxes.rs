@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
+use boxd::wire::{ProcessSpec, RunRequest, StartRequest};
 use chrono::{DateTime, Utc};
 use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Limits};
 use vendbox_core::{
@@ -58,23 +59,6 @@ pub struct Ran {
     pub result: boxd::wire::RunResult,
     /// Actions left after it (`None`: no budget).
     pub actions_remaining: Option<u32>,
-}
-
-/// A command to run, already validated.
-#[derive(Debug, Clone)]
-pub struct Command {
-    /// argv, or a shell line when `shell`.
-    pub cmd: String,
-    /// Arguments (ignored for a shell line).
-    pub args: Vec<String>,
-    /// Run `cmd` with `/bin/sh -c`.
-    pub shell: bool,
-    /// Extra environment.
-    pub env: std::collections::BTreeMap<String, String>,
-    /// Working directory (default `/root`).
-    pub cwd: Option<String>,
-    /// Time limit.
-    pub timeout: Duration,
 }
 
 impl Boxes {
@@ -198,20 +182,10 @@ impl Boxes {
     }
 
     /// Spends one action of the lease, then runs `command` in its box.
-    pub async fn exec(&self, lease: &Lease, command: Command) -> Result<Ran, ApiError> {
+    pub async fn exec(&self, lease: &Lease, command: ProcessSpec) -> Result<Ran, ApiError> {
         let client = self.boxd(lease)?;
         let actions_remaining = self.spend(lease).await?;
-        let request = boxd::wire::RunRequest {
-            cmd: command.cmd,
-            args: command.args,
-            shell: command.shell,
-            envs: command.env,
-            cwd: command.cwd,
-            user: None,
-            timeout_ms: Some(u64::try_from(command.timeout.as_millis()).unwrap_or(u64::MAX)),
-            tag: None,
-            max_output_bytes: MAX_OUTPUT_BYTES,
-        };
+        let request = RunRequest { process: command, max_output_bytes: MAX_OUTPUT_BYTES };
         match client.run(&request).await {
             Ok(result) => {
                 self.after_action(lease.id, actions_remaining);
@@ -229,22 +203,11 @@ impl Boxes {
     pub async fn exec_stream(
         &self,
         lease: &Lease,
-        command: Command,
+        command: ProcessSpec,
     ) -> Result<(vendbox_box::ExecStream, Option<u32>), ApiError> {
         let client = self.boxd(lease)?;
         let actions_remaining = self.spend(lease).await?;
-        let request = boxd::wire::StartRequest {
-            cmd: command.cmd,
-            args: command.args,
-            shell: command.shell,
-            envs: command.env,
-            cwd: command.cwd,
-            user: None,
-            timeout_ms: Some(u64::try_from(command.timeout.as_millis()).unwrap_or(u64::MAX)),
-            stdin: false,
-            pty: None,
-            tag: None,
-        };
+        let request = StartRequest { process: command, stdin: false, pty: None };
         match client.start(&request).await {
             Ok(stream) => Ok((stream, actions_remaining)),
             Err(e) => {

@@ -24,10 +24,11 @@ use vendbox_core::{Lease, LeaseState, OfferId, QuoteParams};
 
 use crate::app::AppState;
 use crate::auth::optional_bearer;
-use crate::boxes::{self, Boxes, Command, Provisioned};
+use crate::boxes::{self, Boxes, Provisioned};
 use crate::error::ApiError;
 use crate::gate::Delivery;
 use crate::json::ApiJson;
+use boxd::wire::ProcessSpec;
 
 /// A box to buy.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -230,7 +231,7 @@ pub async fn terminate(
 }
 
 /// Validates a command request.
-pub(crate) fn command(request: ExecRequest) -> Result<Command, ApiError> {
+pub(crate) fn command(request: ExecRequest) -> Result<ProcessSpec, ApiError> {
     let timeout = match request.timeout_seconds {
         None => boxes::DEFAULT_EXEC_TIMEOUT,
         Some(s) if (1..=boxes::MAX_EXEC_TIMEOUT.as_secs()).contains(&s) => Duration::from_secs(s),
@@ -258,7 +259,16 @@ pub(crate) fn command(request: ExecRequest) -> Result<Command, ApiError> {
             .with_field("command"));
         }
     };
-    Ok(Command { cmd, args, shell, env: request.env, cwd: request.cwd, timeout })
+    Ok(ProcessSpec {
+        cmd,
+        args,
+        shell,
+        envs: request.env,
+        cwd: request.cwd,
+        user: None,
+        timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        tag: None,
+    })
 }
 
 /// Runs one command (one action) and answers with its result.
