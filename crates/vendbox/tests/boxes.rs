@@ -93,15 +93,8 @@ async fn a_box_runs_commands_moves_files_streams_and_ends_on_request() {
     assert!(view.get("token").is_none(), "the token is shown once: {view}");
 
     // Ending it: the box is gone from the host, and commands say why they are refused.
-    let response = host
-        .http
-        .delete(host.url(&format!("/v1/boxes/{}", b.id)))
-        .bearer_auth(&b.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<Value>().await.unwrap()["state"], "terminated");
+    let (status, ended) = host.end(&b).await;
+    assert_eq!((status, ended["state"].as_str()), (200, Some("terminated")), "{ended}");
     host.assert_gone_within(&b.id, Duration::from_secs(5));
     let (status, body) = host.sh(&b, "true", 5).await;
     assert_eq!((status, body["error"]["code"].as_str()), (410, Some("box_terminated")));
@@ -201,14 +194,7 @@ async fn a_restart_keeps_paid_boxes_destroys_orphans_and_fails_lost_ones() {
 
     // Nothing leaks when they end.
     for b in &boxes[..9] {
-        let response = host
-            .http
-            .delete(host.url(&format!("/v1/boxes/{}", b.id)))
-            .bearer_auth(&b.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        assert_eq!(host.end(b).await.0, 200);
         host.assert_gone_within(&b.id, Duration::from_secs(5));
     }
     assert!(backend.list().await.unwrap().is_empty());

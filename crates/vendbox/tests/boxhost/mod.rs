@@ -123,6 +123,19 @@ impl BoxHost {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Ends a box (`DELETE /v1/boxes/{id}`); the status and the answer.
+    pub async fn end(&self, b: &Bought) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(self.url(&format!("/v1/boxes/{}", b.id)))
+            .bearer_auth(&b.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Buys a box of `offer` for `minutes`.
     pub async fn buy(&self, offer: &str, minutes: u32) -> Bought {
         let (status, body) =
