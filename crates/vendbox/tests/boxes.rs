@@ -12,6 +12,8 @@ use boxhost::BoxHost;
 use serde_json::{Value, json};
 use shop::Shop;
 use vendbox_box::{Backend as _, BoxId};
+use vendbox_pay::client::Challenge;
+use vendbox_pay::wire;
 
 #[tokio::test]
 async fn a_box_runs_commands_moves_files_streams_and_ends_on_request() {
@@ -260,4 +262,36 @@ async fn a_box_that_cannot_be_made_charges_nothing() {
     assert_eq!(shop.balance(payer.address()).await, shop::FUNDS);
     assert!(boxhost::backend_for(&shop.dir.path().join("state")).list().await.unwrap().is_empty());
     boxhost::remove_all(&shop.dir.path().join("state"));
+}
+
+#[tokio::test]
+async fn a_box_whose_payment_does_not_settle_is_destroyed() {
+    if !boxhost::boxes_supported() {
+        return;
+    }
+    let Some(shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=3")]).await else { return };
+    let payer = shop.payer().await;
+    let url = shop.url("/x402/sessions/micro");
+    let unpaid = reqwest::Client::new().post(&url).json(&json!({})).send().await.unwrap();
+    assert_eq!(unpaid.status(), 402);
+    let header = unpaid.headers().get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap().to_owned();
+    let challenge = Challenge::read(Some(&header), &unpaid.bytes().await.unwrap()).unwrap();
+    let (name, value) = challenge.pay(&payer, shop::now()).unwrap();
+    let pending =
+        tokio::spawn(reqwest::Client::new().post(&url).header(name, value.clone()).json(&json!({})).send());
+    // The box is made and answers; while vendbox waits to settle, the authorization is spent
+    // elsewhere, so the settlement fails.
+    let state = shop.dir.path().join("state");
+    let backend = boxhost::backend_for(&state);
+    let started = Instant::now();
+    while backend.list().await.unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no box was made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shop.spend_elsewhere(&challenge, &value).await;
+    let response = pending.await.unwrap().unwrap();
+    assert_eq!(response.status(), 402);
+    let id = backend.list().await.unwrap();
+    assert!(id.is_empty(), "the unpaid box is destroyed before the answer: {id:?}");
+    boxhost::remove_all(&state);
 }

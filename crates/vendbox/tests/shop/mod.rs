@@ -17,7 +17,6 @@ use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
 use vendbox_pay::wire;
 
 /// Unix seconds now.
-#[allow(unused_imports)]
 pub use vendbox_pay::exact::unix_now as now;
 
 use crate::support::Vendbox;
@@ -172,6 +171,19 @@ impl Shop {
     }
 
     /// Checks that exactly one price moved from `payer` to the payee since `before`.
+    /// Settles the payment in header `value` (sent for `challenge`) with another facilitator,
+    /// as someone racing vendbox would, so that vendbox's own settlement of it then fails.
+    pub async fn spend_elsewhere(&self, challenge: &Challenge, value: &str) {
+        let sent: vendbox_pay::wire::PaymentPayloadV2 = vendbox_pay::wire::decode_header(value).unwrap();
+        let requirements = self.requirements_of(challenge);
+        let sent = vendbox_pay::exact::SentPayment::V2(sent);
+        let checked = vendbox_pay::exact::check(sent, &requirements, now()).unwrap();
+        let key = PrivateKeySigner::from_str(vendbox_pay::devchain::ANVIL_KEY_1).unwrap();
+        let other =
+            vendbox_pay::facilitator::BuiltinFacilitator::new(&self.anvil.rpc_url, self.asset, key).unwrap();
+        vendbox_pay::facilitator::Facilitator::settle(&other, &checked, &requirements).await.unwrap();
+    }
+
     pub async fn assert_paid_once(&self, payer: Address, payee_before: u64) {
         assert_eq!(self.balance(payer).await, FUNDS - PRICE, "the payer paid exactly the price");
         assert_eq!(self.balance(self.pay_to).await, payee_before + PRICE, "the payee got exactly the price");
