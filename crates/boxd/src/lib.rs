@@ -1,5 +1,6 @@
 //! boxd: PID 1 of every box. It reaps every child, starts processes (with pipes or a
-//! pseudo-terminal) and serves files for the host, over HTTP/1.1 on a Unix socket.
+//! pseudo-terminal), serves files and tunnels TCP connections to the box's loopback for the
+//! host, over HTTP/1.1 on a Unix socket.
 //!
 //! The protocol's shapes are in [`wire`]. boxd runs on one current-thread tokio runtime; the
 //! only other threads are tokio's blocking pool, used for file-system work and gone when idle.
@@ -15,6 +16,7 @@ mod routes;
 mod spawn;
 mod supervise;
 mod table;
+mod tcp;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

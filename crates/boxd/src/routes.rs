@@ -1,5 +1,5 @@
 //! The HTTP API: the router, health, and the process endpoints. File endpoints are in
-//! [`crate::files`].
+//! [`crate::files`], the TCP tunnel in [`crate::tcp`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use crate::wire::{
     Ack, Event, Health, InputRequest, ProcessInfo, ProcessList, PtySize, RunRequest, RunResult, SignalName,
     SignalRequest, StartRequest,
 };
-use crate::{fdio, files};
+use crate::{fdio, files, tcp};
 
 /// Events buffered between a process and a slow host before the process's reads wait.
 const EVENT_QUEUE: usize = 16;

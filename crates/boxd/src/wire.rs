@@ -2,11 +2,18 @@
 //! strings, responses and the events of a process stream.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 /// How much of each output stream `POST /process/run` keeps when the request does not say.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1 << 20;
+
+/// The protocol named in the `Upgrade` header of `GET /tcp` and of its `101` answer.
+pub const TCP_UPGRADE: &str = "tcp";
+
+/// How long `GET /tcp` waits for the box's port to accept before answering `connect_failed`.
+pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +253,17 @@ pub struct ListQuery {
     pub depth: Option<u32>,
 }
 
+/// The query string of `GET /tcp`, which upgrades the connection to a byte stream to a TCP port
+/// inside the box.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpQuery {
+    /// The port, 1 to 65535.
+    pub port: u16,
+    /// A loopback address (`127.0.0.0/8` or `::1`); defaults to `127.0.0.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
 /// The answer to `PUT /files`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {
@@ -315,7 +333,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `bad_request`, `not_found`, `is_directory`, `not_directory`,
-    /// `exists`, `no_such_process`, `unsupported_user`, `spawn_failed` or `io_error`.
+    /// `exists`, `no_such_process`, `unsupported_user`, `spawn_failed`, `connect_failed` or `io_error`.
     pub code: String,
     /// What is wrong, for people.
     pub message: String,

@@ -3,17 +3,22 @@
 //! kept between calls, so a box that restarts or ends never leaves a broken pooled connection.
 
 use std::fmt::Write as _;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use boxd::wire::{EntryInfo, Event, RunRequest, RunResult, StartRequest};
+use boxd::wire::{EntryInfo, Event, RunRequest, RunResult, StartRequest, TCP_CONNECT_TIMEOUT, TCP_UPGRADE};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::BoxError;
 
@@ -53,6 +58,44 @@ impl ExecStream {
                 }
             }
         }
+    }
+}
+
+/// A byte stream to a TCP port inside a box, from [`BoxdClient::connect_tcp`]. Shutting down
+/// its write half closes the box side's write half; reading end-of-file means the box side
+/// closed its write half.
+#[derive(Debug)]
+pub struct TcpTunnel(TokioIo<Upgraded>);
+
+impl AsyncRead for TcpTunnel {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TcpTunnel {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -205,6 +248,41 @@ impl BoxdClient {
             .call(Method::GET, &format!("/fs/list?path={}&depth={depth}", encode(path)), None::<&()>)
             .await?;
         Ok(listing.entries)
+    }
+
+    /// Opens a byte stream to `port` on the box's loopback (`127.0.0.1`), on a connection of its
+    /// own: boxd connects first, so a port nothing listens on is `connect_failed`.
+    pub async fn connect_tcp(&self, port: u16) -> Result<TcpTunnel, BoxError> {
+        let call = async {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.socket.display())))?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| BoxError::Unreachable(e.to_string()))?;
+            tokio::spawn(connection.with_upgrades());
+            let request = Request::builder()
+                .method(Method::GET)
+                .uri(format!("/tcp?port={port}"))
+                .header(http::header::HOST, "boxd")
+                .header(http::header::CONNECTION, "Upgrade")
+                .header(http::header::UPGRADE, TCP_UPGRADE)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| BoxError::Unreachable(e.to_string()))?;
+            sender.send_request(request).await.map_err(|e| BoxError::Unreachable(e.to_string()))
+        };
+        // boxd itself waits up to `TCP_CONNECT_TIMEOUT` for the port before it answers.
+        let limit = CONNECT_TIMEOUT + TCP_CONNECT_TIMEOUT;
+        let mut response = tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| BoxError::Unreachable(format!("boxd did not answer within {limit:?}")))??;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(error_of(response).await);
+        }
+        let upgraded = hyper::upgrade::on(&mut response)
+            .await
+            .map_err(|e| BoxError::Unreachable(format!("the upgrade to a TCP tunnel failed: {e}")))?;
+        Ok(TcpTunnel(TokioIo::new(upgraded)))
     }
 
     /// Removes a file or a directory tree.

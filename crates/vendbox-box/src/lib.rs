@@ -13,7 +13,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use client::{BoxdClient, ExecStream};
+pub use client::{BoxdClient, ExecStream, TcpTunnel};
 pub use error::BoxError;
 
 /// A box's id: chosen by the caller (the lease's box id), unique on the host, used for its

@@ -163,6 +163,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// answer). Changes nothing for a lease without a budget or no longer active.
     async fn refund_lease_action(&self, id: LeaseId, now: DateTime<Utc>) -> StoreResult<()>;
 
+    /// Lets the SSH public key with `fingerprint` (`SHA256:…`) open lease `id`'s box.
+    async fn add_lease_ssh_key(&self, id: LeaseId, fingerprint: &str, public_key: &str) -> StoreResult<()>;
+
+    /// The leases the SSH key with `fingerprint` opens, newest first.
+    async fn leases_for_ssh_key(&self, fingerprint: &str) -> StoreResult<Vec<Lease>>;
+
     /// Leases in any of `states`, oldest first.
     async fn leases_in_states(&self, states: &[LeaseState]) -> StoreResult<Vec<Lease>>;
 

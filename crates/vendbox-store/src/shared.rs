@@ -456,6 +456,35 @@ macro_rules! store_impl {
                 }
             }
 
+            async fn add_lease_ssh_key(
+                &self,
+                id: vendbox_core::LeaseId,
+                fingerprint: &str,
+                public_key: &str,
+            ) -> $crate::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO lease_ssh_keys (lease_id, fingerprint, public_key) VALUES ($1, $2, $3) \
+                     ON CONFLICT (lease_id, fingerprint) DO NOTHING",
+                )
+                .bind(id.to_string())
+                .bind(fingerprint)
+                .bind(public_key)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn leases_for_ssh_key(&self, fingerprint: &str) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
+                let rows = sqlx::query(
+                    "SELECT l.* FROM leases l JOIN lease_ssh_keys k ON k.lease_id = l.id \
+                     WHERE k.fingerprint = $1 ORDER BY l.created_at DESC, l.id",
+                )
+                .bind(fingerprint)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::lease_from_row).collect()
+            }
+
             async fn refund_lease_action(
                 &self,
                 id: vendbox_core::LeaseId,

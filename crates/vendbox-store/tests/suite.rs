@@ -207,6 +207,24 @@ async fn leases_move_by_compare_and_set(store: Arc<dyn Store>) {
     assert!(store.leases_in_states(&[LeaseState::Expired]).await.unwrap().is_empty());
 }
 
+async fn ssh_keys_find_their_leases_newest_first(store: Arc<dyn Store>) {
+    let older = lease(None);
+    let mut newer = lease(None);
+    newer.created_at = older.created_at + Duration::minutes(1);
+    let other = lease(None);
+    for l in [&older, &newer, &other] {
+        store.insert_lease(l, &[]).await.unwrap();
+    }
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample agent@box";
+    store.add_lease_ssh_key(older.id, "SHA256:one", key).await.unwrap();
+    store.add_lease_ssh_key(newer.id, "SHA256:one", key).await.unwrap();
+    store.add_lease_ssh_key(newer.id, "SHA256:one", key).await.unwrap();
+    store.add_lease_ssh_key(other.id, "SHA256:two", key).await.unwrap();
+    let found: Vec<_> = store.leases_for_ssh_key("SHA256:one").await.unwrap().iter().map(|l| l.id).collect();
+    assert_eq!(found, vec![newer.id, older.id]);
+    assert!(store.leases_for_ssh_key("SHA256:none").await.unwrap().is_empty());
+}
+
 async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
     let mut l = lease(Some(5));
     store.insert_lease(&l, &[]).await.unwrap();
@@ -491,6 +509,7 @@ suite!(
     payments_settle_or_void_once,
     leases_move_by_compare_and_set,
     actions_are_spent_atomically,
+    ssh_keys_find_their_leases_newest_first,
     ledger_balances_never_go_negative,
     concurrent_charges_cannot_overdraw,
     locks_grant_one_holder_and_fence_each_grant,

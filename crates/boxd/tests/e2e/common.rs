@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use boxd::wire::Event;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
+use hyper::upgrade::Upgraded;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustix::process::{Pid, Signal};
@@ -101,6 +102,36 @@ impl Boxd {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
         (status, value)
+    }
+
+    /// `GET uri` on a fresh connection asking for a TCP tunnel (without the `Upgrade` header
+    /// when `upgrade` is false): the upgraded stream, or the status and JSON error of a refusal.
+    pub(crate) async fn tunnel(
+        &self,
+        uri: &str,
+        upgrade: bool,
+    ) -> Result<TokioIo<Upgraded>, (StatusCode, Value)> {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let mut req = Request::builder().uri(uri).header("host", "boxd").header("connection", "Upgrade");
+        if upgrade {
+            req = req.header("upgrade", "tcp");
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let mut resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+            .await
+            .expect("no response for 30 s")
+            .unwrap();
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            let value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+            return Err((status, value));
+        }
+        assert_eq!(resp.headers()["upgrade"], "tcp");
+        Ok(TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap()))
     }
 
     /// `POST /process/start`; the event stream.

@@ -6,3 +6,4 @@ mod files;
 mod lifecycle;
 mod process;
 mod pty;
+mod tcp;
