@@ -46,6 +46,7 @@ pub(crate) fn router(boxd: Arc<Boxd>) -> Router {
         .route("/fs/mkdir", post(files::mkdir))
         .route("/fs", delete(files::remove))
         .route("/fs/move", post(files::rename))
+        .route("/tcp", get(tcp::tunnel))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(boxd)
 }

@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use boxd::wire::{EntryInfo, Event, RunRequest, RunResult, StartRequest, TCP_CONNECT_TIMEOUT, TCP_UPGRADE};
+use boxd::wire::{
+    EntryInfo, Event, MoveRequest, RunRequest, RunResult, StartRequest, TCP_CONNECT_TIMEOUT, TCP_UPGRADE,
+};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -283,6 +285,18 @@ impl BoxdClient {
             .await
             .map_err(|e| BoxError::Unreachable(format!("the upgrade to a TCP tunnel failed: {e}")))?;
         Ok(TcpTunnel(TokioIo::new(upgraded)))
+    }
+
+    /// Creates the directory `path` and its missing parents; a directory already there is no error.
+    pub async fn mkdir(&self, path: &str) -> Result<EntryInfo, BoxError> {
+        self.call(Method::POST, &format!("/fs/mkdir?path={}", encode(path)), None::<&()>).await
+    }
+
+    /// Moves `from` to `to`, which must not exist yet (`exists` otherwise); `to`'s missing
+    /// parents are created. What is now at `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<EntryInfo, BoxError> {
+        let body = MoveRequest { from: from.to_owned(), to: to.to_owned() };
+        self.call(Method::POST, "/fs/move", Some(&body)).await
     }
 
     /// Removes a file or a directory tree.

@@ -41,6 +41,28 @@ pub struct AppState {
     pub gate: Arc<PaymentGate>,
     /// The boxes for sale, or why this vendbox runs none.
     pub boxes: Result<Arc<Boxes>, Arc<str>>,
+    /// Where the SSH gateway answers, when it runs.
+    pub ssh: Option<SshEndpoint>,
+}
+
+/// Where clients reach the SSH gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshEndpoint {
+    /// Host name or address clients connect to.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+}
+
+impl SshEndpoint {
+    /// `ssh -p PORT user@HOST`, ready to paste.
+    pub fn command(&self, user: &str) -> String {
+        if self.port == 22 {
+            format!("ssh {user}@{}", self.host)
+        } else {
+            format!("ssh -p {} {user}@{}", self.port, self.host)
+        }
+    }
 }
 
 /// Limits applied to every request.

@@ -43,6 +43,30 @@ pub struct Boxes {
     store: Arc<dyn Store>,
 }
 
+/// An SSH public key that opens a lease's box, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshKey {
+    /// `SHA256:…`.
+    pub fingerprint: String,
+    /// The OpenSSH line.
+    pub public_key: String,
+}
+
+impl SshKey {
+    /// Checks an OpenSSH public key line; 400 `bad_ssh_key` naming `field` otherwise.
+    pub fn parse(line: &str, field: &str) -> Result<SshKey, ApiError> {
+        let fingerprint = vendbox_ssh::fingerprint(line).map_err(|why| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_ssh_key",
+                format!("`{field}` is not an OpenSSH public key (`ssh-ed25519 AAAA…`): {why}"),
+            )
+            .with_field(field)
+        })?;
+        Ok(SshKey { fingerprint, public_key: line.trim().to_owned() })
+    }
+}
+
 /// A lease just made, with the token that opens it (shown once).
 #[derive(Debug)]
 pub struct Provisioned {
@@ -79,6 +103,7 @@ impl Boxes {
         offer: &Offer,
         terms: &QuoteTerms,
         payment_id: Option<PaymentId>,
+        ssh_keys: &[SshKey],
     ) -> Result<Provisioned, ApiError> {
         if !matches!(offer.kind, OfferKind::Sandbox | OfferKind::Machine) {
             return Err(ApiError::new(
@@ -106,6 +131,9 @@ impl Boxes {
             failure_reason: None,
         };
         self.store.insert_lease(&lease, &[(Capability::Root, token.hash())]).await?;
+        for key in ssh_keys {
+            self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
+        }
         let memory_mb = offer.resources.memory_mb.max(64);
         let spec = BoxSpec {
             id: box_id,
@@ -179,6 +207,25 @@ impl Boxes {
         Self::check_usable(lease)?;
         let box_id = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()).ok_or_else(|| ended(lease))?;
         Ok(self.backend.boxd(&box_id))
+    }
+
+    /// Begins one use of the lease's box outside the HTTP API (an SSH shell, command, file
+    /// session or forwarded connection): checks the lease, spends an action where it has a
+    /// budget, and returns its boxd.
+    pub async fn begin_use(&self, lease: &Lease) -> Result<BoxdClient, ApiError> {
+        let client = self.boxd(lease)?;
+        self.spend(lease).await?;
+        Ok(client)
+    }
+
+    /// The lease `id`, if there is one.
+    pub async fn lease(&self, id: LeaseId) -> Result<Option<Lease>, ApiError> {
+        Ok(self.store.get_lease(id).await?)
+    }
+
+    /// The leases an SSH key opens, newest first.
+    pub async fn leases_for_ssh_key(&self, fingerprint: &str) -> Result<Vec<Lease>, ApiError> {
+        Ok(self.store.leases_for_ssh_key(fingerprint).await?)
     }
 
     /// Spends one action of the lease, then runs `command` in its box.

@@ -51,6 +51,27 @@ pub struct Config {
     /// Where and how boxes run.
     #[serde(default)]
     pub boxes: BoxesConfig,
+    /// The SSH gateway.
+    #[serde(default)]
+    pub ssh: SshConfig,
+}
+
+/// `[ssh]`: the gateway that lets `ssh root@host` reach a lease's box.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Serve SSH (when boxes are available).
+    pub enabled: bool,
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// The host name clients are told to `ssh` to; the listen address's IP when absent.
+    pub public_host: Option<String>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 2222)), public_host: None }
+    }
 }
 
 /// Which backend runs boxes.

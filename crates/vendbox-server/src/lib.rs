@@ -15,6 +15,7 @@ pub mod purge;
 pub mod routes;
 pub mod serve;
 pub mod settlement;
+pub mod ssh;
 pub mod worker;
 
 pub use app::{AppState, Limits, router};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vendbox_box::local::{LocalBackend, LocalConfig};
+use vendbox_ssh::Gateway;
 use vendbox_store::Store;
 
 use std::str::FromStr;
@@ -15,7 +16,7 @@ use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::chain::Chain;
 use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator};
 
-use crate::app::{AppState, Limits, router};
+use crate::app::{AppState, Limits, SshEndpoint, router};
 use crate::boxes::{BoxExpiry, Boxes};
 use crate::config::{BackendKind, Config, FacilitatorKind};
 use crate::faults::Faults;
@@ -23,6 +24,7 @@ use crate::gate::PaymentGate;
 use crate::metrics::Metrics;
 use crate::purge::QuotePurge;
 use crate::settlement::SettlementWorker;
+use crate::ssh::SshLeases;
 use crate::worker::{self, Worker};
 
 /// A bound, not yet serving, vendbox.
@@ -33,6 +35,7 @@ pub struct Server {
     limits: Limits,
     grace: std::time::Duration,
     settlement: Option<SettlementWorker>,
+    gateway: Option<Gateway>,
 }
 
 impl Server {
@@ -47,12 +50,34 @@ impl Server {
         let (gate, settlement) =
             payments(config, store.clone(), public_url, secrets).map_err(std::io::Error::other)?;
         let boxes = boxes(config, store.clone()).await.map_err(std::io::Error::other)?;
+        let gateway = match &boxes {
+            Ok(boxes) if config.ssh.enabled => {
+                let leases = Arc::new(SshLeases { boxes: boxes.clone() });
+                let host_key = config.store.data_dir.join("ssh_host_ed25519_key");
+                let gateway = Gateway::bind(config.ssh.listen, &host_key, leases).await.map_err(|e| {
+                    std::io::Error::other(format!(
+                        "the SSH gateway cannot listen on {}: {e}",
+                        config.ssh.listen
+                    ))
+                })?;
+                Some(gateway)
+            }
+            _ => None,
+        };
+        let ssh = match &gateway {
+            Some(gateway) => Some(SshEndpoint {
+                host: config.ssh.public_host.clone().unwrap_or_else(|| config.ssh.listen.ip().to_string()),
+                port: gateway.local_addr()?.port(),
+            }),
+            None => None,
+        };
         let state = AppState {
             catalog: Arc::new(config.catalog()),
             store,
             metrics: Arc::new(Metrics::new()),
             gate: Arc::new(gate),
             boxes,
+            ssh,
         };
         let limits = Limits {
             request_timeout: config.server.request_timeout(),
@@ -60,12 +85,17 @@ impl Server {
             max_file_bytes: config.boxes.max_file_bytes,
         };
         let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
-        Ok(Server { listener, state, limits, grace, settlement })
+        Ok(Server { listener, state, limits, grace, settlement, gateway })
     }
 
     /// The address it listens on (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The SSH gateway's address, when it runs.
+    pub fn ssh_addr(&self) -> Option<std::net::SocketAddr> {
+        self.gateway.as_ref().and_then(|g| g.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then drains.
@@ -79,6 +109,7 @@ impl Server {
         if let Ok(boxes) = &self.state.boxes {
             workers.push(Arc::new(BoxExpiry { boxes: boxes.clone() }));
         }
+        let gateway = self.gateway.map(|gateway| tokio::spawn(gateway.run(workers_stop.clone())));
         let handles: Vec<_> = workers
             .into_iter()
             .map(|w| tokio::spawn(worker::run(w, self.state.metrics.clone(), workers_stop.clone())))
@@ -103,7 +134,7 @@ impl Server {
             }
         };
         let _ = stop_workers.send(true);
-        for h in handles {
+        for h in handles.into_iter().chain(gateway) {
             let _ = h.await;
         }
         result

@@ -45,6 +45,7 @@ fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
         metrics: Arc::default(),
         gate,
         boxes: Err("no boxes in these tests".into()),
+        ssh: None,
     };
     router(state, limits)
 }

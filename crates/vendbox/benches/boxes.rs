@@ -57,6 +57,7 @@ fn row(label: &str, (p50, p99): (Duration, Duration), baseline: Option<(Duration
 fn serve(data_dir: PathBuf) -> String {
     let mut config = Config::load(None, Vec::new()).unwrap();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.ssh.listen = "127.0.0.1:0".parse().unwrap();
     config.server.request_timeout_secs = 120;
     config.store.data_dir = data_dir;
     for offer in &mut config.offers {

@@ -136,6 +136,7 @@ async fn chain() -> Option<Chain> {
 fn config(data_dir: &std::path::Path, database_url: Option<String>, chain: Option<&Chain>) -> Config {
     let mut config = Config::load(None, Vec::new()).unwrap();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.ssh.listen = "127.0.0.1:0".parse().unwrap();
     data_dir.clone_into(&mut config.store.data_dir);
     config.store.database_url = database_url;
     if let Some(chain) = chain {

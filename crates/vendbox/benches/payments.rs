@@ -113,6 +113,7 @@ async fn gate_latency() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut config = Config::load(None, Vec::new()).unwrap();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.ssh.listen = "127.0.0.1:0".parse().unwrap();
     let p = &mut config.payments;
     p.network = "eip155:31337".into();
     p.asset = asset.to_string();

@@ -63,6 +63,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let file = crate::config_file(args.config.clone());
     let mut config = Config::load(file.as_deref(), std::env::vars())?;
     config.server.listen = args.listen;
+    if args.listen.port() == 0 {
+        // An HTTP port picked by the system (tests, scripts): the SSH port too.
+        config.ssh.listen.set_port(0);
+    }
     let mut temp = None;
     config.store.data_dir = if let Some(dir) = args.data_dir {
         dir

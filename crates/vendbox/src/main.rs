@@ -165,5 +165,8 @@ async fn start(config: &Config, secrets: Secrets, where_from: &str) -> anyhow::R
     );
     // Machine-readable line for scripts and tests that start vendbox on port 0.
     println!("vendbox listening on http://{addr}");
+    if let Some(ssh) = server.ssh_addr() {
+        println!("vendbox ssh gateway on {ssh}");
+    }
     Ok(server)
 }

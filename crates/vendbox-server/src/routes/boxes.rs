@@ -24,7 +24,7 @@ use vendbox_core::{Lease, LeaseState, OfferId, QuoteParams};
 
 use crate::app::AppState;
 use crate::auth::optional_bearer;
-use crate::boxes::{self, Boxes, Provisioned};
+use crate::boxes::{self, Boxes, Provisioned, SshKey};
 use crate::error::ApiError;
 use crate::gate::Delivery;
 use crate::json::ApiJson;
@@ -45,6 +45,8 @@ pub struct CreateBox {
     pub region: Option<String>,
     /// Image; the offer's default when absent.
     pub image: Option<String>,
+    /// An OpenSSH public key (`ssh-ed25519 AAAA…`) that opens the box through the SSH gateway.
+    pub ssh_public_key: Option<String>,
 }
 
 /// A box as its owner sees it.
@@ -68,6 +70,17 @@ pub struct BoxView {
     pub actions_remaining: Option<u32>,
     /// Why it failed, when it did.
     pub failure_reason: Option<String>,
+    /// The command that opens it over SSH (with the key given at purchase), when this vendbox
+    /// runs its SSH gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_command: Option<String>,
+}
+
+impl BoxView {
+    /// The view of `lease`, with its `ssh` command when the gateway runs.
+    pub fn of(lease: &Lease, state: &AppState) -> BoxView {
+        BoxView { ssh_command: state.ssh.as_ref().map(|ssh| ssh.command("root")), ..BoxView::from(lease) }
+    }
 }
 
 impl From<&Lease> for BoxView {
@@ -82,6 +95,7 @@ impl From<&Lease> for BoxView {
             expires_at: lease.expires_at,
             actions_remaining: lease.actions_remaining,
             failure_reason: lease.failure_reason.clone(),
+            ssh_command: None,
         }
     }
 }
@@ -174,11 +188,22 @@ pub async fn create(
         region: request.region,
         image: request.image,
     };
-    buy(&state, &headers, &request.offer, &params, "/v1/boxes", |provisioned| {
-        let view = BoxView::from(&provisioned.lease);
-        (StatusCode::CREATED, Json(CreatedBox { view, token: provisioned.token.expose().to_owned() }))
-            .into_response()
-    })
+    let ssh_keys =
+        request.ssh_public_key.as_deref().map(|k| SshKey::parse(k, "ssh_public_key")).transpose()?;
+    let answer_state = state.clone();
+    buy(
+        &state,
+        &headers,
+        &request.offer,
+        &params,
+        "/v1/boxes",
+        ssh_keys.into_iter().collect(),
+        move |provisioned| {
+            let view = BoxView::of(&provisioned.lease, &answer_state);
+            (StatusCode::CREATED, Json(CreatedBox { view, token: provisioned.token.expose().to_owned() }))
+                .into_response()
+        },
+    )
     .await
 }
 
@@ -189,6 +214,7 @@ pub(crate) async fn buy(
     offer_id: &str,
     params: &QuoteParams,
     path: &str,
+    ssh_keys: Vec<SshKey>,
     answer: impl FnOnce(&Provisioned) -> Response + Send,
 ) -> Result<Response, ApiError> {
     let boxes = service(state)?;
@@ -196,7 +222,7 @@ pub(crate) async fn buy(
     let terms = offer.quote(params)?;
     let requirements = state.gate.charge(terms.price, path, &offer.title)?;
     let work = |payment_id| async move {
-        let provisioned = boxes.provision(&offer, &terms, payment_id).await?;
+        let provisioned = boxes.provision(&offer, &terms, payment_id, &ssh_keys).await?;
         let id = provisioned.lease.id;
         let response = answer(&provisioned);
         let undo = async move { boxes.unpaid(id).await };
@@ -214,7 +240,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<BoxView>, ApiError> {
     let lease = service(&state)?.open(&id, optional_bearer(&headers).as_ref()).await?;
-    Ok(Json(BoxView::from(&lease)))
+    Ok(Json(BoxView::of(&lease, &state)))
 }
 
 /// Ends the box now.

@@ -110,7 +110,7 @@ async fn sell(
     params: QuoteParams,
     path: &str,
 ) -> Result<Response, ApiError> {
-    boxes::buy(state, headers, offer_id, &params, path, |provisioned| {
+    boxes::buy(state, headers, offer_id, &params, path, Vec::new(), |provisioned| {
         let body = session_response(&provisioned.lease, Some(provisioned.token.expose().to_owned()));
         (StatusCode::OK, Json(body)).into_response()
     })

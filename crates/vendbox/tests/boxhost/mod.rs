@@ -138,8 +138,12 @@ impl BoxHost {
 
     /// Buys a box of `offer` for `minutes`.
     pub async fn buy(&self, offer: &str, minutes: u32) -> Bought {
-        let (status, body) =
-            self.post("/v1/boxes", None, &json!({ "offer": offer, "minutes": minutes })).await;
+        self.buy_with(&json!({ "offer": offer, "minutes": minutes })).await
+    }
+
+    /// Buys a box with the `POST /v1/boxes` body `request`.
+    pub async fn buy_with(&self, request: &Value) -> Bought {
+        let (status, body) = self.post("/v1/boxes", None, request).await;
         assert_eq!(status, 201, "{body}");
         assert_eq!(body["state"], "active", "{body}");
         Bought {

@@ -12,6 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_vendbox");
 pub struct Vendbox {
     pub child: Child,
     pub url: String,
+    /// The SSH gateway's address, when it runs.
+    pub ssh: Option<String>,
 }
 
 impl Vendbox {
@@ -28,6 +30,7 @@ impl Vendbox {
             .env_remove("VENDBOX_DATABASE_URL")
             .env_remove("VENDBOX_FAULTS")
             .env("VENDBOX_LOG", "warn")
+            .env("VENDBOX_SSH__LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -38,12 +41,17 @@ impl Vendbox {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("vendbox listening on ") {
-                    let _ = tx.send(url.to_owned());
+                    let _ = tx.send((false, url.to_owned()));
+                }
+                if let Some(addr) = line.strip_prefix("vendbox ssh gateway on ") {
+                    let _ = tx.send((true, addr.to_owned()));
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("vendbox printed its address");
-        Vendbox { child, url }
+        let (_, url) = rx.recv_timeout(Duration::from_secs(30)).expect("vendbox printed its address");
+        // The gateway's line follows at once when it runs.
+        let ssh = rx.recv_timeout(Duration::from_millis(300)).ok().map(|(_, addr)| addr);
+        Vendbox { child, url, ssh }
     }
 
     pub fn signal(&self, signal: &str) {

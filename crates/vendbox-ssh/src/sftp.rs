@@ -1,0 +1,699 @@
+//! The SFTP subsystem (which `scp` uses too): SFTP version 3 over one channel, every operation
+//! going to the box's boxd.
+//!
+//! boxd's file API is whole-file, so an open file lives in this process's memory: opening for
+//! reading fetches the whole file, opening for writing starts from an empty buffer (or the file's
+//! contents, without `TRUNCATE`) that writes fill and closing uploads. The bytes a session holds
+//! are capped at [`MAX_BUFFERED`]. Changes boxd has no endpoint for (modes, times, sizes,
+//! symlinks) run `chmod`, `touch`, `truncate` and `ln` in the box.
+
+use std::collections::{HashMap, VecDeque};
+
+use boxd::wire::{EntryInfo, EntryKind, ProcessSpec, RunRequest};
+use bytes::Bytes;
+use russh_sftp::protocol::{
+    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode,
+    Version,
+};
+use russh_sftp::server::StatusReply;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use vendbox_box::{BoxError, BoxdClient};
+
+/// The longest request accepted, as OpenSSH's own server: 256 KiB.
+const MAX_PACKET: u32 = 256 * 1024;
+
+/// The most bytes one read answers with or one write may carry.
+const MAX_DATA: u32 = MAX_PACKET - 1024;
+
+/// The most bytes of file contents one session holds in memory, over all its open files.
+const MAX_BUFFERED: usize = 512 << 20;
+
+/// The most handles one session may have open.
+const MAX_HANDLES: usize = 64;
+
+/// Directory entries answered per `READDIR`.
+const DIR_BATCH: usize = 128;
+
+/// The box's home: where relative paths start.
+const HOME: &str = "/root";
+
+/// The mode of a created file when the client sends none.
+const DEFAULT_MODE: u32 = 0o644;
+
+/// Applied to the modes clients ask for when creating, as a server's umask would.
+const UMASK: u32 = 0o022;
+
+/// How many symlinks `STAT` follows before giving up.
+const MAX_SYMLINK_HOPS: usize = 8;
+
+/// The bits of a mode that say what kind of entry it is (`S_IFMT`), and their values.
+const S_IFREG: u32 = 0o100_000;
+const S_IFDIR: u32 = 0o040_000;
+const S_IFLNK: u32 = 0o120_000;
+
+/// How much output a helper command (`chmod`, `touch`…) may leave for its error message.
+const TOOL_OUTPUT_BYTES: u64 = 4096;
+
+/// Serves SFTP on `stream` until the client ends the session (or breaks the protocol).
+pub(crate) async fn serve<S>(mut stream: S, boxd: BoxdClient)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut server = Server { boxd, handles: HashMap::new(), next_handle: 0 };
+    loop {
+        let mut request = match read_packet(&mut stream).await {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("sftp: ending the session: {e}");
+                break;
+            }
+        };
+        let id = request.get(1..5).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let reply = match Packet::try_from(&mut request) {
+            Ok(packet) => server.answer(packet).await,
+            Err(e) => status(id, StatusCode::BadMessage.with_message(e.to_string())),
+        };
+        let sent = match Bytes::try_from(reply) {
+            Ok(bytes) => stream.write_all(&bytes).await.and(stream.flush().await),
+            Err(e) => {
+                tracing::warn!("sftp: an answer could not be encoded: {e}");
+                break;
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!("sftp: ending the session: {e}");
+            break;
+        }
+    }
+}
+
+/// The next request's bytes (after its length), or `None` when the client closed the stream.
+async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<Bytes>> {
+    let length = match stream.read_u32().await {
+        Ok(length) => length,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if length > MAX_PACKET {
+        return Err(std::io::Error::other(format!(
+            "a request of {length} bytes is over the {MAX_PACKET} limit"
+        )));
+    }
+    let mut buf = vec![0; length as usize];
+    stream.read_exact(&mut buf).await?;
+    Ok(Some(Bytes::from(buf)))
+}
+
+/// One session's state: its boxd and its open handles.
+struct Server {
+    /// Where every operation goes.
+    boxd: BoxdClient,
+    /// Open files and directories by handle.
+    handles: HashMap<String, Opened>,
+    /// The next handle's number; handles are never reused within a session.
+    next_handle: u64,
+}
+
+/// What a handle stands for.
+enum Opened {
+    /// A file, held whole.
+    File(OpenFile),
+    /// A directory's entries not yet answered by `READDIR`.
+    Dir(VecDeque<File>),
+}
+
+/// A file opened with `OPEN`, held whole in memory.
+struct OpenFile {
+    /// The absolute path, where `CLOSE` uploads a written file.
+    path: String,
+    /// The file's contents: as read, then as written.
+    contents: Vec<u8>,
+    /// Opened with `READ`, or with nothing that writes.
+    readable: bool,
+    /// Opened with `WRITE` or `APPEND`: uploaded at `CLOSE`.
+    writable: bool,
+    /// Writes go to the end whatever their offset.
+    append: bool,
+    /// Permission bits: the file's own, or those it is created (or `FSETSTAT`) with.
+    mode: u32,
+    /// Last modification, milliseconds since the Unix epoch, as read.
+    modified_ms: Option<i64>,
+    /// Access and modification times `FSETSTAT` asked for, set after the upload.
+    times: (Option<u32>, Option<u32>),
+}
+
+/// What a request answers: its reply packet, or a status saying why not.
+type Answer = Result<Packet, StatusReply>;
+
+impl Server {
+    async fn answer(&mut self, packet: Packet) -> Packet {
+        let id = packet.get_request_id();
+        let answer = match packet {
+            Packet::Init(_) => return Packet::Version(version()),
+            Packet::Open(p) => self.open(p.id, &p.filename, p.pflags, &p.attrs).await,
+            Packet::Close(p) => self.close(p.id, &p.handle).await,
+            Packet::Read(p) => self.read(p.id, &p.handle, p.offset, p.len),
+            Packet::Write(p) => self.write(p.id, &p.handle, p.offset, &p.data),
+            Packet::Fstat(p) => self.fstat(p.id, &p.handle),
+            Packet::FSetStat(p) => self.fsetstat(p.id, &p.handle, &p.attrs),
+            Packet::Lstat(p) => self.lstat(p.id, &p.path).await,
+            Packet::Stat(p) => self.stat(p.id, &p.path).await,
+            Packet::SetStat(p) => self.setstat(p.id, &p.path, &p.attrs).await,
+            Packet::OpenDir(p) => self.opendir(p.id, &p.path).await,
+            Packet::ReadDir(p) => self.readdir(p.id, &p.handle),
+            Packet::Remove(p) => self.remove(p.id, &p.filename).await,
+            Packet::MkDir(p) => self.mkdir(p.id, &p.path, &p.attrs).await,
+            Packet::RmDir(p) => self.rmdir(p.id, &p.path).await,
+            Packet::RealPath(p) => Ok(name(p.id, File::dummy(resolve(&p.path)))),
+            Packet::Rename(p) => self.rename(p.id, &p.oldpath, &p.newpath).await,
+            Packet::ReadLink(p) => self.readlink(p.id, &p.path).await,
+            // OpenSSH sends the target first and the new link second, the reverse of the draft.
+            Packet::Symlink(p) => self.symlink(p.id, &p.linkpath, &p.targetpath).await,
+            Packet::Extended(p) if p.request == russh_sftp::extensions::LIMITS => Ok(limits(p.id)),
+            Packet::Extended(_) => Err(StatusCode::OpUnsupported.into()),
+            _ => Err(StatusCode::BadMessage.with_message("not a request")),
+        };
+        answer.unwrap_or_else(|reply| status(id, reply))
+    }
+
+    async fn open(&mut self, id: u32, filename: &str, flags: OpenFlags, attrs: &FileAttributes) -> Answer {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(failure(format!("a session may hold at most {MAX_HANDLES} open handles")));
+        }
+        let path = resolve(filename);
+        let writable = flags.intersects(OpenFlags::WRITE | OpenFlags::APPEND);
+        let existing = match self.stat_following(&path).await {
+            Ok(info) => Some(info),
+            Err(reply) if reply.status_code == StatusCode::NoSuchFile => None,
+            Err(reply) => return Err(reply),
+        };
+        match &existing {
+            Some(info) if info.kind == EntryKind::Dir => {
+                return Err(failure(format!("{path} is a directory")));
+            }
+            Some(info) if info.kind != EntryKind::File => {
+                return Err(failure(format!("{path} is not a regular file")));
+            }
+            Some(_) if flags.contains(OpenFlags::CREATE | OpenFlags::EXCLUDE) => {
+                return Err(failure(format!("{path} already exists")));
+            }
+            None if !writable || !flags.contains(OpenFlags::CREATE) => {
+                return Err(StatusCode::NoSuchFile.with_message(format!("{path}: no such file")));
+            }
+            None => self.require_dir(parent(&path)).await?,
+            Some(_) => {}
+        }
+        let contents = match &existing {
+            Some(info) if !writable || !flags.contains(OpenFlags::TRUNCATE) => {
+                self.room_for(usize::try_from(info.size).unwrap_or(usize::MAX))?;
+                let contents = Vec::from(self.boxd.read_file(&path).await.map_err(refusal)?);
+                self.room_for(contents.len())?;
+                contents
+            }
+            _ => Vec::new(),
+        };
+        let mode = existing.as_ref().map_or_else(
+            || attrs.permissions.map_or(DEFAULT_MODE, |mode| mode & 0o7777 & !UMASK),
+            |info| info.mode,
+        );
+        let file = OpenFile {
+            path,
+            contents,
+            readable: flags.contains(OpenFlags::READ) || !writable,
+            writable,
+            append: flags.contains(OpenFlags::APPEND),
+            mode,
+            modified_ms: existing.and_then(|info| info.modified_ms),
+            times: (None, None),
+        };
+        Ok(self.insert(id, Opened::File(file)))
+    }
+
+    async fn close(&mut self, id: u32, handle: &str) -> Answer {
+        let Some(opened) = self.handles.remove(handle) else { return Err(no_handle(handle)) };
+        let Opened::File(file) = opened else { return Ok(ok(id)) };
+        if !file.writable {
+            return Ok(ok(id));
+        }
+        self.boxd.write_file(&file.path, Bytes::from(file.contents), file.mode).await.map_err(refusal)?;
+        self.set_times(&file.path, file.times).await?;
+        Ok(ok(id))
+    }
+
+    fn read(&self, id: u32, handle: &str, offset: u64, len: u32) -> Answer {
+        let file = self.file(handle)?;
+        if !file.readable {
+            return Err(StatusCode::PermissionDenied.with_message("the file was not opened for reading"));
+        }
+        let size = file.contents.len();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        if start >= size {
+            return Err(StatusCode::Eof.into());
+        }
+        let end = start + (size - start).min(len.min(MAX_DATA) as usize);
+        Ok(Packet::Data(Data { id, data: file.contents[start..end].to_vec() }))
+    }
+
+    fn write(&mut self, id: u32, handle: &str, offset: u64, data: &[u8]) -> Answer {
+        let held = self.buffered();
+        let file = self.file_mut(handle)?;
+        if !file.writable {
+            return Err(StatusCode::PermissionDenied.with_message("the file was not opened for writing"));
+        }
+        let start =
+            if file.append { file.contents.len() } else { usize::try_from(offset).unwrap_or(usize::MAX) };
+        let end = start.saturating_add(data.len());
+        if held - file.contents.len() + end.max(file.contents.len()) > MAX_BUFFERED {
+            return Err(too_large());
+        }
+        if end > file.contents.len() {
+            file.contents.resize(end, 0);
+        }
+        file.contents[start..end].copy_from_slice(data);
+        Ok(ok(id))
+    }
+
+    fn fstat(&self, id: u32, handle: &str) -> Answer {
+        let file = self.file(handle)?;
+        let mtime = file.times.1.or_else(|| seconds(file.modified_ms));
+        let attrs = FileAttributes {
+            size: Some(file.contents.len() as u64),
+            permissions: Some(S_IFREG | file.mode),
+            atime: file.times.0.or(mtime),
+            mtime,
+            ..owner()
+        };
+        Ok(Packet::Attrs(Attrs { id, attrs }))
+    }
+
+    /// Changes an open file: its size and mode now, its times once it is uploaded.
+    fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Answer {
+        let held = self.buffered();
+        let file = self.file_mut(handle)?;
+        if !file.writable {
+            return Err(StatusCode::PermissionDenied.with_message("the file was not opened for writing"));
+        }
+        if let Some(size) = attrs.size {
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if held - file.contents.len() + size > MAX_BUFFERED {
+                return Err(too_large());
+            }
+            file.contents.resize(size, 0);
+        }
+        if let Some(mode) = attrs.permissions {
+            file.mode = mode & 0o7777;
+        }
+        if attrs.atime.is_some() || attrs.mtime.is_some() {
+            file.times = (attrs.atime, attrs.mtime);
+        }
+        Ok(ok(id))
+    }
+
+    async fn lstat(&self, id: u32, path: &str) -> Answer {
+        let info = self.boxd.stat(&resolve(path)).await.map_err(refusal)?;
+        Ok(Packet::Attrs(Attrs { id, attrs: attributes(&info) }))
+    }
+
+    async fn stat(&self, id: u32, path: &str) -> Answer {
+        let info = self.stat_following(&resolve(path)).await?;
+        Ok(Packet::Attrs(Attrs { id, attrs: attributes(&info) }))
+    }
+
+    /// Changes an entry's mode, size and times with `chmod`, `truncate` and `touch` in the box.
+    async fn setstat(&self, id: u32, path: &str, attrs: &FileAttributes) -> Answer {
+        let path = resolve(path);
+        self.boxd.stat(&path).await.map_err(refusal)?;
+        if let Some(mode) = attrs.permissions {
+            self.tool("chmod", &[&format!("{:o}", mode & 0o7777), "--", &path]).await?;
+        }
+        if let Some(size) = attrs.size {
+            self.tool("truncate", &["-s", &size.to_string(), "--", &path]).await?;
+        }
+        self.set_times(&path, (attrs.atime, attrs.mtime)).await?;
+        Ok(ok(id))
+    }
+
+    async fn opendir(&mut self, id: u32, path: &str) -> Answer {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(failure(format!("a session may hold at most {MAX_HANDLES} open handles")));
+        }
+        let path = resolve(path);
+        let info = self.stat_following(&path).await?;
+        if info.kind != EntryKind::Dir {
+            return Err(failure(format!("{path} is not a directory")));
+        }
+        let entries = self.boxd.list(&info.path, 1).await.map_err(refusal)?;
+        let files = entries.iter().map(directory_entry).collect();
+        Ok(self.insert(id, Opened::Dir(files)))
+    }
+
+    fn readdir(&mut self, id: u32, handle: &str) -> Answer {
+        let Some(Opened::Dir(files)) = self.handles.get_mut(handle) else { return Err(no_handle(handle)) };
+        if files.is_empty() {
+            return Err(StatusCode::Eof.into());
+        }
+        let batch = files.drain(..files.len().min(DIR_BATCH)).collect();
+        Ok(Packet::Name(Name { id, files: batch }))
+    }
+
+    async fn remove(&self, id: u32, path: &str) -> Answer {
+        let path = resolve(path);
+        let info = self.boxd.stat(&path).await.map_err(refusal)?;
+        if info.kind == EntryKind::Dir {
+            return Err(failure(format!("{path} is a directory")));
+        }
+        self.boxd.remove(&path).await.map_err(refusal)?;
+        Ok(ok(id))
+    }
+
+    async fn mkdir(&self, id: u32, path: &str, attrs: &FileAttributes) -> Answer {
+        let path = resolve(path);
+        match self.boxd.stat(&path).await {
+            Ok(_) => return Err(failure(format!("{path} already exists"))),
+            Err(e) => match refusal(e) {
+                reply if reply.status_code == StatusCode::NoSuchFile => {}
+                reply => return Err(reply),
+            },
+        }
+        self.require_dir(parent(&path)).await?;
+        let info = self.boxd.mkdir(&path).await.map_err(refusal)?;
+        if let Some(mode) = attrs.permissions.map(|mode| mode & 0o7777 & !UMASK)
+            && mode != info.mode
+        {
+            self.tool("chmod", &[&format!("{mode:o}"), "--", &path]).await?;
+        }
+        Ok(ok(id))
+    }
+
+    /// Removes an empty directory (boxd's `DELETE /fs` would remove a whole tree).
+    async fn rmdir(&self, id: u32, path: &str) -> Answer {
+        let path = resolve(path);
+        let info = self.boxd.stat(&path).await.map_err(refusal)?;
+        if info.kind != EntryKind::Dir {
+            return Err(failure(format!("{path} is not a directory")));
+        }
+        if !self.boxd.list(&path, 1).await.map_err(refusal)?.is_empty() {
+            return Err(failure(format!("{path} is not empty")));
+        }
+        self.boxd.remove(&path).await.map_err(refusal)?;
+        Ok(ok(id))
+    }
+
+    async fn rename(&self, id: u32, from: &str, to: &str) -> Answer {
+        let (from, to) = (resolve(from), resolve(to));
+        self.require_dir(parent(&to)).await?;
+        self.boxd.rename(&from, &to).await.map_err(refusal)?;
+        Ok(ok(id))
+    }
+
+    async fn readlink(&self, id: u32, path: &str) -> Answer {
+        let path = resolve(path);
+        let info = self.boxd.stat(&path).await.map_err(refusal)?;
+        let Some(target) = info.symlink_target else {
+            return Err(failure(format!("{path} is not a symbolic link")));
+        };
+        Ok(name(id, File::dummy(target)))
+    }
+
+    async fn symlink(&self, id: u32, target: &str, link: &str) -> Answer {
+        self.tool("ln", &["-s", "--", target, &resolve(link)]).await?;
+        Ok(ok(id))
+    }
+
+    /// What `path` is, following symlinks.
+    async fn stat_following(&self, path: &str) -> Result<EntryInfo, StatusReply> {
+        let mut path = path.to_owned();
+        for _ in 0..=MAX_SYMLINK_HOPS {
+            let info = self.boxd.stat(&path).await.map_err(refusal)?;
+            match &info.symlink_target {
+                Some(target) if info.kind == EntryKind::Symlink => {
+                    path = if target.starts_with('/') {
+                        resolve(target)
+                    } else {
+                        resolve(&format!("{}/{target}", parent(&path)))
+                    };
+                }
+                _ => return Ok(info),
+            }
+        }
+        Err(failure(format!("{path}: too many levels of symbolic links")))
+    }
+
+    /// Fails unless `path` is a directory, as creating an entry in it needs.
+    async fn require_dir(&self, path: &str) -> Result<(), StatusReply> {
+        let info = self.stat_following(path).await?;
+        if info.kind != EntryKind::Dir {
+            return Err(failure(format!("{path} is not a directory")));
+        }
+        Ok(())
+    }
+
+    /// Sets `path`'s access and modification times (seconds since the Unix epoch) that are given.
+    async fn set_times(
+        &self,
+        path: &str,
+        (atime, mtime): (Option<u32>, Option<u32>),
+    ) -> Result<(), StatusReply> {
+        if let Some(mtime) = mtime {
+            self.tool("touch", &["-m", "-d", &format!("@{mtime}"), "--", path]).await?;
+        }
+        if let Some(atime) = atime {
+            self.tool("touch", &["-a", "-d", &format!("@{atime}"), "--", path]).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd` in the box; its error output is the failure's message.
+    async fn tool(&self, cmd: &str, args: &[&str]) -> Result<(), StatusReply> {
+        let request = RunRequest {
+            process: ProcessSpec {
+                cmd: cmd.to_owned(),
+                args: args.iter().map(|&arg| arg.to_owned()).collect(),
+                ..ProcessSpec::default()
+            },
+            max_output_bytes: TOOL_OUTPUT_BYTES,
+        };
+        let result = self.boxd.run(&request).await.map_err(refusal)?;
+        if result.exit_code == Some(0) {
+            return Ok(());
+        }
+        let message = result.stderr.trim();
+        Err(failure(if message.is_empty() { format!("{cmd} failed") } else { message.to_owned() }))
+    }
+
+    fn insert(&mut self, id: u32, opened: Opened) -> Packet {
+        self.next_handle += 1;
+        let handle = self.next_handle.to_string();
+        self.handles.insert(handle.clone(), opened);
+        Packet::Handle(Handle { id, handle })
+    }
+
+    fn file(&self, handle: &str) -> Result<&OpenFile, StatusReply> {
+        match self.handles.get(handle) {
+            Some(Opened::File(file)) => Ok(file),
+            _ => Err(no_handle(handle)),
+        }
+    }
+
+    fn file_mut(&mut self, handle: &str) -> Result<&mut OpenFile, StatusReply> {
+        match self.handles.get_mut(handle) {
+            Some(Opened::File(file)) => Ok(file),
+            _ => Err(no_handle(handle)),
+        }
+    }
+
+    /// The bytes of file contents the session holds.
+    fn buffered(&self) -> usize {
+        self.handles
+            .values()
+            .map(|opened| if let Opened::File(file) = opened { file.contents.len() } else { 0 })
+            .sum()
+    }
+
+    /// Fails unless `more` bytes fit under [`MAX_BUFFERED`].
+    fn room_for(&self, more: usize) -> Result<(), StatusReply> {
+        if self.buffered().saturating_add(more) > MAX_BUFFERED {
+            return Err(too_large());
+        }
+        Ok(())
+    }
+}
+
+/// `path` made absolute (relative paths, `~` and `~/…` start at [`HOME`]), without `.` and `..`.
+fn resolve(path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_owned()
+    } else if let Some(rest) = path.strip_prefix('~').filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    {
+        format!("{HOME}{rest}")
+    } else {
+        format!("{HOME}/{path}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// The directory holding the absolute, resolved `path` (`/` for `/`).
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+/// An entry's SFTP attributes; the permissions carry the kind bits (`S_IFDIR`…) clients look at.
+fn attributes(info: &EntryInfo) -> FileAttributes {
+    let kind = match info.kind {
+        EntryKind::File => S_IFREG,
+        EntryKind::Dir => S_IFDIR,
+        EntryKind::Symlink => S_IFLNK,
+        EntryKind::Other => 0,
+    };
+    let mtime = seconds(info.modified_ms);
+    FileAttributes {
+        size: Some(info.size),
+        permissions: Some(kind | info.mode),
+        atime: mtime,
+        mtime,
+        ..owner()
+    }
+}
+
+/// Every entry in a box belongs to root.
+fn owner() -> FileAttributes {
+    FileAttributes {
+        uid: Some(0),
+        gid: Some(0),
+        user: Some("root".to_owned()),
+        group: Some("root".to_owned()),
+        ..FileAttributes::default()
+    }
+}
+
+/// One `READDIR` entry, with an `ls -l` style long name.
+fn directory_entry(info: &EntryInfo) -> File {
+    let mut file = File::new(info.name.clone(), attributes(info));
+    // russh-sftp's long name knows only directories and everything else.
+    let kind = match info.kind {
+        EntryKind::Symlink => Some("l"),
+        EntryKind::Other => Some("?"),
+        EntryKind::File | EntryKind::Dir => None,
+    };
+    if let Some(kind) = kind {
+        file.longname.replace_range(..1, kind);
+    }
+    file
+}
+
+/// Milliseconds since the Unix epoch as SFTP version 3's seconds (which end in 2106).
+fn seconds(ms: Option<i64>) -> Option<u32> {
+    ms.and_then(|ms| u32::try_from(ms.div_euclid(1000)).ok())
+}
+
+/// The answer to `INIT`: version 3, and the limits we keep.
+fn version() -> Version {
+    let mut version = Version::new();
+    version.extensions.insert(russh_sftp::extensions::LIMITS.to_owned(), "1".to_owned());
+    version
+}
+
+/// The answer to `limits@openssh.com`: packet, read and write lengths and open handles, four
+/// big-endian `uint64`s.
+fn limits(id: u32) -> Packet {
+    let data = [u64::from(MAX_PACKET), u64::from(MAX_DATA), u64::from(MAX_DATA), MAX_HANDLES as u64]
+        .iter()
+        .flat_map(|limit| limit.to_be_bytes())
+        .collect();
+    Packet::ExtendedReply(ExtendedReply { id, data })
+}
+
+fn name(id: u32, file: File) -> Packet {
+    Packet::Name(Name { id, files: vec![file] })
+}
+
+fn ok(id: u32) -> Packet {
+    status(id, StatusCode::Ok.into())
+}
+
+fn status(id: u32, reply: StatusReply) -> Packet {
+    Packet::Status(Status {
+        id,
+        status_code: reply.status_code,
+        error_message: reply.error_message.unwrap_or_else(|| reply.status_code.to_string()),
+        language_tag: reply.language_tag.unwrap_or_else(|| "en-US".to_owned()),
+    })
+}
+
+fn failure(message: String) -> StatusReply {
+    StatusCode::Failure.with_message(message)
+}
+
+fn no_handle(handle: &str) -> StatusReply {
+    failure(format!("no open handle `{handle}`"))
+}
+
+fn too_large() -> StatusReply {
+    failure(format!(
+        "SFTP to a box holds files in memory, {} MiB at most; send larger files with `ssh HOST 'cat > FILE' < FILE`",
+        MAX_BUFFERED >> 20
+    ))
+}
+
+/// boxd's error as an SFTP status.
+fn refusal(err: BoxError) -> StatusReply {
+    match err {
+        BoxError::Boxd { code, message, .. } if code == "not_found" => {
+            StatusCode::NoSuchFile.with_message(message)
+        }
+        BoxError::Boxd { status: 403, message, .. } => StatusCode::PermissionDenied.with_message(message),
+        BoxError::Boxd { message, .. } => failure(message),
+        other => failure(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_against_home() {
+        assert_eq!(resolve("."), "/root");
+        assert_eq!(resolve(""), "/root");
+        assert_eq!(resolve("~"), "/root");
+        assert_eq!(resolve("~/a/./b"), "/root/a/b");
+        assert_eq!(resolve("a/../../etc"), "/etc");
+        assert_eq!(resolve("/../x/"), "/x");
+        assert_eq!(resolve("~x"), "/root/~x");
+        assert_eq!(parent("/root/a"), "/root");
+        assert_eq!(parent("/a"), "/");
+        assert_eq!(parent("/"), "/");
+    }
+
+    #[test]
+    fn attributes_carry_the_kind() {
+        let info = EntryInfo {
+            name: "d".into(),
+            path: "/d".into(),
+            kind: EntryKind::Dir,
+            size: 4096,
+            mode: 0o755,
+            modified_ms: Some(1_700_000_000_123),
+            symlink_target: None,
+        };
+        let attrs = attributes(&info);
+        assert!(attrs.is_dir());
+        assert_eq!(attrs.permissions, Some(0o40_755));
+        assert_eq!(attrs.mtime, Some(1_700_000_000));
+        assert!(directory_entry(&info).longname.starts_with("drwxr-xr-x"));
+    }
+}

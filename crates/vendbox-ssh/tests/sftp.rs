@@ -1,0 +1,261 @@
+//! The SFTP subsystem against a real boxd: russh-sftp's client talks to `serve` over an
+//! in-memory pipe, and every file operation lands on the real file system through boxd's socket.
+//!
+//! `serve` is private to the crate, so this test compiles `src/sftp.rs` into itself. It needs the
+//! `boxd` binary: `BOXD_BIN`, or `boxd` next to this test's `deps/` folder (`cargo build -p boxd`
+//! puts it there); without one the tests say so and pass. OpenSSH's `scp` and `sftp` (with `socat`
+//! standing in for the SSH connection) run against it too where they are installed; vendbox's
+//! end-to-end tests cover them through the real gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)]
+#[path = "../src/sftp.rs"]
+mod sftp;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use russh_sftp::client::SftpSession;
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::protocol::{OpenFlags, StatusCode};
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
+use vendbox_box::BoxdClient;
+
+/// A boxd on a socket in a temporary directory and an SFTP session to it; boxd is killed on drop.
+struct Harness {
+    boxd: Child,
+    dir: tempfile::TempDir,
+    sftp: SftpSession,
+}
+
+impl Harness {
+    /// `None` (after saying why) when there is no boxd binary to run.
+    async fn start() -> Option<Harness> {
+        let Some(bin) = boxd_bin() else {
+            eprintln!("skipped: no boxd binary; run `cargo build -p boxd` or set BOXD_BIN");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("boxd.sock");
+        let boxd = Command::new(bin).arg("--socket").arg(&socket).current_dir(dir.path()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            assert!(Instant::now() < deadline, "boxd did not start listening");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(sftp::serve(server, BoxdClient::new(socket.clone())));
+        // Every connection to `sftp.sock` is an SFTP session too, for OpenSSH's clients.
+        let listener = tokio::net::UnixListener::bind(dir.path().join("sftp.sock")).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(sftp::serve(stream, BoxdClient::new(socket.clone())));
+            }
+        });
+        let sftp = SftpSession::new(client).await.unwrap();
+        Some(Harness { boxd, dir, sftp })
+    }
+
+    /// The absolute path of `rel` in the scratch directory, as SFTP sends it.
+    fn path(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_str().unwrap().to_owned()
+    }
+
+    fn local(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.boxd.kill();
+        let _ = self.boxd.wait();
+    }
+}
+
+fn boxd_bin() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("BOXD_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("boxd");
+    bin.is_file().then_some(bin)
+}
+
+/// Bytes that differ with their offset, so a chunk in the wrong place shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| u8::try_from((i % 251) ^ ((i >> 12) & 0xff)).unwrap()).collect()
+}
+
+fn status_of(err: &SftpError) -> Option<StatusCode> {
+    match err {
+        SftpError::Status(status) => Some(status.status_code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_large_file_goes_up_and_comes_back_byte_for_byte() {
+    let Some(h) = Harness::start().await else { return };
+    let data = pattern(3 << 20);
+    let path = h.path("up/big.bin");
+    std::fs::create_dir(h.local("up")).unwrap();
+
+    let mut file = h.sftp.create(&path).await.unwrap();
+    file.write_all(&data).await.unwrap();
+    file.shutdown().await.unwrap();
+    assert!(std::fs::read(h.local("up/big.bin")).unwrap() == data, "the file on disk differs");
+    assert!(h.sftp.read(&path).await.unwrap() == data, "the file read back differs");
+
+    let meta = h.sftp.metadata(&path).await.unwrap();
+    assert_eq!(meta.size, Some(3 << 20));
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions.map(|p| p & 0o777), Some(0o644));
+    assert!(h.sftp.metadata(h.path("up")).await.unwrap().file_type().is_dir());
+
+    // Without TRUNCATE a write lands in the file's existing contents.
+    let mut file = h.sftp.open_with_flags(&path, OpenFlags::WRITE).await.unwrap();
+    file.seek(std::io::SeekFrom::Start(1 << 20)).await.unwrap();
+    file.write_all(b"patched").await.unwrap();
+    file.shutdown().await.unwrap();
+    let mut expected = data;
+    expected[1 << 20..(1 << 20) + 7].copy_from_slice(b"patched");
+    assert!(std::fs::read(h.local("up/big.bin")).unwrap() == expected, "the patched file differs");
+}
+
+#[tokio::test]
+async fn directories_list_make_move_and_remove() {
+    let Some(h) = Harness::start().await else { return };
+    std::fs::write(h.local("a.txt"), "alpha").unwrap();
+    std::fs::create_dir(h.local("sub")).unwrap();
+
+    let names: Vec<String> =
+        h.sftp.read_dir(h.path("")).await.unwrap().map(|entry| entry.file_name()).collect();
+    assert!(names.contains(&"a.txt".to_owned()) && names.contains(&"sub".to_owned()), "{names:?}");
+
+    h.sftp.create_dir(h.path("new")).await.unwrap();
+    assert!(h.local("new").is_dir());
+    let again = h.sftp.create_dir(h.path("new")).await.unwrap_err();
+    assert_eq!(status_of(&again), Some(StatusCode::Failure));
+
+    h.sftp.rename(h.path("a.txt"), h.path("new/b.txt")).await.unwrap();
+    assert_eq!(std::fs::read_to_string(h.local("new/b.txt")).unwrap(), "alpha");
+    assert!(!h.local("a.txt").exists());
+
+    // RMDIR removes only empty directories, though boxd's DELETE would take the tree.
+    let full = h.sftp.remove_dir(h.path("new")).await.unwrap_err();
+    assert_eq!(status_of(&full), Some(StatusCode::Failure));
+    assert!(h.local("new/b.txt").exists());
+
+    h.sftp.remove_file(h.path("new/b.txt")).await.unwrap();
+    h.sftp.remove_dir(h.path("new")).await.unwrap();
+    assert!(!h.local("new").exists());
+}
+
+#[tokio::test]
+async fn missing_files_are_no_such_file() {
+    let Some(h) = Harness::start().await else { return };
+    let Err(err) = h.sftp.open(h.path("missing")).await else { panic!("a missing file opened") };
+    assert_eq!(status_of(&err), Some(StatusCode::NoSuchFile));
+    let err = h.sftp.metadata(h.path("missing")).await.unwrap_err();
+    assert_eq!(status_of(&err), Some(StatusCode::NoSuchFile));
+    let err = h.sftp.remove_file(h.path("missing")).await.unwrap_err();
+    assert_eq!(status_of(&err), Some(StatusCode::NoSuchFile));
+    assert!(!Path::new(&h.path("missing")).exists());
+}
+
+#[tokio::test]
+async fn paths_resolve_against_the_box_home() {
+    let Some(h) = Harness::start().await else { return };
+    assert_eq!(h.sftp.canonicalize(".").await.unwrap(), "/root");
+    assert_eq!(h.sftp.canonicalize("a/../b").await.unwrap(), "/root/b");
+    assert_eq!(h.sftp.canonicalize("/tmp/../etc").await.unwrap(), "/etc");
+}
+
+/// Runs `program` with `args`, failing the test with its output unless it succeeds; its stdout.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_scp_and_sftp_work() {
+    if !["scp", "sftp", "socat"].into_iter().all(installed) {
+        eprintln!("skipped: needs OpenSSH's scp and sftp, and socat");
+        return;
+    }
+    let Some(h) = Harness::start().await else { return };
+    let connect = format!("socat STDIO UNIX-CONNECT:{}", h.path("sftp.sock"));
+    // scp runs its "ssh" with options and a host; this one ignores them and goes to the socket.
+    let ssh = h.local("ssh.sh");
+    std::fs::write(&ssh, format!("#!/bin/sh\nexec {connect}\n")).unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ssh = ssh.to_str().unwrap().to_owned();
+
+    std::fs::create_dir_all(h.local("local/tree/deep")).unwrap();
+    let data = pattern(5 << 20);
+    std::fs::write(h.local("local/big.bin"), &data).unwrap();
+    std::fs::write(h.local("local/tree/deep/small.txt"), "small\n").unwrap();
+    std::fs::create_dir(h.local("box")).unwrap();
+    let small = h.path("local/tree/deep/small.txt");
+    std::fs::set_permissions(&small, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    run("touch", &["-d", "@1000000000", &small]);
+
+    let scp = |args: &[&str]| {
+        let mut all = vec!["-s", "-q", "-S", &ssh];
+        all.extend_from_slice(args);
+        run("scp", &all)
+    };
+    let remote = |rel: &str| format!("box:{}", h.path(rel));
+    scp(&[&h.path("local/big.bin"), &remote("box/big.bin")]);
+    assert!(std::fs::read(h.local("box/big.bin")).unwrap() == data, "scp's upload differs");
+    scp(&[&remote("box/big.bin"), &h.path("local/back.bin")]);
+    assert!(std::fs::read(h.local("local/back.bin")).unwrap() == data, "scp's download differs");
+    scp(&["-r", "-p", &h.path("local/tree"), &remote("box/")]);
+    assert_eq!(std::fs::read_to_string(h.local("box/tree/deep/small.txt")).unwrap(), "small\n");
+    // `-p` keeps modes and times: FSETSTAT before the upload's CLOSE.
+    let meta = std::fs::metadata(h.local("box/tree/deep/small.txt")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777, 0o750);
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_000_000_000);
+    // Uploading into a directory names the file after the local one.
+    scp(&[&small, &remote("box")]);
+    assert_eq!(std::fs::read_to_string(h.local("box/small.txt")).unwrap(), "small\n");
+
+    let batch = h.local("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "cd {box_dir}\nls -l\nmkdir made\nrename small.txt made/moved.txt\nget made/moved.txt {local}\n\
+             rm made/moved.txt\nrmdir made\nput {big} again.bin\n",
+            box_dir = h.path("box"),
+            local = h.path("local/moved.txt"),
+            big = h.path("local/big.bin"),
+        ),
+    )
+    .unwrap();
+    let listing = run("sftp", &["-q", "-D", &connect, "-b", batch.to_str().unwrap()]);
+    assert!(listing.lines().any(|line| line.starts_with('d') && line.ends_with("tree")), "{listing}");
+    assert!(
+        listing.lines().any(|line| line.starts_with("-rw-r--r--") && line.ends_with("big.bin")),
+        "{listing}"
+    );
+    assert_eq!(std::fs::read_to_string(h.local("local/moved.txt")).unwrap(), "small\n");
+    assert!(!h.local("box/made").exists());
+    assert!(std::fs::read(h.local("box/again.bin")).unwrap() == data, "sftp's put differs");
+}

@@ -1,0 +1,242 @@
+//! The SSH gateway end to end with the real OpenSSH client: keys given at purchase, commands
+//! and exit statuses, environment, an interactive PTY session, scp and sftp, `-L` forwarding,
+//! and refusals for a wrong key, an expired lease and a terminated one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod boxhost;
+mod support;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use boxhost::{Bought, BoxHost};
+use serde_json::json;
+
+/// A fresh ed25519 key pair made by `ssh-keygen`; the private key's path and the public line.
+fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    (path, public.trim().to_owned())
+}
+
+/// A host selling boxes, with the gateway's port and a box bought with a key.
+struct Scene {
+    host: BoxHost,
+    port: String,
+    key: PathBuf,
+    bought: Bought,
+}
+
+async fn scene(minutes: u32) -> Option<Scene> {
+    let host = BoxHost::start()?;
+    let ssh = host.vendbox.as_ref().unwrap().ssh.clone().expect("the SSH gateway runs");
+    let port = ssh.rsplit(':').next().unwrap().to_owned();
+    let (key, public) = keypair(host.dir.path(), "agent");
+    let bought =
+        host.buy_with(&json!({ "offer": "test-box", "minutes": minutes, "ssh_public_key": public })).await;
+    Some(Scene { host, port, key, bought })
+}
+
+impl Scene {
+    /// The options every OpenSSH tool gets: this key only, no host-key prompts, no agent.
+    fn options(key: &Path) -> Vec<String> {
+        [
+            "-i",
+            key.to_str().unwrap(),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    }
+
+    fn ssh(&self, key: &Path, extra: &[&str], command: &str) -> Output {
+        Command::new("ssh")
+            .args(Self::options(key))
+            .args(["-p", &self.port])
+            .args(extra)
+            .arg("root@127.0.0.1")
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn ssh_runs_commands_with_their_exit_status_and_environment() {
+    let Some(s) = scene(10).await else { return };
+    let out = s.ssh(&s.key, &[], "uname -a; id; hostname");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("Linux box "), "{stdout}");
+    assert!(stdout.contains("uid=0(root)"), "{stdout}");
+    let out = s.ssh(&s.key, &[], "echo to stderr >&2; exit 7");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(text(&out.stderr), "to stderr\n");
+    let out = s.ssh(&s.key, &["-o", "SetEnv=GREETING=hello"], "echo $GREETING");
+    assert_eq!(text(&out.stdout), "hello\n");
+    // stdin reaches the command, and its end is the command's end of input.
+    let mut child = Command::new("ssh")
+        .args(Scene::options(&s.key))
+        .args(["-p", &s.port, "root@127.0.0.1", "wc -c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&vec![b'x'; 100_000]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), "100000");
+}
+
+#[tokio::test]
+async fn an_interactive_session_gets_a_terminal() {
+    let Some(s) = scene(10).await else { return };
+    let mut child = Command::new("ssh")
+        .args(Scene::options(&s.key))
+        .args(["-tt", "-p", &s.port, "root@127.0.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"tty; echo TERM=$TERM; echo $((6*7))\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(b"exit 3\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("/dev/pts/"), "{stdout}");
+    assert!(stdout.contains("42"), "{stdout}");
+    assert!(!stdout.contains("TERM=\r"), "the client's TERM is passed: {stdout}");
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+}
+
+#[tokio::test]
+async fn scp_and_sftp_move_files_in_and_out() {
+    let Some(s) = scene(10).await else { return };
+    let local = s.host.dir.path().join("payload.bin");
+    let bytes: Vec<u8> =
+        (0..10 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&local, &bytes).unwrap();
+    let scp = |from: &str, to: &str| {
+        Command::new("scp").args(Scene::options(&s.key)).args(["-P", &s.port, from, to]).output().unwrap()
+    };
+    let out = scp(local.to_str().unwrap(), "root@127.0.0.1:/root/payload.bin");
+    assert!(out.status.success(), "scp in: {}", text(&out.stderr));
+    let sum = s.ssh(&s.key, &[], "sha256sum /root/payload.bin | cut -d' ' -f1");
+    let back = s.host.dir.path().join("back.bin");
+    let out = scp("root@127.0.0.1:/root/payload.bin", back.to_str().unwrap());
+    assert!(out.status.success(), "scp out: {}", text(&out.stderr));
+    assert!(std::fs::read(&back).unwrap() == bytes, "the file came back changed");
+    let local_sum = Command::new("sha256sum").arg(&local).output().unwrap();
+    assert_eq!(text(&sum.stdout).trim(), text(&local_sum.stdout).split(' ').next().unwrap());
+
+    let batch = s.host.dir.path().join("batch");
+    std::fs::write(
+        &batch,
+        "mkdir /root/made\nls -l /root\nrename /root/payload.bin /root/made/moved.bin\nls /root/made\n",
+    )
+    .unwrap();
+    let out = Command::new("sftp")
+        .args(Scene::options(&s.key))
+        .args(["-P", &s.port, "-b", batch.to_str().unwrap(), "root@127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sftp: {}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert!(listing.contains("payload.bin") && listing.contains("10485760"), "{listing}");
+    assert!(listing.contains("moved.bin"), "{listing}");
+}
+
+#[tokio::test]
+async fn local_forwarding_reaches_a_server_inside_the_box() {
+    let Some(s) = scene(10).await else { return };
+    let out = s.ssh(
+        &s.key,
+        &[],
+        "cd /tmp && echo inside-the-box > index.html && (setsid python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &) ; sleep 1; echo started",
+    );
+    assert!(text(&out.stdout).contains("started"), "{}", text(&out.stderr));
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut tunnel = Command::new("ssh")
+        .args(Scene::options(&s.key))
+        .args(["-N", "-p", &s.port, "-L", &format!("{local_port}:127.0.0.1:8000"), "root@127.0.0.1"])
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{local_port}/index.html");
+    let started = Instant::now();
+    let body = loop {
+        if let Ok(response) = reqwest::get(&url).await {
+            break response.text().await.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the tunnel never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tunnel.kill().unwrap();
+    tunnel.wait().unwrap();
+    assert_eq!(body, "inside-the-box\n");
+}
+
+#[tokio::test]
+async fn wrong_keys_and_ended_leases_are_refused_and_open_sessions_end_with_the_lease() {
+    let Some(s) = scene(10).await else { return };
+    let (stranger, _) = keypair(s.host.dir.path(), "stranger");
+    let out = s.ssh(&stranger, &[], "true");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
+
+    // A session open while the lease is terminated is ended with the reason.
+    let open = Command::new("ssh")
+        .args(Scene::options(&s.key))
+        .args(["-p", &s.port, "root@127.0.0.1", "echo ready; sleep 120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.host.end(&s.bought).await.0, 200);
+    let started = Instant::now();
+    let out = open.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "the session outlived its lease");
+    assert_eq!(text(&out.stdout), "ready\n");
+
+    let out = s.ssh(&s.key, &[], "true");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("terminated"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_refused_with_a_message() {
+    let Some(s) = scene(1).await else { return };
+    assert!(s.ssh(&s.key, &[], "true").status.success());
+    let (_, view) = s.host.get(&format!("/v1/boxes/{}", s.bought.id), &s.bought.token).await;
+    let expires: chrono::DateTime<chrono::Utc> = view["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(view["ssh_command"].as_str().unwrap().starts_with("ssh -p "), "{view}");
+    tokio::time::sleep((expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1))
+        .await;
+    let out = s.ssh(&s.key, &[], "true");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("time has run out"), "{}", text(&out.stderr));
+}
