@@ -169,6 +169,43 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The leases the SSH key with `fingerprint` opens, newest first.
     async fn leases_for_ssh_key(&self, fingerprint: &str) -> StoreResult<Vec<Lease>>;
 
+    /// The lease and capability a token (by its hash) opens, if any.
+    async fn lease_for_token(&self, hash: &TokenHash) -> StoreResult<Option<(LeaseId, Capability)>>;
+
+    /// The lease whose id (its text form) starts with `prefix`, when exactly one does.
+    async fn lease_by_id_prefix(&self, prefix: &str) -> StoreResult<Option<Lease>>;
+
+    /// Moves an active lease's `expires_at` from `expected` to `until`, counting a renewal paid
+    /// by `payment`; [`StoreError::Conflict`] when the lease is no longer active or its expiry
+    /// moved meanwhile. Returns the renewal count.
+    async fn extend_lease(
+        &self,
+        id: LeaseId,
+        expected: DateTime<Utc>,
+        until: DateTime<Utc>,
+        payment: Option<PaymentId>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u32>;
+
+    /// How often the lease was renewed, and the payment of its latest renewal.
+    async fn lease_renewals(&self, id: LeaseId) -> StoreResult<(u32, Option<PaymentId>)>;
+
+    /// Claims `request_id` for a request whose body hashes to `body_hash`: `None` when it is
+    /// new (the caller goes on and later records its answer), or what the first request with it
+    /// left: its body hash and its answer (`None` while that request is still running).
+    async fn claim_request(
+        &self,
+        request_id: &str,
+        body_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(String, Option<String>)>>;
+
+    /// Records the answer (and lease) of a claimed request.
+    async fn finish_request(&self, request_id: &str, lease: Option<LeaseId>, response: &str) -> StoreResult<()>;
+
+    /// Gives up a claim whose request made nothing, so that it can be sent again.
+    async fn release_request(&self, request_id: &str) -> StoreResult<()>;
+
     /// Leases in any of `states`, oldest first.
     async fn leases_in_states(&self, states: &[LeaseState]) -> StoreResult<Vec<Lease>>;
 

@@ -456,6 +456,128 @@ macro_rules! store_impl {
                 }
             }
 
+            async fn lease_for_token(
+                &self,
+                hash: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<Option<(vendbox_core::LeaseId, vendbox_core::Capability)>> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT lease_id, capability FROM lease_tokens WHERE token_hash = $1")
+                    .bind(hash.to_hex())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let id: String = row.try_get("lease_id")?;
+                let id = id.parse().map_err(|_| $crate::StoreError::Corrupt(format!("lease_tokens.lease_id {id}")))?;
+                let capability = $crate::shared::parse_name(
+                    row.try_get("capability")?,
+                    "lease_tokens.capability",
+                    vendbox_core::Capability::from_name,
+                )?;
+                Ok(Some((id, capability)))
+            }
+
+            async fn lease_by_id_prefix(&self, prefix: &str) -> $crate::StoreResult<Option<vendbox_core::Lease>> {
+                if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                    return Ok(None);
+                }
+                let rows = sqlx::query("SELECT * FROM leases WHERE id LIKE $1 ORDER BY id LIMIT 2")
+                    .bind(format!("{prefix}%"))
+                    .fetch_all(&self.pool)
+                    .await?;
+                if rows.len() == 1 { rows.first().map(Self::lease_from_row).transpose() } else { Ok(None) }
+            }
+
+            async fn extend_lease(
+                &self,
+                id: vendbox_core::LeaseId,
+                expected: chrono::DateTime<chrono::Utc>,
+                until: chrono::DateTime<chrono::Utc>,
+                payment: Option<vendbox_core::PaymentId>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<u32> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "UPDATE leases SET expires_at = $3, renewal_count = renewal_count + 1, \
+                     last_renewal_payment_id = COALESCE($4, last_renewal_payment_id), updated_at = $5 \
+                     WHERE id = $1 AND state = 'active' AND expires_at = $2 RETURNING renewal_count",
+                )
+                .bind(id.to_string())
+                .bind($crate::shared::ms(expected))
+                .bind($crate::shared::ms(until))
+                .bind(payment.map(|p| p.to_string()))
+                .bind($crate::shared::ms(now))
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    Some(r) => $crate::shared::sql_to_u32(r.try_get("renewal_count")?, "leases.renewal_count"),
+                    None => Err($crate::StoreError::Conflict(format!("lease {id} is not active at that expiry"))),
+                }
+            }
+
+            async fn lease_renewals(
+                &self,
+                id: vendbox_core::LeaseId,
+            ) -> $crate::StoreResult<(u32, Option<vendbox_core::PaymentId>)> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT renewal_count, last_renewal_payment_id FROM leases WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::NotFound(format!("lease {id}")))?;
+                let count = $crate::shared::sql_to_u32(row.try_get("renewal_count")?, "leases.renewal_count")?;
+                let payment: Option<String> = row.try_get("last_renewal_payment_id")?;
+                Ok((count, payment.and_then(|p| p.parse().ok())))
+            }
+
+            async fn claim_request(
+                &self,
+                request_id: &str,
+                body_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Option<(String, Option<String>)>> {
+                use sqlx::Row;
+                let inserted = sqlx::query(
+                    "INSERT INTO lease_requests (request_id, body_hash, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(request_id)
+                .bind(body_hash)
+                .bind($crate::shared::ms(now))
+                .execute(&self.pool)
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(None);
+                }
+                let row = sqlx::query("SELECT body_hash, response FROM lease_requests WHERE request_id = $1")
+                    .bind(request_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(Some((row.try_get("body_hash")?, row.try_get("response")?)))
+            }
+
+            async fn finish_request(
+                &self,
+                request_id: &str,
+                lease: Option<vendbox_core::LeaseId>,
+                response: &str,
+            ) -> $crate::StoreResult<()> {
+                sqlx::query("UPDATE lease_requests SET lease_id = $2, response = $3 WHERE request_id = $1")
+                    .bind(request_id)
+                    .bind(lease.map(|l| l.to_string()))
+                    .bind(response)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn release_request(&self, request_id: &str) -> $crate::StoreResult<()> {
+                sqlx::query("DELETE FROM lease_requests WHERE request_id = $1 AND response IS NULL")
+                    .bind(request_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn add_lease_ssh_key(
                 &self,
                 id: vendbox_core::LeaseId,

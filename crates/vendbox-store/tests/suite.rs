@@ -225,6 +225,49 @@ async fn ssh_keys_find_their_leases_newest_first(store: Arc<dyn Store>) {
     assert!(store.leases_for_ssh_key("SHA256:none").await.unwrap().is_empty());
 }
 
+async fn machine_leases_are_found_by_token_and_id_prefix_and_extend_by_compare_and_set(store: Arc<dyn Store>) {
+    let mut l = lease(None);
+    let read = SecretToken::generate();
+    store.insert_lease(&l, &[(Capability::Read, read.hash())]).await.unwrap();
+    assert_eq!(store.lease_for_token(&read.hash()).await.unwrap(), Some((l.id, Capability::Read)));
+    assert_eq!(store.lease_for_token(&SecretToken::generate().hash()).await.unwrap(), None);
+    let text = l.id.to_string();
+    assert_eq!(store.lease_by_id_prefix(&text[..18]).await.unwrap().map(|x| x.id), Some(l.id));
+    assert_eq!(store.lease_by_id_prefix("zz'--").await.unwrap(), None);
+    assert_eq!(store.lease_by_id_prefix("").await.unwrap(), None);
+
+    let expires = l.expires_at.unwrap();
+    // Only an active lease at the expected expiry moves.
+    assert!(matches!(
+        store.extend_lease(l.id, expires, expires + Duration::minutes(30), None, t0()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    for (next, from) in
+        [(LeaseState::Provisioning, LeaseState::Pending), (LeaseState::Active, LeaseState::Provisioning)]
+    {
+        l.transition(next).unwrap();
+        store.update_lease(&l, from, t0()).await.unwrap();
+    }
+    let later = expires + Duration::minutes(30);
+    let paid = PaymentId::new_random();
+    assert_eq!(store.extend_lease(l.id, expires, later, Some(paid), t0()).await.unwrap(), 1);
+    assert!(matches!(store.extend_lease(l.id, expires, later, None, t0()).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.get_lease(l.id).await.unwrap().unwrap().expires_at, Some(later));
+    assert_eq!(store.lease_renewals(l.id).await.unwrap(), (1, Some(paid)));
+
+    // A request id is claimed once; its answer is kept for the next sender.
+    assert_eq!(store.claim_request("req-1", "h1", t0()).await.unwrap(), None);
+    assert_eq!(store.claim_request("req-1", "h1", t0()).await.unwrap(), Some(("h1".into(), None)));
+    store.finish_request("req-1", Some(l.id), "{\"ok\":true}").await.unwrap();
+    assert_eq!(
+        store.claim_request("req-1", "h2", t0()).await.unwrap(),
+        Some(("h1".into(), Some("{\"ok\":true}".into())))
+    );
+    assert_eq!(store.claim_request("req-2", "h1", t0()).await.unwrap(), None);
+    store.release_request("req-2").await.unwrap();
+    assert_eq!(store.claim_request("req-2", "h1", t0()).await.unwrap(), None);
+}
+
 async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
     let mut l = lease(Some(5));
     store.insert_lease(&l, &[]).await.unwrap();
@@ -510,6 +553,7 @@ suite!(
     leases_move_by_compare_and_set,
     actions_are_spent_atomically,
     ssh_keys_find_their_leases_newest_first,
+    machine_leases_are_found_by_token_and_id_prefix_and_extend_by_compare_and_set,
     ledger_balances_never_go_negative,
     concurrent_charges_cannot_overdraw,
     locks_grant_one_holder_and_fence_each_grant,
