@@ -2,7 +2,7 @@
 """Pay for a URL with the official x402 Python client (protocol v2).
 
 Usage:
-    VENDBOX_WALLET_KEY=0x... python3 pay_x402.py URL [--method POST] [--json '{...}']
+    VENDBOX_WALLET_KEY=0x... python3 pay_x402.py URL [--method POST] [--json '{...}'] [--header 'Name: value']
 
 The client is x402 2.25.0 (``pip install -r requirements.txt``): an
 ``x402Client`` with the ``exact`` EVM scheme registered for ``eip155:*``
@@ -91,6 +91,8 @@ async def _run(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {}
     if args.json is not None:
         kwargs["json"] = json.loads(args.json)
+    if args.header:
+        kwargs["headers"] = {k.strip(): v.strip() for k, v in (h.split(":", 1) for h in args.header)}
 
     try:
         transport = x402_httpx_transport(client, RecordingTransport())
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--method", default="GET")
     parser.add_argument("--json", default=None, help="JSON request body (sets Content-Type)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value', sent with every request")
     args = parser.parse_args()
     args.method = args.method.upper()
     sys.exit(asyncio.run(_run(args)))

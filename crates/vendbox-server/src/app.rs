@@ -23,7 +23,9 @@ use crate::error::ApiError;
 use crate::gate::PaymentGate;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::openapi;
-use crate::routes::{boxes, health, locks, offers, payments, quotes, sessions, vpsagent};
+use crate::routes::{
+    boxes, health, locks, offers, payments, quotes, rentals, sessions, storefront, vpsagent,
+};
 
 /// Header carrying the request id, set by vendbox when the client sends none.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -96,6 +98,14 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/v1/quotes/{id}", get(quotes::get))
         .route("/v1/payments/{id}", get(payments::get))
         .route("/catalog", get(vpsagent::catalog))
+        .route("/rent", post(rentals::rent))
+        .route("/rentals/{rental_id}", get(rentals::get))
+        .route("/rentals/{rental_id}/renew", post(rentals::renew))
+        .route("/instance/{rental_id}", get(rentals::instance))
+        .route("/api/health", get(storefront::health))
+        .route("/api/machines", post(storefront::create))
+        .route("/api/machines/{machine_id}", get(storefront::get).delete(storefront::terminate))
+        .route("/api/machines/{machine_id}/extend", post(storefront::extend))
         .route("/x402/locks/acquire", post(locks::h3retik_acquire))
         .route("/x402/locks/release", post(locks::h3retik_release))
         .route("/x402/locks/renew", post(locks::h3retik_renew))

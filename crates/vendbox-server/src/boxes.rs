@@ -72,8 +72,19 @@ impl SshKey {
 pub struct Provisioned {
     /// The lease, active.
     pub lease: Lease,
-    /// Its bearer token.
-    pub token: SecretToken,
+    /// Its bearer tokens, one per capability asked for.
+    pub tokens: Vec<(Capability, SecretToken)>,
+}
+
+impl Provisioned {
+    /// The token of `capability`, as text (empty if it was not made).
+    pub fn token(&self, capability: Capability) -> String {
+        self.tokens
+            .iter()
+            .find(|(c, _)| *c == capability)
+            .map(|(_, t)| t.expose().to_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// What one command did.
@@ -104,6 +115,7 @@ impl Boxes {
         terms: &QuoteTerms,
         payment_id: Option<PaymentId>,
         ssh_keys: &[SshKey],
+        capabilities: &[Capability],
     ) -> Result<Provisioned, ApiError> {
         if !matches!(offer.kind, OfferKind::Sandbox | OfferKind::Machine) {
             return Err(ApiError::new(
@@ -112,10 +124,22 @@ impl Boxes {
                 format!("offer `{}` does not sell a box", offer.id),
             ));
         }
+        if let Some(gpu) = &offer.resources.gpu {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "boxes_unavailable",
+                format!(
+                    "this vendbox's {} backend has no {}; nothing was charged",
+                    self.backend.name(),
+                    gpu.model
+                ),
+            ));
+        }
         let now = now();
         let id = LeaseId::new_random();
         let box_id = BoxId::new(&id.to_string()).map_err(|e| ApiError::internal(&e))?;
-        let token = SecretToken::generate();
+        let tokens: Vec<(Capability, SecretToken)> =
+            capabilities.iter().map(|c| (*c, SecretToken::generate())).collect();
         let mut lease = Lease {
             id,
             offer_id: offer.id.clone(),
@@ -130,7 +154,8 @@ impl Boxes {
             actions_remaining: terms.actions,
             failure_reason: None,
         };
-        self.store.insert_lease(&lease, &[(Capability::Root, token.hash())]).await?;
+        let hashes: Vec<_> = tokens.iter().map(|(c, t)| (*c, t.hash())).collect();
+        self.store.insert_lease(&lease, &hashes).await?;
         for key in ssh_keys {
             self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
         }
@@ -160,7 +185,7 @@ impl Boxes {
             return Err(e.into());
         }
         tracing::info!(lease = %lease.id, offer = %lease.offer_id, "box active");
-        Ok(Provisioned { lease, token })
+        Ok(Provisioned { lease, tokens })
     }
 
     /// The lease `id` if `token` opens it; 404 and 401 otherwise (the same 404 for a lease that
@@ -170,6 +195,16 @@ impl Boxes {
         let lease_id: LeaseId = id.parse().map_err(|_| missing())?;
         let lease =
             self.store.get_lease(lease_id).await?.filter(|l| l.box_id.is_some()).ok_or_else(missing)?;
+        self.authorize(lease, token, Capability::Read).await
+    }
+
+    /// `lease` if `token` carries `wanted` (or root) on it; 401 otherwise.
+    pub async fn authorize(
+        &self,
+        lease: Lease,
+        token: Option<&SecretToken>,
+        wanted: Capability,
+    ) -> Result<Lease, ApiError> {
         let token = token.ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -178,10 +213,14 @@ impl Boxes {
             )
         })?;
         let tokens = self.store.lease_tokens(lease.id).await?;
-        if tokens.iter().any(|(capability, hash)| capability.allows(Capability::Read) && hash.verify(token)) {
+        if tokens.iter().any(|(capability, hash)| capability.allows(wanted) && hash.verify(token)) {
             Ok(lease)
         } else {
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "this token does not open this box"))
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                format!("this token does not give `{}` on this box", wanted.as_str()),
+            ))
         }
     }
 
@@ -216,6 +255,94 @@ impl Boxes {
         let client = self.boxd(lease)?;
         self.spend(lease).await?;
         Ok(client)
+    }
+
+    /// The lease a root token (a VpsAgent `root_password`) opens over SSH.
+    pub async fn lease_for_password(&self, password: &str) -> Result<Option<LeaseId>, ApiError> {
+        let token = SecretToken::presented(password);
+        Ok(self
+            .store
+            .lease_for_token(&token.hash())
+            .await?
+            .filter(|(_, c)| *c == Capability::Root)
+            .map(|(id, _)| id))
+    }
+
+    /// The lease whose id starts with `prefix` (a Storefront `machine_…` id's hex).
+    pub async fn lease_by_prefix(&self, prefix: &str) -> Result<Option<Lease>, ApiError> {
+        Ok(self.store.lease_by_id_prefix(prefix).await?.filter(|l| l.box_id.is_some()))
+    }
+
+    /// How often the lease was renewed, and the payment of its latest renewal.
+    pub async fn renewals(&self, id: LeaseId) -> Result<(u32, Option<PaymentId>), ApiError> {
+        Ok(self.store.lease_renewals(id).await?)
+    }
+
+    /// A payment's settlement reference (transaction hash), once it settled.
+    pub async fn settlement_of(&self, payment: Option<PaymentId>) -> Option<String> {
+        let payment = self.store.get_payment(payment?).await.ok()??;
+        if payment.state == PaymentState::Settled { payment.settlement_ref } else { None }
+    }
+
+    /// Checks that an active lease can be extended by `minutes`; its new expiry and the change
+    /// to make once the extension is paid for (the expiry moves only then).
+    pub fn extension(
+        &self,
+        lease: &Lease,
+        minutes: u32,
+        payment: Option<PaymentId>,
+    ) -> Result<(DateTime<Utc>, impl Future<Output = Result<(), ApiError>> + Send + 'static), ApiError> {
+        let current = match (lease.state, lease.expires_at) {
+            (LeaseState::Active, Some(at)) if at > now() => at,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_active",
+                    format!("this machine is {}; only an active one can be extended", lease.state.as_str()),
+                ));
+            }
+        };
+        let until = current + chrono::Duration::minutes(i64::from(minutes));
+        let store = self.store.clone();
+        let id = lease.id;
+        let apply = async move {
+            match store.extend_lease(id, current, until, payment, now()).await {
+                Ok(_) => Ok(()),
+                Err(StoreError::Conflict(_)) => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_active",
+                    "the machine ended or was extended meanwhile; the payment is named in this answer",
+                )),
+                Err(e) => Err(e.into()),
+            }
+        };
+        Ok((until, apply))
+    }
+
+    /// Claims a client's idempotency key (see [`vendbox_store::Store::claim_request`]).
+    pub async fn claim_request(
+        &self,
+        key: &str,
+        body_hash: &str,
+    ) -> Result<Option<(String, Option<String>)>, ApiError> {
+        Ok(self.store.claim_request(key, body_hash, now()).await?)
+    }
+
+    /// Keeps the answer of a claimed request for the next sender of the same key.
+    pub async fn finish_request(
+        &self,
+        key: &str,
+        lease: Option<LeaseId>,
+        answer: &str,
+    ) -> Result<(), ApiError> {
+        Ok(self.store.finish_request(key, lease, answer).await?)
+    }
+
+    /// Lets a key whose request made nothing be sent again.
+    pub async fn release_request(&self, key: &str) {
+        if let Err(e) = self.store.release_request(key).await {
+            tracing::warn!(error = %e, "could not release a request id");
+        }
     }
 
     /// The lease `id`, if there is one.

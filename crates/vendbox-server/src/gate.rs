@@ -31,19 +31,35 @@ pub const PAYMENT_ID: HeaderName = HeaderName::from_static("vendbox-payment-id")
 pub struct Delivery<T> {
     value: T,
     delivered: bool,
-    undo: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    undo: Option<Step<()>>,
+    settled: Option<Step<Result<(), ApiError>>>,
 }
+
+/// A boxed step of paid work that runs around the settlement.
+type Step<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<T> Delivery<T> {
     /// The buyer got what they paid for: settle, then answer `value`.
     pub fn delivered(value: T) -> Self {
-        Self { value, delivered: true, undo: None }
+        Self { value, delivered: true, undo: None, settled: None }
     }
 
     /// The request was served but nothing was sold (a lock already held): void the payment and
     /// answer `value`, charging nothing.
     pub fn not_delivered(value: T) -> Self {
-        Self { value, delivered: false, undo: None }
+        Self { value, delivered: false, undo: None, settled: None }
+    }
+
+    /// Runs `then` once the payment has settled, before answering: for changes that must not
+    /// happen unless the money moved (a renewal's new expiry). If it fails, the error is the
+    /// answer (the payment stays settled and is named in the answer).
+    #[must_use]
+    pub fn after_settlement(
+        mut self,
+        then: impl Future<Output = Result<(), ApiError>> + Send + 'static,
+    ) -> Self {
+        self.settled = Some(Box::pin(then));
+        self
     }
 
     /// Runs `undo` if the settlement then fails, so that nobody keeps what was not paid for.
@@ -60,6 +76,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Delivery<T> {
             .field("value", &self.value)
             .field("delivered", &self.delivered)
             .field("undo", &self.undo.is_some())
+            .field("after_settlement", &self.settled.is_some())
             .finish()
     }
 }
@@ -158,7 +175,14 @@ impl PaymentGate {
         W: Future<Output = Result<Delivery<T>, ApiError>>,
     {
         let Some(requirements) = requirements else {
-            return work(None).await.map(|d| d.value).into_response();
+            return match work(None).await {
+                Ok(Delivery { value, settled: Some(then), .. }) => match then.await {
+                    Ok(()) => value.into_response(),
+                    Err(error) => error.into_response(),
+                },
+                Ok(delivery) => delivery.value.into_response(),
+                Err(error) => error.into_response(),
+            };
         };
         let admitted = match self.admit(headers, &requirements).await {
             Ok(admitted) => admitted,
@@ -180,8 +204,20 @@ impl PaymentGate {
                 self.void(id, "nothing was sold for this request; nothing was charged").await;
                 with_payment_id(value.into_response(), id)
             }
-            Ok(Delivery { value, delivered: true, undo }) => match self.settle(admitted).await {
-                Ok(receipt) => (receipt, value).into_response(),
+            Ok(Delivery { value, delivered: true, undo, settled }) => match self.settle(admitted).await {
+                Ok(receipt) => match settled {
+                    None => (receipt, value).into_response(),
+                    Some(then) => match then.await {
+                        Ok(()) => (receipt, value).into_response(),
+                        Err(error) => {
+                            tracing::error!(
+                                code = error.code,
+                                "paid work could not be completed after settlement"
+                            );
+                            (receipt, error).into_response()
+                        }
+                    },
+                },
                 Err(refusal) => {
                     if let Some(undo) = undo {
                         undo.await;

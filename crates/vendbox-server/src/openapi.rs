@@ -5,7 +5,9 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{boxes, health, locks, offers, payments, quotes, sessions, vpsagent};
+use crate::routes::{
+    boxes, health, locks, offers, payments, quotes, rentals, sessions, storefront, vpsagent,
+};
 
 /// vendbox's API description.
 #[derive(OpenApi, Debug)]
@@ -23,6 +25,15 @@ use crate::routes::{boxes, health, locks, offers, payments, quotes, sessions, vp
         quotes::get,
         payments::get,
         vpsagent::catalog,
+        rentals::rent,
+        rentals::get,
+        rentals::renew,
+        rentals::instance,
+        storefront::health,
+        storefront::create,
+        storefront::get,
+        storefront::terminate,
+        storefront::extend,
         locks::h3retik_acquire,
         locks::h3retik_release,
         locks::h3retik_renew,
@@ -54,6 +65,7 @@ use crate::routes::{boxes, health, locks, offers, payments, quotes, sessions, vp
         (name = "payments", description = "Payments made to this vendbox (x402: 402 challenge, PAYMENT-SIGNATURE or X-PAYMENT, receipt in PAYMENT-RESPONSE or X-PAYMENT-RESPONSE)"),
         (name = "vpsagent", description = "The VpsAgent API, path for path"),
         (name = "h3retik", description = "The H3RETIK Cloud API, path for path"),
+        (name = "storefront", description = "The Agentic Compute Storefront API, path for path (paid over x402)"),
         (name = "locks", description = "Agent Lock, native: TTL locks with fencing tokens; the release token is a bearer"),
         (name = "boxes", description = "Boxes, native: buy one, run commands (one action each), move files, end it; the box's token is a bearer"),
     )

@@ -37,8 +37,9 @@ impl vendbox_ssh::Leases for SshLeases {
         Some(chosen.id.to_string())
     }
 
-    async fn by_password(&self, _user: &str, _password: &str) -> Option<String> {
-        None
+    async fn by_password(&self, _user: &str, password: &str) -> Option<String> {
+        // A VpsAgent rental's `root_password` is its root token.
+        self.boxes.lease_for_password(password).await.ok().flatten().map(|id| id.to_string())
     }
 
     async fn begin(&self, lease: &str) -> Result<BoxdClient, String> {

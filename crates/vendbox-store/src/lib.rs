@@ -201,7 +201,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Option<(String, Option<String>)>>;
 
     /// Records the answer (and lease) of a claimed request.
-    async fn finish_request(&self, request_id: &str, lease: Option<LeaseId>, response: &str) -> StoreResult<()>;
+    async fn finish_request(
+        &self,
+        request_id: &str,
+        lease: Option<LeaseId>,
+        response: &str,
+    ) -> StoreResult<()>;
 
     /// Gives up a claim whose request made nothing, so that it can be sent again.
     async fn release_request(&self, request_id: &str) -> StoreResult<()>;

@@ -225,7 +225,9 @@ async fn ssh_keys_find_their_leases_newest_first(store: Arc<dyn Store>) {
     assert!(store.leases_for_ssh_key("SHA256:none").await.unwrap().is_empty());
 }
 
-async fn machine_leases_are_found_by_token_and_id_prefix_and_extend_by_compare_and_set(store: Arc<dyn Store>) {
+async fn machine_leases_are_found_by_token_and_id_prefix_and_extend_by_compare_and_set(
+    store: Arc<dyn Store>,
+) {
     let mut l = lease(None);
     let read = SecretToken::generate();
     store.insert_lease(&l, &[(Capability::Read, read.hash())]).await.unwrap();
@@ -251,7 +253,10 @@ async fn machine_leases_are_found_by_token_and_id_prefix_and_extend_by_compare_a
     let later = expires + Duration::minutes(30);
     let paid = PaymentId::new_random();
     assert_eq!(store.extend_lease(l.id, expires, later, Some(paid), t0()).await.unwrap(), 1);
-    assert!(matches!(store.extend_lease(l.id, expires, later, None, t0()).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.extend_lease(l.id, expires, later, None, t0()).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.get_lease(l.id).await.unwrap().unwrap().expires_at, Some(later));
     assert_eq!(store.lease_renewals(l.id).await.unwrap(), (1, Some(paid)));
 

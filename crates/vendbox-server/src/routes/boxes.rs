@@ -20,7 +20,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use vendbox_core::{Lease, LeaseState, OfferId, QuoteParams};
+use vendbox_core::{Capability, Lease, LeaseState, OfferId, QuoteParams};
 
 use crate::app::AppState;
 use crate::auth::optional_bearer;
@@ -197,14 +197,30 @@ pub async fn create(
         &request.offer,
         &params,
         "/v1/boxes",
-        ssh_keys.into_iter().collect(),
+        Access::root(ssh_keys.into_iter().collect()),
         move |provisioned| {
             let view = BoxView::of(&provisioned.lease, &answer_state);
-            (StatusCode::CREATED, Json(CreatedBox { view, token: provisioned.token.expose().to_owned() }))
+            (StatusCode::CREATED, Json(CreatedBox { view, token: provisioned.token(Capability::Root) }))
                 .into_response()
         },
     )
     .await
+}
+
+/// Who may open a box being bought: SSH keys, and the capabilities to make tokens for.
+#[derive(Debug, Clone)]
+pub(crate) struct Access {
+    /// Keys that open it through the SSH gateway.
+    pub(crate) ssh_keys: Vec<SshKey>,
+    /// One bearer token is made for each.
+    pub(crate) capabilities: Vec<Capability>,
+}
+
+impl Access {
+    /// One root token, and these keys.
+    pub(crate) fn root(ssh_keys: Vec<SshKey>) -> Access {
+        Access { ssh_keys, capabilities: vec![Capability::Root] }
+    }
 }
 
 /// Sells `offer_id` on `params` through the gate; `answer` shapes the response of the made box.
@@ -214,15 +230,16 @@ pub(crate) async fn buy(
     offer_id: &str,
     params: &QuoteParams,
     path: &str,
-    ssh_keys: Vec<SshKey>,
+    access: Access,
     answer: impl FnOnce(&Provisioned) -> Response + Send,
 ) -> Result<Response, ApiError> {
+    let Access { ssh_keys, capabilities } = access;
     let boxes = service(state)?;
     let offer = state.catalog.offer(offer_id).map_err(|e| ApiError::from(e).with_field("offer"))?.clone();
     let terms = offer.quote(params)?;
     let requirements = state.gate.charge(terms.price, path, &offer.title)?;
     let work = |payment_id| async move {
-        let provisioned = boxes.provision(&offer, &terms, payment_id, &ssh_keys).await?;
+        let provisioned = boxes.provision(&offer, &terms, payment_id, &ssh_keys, &capabilities).await?;
         let id = provisioned.lease.id;
         let response = answer(&provisioned);
         let undo = async move { boxes.unpaid(id).await };

@@ -6,5 +6,7 @@ pub mod locks;
 pub mod offers;
 pub mod payments;
 pub mod quotes;
+pub mod rentals;
 pub mod sessions;
+pub mod storefront;
 pub mod vpsagent;

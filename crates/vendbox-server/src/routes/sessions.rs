@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use vendbox_core::{Lease, LeaseState, OfferKind, QuoteParams};
+use vendbox_core::{Capability, Lease, LeaseState, OfferKind, QuoteParams};
 
 use crate::app::AppState;
 use crate::auth::optional_bearer;
@@ -110,8 +110,8 @@ async fn sell(
     params: QuoteParams,
     path: &str,
 ) -> Result<Response, ApiError> {
-    boxes::buy(state, headers, offer_id, &params, path, Vec::new(), |provisioned| {
-        let body = session_response(&provisioned.lease, Some(provisioned.token.expose().to_owned()));
+    boxes::buy(state, headers, offer_id, &params, path, boxes::Access::root(Vec::new()), |provisioned| {
+        let body = session_response(&provisioned.lease, Some(provisioned.token(Capability::Root)));
         (StatusCode::OK, Json(body)).into_response()
     })
     .await
