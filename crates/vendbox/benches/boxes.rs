@@ -4,6 +4,8 @@
 //!   unprivileged uid;
 //! - exec round trip of `true` through the API on one box, p50/p99, against the round trip of
 //!   `GET /healthz` (the HTTP stack alone);
+//! - SSH: connect + authenticate + `true` through the gateway against OpenSSH's own sshd on
+//!   this machine, and from `POST /v1/boxes` (with a key) to the first successful `ssh … true`;
 //! - idle density: how many idle boxes this host holds (up to `VENDBOX_BENCH_BOXES`, default
 //!   500) and the host memory each costs (MemAvailable before and after, and the box cgroups'
 //!   own accounting).
@@ -53,8 +55,9 @@ fn row(label: &str, (p50, p99): (Duration, Duration), baseline: Option<(Duration
     println!("  {label:<52} p50 {:>8.2} ms   p99 {:>8.2} ms{ratio}", ms(p50), ms(p99));
 }
 
-/// A vendbox selling a free small box, on a runtime of its own thread; its URL.
-fn serve(data_dir: PathBuf) -> String {
+/// A vendbox selling a free small box, on a runtime of its own thread; its URL and the SSH
+/// gateway's address.
+fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr) {
     let mut config = Config::load(None, Vec::new()).unwrap();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.ssh.listen = "127.0.0.1:0".parse().unwrap();
@@ -74,7 +77,8 @@ fn serve(data_dir: PathBuf) -> String {
         runtime.block_on(async move {
             let store = vendbox_store::open(None, &config.store.data_dir).await.unwrap();
             let server = Server::bind(&config, store, Secrets::default()).await.unwrap();
-            tx.send(format!("http://{}", server.local_addr().unwrap())).unwrap();
+            tx.send((format!("http://{}", server.local_addr().unwrap()), server.ssh_addr().unwrap()))
+                .unwrap();
             server.run(std::future::pending()).await.unwrap();
         });
     });
@@ -179,7 +183,8 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("state");
     std::fs::create_dir_all(&data_dir).unwrap();
-    let client = Client { http: reqwest::Client::new(), base: serve(data_dir.clone()) };
+    let (url, ssh_addr) = serve(data_dir.clone());
+    let client = Client { http: reqwest::Client::new(), base: url };
     println!("boxes on this host ({} CPUs):", std::thread::available_parallelism().map_or(0, usize::from));
 
     // Warm caches, then alternate the two measurements so that both see the same machine.
@@ -215,6 +220,8 @@ async fn run() {
     row("GET /healthz round trip (baseline)", health, None);
     row("exec `true` round trip, through the API", percentiles(exec), Some(health));
     client.end(&warm).await;
+
+    ssh(&client, ssh_addr, dir.path()).await;
 
     let target: usize = std::env::var("VENDBOX_BENCH_BOXES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -259,6 +266,124 @@ async fn run() {
     let config =
         LocalConfig { data_dir, boxd: vec![exe, "boxd".into()], run_root: PathBuf::from("/run/vendbox") };
     LocalBackend::new(config).unwrap().remove_all().await.unwrap();
+}
+
+/// `ssh … true` with `key` to `port`, timed; panics unless it succeeds.
+fn ssh_true(key: &std::path::Path, port: u16) -> Duration {
+    let started = Instant::now();
+    let status = Command::new("ssh")
+        .args(["-i", key.to_str().unwrap(), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+        .args(["-p", &port.to_string(), "root@127.0.0.1", "true"])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    started.elapsed()
+}
+
+/// OpenSSH's own sshd on a free port, with `key` authorized for root; stopped by its pid.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Sshd {
+    fn start(dir: &std::path::Path, public_key: &str) -> Option<Sshd> {
+        let sshd = PathBuf::from("/usr/sbin/sshd");
+        if !sshd.exists() {
+            return None;
+        }
+        std::fs::create_dir_all("/run/sshd").ok()?;
+        let host_key = dir.join("sshd_host_key");
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .ok()?;
+        std::fs::write(dir.join("authorized_keys"), public_key).ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin yes\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\nPidFile none\n",
+                host_key.display(),
+                dir.join("authorized_keys").display()
+            ),
+        )
+        .ok()?;
+        let child = Command::new(sshd).arg("-D").arg("-f").arg(&config).stderr(Stdio::null()).spawn().ok()?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(5) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Sshd { child, port })
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SSH figures: session setup plus `true` against OpenSSH's sshd and the gateway, and the time
+/// from buying a box to its first successful SSH command.
+async fn ssh(client: &Client, gateway: std::net::SocketAddr, dir: &std::path::Path) {
+    let key = dir.join("bench_key");
+    Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap();
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let Some(sshd) = Sshd::start(dir, &public) else {
+        println!(
+            "  skipped the SSH rows: OpenSSH's sshd cannot be started here (apt install openssh-server)"
+        );
+        return;
+    };
+    let body =
+        json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300, "ssh_public_key": public.trim() });
+    let buy = || async {
+        let answer: Value = client
+            .http
+            .post(format!("{}/v1/boxes", client.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (answer["id"].as_str().unwrap().to_owned(), answer["token"].as_str().unwrap().to_owned())
+    };
+    let target = buy().await;
+    let (mut baseline, mut gateway_times) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        baseline.push(ssh_true(&key, sshd.port));
+        gateway_times.push(ssh_true(&key, gateway.port()));
+    }
+    drop(sshd);
+    client.end(&target).await;
+    let baseline = percentiles(baseline);
+    row("OpenSSH sshd: connect, authenticate, run `true` (baseline)", baseline, None);
+    row(
+        "vendbox gateway: connect, authenticate, run `true` in the box",
+        percentiles(gateway_times),
+        Some(baseline),
+    );
+    let mut to_first = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let bought = buy().await;
+        let _ = ssh_true(&key, gateway.port());
+        to_first.push(started.elapsed());
+        client.end(&bought).await;
+    }
+    row("POST /v1/boxes with a key, then the first `ssh … true`", percentiles(to_first), Some(baseline));
 }
 
 fn main() {

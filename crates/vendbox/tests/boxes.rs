@@ -209,6 +209,7 @@ async fn the_official_python_client_pays_for_a_micro_session_that_runs_three_com
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
     let paid = shop.run_client_on(
         "python3",
         "pay_x402.py",
@@ -241,7 +242,6 @@ async fn the_official_python_client_pays_for_a_micro_session_that_runs_three_com
     }
     let (status, out) = run("echo fourth").await;
     assert_eq!((status, out["error"]["code"].as_str()), (409, Some("actions_exhausted")), "{out}");
-    boxhost::remove_all(&shop.dir.path().join("state"));
 }
 
 #[tokio::test]
@@ -254,6 +254,7 @@ async fn a_box_that_cannot_be_made_charges_nothing() {
         return;
     };
     let payer = shop.payer().await;
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
     let args = ["--method", "POST"];
     let paid = shop.client_answer("python3", "pay_x402.py", &payer, "/x402/sessions/micro", &args, false);
     assert_eq!(paid["status"], 503, "{paid}");
@@ -261,7 +262,6 @@ async fn a_box_that_cannot_be_made_charges_nothing() {
     assert!(paid["payment_response"].is_null(), "{paid}");
     assert_eq!(shop.balance(payer.address()).await, shop::FUNDS);
     assert!(boxhost::backend_for(&shop.dir.path().join("state")).list().await.unwrap().is_empty());
-    boxhost::remove_all(&shop.dir.path().join("state"));
 }
 
 #[tokio::test]
@@ -271,6 +271,7 @@ async fn a_box_whose_payment_does_not_settle_is_destroyed() {
     }
     let Some(shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=3")]).await else { return };
     let payer = shop.payer().await;
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
     let url = shop.url("/x402/sessions/micro");
     let unpaid = reqwest::Client::new().post(&url).json(&json!({})).send().await.unwrap();
     assert_eq!(unpaid.status(), 402);
@@ -293,5 +294,4 @@ async fn a_box_whose_payment_does_not_settle_is_destroyed() {
     assert_eq!(response.status(), 402);
     let id = backend.list().await.unwrap();
     assert!(id.is_empty(), "the unpaid box is destroyed before the answer: {id:?}");
-    boxhost::remove_all(&state);
 }

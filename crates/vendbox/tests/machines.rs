@@ -55,6 +55,7 @@ async fn storefront_machines_are_made_once_per_request_id_with_separate_tokens_a
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
     let (key, public) = keypair(shop.dir.path());
     let health: Value = reqwest::get(shop.url("/api/health")).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
@@ -139,7 +140,6 @@ async fn storefront_machines_are_made_once_per_request_id_with_separate_tokens_a
     let (status, ended) =
         send(reqwest::Method::DELETE, &url, tokens["terminate_token"].as_str().unwrap()).await;
     assert_eq!((status, ended["status"].as_str()), (200, Some("terminated")), "{ended}");
-    boxhost::remove_all(&shop.dir.path().join("state"));
 }
 
 #[tokio::test]
@@ -149,6 +149,7 @@ async fn vpsagent_rentals_log_in_with_their_password_renew_with_their_token_and_
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
     let rented = pay(&shop, &payer, "/rent", &json!({ "sku": "sandbox_1h", "region": "EU" }), &[]);
     assert_eq!(rented["status"], 200, "{rented}");
     let rental = &rented["body"];
@@ -227,7 +228,6 @@ async fn vpsagent_rentals_log_in_with_their_password_renew_with_their_token_and_
     assert_eq!(shop.balance(payer.address()).await, shop::FUNDS - 500_000 * 2);
     let unknown = pay(&shop, &payer, "/rent", &json!({ "sku": "server_huge_1mo" }), &[]);
     assert_eq!(unknown["status"], 400, "{unknown}");
-    boxhost::remove_all(&shop.dir.path().join("state"));
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
@@ -240,9 +240,9 @@ async fn a_rental_whose_box_cannot_be_made_charges_nothing() {
         return;
     };
     let payer = shop.payer().await;
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
     let failed = pay(&shop, &payer, "/rent", &json!({ "sku": "sandbox_1h" }), &[]);
     assert_eq!(failed["status"], 503, "{failed}");
     assert!(failed["payment_response"].is_null(), "{failed}");
     assert_eq!(shop.balance(payer.address()).await, shop::FUNDS);
-    boxhost::remove_all(&shop.dir.path().join("state"));
 }

@@ -209,3 +209,12 @@ pub fn remove_all(data_dir: &Path) {
     .join()
     .unwrap();
 }
+
+/// Removes every box of a data directory when dropped, also when the test fails before its end.
+pub struct Cleanup(pub PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_all(&self.0);
+    }
+}
