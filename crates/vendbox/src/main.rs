@@ -1,9 +1,10 @@
 //! The `vendbox` binary: `serve` runs the storefront; `dev` runs it on a local chain with test
-//! USDC and a funded agent wallet; `fetch` is an x402-paying HTTP client; `version` says which
+//! USDC and a funded agent wallet; `fetch` is an x402-paying HTTP client; `ssh` opens a bought box; `version` says which
 //! build this is. Inside every box the same program runs as `vendbox boxd`, the box's PID 1.
 
 mod dev;
 mod fetch;
+mod ssh;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ enum Command {
     Dev(dev::DevArgs),
     /// Fetch a URL, paying its HTTP 402 with x402 from VENDBOX_WALLET_KEY, up to --max-price.
     Fetch(fetch::FetchArgs),
+    /// Open a box you bought over SSH: `vendbox ssh LEASE [COMMAND…]` (needs the lease's token
+    /// in VENDBOX_LEASE_TOKEN or --token, and the key given at purchase).
+    Ssh(ssh::SshArgs),
     /// Print the version.
     Version,
     /// Run as PID 1 of a box (started by vendbox inside each box; not for people).
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_async(serve(args)),
         Command::Dev(args) => run_async(dev::run(args)),
         Command::Fetch(args) => run_async(fetch::run(args)),
+        Command::Ssh(args) => run_async(ssh::run(args)),
         Command::Boxd(args) => boxd::run(boxd::RunOptions { socket: args.socket }),
     };
     match result {

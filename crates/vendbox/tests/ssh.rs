@@ -240,3 +240,31 @@ async fn an_expired_lease_is_refused_with_a_message() {
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("time has run out"), "{}", text(&out.stderr));
 }
+
+#[tokio::test]
+async fn vendbox_ssh_opens_a_lease_by_its_id() {
+    let Some(s) = scene(10).await else { return };
+    let out = Command::new(support::BIN)
+        .args(["ssh", &s.bought.id, "-i", s.key.to_str().unwrap(), "--url", &s.host.url("")])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args(["--", "echo from $(hostname)"])
+        .env("VENDBOX_LEASE_TOKEN", &s.bought.token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "from box\n", "{}", text(&out.stderr));
+    let out = Command::new(support::BIN)
+        .args(["ssh", &s.bought.id, "--url", &s.host.url(""), "true"])
+        .env("VENDBOX_LEASE_TOKEN", "vbx_wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+}
