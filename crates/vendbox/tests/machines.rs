@@ -246,3 +246,36 @@ async fn a_rental_whose_box_cannot_be_made_charges_nothing() {
     assert!(failed["payment_response"].is_null(), "{failed}");
     assert_eq!(shop.balance(payer.address()).await, shop::FUNDS);
 }
+
+#[tokio::test]
+async fn an_expired_rental_cannot_be_renewed_and_nothing_is_charged() {
+    if !ready() {
+        return;
+    }
+    let Some(mut shop) = Shop::open(31337, &[]).await else { return };
+    // The one-hour sandbox, made to last one minute for this test.
+    let config = "[[offers]]\nid = \"vpsagent-sandbox-1h\"\nduration = { rule = \"fixed\", minutes = 1 }\n";
+    std::fs::write(shop.dir.path().join("vendbox.toml"), config).unwrap();
+    shop.vendbox = shop.serve(&[]);
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let payer = shop.payer().await;
+    let rented = pay(&shop, &payer, "/rent", &json!({ "sku": "sandbox_1h" }), &[]);
+    assert_eq!(rented["status"], 200, "{rented}");
+    let id = rented["body"]["rental_id"].as_str().unwrap();
+    let token = rented["body"]["root_token"].as_str().unwrap();
+    let expires = rented["body"]["expires_at"].as_i64().unwrap();
+    let wait = expires - chrono::Utc::now().timestamp_millis() + 1500;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+    let snapshot: Value =
+        reqwest::get(shop.url(&format!("/rentals/{id}"))).await.unwrap().json().await.unwrap();
+    assert_eq!(snapshot["status"], "expired", "{snapshot}");
+    let paid_before = shop.balance(payer.address()).await;
+    let late =
+        pay(&shop, &payer, &format!("/rentals/{id}/renew?token={token}"), &json!({ "periods": 1 }), &[]);
+    assert_eq!(
+        (late["status"].as_u64(), late["body"]["error"]["code"].as_str()),
+        (Some(409), Some("not_active")),
+        "{late}"
+    );
+    assert_eq!(shop.balance(payer.address()).await, paid_before);
+}
