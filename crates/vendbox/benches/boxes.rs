@@ -136,11 +136,14 @@ struct Client {
 
 impl Client {
     async fn buy(&self) -> (String, String) {
-        let body = json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300 });
+        self.buy_with(&json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300 })).await
+    }
+
+    async fn buy_with(&self, body: &Value) -> (String, String) {
         let answer: Value = self
             .http
             .post(format!("{}/v1/boxes", self.base))
-            .json(&body)
+            .json(body)
             .send()
             .await
             .unwrap()
@@ -347,20 +350,7 @@ async fn ssh(client: &Client, gateway: std::net::SocketAddr, dir: &std::path::Pa
     };
     let body =
         json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300, "ssh_public_key": public.trim() });
-    let buy = || async {
-        let answer: Value = client
-            .http
-            .post(format!("{}/v1/boxes", client.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (answer["id"].as_str().unwrap().to_owned(), answer["token"].as_str().unwrap().to_owned())
-    };
-    let target = buy().await;
+    let target = client.buy_with(&body).await;
     let (mut baseline, mut gateway_times) = (Vec::new(), Vec::new());
     for _ in 0..30 {
         baseline.push(ssh_true(&key, sshd.port));
@@ -378,7 +368,7 @@ async fn ssh(client: &Client, gateway: std::net::SocketAddr, dir: &std::path::Pa
     let mut to_first = Vec::new();
     for _ in 0..10 {
         let started = Instant::now();
-        let bought = buy().await;
+        let bought = client.buy_with(&body).await;
         let _ = ssh_true(&key, gateway.port());
         to_first.push(started.elapsed());
         client.end(&bought).await;
