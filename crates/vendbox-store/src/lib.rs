@@ -22,6 +22,10 @@ use vendbox_core::{
 };
 
 pub use error::StoreError;
+
+/// How long a request id claimed without an answer stays claimed (a request that ran longer was
+/// cut off by a stop).
+pub const STALE_REQUEST_CLAIM: chrono::Duration = chrono::Duration::minutes(10);
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -192,7 +196,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Claims `request_id` for a request whose body hashes to `body_hash`: `None` when it is
     /// new (the caller goes on and later records its answer), or what the first request with it
-    /// left: its body hash and its answer (`None` while that request is still running).
+    /// left: its body hash and its answer (`None` while that request is still running). A claim
+    /// without an answer older than [`STALE_REQUEST_CLAIM`] is taken over.
     async fn claim_request(
         &self,
         request_id: &str,

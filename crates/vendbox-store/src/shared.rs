@@ -536,13 +536,18 @@ macro_rules! store_impl {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<Option<(String, Option<String>)>> {
                 use sqlx::Row;
+                // A claim whose request never recorded an answer (its vendbox stopped mid-way) is
+                // taken over once it is older than a request can run.
                 let inserted = sqlx::query(
                     "INSERT INTO lease_requests (request_id, body_hash, created_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (request_id) DO NOTHING",
+                     ON CONFLICT (request_id) DO UPDATE SET body_hash = excluded.body_hash, \
+                     created_at = excluded.created_at \
+                     WHERE lease_requests.response IS NULL AND lease_requests.created_at < $4",
                 )
                 .bind(request_id)
                 .bind(body_hash)
                 .bind($crate::shared::ms(now))
+                .bind($crate::shared::ms(now - $crate::STALE_REQUEST_CLAIM))
                 .execute(&self.pool)
                 .await?;
                 if inserted.rows_affected() == 1 {

@@ -271,6 +271,15 @@ async fn machine_leases_are_found_by_token_and_id_prefix_and_extend_by_compare_a
     assert_eq!(store.claim_request("req-2", "h1", t0()).await.unwrap(), None);
     store.release_request("req-2").await.unwrap();
     assert_eq!(store.claim_request("req-2", "h1", t0()).await.unwrap(), None);
+    // A claim left without an answer (a stop mid-request) is taken over once it is stale; an
+    // answered one never is.
+    let later = t0() + Duration::minutes(11);
+    assert_eq!(
+        store.claim_request("req-2", "h1", t0() + Duration::minutes(5)).await.unwrap(),
+        Some(("h1".into(), None))
+    );
+    assert_eq!(store.claim_request("req-2", "h3", later).await.unwrap(), None);
+    assert!(store.claim_request("req-1", "h1", later).await.unwrap().unwrap().1.is_some());
 }
 
 async fn actions_are_spent_atomically(store: Arc<dyn Store>) {
