@@ -268,3 +268,53 @@ async fn vendbox_ssh_opens_a_lease_by_its_id() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
 }
+
+/// Drives `ssh -tt` from a real terminal (Python's `pty`), resizing it half way; the output.
+const RESIZE_DRIVER: &str = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+args = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("ssh", ["ssh"] + args)
+def size(rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+size(30, 100)
+out = b""
+def wait(seconds):
+    global out
+    end = time.time() + seconds
+    while time.time() < end:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                return
+def wait_for(count, seconds):
+    # Until the shell has answered `count` size lines (or time runs out).
+    end = time.time() + seconds
+    while time.time() < end and out.count(b"size=") - out.count(b"size=$") < count:
+        wait(0.1)
+os.write(fd, b"echo size=$(stty size)\n")
+wait_for(1, 15)
+size(40, 120)
+wait(0.5)
+os.write(fd, b"echo size=$(stty size)\n")
+wait_for(2, 15)
+os.write(fd, b"exit\n")
+wait(1.0)
+sys.stdout.write(out.decode("utf-8", "replace"))
+"#;
+
+#[tokio::test]
+async fn a_terminal_resize_reaches_the_shell() {
+    let Some(s) = scene(10).await else { return };
+    let args: Vec<String> = Scene::options(&s.key)
+        .into_iter()
+        .chain(["-tt".into(), "-p".into(), s.port.clone(), "root@127.0.0.1".into()])
+        .collect();
+    let out = Command::new("python3").arg("-c").arg(RESIZE_DRIVER).args(&args).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("size=30 100"), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("size=40 120"), "the new size did not reach the shell: {stdout}");
+}
