@@ -117,6 +117,18 @@ impl BoxdClient {
         self.socket.exists()
     }
 
+    /// Sends `request` on a new connection to boxd (which may be upgraded to a raw stream).
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<hyper::Response<Incoming>, BoxError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.socket.display())))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| BoxError::Unreachable(e.to_string()))?;
+        tokio::spawn(connection.with_upgrades());
+        sender.send_request(request).await.map_err(|e| BoxError::Unreachable(e.to_string()))
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -125,13 +137,6 @@ impl BoxdClient {
         json: bool,
     ) -> Result<hyper::Response<Incoming>, BoxError> {
         let call = async {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
-                .await
-                .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.socket.display())))?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| BoxError::Unreachable(e.to_string()))?;
-            tokio::spawn(connection);
             let content_type = if json { "application/json" } else { "application/octet-stream" };
             let request = Request::builder()
                 .method(method)
@@ -140,7 +145,7 @@ impl BoxdClient {
                 .header(http::header::CONTENT_TYPE, content_type)
                 .body(Full::new(body))
                 .map_err(|e| BoxError::Unreachable(e.to_string()))?;
-            sender.send_request(request).await.map_err(|e| BoxError::Unreachable(e.to_string()))
+            self.exchange(request).await
         };
         let response = tokio::time::timeout(CONNECT_TIMEOUT, call).await.map_err(|_| {
             BoxError::Unreachable(format!("boxd did not answer within {CONNECT_TIMEOUT:?}"))
@@ -256,13 +261,6 @@ impl BoxdClient {
     /// own: boxd connects first, so a port nothing listens on is `connect_failed`.
     pub async fn connect_tcp(&self, port: u16) -> Result<TcpTunnel, BoxError> {
         let call = async {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
-                .await
-                .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.socket.display())))?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| BoxError::Unreachable(e.to_string()))?;
-            tokio::spawn(connection.with_upgrades());
             let request = Request::builder()
                 .method(Method::GET)
                 .uri(format!("/tcp?port={port}"))
@@ -271,7 +269,7 @@ impl BoxdClient {
                 .header(http::header::UPGRADE, TCP_UPGRADE)
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| BoxError::Unreachable(e.to_string()))?;
-            sender.send_request(request).await.map_err(|e| BoxError::Unreachable(e.to_string()))
+            self.exchange(request).await
         };
         // boxd itself waits up to `TCP_CONNECT_TIMEOUT` for the port before it answers.
         let limit = CONNECT_TIMEOUT + TCP_CONNECT_TIMEOUT;
