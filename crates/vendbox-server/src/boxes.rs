@@ -198,6 +198,16 @@ impl Boxes {
         self.authorize(lease, token, Capability::Read).await
     }
 
+    /// The capability `token` carries on `lease`, if it is one of the lease's tokens.
+    pub async fn capability_of(
+        &self,
+        lease: &Lease,
+        token: &SecretToken,
+    ) -> Result<Option<Capability>, ApiError> {
+        let tokens = self.store.lease_tokens(lease.id).await?;
+        Ok(tokens.into_iter().find(|(_, hash)| hash.verify(token)).map(|(capability, _)| capability))
+    }
+
     /// `lease` if `token` carries `wanted` (or root) on it; 401 otherwise.
     pub async fn authorize(
         &self,
@@ -212,8 +222,7 @@ impl Boxes {
                 "send the box's token as `Authorization: Bearer …`",
             )
         })?;
-        let tokens = self.store.lease_tokens(lease.id).await?;
-        if tokens.iter().any(|(capability, hash)| capability.allows(wanted) && hash.verify(token)) {
+        if self.capability_of(&lease, token).await?.is_some_and(|c| c.allows(wanted)) {
             Ok(lease)
         } else {
             Err(ApiError::new(
@@ -284,29 +293,32 @@ impl Boxes {
         if payment.state == PaymentState::Settled { payment.settlement_ref } else { None }
     }
 
-    /// Checks that an active lease can be extended by `minutes`; its new expiry and the change
-    /// to make once the extension is paid for (the expiry moves only then).
-    pub fn extension(
+    /// Checks that an active lease can be extended by `minutes`, and what its expiry would be.
+    pub fn extension(&self, lease: &Lease, minutes: u32) -> Result<Extension, ApiError> {
+        match (lease.state, lease.expires_at) {
+            (LeaseState::Active, Some(from)) if from > now() => Ok(Extension {
+                id: lease.id,
+                from,
+                until: from + chrono::Duration::minutes(i64::from(minutes)),
+            }),
+            _ => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_active",
+                format!("this machine is {}; only an active one can be extended", lease.state.as_str()),
+            )),
+        }
+    }
+
+    /// Moves the lease's expiry as `extension` says, recording `payment` (run once it settled).
+    pub fn apply(
         &self,
-        lease: &Lease,
-        minutes: u32,
+        extension: Extension,
         payment: Option<PaymentId>,
-    ) -> Result<(DateTime<Utc>, impl Future<Output = Result<(), ApiError>> + Send + 'static), ApiError> {
-        let current = match (lease.state, lease.expires_at) {
-            (LeaseState::Active, Some(at)) if at > now() => at,
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_active",
-                    format!("this machine is {}; only an active one can be extended", lease.state.as_str()),
-                ));
-            }
-        };
-        let until = current + chrono::Duration::minutes(i64::from(minutes));
+    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'static {
         let store = self.store.clone();
-        let id = lease.id;
-        let apply = async move {
-            match store.extend_lease(id, current, until, payment, now()).await {
+        async move {
+            let Extension { id, from, until } = extension;
+            match store.extend_lease(id, from, until, payment, now()).await {
                 Ok(_) => Ok(()),
                 Err(StoreError::Conflict(_)) => Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -315,8 +327,7 @@ impl Boxes {
                 )),
                 Err(e) => Err(e.into()),
             }
-        };
-        Ok((until, apply))
+        }
     }
 
     /// Claims a client's idempotency key (see [`vendbox_store::Store::claim_request`]).
@@ -523,6 +534,16 @@ impl Boxes {
         }
         Ok(due.len())
     }
+}
+
+/// A checked extension of an active lease, applied once it is paid for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extension {
+    id: LeaseId,
+    /// The expiry it moves from (the store refuses if it moved meanwhile).
+    from: DateTime<Utc>,
+    /// The expiry it moves to.
+    pub until: DateTime<Utc>,
 }
 
 /// What start-up reconciliation did.

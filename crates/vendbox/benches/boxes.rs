@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vendbox_box::local::{LocalBackend, LocalConfig};
+use vendbox_box::local::{LocalBackend, LocalConfig, NAMESPACES};
 use vendbox_server::{Config, Secrets, Server};
 
 const CREATES: usize = 40;
@@ -89,17 +89,8 @@ fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr) {
 fn bare_bwrap() -> Duration {
     let started = Instant::now();
     let status = Command::new("bwrap")
+        .args(NAMESPACES)
         .args([
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup",
-            "--unshare-net",
-            "--uid",
-            "0",
-            "--gid",
-            "0",
             "--ro-bind",
             "/usr",
             "/usr",

@@ -34,6 +34,21 @@ pub const UID_BASE: u32 = 2_000_000;
 /// How many uids the range holds (also the most boxes a host can run at once).
 pub const UID_COUNT: u32 = 100_000;
 
+/// The bubblewrap arguments of a box's namespaces: user (root inside mapped to the box's uid
+/// outside), pid, ipc, uts, cgroup and net.
+pub const NAMESPACES: [&str; 10] = [
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup",
+    "--unshare-net",
+    "--uid",
+    "0",
+    "--gid",
+    "0",
+];
+
 /// How long a box may take to answer before its creation fails.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -145,28 +160,12 @@ impl LocalBackend {
 
     /// The bubblewrap command line for a box.
     fn bwrap_args(&self, layer: &Path, spec: &BoxSpec) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup",
-            "--unshare-net",
-            "--uid",
-            "0",
-            "--gid",
-            "0",
-            "--hostname",
-            "box",
-            "--new-session",
-            "--as-pid-1",
-            "--ro-bind",
-            "/usr",
-            "/usr",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
+        let mut args: Vec<String> = NAMESPACES.into_iter().map(String::from).collect();
+        args.extend(
+            ["--hostname", "box", "--new-session", "--as-pid-1", "--ro-bind", "/usr", "/usr"]
+                .into_iter()
+                .map(String::from),
+        );
         let _ = spec.egress; // Egress is refused before a box is made; see `create`.
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             let host = Path::new("/").join(top);
@@ -425,11 +424,14 @@ fn reachable_copy(exe: &Path, run_root: &Path) -> Result<PathBuf, BoxError> {
     if world_can_reach {
         return Ok(exe);
     }
-    let bytes = fs::read(&exe).map_err(BoxError::io(format!("reading {}", exe.display())))?;
-    let copy = run_root.join(format!("boxd-{}", hex::encode(&Sha256::digest(&bytes)[..6])));
+    // Named by size and modification time, so a start-up finds an earlier copy without reading
+    // the program again, and a rebuilt program gets a copy of its own.
+    let meta = fs::metadata(&exe).map_err(BoxError::io(format!("reading {}", exe.display())))?;
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    let copy = run_root.join(format!("boxd-{}-{}", meta.len(), modified.map_or(0, |d| d.as_nanos())));
     if !copy.exists() {
         let partial = copy.with_extension("partial");
-        fs::write(&partial, &bytes).map_err(BoxError::io(format!("writing {}", partial.display())))?;
+        fs::copy(&exe, &partial).map_err(BoxError::io(format!("writing {}", partial.display())))?;
         fs::set_permissions(&partial, fs::Permissions::from_mode(0o755))
             .map_err(BoxError::io(format!("making {} executable", partial.display())))?;
         fs::rename(&partial, &copy).map_err(BoxError::io(format!("placing {}", copy.display())))?;

@@ -20,11 +20,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use vendbox_core::{Capability, Lease, LeaseState, OfferId, QuoteParams};
+use vendbox_core::{Capability, Lease, LeaseState, OfferId, QuoteParams, Usdc};
 
 use crate::app::AppState;
 use crate::auth::optional_bearer;
-use crate::boxes::{self, Boxes, Provisioned, SshKey};
+use crate::boxes::{self, Boxes, Extension, Provisioned, SshKey};
 use crate::error::ApiError;
 use crate::gate::Delivery;
 use crate::json::ApiJson;
@@ -244,6 +244,25 @@ pub(crate) async fn buy(
         let response = answer(&provisioned);
         let undo = async move { boxes.unpaid(id).await };
         Ok(Delivery::delivered(response).undo_with(undo))
+    };
+    Ok(state.gate.pay_for(headers, requirements, work).await)
+}
+
+/// Sells `extension` of a lease at `price` through the gate, answering `body`: the expiry moves
+/// only once the payment settled, and a lease that cannot be extended was refused before.
+pub(crate) async fn sell_extension(
+    state: &AppState,
+    headers: &HeaderMap,
+    extension: Extension,
+    price: Usdc,
+    path: &str,
+    title: &str,
+    body: impl IntoResponse + Send + 'static,
+) -> Result<Response, ApiError> {
+    let boxes = service(state)?;
+    let requirements = state.gate.charge(price, path, title)?;
+    let work = |payment| async move {
+        Ok(Delivery::delivered(body).after_settlement(boxes.apply(extension, payment)))
     };
     Ok(state.gate.pay_for(headers, requirements, work).await)
 }

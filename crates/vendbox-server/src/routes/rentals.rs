@@ -15,7 +15,6 @@ use vendbox_core::{Capability, Lease, LeaseState, Offer, OfferKind, QuoteParams,
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::gate::Delivery;
 use crate::json::{self, ApiJson};
 use crate::routes::boxes::{self as native, BoxView};
 
@@ -294,23 +293,26 @@ pub async fn renew(
     let minutes = terms.minutes.unwrap_or(0).saturating_mul(periods);
     let price = terms.price.checked_mul(u64::from(periods)).ok_or(vendbox_core::CoreError::PriceOverflow)?;
     let boxes = native::service(&state)?;
-    // Refuse before asking for money when the rental cannot be renewed (the change is made
-    // again, with its payment, once paid).
-    drop(boxes.extension(&lease, minutes, None)?);
-    let requirements = state.gate.charge(price, &format!("/rentals/{id}/renew"), &offer.title)?;
-    let work = |payment| async move {
-        let (until, apply) = boxes.extension(&lease, minutes, payment)?;
-        let (count, _) = boxes.renewals(lease.id).await?;
-        let body = RenewalCreated {
-            rental_id: lease.id.to_string(),
-            status: "renewed",
-            current_expires_at: ms(until),
-            predicted_expires_at: ms(until),
-            renewal_count: count + 1,
-        };
-        Ok(Delivery::delivered((StatusCode::OK, Json(body))).after_settlement(apply))
+    let extension = boxes.extension(&lease, minutes)?;
+    let (count, _) = boxes.renewals(lease.id).await?;
+    let body = RenewalCreated {
+        rental_id: lease.id.to_string(),
+        status: "renewed",
+        current_expires_at: ms(extension.until),
+        predicted_expires_at: ms(extension.until),
+        renewal_count: count + 1,
     };
-    Ok(state.gate.pay_for(&headers, requirements, work).await)
+    let path = format!("/rentals/{id}/renew");
+    native::sell_extension(
+        &state,
+        &headers,
+        extension,
+        price,
+        &path,
+        &offer.title,
+        (StatusCode::OK, Json(body)),
+    )
+    .await
 }
 
 /// Live status: whether the box answers, its address and expiry, and the SSH password.

@@ -20,7 +20,6 @@ use crate::app::AppState;
 use crate::auth::optional_bearer;
 use crate::boxes::SshKey;
 use crate::error::ApiError;
-use crate::gate::Delivery;
 use crate::json::ApiJson;
 use crate::routes::boxes as native;
 
@@ -274,26 +273,19 @@ async fn open(
     let missing = || ApiError::not_found("machine_not_found", format!("there is no machine `{id}`"));
     let lease = boxes.lease_by_prefix(&lease_prefix(id)).await?.ok_or_else(missing)?;
     let token: Option<SecretToken> = optional_bearer(headers);
-    match boxes.authorize(lease.clone(), token.as_ref(), wanted).await {
-        Ok(lease) => Ok(lease),
-        Err(refused) => {
-            let any = [Capability::Read, Capability::Extend, Capability::Terminate];
-            for other in any {
-                if boxes.authorize(lease.clone(), token.as_ref(), other).await.is_ok() {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "wrong_token",
-                        format!(
-                            "this token cannot {} this machine; use its {}_token",
-                            wanted.as_str(),
-                            wanted.as_str()
-                        ),
-                    ));
-                }
-            }
-            Err(refused)
-        }
+    // A token of this machine without the capability is forbidden (403); anything else that
+    // does not open it is unauthorized (401, from `authorize`).
+    if let Some(token) = &token
+        && let Some(capability) = boxes.capability_of(&lease, token).await?
+        && !capability.allows(wanted)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_token",
+            format!("this token cannot {0} this machine; use its {0}_token", wanted.as_str()),
+        ));
     }
+    boxes.authorize(lease, token.as_ref(), wanted).await
 }
 
 /// The machine (read token).
@@ -348,15 +340,17 @@ pub async fn extend(
     let offer = state.catalog.offer(lease.offer_id.as_str())?.clone();
     let price =
         vendbox_core::PriceRule { base: vendbox_core::Usdc::ZERO, ..offer.price }.price(minutes, 0)?;
-    let boxes = native::service(&state)?;
-    drop(boxes.extension(&lease, minutes, None)?);
-    let requirements = state.gate.charge(price, &format!("/api/machines/{id}/extend"), &offer.title)?;
-    let gate = state.gate.clone();
-    let work = |payment| async move {
-        let (until, apply) = boxes.extension(&lease, minutes, payment)?;
-        let extended = Lease { expires_at: Some(until), ..lease };
-        let body = machine(&extended, &state);
-        Ok(Delivery::delivered((StatusCode::OK, Json(body))).after_settlement(apply))
-    };
-    Ok(gate.pay_for(&headers, requirements, work).await)
+    let extension = native::service(&state)?.extension(&lease, minutes)?;
+    let body = machine(&Lease { expires_at: Some(extension.until), ..lease }, &state);
+    let path = format!("/api/machines/{id}/extend");
+    native::sell_extension(
+        &state,
+        &headers,
+        extension,
+        price,
+        &path,
+        &offer.title,
+        (StatusCode::OK, Json(body)),
+    )
+    .await
 }
