@@ -19,7 +19,8 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, Params};
 use crate::spawn::resolve;
 use crate::wire::{
-    Ack, EntryInfo, EntryKind, EntryList, ListQuery, MoveRequest, PathQuery, WriteQuery, WriteResult,
+    Ack, EntryInfo, EntryKind, EntryList, FILE_SIZE_HEADER, ListQuery, MoveRequest, PathQuery, WriteQuery,
+    WriteResult,
 };
 
 /// Bytes read from a file per chunk of a download.
@@ -52,11 +53,29 @@ async fn blocking<T: Send + 'static>(
 /// `GET /files?path=P`: the file's bytes, streamed.
 pub(crate) async fn read(Params(query): Params<PathQuery>) -> Result<Response, ApiError> {
     let path = request_path(&query.path)?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::io(&path, &e))?;
+    // Non-blocking, so that opening a FIFO nobody writes to does not wait; it changes nothing
+    // for a regular file, the only kind served.
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+        .open(&path)
+        .await
+        .map_err(|e| ApiError::io(&path, &e))?;
     let meta = file.metadata().await.map_err(|e| ApiError::io(&path, &e))?;
     if meta.is_dir() {
         return Err(ApiError::io(&path, &io::Error::from(io::ErrorKind::IsADirectory)));
     }
+    if !meta.is_file() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_a_file",
+            format!(
+                "{} is not a regular file (a device, FIFO or socket); only regular files are read",
+                path.display()
+            ),
+        ));
+    }
+    let size = meta.len();
     let chunks = futures_util::stream::unfold(Some(file), |file| async move {
         let mut file = file?;
         let mut buf = vec![0_u8; READ_CHUNK];
@@ -69,7 +88,14 @@ pub(crate) async fn read(Params(query): Params<PathQuery>) -> Result<Response, A
             Err(e) => Some((Err(e), None)),
         }
     });
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(chunks)).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE.as_str(), "application/octet-stream".to_owned()),
+            (FILE_SIZE_HEADER, size.to_string()),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 /// Distinguishes the temporary files of concurrent writes.

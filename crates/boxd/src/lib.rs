@@ -19,7 +19,7 @@ mod table;
 mod tcp;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +29,24 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::reaper::Reaper;
 use crate::table::ProcessTable;
 
+/// Where boxd takes its connections from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A socket path boxd binds itself (tests and tools outside a box); a stale socket file
+    /// there is removed first.
+    Path(PathBuf),
+    /// A listening Unix socket handed over as standard input (as inetd and systemd's
+    /// `StandardInput=socket` do). This is how a box's boxd is started: the host binds the
+    /// socket in a directory the box cannot reach, so no process in the box can move, replace
+    /// or redirect it.
+    Stdin,
+}
+
 /// How boxd is started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
-    /// Where to listen; a stale socket file there is removed first.
-    pub socket: PathBuf,
+    /// Where to listen.
+    pub listen: Listen,
 }
 
 /// What every request handler shares.
@@ -58,8 +71,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn serve(options: RunOptions) -> anyhow::Result<()> {
-    let socket = options.socket;
     // Outside a box boxd is not PID 1; orphans of its children must still come to it.
+    // No core dumps, and /proc/1's memory and descriptors are not another process's to open
+    // unless it may trace boxd (the box's seccomp filter also refuses tracing PID 1).
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("cannot make boxd non-dumpable")?;
     let own_pid = rustix::process::getpid();
     rustix::process::set_child_subreaper(Some(own_pid)).context("cannot become a child subreaper")?;
     // Registered before the first spawn, so no SIGCHLD is missed.
@@ -71,19 +87,10 @@ async fn serve(options: RunOptions) -> anyhow::Result<()> {
     let reaping = Arc::clone(&boxd);
     tokio::spawn(async move { reaping.reaper.run(sigchld).await });
 
-    match std::fs::remove_file(&socket) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot remove the stale socket {}", socket.display()));
-        }
-        _ => {}
-    }
-    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+    let (listener, socket) = match options.listen {
+        Listen::Path(path) => (bind(&path)?, Some(path)),
+        Listen::Stdin => (listener_from_stdin()?, None),
+    };
 
     let app = routes::router(Arc::clone(&boxd));
     let served = tokio::select! {
@@ -92,6 +99,45 @@ async fn serve(options: RunOptions) -> anyhow::Result<()> {
         _ = sigint.recv() => Ok(()),
     };
     boxd.processes.kill_all();
-    let _ = std::fs::remove_file(&socket);
+    if let Some(socket) = socket {
+        let _ = std::fs::remove_file(&socket);
+    }
     served
+}
+
+/// Binds a fresh socket at `socket`, readable by its owner only.
+fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove the stale socket {}", socket.display()));
+        }
+        _ => {}
+    }
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+    Ok(listener)
+}
+
+/// Takes the listening socket the host handed over as standard input, and puts `/dev/null` in
+/// its place, so no process boxd starts can inherit it. The copy boxd keeps is close-on-exec.
+fn listener_from_stdin() -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::fd::AsFd as _;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd();
+    let listening = rustix::net::sockopt::socket_acceptconn(fd)
+        .context("standard input is not a socket: start boxd with `--socket PATH` instead")?;
+    if !listening {
+        anyhow::bail!("standard input is a socket that does not listen");
+    }
+    let owned = fd.try_clone_to_owned().context("cannot take the listening socket")?;
+    let null = std::fs::File::open("/dev/null").context("cannot open /dev/null")?;
+    rustix::stdio::dup2_stdin(&null).context("cannot close standard input")?;
+    let listener = std::os::unix::net::UnixListener::from(owned);
+    listener.set_nonblocking(true).context("cannot make the listening socket non-blocking")?;
+    tokio::net::UnixListener::from_std(listener).context("cannot serve on the listening socket")
 }

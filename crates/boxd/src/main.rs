@@ -1,17 +1,21 @@
-//! The `boxd` binary: `boxd --socket PATH`.
+//! The `boxd` binary: `boxd --socket PATH`, or `boxd --listen-stdin` with a listening socket as
+//! standard input.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: boxd --socket PATH";
+const USAGE: &str = "usage: boxd --socket PATH | boxd --listen-stdin";
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    let mut socket = None;
+    let mut listen = None;
     while let Some(arg) = args.next() {
         match arg.to_str() {
-            Some("--socket") => socket = args.next().map(PathBuf::from),
-            Some(s) if s.starts_with("--socket=") => socket = Some(PathBuf::from(&s["--socket=".len()..])),
+            Some("--socket") => listen = args.next().map(|p| boxd::Listen::Path(PathBuf::from(p))),
+            Some(s) if s.starts_with("--socket=") => {
+                listen = Some(boxd::Listen::Path(PathBuf::from(&s["--socket=".len()..])));
+            }
+            Some("--listen-stdin") => listen = Some(boxd::Listen::Stdin),
             Some("-h" | "--help") => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -22,11 +26,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    let Some(socket) = socket else {
+    let Some(listen) = listen else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match boxd::run(boxd::RunOptions { socket }) {
+    match boxd::run(boxd::RunOptions { listen }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("boxd: {e:#}");

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 /// How much of each output stream `POST /process/run` keeps when the request does not say.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1 << 20;
 
+/// The header of `GET /files` that gives the file's size when it was opened, so a reader can
+/// refuse a file too big for it before any byte comes (the body may still differ: a file can
+/// grow while it is read, and a reader must bound what it takes either way).
+pub const FILE_SIZE_HEADER: &str = "x-file-size";
+
 /// The protocol named in the `Upgrade` header of `GET /tcp` and of its `101` answer.
 pub const TCP_UPGRADE: &str = "tcp";
 

@@ -1,6 +1,10 @@
 //! `BoxdClient`: the host's side of boxd's protocol (HTTP/1.1 with JSON over the box's Unix
 //! socket). One connection per call: a Unix socket connects in microseconds, and no state is
 //! kept between calls, so a box that restarts or ends never leaves a broken pooled connection.
+//!
+//! boxd runs inside the box, so its answers are hostile input: every answer is read with a cap
+//! on its size and a deadline on the whole of it (not only its head), so a box that stalls,
+//! lies about lengths or sends without end costs that box's call and nothing else.
 
 use std::fmt::Write as _;
 use std::io;
@@ -27,6 +31,25 @@ use crate::error::BoxError;
 /// How long a call may take to connect to boxd and get its answer's head.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a control call (health, stat, list, signals, acknowledgements) may take in all.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The most a control answer or an error answer may hold.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// How long boxd may take past a command's own time limit to report how it ended (it kills the
+/// command at its limit, then collects its output).
+const RUN_GRACE: Duration = Duration::from_secs(15);
+
+/// The time limit of a command whose request sets none (the longest the server allows).
+const MAX_RUN_TIME: Duration = Duration::from_mins(30);
+
+/// The longest line of a process's event stream (boxd sends output in chunks far smaller).
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// How long a file download may take in all.
+pub(crate) const FILE_TIMEOUT: Duration = Duration::from_mins(10);
+
 /// A client of one box's boxd.
 #[derive(Debug, Clone)]
 pub struct BoxdClient {
@@ -38,21 +61,37 @@ pub struct BoxdClient {
 pub struct ExecStream {
     body: Incoming,
     buffer: Vec<u8>,
+    /// When the stream must have ended (its command's time limit and a grace), if it has one.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl ExecStream {
-    /// The next event, or `None` when the stream ended.
+    /// The next event, or `None` when the stream ended. A line longer than boxd ever sends, or
+    /// a stream still open past the command's time limit, is an error.
     pub async fn next(&mut self) -> Result<Option<Event>, BoxError> {
         loop {
             if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
                 let event = serde_json::from_slice(&line[..end])
-                    .map_err(|e| BoxError::Unreachable(format!("boxd sent a bad event: {e}")))?;
+                    .map_err(|e| BoxError::AnswerLost(format!("boxd sent a bad event: {e}")))?;
                 return Ok(Some(event));
             }
-            match self.body.frame().await {
+            if self.buffer.len() > MAX_EVENT_BYTES {
+                return Err(BoxError::AnswerLost(format!(
+                    "boxd sent an event longer than {MAX_EVENT_BYTES} bytes"
+                )));
+            }
+            let frame = match self.deadline {
+                Some(deadline) => {
+                    tokio::time::timeout_at(deadline, self.body.frame()).await.map_err(|_| {
+                        BoxError::AnswerLost("boxd kept the stream open past the command's time limit".into())
+                    })?
+                }
+                None => self.body.frame().await,
+            };
+            match frame {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(BoxError::Unreachable(e.to_string())),
+                Some(Err(e)) => return Err(BoxError::AnswerLost(e.to_string())),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.buffer.extend_from_slice(&data);
@@ -60,6 +99,53 @@ impl ExecStream {
                 }
             }
         }
+    }
+}
+
+/// A file's bytes as boxd streams them, from [`BoxdClient::read_file_stream`]: at most the
+/// size boxd announced (which the caller's cap already bounds), within [`FILE_TIMEOUT`].
+#[derive(Debug)]
+pub struct FileStream {
+    body: Incoming,
+    /// The size boxd announced.
+    pub size: u64,
+    read: u64,
+    deadline: tokio::time::Instant,
+}
+
+impl FileStream {
+    /// The next chunk, or `None` at the end. More bytes than announced, or a download past
+    /// [`FILE_TIMEOUT`], is an error.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
+        loop {
+            let frame = tokio::time::timeout_at(self.deadline, self.body.frame()).await.map_err(|_| {
+                BoxError::AnswerLost(format!("the file did not arrive within {FILE_TIMEOUT:?}"))
+            })?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(BoxError::AnswerLost(e.to_string())),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    self.read += data.len() as u64;
+                    if self.read > self.size {
+                        return Err(BoxError::AnswerLost(format!(
+                            "boxd sent more than the {} bytes it announced",
+                            self.size
+                        )));
+                    }
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+
+    /// The whole file.
+    pub async fn collect(mut self) -> Result<Bytes, BoxError> {
+        let mut out = Vec::with_capacity(usize::try_from(self.size.min(1 << 20)).unwrap_or_default());
+        while let Some(chunk) = self.next().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
     }
 }
 
@@ -117,50 +203,76 @@ impl BoxdClient {
         self.socket.exists()
     }
 
-    /// Sends `request` on a new connection to boxd (which may be upgraded to a raw stream).
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<hyper::Response<Incoming>, BoxError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.socket.display())))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| BoxError::Unreachable(e.to_string()))?;
+    /// Sends `request` on a new connection to boxd (which may be upgraded to a raw stream) and
+    /// waits up to `head_within` for the answer's head. Failing to connect is `Unreachable`
+    /// (boxd never saw the request); anything after is `AnswerLost` (it may have acted on it).
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        head_within: Duration,
+    ) -> Result<hyper::Response<Incoming>, BoxError> {
+        let connect = async {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.socket.display())))?;
+            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| BoxError::Unreachable(e.to_string()))
+        };
+        let (mut sender, connection) =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| {
+                BoxError::Unreachable(format!("boxd did not take the connection within {CONNECT_TIMEOUT:?}"))
+            })??;
         tokio::spawn(connection.with_upgrades());
-        sender.send_request(request).await.map_err(|e| BoxError::Unreachable(e.to_string()))
+        tokio::time::timeout(head_within, sender.send_request(request))
+            .await
+            .map_err(|_| BoxError::AnswerLost(format!("boxd did not answer within {head_within:?}")))?
+            .map_err(|e| BoxError::AnswerLost(e.to_string()))
     }
 
+    /// Sends a request and waits up to `head_within` for its answer's head; an error answer is
+    /// read (bounded) into a `BoxError::Boxd`.
     async fn send(
         &self,
         method: Method,
         uri: &str,
         body: Bytes,
         json: bool,
+        head_within: Duration,
     ) -> Result<hyper::Response<Incoming>, BoxError> {
-        let call = async {
-            let content_type = if json { "application/json" } else { "application/octet-stream" };
-            let request = Request::builder()
-                .method(method)
-                .uri(uri)
-                .header(http::header::HOST, "boxd")
-                .header(http::header::CONTENT_TYPE, content_type)
-                .body(Full::new(body))
-                .map_err(|e| BoxError::Unreachable(e.to_string()))?;
-            self.exchange(request).await
-        };
-        let response = tokio::time::timeout(CONNECT_TIMEOUT, call).await.map_err(|_| {
-            BoxError::Unreachable(format!("boxd did not answer within {CONNECT_TIMEOUT:?}"))
-        })??;
+        let content_type = if json { "application/json" } else { "application/octet-stream" };
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::HOST, "boxd")
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .map_err(|e| BoxError::Unreachable(e.to_string()))?;
+        let response = self.exchange(request, head_within).await?;
         if response.status().is_success() {
             return Ok(response);
         }
         Err(error_of(response).await)
     }
 
+    /// A control call: its whole answer within [`CALL_TIMEOUT`] and [`MAX_ANSWER_BYTES`].
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         uri: &str,
         body: Option<&impl Serialize>,
+    ) -> Result<T, BoxError> {
+        self.call_within(method, uri, body, CALL_TIMEOUT, MAX_ANSWER_BYTES).await
+    }
+
+    /// A call whose whole answer, head and body, must come within `within` and `max_bytes`.
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&impl Serialize>,
+        within: Duration,
+        max_bytes: usize,
     ) -> Result<T, BoxError> {
         let body = match body {
             Some(body) => {
@@ -168,9 +280,10 @@ impl BoxdClient {
             }
             None => Bytes::new(),
         };
-        let response = self.send(method, uri, body, true).await?;
-        let bytes = collect(response).await?;
-        serde_json::from_slice(&bytes).map_err(|e| BoxError::Unreachable(format!("boxd sent bad JSON: {e}")))
+        let deadline = tokio::time::Instant::now() + within;
+        let response = self.send(method, uri, body, true, within).await?;
+        let bytes = collect(response, max_bytes, deadline).await?;
+        serde_json::from_slice(&bytes).map_err(|e| BoxError::AnswerLost(format!("boxd sent bad JSON: {e}")))
     }
 
     /// Asks boxd whether it is alive.
@@ -178,17 +291,27 @@ impl BoxdClient {
         self.call(Method::GET, "/health", None::<&()>).await
     }
 
-    /// Runs a command to completion and returns its output (capped as the request says).
+    /// Runs a command to completion and returns its output (capped as the request says). The
+    /// answer may take as long as the command's time limit allows, and a little more.
     pub async fn run(&self, request: &RunRequest) -> Result<RunResult, BoxError> {
-        self.call(Method::POST, "/process/run", Some(request)).await
+        let limit = request.process.timeout_ms.map_or(MAX_RUN_TIME, Duration::from_millis);
+        // Each output stream's kept bytes, escaped as JSON at worst (`\u00XX`), and the rest.
+        let output = usize::try_from(request.max_output_bytes).unwrap_or(usize::MAX);
+        let max_bytes = output.saturating_mul(12).saturating_add(64 * 1024);
+        self.call_within(Method::POST, "/process/run", Some(request), limit + RUN_GRACE, max_bytes).await
     }
 
-    /// Starts a process and streams its events.
+    /// Starts a process and streams its events. The stream must end within the process's time
+    /// limit (and a grace) when it has one.
     pub async fn start(&self, request: &StartRequest) -> Result<ExecStream, BoxError> {
         let body =
             Bytes::from(serde_json::to_vec(request).map_err(|e| BoxError::Unreachable(e.to_string()))?);
-        let response = self.send(Method::POST, "/process/start", body, true).await?;
-        Ok(ExecStream { body: response.into_body(), buffer: Vec::new() })
+        let response = self.send(Method::POST, "/process/start", body, true, CONNECT_TIMEOUT).await?;
+        let deadline = request
+            .process
+            .timeout_ms
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms) + RUN_GRACE);
+        Ok(ExecStream { body: response.into_body(), buffer: Vec::new(), deadline })
     }
 
     /// Writes `data` to the process's stdin (or its terminal).
@@ -220,11 +343,28 @@ impl BoxdClient {
         Ok(())
     }
 
-    /// A file's contents.
-    pub async fn read_file(&self, path: &str) -> Result<Bytes, BoxError> {
-        let response =
-            self.send(Method::GET, &format!("/files?path={}", encode(path)), Bytes::new(), false).await?;
-        collect(response).await
+    /// A file's contents, if it is a regular file of at most `max_bytes`.
+    pub async fn read_file(&self, path: &str, max_bytes: u64) -> Result<Bytes, BoxError> {
+        self.read_file_stream(path, max_bytes).await?.collect().await
+    }
+
+    /// A file's contents as a stream, if it is a regular file of at most `max_bytes`: boxd
+    /// announces the size first, and a file over the cap is refused (`BoxError::TooLarge`)
+    /// before any byte is read.
+    pub async fn read_file_stream(&self, path: &str, max_bytes: u64) -> Result<FileStream, BoxError> {
+        let uri = format!("/files?path={}", encode(path));
+        let response = self.send(Method::GET, &uri, Bytes::new(), false, CONNECT_TIMEOUT).await?;
+        let size = response
+            .headers()
+            .get(boxd::wire::FILE_SIZE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| BoxError::AnswerLost("boxd did not say how big the file is".into()))?;
+        if size > max_bytes {
+            return Err(BoxError::TooLarge { size, limit: max_bytes });
+        }
+        let deadline = tokio::time::Instant::now() + FILE_TIMEOUT;
+        Ok(FileStream { body: response.into_body(), size, read: 0, deadline })
     }
 
     /// Writes a file (creating its parents) with `mode`.
@@ -235,9 +375,11 @@ impl BoxdClient {
         mode: u32,
     ) -> Result<serde_json::Value, BoxError> {
         let uri = format!("/files?path={}&mode={mode:o}", encode(path));
-        let response = self.send(Method::PUT, &uri, contents, false).await?;
-        let bytes = collect(response).await?;
-        serde_json::from_slice(&bytes).map_err(|e| BoxError::Unreachable(format!("boxd sent bad JSON: {e}")))
+        let within = FILE_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + within;
+        let response = self.send(Method::PUT, &uri, contents, false, within).await?;
+        let bytes = collect(response, MAX_ANSWER_BYTES, deadline).await?;
+        serde_json::from_slice(&bytes).map_err(|e| BoxError::AnswerLost(format!("boxd sent bad JSON: {e}")))
     }
 
     /// What is at `path` (not following a final symlink).
@@ -260,28 +402,22 @@ impl BoxdClient {
     /// Opens a byte stream to `port` on the box's loopback (`127.0.0.1`), on a connection of its
     /// own: boxd connects first, so a port nothing listens on is `connect_failed`.
     pub async fn connect_tcp(&self, port: u16) -> Result<TcpTunnel, BoxError> {
-        let call = async {
-            let request = Request::builder()
-                .method(Method::GET)
-                .uri(format!("/tcp?port={port}"))
-                .header(http::header::HOST, "boxd")
-                .header(http::header::CONNECTION, "Upgrade")
-                .header(http::header::UPGRADE, TCP_UPGRADE)
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| BoxError::Unreachable(e.to_string()))?;
-            self.exchange(request).await
-        };
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/tcp?port={port}"))
+            .header(http::header::HOST, "boxd")
+            .header(http::header::CONNECTION, "Upgrade")
+            .header(http::header::UPGRADE, TCP_UPGRADE)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| BoxError::Unreachable(e.to_string()))?;
         // boxd itself waits up to `TCP_CONNECT_TIMEOUT` for the port before it answers.
-        let limit = CONNECT_TIMEOUT + TCP_CONNECT_TIMEOUT;
-        let mut response = tokio::time::timeout(limit, call)
-            .await
-            .map_err(|_| BoxError::Unreachable(format!("boxd did not answer within {limit:?}")))??;
+        let mut response = self.exchange(request, CONNECT_TIMEOUT + TCP_CONNECT_TIMEOUT).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Err(error_of(response).await);
         }
         let upgraded = hyper::upgrade::on(&mut response)
             .await
-            .map_err(|e| BoxError::Unreachable(format!("the upgrade to a TCP tunnel failed: {e}")))?;
+            .map_err(|e| BoxError::AnswerLost(format!("the upgrade to a TCP tunnel failed: {e}")))?;
         Ok(TcpTunnel(TokioIo::new(upgraded)))
     }
 
@@ -305,14 +441,25 @@ impl BoxdClient {
     }
 }
 
-async fn collect(response: hyper::Response<Incoming>) -> Result<Bytes, BoxError> {
-    Ok(response.into_body().collect().await.map_err(|e| BoxError::Unreachable(e.to_string()))?.to_bytes())
+/// An answer's body: at most `max_bytes`, whole by `deadline`.
+async fn collect(
+    response: hyper::Response<Incoming>,
+    max_bytes: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, BoxError> {
+    let limited = http_body_util::Limited::new(response.into_body(), max_bytes);
+    let collected = tokio::time::timeout_at(deadline, limited.collect())
+        .await
+        .map_err(|_| BoxError::AnswerLost("boxd's answer did not arrive in time".into()))?
+        .map_err(|e| BoxError::AnswerLost(format!("boxd's answer could not be read: {e}")))?;
+    Ok(collected.to_bytes())
 }
 
 /// boxd's error answer as a `BoxError::Boxd`.
 async fn error_of(response: hyper::Response<Incoming>) -> BoxError {
     let status = response.status();
-    let bytes = collect(response).await.unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let bytes = collect(response, 64 * 1024, deadline).await.unwrap_or_default();
     let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let field = |name: &str| value["error"][name].as_str().map(str::to_owned);
     BoxError::Boxd {

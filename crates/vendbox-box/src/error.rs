@@ -25,9 +25,21 @@ pub enum BoxError {
         /// boxd's sentence.
         message: String,
     },
-    /// boxd could not be reached or its answer could not be read.
+    /// A file is bigger than the caller takes.
+    #[error("the file is {size} bytes, more than the {limit} this call takes")]
+    TooLarge {
+        /// The file's size.
+        size: u64,
+        /// The most the call takes.
+        limit: u64,
+    },
+    /// boxd could not be reached: the request never got to it.
     #[error("boxd is unreachable: {0}")]
     Unreachable(String),
+    /// The request reached boxd, but its answer did not come back whole, in time and well formed
+    /// (boxd may have acted on the request).
+    #[error("boxd's answer was lost: {0}")]
+    AnswerLost(String),
     /// A host operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -39,6 +51,12 @@ pub enum BoxError {
 }
 
 impl BoxError {
+    /// Whether the failure shows that boxd did nothing with the request: it could not be
+    /// reached, or it answered with a refusal. After any other failure it may have acted.
+    pub fn request_not_acted_on(&self) -> bool {
+        matches!(self, BoxError::Unreachable(_) | BoxError::Boxd { .. })
+    }
+
     /// Wraps an I/O error with what was being done.
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BoxError {
         let context = context.into();

@@ -30,6 +30,9 @@ pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 /// Output kept per stream of a command run through the API; the rest is dropped and flagged.
 pub const MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
 
+/// The biggest file `GET …/files` serves (it is streamed, never held whole).
+pub const MAX_DOWNLOAD_BYTES: u64 = 1 << 30;
+
 /// A command's time limit when the request sets none.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_mins(1);
 
@@ -188,14 +191,20 @@ impl Boxes {
         Ok(Provisioned { lease, tokens })
     }
 
-    /// The lease `id` if `token` opens it; 404 and 401 otherwise (the same 404 for a lease that
-    /// does not exist and one that is not a box).
-    pub async fn open(&self, id: &str, token: Option<&SecretToken>) -> Result<Lease, ApiError> {
+    /// The lease `id` if `token` carries `wanted` on it; 404 and 401 otherwise (the same 404 for
+    /// a lease that does not exist and one that is not a box). Reading a lease's state takes
+    /// `Read`; running commands or touching its files takes `Root`; ending it, `Terminate`.
+    pub async fn open(
+        &self,
+        id: &str,
+        token: Option<&SecretToken>,
+        wanted: Capability,
+    ) -> Result<Lease, ApiError> {
         let missing = || ApiError::not_found("box_not_found", format!("there is no box `{id}`"));
         let lease_id: LeaseId = id.parse().map_err(|_| missing())?;
         let lease =
             self.store.get_lease(lease_id).await?.filter(|l| l.box_id.is_some()).ok_or_else(missing)?;
-        self.authorize(lease, token, Capability::Read).await
+        self.authorize(lease, token, wanted).await
     }
 
     /// The capability `token` carries on `lease`, if it is one of the lease's tokens.
@@ -287,6 +296,12 @@ impl Boxes {
         Ok(self.store.lease_renewals(id).await?)
     }
 
+    /// Who paid for the lease (the payer of its payment), when that is known.
+    pub async fn buyer_of(&self, lease: &Lease) -> Option<String> {
+        let payment = self.store.get_payment(lease.payment_id?).await.ok()??;
+        Some(payment.replay_key.payer.to_lowercase())
+    }
+
     /// A payment's settlement reference (transaction hash), once it settled.
     pub async fn settlement_of(&self, payment: Option<PaymentId>) -> Option<String> {
         let payment = self.store.get_payment(payment?).await.ok()??;
@@ -366,18 +381,24 @@ impl Boxes {
         Ok(self.store.leases_for_ssh_key(fingerprint).await?)
     }
 
-    /// Spends one action of the lease, then runs `command` in its box.
+    /// Spends one action of the lease, then runs `command` in its box for as long as its time
+    /// limit allows. The action is given back only when boxd shows the command never started.
     pub async fn exec(&self, lease: &Lease, command: ProcessSpec) -> Result<Ran, ApiError> {
         let client = self.boxd(lease)?;
         let actions_remaining = self.spend(lease).await?;
         let request = RunRequest { process: command, max_output_bytes: MAX_OUTPUT_BYTES };
-        match client.run(&request).await {
+        let result = client.run(&request).await;
+        match result {
             Ok(result) => {
                 self.after_action(lease.id, actions_remaining);
                 Ok(Ran { result, actions_remaining })
             }
-            Err(e) => {
+            Err(e) if e.request_not_acted_on() => {
                 self.refund(lease.id).await;
+                Err(box_error(&e))
+            }
+            Err(e) => {
+                self.after_action(lease.id, actions_remaining);
                 Err(box_error(&e))
             }
         }
@@ -395,8 +416,12 @@ impl Boxes {
         let request = StartRequest { process: command, stdin: false, pty: None };
         match client.start(&request).await {
             Ok(stream) => Ok((stream, actions_remaining)),
-            Err(e) => {
+            Err(e) if e.request_not_acted_on() => {
                 self.refund(lease.id).await;
+                Err(box_error(&e))
+            }
+            Err(e) => {
+                self.after_action(lease.id, actions_remaining);
                 Err(box_error(&e))
             }
         }

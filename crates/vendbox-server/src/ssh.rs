@@ -27,14 +27,39 @@ impl SshLeases {
 impl vendbox_ssh::Leases for SshLeases {
     async fn by_key(&self, user: &str, fingerprint: &str) -> Option<String> {
         let leases = self.boxes.leases_for_ssh_key(fingerprint).await.ok()?;
-        // `ssh <lease id>@host` picks that lease; any other user (`root`) the key's newest live
-        // lease, or its newest one, whose refusal then says why it cannot be used.
-        let chosen = leases
-            .iter()
-            .find(|l| l.id.to_string() == user)
-            .or_else(|| leases.iter().find(|l| Boxes::check_usable(l).is_ok()))
-            .or_else(|| leases.first())?;
-        Some(chosen.id.to_string())
+        // `ssh <lease id>@host` (every purchase's `ssh_command`) opens exactly that lease.
+        if let Some(named) = leases.iter().find(|l| l.id.to_string() == user) {
+            return Some(named.id.to_string());
+        }
+        // Any other user (`root`) guesses among the key's leases. Anyone may attach a public
+        // key to a box of theirs, so the guess is made only when it cannot land in a stranger's
+        // box: when the key opens one live lease, or live leases all paid for by one wallet.
+        // Otherwise the login is refused and the client must name its lease.
+        let live: Vec<&Lease> = leases.iter().filter(|l| Boxes::check_usable(l).is_ok()).collect();
+        match live.as_slice() {
+            [] => leases.first().filter(|_| leases.len() == 1).map(|l| l.id.to_string()),
+            [only] => Some(only.id.to_string()),
+            [newest, ..] => {
+                let mut buyers = Vec::with_capacity(live.len());
+                for lease in &live {
+                    buyers.push(self.boxes.buyer_of(lease).await);
+                }
+                let one_buyer = buyers
+                    .first()
+                    .is_some_and(|first| first.is_some() && buyers.iter().all(|buyer| buyer == first));
+                if one_buyer {
+                    Some(newest.id.to_string())
+                } else {
+                    tracing::info!(
+                        user,
+                        fingerprint,
+                        leases = live.len(),
+                        "ssh key opens boxes of several buyers; the login must name its lease"
+                    );
+                    None
+                }
+            }
+        }
     }
 
     async fn by_password(&self, _user: &str, password: &str) -> Option<String> {

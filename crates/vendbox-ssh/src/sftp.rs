@@ -207,7 +207,8 @@ impl Server {
         let contents = match &existing {
             Some(info) if !writable || !flags.contains(OpenFlags::TRUNCATE) => {
                 self.room_for(usize::try_from(info.size).unwrap_or(usize::MAX))?;
-                let contents = Vec::from(self.boxd.read_file(&path).await.map_err(refusal)?);
+                let room = MAX_BUFFERED.saturating_sub(self.buffered()) as u64;
+                let contents = Vec::from(self.boxd.read_file(&path, room).await.map_err(refusal)?);
                 self.room_for(contents.len())?;
                 contents
             }

@@ -11,7 +11,7 @@
 //!   own accounting).
 //!
 //! vendbox runs in this process on a runtime of its own, with the local backend; this benchmark
-//! program is also each box's PID 1 (`boxes boxd --socket …`), as the vendbox binary is in
+//! program is also each box's PID 1 (`boxes boxd --listen-stdin`), as the vendbox binary is in
 //! production. Needs root and bubblewrap. Run: `cargo bench -p vendbox --bench boxes`.
 
 #![allow(
@@ -371,8 +371,11 @@ fn main() {
     // This program is also each box's PID 1.
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("boxd") {
-        let socket = args.iter().skip_while(|a| *a != "--socket").nth(1).expect("boxd needs --socket PATH");
-        boxd::run(boxd::RunOptions { socket: PathBuf::from(socket) }).unwrap();
+        let listen = match args.iter().skip_while(|a| *a != "--socket").nth(1) {
+            Some(socket) => boxd::Listen::Path(PathBuf::from(socket)),
+            None => boxd::Listen::Stdin,
+        };
+        boxd::run(boxd::RunOptions { listen }).unwrap();
         return;
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(run());

@@ -60,10 +60,14 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
 struct BoxdArgs {
     /// The Unix socket to serve the host on.
     #[arg(long, value_name = "PATH")]
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    /// Serve on the listening socket given as standard input (how the host starts a box).
+    #[arg(long)]
+    listen_stdin: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,7 +98,13 @@ fn main() -> ExitCode {
         Command::Dev(args) => run_async(dev::run(args)),
         Command::Fetch(args) => run_async(fetch::run(args)),
         Command::Ssh(args) => run_async(ssh::run(args)),
-        Command::Boxd(args) => boxd::run(boxd::RunOptions { socket: args.socket }),
+        Command::Boxd(args) => {
+            let listen = match args.socket {
+                Some(path) => boxd::Listen::Path(path),
+                None => boxd::Listen::Stdin,
+            };
+            boxd::run(boxd::RunOptions { listen })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

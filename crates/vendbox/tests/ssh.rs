@@ -318,3 +318,54 @@ async fn a_terminal_resize_reaches_the_shell() {
     assert!(stdout.contains("size=30 100"), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("size=40 120"), "the new size did not reach the shell: {stdout}");
 }
+
+impl Scene {
+    /// `ssh user@host command` with `key`.
+    fn ssh_as(&self, key: &Path, user: &str, command: &str) -> Output {
+        Command::new("ssh")
+            .args(Self::options(key))
+            .args(["-p", &self.port, &format!("{user}@127.0.0.1"), command])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_squatted_key_never_lands_its_owner_in_a_strangers_box() {
+    let Some(s) = scene(10).await else { return };
+    s.host.ok(&s.bought, "echo owner > /root/whose").await;
+    let public = std::fs::read_to_string(s.key.with_extension("pub")).unwrap();
+    // A stranger buys a box and attaches the owner's public key (public keys are public).
+    let squatter = s
+        .host
+        .buy_with(&json!({ "offer": "test-box", "minutes": 10, "ssh_public_key": public.trim() }))
+        .await;
+    s.host.ok(&squatter, "echo squatter > /root/whose").await;
+
+    // `root@` cannot tell which box the owner meant: refused, not guessed.
+    let out = s.ssh_as(&s.key, "root", "cat /root/whose");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
+    // The purchase's `ssh_command` names the lease, and lands in the owner's own box.
+    let (_, view) = s.host.get(&format!("/v1/boxes/{}", s.bought.id), &s.bought.token).await;
+    let command = view["ssh_command"].as_str().unwrap();
+    assert!(command.ends_with(&format!("{}@127.0.0.1", s.bought.id)), "{command}");
+    let out = s.ssh_as(&s.key, &s.bought.id, "cat /root/whose");
+    assert_eq!(text(&out.stdout), "owner\n", "{}", text(&out.stderr));
+
+    // Once the squatter's box is gone, `root@` opens the owner's one box again.
+    assert_eq!(s.host.end(&squatter).await.0, 200);
+    let out = s.ssh_as(&s.key, "root", "cat /root/whose");
+    assert_eq!(text(&out.stdout), "owner\n", "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn an_ssh_command_runs_past_five_seconds() {
+    let Some(s) = scene(10).await else { return };
+    let started = Instant::now();
+    let out = s.ssh(&s.key, &[], "sleep 7; echo done");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "done\n");
+    assert!(started.elapsed() >= Duration::from_secs(7));
+}

@@ -13,12 +13,12 @@ use rustix::mount::{MountFlags, UnmountFlags};
 use crate::error::BoxError;
 
 /// Directories of the layer the box writes to, owned by its uid, and where the box sees them.
-pub(crate) const WRITABLE: [(&str, &str, u32); 5] = [
+/// Host code never resolves a path under one of them: the box can put a symlink anywhere there.
+pub(crate) const WRITABLE: [(&str, &str, u32); 4] = [
     ("rw/root", "/root", 0o700),
     ("rw/home", "/home", 0o755),
     ("rw/tmp", "/tmp", 0o1777),
     ("rw/var-tmp", "/var/tmp", 0o1777),
-    ("run", "/run/boxd", 0o700),
 ];
 
 /// Host /etc entries a box reads (shared libraries, name service, certificates, the
@@ -125,7 +125,18 @@ pub(crate) fn is_mount_point(dir: &Path) -> bool {
     info.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
 }
 
-/// The socket boxd listens on, as the host sees it.
+/// The socket boxd listens on, as the host sees it: in the layer's top directory, which is
+/// root's and mounted in no box, so every component of the path is out of the box's reach.
 pub(crate) fn socket(dir: &Path) -> PathBuf {
-    dir.join("run").join("boxd.sock")
+    dir.join("boxd.sock")
+}
+
+/// Binds boxd's socket (mode 0600, root's) for the box whose layer is `dir`.
+pub(crate) fn bind_socket(dir: &Path) -> Result<std::os::unix::net::UnixListener, BoxError> {
+    let path = socket(dir);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(BoxError::io(format!("binding {}", path.display())))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .map_err(BoxError::io(format!("setting the mode of {}", path.display())))?;
+    Ok(listener)
 }

@@ -14,12 +14,14 @@ mod seccomp;
 
 use std::fs;
 use std::io::{ErrorKind, Write as _};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use command_fds::{CommandFdExt as _, FdMapping};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -27,7 +29,7 @@ use crate::client::BoxdClient;
 use crate::error::BoxError;
 use crate::{Backend, BoxId, BoxSpec, BoxStatus};
 
-pub use seccomp::DENIED as DENIED_SYSCALLS;
+pub use seccomp::{DENIED as DENIED_SYSCALLS, DENIED_SOCKET_FAMILIES};
 
 /// First host uid handed to a box's root; boxes take uids from `[UID_BASE, UID_BASE + UID_COUNT)`.
 pub const UID_BASE: u32 = 2_000_000;
@@ -48,6 +50,10 @@ pub const NAMESPACES: [&str; 10] = [
     "--gid",
     "0",
 ];
+
+/// The descriptor bubblewrap reads the seccomp filter from (standard input carries boxd's
+/// listening socket).
+const SECCOMP_FD: i32 = 3;
 
 /// How long a box may take to answer before its creation fails.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -194,10 +200,10 @@ impl LocalBackend {
         );
         args.extend(["--ro-bind".into(), host_str(&self.boxd_exe), "/.boxd".into()]);
         args.extend(["--setenv".into(), "HOME".into(), "/root".into()]);
-        args.extend(["--seccomp".into(), "0".into()]);
+        args.extend(["--seccomp".into(), SECCOMP_FD.to_string()]);
         args.push("/.boxd".into());
         args.extend(self.config.boxd.iter().skip(1).cloned());
-        args.extend(["--socket".into(), "/run/boxd/boxd.sock".into()]);
+        args.push("--listen-stdin".into());
         args
     }
 
@@ -206,11 +212,15 @@ impl LocalBackend {
         layer::create(&layer, u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024, uid)?;
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
         self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None })?;
-        // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts.
+        // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts;
+        // bubblewrap reads it from `SECCOMP_FD` and closes that before it starts boxd.
         let (seccomp, mut filter) =
             std::io::pipe().map_err(BoxError::io("making a pipe for the seccomp filter"))?;
         filter.write_all(&self.seccomp).map_err(BoxError::io("writing the seccomp filter"))?;
         drop(filter);
+        // boxd's socket is bound here, in the layer's root-owned top directory that no box
+        // mounts, and handed to boxd as its standard input: nothing in a box can replace it.
+        let listener = layer::bind_socket(&layer)?;
         let log =
             fs::File::create(layer.join("bwrap.log")).map_err(BoxError::io("creating the box's log"))?;
         let mut command = tokio::process::Command::new(&self.bwrap);
@@ -221,7 +231,9 @@ impl LocalBackend {
             .uid(uid)
             .gid(uid)
             .process_group(0)
-            .stdin(Stdio::from(seccomp))
+            .fd_mappings(vec![FdMapping { parent_fd: OwnedFd::from(seccomp), child_fd: SECCOMP_FD }])
+            .map_err(|e| BoxError::Start(format!("handing bubblewrap its seccomp filter: {e}")))?
+            .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(false);
@@ -242,7 +254,7 @@ impl LocalBackend {
                 let log = fs::read_to_string(layer.join("bwrap.log")).unwrap_or_default();
                 return Err(BoxError::Start(format!("bubblewrap exited ({status}): {}", log.trim())));
             }
-            if client.socket_exists() && client.health().await.is_ok() {
+            if client.health().await.is_ok() {
                 break;
             }
             if started.elapsed() > START_TIMEOUT {

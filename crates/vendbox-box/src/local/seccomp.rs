@@ -5,7 +5,10 @@
 //! `EPERM` to calls that reach the kernel's shared state (modules, kexec, keyrings, the clock,
 //! swap, accounting, BPF, perf, the kernel log), to every way of making mounts or new
 //! namespaces (including `clone` with a `CLONE_NEW*` flag), to `setns`, and to
-//! `open_by_handle_at` (the classic container escape through file handles). `clone3` gets
+//! `open_by_handle_at` (the classic container escape through file handles), to `io_uring`
+//! (whose operations bypass this filter), to `pidfd_getfd`, to `AF_PACKET` and `AF_VSOCK`
+//! sockets, to a `personality` that turns off address randomisation, and to tracing or reading
+//! the memory of PID 1 (boxd). `clone3` gets
 //! `ENOSYS`, so that the C library falls back to `clone`, whose flags the filter can read. Any
 //! other architecture's calling convention (x32, i386 through `int 0x80`) kills the process.
 
@@ -68,10 +71,28 @@ pub const DENIED: &[(&str, u32)] = &[
     ("uselib", 134),
     ("vhangup", 153),
     ("process_vm_writev", 311),
+    ("io_uring_setup", 425),
+    ("io_uring_enter", 426),
+    ("io_uring_register", 427),
+    ("pidfd_getfd", 438),
 ];
+
+/// Socket families a box may not open (`socket`'s first argument): `AF_PACKET` (raw frames on
+/// the box's interfaces) and `AF_VSOCK` (the host's hypervisor sockets).
+pub const DENIED_SOCKET_FAMILIES: &[(&str, u32)] = &[("AF_PACKET", 17), ("AF_VSOCK", 40)];
+
+/// `personality`'s flag that turns address-space randomisation off; a box may not set it.
+const ADDR_NO_RANDOMIZE: u32 = 0x0004_0000;
+
+/// `personality(0xffffffff)` only asks for the current persona.
+const PERSONALITY_QUERY: u32 = 0xffff_ffff;
 
 const SYS_CLONE: u32 = 56;
 const SYS_CLONE3: u32 = 435;
+const SYS_SOCKET: u32 = 41;
+const SYS_PERSONALITY: u32 = 135;
+const SYS_PTRACE: u32 = 101;
+const SYS_PROCESS_VM_READV: u32 = 310;
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
 
@@ -90,6 +111,9 @@ const RET_K: u16 = 0x06;
 const NR_OFFSET: u32 = 0;
 const ARCH_OFFSET: u32 = 4;
 const ARG0_LOW_OFFSET: u32 = 16;
+const ARG0_HIGH_OFFSET: u32 = 20;
+const ARG1_LOW_OFFSET: u32 = 24;
+const ARG1_HIGH_OFFSET: u32 = 28;
 
 /// One instruction whose jumps name labels, resolved by [`assemble`].
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +133,11 @@ enum Label {
     Eperm,
     Enosys,
     Clone,
+    Socket,
+    Personality,
+    Ptrace,
+    VmRead,
+    Allow,
 }
 
 /// The filter as the raw `struct sock_filter` array bubblewrap reads.
@@ -125,10 +154,45 @@ pub(crate) fn filter() -> Vec<u8> {
     program.extend([
         Insn::JumpIf(JEQ_K, SYS_CLONE3, Label::Enosys),
         Insn::JumpIf(JEQ_K, SYS_CLONE, Label::Clone),
+        Insn::JumpIf(JEQ_K, SYS_SOCKET, Label::Socket),
+        Insn::JumpIf(JEQ_K, SYS_PERSONALITY, Label::Personality),
+        Insn::JumpIf(JEQ_K, SYS_PTRACE, Label::Ptrace),
+        Insn::JumpIf(JEQ_K, SYS_PROCESS_VM_READV, Label::VmRead),
         Insn::Ret(RET_ALLOW),
         Insn::Mark(Label::Clone),
         Insn::Load(ARG0_LOW_OFFSET),
         Insn::JumpIf(JSET_K, CLONE_NEW_FLAGS, Label::Eperm),
+        Insn::Ret(RET_ALLOW),
+        // socket(family, …): the family is an int, so the low word decides.
+        Insn::Mark(Label::Socket),
+        Insn::Load(ARG0_LOW_OFFSET),
+    ]);
+    for (_, family) in DENIED_SOCKET_FAMILIES {
+        program.push(Insn::JumpIf(JEQ_K, *family, Label::Eperm));
+    }
+    program.extend([
+        Insn::Ret(RET_ALLOW),
+        // personality(persona): a query is fine; a persona without randomisation is not.
+        Insn::Mark(Label::Personality),
+        Insn::Load(ARG0_LOW_OFFSET),
+        Insn::JumpIf(JEQ_K, PERSONALITY_QUERY, Label::Allow),
+        Insn::JumpIf(JSET_K, ADDR_NO_RANDOMIZE, Label::Eperm),
+        Insn::Ret(RET_ALLOW),
+        // ptrace(request, pid, …) and process_vm_readv(pid, …) on PID 1, boxd: refused, so no
+        // process of the box reads or steers the agent that answers the host. (A pid is an int;
+        // a high word other than zero or all ones is no pid 1.)
+        Insn::Mark(Label::Ptrace),
+        Insn::Load(ARG1_HIGH_OFFSET),
+        Insn::JumpUnless(JEQ_K, 0, Label::Allow),
+        Insn::Load(ARG1_LOW_OFFSET),
+        Insn::JumpIf(JEQ_K, 1, Label::Eperm),
+        Insn::Ret(RET_ALLOW),
+        Insn::Mark(Label::VmRead),
+        Insn::Load(ARG0_HIGH_OFFSET),
+        Insn::JumpUnless(JEQ_K, 0, Label::Allow),
+        Insn::Load(ARG0_LOW_OFFSET),
+        Insn::JumpIf(JEQ_K, 1, Label::Eperm),
+        Insn::Mark(Label::Allow),
         Insn::Ret(RET_ALLOW),
         Insn::Mark(Label::Eperm),
         Insn::Ret(RET_ERRNO | EPERM),

@@ -77,9 +77,11 @@ pub struct BoxView {
 }
 
 impl BoxView {
-    /// The view of `lease`, with its `ssh` command when the gateway runs.
+    /// The view of `lease`, with its `ssh` command when the gateway runs. The command logs in
+    /// as the lease's id, which opens exactly this box (see `ssh::SshLeases::by_key`).
     pub fn of(lease: &Lease, state: &AppState) -> BoxView {
-        BoxView { ssh_command: state.ssh.as_ref().map(|ssh| ssh.command("root")), ..BoxView::from(lease) }
+        let ssh_command = state.ssh.as_ref().map(|ssh| ssh.command(&lease.id.to_string()));
+        BoxView { ssh_command, ..BoxView::from(lease) }
     }
 }
 
@@ -275,7 +277,7 @@ pub async fn get(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<BoxView>, ApiError> {
-    let lease = service(&state)?.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let lease = service(&state)?.open(&id, optional_bearer(&headers).as_ref(), Capability::Read).await?;
     Ok(Json(BoxView::of(&lease, &state)))
 }
 
@@ -288,7 +290,7 @@ pub async fn terminate(
     Path(id): Path<String>,
 ) -> Result<Json<BoxView>, ApiError> {
     let boxes = service(&state)?;
-    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref(), Capability::Terminate).await?;
     Ok(Json(BoxView::from(&boxes.terminate(&lease).await?)))
 }
 
@@ -344,7 +346,7 @@ pub async fn exec(
     ApiJson(request): ApiJson<ExecRequest>,
 ) -> Result<Json<ExecResponse>, ApiError> {
     let boxes = service(&state)?;
-    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref(), Capability::Root).await?;
     Ok(Json(run(&boxes, &lease, request).await?))
 }
 
@@ -381,7 +383,7 @@ pub async fn exec_stream(
     ApiJson(request): ApiJson<ExecRequest>,
 ) -> Result<Response, ApiError> {
     let boxes = service(&state)?;
-    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref(), Capability::Root).await?;
     let (mut stream, actions_remaining) = boxes.exec_stream(&lease, command(request)?).await?;
     let lease_id = lease.id;
     let events = async_stream(move |tx| async move {
@@ -441,9 +443,30 @@ pub async fn read_file(
     Query(query): Query<FileQuery>,
 ) -> Result<Response, ApiError> {
     let boxes = service(&state)?;
-    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
-    let bytes = boxes.boxd(&lease)?.read_file(&query.path).await.map_err(file_error)?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from(bytes)).into_response())
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref(), Capability::Root).await?;
+    let file = boxes
+        .boxd(&lease)?
+        .read_file_stream(&query.path, boxes::MAX_DOWNLOAD_BYTES)
+        .await
+        .map_err(file_error)?;
+    let size = file.size;
+    // Chunks as boxd sends them; a failure midway cuts the download short of its length.
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        match file.next().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(file))),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 /// Writes a file into the box (creating its parents).
@@ -452,13 +475,26 @@ pub async fn read_file(
     responses((status = 200, description = "`{\"path\":…,\"size\":…}`")))]
 pub async fn write_file(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<FileQuery>,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let boxes = service(&state)?;
-    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    // The token is checked before a byte of the body is read: a stranger's upload costs nothing.
+    let lease = boxes.open(&id, optional_bearer(request.headers()).as_ref(), Capability::Root).await?;
+    let body = <Bytes as axum::extract::FromRequest<AppState>>::from_request(request, &state).await.map_err(
+        |rejection| {
+            ApiError::new(
+                rejection.status(),
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "payload_too_large"
+                } else {
+                    "bad_body"
+                },
+                rejection.body_text(),
+            )
+        },
+    )?;
     let mode = match query.mode.as_deref() {
         None => 0o644,
         Some(text) => u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
@@ -477,6 +513,7 @@ fn file_error(error: vendbox_box::BoxError) -> ApiError {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
             let code: &'static str = match code.as_str() {
                 "not_found" => "file_not_found",
+                "not_a_file" => "not_a_file",
                 "is_directory" => "is_directory",
                 "not_directory" => "not_directory",
                 "exists" => "exists",
@@ -484,6 +521,13 @@ fn file_error(error: vendbox_box::BoxError) -> ApiError {
             };
             ApiError::new(status, code, message)
         }
+        vendbox_box::BoxError::TooLarge { size, limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file_too_large",
+            format!(
+                "the file is {size} bytes; files of at most {limit} bytes are served (read it in parts with a command)"
+            ),
+        ),
         other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "box_unavailable", other.to_string()),
     }
 }

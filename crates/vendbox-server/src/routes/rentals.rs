@@ -16,7 +16,7 @@ use vendbox_core::{Capability, Lease, LeaseState, Offer, OfferKind, QuoteParams,
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::json::{self, ApiJson};
-use crate::routes::boxes::{self as native, BoxView};
+use crate::routes::boxes as native;
 
 /// The seed's `RentBody`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -327,7 +327,6 @@ pub async fn instance(
     let password = query.token.clone().unwrap_or_default();
     let lease = authorized(&state, &id, query.token, Capability::Root).await?;
     let note = crate::boxes::Boxes::check_usable(&lease).err().map(|e| e.message);
-    let view = BoxView::of(&lease, &state);
     let running = match native::service(&state)?.boxd(&lease) {
         Ok(client) if note.is_none() => client.health().await.is_ok(),
         _ => false,
@@ -340,7 +339,8 @@ pub async fn instance(
         status: rental_status(&lease),
         root_user: "root",
         root_password: password,
-        ssh_command: view.ssh_command,
+        // `root_password` opens exactly this rental, whatever the user name.
+        ssh_command: state.ssh.as_ref().map(|s| s.command("root")),
         note,
     }))
 }

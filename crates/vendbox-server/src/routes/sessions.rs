@@ -220,7 +220,8 @@ pub async fn get(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<SessionResponse>, ApiError> {
-    let lease = boxes::service(&state)?.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let lease =
+        boxes::service(&state)?.open(&id, optional_bearer(&headers).as_ref(), Capability::Read).await?;
     Ok(Json(session_response(&lease, None)))
 }
 
@@ -250,7 +251,7 @@ pub async fn exec(
     ApiJson(request): ApiJson<ExecRequest>,
 ) -> Result<Json<SessionExecResponse>, ApiError> {
     let boxes = boxes::service(&state)?;
-    let lease = boxes.open(&id, optional_bearer(&headers).as_ref()).await?;
+    let lease = boxes.open(&id, optional_bearer(&headers).as_ref(), Capability::Root).await?;
     let result = boxes::run(&boxes, &lease, request).await?;
     Ok(Json(SessionExecResponse { ok: true, session_id: lease.id.to_string(), result }))
 }

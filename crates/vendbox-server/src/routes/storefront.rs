@@ -130,7 +130,8 @@ fn machine(lease: &Lease, state: &AppState) -> Machine {
         status: status.into(),
         host: state.ssh.as_ref().map(|s| s.host.clone()),
         username: "root".into(),
-        ssh_command: state.ssh.as_ref().map(|s| s.command("root")),
+        // The lease's id as the user opens exactly this machine, whoever else holds the key.
+        ssh_command: state.ssh.as_ref().map(|s| s.command(&lease.id.to_string())),
         created_at: lease.created_at,
         expires_at: lease.expires_at,
         failure_reason: lease.failure_reason.clone(),

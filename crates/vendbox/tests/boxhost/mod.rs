@@ -75,11 +75,16 @@ pub struct Bought {
 
 impl BoxHost {
     pub fn start() -> Option<BoxHost> {
+        Self::start_with_catalog("")
+    }
+
+    /// A host serving [`FREE_CATALOG`] and then `more` (offers merge by `id`).
+    pub fn start_with_catalog(more: &str) -> Option<BoxHost> {
         if !boxes_supported() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("vendbox.toml"), FREE_CATALOG).unwrap();
+        std::fs::write(dir.path().join("vendbox.toml"), format!("{FREE_CATALOG}\n{more}")).unwrap();
         let vendbox = Vendbox::start(dir.path(), &["--data-dir", "state"]);
         Some(BoxHost { vendbox: Some(vendbox), dir, http: reqwest::Client::new() })
     }
