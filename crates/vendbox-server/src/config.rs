@@ -66,11 +66,44 @@ pub struct SshConfig {
     pub listen: SocketAddr,
     /// The host name clients are told to `ssh` to; the listen address's IP when absent.
     pub public_host: Option<String>,
+    /// Seconds a connection has to log in before it is dropped.
+    pub preauth_timeout_secs: u64,
+    /// Connections not yet logged in, in all.
+    pub max_unauthenticated: usize,
+    /// Connections not yet logged in, from one client address.
+    pub max_unauthenticated_per_peer: usize,
+    /// Logged-in connections to one lease.
+    pub max_connections_per_lease: usize,
+    /// Open sessions and forwardings of one connection.
+    pub max_channels_per_connection: usize,
 }
 
 impl Default for SshConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 2222)), public_host: None }
+        let limits = vendbox_ssh::Limits::default();
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            public_host: None,
+            preauth_timeout_secs: limits.preauth_timeout.as_secs(),
+            max_unauthenticated: limits.max_unauthenticated,
+            max_unauthenticated_per_peer: limits.max_unauthenticated_per_peer,
+            max_connections_per_lease: limits.max_connections_per_lease,
+            max_channels_per_connection: limits.max_channels_per_connection,
+        }
+    }
+}
+
+impl SshConfig {
+    /// The gateway's limits.
+    pub fn limits(&self) -> vendbox_ssh::Limits {
+        vendbox_ssh::Limits {
+            preauth_timeout: std::time::Duration::from_secs(self.preauth_timeout_secs.max(1)),
+            max_unauthenticated: self.max_unauthenticated.max(1),
+            max_unauthenticated_per_peer: self.max_unauthenticated_per_peer.max(1),
+            max_connections_per_lease: self.max_connections_per_lease.max(1),
+            max_channels_per_connection: self.max_channels_per_connection.max(1),
+        }
     }
 }
 

@@ -54,12 +54,14 @@ impl Server {
             Ok(boxes) if config.ssh.enabled => {
                 let leases = Arc::new(SshLeases { boxes: boxes.clone() });
                 let host_key = config.store.data_dir.join("ssh_host_ed25519_key");
-                let gateway = Gateway::bind(config.ssh.listen, &host_key, leases).await.map_err(|e| {
-                    std::io::Error::other(format!(
-                        "the SSH gateway cannot listen on {}: {e}",
-                        config.ssh.listen
-                    ))
-                })?;
+                let gateway = Gateway::bind(config.ssh.listen, &host_key, leases, config.ssh.limits())
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::other(format!(
+                            "the SSH gateway cannot listen on {}: {e}",
+                            config.ssh.listen
+                        ))
+                    })?;
                 Some(gateway)
             }
             _ => None,

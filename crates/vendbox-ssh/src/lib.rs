@@ -7,6 +7,7 @@
 //! the server) which lease a key opens and whether that lease may be used now. Sessions of a lease
 //! that ends are closed with a message saying why.
 
+mod admission;
 mod hostkey;
 mod session;
 mod sftp;
@@ -53,12 +54,42 @@ pub fn fingerprint(public_key: &str) -> Result<String, String> {
     Ok(key.fingerprint(russh::keys::HashAlg::Sha256).to_string())
 }
 
+/// What one client may hold of the gateway. Connections that have not authenticated are
+/// bounded in number (in all and per client address) and in time; authenticated ones per lease;
+/// channels per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a connection may take from its first byte to a successful login.
+    pub preauth_timeout: Duration,
+    /// Connections not yet logged in, in all.
+    pub max_unauthenticated: usize,
+    /// Connections not yet logged in, from one client address.
+    pub max_unauthenticated_per_peer: usize,
+    /// Logged-in connections to one lease.
+    pub max_connections_per_lease: usize,
+    /// Open channels (sessions and forwardings) of one connection.
+    pub max_channels_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            preauth_timeout: Duration::from_secs(20),
+            max_unauthenticated: 512,
+            max_unauthenticated_per_peer: 32,
+            max_connections_per_lease: 32,
+            max_channels_per_connection: 32,
+        }
+    }
+}
+
 /// The running gateway's address and its stop switch.
 #[derive(Debug)]
 pub struct Gateway {
     listener: TcpListener,
     config: Arc<Config>,
     leases: Arc<dyn Leases>,
+    admission: Arc<admission::Admission>,
 }
 
 impl Gateway {
@@ -67,6 +98,7 @@ impl Gateway {
         listen: SocketAddr,
         host_key_path: &Path,
         leases: Arc<dyn Leases>,
+        limits: Limits,
     ) -> std::io::Result<Gateway> {
         let key = load_or_create(host_key_path).map_err(std::io::Error::other)?;
         let config = Config {
@@ -83,7 +115,8 @@ impl Gateway {
             ..Config::default()
         };
         let listener = TcpListener::bind(listen).await?;
-        Ok(Gateway { listener, config: Arc::new(config), leases })
+        let admission = Arc::new(admission::Admission::new(limits));
+        Ok(Gateway { listener, config: Arc::new(config), leases, admission })
     }
 
     /// The address it listens on.
@@ -93,15 +126,31 @@ impl Gateway {
 
     /// Serves until `stop` turns true; open sessions are disconnected then.
     pub async fn run(self, stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(5);
         loop {
             tokio::select! {
                 () = stopped(stop.clone()) => return,
                 accepted = self.listener.accept() => {
-                    let Ok((socket, peer)) = accepted else { continue };
-                    let handler = session::Connection::new(self.leases.clone(), peer);
+                    let (socket, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Out of descriptors or memory: wait rather than spin.
+                            tracing::warn!(error = %e, "the ssh gateway could not accept; backing off");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                            continue;
+                        }
+                    };
+                    backoff = Duration::from_millis(5);
+                    let Some(ticket) = self.admission.arrive(peer.ip()) else {
+                        tracing::debug!(%peer, "ssh connection refused: too many waiting to log in");
+                        continue;
+                    };
+                    let handler =
+                        session::Connection::new(self.leases.clone(), peer, self.admission.clone(), ticket);
                     let config = self.config.clone();
                     let stop = stop.clone();
-                    tokio::spawn(session::serve(config, socket, handler, stop));
+                    tokio::spawn(session::serve(config, socket, handler, stop, self.admission.limits()));
                 }
             }
         }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
 use boxd::wire::{Event, ProcessSpec, PtySize, StartRequest};
@@ -15,7 +16,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use vendbox_box::{BoxdClient, ExecStream};
 
-use crate::{LEASE_CHECK_INTERVAL, Leases};
+use crate::admission::{Admission, LoggedIn, Waiting};
+use crate::{LEASE_CHECK_INTERVAL, Leases, Limits};
 
 /// The shell an interactive session runs (the host image has bash).
 const SHELL: &str = "/bin/bash";
@@ -41,13 +43,57 @@ pub(crate) struct Connection {
     /// The lease the client logged in to.
     lease: Option<String>,
     channels: HashMap<ChannelId, ChannelState>,
+    /// Forwarded connections open now (their tasks count themselves out).
+    tunnels: Arc<AtomicUsize>,
     /// Whether the task that ends the connection with its lease runs.
     watching: bool,
+    admission: Arc<Admission>,
+    /// The connection's place among those waiting to log in, until it logs in.
+    waiting: Option<Waiting>,
+    /// Its place among the lease's connections, once logged in.
+    logged_in: Option<LoggedIn>,
+    /// True once logged in. Dropped with the connection, which tells the tasks that watch it.
+    alive: watch::Sender<bool>,
 }
 
 impl Connection {
-    pub(crate) fn new(leases: Arc<dyn Leases>, peer: SocketAddr) -> Connection {
-        Connection { leases, peer, lease: None, channels: HashMap::new(), watching: false }
+    pub(crate) fn new(
+        leases: Arc<dyn Leases>,
+        peer: SocketAddr,
+        admission: Arc<Admission>,
+        waiting: Waiting,
+    ) -> Connection {
+        Connection {
+            leases,
+            peer,
+            lease: None,
+            channels: HashMap::new(),
+            tunnels: Arc::new(AtomicUsize::new(0)),
+            watching: false,
+            admission,
+            waiting: Some(waiting),
+            logged_in: None,
+            alive: watch::channel(false).0,
+        }
+    }
+
+    /// Logs the connection in to `lease`, if the lease has room for another connection.
+    fn log_in(&mut self, lease: String) -> Auth {
+        let Some(place) = self.admission.log_in(&lease) else {
+            tracing::info!(lease, peer = %self.peer, "ssh login refused: the lease has too many connections");
+            return Auth::reject();
+        };
+        self.logged_in = Some(place);
+        self.waiting = None;
+        self.lease = Some(lease);
+        self.alive.send_replace(true);
+        Auth::Accept
+    }
+
+    /// Whether another channel may open, under the connection's limit.
+    fn has_room_for_a_channel(&self) -> bool {
+        self.channels.len() + self.tunnels.load(Ordering::Relaxed)
+            < self.admission.limits().max_channels_per_connection
     }
 
     /// Ends the connection, with the reason, once its lease may no longer be used.
@@ -57,9 +103,14 @@ impl Connection {
             return;
         }
         let leases = self.leases.clone();
+        let mut alive = self.alive.subscribe();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(LEASE_CHECK_INTERVAL).await;
+                tokio::select! {
+                    () = tokio::time::sleep(LEASE_CHECK_INTERVAL) => {}
+                    // The connection is gone: nothing left to watch.
+                    changed = alive.changed() => if changed.is_err() { return } else { continue },
+                }
                 if let Some(reason) = leases.refusal(&lease).await {
                     tracing::info!(lease, reason, "ssh connection ended with its lease");
                     let _ = handle
@@ -177,16 +228,14 @@ impl Handler for Connection {
             return Ok(Auth::reject());
         };
         tracing::info!(lease, user, fingerprint, peer = %self.peer, "ssh login");
-        self.lease = Some(lease);
-        Ok(Auth::Accept)
+        Ok(self.log_in(lease))
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         match self.leases.by_password(user, password).await {
             Some(lease) => {
                 tracing::info!(lease, user, peer = %self.peer, "ssh login with a one-time password");
-                self.lease = Some(lease);
-                Ok(Auth::Accept)
+                Ok(self.log_in(lease))
             }
             None => Ok(Auth::reject()),
         }
@@ -199,6 +248,10 @@ impl Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.watch_lease(session.handle());
+        if !self.has_room_for_a_channel() {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         self.channels
             .insert(channel.id(), ChannelState { channel: Some(channel), ..ChannelState::default() });
         reply.accept().await;
@@ -220,6 +273,10 @@ impl Handler for Connection {
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         };
+        if !self.has_room_for_a_channel() {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let loopback = matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]");
         let port = u16::try_from(port).ok().filter(|p| *p > 0);
         let (true, Some(port)) = (loopback, port) else {
@@ -235,9 +292,12 @@ impl Handler for Connection {
             Ok(mut tunnel) => {
                 tracing::info!(lease, port, peer = %self.peer, "ssh forwarding into the box");
                 reply.accept().await;
+                let tunnels = self.tunnels.clone();
+                tunnels.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let mut stream = channel.into_stream();
                     let _ = tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await;
+                    tunnels.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             Err(reason) => {
@@ -379,19 +439,52 @@ pub(crate) async fn serve(
     socket: TcpStream,
     handler: Connection,
     stop: watch::Receiver<bool>,
+    limits: Limits,
 ) {
     let peer = handler.peer;
-    let session = match russh::server::run_stream(config, socket, handler).await {
-        Ok(session) => session,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "ssh connection setup failed");
-            return;
+    let mut logged_in = handler.alive.subscribe();
+    // russh runs the session in a task of its own that outlives its handle; a second handle on
+    // the socket lets the gateway cut a connection that did not log in.
+    let Some((socket, cutter)) =
+        socket.into_std().and_then(|s| Ok((s.try_clone()?, s))).ok().and_then(|(std, cutter)| {
+            std.set_nonblocking(true).ok()?;
+            Some((TcpStream::from_std(std).ok()?, cutter))
+        })
+    else {
+        return;
+    };
+    // A client must log in within the limit, counted from its first byte: one that never sends
+    // its version, or never finishes the key exchange or authentication, is dropped.
+    let started = tokio::time::Instant::now();
+    let deadline = started + limits.preauth_timeout;
+    let session =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler)).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "ssh connection setup failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "ssh connection dropped: it did not log in in time");
+                return;
+            }
+        };
+    let handle = session.handle();
+    let login_deadline = async move {
+        let in_time = async move { logged_in.wait_for(|in_| *in_).await.is_ok() };
+        if let Ok(true) = tokio::time::timeout_at(deadline, in_time).await {
+            std::future::pending::<()>().await;
         }
     };
-    let handle = session.handle();
     tokio::select! {
         () = crate::stopped(stop) => {
             let _ = handle.disconnect(Disconnect::ByApplication, "vendbox is stopping".into(), "en".into()).await;
+        }
+        () = login_deadline => {
+            // A client that did not log in is owed no goodbye (and one that stopped reading
+            // would block it): the socket is shut, which ends russh's task.
+            tracing::info!(%peer, "ssh connection dropped: it did not log in in time");
+            let _ = cutter.shutdown(std::net::Shutdown::Both);
         }
         result = session => {
             if let Err(e) = result {

@@ -369,3 +369,81 @@ async fn an_ssh_command_runs_past_five_seconds() {
     assert_eq!(text(&out.stdout), "done\n");
     assert!(started.elapsed() >= Duration::from_secs(7));
 }
+
+/// vendbox's peak resident memory so far, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Whether the server closed `stream` (end of file, or a reset) within `within`; bytes it sent
+/// first (its version line) are read past.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read as _;
+    let deadline = Instant::now() + within;
+    let mut buf = [0_u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_connections_that_never_log_in_cost_a_bounded_few_for_a_bounded_time() {
+    let env =
+        [("VENDBOX_SSH__PREAUTH_TIMEOUT_SECS", "3"), ("VENDBOX_SSH__MAX_UNAUTHENTICATED_PER_PEER", "32")];
+    let Some(host) = BoxHost::start_with("", &env) else { return };
+    let ssh = host.vendbox.as_ref().unwrap().ssh.clone().unwrap();
+    let pid = host.vendbox.as_ref().unwrap().child.id();
+    let (key, public) = keypair(host.dir.path(), "agent");
+    let bought =
+        host.buy_with(&json!({ "offer": "test-box", "minutes": 10, "ssh_public_key": public })).await;
+    let before = peak_rss(pid);
+
+    // A thousand connections from one address: half say hello and stop, half say nothing.
+    let mut attackers = Vec::new();
+    for i in 0..1000 {
+        let mut stream = std::net::TcpStream::connect(&ssh).unwrap();
+        if i % 2 == 0 {
+            stream.write_all(b"SSH-2.0-attacker\r\n").unwrap();
+        }
+        attackers.push(stream);
+    }
+    // All but the per-address allowance are closed at once.
+    let mut held = 0;
+    for stream in &mut attackers {
+        if !closed_within(stream, Duration::from_millis(20)) {
+            held += 1;
+        }
+    }
+    assert!(held <= 32, "{held} connections are held before logging in");
+
+    // Another client logs in and works meanwhile.
+    let port = ssh.rsplit(':').next().unwrap();
+    let out = Command::new("ssh")
+        .args(Scene::options(&key))
+        .args(["-b", "127.0.0.2", "-p", port, &format!("{}@127.0.0.1", bought.id), "echo in"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "in\n", "{}", text(&out.stderr));
+
+    // The held ones are dropped once the time to log in has passed.
+    for (i, stream) in attackers.iter_mut().enumerate() {
+        assert!(closed_within(stream, Duration::from_secs(6)), "connection {i} outlived the login time");
+    }
+    let grew = peak_rss(pid).saturating_sub(before);
+    assert!(grew < 64 << 20, "vendbox's peak memory grew by {} MiB", grew >> 20);
+}

@@ -80,12 +80,17 @@ impl BoxHost {
 
     /// A host serving [`FREE_CATALOG`] and then `more` (offers merge by `id`).
     pub fn start_with_catalog(more: &str) -> Option<BoxHost> {
+        Self::start_with(more, &[])
+    }
+
+    /// A host serving [`FREE_CATALOG`] and `more`, with `env` (configuration overrides).
+    pub fn start_with(more: &str, env: &[(&str, &str)]) -> Option<BoxHost> {
         if !boxes_supported() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("vendbox.toml"), format!("{FREE_CATALOG}\n{more}")).unwrap();
-        let vendbox = Vendbox::start(dir.path(), &["--data-dir", "state"]);
+        let vendbox = Vendbox::start_with(dir.path(), &["--data-dir", "state"], env);
         Some(BoxHost { vendbox: Some(vendbox), dir, http: reqwest::Client::new() })
     }
 
