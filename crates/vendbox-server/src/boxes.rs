@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use axum::http::StatusCode;
 use boxd::wire::{ProcessSpec, RunRequest, StartRequest};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
 use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Limits};
 use vendbox_core::{
     Capability, Lease, LeaseId, LeaseState, Offer, OfferKind, PaymentId, PaymentState, QuoteTerms,
@@ -23,6 +24,20 @@ use vendbox_store::{Store, StoreError};
 
 use crate::error::ApiError;
 use crate::worker::{Next, WorkResult, Worker};
+
+/// How many live leases start-up reconciliation checks at once.
+const RECONCILE_PARALLELISM: usize = 32;
+
+/// What start-up reconciliation does with one live lease.
+#[derive(Debug)]
+enum Verdict {
+    /// Its box answers: it goes on.
+    Keep,
+    /// Its time or actions ran out while vendbox was down: it was ended.
+    Ended,
+    /// It cannot go on, for this reason.
+    Fail(String),
+}
 
 /// How often the expiry worker looks for leases whose time or actions ran out.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -504,38 +519,55 @@ impl Boxes {
                 report.orphans_destroyed += 1;
             }
         }
-        for mut lease in live {
-            let reason = if lease.state == LeaseState::Provisioning {
-                Some("vendbox stopped while the box was being made; nothing was charged".to_owned())
-            } else if lease.is_used_up_at(now()) {
-                end_lease(&*self.store, &*self.backend, lease.id, LeaseState::Expired, None).await?;
-                report.leases_ended += 1;
-                continue;
-            } else if let Some(payment) = self.paid_with(&lease).await?
-                && payment == PaymentState::Voided
-            {
-                Some("its payment did not settle; nothing was charged".to_owned())
-            } else {
-                let box_id = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok());
-                let status = match &box_id {
-                    Some(id) if boxes.contains(id) => {
-                        self.backend.status(id).await.map_err(|e| box_error(&e))?
-                    }
-                    _ => BoxStatus::Gone,
-                };
-                (status != BoxStatus::Running)
-                    .then(|| format!("its box was lost while vendbox was down ({status:?})"))
-            };
-            if let Some(reason) = reason {
-                let expected = lease.state;
-                tracing::info!(lease = %lease.id, reason, "failing a lease at start-up");
-                self.fail(&mut lease, expected, &reason).await;
-                report.leases_failed += 1;
-            } else {
-                report.boxes_kept += 1;
+        // Boxes answer (or not) in parallel, so many stalled boxes cost one bounded wait.
+        let checked: Vec<(Lease, Result<Verdict, ApiError>)> =
+            futures_util::stream::iter(live.into_iter().map(|lease| async {
+                let verdict = self.verdict(&lease, &boxes).await;
+                (lease, verdict)
+            }))
+            .buffer_unordered(RECONCILE_PARALLELISM)
+            .collect()
+            .await;
+        for (mut lease, verdict) in checked {
+            match verdict? {
+                Verdict::Ended => report.leases_ended += 1,
+                Verdict::Fail(reason) => {
+                    let expected = lease.state;
+                    tracing::info!(lease = %lease.id, reason, "failing a lease at start-up");
+                    self.fail(&mut lease, expected, &reason).await;
+                    report.leases_failed += 1;
+                }
+                Verdict::Keep => report.boxes_kept += 1,
             }
         }
         Ok(report)
+    }
+
+    /// What reconciliation does with a live lease (ending it at once when its time or actions
+    /// ran out).
+    async fn verdict(&self, lease: &Lease, boxes: &[BoxId]) -> Result<Verdict, ApiError> {
+        if lease.state == LeaseState::Provisioning {
+            return Ok(Verdict::Fail(
+                "vendbox stopped while the box was being made; nothing was charged".into(),
+            ));
+        }
+        if lease.is_used_up_at(now()) {
+            end_lease(&*self.store, &*self.backend, lease.id, LeaseState::Expired, None).await?;
+            return Ok(Verdict::Ended);
+        }
+        if self.paid_with(lease).await? == Some(PaymentState::Voided) {
+            return Ok(Verdict::Fail("its payment did not settle; nothing was charged".into()));
+        }
+        let box_id = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok());
+        let status = match &box_id {
+            Some(id) if boxes.contains(id) => self.backend.status(id).await.map_err(|e| box_error(&e))?,
+            _ => BoxStatus::Gone,
+        };
+        Ok(if status == BoxStatus::Running {
+            Verdict::Keep
+        } else {
+            Verdict::Fail(format!("its box was lost while vendbox was down ({status:?})"))
+        })
     }
 
     async fn paid_with(&self, lease: &Lease) -> Result<Option<PaymentState>, ApiError> {

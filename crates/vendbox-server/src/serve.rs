@@ -108,8 +108,10 @@ impl Server {
         if let Some(settlement) = self.settlement {
             workers.push(Arc::new(settlement));
         }
+        let mut reconciling = None;
         if let Ok(boxes) = &self.state.boxes {
             workers.push(Arc::new(BoxExpiry { boxes: boxes.clone() }));
+            reconciling = Some(tokio::spawn(reconcile(boxes.clone(), workers_stop.clone())));
         }
         let gateway = self.gateway.map(|gateway| tokio::spawn(gateway.run(workers_stop.clone())));
         let handles: Vec<_> = workers
@@ -136,7 +138,7 @@ impl Server {
             }
         };
         let _ = stop_workers.send(true);
-        for h in handles.into_iter().chain(gateway) {
+        for h in handles.into_iter().chain(gateway).chain(reconciling) {
             let _ = h.await;
         }
         result
@@ -164,17 +166,33 @@ async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxe
             return Ok(Err(e.to_string().into()));
         }
     };
-    let boxes = Arc::new(Boxes::new(Arc::new(backend), store));
-    let report =
-        boxes.reconcile().await.map_err(|e| format!("reconciling boxes at start-up: {}", e.message))?;
-    tracing::info!(
-        kept = report.boxes_kept,
-        orphans_destroyed = report.orphans_destroyed,
-        failed = report.leases_failed,
-        ended = report.leases_ended,
-        "boxes reconciled"
-    );
-    Ok(Ok(boxes))
+    Ok(Ok(Arc::new(Boxes::new(Arc::new(backend), store))))
+}
+
+/// Makes the host and the store agree after a start, while vendbox serves: a box that stalls
+/// costs the reconciliation its own bounded wait, never the service. Retried on failure.
+async fn reconcile(boxes: Arc<Boxes>, mut stop: watch::Receiver<bool>) {
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match boxes.reconcile().await {
+            Ok(report) => {
+                tracing::info!(
+                    kept = report.boxes_kept,
+                    orphans_destroyed = report.orphans_destroyed,
+                    failed = report.leases_failed,
+                    ended = report.leases_ended,
+                    "boxes reconciled"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e.message, "reconciling boxes failed; trying again"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return,
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(60));
+    }
 }
 
 /// The payment gate and settlement worker of `config`; an error names what is missing.

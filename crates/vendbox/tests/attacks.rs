@@ -379,3 +379,41 @@ async fn pidfd_getfd_is_refused() {
     let out = syscall_error(&s, "syscall(438, 0, 0, 0)").await;
     assert_eq!(out, "Operation not permitted");
 }
+
+#[tokio::test]
+async fn stalled_boxds_do_not_hold_up_a_restart() {
+    let Some(mut host) = BoxHost::start() else { return };
+    let healthy = host.buy("test-box", 10).await;
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(host.buy("test-box", 10).await);
+    }
+    host.crash();
+    // While vendbox is down, three boxes stop answering: their boxd takes connections (the
+    // kernel queues them) and never replies.
+    let backend = host.backend();
+    for b in &stalled {
+        for pid in backend.pids(&vendbox_box::BoxId::new(&b.id).unwrap()) {
+            std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
+        }
+    }
+    let started = Instant::now();
+    host.restart();
+    assert_eq!(host.ok(&healthy, "echo fine").await, "fine\n");
+    let serving = started.elapsed();
+    assert!(serving < Duration::from_secs(10), "vendbox served after {serving:?}");
+    // Reconciliation, in the background, gives up on the stalled boxes within its bound.
+    for b in &stalled {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, view) = host.get(&format!("/v1/boxes/{}", b.id), &b.token).await;
+            assert_eq!(status, 200, "{view}");
+            if view["state"] == "failed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a stalled box's lease is still {view}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        host.assert_gone_within(&b.id, Duration::from_secs(10));
+    }
+}
