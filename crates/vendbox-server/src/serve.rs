@@ -49,7 +49,7 @@ impl Server {
         };
         let (gate, settlement) =
             payments(config, store.clone(), public_url, secrets).map_err(std::io::Error::other)?;
-        let boxes = boxes(config, store.clone()).await.map_err(std::io::Error::other)?;
+        let boxes = boxes(config, store.clone()).map_err(std::io::Error::other)?;
         let gateway = match &boxes {
             Ok(boxes) if config.ssh.enabled => {
                 let leases = Arc::new(SshLeases { boxes: boxes.clone() });
@@ -147,7 +147,7 @@ impl Server {
 
 /// The box service of `config`, reconciled with the host; or why there is none. A host that
 /// cannot run boxes (not root, no bubblewrap) still serves everything else.
-async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxes>, Arc<str>>, String> {
+fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxes>, Arc<str>>, String> {
     if config.boxes.backend == BackendKind::None {
         return Ok(Err("its operator turned boxes off ([boxes] backend = \"none\")".into()));
     }
@@ -191,7 +191,7 @@ async fn reconcile(boxes: Arc<Boxes>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
-        pause = (pause * 2).min(std::time::Duration::from_secs(60));
+        pause = (pause * 2).min(std::time::Duration::from_mins(1));
     }
 }
 
