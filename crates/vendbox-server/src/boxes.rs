@@ -510,15 +510,11 @@ impl Boxes {
     /// voided, is failed with the reason.
     pub async fn reconcile(&self) -> Result<Reconciled, ApiError> {
         let mut report = Reconciled::default();
-        let live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        // Boxes first: a box listed here had its lease written before it was made, so the
+        // leases read next know it.
         let boxes = self.backend.list().await.map_err(|e| box_error(&e))?;
-        for box_id in &boxes {
-            if !live.iter().any(|l| l.box_id.as_deref() == Some(box_id.as_str())) {
-                tracing::info!(box_id = %box_id, "destroying a box no lease owns");
-                self.backend.destroy(box_id).await.map_err(|e| box_error(&e))?;
-                report.orphans_destroyed += 1;
-            }
-        }
+        let live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        report.orphans_destroyed = self.destroy_orphans(&boxes, &live).await?;
         // Boxes answer (or not) in parallel, so many stalled boxes cost one bounded wait.
         let checked: Vec<(Lease, Result<Verdict, ApiError>)> =
             futures_util::stream::iter(live.into_iter().map(|lease| async {
@@ -541,6 +537,30 @@ impl Boxes {
             }
         }
         Ok(report)
+    }
+
+    /// Destroys the boxes among `boxes` that no lease in `live` owns; how many.
+    async fn destroy_orphans(&self, boxes: &[BoxId], live: &[Lease]) -> Result<usize, ApiError> {
+        let mut destroyed = 0;
+        for box_id in boxes {
+            if !live.iter().any(|l| l.box_id.as_deref() == Some(box_id.as_str())) {
+                tracing::info!(box_id = %box_id, "destroying a box no live lease owns");
+                self.backend.destroy(box_id).await.map_err(|e| box_error(&e))?;
+                destroyed += 1;
+            }
+        }
+        Ok(destroyed)
+    }
+
+    /// Destroys boxes whose lease has ended but whose destruction failed (or was cut short by a
+    /// stop): no box runs unpaid for long. How many.
+    pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let boxes = self.backend.list().await.map_err(|e| box_error(&e))?;
+        if boxes.is_empty() {
+            return Ok(0);
+        }
+        let live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        self.destroy_orphans(&boxes, &live).await
     }
 
     /// What reconciliation does with a live lease (ending it at once when its time or actions
@@ -694,11 +714,33 @@ fn now_ms_rounded() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
 }
 
-/// The expiry worker: ends leases whose time or actions ran out.
+/// How often the expiry worker also sweeps boxes whose lease ended but that are still there.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The expiry worker: ends leases whose time or actions ran out, and every [`SWEEP_INTERVAL`]
+/// destroys boxes left behind by a failed destruction.
 #[derive(Debug)]
 pub struct BoxExpiry {
     /// The boxes.
     pub boxes: Arc<Boxes>,
+    /// When it last swept.
+    pub swept: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl BoxExpiry {
+    /// The worker for `boxes`.
+    pub fn new(boxes: Arc<Boxes>) -> BoxExpiry {
+        BoxExpiry { boxes, swept: std::sync::Mutex::new(None) }
+    }
+
+    fn sweep_due(&self) -> bool {
+        let mut swept = self.swept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = swept.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL);
+        if due {
+            *swept = Some(std::time::Instant::now());
+        }
+        due
+    }
 }
 
 #[async_trait]
@@ -709,6 +751,12 @@ impl Worker for BoxExpiry {
 
     async fn work(&self) -> WorkResult {
         let ended = self.boxes.expire_due().await.map_err(|e| e.to_string())?;
+        if self.sweep_due() {
+            let swept = self.boxes.sweep().await.map_err(|e| e.to_string())?;
+            if swept > 0 {
+                tracing::warn!(swept, "destroyed boxes whose lease had ended");
+            }
+        }
         Ok(if ended > 0 { Next::Busy } else { Next::Idle(EXPIRY_INTERVAL) })
     }
 }

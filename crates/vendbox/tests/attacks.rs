@@ -417,3 +417,37 @@ async fn stalled_boxds_do_not_hold_up_a_restart() {
         host.assert_gone_within(&b.id, Duration::from_secs(10));
     }
 }
+
+#[tokio::test]
+async fn a_recorded_pid_that_now_names_a_host_process_is_not_killed() {
+    let Some(mut host) = BoxHost::start() else { return };
+    let lost = host.buy("test-box", 10).await;
+    host.crash();
+    // The box dies while vendbox is down, and its monitor's pid is taken by a host process
+    // (here written into the record, as pid reuse after a crash or reboot would have it).
+    let backend = host.backend();
+    let id = vendbox_box::BoxId::new(&lost.id).unwrap();
+    for pid in backend.pids(&id) {
+        std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    }
+    let mut bystander = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    let record = std::fs::read_dir("/run/vendbox")
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join(&lost.id).join("box.json"))
+        .find(|p| p.exists())
+        .expect("the box's record");
+    let mut fields: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    fields["pid"] = json!(bystander.id());
+    std::fs::write(&record, serde_json::to_vec(&fields).unwrap()).unwrap();
+
+    host.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !backend.leaves_traces(&id).is_empty() {
+        assert!(Instant::now() < deadline, "the lost box was not cleaned up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bystander.try_wait().unwrap().is_none(), "vendbox killed a host process by a stale pid");
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}

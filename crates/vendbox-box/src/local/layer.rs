@@ -45,7 +45,9 @@ pub(crate) const HOST_ETC: [&str; 16] = [
 /// Mounts and fills the layer at `dir` for a box whose root is host `uid`.
 pub(crate) fn create(dir: &Path, size_bytes: u64, uid: u32) -> Result<(), BoxError> {
     fs::create_dir_all(dir).map_err(BoxError::io(format!("creating {}", dir.display())))?;
-    let options = std::ffi::CString::new(format!("size={size_bytes},mode=0755")).unwrap_or_default();
+    // 0711: the box's uid passes through to its directories; it cannot list the top, where
+    // the host keeps boxd's socket, the box's record and its log.
+    let options = std::ffi::CString::new(format!("size={size_bytes},mode=0711")).unwrap_or_default();
     rustix::mount::mount(
         "vendbox-box",
         dir,
@@ -79,7 +81,7 @@ pub(crate) fn create(dir: &Path, size_bytes: u64, uid: u32) -> Result<(), BoxErr
             Err(_) => {}
         }
     }
-    mkdir(&dir.join("rw"), 0o755)?;
+    mkdir(&dir.join("rw"), 0o711)?;
     for (path, _, mode) in WRITABLE {
         let path = dir.join(path);
         mkdir(&path, mode)?;

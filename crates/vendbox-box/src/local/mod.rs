@@ -107,10 +107,12 @@ impl LocalBackend {
         let instance = hex::encode(&Sha256::digest(data_dir.to_string_lossy().as_bytes())[..6]);
         // Only host-wide directories now: this instance's own appear with its first box, so a
         // vendbox that never makes one leaves nothing on the host.
-        for dir in [&config.run_root, &config.run_root.join("uids")] {
-            fs::create_dir_all(dir).map_err(BoxError::io(format!("creating {}", dir.display())))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-                .map_err(BoxError::io(format!("opening {}", dir.display())))?;
+        // The run directory: root's, and only traversable by others (a box's uid passes through
+        // it to its own layer; no uid can list it). The uid claims: root's alone.
+        for (dir, mode) in [(config.run_root.clone(), 0o711), (config.run_root.join("uids"), 0o700)] {
+            fs::create_dir_all(&dir).map_err(BoxError::io(format!("creating {}", dir.display())))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .map_err(BoxError::io(format!("setting the mode of {}", dir.display())))?;
         }
         let seccomp = seccomp::filter();
         let exe =
@@ -208,6 +210,10 @@ impl LocalBackend {
     }
 
     async fn start(&self, spec: &BoxSpec, uid: u32) -> Result<(), BoxError> {
+        let instance = self.instance_dir();
+        fs::create_dir_all(&instance).map_err(BoxError::io(format!("creating {}", instance.display())))?;
+        fs::set_permissions(&instance, fs::Permissions::from_mode(0o711))
+            .map_err(BoxError::io(format!("setting the mode of {}", instance.display())))?;
         let layer = self.layer_dir(&spec.id);
         layer::create(&layer, u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024, uid)?;
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
@@ -339,10 +345,15 @@ impl Backend for LocalBackend {
         match self.start(spec, uid).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                if let Err(cleanup) = self.destroy(&spec.id).await {
-                    tracing::warn!(box_id = %spec.id, error = %cleanup, "cleaning up a box that did not start");
+                match self.destroy(&spec.id).await {
+                    // `destroy` gives the uid back once nothing of the box is left; without a
+                    // record it cannot know the uid, so it is given back here.
+                    Ok(()) => self.release_uid(uid),
+                    // Something of the box may still run as that uid: it stays claimed.
+                    Err(cleanup) => {
+                        tracing::warn!(box_id = %spec.id, error = %cleanup, "cleaning up a box that did not start");
+                    }
                 }
-                self.release_uid(uid);
                 Err(e)
             }
         }
@@ -368,10 +379,16 @@ impl Backend for LocalBackend {
 
     async fn destroy(&self, id: &BoxId) -> Result<(), BoxError> {
         let record = self.record(id);
-        if let Some(pid) = record.as_ref().and_then(|r| r.pid).and_then(|p| i32::try_from(p).ok()) {
-            // The monitor and boxd, in case the box died before it joined its cgroup.
+        if let Some(record) = &record
+            && let Some(pid) = record.pid.and_then(|p| i32::try_from(p).ok())
+        {
+            // The monitor and boxd, in case the box died before it joined its cgroup. A pid
+            // is only killed while it still runs as the box's own uid: after a reboot or a
+            // crash the recorded number may belong to anything.
             for pid in std::iter::once(pid).chain(children_of(pid.unsigned_abs())) {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                if runs_as(pid, record.uid)
+                    && let Some(pid) = rustix::process::Pid::from_raw(pid)
+                {
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
             }
@@ -403,6 +420,16 @@ impl Backend for LocalBackend {
 
 fn host_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// Whether process `pid` runs with the real uid `uid` (per `/proc/<pid>/status`).
+fn runs_as(pid: i32, uid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .is_some_and(|real| real == uid.to_string())
 }
 
 /// The direct children of `pid` (from `/proc/<pid>/task/*/children`).
