@@ -5,7 +5,8 @@
 //! rentals), with and without `Content-Type: application/json`. Two vendboxes answer: one that
 //! sells nothing (no payee, no boxes), and one that sells (a payee but no facilitator, and a
 //! backend whose boxes never answer) with a box, a rental, a machine and a lock already in its
-//! store, so that bodies reach the checks behind the tokens.
+//! store, so that bodies reach the checks behind the tokens. Any bytes in the ids of those
+//! routes' paths, and any query string where one is read, get the same properties.
 //!
 //! The properties: never a 5xx, except the 503s the API documents for what this vendbox cannot
 //! do (`payments_unconfigured`, `boxes_unavailable`, and `box_unavailable` for a box that does
