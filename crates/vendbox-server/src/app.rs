@@ -76,6 +76,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest file sent into a box, in bytes.
     pub max_file_bytes: usize,
+    /// Requests one client address may have in flight at once.
+    pub max_requests_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -84,6 +86,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
             max_file_bytes: 64 * 1024 * 1024,
+            max_requests_per_peer: 256,
         }
     }
 }
@@ -159,6 +162,10 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             })
             .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
             .layer(middleware::from_fn_with_state(state, record_metrics))
+            .layer(middleware::from_fn_with_state(
+                crate::peers::PeerLoad::new(limits.max_requests_per_peer),
+                crate::peers::cap,
+            ))
             .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::internal(&"a handler panicked").into_response()
             }))

@@ -244,6 +244,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Requests one client address may have in flight; more get 429 `too_many_requests`.
+    pub max_requests_per_peer: usize,
 }
 
 impl Default for ServerConfig {
@@ -254,6 +256,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 30,
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
+            max_requests_per_peer: 256,
         }
     }
 }

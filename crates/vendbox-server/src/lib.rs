@@ -11,6 +11,7 @@ pub mod gate;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod peers;
 pub mod purge;
 pub mod routes;
 pub mod serve;

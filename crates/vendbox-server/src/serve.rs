@@ -85,6 +85,7 @@ impl Server {
             request_timeout: config.server.request_timeout(),
             max_body_bytes: config.server.max_body_bytes,
             max_file_bytes: config.boxes.max_file_bytes,
+            max_requests_per_peer: config.server.max_requests_per_peer,
         };
         let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
         Ok(Server { listener, state, limits, grace, settlement, gateway })
@@ -110,7 +111,7 @@ impl Server {
         }
         let mut reconciling = None;
         if let Ok(boxes) = &self.state.boxes {
-            workers.push(Arc::new(BoxExpiry { boxes: boxes.clone() }));
+            workers.push(Arc::new(BoxExpiry::new(boxes.clone())));
             reconciling = Some(tokio::spawn(reconcile(boxes.clone(), workers_stop.clone())));
         }
         let gateway = self.gateway.map(|gateway| tokio::spawn(gateway.run(workers_stop.clone())));
@@ -121,6 +122,7 @@ impl Server {
 
         let (draining_tx, mut draining) = watch::channel(false);
         let app = router(self.state, self.limits);
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");

@@ -451,3 +451,47 @@ async fn a_recorded_pid_that_now_names_a_host_process_is_not_killed() {
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }
+
+#[tokio::test]
+async fn one_address_cannot_hold_more_than_its_share_of_requests() {
+    let env = [("VENDBOX_SERVER__MAX_REQUESTS_PER_PEER", "8")];
+    let Some(host) = BoxHost::start_with("", &env) else { return };
+    let b = host.buy("test-box", 10).await;
+    // Forty slow commands at once from one address: eight run, the rest are told to wait.
+    let url = host.url(&format!("/v1/boxes/{}/exec", b.id));
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let request = host
+            .http
+            .post(&url)
+            .bearer_auth(&b.token)
+            .json(&json!({ "command": "sleep 2", "timeout_seconds": 10 }));
+        calls.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Meanwhile another address is served at once.
+    let other =
+        reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let started = Instant::now();
+    let response = other.get(host.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (mut ran, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            (200, _) => ran += 1,
+            (429, body) => {
+                assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+                refused += 1;
+            }
+            (status, body) => panic!("{status} {body}"),
+        }
+    }
+    assert_eq!((ran, refused), (8, 32));
+    // Places are given back: the address is served again.
+    assert_eq!(host.ok(&b, "echo again").await, "again\n");
+}
