@@ -35,11 +35,18 @@ if [ ! -x tests/clients/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
   npm ci --prefix tests/clients --no-audit --no-fund --silent
 fi
 
-# bubblewrap: the local box backend's sandbox (namespaces, read-only root, seccomp).
-if ! command -v bwrap >/dev/null 2>&1; then
-  say "installing bubblewrap"
-  (apt-get install -y -qq bubblewrap >/dev/null 2>&1) \
-    || (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null)
+# Debian packages the tests call: bubblewrap (the local box backend's sandbox), OpenSSH's client
+# tools (ssh, scp, sftp drive the SSH gateway) and socat (the SFTP test's transport).
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+for tool in ssh scp sftp ssh-keygen; do
+  command -v "$tool" >/dev/null 2>&1 || { missing+=(openssh-client); break; }
+done
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing ${missing[*]}"
+  (apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1) \
+    || (apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null)
 fi
 
 # PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test` (the store suite's second
