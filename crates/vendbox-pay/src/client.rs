@@ -101,7 +101,8 @@ pub fn authorize(
         to: pay_to.parse().map_err(|_| format!("payTo {pay_to:?} is not an address"))?,
         value: U256::from_str_radix(amount, 10).map_err(|_| format!("amount {amount:?} is not a number"))?,
         valid_after: U256::from(now.saturating_sub(600)),
-        valid_before: U256::from(now + timeout.max(60)),
+        // The server picks `timeout`: a hostile one must not overflow the payer.
+        valid_before: U256::from(now.saturating_add(timeout.max(60))),
         nonce: random_nonce(),
     })
 }

@@ -162,6 +162,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             })
             .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
             .layer(middleware::from_fn_with_state(state, record_metrics))
+            .layer(middleware::from_fn(code_plain_refusals))
             .layer(middleware::from_fn_with_state(
                 crate::peers::PeerLoad::new(limits.max_requests_per_peer),
                 crate::peers::cap,
@@ -171,6 +172,41 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             }))
             ,
     )
+}
+
+/// The most of a plain-text refusal's body that is read to code it.
+const MAX_PLAIN_REFUSAL_BYTES: usize = 4096;
+
+/// Turns the refusals axum's extractors answer themselves in plain text (a path id that is not
+/// UTF-8, a query string that does not deserialise, a body of the wrong type…) into coded JSON
+/// errors, so that every 4xx of the API is `{"error":{"code","message"}}`.
+async fn code_plain_refusals(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !status.is_client_error() || !plain {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), MAX_PLAIN_REFUSAL_BYTES).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).trim().to_owned();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ if message.starts_with("Invalid URL") => "invalid_path",
+        _ if message.starts_with("Failed to deserialize query string") => "invalid_query",
+        _ if status == StatusCode::BAD_REQUEST => "bad_request",
+        _ => "refused",
+    };
+    ApiError::new(
+        status,
+        code,
+        if message.is_empty() { "the request was refused".to_owned() } else { message },
+    )
+    .into_response()
 }
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {

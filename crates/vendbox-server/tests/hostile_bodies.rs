@@ -676,21 +676,10 @@ async fn send(router: &Router, request: Request<Body>) -> Answer {
     Answer { status, payment_required, content_type, body }
 }
 
-/// KNOWN BUGS, tolerated by [`check`] until they are fixed: refusals that axum's `Path` and
-/// `Query` extractors answer themselves, as plain text rather than a coded JSON error, for an id
-/// in the path that is not UTF-8 once percent-decoded (every route with a path parameter) and for
-/// a query string that does not deserialise (`PUT /v1/boxes/{id}/files` without `path`,
-/// `POST /rentals/{id}/renew?token=a&token=b`). The `regression_*` tests below show them; when
-/// they are fixed, remove these and the tests' `#[ignore]`.
-const KNOWN_UNCODED_400S: [&str; 2] = ["Invalid URL: ", "Failed to deserialize query string: "];
-
 /// The properties every answer has.
 fn check(setup: Setup, answer: &Answer) -> Result<(), TestCaseError> {
     let status = answer.status;
     let text = String::from_utf8_lossy(&answer.body);
-    if status == StatusCode::BAD_REQUEST && KNOWN_UNCODED_400S.iter().any(|known| text.starts_with(known)) {
-        return Ok(());
-    }
     if status.is_success() {
         if answer.content_type.starts_with("application/json") {
             prop_assert!(
@@ -963,7 +952,7 @@ hostile_routes! {
 }
 
 /// Sends each request to a fresh `setup` vendbox and checks that every answer is a coded 4xx,
-/// without tolerating the known uncoded refusals; fails naming every one that is not.
+/// fails naming every one that is not.
 fn assert_coded(setup: Setup, requests: impl FnOnce(&Seeded) -> Vec<Request<Body>>) {
     let h = harness(setup);
     let mut wrong = Vec::new();
@@ -983,7 +972,6 @@ fn assert_coded(setup: Setup, requests: impl FnOnce(&Seeded) -> Vec<Request<Body
 /// that is not UTF-8 once decoded gets axum's plain-text `400 Invalid URL: Invalid UTF-8 in
 /// `rental_id``, not a coded JSON error. Every `Path` extractor answers so, GET and DELETE too.
 #[test]
-#[ignore = "known bug: Path rejections are plain text, not {\"error\":{\"code\":…}}"]
 fn regression_a_path_id_that_is_not_utf8_gets_a_coded_400() {
     assert_coded(Setup::Selling, |_| {
         [
@@ -1011,7 +999,6 @@ fn regression_a_path_id_that_is_not_utf8_gets_a_coded_400() {
 /// that does not deserialise gets axum's plain-text `400 Failed to deserialize query string: …`,
 /// not a coded JSON error (`GET /v1/offers` already turns its own into `invalid_query`).
 #[test]
-#[ignore = "known bug: Query rejections of the files and rental routes are plain text"]
 fn regression_a_bad_query_string_gets_a_coded_400() {
     assert_coded(Setup::Selling, |s| {
         let bearer = format!("Bearer {}", s.root_token);

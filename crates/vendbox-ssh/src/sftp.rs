@@ -265,7 +265,8 @@ impl Server {
         let start =
             if file.append { file.contents.len() } else { usize::try_from(offset).unwrap_or(usize::MAX) };
         let end = start.saturating_add(data.len());
-        if held - file.contents.len() + end.max(file.contents.len()) > MAX_BUFFERED {
+        // The offset is the client's: saturating, so a huge one is `too_large`, never an overflow.
+        if (held - file.contents.len()).saturating_add(end.max(file.contents.len())) > MAX_BUFFERED {
             return Err(too_large());
         }
         if end > file.contents.len() {
@@ -297,7 +298,7 @@ impl Server {
         }
         if let Some(size) = attrs.size {
             let size = usize::try_from(size).unwrap_or(usize::MAX);
-            if held - file.contents.len() + size > MAX_BUFFERED {
+            if (held - file.contents.len()).saturating_add(size) > MAX_BUFFERED {
                 return Err(too_large());
             }
             file.contents.resize(size, 0);
