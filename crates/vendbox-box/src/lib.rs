@@ -109,4 +109,66 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// The boxes this backend instance has on the host, running or not, for reconciliation.
     async fn list(&self) -> Result<Vec<BoxId>, BoxError>;
+
+    /// What this backend's boxes hold of the host now (for admission control). Boxes whose
+    /// limits are unknown count as boxes only.
+    async fn usage(&self) -> Result<Usage, BoxError> {
+        Ok(Usage { boxes: self.list().await?.len(), ..Usage::default() })
+    }
+
+    /// What the host can give boxes in all (memory after a reserve for the host, pids).
+    fn capacity(&self) -> Usage {
+        Usage { boxes: usize::MAX, memory_mb: u64::MAX, pids: u64::MAX }
+    }
+}
+
+/// Boxes and the sums of their limits: what a backend's boxes hold, or what a host can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Boxes.
+    pub boxes: usize,
+    /// Memory limits (which also bound each box's writable layer), in MiB.
+    pub memory_mb: u64,
+    /// Process limits.
+    pub pids: u64,
+}
+
+impl Usage {
+    /// What one box of `limits` holds.
+    pub fn of(limits: Limits) -> Usage {
+        Usage { boxes: 1, memory_mb: u64::from(limits.memory_mb), pids: u64::from(limits.pids) }
+    }
+
+    /// The sum of two usages.
+    #[must_use]
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            boxes: self.boxes.saturating_add(other.boxes),
+            memory_mb: self.memory_mb.saturating_add(other.memory_mb),
+            pids: self.pids.saturating_add(other.pids),
+        }
+    }
+
+    /// `self` less `other`, never below zero.
+    #[must_use]
+    pub fn minus(self, other: Usage) -> Usage {
+        Usage {
+            boxes: self.boxes.saturating_sub(other.boxes),
+            memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
+            pids: self.pids.saturating_sub(other.pids),
+        }
+    }
+
+    /// Whether `self` fits within `capacity`, and what runs out first if not.
+    pub fn exceeds(self, capacity: Usage) -> Option<&'static str> {
+        if self.boxes > capacity.boxes {
+            Some("boxes")
+        } else if self.memory_mb > capacity.memory_mb {
+            Some("memory")
+        } else if self.pids > capacity.pids {
+            Some("processes")
+        } else {
+            None
+        }
+    }
 }

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use boxd::wire::{ProcessSpec, RunRequest, StartRequest};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
-use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Limits};
+use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Limits, Usage};
 use vendbox_core::{
     Capability, Lease, LeaseId, LeaseState, Offer, OfferKind, PaymentId, PaymentState, QuoteTerms,
     SecretToken,
@@ -59,6 +59,24 @@ pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_mins(30);
 pub struct Boxes {
     backend: Arc<dyn Backend>,
     store: Arc<dyn Store>,
+    /// What this host sells boxes from in all.
+    capacity: Usage,
+    /// What boxes being made right now will hold (not yet counted by the backend).
+    making: Arc<std::sync::Mutex<Usage>>,
+}
+
+/// A box being made holds its share of the capacity until the backend counts it.
+#[derive(Debug)]
+struct Making {
+    making: Arc<std::sync::Mutex<Usage>>,
+    usage: Usage,
+}
+
+impl Drop for Making {
+    fn drop(&mut self) {
+        let mut making = self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *making = making.minus(self.usage);
+    }
 }
 
 /// An SSH public key that opens a lease's box, checked.
@@ -115,9 +133,46 @@ pub struct Ran {
 }
 
 impl Boxes {
-    /// Boxes made by `backend`, with leases in `store`.
+    /// Boxes made by `backend`, with leases in `store`, sold up to the backend's capacity.
     pub fn new(backend: Arc<dyn Backend>, store: Arc<dyn Store>) -> Boxes {
-        Boxes { backend, store }
+        let capacity = backend.capacity();
+        Boxes { backend, store, capacity, making: Arc::default() }
+    }
+
+    /// The same boxes sold up to `capacity` instead.
+    #[must_use]
+    pub fn with_capacity(self, capacity: Usage) -> Boxes {
+        Boxes { capacity, ..self }
+    }
+
+    /// What this host sells boxes from in all.
+    pub fn capacity(&self) -> Usage {
+        self.capacity
+    }
+
+    /// Refuses, with 503 `sold_out`, a box of `offer` that the host cannot hold now. Asked
+    /// before any payment is: nobody pays for a box that cannot be made.
+    pub async fn admit(&self, offer: &Offer) -> Result<(), ApiError> {
+        let wanted = Usage::of(limits_of(offer));
+        let used = self.backend.usage().await.map_err(|e| box_error(&e))?;
+        let making = *self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match used.plus(making).plus(wanted).exceeds(self.capacity) {
+            None => Ok(()),
+            Some(resource) => Err(sold_out(resource)),
+        }
+    }
+
+    /// Holds a box's share of the capacity while it is made (checked again: time passed since
+    /// [`Self::admit`], and other purchases may have come first).
+    async fn hold(&self, limits: Limits) -> Result<Making, ApiError> {
+        let wanted = Usage::of(limits);
+        let used = self.backend.usage().await.map_err(|e| box_error(&e))?;
+        let mut making = self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(resource) = used.plus(*making).plus(wanted).exceeds(self.capacity) {
+            return Err(sold_out(resource));
+        }
+        *making = making.plus(wanted);
+        Ok(Making { making: self.making.clone(), usage: wanted })
     }
 
     /// The backend's name.
@@ -177,19 +232,23 @@ impl Boxes {
         for key in ssh_keys {
             self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
         }
-        let memory_mb = offer.resources.memory_mb.max(64);
         let spec = BoxSpec {
             id: box_id,
             image: terms.image.clone().unwrap_or_else(|| "host".into()),
-            limits: Limits {
-                vcpu: offer.resources.vcpu.max(1),
-                memory_mb,
-                disk_mb: offer.resources.disk_gb.max(1).saturating_mul(1024),
-                pids: Limits::pids_for(memory_mb),
-            },
+            limits: limits_of(offer),
             egress: false,
         };
-        if let Err(e) = self.backend.create(&spec).await {
+        let held = match self.hold(spec.limits).await {
+            Ok(held) => held,
+            Err(e) => {
+                let reason = format!("{}; nothing was charged", e.message);
+                self.fail(&mut lease, LeaseState::Provisioning, &reason).await;
+                return Err(e.with_message(reason));
+            }
+        };
+        let created = self.backend.create(&spec).await;
+        drop(held);
+        if let Err(e) = created {
             tracing::warn!(lease = %lease.id, error = %e, "a box could not be made");
             let reason = format!("the box could not be made: {e}");
             self.fail(&mut lease, LeaseState::Provisioning, &reason).await;
@@ -663,6 +722,28 @@ async fn end_lease(
         backend.destroy(&box_id).await.map_err(|e| box_error(&e))?;
     }
     Ok(lease)
+}
+
+/// The limits a box of `offer` runs under.
+fn limits_of(offer: &Offer) -> Limits {
+    let memory_mb = offer.resources.memory_mb.max(64);
+    Limits {
+        vcpu: offer.resources.vcpu.max(1),
+        memory_mb,
+        disk_mb: offer.resources.disk_gb.max(1).saturating_mul(1024),
+        pids: Limits::pids_for(memory_mb),
+    }
+}
+
+/// 503 `sold_out`: the host has no room for another box of this size now.
+fn sold_out(resource: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "sold_out",
+        format!(
+            "this vendbox has no {resource} left for another box of this size; try again later or a smaller offer"
+        ),
+    )
 }
 
 /// The error a caller sees once a lease's actions are used up.

@@ -130,6 +130,27 @@ pub struct BoxesConfig {
     /// The program (and its first arguments) that runs as PID 1 of each box; empty means this
     /// vendbox program itself, as `vendbox boxd`.
     pub boxd_command: Vec<String>,
+    /// Most boxes at once; 0: as many as the backend can make.
+    pub max_boxes: usize,
+    /// Memory (in MiB) that boxes' limits may add up to; 0: the host's memory less a reserve.
+    pub memory_mb: u64,
+    /// How far boxes' memory limits may add up past that memory (1.0: never; idle boxes use
+    /// far less than their limits, so an operator may sell more).
+    pub memory_overcommit: f64,
+}
+
+impl BoxesConfig {
+    /// The capacity boxes are sold from, given what the backend detected.
+    pub fn capacity(&self, detected: vendbox_box::Usage) -> vendbox_box::Usage {
+        let memory_mb = if self.memory_mb == 0 { detected.memory_mb } else { self.memory_mb };
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let memory_mb = (memory_mb as f64 * self.memory_overcommit.max(0.0)).min(u64::MAX as f64) as u64;
+        vendbox_box::Usage {
+            boxes: if self.max_boxes == 0 { detected.boxes } else { self.max_boxes.min(detected.boxes) },
+            memory_mb,
+            pids: detected.pids,
+        }
+    }
 }
 
 impl Default for BoxesConfig {
@@ -139,6 +160,9 @@ impl Default for BoxesConfig {
             run_dir: PathBuf::from("/run/vendbox"),
             max_file_bytes: 64 * 1024 * 1024,
             boxd_command: Vec::new(),
+            max_boxes: 0,
+            memory_mb: 0,
+            memory_overcommit: 1.0,
         }
     }
 }

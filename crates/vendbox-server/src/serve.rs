@@ -168,7 +168,15 @@ fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxes>, Ar
             return Ok(Err(e.to_string().into()));
         }
     };
-    Ok(Ok(Arc::new(Boxes::new(Arc::new(backend), store))))
+    let boxes = Boxes::new(Arc::new(backend), store);
+    let capacity = config.boxes.capacity(boxes.capacity());
+    tracing::info!(
+        boxes = capacity.boxes,
+        memory_mb = capacity.memory_mb,
+        pids = capacity.pids,
+        "box capacity"
+    );
+    Ok(Ok(Arc::new(boxes.with_capacity(capacity))))
 }
 
 /// Makes the host and the store agree after a start, while vendbox serves: a box that stalls

@@ -495,3 +495,31 @@ async fn one_address_cannot_hold_more_than_its_share_of_requests() {
     // Places are given back: the address is served again.
     assert_eq!(host.ok(&b, "echo again").await, "again\n");
 }
+
+#[tokio::test]
+async fn a_box_the_host_cannot_hold_is_refused_before_any_payment_is_asked() {
+    // Room for two 256 MiB boxes; H3RETIK's micro session is for sale (paid) as well.
+    let env = [
+        ("VENDBOX_BOXES__MEMORY_MB", "600"),
+        ("VENDBOX_PAYMENTS__PAY_TO", "0x2222222222222222222222222222222222222222"),
+    ];
+    let more =
+        "[[offers]]\nid = \"h3retik-micro\"\nprice = { base = \"0.19\" }\nresources = { memory_mb = 256 }\n";
+    let Some(host) = BoxHost::start_with(more, &env) else { return };
+    // With room, the paid offer asks for payment.
+    let (status, body) = host.post("/x402/sessions/micro", None, &json!({})).await;
+    assert_eq!(status, 402, "{body}");
+    let first = host.buy("test-box", 10).await;
+    let _second = host.buy("test-box", 10).await;
+    // Full: a free box and a paid one are refused alike, and no payment is asked for.
+    let (status, body) = host.post("/v1/boxes", None, &json!({ "offer": "test-box", "minutes": 10 })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("sold_out")), "{body}");
+    let response = host.http.post(host.url("/x402/sessions/micro")).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("payment-required").is_none(), "a payment was asked for");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "sold_out", "{body}");
+    // Room again once a box ends.
+    assert_eq!(host.end(&first).await.0, 200);
+    let _third = host.buy("test-box", 10).await;
+}

@@ -79,6 +79,9 @@ struct BoxRecord {
     uid: u32,
     /// Host pid of the box's outermost process (bubblewrap's monitor).
     pid: Option<u32>,
+    /// The limits it was made with (absent in records of older vendbox versions).
+    #[serde(default)]
+    limits: Option<crate::Limits>,
 }
 
 /// Boxes as bubblewrap sandboxes on this host.
@@ -217,7 +220,7 @@ impl LocalBackend {
         let layer = self.layer_dir(&spec.id);
         layer::create(&layer, u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024, uid)?;
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
-        self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None })?;
+        self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
         // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts;
         // bubblewrap reads it from `SECCOMP_FD` and closes that before it starts boxd.
         let (seccomp, mut filter) =
@@ -245,7 +248,12 @@ impl LocalBackend {
             .kill_on_drop(false);
         let mut child = command.spawn().map_err(BoxError::io("starting bubblewrap"))?;
         let pid = child.id().unwrap_or_default();
-        self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: Some(pid) })?;
+        self.write_record(&BoxRecord {
+            id: spec.id.clone(),
+            uid,
+            pid: Some(pid),
+            limits: Some(spec.limits),
+        })?;
         // Put the monitor in the box's cgroup at once; its child (boxd) is moved as soon as it
         // exists. boxd runs nothing of the box's before the host has asked it to, and the host
         // asks only after this.
@@ -401,6 +409,21 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
+    async fn usage(&self) -> Result<crate::Usage, BoxError> {
+        let mut usage = crate::Usage::default();
+        for id in self.list().await? {
+            usage = usage.plus(match self.record(&id).and_then(|r| r.limits) {
+                Some(limits) => crate::Usage::of(limits),
+                None => crate::Usage { boxes: 1, ..crate::Usage::default() },
+            });
+        }
+        Ok(usage)
+    }
+
+    fn capacity(&self) -> crate::Usage {
+        host_capacity()
+    }
+
     async fn list(&self) -> Result<Vec<BoxId>, BoxError> {
         let mut names = self.cgroups.list(&self.instance);
         if let Ok(entries) = fs::read_dir(self.instance_dir()) {
@@ -420,6 +443,28 @@ impl Backend for LocalBackend {
 
 fn host_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// What this host can give boxes: its memory less a reserve for the host (a tenth, at least
+/// 1 GiB), half the kernel's pid space, and one box per uid of the range.
+fn host_capacity() -> crate::Usage {
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let total_mb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024);
+    let reserve_mb = (total_mb / 10).max(1024);
+    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(32_768);
+    crate::Usage {
+        boxes: UID_COUNT as usize,
+        memory_mb: total_mb.saturating_sub(reserve_mb),
+        pids: pid_max / 2,
+    }
 }
 
 /// Whether process `pid` runs with the real uid `uid` (per `/proc/<pid>/status`).

@@ -239,6 +239,8 @@ pub(crate) async fn buy(
     let boxes = service(state)?;
     let offer = state.catalog.offer(offer_id).map_err(|e| ApiError::from(e).with_field("offer"))?.clone();
     let terms = offer.quote(params)?;
+    // Before any payment is asked for: a box the host cannot hold is not sold.
+    boxes.admit(&offer).await?;
     let requirements = state.gate.charge(terms.price, path, &offer.title)?;
     let work = |payment_id| async move {
         let provisioned = boxes.provision(&offer, &terms, payment_id, &ssh_keys, &capabilities).await?;
