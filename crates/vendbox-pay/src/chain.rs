@@ -26,7 +26,9 @@ sol! {
         function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
         function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
         function mint(address to, uint256 amount) external;
+        function cancelAuthorization(address authorizer, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
         event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
+        event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
     }
 }
 
@@ -99,10 +101,21 @@ impl Chain {
 
     /// The transaction that used `from`'s authorization with `nonce`, if it is on chain.
     pub async fn find_settlement(&self, from: Address, nonce: B256) -> Result<Option<B256>, ChainError> {
+        self.find_log(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH, from, nonce).await
+    }
+
+    /// The transaction in which `from` cancelled its authorization with `nonce`, if there is one
+    /// (`authorizationState` is true for a cancelled authorization as for a used one, though no
+    /// money moved).
+    pub async fn find_cancellation(&self, from: Address, nonce: B256) -> Result<Option<B256>, ChainError> {
+        self.find_log(Eip3009Token::AuthorizationCanceled::SIGNATURE_HASH, from, nonce).await
+    }
+
+    async fn find_log(&self, event: B256, from: Address, nonce: B256) -> Result<Option<B256>, ChainError> {
         let latest = self.provider.get_block_number().await.map_err(ChainError::from_rpc)?;
         let filter = Filter::new()
             .address(self.asset)
-            .event_signature(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH)
+            .event_signature(event)
             .topic1(from.into_word())
             .topic2(nonce)
             .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))

@@ -180,6 +180,41 @@ pub async fn mint(
     if receipt.status() { Ok(()) } else { Err(ChainError("mint reverted".into()).into()) }
 }
 
+alloy::sol! {
+    /// EIP-3009's cancellation, exactly as the token hashes it.
+    struct CancelAuthorization {
+        address authorizer;
+        bytes32 nonce;
+    }
+}
+
+/// Cancels `payer`'s unused authorization with `nonce` on the token of `domain`, as a payer who
+/// changed its mind would; `sender` pays the gas.
+pub async fn cancel_authorization(
+    rpc_url: &str,
+    sender: &PrivateKeySigner,
+    domain: &crate::eip3009::TokenDomain,
+    payer: &PrivateKeySigner,
+    nonce: alloy::primitives::B256,
+) -> Result<(), DevChainError> {
+    use alloy::signers::SignerSync as _;
+    use alloy::sol_types::SolStruct as _;
+    let cancel = CancelAuthorization { authorizer: payer.address(), nonce };
+    let hash = cancel.eip712_signing_hash(&domain.eip712());
+    let signature = payer.sign_hash_sync(&hash).map_err(|e| ChainError(e.to_string()))?;
+    let v = if signature.v() { 28 } else { 27 };
+    let provider = signing_provider(rpc_url, sender)?;
+    let receipt = Eip3009Token::new(domain.verifying_contract, &provider)
+        .cancelAuthorization(payer.address(), nonce, v, signature.r().into(), signature.s().into())
+        .send()
+        .await
+        .map_err(|e| ChainError(e.to_string()))?
+        .get_receipt()
+        .await
+        .map_err(|e| ChainError(e.to_string()))?;
+    if receipt.status() { Ok(()) } else { Err(ChainError("the cancellation reverted".into()).into()) }
+}
+
 /// Sends `wei` of the chain's native coin from `sender` to `to` (gas money for a new signer).
 pub async fn fund(
     rpc_url: &str,

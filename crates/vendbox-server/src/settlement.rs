@@ -65,12 +65,20 @@ impl SettlementWorker {
         let payer: Address = payment.replay_key.payer.parse()?;
         let nonce: B256 = payment.replay_key.nonce.parse()?;
         if self.chain.authorization_used(payer, nonce).await? {
-            let tx = self.chain.find_settlement(payer, nonce).await?;
-            let settlement_ref = tx.map_or_else(
-                || "on chain (transaction not found in recent blocks)".into(),
-                |t| t.to_string(),
-            );
-            Ok(PaymentOutcome::Settled { settlement_ref })
+            // Used or cancelled: only a transfer charged the payer.
+            if let Some(tx) = self.chain.find_settlement(payer, nonce).await? {
+                return Ok(PaymentOutcome::Settled { settlement_ref: tx.to_string() });
+            }
+            if let Some(tx) = self.chain.find_cancellation(payer, nonce).await? {
+                return Ok(PaymentOutcome::Voided {
+                    reason: format!(
+                        "the payer cancelled the authorization on chain ({tx}) before vendbox settled it; nothing was charged"
+                    ),
+                });
+            }
+            Ok(PaymentOutcome::Settled {
+                settlement_ref: "on chain (transaction not found in recent blocks)".into(),
+            })
         } else {
             Ok(PaymentOutcome::Voided {
                 reason:

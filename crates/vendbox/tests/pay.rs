@@ -677,3 +677,37 @@ async fn a_remote_facilitator_verifies_and_settles_with_its_auth_header() {
     assert!(facilitator.stats().await["unauthorized"].as_u64().unwrap() >= 1);
     assert_eq!(shop.balance(payer.address()).await, FUNDS - PRICE, "nothing more moved");
 }
+
+#[tokio::test]
+async fn an_authorization_the_payer_cancelled_after_a_crash_is_voided_not_settled() {
+    let Some(mut shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=60")]).await else {
+        return;
+    };
+    let (payer, header, request) = pay_in_background(&shop).await;
+    wait_for("the payment to be reserved", Duration::from_secs(20), async || {
+        payments_of(&shop).await.iter().any(|p| p.state == PaymentState::Verified)
+    })
+    .await;
+    shop.vendbox.crash();
+    assert!(request.await.unwrap().is_err(), "the client got no answer");
+    // While vendbox is down the payer cancels the authorization on chain: `authorizationState`
+    // now reads true, as for a used one, but no money moved.
+    let sent: PaymentPayloadV2 = wire::decode_header(&header.1).unwrap();
+    let nonce = sent.payload.authorization.nonce.parse().unwrap();
+    let domain = vendbox_pay::eip3009::TokenDomain {
+        name: "USDC".into(),
+        version: "2".into(),
+        chain_id: 31337,
+        verifying_contract: shop.asset,
+    };
+    let gas = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+    vendbox_pay::devchain::cancel_authorization(&shop.anvil.rpc_url, &gas, &domain, &payer, nonce)
+        .await
+        .unwrap();
+    assert!(shop.chain.authorization_used(payer.address(), nonce).await.unwrap());
+
+    let payments = restart_and_settle(&mut shop).await;
+    assert_eq!(payments[0].state, PaymentState::Voided, "{payments:?}");
+    assert!(payments[0].void_reason.as_deref().unwrap().contains("cancelled"), "{payments:?}");
+    assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing was charged");
+}
