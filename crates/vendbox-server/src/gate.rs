@@ -94,6 +94,46 @@ pub struct PaymentGate {
     public_url: String,
     /// Failures injected by crash tests.
     faults: Faults,
+    /// Payment headers the facilitator refused lately, so that a replayed bad header costs a
+    /// lookup, not another call to a chain.
+    refused: Arc<std::sync::Mutex<RefusedHeaders>>,
+}
+
+/// How long a refused header is answered from memory.
+const REFUSED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How many refused headers are remembered (the oldest are forgotten first).
+const REFUSED_MAX: usize = 10_000;
+
+/// Headers (by SHA-256) the facilitator refused, with the refusal and when it is forgotten.
+#[derive(Debug, Default)]
+struct RefusedHeaders {
+    by_hash: std::collections::HashMap<[u8; 32], (Rejection, std::time::Instant)>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl RefusedHeaders {
+    fn get(&mut self, hash: &[u8; 32]) -> Option<Rejection> {
+        match self.by_hash.get(hash) {
+            Some((rejection, until)) if *until > std::time::Instant::now() => Some(rejection.clone()),
+            Some(_) => {
+                self.by_hash.remove(hash);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, hash: [u8; 32], rejection: Rejection) {
+        while self.order.len() >= REFUSED_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_hash.remove(&old);
+            }
+        }
+        if self.by_hash.insert(hash, (rejection, std::time::Instant::now() + REFUSED_TTL)).is_none() {
+            self.order.push_back(hash);
+        }
+    }
 }
 
 impl PaymentGate {
@@ -105,7 +145,7 @@ impl PaymentGate {
         public_url: String,
         faults: Faults,
     ) -> Self {
-        Self { acceptance, facilitator, store, public_url, faults }
+        Self { acceptance, facilitator, store, public_url, faults, refused: Arc::default() }
     }
 
     /// A gate that takes no payments: paid routes answer 503 `payments_unconfigured`.
@@ -244,26 +284,50 @@ impl PaymentGate {
         };
         let checked =
             exact::check(sent, requirements, exact::unix_now()).map_err(|r| refuse(requirements, &r))?;
+        // Cheap checks before any call to a chain: a header refused lately, and a replay key
+        // already taken here (the reservation below still decides a race).
+        let hash: [u8; 32] = {
+            use sha2::Digest as _;
+            let mut digest = sha2::Sha256::new();
+            for value in [v2, v1].into_iter().flatten().flatten() {
+                digest.update(value.as_bytes());
+                digest.update([0]);
+            }
+            digest.finalize().into()
+        };
+        let known = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&hash);
+        if let Some(rejection) = known {
+            return Err(refuse(requirements, &rejection));
+        }
+        let payment = reservation(&checked, requirements);
+        if self
+            .store
+            .payment_by_replay_key(&payment.replay_key)
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?
+            .is_some()
+        {
+            return Err(refuse(requirements, &replayed()));
+        }
         let facilitator =
             self.facilitator.as_ref().ok_or_else(|| unavailable("no facilitator is configured"))?;
         match facilitator.verify(&checked, requirements).await {
             Ok(()) => {}
-            Err(VerifyError::Rejected(r)) => return Err(refuse(requirements, &r)),
+            Err(VerifyError::Rejected(r)) => {
+                self.refused
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(hash, r.clone());
+                return Err(refuse(requirements, &r));
+            }
             Err(VerifyError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "payment verification unavailable");
                 return Err(unavailable("the payment could not be verified right now; try again"));
             }
         }
-        let payment = reservation(&checked, requirements);
         match self.store.reserve_payment(&payment).await {
             Ok(()) => {}
-            Err(StoreError::ReplayKeyTaken) => {
-                let r = Rejection::new(
-                    Reason::Replayed,
-                    "this authorization was already used here; sign a new one",
-                );
-                return Err(refuse(requirements, &r));
-            }
+            Err(StoreError::ReplayKeyTaken) => return Err(refuse(requirements, &replayed())),
             Err(e) => return Err(ApiError::from(e).into_response()),
         }
         tracing::info!(payment = %payment.id, payer = %checked.payer(), amount = %payment.amount, "payment reserved");
@@ -337,6 +401,11 @@ impl PaymentGate {
             }
         }
     }
+}
+
+/// The refusal of an authorization this vendbox has seen before.
+fn replayed() -> Rejection {
+    Rejection::new(Reason::Replayed, "this authorization was already used here; sign a new one")
 }
 
 /// A payment that passed every check and holds its replay key.

@@ -127,6 +127,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The payment with this id.
     async fn get_payment(&self, id: PaymentId) -> StoreResult<Option<Payment>>;
 
+    /// The payment that holds `key`, if any (a read: the cheap check before asking a chain).
+    async fn payment_by_replay_key(&self, key: &vendbox_core::ReplayKey) -> StoreResult<Option<PaymentId>>;
+
     /// Moves a `verified` payment to `settled` or `voided`. Fails with
     /// [`StoreError::Conflict`] if it is no longer `verified` (someone else finished it).
     async fn finish_payment(

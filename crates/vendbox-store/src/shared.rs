@@ -290,6 +290,30 @@ macro_rules! store_impl {
                 row.as_ref().map(Self::payment_from_row).transpose()
             }
 
+            async fn payment_by_replay_key(
+                &self,
+                key: &vendbox_core::ReplayKey,
+            ) -> $crate::StoreResult<Option<vendbox_core::PaymentId>> {
+                let row = sqlx::query(
+                    "SELECT id FROM payments WHERE chain = $1 AND asset = $2 AND payer = $3 AND nonce = $4",
+                )
+                .bind(&key.chain)
+                .bind(&key.asset)
+                .bind(&key.payer)
+                .bind(&key.nonce)
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => {
+                        let id: String = sqlx::Row::try_get(&r, "id")?;
+                        id.parse().map(Some).map_err(|_| {
+                            $crate::StoreError::Corrupt(format!("payment id {id:?} is not a payment id"))
+                        })
+                    }
+                }
+            }
+
             async fn finish_payment(
                 &self,
                 id: vendbox_core::PaymentId,

@@ -711,3 +711,33 @@ async fn an_authorization_the_payer_cancelled_after_a_crash_is_voided_not_settle
     assert!(payments[0].void_reason.as_deref().unwrap().contains("cancelled"), "{payments:?}");
     assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing was charged");
 }
+
+/// Stops the shop's chain, so that anything vendbox still asks of it fails.
+fn stop_chain(shop: &Shop) {
+    let pid = shop.anvil.pid().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_refused_header_sent_again_is_answered_without_asking_the_chain() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let empty = PrivateKeySigner::random();
+    let header = v2_header(&v2_payment(&shop.challenge().await, &empty, |_| {}));
+    refused(&shop, &empty, header.clone(), 402, "insufficient_funds").await;
+    stop_chain(&shop);
+    // Answered from what vendbox remembers; asking the stopped chain would be a 503.
+    let (status, _, body) = shop.get_catalog((header.0, &header.1)).await;
+    assert_eq!((status, body["error"].as_str()), (402, Some("insufficient_funds")), "{body}");
+}
+
+#[tokio::test]
+async fn a_replayed_authorization_is_refused_without_asking_the_chain() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    let header = v2_header(&v2_payment(&shop.challenge().await, &payer, |_| {}));
+    let (status, _, body) = shop.get_catalog((header.0, &header.1)).await;
+    assert_eq!(status, 200, "{body}");
+    stop_chain(&shop);
+    let (status, _, body) = shop.get_catalog((header.0, &header.1)).await;
+    assert_eq!((status, body["error"].as_str()), (402, Some("payment_replayed")), "{body}");
+}
