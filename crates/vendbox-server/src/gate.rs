@@ -100,7 +100,7 @@ pub struct PaymentGate {
 }
 
 /// How long a refused header is answered from memory.
-const REFUSED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const REFUSED_TTL: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// How many refused headers are remembered (the oldest are forgotten first).
 const REFUSED_MAX: usize = 10_000;
