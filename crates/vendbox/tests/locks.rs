@@ -108,7 +108,49 @@ impl Cluster {
 
 /// Store time in Unix milliseconds.
 fn ms(value: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap()).unwrap().timestamp_millis()
+    store_ms(value).unwrap()
+}
+
+/// Store time in Unix milliseconds, when `value` is one.
+fn store_ms(value: &Value) -> Option<i64> {
+    Some(chrono::DateTime::parse_from_rfc3339(value.as_str()?).ok()?.timestamp_millis())
+}
+
+/// What came back for one request of a [`LockClient`].
+enum Answer {
+    /// A status below 500 and a JSON body.
+    Json(u16, Value),
+    /// The connection was refused (an instance being restarted): nothing reached vendbox.
+    NotSent,
+    /// Sent, and no answer came back whole: a timeout, or the connection broke (a crash).
+    Lost,
+    /// An answer no correct vendbox gives: a 5xx, or a body that is not JSON.
+    Broken(String),
+}
+
+impl Answer {
+    /// The outcome of anything but a JSON answer, or of one `parse` does not take.
+    fn outcome(self, parse: impl FnOnce(u16, &Value) -> Option<Outcome>) -> Outcome {
+        match self {
+            Answer::Json(status, body) => {
+                parse(status, &body).unwrap_or_else(|| Outcome::Failed { answer: format!("{status} {body}") })
+            }
+            Answer::NotSent => Outcome::NotSent,
+            Answer::Lost => Outcome::Unknown,
+            Answer::Broken(answer) => Outcome::Failed { answer },
+        }
+    }
+}
+
+/// A grant's fencing token, start and expiry, as `lock` shows them.
+fn life(lock: &Value) -> Option<(u64, i64, i64)> {
+    Some((lock["fencing_token"].as_u64()?, store_ms(&lock["acquired_at"])?, store_ms(&lock["expires_at"])?))
+}
+
+/// The outcome of a 409 refusal.
+fn refusal(status: u16, body: &Value) -> Option<Outcome> {
+    (status == 409).then_some(())?;
+    Some(Outcome::Refused { code: body["error"]["code"].as_str()?.to_owned() })
 }
 
 /// A client of the lock API that records what it did. Even clients speak H3RETIK's surface,
@@ -138,13 +180,25 @@ impl LockClient {
         urls[self.turn % urls.len()].clone()
     }
 
-    /// Sends `request`; the status and body, or `None` when no answer came (or a 5xx, whose
-    /// effect is unknown).
-    async fn send(request: reqwest::RequestBuilder) -> Option<(u16, Value)> {
-        let response = request.send().await.ok()?;
+    /// Sends `request`. Only a refused connection, a timeout or a broken connection leave the
+    /// outcome open; any answer that came back whole is judged.
+    async fn send(request: reqwest::RequestBuilder) -> Answer {
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if e.is_connect() => return Answer::NotSent,
+            Err(e) if e.is_timeout() || e.is_request() => return Answer::Lost,
+            Err(e) => return Answer::Broken(format!("no answer: {e}")),
+        };
         let status = response.status().as_u16();
-        let body = response.json().await.ok()?;
-        (status < 500).then_some((status, body))
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) if e.is_timeout() || e.is_body() || e.is_request() => return Answer::Lost,
+            Err(e) => return Answer::Broken(format!("{status}, then no body: {e}")),
+        };
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(body) if status < 500 => Answer::Json(status, body),
+            _ => Answer::Broken(format!("{status} {}", String::from_utf8_lossy(&body))),
+        }
     }
 
     fn record(&mut self, key: &str, op: Op, grant: Option<u64>, invoked: Duration, outcome: Outcome) {
@@ -174,31 +228,25 @@ impl LockClient {
             )
         };
         let invoked = self.start.elapsed();
-        let answer = Self::send(request).await;
-        let (outcome, granted) = match answer {
-            Some((200 | 201, body)) if body["acquired"] == true => {
-                let lock = &body["lock"];
-                let fencing = body["fencing_token"].as_u64().unwrap();
-                assert_eq!(lock["fencing_token"], fencing);
-                assert_eq!(lock["owner"], json!(owner));
-                let token = body["release_token"].as_str().unwrap().to_owned();
-                let outcome = Outcome::Granted {
-                    fencing,
-                    acquired_at: ms(&lock["acquired_at"]),
-                    expires_at: ms(&lock["expires_at"]),
-                };
-                (outcome, Some((fencing, token)))
+        let mut token = None;
+        let outcome = Self::send(request).await.outcome(|status, body| {
+            let lock = &body["lock"];
+            let (fencing, acquired_at, expires_at) = life(lock)?;
+            match (status, &body["acquired"]) {
+                (200 | 201, Value::Bool(true)) => {
+                    (body["fencing_token"] == fencing && lock["owner"] == json!(owner)).then_some(())?;
+                    token = Some((fencing, body["release_token"].as_str()?.to_owned()));
+                    Some(Outcome::Granted { fencing, acquired_at, expires_at })
+                }
+                // A holder's token is never shown.
+                (200, Value::Bool(false)) if body.get("release_token").is_none() => {
+                    Some(Outcome::Held { fencing, acquired_at, expires_at })
+                }
+                _ => None,
             }
-            Some((200, body)) => {
-                assert_eq!(body["acquired"], false, "{body}");
-                assert!(body.get("release_token").is_none(), "a holder's token is never shown: {body}");
-                (Outcome::Held { fencing: body["lock"]["fencing_token"].as_u64().unwrap() }, None)
-            }
-            Some((status, body)) => panic!("acquire answered {status}: {body}"),
-            None => (Outcome::Unknown, None),
-        };
+        });
         self.record(key, Op::Acquire, None, invoked, outcome);
-        granted
+        token
     }
 
     async fn renew(&mut self, key: &str, grant: &(u64, String), ttl: u64) -> bool {
@@ -214,22 +262,18 @@ impl LockClient {
                 .json(&json!({ "key": key, "release_token": grant.1, "ttl_seconds": ttl }))
         };
         let invoked = self.start.elapsed();
-        let outcome = match Self::send(request).await {
-            Some((200, body)) => {
-                let lock = &body["lock"];
-                assert_eq!(lock["ttl_seconds"], ttl);
-                Outcome::Renewed {
-                    fencing: lock["fencing_token"].as_u64().unwrap(),
-                    renewed_at: ms(&lock["renewed_at"]),
-                    expires_at: ms(&lock["expires_at"]),
-                }
+        let outcome = Self::send(request).await.outcome(|status, body| {
+            let lock = &body["lock"];
+            if status != 200 {
+                return refusal(status, body);
             }
-            Some((409, body)) => {
-                Outcome::Refused { code: body["error"]["code"].as_str().unwrap().to_owned() }
-            }
-            Some((status, body)) => panic!("renew answered {status}: {body}"),
-            None => Outcome::Unknown,
-        };
+            (lock["ttl_seconds"] == ttl).then_some(())?;
+            Some(Outcome::Renewed {
+                fencing: lock["fencing_token"].as_u64()?,
+                renewed_at: store_ms(&lock["renewed_at"])?,
+                expires_at: store_ms(&lock["expires_at"])?,
+            })
+        });
         let renewed = matches!(outcome, Outcome::Renewed { .. });
         self.record(key, Op::Renew, Some(grant.0), invoked, outcome);
         renewed
@@ -245,18 +289,16 @@ impl LockClient {
                 .json(&json!({ "key": key, "release_token": grant.1 }))
         };
         let invoked = self.start.elapsed();
-        let outcome = match Self::send(request).await {
-            Some((200, body)) => Outcome::Released {
-                fencing: body["fencing_token"].as_u64().unwrap(),
-                released_at: ms(&body["released_at"]),
-                already: body["already_released"].as_bool().unwrap(),
-            },
-            Some((409, body)) => {
-                Outcome::Refused { code: body["error"]["code"].as_str().unwrap().to_owned() }
+        let outcome = Self::send(request).await.outcome(|status, body| {
+            if status != 200 {
+                return refusal(status, body);
             }
-            Some((status, body)) => panic!("release answered {status}: {body}"),
-            None => Outcome::Unknown,
-        };
+            Some(Outcome::Released {
+                fencing: body["fencing_token"].as_u64()?,
+                released_at: store_ms(&body["released_at"])?,
+                already: body["already_released"].as_bool()?,
+            })
+        });
         let released = matches!(outcome, Outcome::Released { .. });
         self.record(key, Op::Release, Some(grant.0), invoked, outcome);
         released
@@ -266,17 +308,19 @@ impl LockClient {
         let base = self.base();
         let path = if self.native() { "v1/locks" } else { "x402/locks" };
         let invoked = self.start.elapsed();
-        let outcome = match Self::send(self.http.get(format!("{base}/{path}/{key}"))).await {
-            Some((200, body)) => {
-                assert!(body.to_string().find("vbx_").is_none(), "a read never shows a token: {body}");
-                let held = (body["held"] == true).then(|| {
-                    (body["lock"]["fencing_token"].as_u64().unwrap(), ms(&body["lock"]["expires_at"]))
-                });
-                Outcome::Read { held }
-            }
-            Some((status, body)) => panic!("read answered {status}: {body}"),
-            None => Outcome::Unknown,
-        };
+        let request = self.http.get(format!("{base}/{path}/{key}"));
+        let outcome = Self::send(request).await.outcome(|status, body| {
+            // A read never shows a token.
+            (status == 200 && !body.to_string().contains("vbx_")).then_some(())?;
+            let held = match body["held"] {
+                Value::Bool(true) => {
+                    Some((body["lock"]["fencing_token"].as_u64()?, store_ms(&body["lock"]["expires_at"])?))
+                }
+                Value::Bool(false) => None,
+                _ => return None,
+            };
+            Some(Outcome::Read { held })
+        });
         self.record(key, Op::Read, None, invoked, outcome);
     }
 }
@@ -549,11 +593,17 @@ async fn run_history(cluster: &mut Cluster, clients: usize, keys: usize, length:
     history
 }
 
+/// What a history run must show besides following the rules. Each client has at most one
+/// request in flight, so the crash leaves at most 8 unanswered of the 900-1150 operations a run
+/// sends (measured: 0-2, besides 1-6 refused connections, which did nothing); renewals inside
+/// the TTL succeed 7-17 times a run.
+const HISTORY_BOUNDS: lockcheck::Bounds = lockcheck::Bounds { unknown_per_mille: 20, min_renewals: 3 };
+
 fn assert_history_holds(history: &[Event]) {
-    match lockcheck::check(history) {
+    match lockcheck::check(history, &HISTORY_BOUNDS) {
         Ok(summary) => {
             eprintln!("history: {}", lockcheck::describe(&summary));
-            // Typical runs: 30-36 grants, 27-33 handovers, 9-12 stale operations; the floors
+            // Typical runs: 22-43 grants, 19-40 handovers, 9-18 stale operations; the floors
             // leave room for a loaded machine and still prove the run exercised each rule.
             assert!(summary.grants > 12, "too few grants to mean anything: {summary:?}");
             assert!(summary.handovers_checked > 8, "{summary:?}");
@@ -578,91 +628,6 @@ async fn histories_on_two_hosts_sharing_postgres_hold_across_a_crash() {
     let history = run_history(&mut cluster, 8, 3, Duration::from_secs(20)).await;
     cluster.close().await;
     assert_history_holds(&history);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The checker can see what it looks for.
-
-fn grant(client: usize, fencing: u64, at: u64, acquired_at: i64, expires_at: i64) -> Event {
-    Event {
-        client,
-        key: "k".into(),
-        op: Op::Acquire,
-        grant: None,
-        invoked: Duration::from_millis(at),
-        completed: Duration::from_millis(at + 5),
-        outcome: Outcome::Granted { fencing, acquired_at, expires_at },
-    }
-}
-
-fn later(client: usize, op: Op, fencing: u64, at: u64, outcome: Outcome) -> Event {
-    Event {
-        client,
-        key: "k".into(),
-        op,
-        grant: (op != Op::Read).then_some(fencing),
-        invoked: Duration::from_millis(at),
-        completed: Duration::from_millis(at + 5),
-        outcome,
-    }
-}
-
-#[test]
-fn the_checker_accepts_a_clean_handover_and_rejects_each_kind_of_violation() {
-    let clean = vec![
-        grant(0, 1, 0, 1000, 6000),
-        later(0, Op::Renew, 1, 100, Outcome::Renewed { fencing: 1, renewed_at: 1100, expires_at: 6100 }),
-        later(1, Op::Acquire, 0, 200, Outcome::Held { fencing: 1 }),
-        later(2, Op::Read, 1, 250, Outcome::Read { held: Some((1, 6100)) }),
-        later(0, Op::Release, 1, 300, Outcome::Released { fencing: 1, released_at: 1300, already: false }),
-        grant(1, 2, 400, 1400, 6400),
-        later(0, Op::Release, 1, 500, Outcome::Refused { code: "lock_not_held".into() }),
-    ];
-    assert!(lockcheck::check(&clean).is_ok(), "{:?}", lockcheck::check(&clean));
-
-    let broken = |mut events: Vec<Event>, what: &str| {
-        let found = lockcheck::check(&events).expect_err(what);
-        events.clear();
-        found.join("\n")
-    };
-    // Overlap: the second grant starts before the first was released.
-    let mut overlap = clean.clone();
-    overlap[5] = grant(1, 2, 400, 1200, 6200);
-    assert!(broken(overlap, "overlap").contains("overlap"));
-    // A grant that lapsed is followed too early.
-    let mut early = clean[..4].to_vec();
-    early.push(grant(1, 2, 400, 6000, 11_000));
-    assert!(broken(early, "early").contains("overlap"));
-    // Fencing tokens that go backwards in real time, or repeat.
-    let mut backwards = clean.clone();
-    backwards[5] = grant(1, 0, 400, 1400, 6400);
-    assert!(broken(backwards, "backwards").contains("higher token"));
-    let mut twice = clean.clone();
-    twice[5] = grant(1, 1, 400, 1400, 6400);
-    assert!(broken(twice, "repeat").contains("granted twice"));
-    // A stale release that succeeded.
-    let mut stale = clean.clone();
-    stale[6] =
-        later(0, Op::Release, 1, 500, Outcome::Released { fencing: 1, released_at: 1500, already: false });
-    assert!(broken(stale, "stale release").contains("stale token"));
-    // A renewal after expiry.
-    let mut late = clean[..1].to_vec();
-    late.push(later(
-        0,
-        Op::Renew,
-        1,
-        100,
-        Outcome::Renewed { fencing: 1, renewed_at: 6500, expires_at: 11_500 },
-    ));
-    assert!(broken(late, "late renewal").contains("outside its life"));
-    // A read showing an expiry no one set (a stale renewal that changed something).
-    let mut changed = clean.clone();
-    changed[3] = later(2, Op::Read, 1, 250, Outcome::Read { held: Some((1, 9999)) });
-    assert!(broken(changed, "changed").contains("no acquisition or renewal"));
-    // A read showing a released grant as held.
-    let mut ghost = clean.clone();
-    ghost.push(later(2, Op::Read, 1, 350, Outcome::Read { held: Some((1, 6100)) }));
-    assert!(broken(ghost, "ghost").contains("after its release"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -756,8 +721,11 @@ async fn run_counter(cluster: &mut Cluster, fenced: bool, clients: usize, per_cl
         increments += done;
         history.extend(events);
     }
-    if let Err(violations) = lockcheck::check(&history) {
-        panic!("the counter's lock history breaks the rules:\n{}", violations.join("\n"));
+    // At most 4 requests in flight at the crash, of 320-710 (measured: 0-1); no renewals here.
+    let bounds = lockcheck::Bounds { unknown_per_mille: 20, min_renewals: 0 };
+    match lockcheck::check(&history, &bounds) {
+        Ok(summary) => eprintln!("counter history: {}", lockcheck::describe(&summary)),
+        Err(violations) => panic!("the counter's lock history breaks the rules:\n{}", violations.join("\n")),
     }
     let counter = std::mem::take(&mut *counter.lock().unwrap());
     (counter, increments)
@@ -920,26 +888,74 @@ async fn renewals_are_paid_only_when_they_renew() {
     assert_eq!(shop.balance(shop.pay_to).await, 2 * LOCK_PRICE);
 }
 
+/// Polls `probe` every 20 ms until it yields something; fails naming `what` after `limit`.
+async fn wait_until<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(started.elapsed() < limit, "waited {limit:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_whose_settlement_fails_is_given_back() {
     let Some(shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=3")]).await else { return };
     let payer = shop.payer().await;
     let url = shop.url("/x402/locks/acquire");
+    let read_url = shop.url("/x402/locks/wallet:pay-invoice-77");
     let body = json!({ "key": "wallet:pay-invoice-77" });
     let challenge = lock_challenge(&url, &body).await;
     let (name, value) = challenge.pay(&payer, shop::now()).unwrap();
     let request = reqwest::Client::new().post(&url).header(name, value.clone()).json(&body).send();
     let pending = tokio::spawn(request);
-    // While vendbox waits to settle, the payer's authorization is used on chain by someone else,
-    // so vendbox's own settlement fails.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // vendbox verifies the payment, grants the key, and waits to settle.
+    let granted = wait_until(
+        "vendbox to grant the key and pause before settling",
+        Duration::from_secs(20),
+        async || {
+            let read: Value = reqwest::get(&read_url).await.unwrap().json().await.unwrap();
+            (read["held"] == true).then_some(read)
+        },
+    )
+    .await;
+    assert_eq!(granted["lock"]["fencing_token"], 1, "{granted}");
+    // Meanwhile the payer's authorization is used on chain by someone else, so that vendbox's
+    // own settlement of it fails.
     shop.spend_elsewhere(&challenge, &value).await;
+    assert!(!pending.is_finished(), "vendbox answered before the authorization was spent elsewhere");
 
     let response = pending.await.unwrap().unwrap();
     assert_eq!(response.status(), 402);
+    let headers = response.headers().clone();
     let refusal: Value = response.json().await.unwrap();
-    assert!(refusal["error"].as_str().is_some(), "{refusal}");
-    let read: Value =
-        reqwest::get(shop.url("/x402/locks/wallet:pay-invoice-77")).await.unwrap().json().await.unwrap();
+    // The token refuses the transfer of a used authorization, and vendbox says so. A payment
+    // refused before the work (the same code) has no payment id: this one was reserved, granted
+    // and voided at settlement.
+    assert_eq!(refusal["error"], "invalid_exact_evm_nonce_already_used", "{refusal}");
+    assert!(headers.get(wire::PAYMENT_RESPONSE).is_none(), "no receipt for money that did not move");
+    let payment = payment_state(&shop, &headers).await;
+    assert_eq!(payment["state"], "voided", "{payment}");
+    let reason = payment["void_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("settlement failed: the settlement was refused"), "{payment}");
+
+    // The unpaid grant was given back before the answer, not left to lapse in 900 s: the key
+    // reads free, and the next buyer gets it under the next fencing token.
+    let read: Value = reqwest::get(&read_url).await.unwrap().json().await.unwrap();
     assert_eq!(read["held"], false, "the unpaid grant was released at once: {read}");
+    let next = shop.payer().await;
+    let challenge = lock_challenge(&url, &body).await;
+    let (status, headers, second) = paid_post(&url, &body, &challenge, &next).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        (second["acquired"].clone(), second["fencing_token"].clone()),
+        (json!(true), json!(2)),
+        "{second}"
+    );
+    assert_eq!(payment_state(&shop, &headers).await["state"], "settled");
+    // The first payer paid once, to whoever spent the authorization; vendbox took nothing more.
+    assert_eq!(shop.balance(payer.address()).await, shop::FUNDS - LOCK_PRICE);
+    assert_eq!(shop.balance(next.address()).await, shop::FUNDS - LOCK_PRICE);
 }
