@@ -417,8 +417,8 @@ async fn the_same_authorization_sent_twenty_times_at_once_pays_once() {
         assert!(code == "payment_replayed" || code == "invalid_exact_evm_nonce_already_used", "{body}");
     }
     shop.assert_paid_once(payer.address(), 0).await;
-    // And later, once more: still refused.
-    refused(&shop, &payer, header.clone(), 402, "invalid_exact_evm_nonce_already_used").await;
+    // And later, once more: refused by the store, before any chain is asked.
+    refused(&shop, &payer, header.clone(), 402, "payment_replayed").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -531,8 +531,8 @@ async fn a_crash_after_the_transfer_records_it_as_settled_once() {
         .unwrap();
     assert_eq!(payment.settlement_ref, Some(tx.to_string()), "the receipt names the real transfer");
     shop.assert_paid_once(payer.address(), 0).await;
-    // Sent again, the same authorization is refused: it paid once and only once.
-    refused(&shop, &payer, header, 402, "invalid_exact_evm_nonce_already_used").await;
+    // Sent again, the same authorization is refused (from the store): it paid once and only once.
+    refused(&shop, &payer, header, 402, "payment_replayed").await;
 }
 
 // ---------------------------------------------------------------------------------------------

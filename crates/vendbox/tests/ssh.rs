@@ -208,19 +208,31 @@ async fn wrong_keys_and_ended_leases_are_refused_and_open_sessions_end_with_the_
     assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
 
     // A session open while the lease is terminated is ended with the reason.
-    let open = Command::new("ssh")
+    let mut open = Command::new("ssh")
         .args(Scene::options(&s.key))
         .args(["-p", &s.port, "root@127.0.0.1", "echo ready; sleep 120"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The session runs once its first line arrives (read on a thread: a blocking read).
+    let mut stdout = open.stdout.take().unwrap();
+    let first = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut line = Vec::new();
+        let mut byte = [0_u8; 1];
+        while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        String::from_utf8_lossy(&line).into_owned()
+    });
+    let first = tokio::task::spawn_blocking(move || first.join().unwrap()).await.unwrap();
+    assert_eq!(first, "ready");
     assert_eq!(s.host.end(&s.bought).await.0, 200);
     let started = Instant::now();
     let out = open.wait_with_output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "the session outlived its lease");
-    assert_eq!(text(&out.stdout), "ready\n");
+    assert!(!out.status.success(), "the session was cut, not finished");
 
     let out = s.ssh(&s.key, &[], "true");
     assert_ne!(out.status.code(), Some(0));
@@ -234,8 +246,18 @@ async fn an_expired_lease_is_refused_with_a_message() {
     let (_, view) = s.host.get(&format!("/v1/boxes/{}", s.bought.id), &s.bought.token).await;
     let expires: chrono::DateTime<chrono::Utc> = view["expires_at"].as_str().unwrap().parse().unwrap();
     assert!(view["ssh_command"].as_str().unwrap().starts_with("ssh -p "), "{view}");
-    tokio::time::sleep((expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1))
-        .await;
+    // Sleep to the expiry itself (a deadline the test knows), then wait on what is observable:
+    // the box's state turning `expired`, within the expiry worker's bound.
+    tokio::time::sleep((expires - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, view) = s.host.get(&format!("/v1/boxes/{}", s.bought.id), &s.bought.token).await;
+        if view["state"] == "expired" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease did not expire: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let out = s.ssh(&s.key, &[], "true");
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("time has run out"), "{}", text(&out.stderr));

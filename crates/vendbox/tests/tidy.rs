@@ -1,5 +1,6 @@
 //! House rules checked on every test run: each Rust file opens with a `//!` line saying what it
-//! is for, and no migration that has shipped is edited (only new ones are added).
+//! is for, and no migration that has shipped is edited (only new ones are added: their SHA-256
+//! is kept in `crates/vendbox-store/migrations/SHIPPED`).
 
 use std::path::{Path, PathBuf};
 
@@ -51,4 +52,40 @@ fn both_stores_have_the_same_migrations() {
     let sqlite = names("sqlite");
     assert!(!sqlite.is_empty());
     assert_eq!(sqlite, names("postgres"), "every migration needs a SQLite and a PostgreSQL flavour");
+}
+
+/// Every migration file as `sha256  flavour/name`, sorted: what `migrations/SHIPPED` must list.
+fn migration_digests() -> Vec<String> {
+    use sha2::Digest as _;
+    let root = workspace_root().join("crates/vendbox-store/migrations");
+    let mut lines = Vec::new();
+    for flavour in ["postgres", "sqlite"] {
+        for entry in std::fs::read_dir(root.join(flavour)).expect("migrations directory").flatten() {
+            let bytes = std::fs::read(entry.path()).expect("a migration file");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            lines.push(format!("{}  {flavour}/{name}", hex::encode(sha2::Sha256::digest(&bytes))));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+#[test]
+fn shipped_migrations_are_never_edited() {
+    // `migrations/SHIPPED` lists every migration that has shipped with its SHA-256. Adding a
+    // migration adds its line; changing a listed file (or a line) fails here, as it would make
+    // sqlx refuse to start on a database that applied the old text.
+    let listed = std::fs::read_to_string(workspace_root().join("crates/vendbox-store/migrations/SHIPPED"))
+        .expect("crates/vendbox-store/migrations/SHIPPED");
+    let listed: Vec<&str> = listed.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let actual = migration_digests();
+    for line in &listed {
+        assert!(
+            actual.iter().any(|a| a == line),
+            "a shipped migration was edited or removed: {line}\nnow: {actual:#?}"
+        );
+    }
+    for line in &actual {
+        assert!(listed.contains(&line.as_str()), "a migration is not listed in migrations/SHIPPED: {line}");
+    }
 }

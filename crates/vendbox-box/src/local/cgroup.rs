@@ -91,6 +91,17 @@ impl Hierarchies {
         dirs
     }
 
+    /// The box's pids controller: its limit (`pids.max`) and how often a fork was refused at
+    /// it (the `max` count of `pids.events`), as cgroup v1 and v2 both keep them.
+    pub(crate) fn pids_limit(&self, instance: &str, box_name: &str) -> Option<(u64, u64)> {
+        let (_, root, _) = self.places.iter().find(|(c, _, _)| *c == "pids")?;
+        let dir = root.join(Self::instance_path(instance)).join(box_name);
+        let max = fs::read_to_string(dir.join("pids.max")).ok()?.trim().parse().ok()?;
+        let events = fs::read_to_string(dir.join("pids.events")).ok()?;
+        let hits = events.lines().find_map(|l| l.strip_prefix("max "))?.trim().parse().ok()?;
+        Some((max, hits))
+    }
+
     /// The parent of every box of `instance`.
     pub(crate) fn instance_path(instance: &str) -> PathBuf {
         Path::new("vendbox").join(instance)

@@ -313,6 +313,11 @@ impl LocalBackend {
         self.cgroups.pids(&self.instance, id.as_str())
     }
 
+    /// The box's process limit and how many forks it has refused, from its cgroup (v1 or v2).
+    pub fn pids_limit(&self, id: &BoxId) -> Option<(u64, u64)> {
+        self.cgroups.pids_limit(&self.instance, id.as_str())
+    }
+
     /// Whether anything of the box remains on the host: processes, cgroups or its layer.
     pub fn leaves_traces(&self, id: &BoxId) -> Vec<String> {
         let mut traces = Vec::new();
