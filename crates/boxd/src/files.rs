@@ -13,14 +13,14 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Params};
 use crate::spawn::resolve;
 use crate::wire::{
-    Ack, EntryInfo, EntryKind, EntryList, FILE_SIZE_HEADER, ListQuery, MoveRequest, PathQuery, WriteQuery,
-    WriteResult,
+    Ack, EntryInfo, EntryKind, EntryList, FILE_SIZE_HEADER, ListQuery, MoveRequest, PathQuery, ReadQuery,
+    WriteQuery, WriteResult,
 };
 
 /// Bytes read from a file per chunk of a download.
@@ -50,8 +50,9 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(&e))?
 }
 
-/// `GET /files?path=P`: the file's bytes, streamed.
-pub(crate) async fn read(Params(query): Params<PathQuery>) -> Result<Response, ApiError> {
+/// `GET /files?path=P[&offset=O&length=L]`: the file's bytes (or that range of them), streamed,
+/// with the whole file's size in `x-file-size`.
+pub(crate) async fn read(Params(query): Params<ReadQuery>) -> Result<Response, ApiError> {
     let path = request_path(&query.path)?;
     // Non-blocking, so that opening a FIFO nobody writes to does not wait; it changes nothing
     // for a regular file, the only kind served.
@@ -76,6 +77,12 @@ pub(crate) async fn read(Params(query): Params<PathQuery>) -> Result<Response, A
         ));
     }
     let size = meta.len();
+    let mut file = file;
+    let offset = query.offset.unwrap_or(0);
+    if offset > 0 {
+        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| ApiError::io(&path, &e))?;
+    }
+    let file = file.take(query.length.unwrap_or(u64::MAX));
     let chunks = futures_util::stream::unfold(Some(file), |file| async move {
         let mut file = file?;
         let mut buf = vec![0_u8; READ_CHUNK];

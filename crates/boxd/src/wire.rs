@@ -238,6 +238,19 @@ pub struct PathQuery {
     pub path: String,
 }
 
+/// The query string of `GET /files`: the whole file, or `length` bytes from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadQuery {
+    /// Absolute, or relative to `/root`.
+    pub path: String,
+    /// Where to start (0 when absent); past the end reads nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The most bytes to send (to the end when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+}
+
 /// The query string of `PUT /files`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteQuery {

@@ -348,18 +348,23 @@ impl BoxdClient {
         self.read_file_stream(path, max_bytes).await?.collect().await
     }
 
+    /// At most `length` bytes of a regular file from `offset`, and the whole file's size.
+    pub async fn read_range(&self, path: &str, offset: u64, length: u32) -> Result<(u64, Bytes), BoxError> {
+        let uri = format!("/files?path={}&offset={offset}&length={length}", encode(path));
+        let response = self.send(Method::GET, &uri, Bytes::new(), false, CONNECT_TIMEOUT).await?;
+        let size = announced_size(&response)?;
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        let bytes = collect(response, length as usize, deadline).await?;
+        Ok((size, bytes))
+    }
+
     /// A file's contents as a stream, if it is a regular file of at most `max_bytes`: boxd
     /// announces the size first, and a file over the cap is refused (`BoxError::TooLarge`)
     /// before any byte is read.
     pub async fn read_file_stream(&self, path: &str, max_bytes: u64) -> Result<FileStream, BoxError> {
         let uri = format!("/files?path={}", encode(path));
         let response = self.send(Method::GET, &uri, Bytes::new(), false, CONNECT_TIMEOUT).await?;
-        let size = response
-            .headers()
-            .get(boxd::wire::FILE_SIZE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| BoxError::AnswerLost("boxd did not say how big the file is".into()))?;
+        let size = announced_size(&response)?;
         if size > max_bytes {
             return Err(BoxError::TooLarge { size, limit: max_bytes });
         }
@@ -439,6 +444,16 @@ impl BoxdClient {
             .await?;
         Ok(())
     }
+}
+
+/// The size of a file as boxd announced it.
+fn announced_size(response: &hyper::Response<Incoming>) -> Result<u64, BoxError> {
+    response
+        .headers()
+        .get(boxd::wire::FILE_SIZE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| BoxError::AnswerLost("boxd did not say how big the file is".into()))
 }
 
 /// An answer's body: at most `max_bytes`, whole by `deadline`.

@@ -1,10 +1,11 @@
 //! The SFTP subsystem (which `scp` uses too): SFTP version 3 over one channel, every operation
 //! going to the box's boxd.
 //!
-//! boxd's file API is whole-file, so an open file lives in this process's memory: opening for
-//! reading fetches the whole file, opening for writing starts from an empty buffer (or the file's
-//! contents, without `TRUNCATE`) that writes fill and closing uploads. The bytes a session holds
-//! are capped at [`MAX_BUFFERED`]. Changes boxd has no endpoint for (modes, times, sizes,
+//! A file opened only for reading is read from boxd range by range as the client asks (ranged
+//! `GET /files`), so a download holds one packet's worth at a time, whatever the file's size.
+//! boxd's writes are whole-file, so a file opened for writing lives in this process's memory:
+//! an empty buffer (or the file's contents, without `TRUNCATE`) that writes fill and closing
+//! uploads. The bytes a session holds are capped at [`MAX_BUFFERED`]. Changes boxd has no endpoint for (modes, times, sizes,
 //! symlinks) run `chmod`, `touch`, `truncate` and `ln` in the box.
 
 use std::collections::{HashMap, VecDeque};
@@ -24,6 +25,12 @@ const MAX_PACKET: u32 = 256 * 1024;
 
 /// The most bytes one read answers with or one write may carry.
 const MAX_DATA: u32 = MAX_PACKET - 1024;
+
+/// Requests read ahead of the one being answered.
+const QUEUED_REQUESTS: usize = 64;
+
+/// How much of a file opened for reading is fetched from boxd at once (and held per handle).
+const READ_AHEAD: u32 = 1 << 20;
 
 /// The most bytes of file contents one session holds in memory, over all its open files.
 const MAX_BUFFERED: usize = 512 << 20;
@@ -55,27 +62,40 @@ const S_IFLNK: u32 = 0o120_000;
 const TOOL_OUTPUT_BYTES: u64 = 4096;
 
 /// Serves SFTP on `stream` until the client ends the session (or breaks the protocol).
-pub(crate) async fn serve<S>(mut stream: S, boxd: BoxdClient)
+pub(crate) async fn serve<S>(stream: S, boxd: BoxdClient)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut server = Server { boxd, handles: HashMap::new(), next_handle: 0 };
-    loop {
-        let mut request = match read_packet(&mut stream).await {
-            Ok(Some(request)) => request,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!("sftp: ending the session: {e}");
-                break;
+    // Requests are read while answers are written: a client that pipelines requests and an
+    // answer waiting for the client's window must not wait for each other. The queue between
+    // the two is bounded (a client has at most that many requests in flight anyway).
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (queue, mut requests) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_REQUESTS);
+    let reading = tokio::spawn(async move {
+        loop {
+            match read_packet(&mut reader).await {
+                Ok(Some(request)) => {
+                    if queue.send(request).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("sftp: ending the session: {e}");
+                    break;
+                }
             }
-        };
+        }
+    });
+    while let Some(mut request) = requests.recv().await {
         let id = request.get(1..5).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         let reply = match Packet::try_from(&mut request) {
             Ok(packet) => server.answer(packet).await,
             Err(e) => status(id, StatusCode::BadMessage.with_message(e.to_string())),
         };
         let sent = match Bytes::try_from(reply) {
-            Ok(bytes) => stream.write_all(&bytes).await.and(stream.flush().await),
+            Ok(bytes) => writer.write_all(&bytes).await.and(writer.flush().await),
             Err(e) => {
                 tracing::warn!("sftp: an answer could not be encoded: {e}");
                 break;
@@ -86,6 +106,7 @@ where
             break;
         }
     }
+    reading.abort();
 }
 
 /// The next request's bytes (after its length), or `None` when the client closed the stream.
@@ -123,12 +144,18 @@ enum Opened {
     Dir(VecDeque<File>),
 }
 
-/// A file opened with `OPEN`, held whole in memory.
+/// A file opened with `OPEN`: a file opened only to read is read from boxd range by range
+/// (`Some` size: nothing is held); one opened to write is held in memory until `CLOSE`.
 struct OpenFile {
     /// The absolute path, where `CLOSE` uploads a written file.
     path: String,
-    /// The file's contents: as read, then as written.
+    /// The file's contents when it is opened to write: as read, then as written.
     contents: Vec<u8>,
+    /// The file's size when it is opened only to read (then `contents` stays empty).
+    streamed: Option<u64>,
+    /// For a streamed file, the bytes last fetched from boxd and where they start: sequential
+    /// reads are served from it, one boxd call per [`READ_AHEAD`] bytes.
+    window: (u64, Bytes),
     /// Opened with `READ`, or with nothing that writes.
     readable: bool,
     /// Opened with `WRITE` or `APPEND`: uploaded at `CLOSE`.
@@ -153,7 +180,7 @@ impl Server {
             Packet::Init(_) => return Packet::Version(version()),
             Packet::Open(p) => self.open(p.id, &p.filename, p.pflags, &p.attrs).await,
             Packet::Close(p) => self.close(p.id, &p.handle).await,
-            Packet::Read(p) => self.read(p.id, &p.handle, p.offset, p.len),
+            Packet::Read(p) => self.read(p.id, &p.handle, p.offset, p.len).await,
             Packet::Write(p) => self.write(p.id, &p.handle, p.offset, &p.data),
             Packet::Fstat(p) => self.fstat(p.id, &p.handle),
             Packet::FSetStat(p) => self.fsetstat(p.id, &p.handle, &p.attrs),
@@ -204,7 +231,9 @@ impl Server {
             None => self.require_dir(parent(&path)).await?,
             Some(_) => {}
         }
+        let streamed = if writable { None } else { existing.as_ref().map(|info| info.size) };
         let contents = match &existing {
+            _ if streamed.is_some() => Vec::new(),
             Some(info) if !writable || !flags.contains(OpenFlags::TRUNCATE) => {
                 self.room_for(usize::try_from(info.size).unwrap_or(usize::MAX))?;
                 let room = MAX_BUFFERED.saturating_sub(self.buffered()) as u64;
@@ -221,6 +250,8 @@ impl Server {
         let file = OpenFile {
             path,
             contents,
+            streamed,
+            window: (0, Bytes::new()),
             readable: flags.contains(OpenFlags::READ) || !writable,
             writable,
             append: flags.contains(OpenFlags::APPEND),
@@ -242,10 +273,33 @@ impl Server {
         Ok(ok(id))
     }
 
-    fn read(&self, id: u32, handle: &str, offset: u64, len: u32) -> Answer {
-        let file = self.file(handle)?;
+    async fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Answer {
+        let boxd = self.boxd.clone();
+        let file = self.file_mut(handle)?;
         if !file.readable {
             return Err(StatusCode::PermissionDenied.with_message("the file was not opened for reading"));
+        }
+        if let Some(size) = file.streamed {
+            if offset >= size {
+                return Err(StatusCode::Eof.into());
+            }
+            // The whole answer comes from one window: a short read in the middle of a file makes
+            // OpenSSH's client re-request out of order, and then it keeps only what came in order.
+            let wanted = u64::from(len.min(MAX_DATA)).min(size - offset);
+            let (start, window) = &file.window;
+            let covered = offset >= *start && offset + wanted <= start + window.len() as u64;
+            if !covered {
+                let (_, data) = boxd.read_range(&file.path, offset, READ_AHEAD).await.map_err(refusal)?;
+                file.window = (offset, data);
+            }
+            let (start, window) = &file.window;
+            let from = usize::try_from(offset - start).unwrap_or(usize::MAX).min(window.len());
+            let to = from.saturating_add(len.min(MAX_DATA) as usize).min(window.len());
+            if from == to {
+                // The file shrank since it was opened.
+                return Err(StatusCode::Eof.into());
+            }
+            return Ok(Packet::Data(Data { id, data: window.slice(from..to).to_vec() }));
         }
         let size = file.contents.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
@@ -280,7 +334,7 @@ impl Server {
         let file = self.file(handle)?;
         let mtime = file.times.1.or_else(|| seconds(file.modified_ms));
         let attrs = FileAttributes {
-            size: Some(file.contents.len() as u64),
+            size: Some(file.streamed.unwrap_or(file.contents.len() as u64)),
             permissions: Some(S_IFREG | file.mode),
             atime: file.times.0.or(mtime),
             mtime,

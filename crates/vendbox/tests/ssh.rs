@@ -149,7 +149,9 @@ async fn scp_and_sftp_move_files_in_and_out() {
     let back = s.host.dir.path().join("back.bin");
     let out = scp("root@127.0.0.1:/root/payload.bin", back.to_str().unwrap());
     assert!(out.status.success(), "scp out: {}", text(&out.stderr));
-    assert!(std::fs::read(&back).unwrap() == bytes, "the file came back changed");
+    let got = std::fs::read(&back).unwrap();
+    let first = got.iter().zip(&bytes).position(|(a, b)| a != b);
+    assert!(got == bytes, "the file came back changed: {} bytes, first difference at {first:?}", got.len());
     let local_sum = Command::new("sha256sum").arg(&local).output().unwrap();
     assert_eq!(text(&sum.stdout).trim(), text(&local_sum.stdout).split(' ').next().unwrap());
 
@@ -468,4 +470,27 @@ async fn a_thousand_connections_that_never_log_in_cost_a_bounded_few_for_a_bound
     }
     let grew = peak_rss(pid).saturating_sub(before);
     assert!(grew < 64 << 20, "vendbox's peak memory grew by {} MiB", grew >> 20);
+}
+
+#[tokio::test]
+async fn a_big_download_streams_through_a_gateway_of_bounded_memory() {
+    let Some(s) = scene(10).await else { return };
+    let pid = s.host.vendbox.as_ref().unwrap().child.id();
+    // 48 MiB (sparse in the box): a gateway that held downloads whole grew by more than the
+    // bound (20 MiB for 16 MiB), and one that read no request while an answer waited for the
+    // client's window stalled at about 23 MiB.
+    let size: u64 = 48 << 20;
+    let made = s.ssh(&s.key, &[], &format!("truncate -s {size} /root/big && echo made"));
+    assert_eq!(text(&made.stdout), "made\n", "{}", text(&made.stderr));
+    let before = peak_rss(pid);
+    let back = s.host.dir.path().join("big.bin");
+    let out = Command::new("scp")
+        .args(Scene::options(&s.key))
+        .args(["-P", &s.port, "root@127.0.0.1:/root/big", back.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scp out: {}", text(&out.stderr));
+    assert_eq!(std::fs::metadata(&back).unwrap().len(), size);
+    let grew = peak_rss(pid).saturating_sub(before);
+    assert!(grew < 10 << 20, "the gateway's peak memory grew by {} MiB", grew >> 20);
 }
