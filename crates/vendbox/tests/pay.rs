@@ -481,11 +481,10 @@ async fn restart_and_settle(shop: &mut Shop) -> Vec<vendbox_core::Payment> {
     payments_of(shop).await
 }
 
-#[tokio::test]
-async fn a_crash_before_settlement_voids_the_payment_and_charges_nothing() {
-    let Some(mut shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=60")]).await else {
-        return;
-    };
+/// A shop that crashed while a payment was reserved and not yet settled (the client got no
+/// answer); its payer and the payment's header.
+async fn crashed_with_a_payment_reserved() -> Option<(Shop, PrivateKeySigner, (&'static str, String))> {
+    let mut shop = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=60")]).await?;
     let (payer, header, request) = pay_in_background(&shop).await;
     wait_for("the payment to be reserved", Duration::from_secs(20), async || {
         payments_of(&shop).await.iter().any(|p| p.state == PaymentState::Verified)
@@ -493,6 +492,12 @@ async fn a_crash_before_settlement_voids_the_payment_and_charges_nothing() {
     .await;
     shop.vendbox.crash();
     assert!(request.await.unwrap().is_err(), "the client got no answer");
+    Some((shop, payer, header))
+}
+
+#[tokio::test]
+async fn a_crash_before_settlement_voids_the_payment_and_charges_nothing() {
+    let Some((mut shop, payer, header)) = crashed_with_a_payment_reserved().await else { return };
 
     let payments = restart_and_settle(&mut shop).await;
     assert_eq!(payments.len(), 1);
@@ -680,16 +685,7 @@ async fn a_remote_facilitator_verifies_and_settles_with_its_auth_header() {
 
 #[tokio::test]
 async fn an_authorization_the_payer_cancelled_after_a_crash_is_voided_not_settled() {
-    let Some(mut shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=60")]).await else {
-        return;
-    };
-    let (payer, header, request) = pay_in_background(&shop).await;
-    wait_for("the payment to be reserved", Duration::from_secs(20), async || {
-        payments_of(&shop).await.iter().any(|p| p.state == PaymentState::Verified)
-    })
-    .await;
-    shop.vendbox.crash();
-    assert!(request.await.unwrap().is_err(), "the client got no answer");
+    let Some((mut shop, payer, header)) = crashed_with_a_payment_reserved().await else { return };
     // While vendbox is down the payer cancels the authorization on chain: `authorizationState`
     // now reads true, as for a used one, but no money moved.
     let sent: PaymentPayloadV2 = wire::decode_header(&header.1).unwrap();
