@@ -737,3 +737,54 @@ async fn a_replayed_authorization_is_refused_without_asking_the_chain() {
     let (status, _, body) = shop.get_catalog((header.0, &header.1)).await;
     assert_eq!((status, body["error"].as_str()), (402, Some("payment_replayed")), "{body}");
 }
+
+/// `GET /catalog` on the vendbox at `base` with the payment `header`: status and body.
+async fn catalog_at(base: &str, header: &(&'static str, String)) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/catalog"))
+        .header(header.0, &header.1)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn one_authorization_sent_to_two_hosts_on_one_database_charges_once() {
+    let Some(schema) = vendbox_store::testkit::PostgresSchema::create().await else { return };
+    let url = schema.url();
+    // Two hosts that sell the same thing under one public URL, so a payment for one is a payment
+    // for the other, and keep their payments in one PostgreSQL database.
+    let env = [("VENDBOX_DATABASE_URL", url.as_str()), ("VENDBOX_SERVER__PUBLIC_URL", "http://vendbox.test")];
+    let Some(shop) = Shop::open(31337, &env).await else { return };
+    let second = shop.serve(&env);
+    for base in [&shop.vendbox.url, &second.url] {
+        let health: Value = reqwest::get(format!("{base}/healthz")).await.unwrap().json().await.unwrap();
+        assert_eq!(health["store"], "postgres", "{health}");
+    }
+    let payer = shop.payer().await;
+    let header = v2_header(&v2_payment(&shop.challenge().await, &payer, |_| {}));
+
+    // At once, to both: one is served and charged.
+    let (a, b) = tokio::join!(catalog_at(&shop.vendbox.url, &header), catalog_at(&second.url, &header));
+    let statuses = [a.0, b.0];
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{a:?} {b:?}");
+    let loser = if a.0 == 200 { &b } else { &a };
+    assert_eq!(loser.0, 402, "{loser:?}");
+    // The store refuses the loser unless the winner's transfer was already on chain.
+    let code = loser.1["error"].as_str().unwrap();
+    assert!(code == "payment_replayed" || code == "invalid_exact_evm_nonce_already_used", "{loser:?}");
+    shop.assert_paid_once(payer.address(), 0).await;
+
+    // Afterwards, to either host: refused by the shared store alone (the chain is stopped, so
+    // any call to it would be a 503).
+    stop_chain(&shop);
+    for base in [&shop.vendbox.url, &second.url] {
+        let (status, body) = catalog_at(base, &header).await;
+        assert_eq!((status, body["error"].as_str()), (402, Some("payment_replayed")), "{body}");
+    }
+    drop(second);
+    drop(shop);
+    schema.drop_schema().await;
+}
