@@ -53,14 +53,32 @@ async fn sigterm_lets_in_flight_requests_finish() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&body[..10]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until vendbox counts the request in flight (the metrics request itself is the other).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", vendbox.url)).await.unwrap().text().await.unwrap();
+        let in_flight = metrics
+            .lines()
+            .find(|l| l.starts_with("vendbox_http_requests_in_flight "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if in_flight >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the request never arrived: {metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The request is in flight (half its body sent) when the operator stops vendbox.
     vendbox.signal("-TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until it stops taking new connections, then check it still runs for the old one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{}/healthz", vendbox.url)).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "vendbox kept accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(vendbox.child.try_wait().unwrap().is_none(), "vendbox must wait for the in-flight request");
-    // New connections are no longer accepted.
-    assert!(reqwest::get(format!("{}/healthz", vendbox.url)).await.is_err());
 
     stream.write_all(&body[10..]).await.unwrap();
     let mut response = String::new();
