@@ -153,13 +153,7 @@ impl Boxes {
     /// Refuses, with 503 `sold_out`, a box of `offer` that the host cannot hold now. Asked
     /// before any payment is: nobody pays for a box that cannot be made.
     pub async fn admit(&self, offer: &Offer) -> Result<(), ApiError> {
-        let wanted = Usage::of(limits_of(offer));
-        let used = self.backend.usage().await.map_err(|e| box_error(&e))?;
-        let making = *self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match used.plus(making).plus(wanted).exceeds(self.capacity) {
-            None => Ok(()),
-            Some(resource) => Err(sold_out(resource)),
-        }
+        self.hold(limits_of(offer)).await.map(drop)
     }
 
     /// Holds a box's share of the capacity while it is made (checked again: time passed since
@@ -461,20 +455,12 @@ impl Boxes {
         let client = self.boxd(lease)?;
         let actions_remaining = self.spend(lease).await?;
         let request = RunRequest { process: command, max_output_bytes: MAX_OUTPUT_BYTES };
-        let result = client.run(&request).await;
-        match result {
+        match client.run(&request).await {
             Ok(result) => {
                 self.after_action(lease.id, actions_remaining);
                 Ok(Ran { result, actions_remaining })
             }
-            Err(e) if e.request_not_acted_on() => {
-                self.refund(lease.id).await;
-                Err(box_error(&e))
-            }
-            Err(e) => {
-                self.after_action(lease.id, actions_remaining);
-                Err(box_error(&e))
-            }
+            Err(e) => Err(self.action_failed(lease.id, actions_remaining, &e).await),
         }
     }
 
@@ -490,14 +476,7 @@ impl Boxes {
         let request = StartRequest { process: command, stdin: false, pty: None };
         match client.start(&request).await {
             Ok(stream) => Ok((stream, actions_remaining)),
-            Err(e) if e.request_not_acted_on() => {
-                self.refund(lease.id).await;
-                Err(box_error(&e))
-            }
-            Err(e) => {
-                self.after_action(lease.id, actions_remaining);
-                Err(box_error(&e))
-            }
+            Err(e) => Err(self.action_failed(lease.id, actions_remaining, &e).await),
         }
     }
 
@@ -512,6 +491,17 @@ impl Boxes {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Settles the action of a command whose call failed: given back when boxd never got the
+    /// command, kept (and the lease ended if it was the last) when it may have run.
+    async fn action_failed(&self, id: LeaseId, actions_remaining: Option<u32>, error: &BoxError) -> ApiError {
+        if error.request_not_acted_on() {
+            self.refund(id).await;
+        } else {
+            self.after_action(id, actions_remaining);
+        }
+        box_error(error)
     }
 
     /// Gives back an action whose command could not run.

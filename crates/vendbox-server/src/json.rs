@@ -33,17 +33,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is too large",
-                )
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rejection.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         parse(&bytes).map(ApiJson)
     }
 }
@@ -98,6 +88,15 @@ fn classify(message: &str, path: &str) -> (FieldErrorCode, Option<String>) {
         (FieldErrorCode::OutOfRange, join(None))
     } else {
         (FieldErrorCode::InvalidValue, join(None))
+    }
+}
+
+/// A request body that could not be read (too large, or cut off) as a coded error.
+pub(crate) fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rejection.body_text())
     }
 }
 

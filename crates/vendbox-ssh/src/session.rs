@@ -445,13 +445,12 @@ pub(crate) async fn serve(
     let mut logged_in = handler.alive.subscribe();
     // russh runs the session in a task of its own that outlives its handle; a second handle on
     // the socket lets the gateway cut a connection that did not log in.
-    let Some((socket, cutter)) =
-        socket.into_std().and_then(|s| Ok((s.try_clone()?, s))).ok().and_then(|(std, cutter)| {
-            std.set_nonblocking(true).ok()?;
-            Some((TcpStream::from_std(std).ok()?, cutter))
-        })
-    else {
-        return;
+    let (socket, cutter) = match with_cutter(socket) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "ssh connection dropped: its socket could not be shared");
+            return;
+        }
     };
     // A client must log in within the limit, counted from its first byte: one that never sends
     // its version, or never finishes the key exchange or authentication, is dropped.
@@ -493,4 +492,12 @@ pub(crate) async fn serve(
         }
     }
     tracing::info!(%peer, "ssh connection closed");
+}
+
+/// `socket`, and a second handle on it that can shut it down from outside the session.
+fn with_cutter(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let socket = socket.into_std()?;
+    let cutter = socket.try_clone()?;
+    socket.set_nonblocking(true)?;
+    Ok((TcpStream::from_std(socket)?, cutter))
 }

@@ -94,6 +94,9 @@ pub struct LocalBackend {
     boxd_exe: PathBuf,
     /// The seccomp program, handed to bubblewrap through a pipe on its stdin.
     seccomp: Vec<u8>,
+    /// Each box's limits, as made here or read once from its record (for [`Backend::usage`],
+    /// which every purchase asks: its records are not read again each time).
+    limits: std::sync::Mutex<std::collections::HashMap<BoxId, crate::Limits>>,
 }
 
 impl LocalBackend {
@@ -122,7 +125,15 @@ impl LocalBackend {
             config.boxd.first().ok_or_else(|| BoxError::Unsupported("no boxd program configured".into()))?;
         let boxd_exe = reachable_copy(Path::new(exe), &config.run_root)?;
         tracing::info!(cgroups = %cgroups.describe(), instance, "local box backend ready");
-        Ok(LocalBackend { config, instance, cgroups, bwrap, boxd_exe, seccomp })
+        Ok(LocalBackend {
+            config,
+            instance,
+            cgroups,
+            bwrap,
+            boxd_exe,
+            seccomp,
+            limits: std::sync::Mutex::default(),
+        })
     }
 
     fn instance_dir(&self) -> PathBuf {
@@ -415,9 +426,20 @@ impl Backend for LocalBackend {
     }
 
     async fn usage(&self) -> Result<crate::Usage, BoxError> {
+        let ids = self.list().await?;
+        let mut known = self.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forget boxes that are gone; learn those made by an earlier vendbox from their record.
+        known.retain(|id, _| ids.contains(id));
         let mut usage = crate::Usage::default();
-        for id in self.list().await? {
-            usage = usage.plus(match self.record(&id).and_then(|r| r.limits) {
+        for id in ids {
+            // A box still being made may have no record yet: it is asked again next time.
+            let limits = match known.get(&id) {
+                Some(limits) => Some(*limits),
+                None => self.record(&id).and_then(|r| r.limits).inspect(|l| {
+                    known.insert(id.clone(), *l);
+                }),
+            };
+            usage = usage.plus(match limits {
                 Some(limits) => crate::Usage::of(limits),
                 None => crate::Usage { boxes: 1, ..crate::Usage::default() },
             });

@@ -484,19 +484,9 @@ pub async fn write_file(
     let boxes = service(&state)?;
     // The token is checked before a byte of the body is read: a stranger's upload costs nothing.
     let lease = boxes.open(&id, optional_bearer(request.headers()).as_ref(), Capability::Root).await?;
-    let body = <Bytes as axum::extract::FromRequest<AppState>>::from_request(request, &state).await.map_err(
-        |rejection| {
-            ApiError::new(
-                rejection.status(),
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    "payload_too_large"
-                } else {
-                    "bad_body"
-                },
-                rejection.body_text(),
-            )
-        },
-    )?;
+    let body = <Bytes as axum::extract::FromRequest<AppState>>::from_request(request, &state)
+        .await
+        .map_err(crate::json::body_rejection)?;
     let mode = match query.mode.as_deref() {
         None => 0o644,
         Some(text) => u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
