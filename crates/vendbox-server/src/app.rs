@@ -5,16 +5,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use vendbox_core::Catalog;
 use vendbox_store::Store;
 
@@ -91,45 +95,39 @@ impl Default for Limits {
     }
 }
 
-/// The whole HTTP API.
-pub fn router(state: AppState, limits: Limits) -> Router {
-    let api = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/v1/offers", get(offers::list))
-        .route("/v1/offers/{id}", get(offers::get))
-        .route("/v1/quotes", post(quotes::create))
-        .route("/v1/quotes/{id}", get(quotes::get))
-        .route("/v1/payments/{id}", get(payments::get))
-        .route("/catalog", get(vpsagent::catalog))
-        .route("/rent", post(rentals::rent))
-        .route("/rentals/{rental_id}", get(rentals::get))
-        .route("/rentals/{rental_id}/renew", post(rentals::renew))
-        .route("/instance/{rental_id}", get(rentals::instance))
-        .route("/api/health", get(storefront::health))
-        .route("/api/machines", post(storefront::create))
-        .route("/api/machines/{machine_id}", get(storefront::get).delete(storefront::terminate))
-        .route("/api/machines/{machine_id}/extend", post(storefront::extend))
-        .route("/x402/locks/acquire", post(locks::h3retik_acquire))
-        .route("/x402/locks/release", post(locks::h3retik_release))
-        .route("/x402/locks/renew", post(locks::h3retik_renew))
-        .route("/x402/locks/{key}", get(locks::h3retik_get))
-        .route(
-            "/v1/locks/{key}",
-            get(locks::native_get).post(locks::native_acquire).delete(locks::native_release),
-        )
-        .route("/v1/locks/{key}/renew", post(locks::native_renew))
-        .route("/v1/boxes", post(boxes::create))
-        .route("/v1/boxes/{id}", get(boxes::get).delete(boxes::terminate))
-        .route("/x402/sessions", post(sessions::custom))
-        .route("/x402/sessions/micro", post(sessions::micro))
-        .route("/x402/sessions/probe", post(sessions::probe))
-        .route("/x402/sessions/ops", post(sessions::ops))
-        .route("/x402/sessions/deep", post(sessions::deep))
-        .route("/x402/sessions/{session_id}", get(sessions::get))
-        .route("/openapi.json", get(openapi::serve))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+/// Every operation of the API, routed and described from one list: a handler named here is
+/// both served and listed in `/openapi.json`, so the two cannot drift apart.
+pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(offers::list))
+        .routes(routes!(offers::get))
+        .routes(routes!(quotes::create))
+        .routes(routes!(quotes::get))
+        .routes(routes!(payments::get))
+        .routes(routes!(vpsagent::catalog))
+        .routes(routes!(rentals::rent))
+        .routes(routes!(rentals::get))
+        .routes(routes!(rentals::renew))
+        .routes(routes!(rentals::instance))
+        .routes(routes!(storefront::health))
+        .routes(routes!(storefront::create))
+        .routes(routes!(storefront::get, storefront::terminate))
+        .routes(routes!(storefront::extend))
+        .routes(routes!(locks::h3retik_acquire))
+        .routes(routes!(locks::h3retik_release))
+        .routes(routes!(locks::h3retik_renew))
+        .routes(routes!(locks::h3retik_get))
+        .routes(routes!(locks::native_get, locks::native_acquire, locks::native_release))
+        .routes(routes!(locks::native_renew))
+        .routes(routes!(sessions::micro))
+        .routes(routes!(sessions::probe))
+        .routes(routes!(sessions::ops))
+        .routes(routes!(sessions::deep))
+        .routes(routes!(sessions::custom))
+        .routes(routes!(sessions::get))
+        .routes(routes!(boxes::create))
+        .routes(routes!(boxes::get, boxes::terminate))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
@@ -144,13 +142,25 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     // Commands and file transfers run as long as they need (a command's own time limit bounds
     // it) and move bigger bodies than the rest of the API.
-    let long = Router::new()
-        .route("/v1/boxes/{id}/exec", post(boxes::exec))
-        .route("/v1/boxes/{id}/exec/stream", post(boxes::exec_stream))
-        .route("/x402/sessions/{session_id}/exec", post(sessions::exec))
-        .route("/v1/boxes/{id}/files", get(boxes::read_file).put(boxes::write_file))
+    let long = OpenApiRouter::new()
+        .routes(routes!(sessions::exec))
+        .routes(routes!(boxes::exec))
+        .routes(routes!(boxes::exec_stream))
+        .routes(routes!(boxes::read_file, boxes::write_file))
         .layer(DefaultBodyLimit::max(limits.max_file_bytes));
-    let api = long.merge(api).with_state(state.clone());
+    api.merge(long)
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let (api, doc) = operations(limits).split_for_parts();
+    let document = Bytes::from(serde_json::to_vec(&openapi::versioned(doc)).unwrap_or_default());
+    let api = api
+        .route("/openapi.json", get(move || std::future::ready(openapi::serve(document.clone()))))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
 
     api.layer(
         ServiceBuilder::new()

@@ -1,13 +1,12 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and served at
 //! `GET /openapi.json`.
 
-use axum::Json;
+use axum::body::Bytes;
+use axum::http::header;
+use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{
-    boxes, health, locks, offers, payments, quotes, rentals, sessions, storefront, vpsagent,
-};
 
 /// vendbox's API description.
 #[derive(OpenApi, Debug)]
@@ -16,46 +15,6 @@ use crate::routes::{
         title = "vendbox",
         description = "Self-hosted storefront that sells sandboxes, machines and locks to AI agents, paid per request over HTTP 402 in USDC.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
-    ),
-    paths(
-        health::healthz,
-        offers::list,
-        offers::get,
-        quotes::create,
-        quotes::get,
-        payments::get,
-        vpsagent::catalog,
-        rentals::rent,
-        rentals::get,
-        rentals::renew,
-        rentals::instance,
-        storefront::health,
-        storefront::create,
-        storefront::get,
-        storefront::terminate,
-        storefront::extend,
-        locks::h3retik_acquire,
-        locks::h3retik_release,
-        locks::h3retik_renew,
-        locks::h3retik_get,
-        locks::native_acquire,
-        locks::native_get,
-        locks::native_renew,
-        locks::native_release,
-        sessions::micro,
-        sessions::probe,
-        sessions::ops,
-        sessions::deep,
-        sessions::custom,
-        sessions::get,
-        sessions::exec,
-        boxes::create,
-        boxes::get,
-        boxes::exec,
-        boxes::exec_stream,
-        boxes::read_file,
-        boxes::write_file,
-        boxes::terminate
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&ReleaseTokenScheme),
@@ -90,13 +49,19 @@ impl utoipa::Modify for ReleaseTokenScheme {
     }
 }
 
-/// The document as JSON.
+/// The document as clients read it: the operations `app::operations` routes, with vendbox's
+/// version.
 pub fn document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
+    versioned(crate::app::operations(crate::Limits::default()).split_for_parts().1)
+}
+
+/// `doc` with vendbox's version.
+pub(crate) fn versioned(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     env!("CARGO_PKG_VERSION").clone_into(&mut doc.info.version);
     doc
 }
 
-pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(document())
+/// `GET /openapi.json`: the document, serialised once at start-up.
+pub(crate) fn serve(document: Bytes) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document)
 }
