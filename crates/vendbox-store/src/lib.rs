@@ -262,6 +262,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         ttl: Option<std::time::Duration>,
     ) -> StoreResult<LockRenewal>;
 
+    /// The unexpired grant on `key` if `release` holds it now (by the database's clock), or why
+    /// it does not. Changes nothing: a paid operation asks it before asking for payment.
+    async fn lock_held_by(
+        &self,
+        key: &LockKey,
+        release: &TokenHash,
+    ) -> StoreResult<Result<Lock, LockRefusal>>;
+
     /// Ends the unexpired grant held with `release`. Again with the same token: the same answer,
     /// as `AlreadyReleased`. A lapsed or superseded grant is refused, and its key's newer holder
     /// is not touched.

@@ -857,6 +857,26 @@ macro_rules! store_impl {
                 Ok($crate::LockRenewal::Refused($crate::LockRefusal::of(grant.as_ref())))
             }
 
+            async fn lock_held_by(
+                &self,
+                key: &vendbox_core::LockKey,
+                release: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<Result<vendbox_core::Lock, $crate::LockRefusal>> {
+                let row = sqlx::query(concat!(
+                    "SELECT * FROM locks WHERE key = $1 AND release_token_hash = $2 \
+                     AND released_at IS NULL AND expires_at > ", $clock
+                ))
+                .bind(key.as_str())
+                .bind(release.to_hex())
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(row) = row {
+                    return Ok(Ok(Self::lock_from_row(&row)?));
+                }
+                let grant = self.grant_of(key, release).await?;
+                Ok(Err($crate::LockRefusal::of(grant.as_ref())))
+            }
+
             async fn release_lock(
                 &self,
                 key: &vendbox_core::LockKey,

@@ -872,14 +872,19 @@ async fn renewals_are_paid_only_when_they_renew() {
     let token = lock["release_token"].as_str().unwrap();
 
     let renew = shop.url("/x402/locks/renew");
+    let right = json!({ "key": "queue:item-9", "release_token": token, "ttl_seconds": 60 });
+    let challenge = lock_challenge(&renew, &right).await;
+    // A token that holds nothing on the key is refused before any payment is asked for, and a
+    // payment sent with it anyway is never taken: no payment is recorded, nothing moves.
     let wrong = json!({ "key": "queue:item-9", "release_token": "vbx_wrong", "ttl_seconds": 60 });
-    let challenge = lock_challenge(&renew, &wrong).await;
+    let unpaid = reqwest::Client::new().post(&renew).json(&wrong).send().await.unwrap();
+    assert_eq!(unpaid.status(), 409);
+    assert_eq!(unpaid.json::<Value>().await.unwrap()["error"]["code"], "lock_not_held");
     let (status, headers, error) = paid_post(&renew, &wrong, &challenge, &payer).await;
     assert_eq!((status, error["error"]["code"].as_str()), (409, Some("lock_not_held")));
-    assert_eq!(payment_state(&shop, &headers).await["state"], "voided");
+    assert!(headers.get("vendbox-payment-id").is_none(), "a refused renewal records no payment: {headers:?}");
     assert_eq!(shop.balance(payer.address()).await, shop::FUNDS - LOCK_PRICE, "a refused renewal is free");
 
-    let right = json!({ "key": "queue:item-9", "release_token": token, "ttl_seconds": 60 });
     let (status, headers, renewed) = paid_post(&renew, &right, &challenge, &payer).await;
     assert_eq!(status, 200, "{renewed}");
     assert_eq!(renewed["lock"]["ttl_seconds"], 60);

@@ -290,7 +290,8 @@ pub async fn native_release(
 
 /// Extends the caller's unexpired grant to `ttl_seconds` from now (its last TTL when absent),
 /// keeping its fencing token. Paid at the catalog's renewal price, on success only: a lapsed,
-/// released or superseded grant is refused with 409 and charges nothing.
+/// released or superseded grant is refused with 409 before any payment is asked for, and one
+/// that lapses while the payment is checked is refused and charges nothing.
 #[utoipa::path(
     post,
     path = "/x402/locks/renew",
@@ -452,6 +453,11 @@ async fn renew(
 ) -> Result<Response, ApiError> {
     let ttl_seconds = ttl_seconds.map(check_ttl).transpose()?;
     let offer = lock_offer(state, RENEW)?;
+    // A token that holds nothing is refused before payment is asked for (the renewal itself
+    // checks again, atomically, once paid).
+    if let Err(why) = state.store.lock_held_by(&key, &token.hash()).await? {
+        return Err(refused(why, &key));
+    }
     let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
     let store = state.store.clone();
     let work = async move {
