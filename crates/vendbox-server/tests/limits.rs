@@ -1,0 +1,684 @@
+//! Every limit of the HTTP API that needs no real box, from both sides: at the limit the request
+//! is served, one past it is refused with the status and code the documentation gives. Request
+//! bodies, the request timeout, the per-address cap, the payment header, lock TTLs, keys, owners
+//! and metadata, session, machine, box and rental lengths, and the box capacity (`max_boxes`,
+//! `memory_mb`). The real router runs in process, configured from a `vendbox.toml` with small
+//! limits, over SQLite in a temporary directory and a backend that makes boxes in memory; the
+//! per-address cap is checked through a loopback socket, since it counts client addresses.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tower::ServiceExt;
+use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Usage};
+use vendbox_core::{LeaseId, LeaseState};
+use vendbox_pay::alloy::primitives::B256;
+use vendbox_pay::alloy::signers::local::PrivateKeySigner;
+use vendbox_pay::chain::VerifyError;
+use vendbox_pay::client::Challenge;
+use vendbox_pay::exact::{CheckedPayment, Requirements};
+use vendbox_pay::facilitator::{Facilitator, SettleError};
+use vendbox_pay::wire::MAX_HEADER_BYTES;
+use vendbox_server::boxes::Boxes;
+use vendbox_server::faults::Faults;
+use vendbox_server::gate::PaymentGate;
+use vendbox_server::metrics::Metrics;
+use vendbox_server::{AppState, Config, Limits, router};
+use vendbox_store::{SqliteStore, Store};
+
+/// Offers sold for nothing, so that "served" means made, acquired or extended; and a small box.
+const FREE: &str = r#"
+[[offers]]
+id = "h3retik-lock"
+price = { base = "0" }
+
+[[offers]]
+id = "h3retik-lock-renew"
+price = { base = "0" }
+
+[[offers]]
+id = "h3retik-custom"
+price = { per_minute = "0", per_action = "0" }
+
+[[offers]]
+id = "bare-linux-machine"
+price = { base = "0", per_minute = "0" }
+
+[[offers]]
+id = "vpsagent-sandbox-1h"
+price = { base = "0" }
+
+[[offers]]
+id = "test-box"
+kind = "sandbox"
+title = "A small box for tests"
+resources = { vcpu = 1, memory_mb = 256, disk_gb = 1 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+actions = { rule = "unlimited" }
+images = ["host"]
+default_image = "host"
+price = {}
+"#;
+
+/// The H3RETIK acquisition route.
+const ACQUIRE: &str = "/x402/locks/acquire";
+
+/// A valid OpenSSH public key line.
+const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
+
+/// A backend that makes boxes in memory, each after `delay_ms`; their boxd sockets are paths
+/// where nothing listens. Usage counts the boxes and their memory, as the local backend's does.
+#[derive(Debug)]
+struct MemoryBoxes {
+    dir: PathBuf,
+    made: Mutex<Vec<(BoxId, vendbox_box::Limits)>>,
+    delay_ms: AtomicU64,
+}
+
+#[async_trait]
+impl Backend for MemoryBoxes {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn create(&self, spec: &BoxSpec) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))).await;
+        self.made.lock().unwrap().push((spec.id.clone(), spec.limits));
+        Ok(())
+    }
+
+    async fn status(&self, id: &BoxId) -> Result<BoxStatus, BoxError> {
+        let made = self.made.lock().unwrap().iter().any(|(b, _)| b == id);
+        Ok(if made { BoxStatus::Running } else { BoxStatus::Gone })
+    }
+
+    fn boxd(&self, id: &BoxId) -> BoxdClient {
+        BoxdClient::new(self.dir.join(format!("{id}.sock")))
+    }
+
+    async fn destroy(&self, id: &BoxId) -> Result<(), BoxError> {
+        self.made.lock().unwrap().retain(|(b, _)| b != id);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<BoxId>, BoxError> {
+        Ok(self.made.lock().unwrap().iter().map(|(b, _)| b.clone()).collect())
+    }
+
+    async fn usage(&self) -> Result<Usage, BoxError> {
+        Ok(self.made.lock().unwrap().iter().fold(Usage::default(), |sum, (_, l)| sum.plus(Usage::of(*l))))
+    }
+}
+
+/// A facilitator that verifies and settles every payment without a chain.
+#[derive(Debug)]
+struct Accepting;
+
+#[async_trait]
+impl Facilitator for Accepting {
+    fn kind(&self) -> &'static str {
+        "accepting"
+    }
+
+    async fn verify(
+        &self,
+        _payment: &CheckedPayment,
+        _requirements: &Requirements,
+    ) -> Result<(), VerifyError> {
+        Ok(())
+    }
+
+    async fn settle(
+        &self,
+        _payment: &CheckedPayment,
+        _requirements: &Requirements,
+    ) -> Result<B256, SettleError> {
+        Ok(B256::repeat_byte(0x11))
+    }
+}
+
+/// A vendbox configured from `FREE` and `toml`, as `vendbox serve` configures itself.
+struct Shop {
+    router: Router,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    backend: Arc<MemoryBoxes>,
+    _dir: tempfile::TempDir,
+}
+
+/// How paid offers are paid for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Payments {
+    /// No payee: only free offers are sold.
+    None,
+    /// A payee and a facilitator that accepts every payment.
+    Accepted,
+}
+
+async fn shop(toml: &str) -> Shop {
+    shop_with(toml, Payments::None).await
+}
+
+async fn shop_with(toml: &str, payments: Payments) -> Shop {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vendbox.toml");
+    std::fs::write(&file, format!("{FREE}\n{toml}")).unwrap();
+    let config = Config::load(Some(&file), []).unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open_file(&dir.path().join("vendbox.db")).await.unwrap());
+    let public_url = "http://vendbox.test".to_owned();
+    let gate = match payments {
+        Payments::None => PaymentGate::unconfigured(store.clone(), public_url),
+        Payments::Accepted => {
+            let mut payments = config.payments.clone();
+            payments.pay_to = Some("0x2222222222222222222222222222222222222222".into());
+            let acceptance = payments.acceptance().unwrap();
+            PaymentGate::new(
+                acceptance,
+                Some(Arc::new(Accepting)),
+                store.clone(),
+                public_url,
+                Faults::default(),
+            )
+        }
+    };
+    let backend = Arc::new(MemoryBoxes {
+        dir: dir.path().to_owned(),
+        made: Mutex::default(),
+        delay_ms: AtomicU64::new(0),
+    });
+    let boxes = Boxes::new(backend.clone(), store.clone());
+    let capacity = config.boxes.capacity(boxes.capacity());
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState {
+        catalog: Arc::new(config.catalog()),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        gate: Arc::new(gate),
+        boxes: Ok(Arc::new(boxes.with_capacity(capacity))),
+        ssh: None,
+    };
+    // As `Server::new` reads them.
+    let limits = Limits {
+        request_timeout: config.server.request_timeout(),
+        max_body_bytes: config.server.max_body_bytes,
+        max_file_bytes: config.boxes.max_file_bytes,
+        max_requests_per_peer: config.server.max_requests_per_peer,
+    };
+    Shop { router: router(state, limits), store, metrics, backend, _dir: dir }
+}
+
+/// An answer: status, headers, and the body as JSON (or as a JSON string when it is not JSON).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    /// The error code of a refusal.
+    fn code(&self) -> Option<&str> {
+        self.body["error"]["code"].as_str()
+    }
+
+    /// The field a refusal blames.
+    fn field(&self) -> Option<&str> {
+        self.body["error"]["field"].as_str()
+    }
+
+    /// Asserts a coded refusal: this status, this code and, when given, this field.
+    fn refused(&self, status: StatusCode, code: &str, field: Option<&str>, what: &str) {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        assert_eq!(self.code(), Some(code), "{what}: {}", self.body);
+        if field.is_some() {
+            assert_eq!(self.field(), field, "{what}: {}", self.body);
+        }
+    }
+
+    /// Asserts a success with this status.
+    fn served(&self, status: StatusCode, what: &str) -> &Value {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        &self.body
+    }
+}
+
+impl Shop {
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Answer { status, headers, body }
+    }
+
+    async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> Answer {
+        self.send(post_raw(path, bearer, body.to_string().into_bytes())).await
+    }
+}
+
+fn post_raw(path: &str, bearer: Option<&str>, body: Vec<u8>) -> Request<Body> {
+    let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = bearer {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    request.body(Body::from(body)).unwrap()
+}
+
+/// `{"offer_id":"bare-linux-machine","minutes":90}` followed by spaces up to `size` bytes.
+fn quote_of_size(size: usize) -> Vec<u8> {
+    let mut body = br#"{"offer_id":"bare-linux-machine","minutes":90}"#.to_vec();
+    assert!(body.len() <= size);
+    body.resize(size, b' ');
+    body
+}
+
+#[tokio::test]
+async fn a_body_of_max_body_bytes_is_read_and_one_byte_more_is_payload_too_large() {
+    let shop = shop("[server]\nmax_body_bytes = 4096\n").await;
+    let at = shop.send(post_raw("/v1/quotes", None, quote_of_size(4096))).await;
+    assert_eq!(at.served(StatusCode::CREATED, "4096 bytes")["offer_id"], "bare-linux-machine");
+    let over = shop.send(post_raw("/v1/quotes", None, quote_of_size(4097))).await;
+    over.refused(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None, "4097 bytes");
+
+    // The same without a length announced: the body is counted as it arrives.
+    let streamed = |size: usize| {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            quote_of_size(size).chunks(1000).map(|c| Ok(c.to_vec())).collect();
+        Request::post("/v1/quotes")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(futures_util::stream::iter(chunks)))
+            .unwrap()
+    };
+    shop.send(streamed(4096)).await.served(StatusCode::CREATED, "4096 bytes streamed");
+    let over = shop.send(streamed(4097)).await;
+    over.refused(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None, "4097 bytes streamed");
+}
+
+#[tokio::test]
+async fn a_request_inside_the_timeout_is_answered_and_one_past_it_is_request_timeout() {
+    // The setting is in whole seconds: a box made in half of it is sold, one that takes one and a
+    // half times it is not waited for.
+    let shop = shop("[server]\nrequest_timeout_secs = 2\n").await;
+    let order = json!({ "offer": "test-box", "minutes": 10 });
+    shop.backend.delay_ms.store(1000, Ordering::SeqCst);
+    let started = Instant::now();
+    let inside = shop.post("/v1/boxes", None, &order).await;
+    assert_eq!(inside.served(StatusCode::CREATED, "a box made in 1 s")["state"], "active");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    shop.backend.delay_ms.store(3000, Ordering::SeqCst);
+    let started = Instant::now();
+    let past = shop.post("/v1/boxes", None, &order).await;
+    past.refused(StatusCode::SERVICE_UNAVAILABLE, "request_timeout", None, "a box made in 3 s");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(3), "answered after {waited:?}");
+}
+
+/// A request to the router behind `addr` from `from`, on a connection of its own: the status
+/// and the body as JSON.
+async fn http(addr: SocketAddr, from: [u8; 4], request: &str) -> (u16, Value) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        text.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// A health check on a connection of its own.
+const HEALTH: &str = "GET /healthz HTTP/1.1\r\nhost: vendbox.test\r\nconnection: close\r\n\r\n";
+
+/// A request from 127.0.0.1 that stays in flight until the stream is dropped: its body never
+/// finishes arriving.
+async fn held(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = "POST /v1/quotes HTTP/1.1\r\nhost: vendbox.test\r\ncontent-type: application/json\r\n\
+                content-length: 100\r\n\r\n{\"offer_id\"";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Waits until `n` requests are in flight.
+async fn in_flight(shop: &Shop, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shop.metrics.in_flight.get() != n {
+        assert!(Instant::now() < deadline, "{} requests in flight, not {n}", shop.metrics.in_flight.get());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_address_at_its_cap_is_served_and_one_request_more_is_too_many_requests() {
+    let shop = shop("[server]\nmax_requests_per_peer = 2\n").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = shop.router.clone().into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // One request in flight: a second one from the same address is the cap's last place.
+    let first = held(addr).await;
+    in_flight(&shop, 1).await;
+    let (status, body) = http(addr, [127, 0, 0, 1], HEALTH).await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+
+    // Two in flight: the address is at its cap, and a third is refused; another address is not.
+    let second = held(addr).await;
+    in_flight(&shop, 2).await;
+    let (status, body) = http(addr, [127, 0, 0, 1], HEALTH).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_requests")), "{body}");
+    let (status, _) = http(addr, [127, 0, 0, 2], HEALTH).await;
+    assert_eq!(status, 200);
+
+    // A place is given back when its client goes away.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http(addr, [127, 0, 0, 1], HEALTH).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+        assert!(Instant::now() < deadline, "the place of a request whose client left was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(second);
+    server.abort();
+}
+
+/// `POST /x402/locks/acquire` of `key`, with a payment header when given.
+fn acquire_paid(key: &str, payment: Option<(&str, &str)>) -> Request<Body> {
+    let mut request = Request::post(ACQUIRE).header(header::CONTENT_TYPE, "application/json");
+    if let Some((name, value)) = payment {
+        request = request.header(name, value);
+    }
+    request.body(Body::from(json!({ "key": key }).to_string())).unwrap()
+}
+
+/// A real payment for acquiring `key`, its JSON padded with spaces so that its base64 is exactly
+/// the limit long: the header's name and value.
+async fn padded(shop: &Shop, signer: &PrivateKeySigner, key: &str) -> (&'static str, String) {
+    let asked = shop.send(acquire_paid(key, None)).await;
+    assert_eq!(asked.status, StatusCode::PAYMENT_REQUIRED, "{}", asked.body);
+    let required = asked.headers.get("payment-required").and_then(|v| v.to_str().ok());
+    let challenge = Challenge::read(required, asked.body.to_string().as_bytes()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (name, header) = challenge.pay(signer, now).unwrap();
+    let mut json = BASE64.decode(header).unwrap();
+    json.resize(MAX_HEADER_BYTES / 4 * 3, b' ');
+    let header = BASE64.encode(json);
+    assert_eq!(header.len(), MAX_HEADER_BYTES);
+    (name, header)
+}
+
+#[tokio::test]
+async fn a_payment_header_at_the_size_limit_pays_and_one_byte_more_is_payment_header_too_large() {
+    let shop =
+        shop_with("[[offers]]\nid = \"h3retik-lock\"\nprice = { base = \"0.0001\" }\n", Payments::Accepted)
+            .await;
+    let signer = PrivateKeySigner::random();
+    let (name, at_limit) = padded(&shop, &signer, "paid:at-the-limit").await;
+    let paid = shop.send(acquire_paid("paid:at-the-limit", Some((name, &at_limit)))).await;
+    assert_eq!(paid.served(StatusCode::OK, "a header of 8192 bytes")["acquired"], true);
+    assert!(paid.headers.contains_key("payment-response"), "no receipt");
+
+    // The same kind of header with one byte more (a space, which decoding would trim).
+    let (name, header) = padded(&shop, &signer, "paid:over-the-limit").await;
+    let over = format!("{header} ");
+    assert_eq!(over.len(), MAX_HEADER_BYTES + 1);
+    let refused = shop.send(acquire_paid("paid:over-the-limit", Some((name, &over)))).await;
+    refused.refused(StatusCode::BAD_REQUEST, "payment_header_too_large", None, "a header of 8193 bytes");
+    let read = shop.send(Request::get("/x402/locks/paid:over-the-limit").body(Body::empty()).unwrap()).await;
+    assert_eq!(read.served(StatusCode::OK, "read")["held"], false);
+}
+
+#[tokio::test]
+async fn lock_ttls_of_5_and_86400_seconds_are_granted_and_4_and_86401_are_out_of_range() {
+    let shop = shop("").await;
+    for (ttl, key) in [(5, "ttl:five"), (86_400, "ttl:day")] {
+        // H3RETIK's surface.
+        let got = shop.post("/x402/locks/acquire", None, &json!({ "key": key, "ttl_seconds": ttl })).await;
+        let body = got.served(StatusCode::OK, &format!("acquire {ttl}"));
+        assert_eq!(
+            (body["acquired"].as_bool(), body["lock"]["ttl_seconds"].as_u64()),
+            (Some(true), Some(ttl))
+        );
+        let token = body["release_token"].as_str().unwrap();
+        let renew = json!({ "key": key, "release_token": token, "ttl_seconds": ttl });
+        let renewed = shop.post("/x402/locks/renew", None, &renew).await;
+        assert_eq!(renewed.served(StatusCode::OK, &format!("renew {ttl}"))["lock"]["ttl_seconds"], ttl);
+        // The native surface.
+        let native = format!("/v1/locks/native:{key}");
+        let got = shop.post(&native, None, &json!({ "ttl_seconds": ttl })).await;
+        let body = got.served(StatusCode::CREATED, &format!("native acquire {ttl}"));
+        assert_eq!(body["lock"]["ttl_seconds"], ttl);
+        let token = body["release_token"].as_str().unwrap().to_owned();
+        let renewed =
+            shop.post(&format!("{native}/renew"), Some(&token), &json!({ "ttl_seconds": ttl })).await;
+        assert_eq!(
+            renewed.served(StatusCode::OK, &format!("native renew {ttl}"))["lock"]["ttl_seconds"],
+            ttl
+        );
+    }
+
+    // A held key of each surface to renew with a TTL out of range.
+    let body = shop.post("/x402/locks/acquire", None, &json!({ "key": "ttl:held" })).await.body;
+    let token = body["release_token"].as_str().unwrap().to_owned();
+    let native = shop.post("/v1/locks/ttl:native-held", None, &json!({})).await.body;
+    let native_token = native["release_token"].as_str().unwrap().to_owned();
+    for ttl in [4, 86_401] {
+        let what = format!("ttl_seconds {ttl}");
+        let out =
+            shop.post("/x402/locks/acquire", None, &json!({ "key": "ttl:out", "ttl_seconds": ttl })).await;
+        out.refused(StatusCode::BAD_REQUEST, "out_of_range", Some("ttl_seconds"), &format!("acquire {what}"));
+        let out = shop.post("/v1/locks/ttl:out", None, &json!({ "ttl_seconds": ttl })).await;
+        out.refused(StatusCode::BAD_REQUEST, "out_of_range", Some("ttl_seconds"), &format!("native {what}"));
+        let renew = json!({ "key": "ttl:held", "release_token": token, "ttl_seconds": ttl });
+        let out = shop.post("/x402/locks/renew", None, &renew).await;
+        out.refused(StatusCode::BAD_REQUEST, "out_of_range", Some("ttl_seconds"), &format!("renew {what}"));
+        let out = shop
+            .post("/v1/locks/ttl:native-held/renew", Some(&native_token), &json!({ "ttl_seconds": ttl }))
+            .await;
+        out.refused(
+            StatusCode::BAD_REQUEST,
+            "out_of_range",
+            Some("ttl_seconds"),
+            &format!("native renew {what}"),
+        );
+    }
+    // Nothing was granted past the bounds.
+    let read = shop.send(Request::get("/x402/locks/ttl:out").body(Body::empty()).unwrap()).await;
+    assert_eq!(read.served(StatusCode::OK, "read")["held"], false);
+}
+
+#[tokio::test]
+async fn lock_keys_owners_and_metadata_at_their_size_are_granted_and_one_more_is_invalid_value() {
+    let shop = shop("").await;
+    // Keys count characters, not bytes: 256 two-byte characters are a key.
+    for key in ["abc".to_owned(), "k".repeat(256), "é".repeat(256)] {
+        let got = shop.post(ACQUIRE, None, &json!({ "key": key })).await;
+        assert_eq!(
+            got.served(StatusCode::OK, &format!("a key of {} characters", key.chars().count()))["acquired"],
+            true
+        );
+    }
+    for key in ["ab".to_owned(), "k".repeat(257), "é".repeat(257)] {
+        let out = shop.post(ACQUIRE, None, &json!({ "key": key })).await;
+        let what = format!("a key of {} characters", key.chars().count());
+        out.refused(StatusCode::BAD_REQUEST, "invalid_value", Some("key"), &what);
+    }
+    // The native surface reads the key from its path.
+    let got = shop.post(&format!("/v1/locks/{}", "n".repeat(256)), None, &json!({})).await;
+    got.served(StatusCode::CREATED, "a native key of 256 characters");
+    let out = shop.post(&format!("/v1/locks/{}", "n".repeat(257)), None, &json!({})).await;
+    out.refused(StatusCode::BAD_REQUEST, "invalid_value", Some("key"), "a native key of 257 characters");
+
+    let got = shop.post(ACQUIRE, None, &json!({ "key": "owner:at", "owner": "o".repeat(160) })).await;
+    assert_eq!(got.served(StatusCode::OK, "an owner of 160 characters")["lock"]["owner"], "o".repeat(160));
+    let out = shop.post(ACQUIRE, None, &json!({ "key": "owner:over", "owner": "o".repeat(161) })).await;
+    out.refused(StatusCode::BAD_REQUEST, "invalid_value", Some("owner"), "an owner of 161 characters");
+
+    // `{"p":"…"}` serialises to 8 bytes and the string.
+    let metadata = |size: usize| json!({ "p": "m".repeat(size - 8) });
+    assert_eq!(metadata(4096).to_string().len(), 4096);
+    let got = shop.post(ACQUIRE, None, &json!({ "key": "metadata:at", "metadata": metadata(4096) })).await;
+    assert_eq!(got.served(StatusCode::OK, "metadata of 4096 bytes")["lock"]["metadata"], metadata(4096));
+    let out = shop.post(ACQUIRE, None, &json!({ "key": "metadata:over", "metadata": metadata(4097) })).await;
+    out.refused(StatusCode::BAD_REQUEST, "invalid_value", Some("metadata"), "metadata of 4097 bytes");
+}
+
+#[tokio::test]
+async fn session_minutes_and_actions_at_their_bounds_are_sold_and_one_past_is_out_of_range() {
+    let shop = shop("").await;
+    for (minutes, actions) in [(1, 1), (360, 300)] {
+        let what = format!("{minutes} minutes and {actions} actions");
+        let sold =
+            shop.post("/x402/sessions", None, &json!({ "minutes": minutes, "actions": actions })).await;
+        let body = sold.served(StatusCode::OK, &what);
+        assert_eq!(
+            (body["status"].as_str(), body["actions_remaining"].as_u64()),
+            (Some("active"), Some(actions))
+        );
+    }
+    for (minutes, actions, field) in
+        [(0, 1, "minutes"), (361, 1, "minutes"), (1, 0, "actions"), (1, 301, "actions")]
+    {
+        let what = format!("{minutes} minutes and {actions} actions");
+        let out = shop.post("/x402/sessions", None, &json!({ "minutes": minutes, "actions": actions })).await;
+        out.refused(StatusCode::BAD_REQUEST, "out_of_range", Some(field), &what);
+    }
+    assert_eq!(shop.backend.list().await.unwrap().len(), 2, "a box was made for a refused session");
+}
+
+#[tokio::test]
+async fn machine_and_box_minutes_at_their_bounds_are_sold_and_one_past_is_out_of_range() {
+    let shop = shop("").await;
+    let order = |minutes: u32, n: u32| {
+        json!({
+            "request_id": format!("0a1b2c3d-0000-4000-8000-{n:012}"),
+            "product_id": "bare-linux-machine",
+            "duration_minutes": minutes,
+            "ssh_public_key": SSH_KEY,
+        })
+    };
+    let mut machine = Value::Null;
+    for (n, minutes) in [15, 360].into_iter().enumerate() {
+        let sold = shop.post("/api/machines", None, &order(minutes, u32::try_from(n).unwrap())).await;
+        machine = sold.served(StatusCode::ACCEPTED, &format!("a machine for {minutes} minutes")).clone();
+    }
+    for (n, minutes) in [14, 361].into_iter().enumerate() {
+        let out = shop.post("/api/machines", None, &order(minutes, 10 + u32::try_from(n).unwrap())).await;
+        let what = format!("a machine for {minutes} minutes");
+        out.refused(StatusCode::BAD_REQUEST, "out_of_range", Some("duration_minutes"), &what);
+    }
+    // An extension adds at least a minute (the documentation gives no upper bound).
+    let extend = format!("/api/machines/{}/extend", machine["machine_id"].as_str().unwrap());
+    let token = machine["management"]["extend_token"].as_str().unwrap();
+    let extended = shop.post(&extend, Some(token), &json!({ "additional_minutes": 1 })).await;
+    extended.served(StatusCode::OK, "an extension of 1 minute");
+    let out = shop.post(&extend, Some(token), &json!({ "additional_minutes": 0 })).await;
+    out.refused(
+        StatusCode::BAD_REQUEST,
+        "out_of_range",
+        Some("additional_minutes"),
+        "an extension of 0 minutes",
+    );
+
+    // The native API sells the same offer within the offer's own range.
+    for minutes in [15, 360] {
+        let sold =
+            shop.post("/v1/boxes", None, &json!({ "offer": "bare-linux-machine", "minutes": minutes })).await;
+        sold.served(StatusCode::CREATED, &format!("a box for {minutes} minutes"));
+    }
+    for minutes in [14, 361] {
+        let out =
+            shop.post("/v1/boxes", None, &json!({ "offer": "bare-linux-machine", "minutes": minutes })).await;
+        out.refused(
+            StatusCode::BAD_REQUEST,
+            "out_of_range",
+            Some("minutes"),
+            &format!("a box for {minutes} minutes"),
+        );
+    }
+    assert_eq!(shop.backend.list().await.unwrap().len(), 4, "a box was made for a refused order");
+}
+
+#[tokio::test]
+async fn rental_renewals_of_1_and_12_periods_are_sold_and_0_and_13_are_out_of_range() {
+    let shop = shop("").await;
+    let rented = shop.post("/rent", None, &json!({ "sku": "sandbox_1h" })).await;
+    let rental = rented.served(StatusCode::OK, "a rental").clone();
+    let renew = format!(
+        "/rentals/{}/renew?token={}",
+        rental["rental_id"].as_str().unwrap(),
+        rental["root_token"].as_str().unwrap()
+    );
+    let mut expires = rental["expires_at"].as_i64().unwrap();
+    for periods in [1_i64, 12] {
+        let renewed = shop.post(&renew, None, &json!({ "periods": periods })).await;
+        let body = renewed.served(StatusCode::OK, &format!("{periods} periods"));
+        let now = body["current_expires_at"].as_i64().unwrap();
+        assert_eq!(now - expires, periods * 3_600_000, "{body}");
+        expires = now;
+    }
+    for periods in [0, 13] {
+        let out = shop.post(&renew, None, &json!({ "periods": periods })).await;
+        out.refused(StatusCode::BAD_REQUEST, "out_of_range", Some("periods"), &format!("{periods} periods"));
+    }
+}
+
+/// Buys a `test-box` (256 MiB) through the native API: the answer.
+async fn buy(shop: &Shop) -> Answer {
+    shop.post("/v1/boxes", None, &json!({ "offer": "test-box", "minutes": 10 })).await
+}
+
+#[tokio::test]
+async fn max_boxes_and_memory_sell_the_last_box_that_fits_and_refuse_the_next_with_sold_out() {
+    for (toml, limit) in [
+        ("[boxes]\nmax_boxes = 2\n", "max_boxes = 2"),
+        // Two 256 MiB boxes exactly fill 256 MiB sold twice over.
+        ("[boxes]\nmemory_mb = 256\nmemory_overcommit = 2.0\n", "memory_mb = 256 × 2"),
+    ] {
+        let shop = shop(toml).await;
+        let first = buy(&shop).await;
+        first.served(StatusCode::CREATED, &format!("{limit}: the first box"));
+        buy(&shop).await.served(StatusCode::CREATED, &format!("{limit}: the last box that fits"));
+        let full = buy(&shop).await;
+        full.refused(StatusCode::SERVICE_UNAVAILABLE, "sold_out", None, &format!("{limit}: one box more"));
+        // The refused purchase left nothing behind: no box, no lease.
+        assert_eq!(shop.backend.list().await.unwrap().len(), 2, "{limit}");
+        let live =
+            shop.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await.unwrap();
+        assert_eq!(live.len(), 2, "{limit}");
+        // A box that ends makes room for one more.
+        let id = first.body["id"].as_str().unwrap();
+        let end = Request::delete(format!("/v1/boxes/{id}"))
+            .header(header::AUTHORIZATION, format!("Bearer {}", first.body["token"].as_str().unwrap()))
+            .body(Body::empty())
+            .unwrap();
+        shop.send(end).await.served(StatusCode::OK, &format!("{limit}: ending a box"));
+        buy(&shop).await.served(StatusCode::CREATED, &format!("{limit}: a box once one ended"));
+        let lease: LeaseId = id.parse().unwrap();
+        assert_eq!(shop.store.get_lease(lease).await.unwrap().unwrap().state, LeaseState::Terminated);
+    }
+}
