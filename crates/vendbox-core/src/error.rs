@@ -83,7 +83,7 @@ pub enum CoreError {
         to: &'static str,
     },
     /// The lease has no actions left.
-    #[error("this lease has used all of its actions")]
+    #[error("every action this lease was bought with has been used; buy a new one")]
     ActionsExhausted,
     /// A price does not fit in 64 bits of atomic units.
     #[error("the price overflows; ask for fewer minutes or actions")]

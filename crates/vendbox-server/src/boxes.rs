@@ -736,13 +736,10 @@ fn sold_out(resource: &str) -> ApiError {
     )
 }
 
-/// The error a caller sees once a lease's actions are used up.
+/// The error a caller sees once a lease's actions are used up: the one mapping of
+/// `actions_exhausted`, whichever check finds it.
 fn exhausted() -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "actions_exhausted",
-        "every action this box was bought with has been used; buy a new one",
-    )
+    vendbox_core::CoreError::ActionsExhausted.into()
 }
 
 /// The error a caller sees for a lease that has ended, saying how.

@@ -90,8 +90,9 @@ impl From<CoreError> for ApiError {
             CoreError::UnknownOffer(_) | CoreError::OfferUnavailable(_) => {
                 Self::new(StatusCode::BAD_REQUEST, code, e.to_string()).with_field("offer_id")
             }
-            CoreError::ActionsExhausted => Self::new(StatusCode::FORBIDDEN, code, e.to_string()),
-            CoreError::IllegalTransition { .. } => Self::new(StatusCode::CONFLICT, code, e.to_string()),
+            CoreError::ActionsExhausted | CoreError::IllegalTransition { .. } => {
+                Self::new(StatusCode::CONFLICT, code, e.to_string())
+            }
             CoreError::PriceOverflow => Self::new(StatusCode::BAD_REQUEST, code, e.to_string()),
         }
     }
@@ -125,5 +126,18 @@ impl IntoResponse for ApiError {
             error: ErrorDetail { code: self.code.to_owned(), message: self.message, field: self.field },
         };
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_exhausted_is_one_conflict_whichever_check_finds_it() {
+        let from_rule = ApiError::from(CoreError::ActionsExhausted);
+        let from_store = ApiError::from(StoreError::ActionsExhausted);
+        assert_eq!((from_rule.status, from_rule.code), (StatusCode::CONFLICT, "actions_exhausted"));
+        assert_eq!(from_store, from_rule);
     }
 }

@@ -1,6 +1,7 @@
 //! House rules checked on every test run: each Rust file opens with a `//!` line saying what it
-//! is for, and no migration that has shipped is edited (only new ones are added: their SHA-256
-//! is kept in `crates/vendbox-store/migrations/SHIPPED`).
+//! is for, no migration that has shipped is edited (only new ones are added: their SHA-256
+//! is kept in `crates/vendbox-store/migrations/SHIPPED`), and each error code the server
+//! answers with has one status.
 
 use std::path::{Path, PathBuf};
 
@@ -88,4 +89,55 @@ fn shipped_migrations_are_never_edited() {
     for line in &actual {
         assert!(listed.contains(&line.as_str()), "a migration is not listed in migrations/SHIPPED: {line}");
     }
+}
+
+/// Every `ApiError::new(StatusCode::…, "code", …)` in the server's source, as (code, status, file).
+fn coded_errors() -> Vec<(String, String, PathBuf)> {
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join("crates/vendbox-server/src"), &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("a source file reads");
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("ApiError::new(") {
+            rest = &rest[at + "ApiError::new(".len()..];
+            let args = rest.trim_start();
+            let Some(status) = args.strip_prefix("StatusCode::") else { continue };
+            let status: String = status.chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
+            let after = args["StatusCode::".len() + status.len()..].trim_start();
+            let Some(after) = after.strip_prefix(',') else { continue };
+            let Some(code) = after.trim_start().strip_prefix('"') else { continue };
+            let code: String = code.chars().take_while(|c| *c != '"').collect();
+            found.push((code, status, file.clone()));
+        }
+    }
+    found
+}
+
+#[test]
+fn each_error_code_has_one_status() {
+    let found = coded_errors();
+    assert!(
+        found.len() > 30,
+        "the scan found only {} coded errors; has ApiError::new changed shape?",
+        found.len()
+    );
+    let mut statuses: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+        std::collections::BTreeMap::new();
+    for (code, status, _) in &found {
+        statuses.entry(code).or_default().insert(status);
+    }
+    let split: Vec<String> = statuses
+        .iter()
+        .filter(|(_, s)| s.len() > 1)
+        .map(|(code, _)| {
+            let places: Vec<String> = found
+                .iter()
+                .filter(|(c, _, _)| c == code)
+                .map(|(_, st, f)| format!("{st} in {}", f.display()))
+                .collect();
+            format!("`{code}`: {}", places.join(", "))
+        })
+        .collect();
+    assert!(split.is_empty(), "one code answered with different statuses:\n{}", split.join("\n"));
 }
