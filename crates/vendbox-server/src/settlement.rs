@@ -41,9 +41,12 @@ impl Worker for SettlementWorker {
     async fn work(&self) -> WorkResult {
         let grace = chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX);
         let before = Utc::now() - grace;
-        let stale = self.store.payments_in_state(PaymentState::Verified, before, BATCH).await?;
         let asset = self.chain.asset().to_string().to_ascii_lowercase();
-        for payment in stale.iter().filter(|p| p.replay_key.asset == asset) {
+        // Only this chain's token: payments of another asset (an earlier configuration) are
+        // never picked, so they cannot fill every batch and keep the worker busy for nothing.
+        let stale =
+            self.store.payments_of_asset_in_state(&asset, PaymentState::Verified, before, BATCH).await?;
+        for payment in &stale {
             let outcome = self.resolve(payment).await?;
             match self.store.finish_payment(payment.id, &outcome, Utc::now()).await {
                 Ok(_) => {

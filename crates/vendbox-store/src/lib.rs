@@ -147,6 +147,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Payment>>;
 
+    /// Payments of token contract `asset` (lower-case hex) in `state`, last changed before
+    /// `before`, oldest first: the settlement worker's batch, filtered in the query so that
+    /// payments of another asset never fill a batch it cannot work on.
+    async fn payments_of_asset_in_state(
+        &self,
+        asset: &str,
+        state: PaymentState,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Payment>>;
+
     /// Stores a new lease with the hashes of its capability tokens.
     async fn insert_lease(&self, lease: &Lease, tokens: &[(Capability, TokenHash)]) -> StoreResult<()>;
 

@@ -369,6 +369,26 @@ macro_rules! store_impl {
                 rows.iter().map(Self::payment_from_row).collect()
             }
 
+            async fn payments_of_asset_in_state(
+                &self,
+                asset: &str,
+                state: vendbox_core::PaymentState,
+                before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::Payment>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM payments WHERE state = $1 AND updated_at < $2 AND asset = $3 \
+                     ORDER BY updated_at, id LIMIT $4",
+                )
+                .bind(state.as_str())
+                .bind($crate::shared::ms(before))
+                .bind(asset)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::payment_from_row).collect()
+            }
+
             async fn insert_lease(
                 &self,
                 l: &vendbox_core::Lease,
