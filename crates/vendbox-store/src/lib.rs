@@ -5,6 +5,7 @@
 //! commits before answering. Uniqueness that matters for money (payment replay keys, ledger
 //! references) is a database constraint, never process memory.
 
+mod aggregates;
 mod error;
 mod postgres;
 mod shared;
