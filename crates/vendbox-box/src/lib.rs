@@ -6,6 +6,7 @@
 
 mod client;
 mod error;
+pub mod fake;
 pub mod local;
 
 use std::fmt;

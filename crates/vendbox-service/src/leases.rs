@@ -1,0 +1,408 @@
+//! `Boxes`: the lifecycle of leases that have a box behind them, over a [`Backend`].
+//!
+//! A lease is made `provisioning`, its box is created, and it becomes `active` (with its window
+//! starting then) only once the box's boxd answers; the payment settles after that. A lease
+//! ends `expired` at its `expires_at` or when its last action has run, `terminated` on its
+//! owner's request, or `failed` with a reason its owner can read; its box is destroyed in each
+//! case. At start-up [`Boxes::reconcile`] makes the host and the store agree again. Commands
+//! are in `exec.rs`, tokens and keys in `access.rs`, extensions in `purchase.rs`, idempotency
+//! claims in `orders.rs`.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use vendbox_box::{Backend, BoxId, BoxSpec, BoxStatus, Limits, Usage};
+use vendbox_core::{
+    Capability, Lease, LeaseId, LeaseState, Offer, OfferKind, PaymentId, PaymentState, QuoteTerms,
+    SecretToken,
+};
+use vendbox_store::{Store, StoreError};
+
+use crate::access::SshKey;
+use crate::clock::{Clock, SystemClock};
+use crate::error::LeaseError;
+
+const RECONCILE_PARALLELISM: usize = 32;
+
+/// What start-up reconciliation does with one live lease.
+#[derive(Debug)]
+enum Verdict {
+    /// Its box answers: it goes on.
+    Keep,
+    /// Its time or actions ran out while vendbox was down: it was ended.
+    Ended,
+    /// It cannot go on, for this reason.
+    Fail(String),
+}
+
+/// Boxes for sale: a backend and the leases in the store.
+#[derive(Debug)]
+pub struct Boxes {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) store: Arc<dyn Store>,
+    /// What this host sells boxes from in all.
+    capacity: Usage,
+    /// What boxes being made right now will hold (not yet counted by the backend).
+    making: Arc<std::sync::Mutex<Usage>>,
+    /// The time of day.
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// A box being made holds its share of the capacity until the backend counts it.
+#[derive(Debug)]
+struct Making {
+    making: Arc<std::sync::Mutex<Usage>>,
+    usage: Usage,
+}
+
+impl Drop for Making {
+    fn drop(&mut self) {
+        let mut making = self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *making = making.minus(self.usage);
+    }
+}
+
+/// A lease just made, with the token that opens it (shown once).
+#[derive(Debug)]
+pub struct Provisioned {
+    /// The lease, active.
+    pub lease: Lease,
+    /// Its bearer tokens, one per capability asked for.
+    pub tokens: Vec<(Capability, SecretToken)>,
+}
+
+impl Provisioned {
+    /// The token of `capability`, as text (empty if it was not made).
+    pub fn token(&self, capability: Capability) -> String {
+        self.tokens
+            .iter()
+            .find(|(c, _)| *c == capability)
+            .map(|(_, t)| t.expose().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Boxes {
+    /// Boxes made by `backend`, with leases in `store`, sold up to the backend's capacity.
+    pub fn new(backend: Arc<dyn Backend>, store: Arc<dyn Store>) -> Boxes {
+        let capacity = backend.capacity();
+        Boxes { backend, store, capacity, making: Arc::default(), clock: Arc::new(SystemClock) }
+    }
+
+    /// The same boxes sold up to `capacity` instead.
+    #[must_use]
+    pub fn with_capacity(self, capacity: Usage) -> Boxes {
+        Boxes { capacity, ..self }
+    }
+
+    /// The same boxes telling the time by `clock`.
+    #[must_use]
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Boxes {
+        Boxes { clock, ..self }
+    }
+
+    /// What this host sells boxes from in all.
+    pub fn capacity(&self) -> Usage {
+        self.capacity
+    }
+
+    /// Refuses, with 503 `sold_out`, a box of `offer` that the host cannot hold now. Asked
+    /// before any payment is: nobody pays for a box that cannot be made.
+    pub async fn admit(&self, offer: &Offer) -> Result<(), LeaseError> {
+        self.hold(limits_of(offer)).await.map(drop)
+    }
+
+    /// Holds a box's share of the capacity while it is made (checked again: time passed since
+    /// [`Self::admit`], and other purchases may have come first).
+    async fn hold(&self, limits: Limits) -> Result<Making, LeaseError> {
+        let wanted = Usage::of(limits);
+        let used = self.backend.usage().await.map_err(|e| LeaseError::from_box(&e))?;
+        let mut making = self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(resource) = used.plus(*making).plus(wanted).exceeds(self.capacity) {
+            return Err(LeaseError::SoldOut(resource));
+        }
+        *making = making.plus(wanted);
+        Ok(Making { making: self.making.clone(), usage: wanted })
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Makes a box for `offer` on `terms` and returns its active lease. On failure the lease is
+    /// left `failed` with the reason, and the error says nothing was charged.
+    pub async fn provision(
+        &self,
+        offer: &Offer,
+        terms: &QuoteTerms,
+        payment_id: Option<PaymentId>,
+        ssh_keys: &[SshKey],
+        capabilities: &[Capability],
+    ) -> Result<Provisioned, LeaseError> {
+        if !matches!(offer.kind, OfferKind::Sandbox | OfferKind::Machine) {
+            return Err(LeaseError::NotABox(offer.id.to_string()));
+        }
+        if let Some(gpu) = &offer.resources.gpu {
+            return Err(LeaseError::NotCharged(Box::new(LeaseError::Unavailable(format!(
+                "this vendbox's {} backend has no {}",
+                self.backend.name(),
+                gpu.model
+            )))));
+        }
+        let now = self.clock.now();
+        let id = LeaseId::new_random();
+        let box_id = BoxId::new(&id.to_string()).map_err(|e| LeaseError::Internal(e.to_string()))?;
+        let tokens: Vec<(Capability, SecretToken)> =
+            capabilities.iter().map(|c| (*c, SecretToken::generate())).collect();
+        let mut lease = Lease {
+            id,
+            offer_id: offer.id.clone(),
+            quote_id: None,
+            payment_id,
+            state: LeaseState::Provisioning,
+            region: terms.region.clone(),
+            image: terms.image.clone(),
+            box_id: Some(box_id.to_string()),
+            created_at: now,
+            expires_at: None,
+            actions_remaining: terms.actions,
+            failure_reason: None,
+        };
+        let hashes: Vec<_> = tokens.iter().map(|(c, t)| (*c, t.hash())).collect();
+        self.store.insert_lease(&lease, &hashes).await?;
+        for key in ssh_keys {
+            self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
+        }
+        let spec = BoxSpec {
+            id: box_id,
+            image: terms.image.clone().unwrap_or_else(|| "host".into()),
+            limits: limits_of(offer),
+            egress: false,
+        };
+        let held = match self.hold(spec.limits).await {
+            Ok(held) => held,
+            Err(e) => {
+                let e = LeaseError::NotCharged(Box::new(e));
+                self.fail(&mut lease, LeaseState::Provisioning, &e.to_string()).await;
+                return Err(e);
+            }
+        };
+        let created = self.backend.create(&spec).await;
+        drop(held);
+        if let Err(e) = created {
+            tracing::warn!(lease = %lease.id, error = %e, "a box could not be made");
+            let reason = format!("the box could not be made: {e}");
+            self.fail(&mut lease, LeaseState::Provisioning, &reason).await;
+            let failed = match LeaseError::from_box(&e) {
+                LeaseError::Unavailable(_) => LeaseError::Unavailable(reason),
+                _ => LeaseError::BoxUnavailable(reason),
+            };
+            return Err(LeaseError::NotCharged(Box::new(failed)));
+        }
+        let activated = self.clock.now_ms();
+        lease.expires_at = terms.minutes.map(|m| activated + chrono::Duration::minutes(i64::from(m)));
+        lease.transition(LeaseState::Active)?;
+        if let Err(e) = self.store.update_lease(&lease, LeaseState::Provisioning, activated).await {
+            let _ = self.backend.destroy(&spec.id).await;
+            return Err(e.into());
+        }
+        tracing::info!(lease = %lease.id, offer = %lease.offer_id, "box active");
+        Ok(Provisioned { lease, tokens })
+    }
+
+    /// Ends the lease at its owner's request and destroys its box.
+    pub async fn terminate(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        if lease.state.is_terminal() {
+            return Ok(lease.clone());
+        }
+        end_lease(&*self.store, &*self.backend, &*self.clock, lease.id, LeaseState::Terminated, None).await
+    }
+
+    /// Marks a lease failed and destroys whatever box it has.
+    async fn fail(&self, lease: &mut Lease, expected: LeaseState, reason: &str) {
+        if let Some(box_id) = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()) {
+            let _ = self.backend.destroy(&box_id).await;
+        }
+        lease.failure_reason = Some(reason.to_owned());
+        if lease.transition(LeaseState::Failed).is_ok()
+            && let Err(e) = self.store.update_lease(lease, expected, self.clock.now()).await
+        {
+            tracing::warn!(lease = %lease.id, error = %e, "could not record a failed lease");
+        }
+    }
+
+    /// Ends a lease whose payment did not settle after its box was made.
+    pub async fn unpaid(&self, id: LeaseId) {
+        let reason = "its payment did not settle; nothing was charged";
+        if let Err(e) =
+            end_lease(&*self.store, &*self.backend, &*self.clock, id, LeaseState::Failed, Some(reason)).await
+        {
+            tracing::warn!(lease = %id, error = %e, "could not end an unpaid box");
+        }
+    }
+
+    /// Makes the host and the store agree after a start: a box no live lease owns is destroyed;
+    /// a live lease whose box is gone, or that a restart caught half made, or whose payment was
+    /// voided, is failed with the reason.
+    pub async fn reconcile(&self) -> Result<Reconciled, LeaseError> {
+        let mut report = Reconciled::default();
+        // Boxes first: a box listed here had its lease written before it was made, so the
+        // leases read next know it.
+        let boxes = self.backend.list().await.map_err(|e| LeaseError::from_box(&e))?;
+        let live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        report.orphans_destroyed = self.destroy_orphans(&boxes, &live).await?;
+        // Boxes answer (or not) in parallel, so many stalled boxes cost one bounded wait.
+        let checked: Vec<(Lease, Result<Verdict, LeaseError>)> =
+            futures_util::stream::iter(live.into_iter().map(|lease| async {
+                let verdict = self.verdict(&lease, &boxes).await;
+                (lease, verdict)
+            }))
+            .buffer_unordered(RECONCILE_PARALLELISM)
+            .collect()
+            .await;
+        for (mut lease, verdict) in checked {
+            match verdict? {
+                Verdict::Ended => report.leases_ended += 1,
+                Verdict::Fail(reason) => {
+                    let expected = lease.state;
+                    tracing::info!(lease = %lease.id, reason, "failing a lease at start-up");
+                    self.fail(&mut lease, expected, &reason).await;
+                    report.leases_failed += 1;
+                }
+                Verdict::Keep => report.boxes_kept += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Destroys the boxes among `boxes` that no lease in `live` owns; how many.
+    async fn destroy_orphans(&self, boxes: &[BoxId], live: &[Lease]) -> Result<usize, LeaseError> {
+        let mut destroyed = 0;
+        for box_id in boxes {
+            if !live.iter().any(|l| l.box_id.as_deref() == Some(box_id.as_str())) {
+                tracing::info!(box_id = %box_id, "destroying a box no live lease owns");
+                self.backend.destroy(box_id).await.map_err(|e| LeaseError::from_box(&e))?;
+                destroyed += 1;
+            }
+        }
+        Ok(destroyed)
+    }
+
+    /// Destroys boxes whose lease has ended but whose destruction failed (or was cut short by a
+    /// stop): no box runs unpaid for long. How many.
+    pub async fn sweep(&self) -> Result<usize, LeaseError> {
+        let boxes = self.backend.list().await.map_err(|e| LeaseError::from_box(&e))?;
+        if boxes.is_empty() {
+            return Ok(0);
+        }
+        let live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        self.destroy_orphans(&boxes, &live).await
+    }
+
+    /// What reconciliation does with a live lease (ending it at once when its time or actions
+    /// ran out).
+    async fn verdict(&self, lease: &Lease, boxes: &[BoxId]) -> Result<Verdict, LeaseError> {
+        if lease.state == LeaseState::Provisioning {
+            return Ok(Verdict::Fail(
+                "vendbox stopped while the box was being made; nothing was charged".into(),
+            ));
+        }
+        if lease.is_used_up_at(self.clock.now()) {
+            end_lease(&*self.store, &*self.backend, &*self.clock, lease.id, LeaseState::Expired, None)
+                .await?;
+            return Ok(Verdict::Ended);
+        }
+        if self.paid_with(lease).await? == Some(PaymentState::Voided) {
+            return Ok(Verdict::Fail("its payment did not settle; nothing was charged".into()));
+        }
+        let box_id = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok());
+        let status = match &box_id {
+            Some(id) if boxes.contains(id) => {
+                self.backend.status(id).await.map_err(|e| LeaseError::from_box(&e))?
+            }
+            _ => BoxStatus::Gone,
+        };
+        Ok(if status == BoxStatus::Running {
+            Verdict::Keep
+        } else {
+            Verdict::Fail(format!("its box was lost while vendbox was down ({status:?})"))
+        })
+    }
+
+    async fn paid_with(&self, lease: &Lease) -> Result<Option<PaymentState>, LeaseError> {
+        let Some(id) = lease.payment_id else { return Ok(None) };
+        Ok(self.store.get_payment(id).await?.map(|p| p.state))
+    }
+
+    /// One expiry round: ends every active lease whose window has passed. (A lease whose
+    /// actions ran out ends when its last command finishes: [`Self::after_action`].)
+    pub async fn expire_due(&self) -> Result<usize, LeaseError> {
+        let now = self.clock.now();
+        let due: Vec<Lease> = self
+            .store
+            .leases_in_states(&[LeaseState::Active])
+            .await?
+            .into_iter()
+            .filter(|l| l.box_id.is_some() && l.expires_at.is_some_and(|at| at <= now))
+            .collect();
+        for lease in &due {
+            end_lease(&*self.store, &*self.backend, &*self.clock, lease.id, LeaseState::Expired, None)
+                .await?;
+        }
+        Ok(due.len())
+    }
+}
+
+/// What start-up reconciliation did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Boxes on the host that no live lease owned.
+    pub orphans_destroyed: usize,
+    /// Live leases that could not go on.
+    pub leases_failed: usize,
+    /// Live leases whose time or actions ran out while vendbox was down.
+    pub leases_ended: usize,
+    /// Live leases whose boxes answer again.
+    pub boxes_kept: usize,
+}
+
+/// Moves lease `id` from a live state to `state` (with `reason`), then destroys its box. The
+/// store's compare-and-set decides a race with another ender; the loser just reads the result.
+pub(crate) async fn end_lease(
+    store: &dyn Store,
+    backend: &dyn Backend,
+    clock: &dyn Clock,
+    id: LeaseId,
+    state: LeaseState,
+    reason: Option<&str>,
+) -> Result<Lease, LeaseError> {
+    let mut lease = store.get_lease(id).await?.ok_or_else(|| LeaseError::NotFound(id.to_string()))?;
+    if !lease.state.is_terminal() {
+        let expected = lease.state;
+        lease.transition(state)?;
+        lease.failure_reason = reason.map(str::to_owned);
+        match store.update_lease(&lease, expected, clock.now()).await {
+            Ok(()) => tracing::info!(lease = %id, state = state.as_str(), "lease ended"),
+            Err(StoreError::Conflict(_)) => {
+                lease = store.get_lease(id).await?.unwrap_or(lease);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(box_id) = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()) {
+        backend.destroy(&box_id).await.map_err(|e| LeaseError::from_box(&e))?;
+    }
+    Ok(lease)
+}
+
+/// The limits a box of `offer` runs under.
+fn limits_of(offer: &Offer) -> Limits {
+    let memory_mb = offer.resources.memory_mb.max(64);
+    Limits {
+        vcpu: offer.resources.vcpu.max(1),
+        memory_mb,
+        disk_mb: offer.resources.disk_gb.max(1).saturating_mul(1024),
+        pids: Limits::pids_for(memory_mb),
+    }
+}

@@ -1,0 +1,26 @@
+//! vendbox's service layer: the business rules every surface shares (the native API, the seed
+//! APIs, the SSH gateway, and those to come), with no HTTP in it. Each service returns a typed
+//! error with a stable `code()`; the HTTP layer maps codes to statuses in one place. Time comes
+//! from one injected [`Clock`].
+//!
+//! - `leases.rs`: [`Boxes`], the lifecycle of leases with a box (provision, end, expiry, sweep,
+//!   reconcile) and the capacity they are sold from;
+//! - `exec.rs`: commands, each spending one action;
+//! - `access.rs`: capability tokens and SSH keys;
+//! - `purchase.rs`: extensions and renewals;
+//! - `orders.rs`: idempotency claims.
+
+mod access;
+pub mod clock;
+mod error;
+mod exec;
+mod leases;
+mod orders;
+mod purchase;
+
+pub use access::SshKey;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::LeaseError;
+pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
+pub use leases::{Boxes, Provisioned, Reconciled};
+pub use purchase::Extension;

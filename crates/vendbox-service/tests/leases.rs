@@ -1,0 +1,200 @@
+//! The lease services over an in-process fake backend, a SQLite store in a temporary directory
+//! and a clock the tests move: no root, no bubblewrap, no chain. Each test drives one rule of
+//! `Boxes` and checks the lease in the store and the boxes on the backend, with exact codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use vendbox_box::fake::FakeBackend;
+use vendbox_box::{Backend as _, BoxId, BoxSpec, Usage};
+use vendbox_core::{Capability, Lease, LeaseState, Offer, QuoteParams, QuoteTerms, SecretToken};
+use vendbox_service::{Boxes, Clock as _, LeaseError, ManualClock, SshKey};
+use vendbox_store::{SqliteStore, Store};
+
+struct World {
+    boxes: Boxes,
+    backend: Arc<FakeBackend>,
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+async fn world_with(capacity: Option<Usage>) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open_file(&dir.path().join("vendbox.db")).await.unwrap());
+    let mut backend = FakeBackend::new(dir.path().join("sockets"));
+    if let Some(capacity) = capacity {
+        backend = backend.with_capacity(capacity);
+    }
+    let backend = Arc::new(backend);
+    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 0).unwrap()));
+    let boxes = Boxes::new(backend.clone(), store.clone()).with_clock(clock.clone());
+    World { boxes, backend, store, clock, _dir: dir }
+}
+
+async fn world() -> World {
+    world_with(None).await
+}
+
+/// A box offer: 512 MiB, minutes and actions of the buyer's choice.
+fn offer() -> Offer {
+    serde_json::from_value(serde_json::json!({
+        "id": "test-box",
+        "kind": "sandbox",
+        "title": "A test box",
+        "resources": { "vcpu": 1, "memory_mb": 512, "disk_gb": 1 },
+        "duration": { "rule": "range", "min_minutes": 1, "max_minutes": 60 },
+        "actions": { "rule": "range", "min": 1, "max": 10 },
+        "price": { "base": "0.01" },
+    }))
+    .unwrap()
+}
+
+fn terms(minutes: u32, actions: u32) -> QuoteTerms {
+    offer()
+        .quote(&QuoteParams { minutes: Some(minutes), actions: Some(actions), ..QuoteParams::default() })
+        .unwrap()
+}
+
+async fn buy(w: &World, minutes: u32, actions: u32) -> (Lease, String) {
+    let made = w
+        .boxes
+        .provision(&offer(), &terms(minutes, actions), None, &[], &[Capability::Root, Capability::Read])
+        .await
+        .unwrap();
+    let token = made.token(Capability::Root);
+    (made.lease, token)
+}
+
+fn box_of(lease: &Lease) -> BoxId {
+    BoxId::new(lease.box_id.as_deref().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_bought_box_is_active_from_the_clock_that_made_it_and_ends_at_its_expiry() {
+    let w = world().await;
+    let (lease, _) = buy(&w, 10, 3).await;
+    assert_eq!(lease.state, LeaseState::Active);
+    assert_eq!(lease.expires_at, Some(w.clock.now_ms() + chrono::Duration::minutes(10)));
+    assert_eq!(w.backend.boxes().len(), 1);
+
+    w.clock.advance(chrono::Duration::minutes(9));
+    assert_eq!(w.boxes.expire_due().await.unwrap(), 0, "nothing is due a minute early");
+    w.clock.advance(chrono::Duration::minutes(1));
+    assert_eq!(w.boxes.expire_due().await.unwrap(), 1);
+    let stored = w.store.get_lease(lease.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, LeaseState::Expired);
+    assert_eq!(w.backend.destroyed(), vec![box_of(&lease)]);
+    assert!(w.backend.boxes().is_empty());
+    assert_eq!(w.boxes.check_usable(&stored).unwrap_err().code(), "box_expired");
+}
+
+#[tokio::test]
+async fn an_active_lease_past_its_expiry_is_refused_before_the_worker_ends_it() {
+    let w = world().await;
+    let (lease, _) = buy(&w, 5, 3).await;
+    w.clock.advance(chrono::Duration::minutes(5));
+    assert_eq!(w.boxes.check_usable(&lease).unwrap_err().code(), "box_expired");
+    assert_eq!(w.boxes.boxd(&lease).unwrap_err().code(), "box_expired");
+}
+
+#[tokio::test]
+async fn tokens_open_what_their_capability_allows_and_nothing_else() {
+    let w = world().await;
+    let (lease, root) = buy(&w, 10, 3).await;
+    let id = lease.id.to_string();
+    let root = SecretToken::presented(root);
+    assert_eq!(w.boxes.open(&id, Some(&root), Capability::Terminate).await.unwrap().id, lease.id);
+    let code = |e: LeaseError| e.code();
+    assert_eq!(code(w.boxes.open(&id, None, Capability::Read).await.unwrap_err()), "missing_token");
+    let stranger = SecretToken::generate();
+    assert_eq!(code(w.boxes.open(&id, Some(&stranger), Capability::Read).await.unwrap_err()), "bad_token");
+    assert_eq!(
+        code(w.boxes.open("not-a-lease", Some(&root), Capability::Read).await.unwrap_err()),
+        "box_not_found"
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_never_reached_boxd_gives_its_action_back() {
+    let w = world().await;
+    let (lease, _) = buy(&w, 10, 2).await;
+    let command = boxd::wire::ProcessSpec { cmd: "true".into(), ..boxd::wire::ProcessSpec::default() };
+    let refused = w.boxes.exec(&lease, command).await.unwrap_err();
+    assert_eq!(refused.code(), "box_unavailable", "{refused}");
+    let stored = w.store.get_lease(lease.id).await.unwrap().unwrap();
+    assert_eq!(stored.actions_remaining, Some(2), "the fake's boxd is unreachable: the action comes back");
+}
+
+#[tokio::test]
+async fn a_box_that_cannot_be_made_fails_its_lease_and_charges_nothing() {
+    let w = world().await;
+    w.backend.fail_next_create("no room on the host");
+    let refused =
+        w.boxes.provision(&offer(), &terms(5, 1), None, &[], &[Capability::Root]).await.unwrap_err();
+    assert_eq!(refused.code(), "box_unavailable");
+    assert!(refused.to_string().ends_with("nothing was charged"), "{refused}");
+    let failed = w.store.leases_in_states(&[LeaseState::Failed]).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].failure_reason.as_deref().unwrap().contains("no room on the host"));
+}
+
+#[tokio::test]
+async fn a_box_past_the_hosts_capacity_is_sold_out_before_and_while_it_is_made() {
+    let w = world_with(Some(Usage { boxes: 1, memory_mb: u64::MAX, pids: u64::MAX })).await;
+    w.boxes.admit(&offer()).await.unwrap();
+    buy(&w, 10, 1).await;
+    assert_eq!(w.boxes.admit(&offer()).await.unwrap_err().code(), "sold_out");
+    let refused =
+        w.boxes.provision(&offer(), &terms(5, 1), None, &[], &[Capability::Root]).await.unwrap_err();
+    assert_eq!(refused.code(), "sold_out");
+    assert_eq!(w.backend.boxes().len(), 1, "no second box was made");
+}
+
+#[tokio::test]
+async fn reconcile_destroys_orphans_and_fails_leases_whose_box_was_lost() {
+    let w = world().await;
+    let (kept, _) = buy(&w, 30, 3).await;
+    let (lost, _) = buy(&w, 30, 3).await;
+    w.backend.lose(&box_of(&lost));
+    let orphan = BoxId::new("orphan-box").unwrap();
+    let spec = BoxSpec { id: orphan.clone(), ..w.backend.boxes()[0].1.clone() };
+    w.backend.create(&spec).await.unwrap();
+
+    let report = w.boxes.reconcile().await.unwrap();
+    assert_eq!((report.orphans_destroyed, report.leases_failed, report.boxes_kept), (1, 1, 1));
+    assert!(w.backend.destroyed().contains(&orphan));
+    assert_eq!(w.store.get_lease(kept.id).await.unwrap().unwrap().state, LeaseState::Active);
+    let failed = w.store.get_lease(lost.id).await.unwrap().unwrap();
+    assert_eq!(failed.state, LeaseState::Failed);
+    assert!(failed.failure_reason.unwrap().contains("lost"));
+}
+
+#[tokio::test]
+async fn extensions_move_an_active_lease_once() {
+    let w = world().await;
+    let (lease, _) = buy(&w, 10, 3).await;
+    let extension = w.boxes.extension(&lease, 15).unwrap();
+    assert_eq!(Some(extension.until), lease.expires_at.map(|at| at + chrono::Duration::minutes(15)));
+    w.boxes.apply(extension, None).await.unwrap();
+    assert_eq!(w.store.get_lease(lease.id).await.unwrap().unwrap().expires_at, Some(extension.until));
+    // Applied twice, the second finds the expiry moved: refused, nothing changes.
+    assert_eq!(w.boxes.apply(extension, None).await.unwrap_err().code(), "not_active");
+    let ended = w.boxes.terminate(&lease).await.unwrap();
+    assert_eq!(ended.state, LeaseState::Terminated);
+    assert_eq!(w.boxes.extension(&ended, 5).unwrap_err().code(), "not_active");
+}
+
+#[test]
+fn ssh_keys_are_checked_and_fingerprinted() {
+    let key = SshKey::parse(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test",
+        "ssh_public_key",
+    )
+    .unwrap();
+    assert!(key.fingerprint.starts_with("SHA256:"), "{}", key.fingerprint);
+    let refused = SshKey::parse("ssh-ed25519 AAAA", "ssh_public_key").unwrap_err();
+    assert_eq!((refused.code(), refused.field()), ("bad_ssh_key", Some("ssh_public_key")));
+}
