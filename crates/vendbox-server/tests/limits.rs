@@ -1,10 +1,11 @@
 //! Every limit of the HTTP API that needs no real box, from both sides: at the limit the request
 //! is served, one past it is refused with the status and code the documentation gives. Request
-//! bodies, the request timeout, the per-address cap, the payment header, lock TTLs, keys, owners
-//! and metadata, session, machine, box and rental lengths, and the box capacity (`max_boxes`,
-//! `memory_mb`). The real router runs in process, configured from a `vendbox.toml` with small
-//! limits, over SQLite in a temporary directory and a backend that makes boxes in memory; the
-//! per-address cap is checked through a loopback socket, since it counts client addresses.
+//! bodies, the request timeout, the per-address cap, the payment header's size and its
+//! authorization's validity window, lock TTLs, keys, owners and metadata, session, machine, box
+//! and rental lengths, and the box capacity (`max_boxes`, `memory_mb`). The real router runs in
+//! process, configured from a `vendbox.toml` with small limits, over SQLite in a temporary
+//! directory, a backend that makes boxes in memory and a facilitator that accepts every payment;
+//! the per-address cap is checked through a loopback socket, since it counts client addresses.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::net::SocketAddr;
@@ -26,13 +27,14 @@ use tokio::net::{TcpSocket, TcpStream};
 use tower::ServiceExt;
 use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Usage};
 use vendbox_core::{LeaseId, LeaseState};
-use vendbox_pay::alloy::primitives::B256;
+use vendbox_pay::alloy::primitives::{B256, U256};
 use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::chain::VerifyError;
-use vendbox_pay::client::Challenge;
-use vendbox_pay::exact::{CheckedPayment, Requirements};
+use vendbox_pay::client;
+use vendbox_pay::eip3009::Authorization;
+use vendbox_pay::exact::{CheckedPayment, Requirements, SETTLE_MARGIN_SECS};
 use vendbox_pay::facilitator::{Facilitator, SettleError};
-use vendbox_pay::wire::MAX_HEADER_BYTES;
+use vendbox_pay::wire::{self, MAX_HEADER_BYTES, PaymentPayloadV2, PaymentRequiredV2};
 use vendbox_server::boxes::Boxes;
 use vendbox_server::faults::Faults;
 use vendbox_server::gate::PaymentGate;
@@ -73,6 +75,9 @@ images = ["host"]
 default_image = "host"
 price = {}
 "#;
+
+/// Locks at their published price, for the payment tests.
+const PAID_LOCKS: &str = "[[offers]]\nid = \"h3retik-lock\"\nprice = { base = \"0.0001\" }\n";
 
 /// The H3RETIK acquisition route.
 const ACQUIRE: &str = "/x402/locks/acquire";
@@ -230,14 +235,20 @@ struct Answer {
 }
 
 impl Answer {
+    /// The error of a refusal: `{"error":{"code","message","field"}}`, or on the Storefront's
+    /// routes its seed's dialect, `{"error":"<message>","code","field"}`.
+    fn error(&self) -> &Value {
+        if self.body["error"].is_object() { &self.body["error"] } else { &self.body }
+    }
+
     /// The error code of a refusal.
     fn code(&self) -> Option<&str> {
-        self.body["error"]["code"].as_str()
+        self.error()["code"].as_str()
     }
 
     /// The field a refusal blames.
     fn field(&self) -> Option<&str> {
-        self.body["error"]["field"].as_str()
+        self.error()["field"].as_str()
     }
 
     /// Asserts a coded refusal: this status, this code and, when given, this field.
@@ -415,41 +426,105 @@ fn acquire_paid(key: &str, payment: Option<(&str, &str)>) -> Request<Body> {
     request.body(Body::from(json!({ "key": key }).to_string())).unwrap()
 }
 
-/// A real payment for acquiring `key`, its JSON padded with spaces so that its base64 is exactly
-/// the limit long: the header's name and value.
-async fn padded(shop: &Shop, signer: &PrivateKeySigner, key: &str) -> (&'static str, String) {
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A real payment for acquiring `key` (x402 v2) with an authorization valid after `valid_after`
+/// and before `valid_before` (Unix seconds): the header's JSON, before base64.
+async fn payment(
+    shop: &Shop,
+    signer: &PrivateKeySigner,
+    key: &str,
+    valid_after: u64,
+    valid_before: u64,
+) -> Vec<u8> {
     let asked = shop.send(acquire_paid(key, None)).await;
     assert_eq!(asked.status, StatusCode::PAYMENT_REQUIRED, "{}", asked.body);
-    let required = asked.headers.get("payment-required").and_then(|v| v.to_str().ok());
-    let challenge = Challenge::read(required, asked.body.to_string().as_bytes()).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let (name, header) = challenge.pay(signer, now).unwrap();
-    let mut json = BASE64.decode(header).unwrap();
+    let required = asked.headers.get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap();
+    let challenge: PaymentRequiredV2 = wire::decode_header(required).unwrap();
+    let r = challenge.accepts.iter().find(|r| r.scheme == "exact").unwrap();
+    let authorization = Authorization {
+        from: signer.address(),
+        to: r.pay_to.parse().unwrap(),
+        value: U256::from_str_radix(&r.amount, 10).unwrap(),
+        valid_after: U256::from(valid_after),
+        valid_before: U256::from(valid_before),
+        nonce: client::random_nonce(),
+    };
+    let payload = client::sign(signer, &authorization, &r.network, &r.asset, r.extra.as_ref()).unwrap();
+    let body = PaymentPayloadV2 {
+        x402_version: 2,
+        resource: Some(challenge.resource.clone()),
+        accepted: r.clone(),
+        payload,
+        extensions: None,
+    };
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A real payment for acquiring `key`, its JSON padded with spaces so that its base64 is exactly
+/// the limit long.
+async fn padded(shop: &Shop, signer: &PrivateKeySigner, key: &str) -> String {
+    let now = unix_now();
+    let mut json = payment(shop, signer, key, now - 600, now + 300).await;
     json.resize(MAX_HEADER_BYTES / 4 * 3, b' ');
     let header = BASE64.encode(json);
     assert_eq!(header.len(), MAX_HEADER_BYTES);
-    (name, header)
+    header
 }
 
 #[tokio::test]
 async fn a_payment_header_at_the_size_limit_pays_and_one_byte_more_is_payment_header_too_large() {
-    let shop =
-        shop_with("[[offers]]\nid = \"h3retik-lock\"\nprice = { base = \"0.0001\" }\n", Payments::Accepted)
-            .await;
+    let shop = shop_with(PAID_LOCKS, Payments::Accepted).await;
     let signer = PrivateKeySigner::random();
-    let (name, at_limit) = padded(&shop, &signer, "paid:at-the-limit").await;
-    let paid = shop.send(acquire_paid("paid:at-the-limit", Some((name, &at_limit)))).await;
+    let at_limit = padded(&shop, &signer, "paid:at-the-limit").await;
+    let paid = shop.send(acquire_paid("paid:at-the-limit", Some((wire::PAYMENT_SIGNATURE, &at_limit)))).await;
     assert_eq!(paid.served(StatusCode::OK, "a header of 8192 bytes")["acquired"], true);
     assert!(paid.headers.contains_key("payment-response"), "no receipt");
 
     // The same kind of header with one byte more (a space, which decoding would trim).
-    let (name, header) = padded(&shop, &signer, "paid:over-the-limit").await;
-    let over = format!("{header} ");
+    let over = format!("{} ", padded(&shop, &signer, "paid:over-the-limit").await);
     assert_eq!(over.len(), MAX_HEADER_BYTES + 1);
-    let refused = shop.send(acquire_paid("paid:over-the-limit", Some((name, &over)))).await;
+    let refused =
+        shop.send(acquire_paid("paid:over-the-limit", Some((wire::PAYMENT_SIGNATURE, &over)))).await;
     refused.refused(StatusCode::BAD_REQUEST, "payment_header_too_large", None, "a header of 8193 bytes");
     let read = shop.send(Request::get("/x402/locks/paid:over-the-limit").body(Body::empty()).unwrap()).await;
     assert_eq!(read.served(StatusCode::OK, "read")["held"], false);
+}
+
+#[tokio::test]
+async fn an_authorization_valid_from_now_and_past_the_settle_margin_pays_and_one_outside_is_refused() {
+    let shop = shop_with(PAID_LOCKS, Payments::Accepted).await;
+    let signer = PrivateKeySigner::random();
+    let margin = SETTLE_MARGIN_SECS;
+    let pay = |key: &'static str, valid_after: u64, valid_before: u64| {
+        let (shop, signer) = (&shop, &signer);
+        async move {
+            let json = payment(shop, signer, key, valid_after, valid_before).await;
+            let header = BASE64.encode(json);
+            shop.send(acquire_paid(key, Some((wire::PAYMENT_SIGNATURE, &header)))).await
+        }
+    };
+    // Valid from this second, and until two seconds past the margin (a second of slack for the
+    // clock to tick between signing and checking).
+    let now = unix_now();
+    let paid = pay("window:inside", now, now + margin + 2).await;
+    assert_eq!(paid.served(StatusCode::OK, "valid from now to the margin and 2 s")["acquired"], true);
+    // Valid only from the next seconds, or not past the margin: refused, and nothing is held.
+    let now = unix_now();
+    let early = pay("window:early", now + 2, now + 300).await;
+    assert_eq!(early.status, StatusCode::PAYMENT_REQUIRED, "{}", early.body);
+    assert_eq!(early.body["error"], "invalid_exact_evm_payload_authorization_valid_after", "{}", early.body);
+    let now = unix_now();
+    let late = pay("window:late", now - 600, now + margin).await;
+    assert_eq!(late.status, StatusCode::PAYMENT_REQUIRED, "{}", late.body);
+    assert_eq!(late.body["error"], "invalid_exact_evm_payload_authorization_valid_before", "{}", late.body);
+    for key in ["window:early", "window:late"] {
+        let read = shop.send(Request::get(format!("/x402/locks/{key}")).body(Body::empty()).unwrap()).await;
+        assert_eq!(read.served(StatusCode::OK, key)["held"], false);
+    }
 }
 
 #[tokio::test]
