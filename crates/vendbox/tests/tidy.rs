@@ -141,3 +141,46 @@ fn each_error_code_has_one_status() {
         .collect();
     assert!(split.is_empty(), "one code answered with different statuses:\n{}", split.join("\n"));
 }
+
+/// The `[dependencies]` of a workspace crate, by name.
+fn dependencies(krate: &str) -> Vec<String> {
+    let manifest = std::fs::read_to_string(workspace_root().join("crates").join(krate).join("Cargo.toml"))
+        .expect("the crate's manifest reads");
+    let mut names = Vec::new();
+    let mut in_dependencies = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_dependencies = line == "[dependencies]";
+        } else if in_dependencies && let Some((name, _)) = line.split_once('=') {
+            names.push(name.trim().trim_end_matches(".workspace").to_owned());
+        }
+    }
+    names
+}
+
+#[test]
+fn the_layers_keep_to_themselves() {
+    // The domain, the store and the services know nothing of HTTP: every surface (HTTP, SSH,
+    // and those to come) calls the same rules.
+    let http = ["axum", "http", "http-body", "hyper", "hyper-util", "tower", "tower-http", "utoipa-axum"];
+    for krate in ["vendbox-core", "vendbox-store", "vendbox-service"] {
+        let deps = dependencies(krate);
+        assert!(deps.len() > 2, "{krate}'s manifest was not read: {deps:?}");
+        let web: Vec<_> = deps.iter().filter(|d| http.contains(&d.as_str())).collect();
+        assert!(web.is_empty(), "{krate} depends on HTTP crates: {web:?}");
+        let mut files = Vec::new();
+        rust_files(&workspace_root().join("crates").join(krate).join("src"), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("a source file reads");
+            for name in ["axum::", "http::", "hyper::", "StatusCode"] {
+                assert!(!text.contains(name), "{} names `{name}`", file.display());
+            }
+        }
+    }
+    // The services reach boxes through vendbox-box's Backend and the store through its trait,
+    // never a database driver.
+    let service = dependencies("vendbox-service");
+    for forbidden in ["sqlx", "vendbox-server", "vendbox-pay", "vendbox-ssh"] {
+        assert!(!service.iter().any(|d| d == forbidden), "vendbox-service depends on {forbidden}");
+    }
+}
