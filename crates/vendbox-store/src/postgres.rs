@@ -39,11 +39,13 @@ impl PostgresStore {
 // The database server's clock, shared by every vendbox host, in Unix milliseconds: `now_ms` at
 // the start of the statement's transaction; `clock_ms` when it is read, which lock statements use
 // inside the row they changed, after any wait for that row's lock, so that a grant never starts
-// before the release or expiry it follows.
+// before the release or expiry it follows. Rows a worker picks are locked as they are picked, and
+// rows another host holds are skipped: several hosts divide a batch instead of racing for it.
 store_impl!(
     PostgresStore,
     sqlx::Postgres,
     "postgres",
     now_ms = "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)",
-    clock_ms = "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)"
+    clock_ms = "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
+    skip_locked = "FOR UPDATE SKIP LOCKED"
 );

@@ -3,7 +3,8 @@
 //! [`crate::Store`] is written once, one file per aggregate under [`crate::aggregates`], and
 //! stamped out per database by [`store_impl!`], which keeps each backend a concrete, separately
 //! compiled type. The dialect differences are parameters of the macro: the SQL that reads the
-//! database's clock in Unix milliseconds (at the transaction's start, and when read).
+//! database's clock in Unix milliseconds (at the transaction's start, and when read), and the
+//! clause that locks picked rows while skipping those another transaction holds.
 
 use chrono::{DateTime, Utc};
 
@@ -49,10 +50,17 @@ pub(crate) fn sql_to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
 /// call them. (`async_trait` rewrites only the `async fn`s written in its own block, not those a
 /// macro expands there, so the bodies cannot live in the trait's block.)
 macro_rules! store_impl {
-    ($store:ty, $db:ty, $backend:literal, now_ms = $now:literal, clock_ms = $clock:literal) => {
+    (
+        $store:ty,
+        $db:ty,
+        $backend:literal,
+        now_ms = $now:literal,
+        clock_ms = $clock:literal,
+        skip_locked = $skip_locked:literal
+    ) => {
         $crate::aggregates::quotes::impl_quotes!($store, $db);
         $crate::aggregates::payments::impl_payments!($store, $db);
-        $crate::aggregates::leases::impl_leases!($store, $db);
+        $crate::aggregates::leases::impl_leases!($store, $db, now_ms = $now, skip_locked = $skip_locked);
         $crate::aggregates::requests::impl_requests!($store);
         $crate::aggregates::ledger::impl_ledger!($store, $db);
         $crate::aggregates::locks::impl_locks!($store, $db, clock_ms = $clock);
@@ -257,6 +265,10 @@ macro_rules! store_impl {
                 states: &[vendbox_core::LeaseState],
             ) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
                 self.leases_in_states(states).await
+            }
+
+            async fn end_due_leases(&self, limit: u32) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
+                self.end_due_leases(limit).await
             }
 
             async fn append_ledger(

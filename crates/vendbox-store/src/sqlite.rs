@@ -54,11 +54,13 @@ impl SqliteStore {
 }
 
 // The database clock: Unix milliseconds, stable within one statement. Writers take turns, so a
-// statement's clock is also read after every earlier write.
+// statement's clock is also read after every earlier write, and a statement that picks rows and
+// changes them holds them alone without a locking clause (SQLite has none).
 store_impl!(
     SqliteStore,
     sqlx::Sqlite,
     "sqlite",
     now_ms = "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
-    clock_ms = "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    clock_ms = "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+    skip_locked = ""
 );
