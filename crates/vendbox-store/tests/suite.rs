@@ -460,10 +460,29 @@ async fn locks_grant_one_holder_and_fence_each_grant(store: Arc<dyn Store>) {
 async fn lapsed_locks_pass_on_and_stale_holders_touch_nothing(store: Arc<dyn Store>) {
     let k = key("x-mention:42");
     let (old, new) = (SecretToken::generate(), SecretToken::generate());
-    let short = std::time::Duration::from_millis(300);
-    store.acquire_lock(&k, Some("old"), None, short, &old.hash()).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
-    assert_eq!(store.get_lock(&k).await.unwrap(), None, "a lapsed grant is not shown as held");
+    let short = std::time::Duration::from_secs(1);
+    let asked = std::time::Instant::now();
+    let LockAcquisition::Acquired(first) =
+        store.acquire_lock(&k, Some("old"), None, short, &old.hash()).await.unwrap()
+    else {
+        panic!("a free key is granted")
+    };
+    // Held at first: the store's clock moved no further than ours since we asked, so unless a full
+    // TTL passed here the grant must still be shown.
+    let shown = store.get_lock(&k).await.unwrap();
+    assert!(
+        shown.as_ref() == Some(&first) || asked.elapsed() >= short,
+        "a grant is shown as held within its TTL: {shown:?}"
+    );
+    // The lapse is judged by the store's clock: ask it until it stops showing the grant.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Some(held) = store.get_lock(&k).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store still shows a grant of {short:?} as held 10 s later: {held:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // The lapsed holder cannot renew or release its way back.
     let lapsed = LockRenewal::Refused(LockRefusal::Lapsed);
     assert_eq!(store.renew_lock(&k, &old.hash(), Some(LONG)).await.unwrap(), lapsed);

@@ -106,18 +106,27 @@ async fn a_box_runs_commands_moves_files_streams_and_ends_on_request() {
 async fn h3retik_sessions_take_the_seeds_requests_and_count_actions() {
     let Some(host) = BoxHost::start() else { return };
     let bad = [
-        ("/x402/sessions/micro", json!({ "location": "mars" }), "location"),
-        ("/x402/sessions/micro", json!({ "region": "us" }), "region"),
-        ("/x402/sessions", json!({ "minutes": 0, "actions": 5 }), "minutes"),
-        ("/x402/sessions", json!({ "minutes": 361, "actions": 5 }), "minutes"),
-        ("/x402/sessions", json!({ "minutes": 20, "actions": 301 }), "actions"),
-        ("/x402/sessions", json!({ "minutes": 20 }), "actions"),
-        ("/x402/sessions", json!({ "minutes": 20, "actions": 2, "location": "auto", "x": 1 }), "x"),
+        ("/x402/sessions/micro", json!({ "location": "mars" }), "invalid_location", "location"),
+        ("/x402/sessions/micro", json!({ "region": "us" }), "unknown_field", "region"),
+        ("/x402/sessions", json!({ "minutes": 0, "actions": 5 }), "out_of_range", "minutes"),
+        ("/x402/sessions", json!({ "minutes": 361, "actions": 5 }), "out_of_range", "minutes"),
+        ("/x402/sessions", json!({ "minutes": 20, "actions": 301 }), "out_of_range", "actions"),
+        ("/x402/sessions", json!({ "minutes": 20 }), "missing_field", "actions"),
+        (
+            "/x402/sessions",
+            json!({ "minutes": 20, "actions": 2, "location": "auto", "x": 1 }),
+            "unknown_field",
+            "x",
+        ),
     ];
-    for (path, body, field) in bad {
+    for (path, body, code, field) in bad {
         let (status, answer) = host.post(path, None, &body).await;
-        assert_eq!(status, 400, "{path} {body}: {answer}");
-        assert_eq!(answer["error"]["field"], field, "{path} {body}: {answer}");
+        let error = &answer["error"];
+        assert_eq!(
+            (status, error["code"].as_str(), error["field"].as_str()),
+            (400, Some(code), Some(field)),
+            "{path} {body}: {answer}"
+        );
     }
     // A custom session: the seed's fields plus the token, and three actions to spend.
     let (status, session) = host
@@ -151,6 +160,7 @@ async fn a_box_past_its_minutes_is_gone_within_seconds() {
     host.ok(&b, "sleep 600 >/dev/null 2>&1 & echo started").await;
     let (_, view) = host.get(&format!("/v1/boxes/{}", b.id), &b.token).await;
     let expires: chrono::DateTime<chrono::Utc> = view["expires_at"].as_str().unwrap().parse().unwrap();
+    // Sleeping to the expiry is the test (a time it knows); what follows waits on the effect.
     let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait).await;
     host.assert_gone_within(&b.id, Duration::from_secs(5));
@@ -189,16 +199,13 @@ async fn a_restart_keeps_paid_boxes_destroys_orphans_and_fails_lost_ones() {
         assert_eq!(host.ok(b, "cat /root/mark").await, format!("{i}\n"), "box {i} kept its files");
     }
     // Reconciliation runs while vendbox serves; the lost box's lease fails soon.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let view = loop {
-        let (status, view) = host.get(&format!("/v1/boxes/{}", boxes[9].id), &boxes[9].token).await;
+    let lost_box = format!("/v1/boxes/{}", boxes[9].id);
+    let view = support::eventually(Duration::from_secs(20), "the lost box's lease to fail", async || {
+        let (status, view) = host.get(&lost_box, &boxes[9].token).await;
         assert_eq!(status, 200, "{view}");
-        if view["state"] == "failed" || std::time::Instant::now() > deadline {
-            break view;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(view["state"], "failed", "{view}");
+        if view["state"] == "failed" { Ok(view) } else { Err(view) }
+    })
+    .await;
     assert!(view["failure_reason"].as_str().unwrap().contains("lost"), "{view}");
     host.assert_gone_within("orphan-1", Duration::from_secs(5));
     host.assert_gone_within(&boxes[9].id, Duration::from_secs(5));
@@ -293,14 +300,16 @@ async fn a_box_whose_payment_does_not_settle_is_destroyed() {
     // elsewhere, so the settlement fails.
     let state = shop.dir.path().join("state");
     let backend = boxhost::backend_for(&state);
-    let started = Instant::now();
-    while backend.list().await.unwrap().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(10), "no box was made");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually(Duration::from_secs(10), "the paid box to be made", async || {
+        let made = backend.list().await.unwrap();
+        if made.is_empty() { Err("no box") } else { Ok(made) }
+    })
+    .await;
     shop.spend_elsewhere(&challenge, &value).await;
     let response = pending.await.unwrap().unwrap();
     assert_eq!(response.status(), 402);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_exact_evm_nonce_already_used", "{body}");
     let id = backend.list().await.unwrap();
     assert!(id.is_empty(), "the unpaid box is destroyed before the answer: {id:?}");
 }

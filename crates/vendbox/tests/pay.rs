@@ -138,6 +138,8 @@ async fn receipts_name_a_payment_the_payer_can_look_up() {
     assert_eq!(shop.balance(shop.pay_to).await, 2 * PRICE);
     let missing = reqwest::get(shop.url("/v1/payments/7d4a8f5e-0b1c-4c55-9d1e-3f2a7b6c8d90")).await.unwrap();
     assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_payment", "{body}");
 }
 
 #[tokio::test]
@@ -431,7 +433,7 @@ async fn work_that_fails_after_verification_charges_nothing() {
     let challenge = shop.challenge().await;
     let header = v2_header(&v2_payment(&challenge, &payer, |_| {}));
     let (status, headers, body) = shop.get_catalog((header.0, &header.1)).await;
-    assert_eq!(status, 500, "{body}");
+    assert_eq!((status, body["error"]["code"].as_str()), (500, Some("internal")), "{body}");
     let id = headers["vendbox-payment-id"].to_str().unwrap();
     let payment: Value =
         reqwest::get(shop.url(&format!("/v1/payments/{id}"))).await.unwrap().json().await.unwrap();

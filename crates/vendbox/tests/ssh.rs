@@ -121,16 +121,38 @@ async fn an_interactive_session_gets_a_terminal() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The session's output, read on a thread (a blocking read) and kept as it comes.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let (mut stdout, seen) = (child.stdout.take().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut chunk = [0_u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+                seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"tty; echo TERM=$TERM; echo $((6*7))\n").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // `exit` once the shell has answered, and stdin stays open until the session ends: its end
+    // of input could cut the session before the shell read the line.
+    support::eventually(Duration::from_secs(15), "the shell to answer 42", async || {
+        let out = text(&seen.lock().unwrap());
+        if out.contains("42\r\n") { Ok(()) } else { Err(out) }
+    })
+    .await;
     stdin.write_all(b"exit 3\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = text(&out.stdout);
+    let status = support::eventually(Duration::from_secs(15), "the session to end", async || {
+        child.try_wait().unwrap().ok_or("running")
+    })
+    .await;
+    drop(stdin);
+    reader.join().unwrap();
+    let stdout = text(&seen.lock().unwrap());
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
-    assert!(stdout.contains("42"), "{stdout}");
     assert!(!stdout.contains("TERM=\r"), "the client's TERM is passed: {stdout}");
-    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert_eq!(status.code(), Some(3), "{stdout}");
 }
 
 #[tokio::test]
@@ -178,7 +200,7 @@ async fn local_forwarding_reaches_a_server_inside_the_box() {
     let out = s.ssh(
         &s.key,
         &[],
-        "cd /tmp && echo inside-the-box > index.html && (setsid python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &) ; sleep 1; echo started",
+        "cd /tmp && echo inside-the-box > index.html && (setsid python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &) ; echo started",
     );
     assert!(text(&out.stdout).contains("started"), "{}", text(&out.stderr));
     let local_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -187,15 +209,18 @@ async fn local_forwarding_reaches_a_server_inside_the_box() {
         .args(["-N", "-p", &s.port, "-L", &format!("{local_port}:127.0.0.1:8000"), "root@127.0.0.1"])
         .spawn()
         .unwrap();
+    // The server in the box starts in the background: wait until it answers through the tunnel.
     let url = format!("http://127.0.0.1:{local_port}/index.html");
-    let started = Instant::now();
-    let body = loop {
-        if let Ok(response) = reqwest::get(&url).await {
-            break response.text().await.unwrap();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "the tunnel never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let body = support::eventually(
+        Duration::from_secs(15),
+        "the box's server to answer through the tunnel",
+        async || match reqwest::get(&url).await {
+            Ok(response) if response.status() == 200 => Ok(response.text().await.unwrap()),
+            Ok(response) => Err(response.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+    .await;
     tunnel.kill().unwrap();
     tunnel.wait().unwrap();
     assert_eq!(body, "inside-the-box\n");
@@ -251,15 +276,12 @@ async fn an_expired_lease_is_refused_with_a_message() {
     // Sleep to the expiry itself (a deadline the test knows), then wait on what is observable:
     // the box's state turning `expired`, within the expiry worker's bound.
     tokio::time::sleep((expires - chrono::Utc::now()).to_std().unwrap_or_default()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, view) = s.host.get(&format!("/v1/boxes/{}", s.bought.id), &s.bought.token).await;
-        if view["state"] == "expired" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the lease did not expire: {view}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let lease = format!("/v1/boxes/{}", s.bought.id);
+    support::eventually(Duration::from_secs(10), "the lease to show as expired", async || {
+        let (_, view) = s.host.get(&lease, &s.bought.token).await;
+        if view["state"] == "expired" { Ok(()) } else { Err(view) }
+    })
+    .await;
     let out = s.ssh(&s.key, &[], "true");
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("time has run out"), "{}", text(&out.stderr));
@@ -290,7 +312,12 @@ async fn vendbox_ssh_opens_a_lease_by_its_id() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    // The command prints the status and message, not the code: this is `bad_token`'s message.
+    assert!(
+        text(&out.stderr).contains("401 Unauthorized: this token does not give `read` on this box"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Drives `ssh -tt` from a real terminal (Python's `pty`), resizing it half way; the output.
@@ -304,29 +331,42 @@ def size(rows, cols):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 size(30, 100)
 out = b""
+closed = False
 def wait(seconds):
-    global out
+    # Reads what the session prints for `seconds`, or until it ends.
+    global out, closed
     end = time.time() + seconds
-    while time.time() < end:
+    while time.time() < end and not closed:
         ready, _, _ = select.select([fd], [], [], 0.05)
         if ready:
             try:
-                out += os.read(fd, 65536)
+                chunk = os.read(fd, 65536)
             except OSError:
-                return
+                chunk = b""
+            closed = not chunk
+            out += chunk
 def wait_for(count, seconds):
     # Until the shell has answered `count` size lines (or time runs out).
     end = time.time() + seconds
-    while time.time() < end and out.count(b"size=") - out.count(b"size=$") < count:
+    while time.time() < end and not closed and out.count(b"size=") - out.count(b"size=$") < count:
         wait(0.1)
 os.write(fd, b"echo size=$(stty size)\n")
 wait_for(1, 15)
 size(40, 120)
-wait(0.5)
-os.write(fd, b"echo size=$(stty size)\n")
-wait_for(2, 15)
+# The new size travels to the box as a window-change message: ask again until the shell reports
+# it (or time runs out, and the test names what never came).
+end = time.time() + 15
+asked = 1
+while b"size=40 120" not in out and time.time() < end:
+    os.write(fd, b"echo size=$(stty size)\n")
+    asked += 1
+    wait_for(asked, end - time.time())
 os.write(fd, b"exit\n")
-wait(1.0)
+# Until the session ends (the terminal reads end of file), then reap ssh, stopping it if it hangs.
+wait(15)
+if os.waitpid(pid, os.WNOHANG) == (0, 0):
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
 sys.stdout.write(out.decode("utf-8", "replace"))
 "#;
 

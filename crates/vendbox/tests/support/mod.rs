@@ -93,6 +93,31 @@ impl Vendbox {
     }
 }
 
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Waits for an effect that is observable but not announced: runs `probe` until it gives `Ok`,
+/// for at most `within`, and returns what it gave. Past the deadline it panics naming `what` (the
+/// effect waited for, as in "waiting for …") and the last thing `probe` saw (its `Err`).
+pub async fn eventually<T, E: std::fmt::Display>(
+    within: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = match probe().await {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}; last seen: {seen}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 impl Drop for Vendbox {
     fn drop(&mut self) {
         let _ = self.child.kill();
