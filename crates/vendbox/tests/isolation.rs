@@ -136,7 +136,10 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
     let (limit, before) = backend.pids_limit(&id).expect("the box's pids controller");
     assert_eq!(limit, 64, "the box's process limit");
     assert_eq!(before, 0, "no fork was refused yet");
-    let out = s.attack("bomb() { bomb | bomb & }; bomb; sleep 4", 3).await;
+    // The bomb goes off in a subshell and the command's shell then becomes `sleep` (`exec`, no
+    // fork), so the command outlives its time limit even once the bomb holds every process slot:
+    // `sh` exits at a fork it cannot make, and a forked `sleep` would fail at once.
+    let out = s.attack("(bomb() { bomb | bomb & }; bomb); exec sleep 4", 3).await;
     assert_eq!(out["timed_out"], true, "{out}");
     // The kernel refused forks at the limit while the bomb ran (counted by the cgroup itself,
     // not by looking after the bomb was killed).
