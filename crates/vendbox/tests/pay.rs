@@ -445,7 +445,16 @@ async fn work_that_fails_after_verification_charges_nothing() {
 
 /// Opens the store of a stopped-or-running vendbox, to see payments the way it left them.
 async fn payments_of(shop: &Shop) -> Vec<vendbox_core::Payment> {
-    let store = vendbox_store::open(None, &shop.dir.path().join("state")).await.unwrap();
+    payments_in(&*store_of(shop, None).await).await
+}
+
+/// The store `shop`'s vendbox keeps its payments in: `database`, or its data directory's SQLite.
+async fn store_of(shop: &Shop, database: Option<&str>) -> std::sync::Arc<dyn vendbox_store::Store> {
+    vendbox_store::open(database, &shop.dir.path().join("state")).await.unwrap()
+}
+
+/// Every payment in `store`, in any state.
+async fn payments_in(store: &dyn vendbox_store::Store) -> Vec<vendbox_core::Payment> {
     let far = chrono::Utc::now() + chrono::Duration::hours(1);
     let mut all = Vec::new();
     for state in PaymentState::ALL {
@@ -472,24 +481,39 @@ async fn pay_in_background(
     (payer, header, tokio::spawn(request.send()))
 }
 
-/// Restarts vendbox with a short grace and waits until the settlement worker finished every
-/// payment the crash left `verified`.
-async fn restart_and_settle(shop: &mut Shop) -> Vec<vendbox_core::Payment> {
-    shop.vendbox = shop.serve(&[("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1")]);
+/// Restarts vendbox (with `env`, its payments in `database` or else its data directory) with a
+/// short grace and waits until the settlement worker finished every payment the crash left
+/// `verified`.
+async fn restart_and_settle(
+    shop: &mut Shop,
+    env: &[(&str, &str)],
+    database: Option<&str>,
+) -> Vec<vendbox_core::Payment> {
+    let mut env = env.to_vec();
+    env.push(("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1"));
+    shop.vendbox = shop.serve(&env);
+    let store = store_of(shop, database).await;
     wait_for("the settlement worker to finish the payment", Duration::from_secs(30), async || {
-        payments_of(shop).await.iter().all(|p| p.state != PaymentState::Verified)
+        payments_in(&*store).await.iter().all(|p| p.state != PaymentState::Verified)
     })
     .await;
-    payments_of(shop).await
+    payments_in(&*store).await
 }
 
-/// A shop that crashed while a payment was reserved and not yet settled (the client got no
-/// answer); its payer and the payment's header.
-async fn crashed_with_a_payment_reserved() -> Option<(Shop, PrivateKeySigner, (&'static str, String))> {
-    let mut shop = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=60")]).await?;
+/// A shop (started with `env`, its payments in `database` or else its data directory) that
+/// crashed while a payment was reserved and not yet settled (the client got no answer); its
+/// payer and the payment's header.
+async fn crashed_with_a_payment_reserved(
+    env: &[(&str, &str)],
+    database: Option<&str>,
+) -> Option<(Shop, PrivateKeySigner, (&'static str, String))> {
+    let mut env = env.to_vec();
+    env.push(("VENDBOX_FAULTS", "pause-before-settle=60"));
+    let mut shop = Shop::open(31337, &env).await?;
     let (payer, header, request) = pay_in_background(&shop).await;
+    let store = store_of(&shop, database).await;
     wait_for("the payment to be reserved", Duration::from_secs(20), async || {
-        payments_of(&shop).await.iter().any(|p| p.state == PaymentState::Verified)
+        payments_in(&*store).await.iter().any(|p| p.state == PaymentState::Verified)
     })
     .await;
     shop.vendbox.crash();
@@ -499,9 +523,9 @@ async fn crashed_with_a_payment_reserved() -> Option<(Shop, PrivateKeySigner, (&
 
 #[tokio::test]
 async fn a_crash_before_settlement_voids_the_payment_and_charges_nothing() {
-    let Some((mut shop, payer, header)) = crashed_with_a_payment_reserved().await else { return };
+    let Some((mut shop, payer, header)) = crashed_with_a_payment_reserved(&[], None).await else { return };
 
-    let payments = restart_and_settle(&mut shop).await;
+    let payments = restart_and_settle(&mut shop, &[], None).await;
     assert_eq!(payments.len(), 1);
     assert_eq!(payments[0].state, PaymentState::Voided, "{payments:?}");
     assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing was charged");
@@ -523,7 +547,7 @@ async fn a_crash_after_the_transfer_records_it_as_settled_once() {
     assert!(request.await.unwrap().is_err());
     assert_eq!(payments_of(&shop).await[0].state, PaymentState::Verified, "the crash left it in between");
 
-    let payment = restart_and_settle(&mut shop).await.remove(0);
+    let payment = restart_and_settle(&mut shop, &[], None).await.remove(0);
     assert_eq!(payment.state, PaymentState::Settled);
     let auth = &serde_json::from_str::<Value>(payment.proof.as_deref().unwrap()).unwrap()["payment"]["payload"]
         ["authorization"];
@@ -687,7 +711,7 @@ async fn a_remote_facilitator_verifies_and_settles_with_its_auth_header() {
 
 #[tokio::test]
 async fn an_authorization_the_payer_cancelled_after_a_crash_is_voided_not_settled() {
-    let Some((mut shop, payer, header)) = crashed_with_a_payment_reserved().await else { return };
+    let Some((mut shop, payer, header)) = crashed_with_a_payment_reserved(&[], None).await else { return };
     // While vendbox is down the payer cancels the authorization on chain: `authorizationState`
     // now reads true, as for a used one, but no money moved.
     let sent: PaymentPayloadV2 = wire::decode_header(&header.1).unwrap();
@@ -704,7 +728,7 @@ async fn an_authorization_the_payer_cancelled_after_a_crash_is_voided_not_settle
         .unwrap();
     assert!(shop.chain.authorization_used(payer.address(), nonce).await.unwrap());
 
-    let payments = restart_and_settle(&mut shop).await;
+    let payments = restart_and_settle(&mut shop, &[], None).await;
     assert_eq!(payments[0].state, PaymentState::Voided, "{payments:?}");
     assert!(payments[0].void_reason.as_deref().unwrap().contains("cancelled"), "{payments:?}");
     assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing was charged");
@@ -788,5 +812,55 @@ async fn one_authorization_sent_to_two_hosts_on_one_database_charges_once() {
     }
     drop(second);
     drop(shop);
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn an_authorization_a_crashed_host_reserved_is_refused_by_another_host_and_charged_at_most_once() {
+    let Some(schema) = vendbox_store::testkit::PostgresSchema::create().await else { return };
+    let url = schema.url();
+    // Two hosts selling under one public URL, their payments in one PostgreSQL database. Host A
+    // crashes after reserving the payment and before settling it.
+    let env = [("VENDBOX_DATABASE_URL", url.as_str()), ("VENDBOX_SERVER__PUBLIC_URL", "http://vendbox.test")];
+    let Some((mut shop, payer, header)) = crashed_with_a_payment_reserved(&env, Some(&url)).await else {
+        return;
+    };
+    let store = store_of(&shop, Some(&url)).await;
+    let reserved = payments_in(&*store).await;
+    assert_eq!(reserved.len(), 1, "{reserved:?}");
+    assert_eq!(reserved[0].state, PaymentState::Verified, "the crash left it reserved: {reserved:?}");
+
+    // Host B reaches no chain (its RPC URL is a port nothing listens on), so whatever it refuses
+    // without a 503 it refused from the store alone.
+    let nowhere = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut b = env.to_vec();
+    b.push(("VENDBOX_PAYMENTS__RPC_URL", nowhere.as_str()));
+    shop.vendbox = shop.serve(&b);
+    let health: Value = reqwest::get(shop.url("/healthz")).await.unwrap().json().await.unwrap();
+    assert_eq!(health["store"], "postgres", "{health}");
+    // A fresh authorization shows B cannot ask the chain: it cannot be verified.
+    let other = shop.payer().await;
+    let fresh = v2_header(&v2_payment(&shop.challenge().await, &other, |_| {}));
+    refused(&shop, &other, fresh, 503, "payment_verification_unavailable").await;
+    // The authorization A reserved: refused by the shared store, and nothing moves.
+    refused(&shop, &payer, header.clone(), 402, "payment_replayed").await;
+    assert_eq!(payments_in(&*store).await, reserved, "B reserved nothing and finished nothing");
+
+    // A restarts and repairs: interrupted before settlement, the payment is voided and the payer
+    // is charged nothing (the authorization never reached the chain).
+    let payments = restart_and_settle(&mut shop, &env, Some(&url)).await;
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert_eq!(payments[0].state, PaymentState::Voided, "{payments:?}");
+    let nonce = wire::decode_header::<PaymentPayloadV2>(&header.1).unwrap().payload.authorization.nonce;
+    assert!(!shop.chain.authorization_used(payer.address(), nonce.parse().unwrap()).await.unwrap());
+    assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing was charged");
+    assert_eq!(shop.balance(shop.pay_to).await, 0, "nothing was taken");
+    // And A, repaired, never takes the authorization again.
+    refused(&shop, &payer, header, 402, "payment_replayed").await;
+    drop(shop);
+    drop(store);
     schema.drop_schema().await;
 }
