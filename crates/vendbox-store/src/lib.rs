@@ -236,13 +236,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Ends up to `limit` due leases, most overdue first, and returns them as they are now
     /// (`expired`), ordered by `expires_at`, then id. A lease is due when it is `active`, has a box
-    /// and its `expires_at` has passed by the database's clock (not the caller's). Each moves
+    /// and its `expires_at` is at or before `now` (the clock that set it). Each moves
     /// `active → expired` by compare-and-set, as [`Store::update_lease`] moves it, without a
     /// failure reason; all in one transaction. On PostgreSQL the rows are picked `FOR UPDATE SKIP
     /// LOCKED`, so hosts sharing the database divide the due leases instead of waiting for each
     /// other: each lease is returned by exactly one call, ever. Destroying the boxes is the
     /// caller's work.
-    async fn end_due_leases(&self, limit: u32) -> StoreResult<Vec<Lease>>;
+    async fn end_due_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Lease>>;
 
     /// Books an entry in an account's ledger, creating the account on first use. A charge that
     /// would take the balance below zero fails with [`StoreError::InsufficientBalance`]. The same

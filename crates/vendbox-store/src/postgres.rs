@@ -45,7 +45,6 @@ store_impl!(
     PostgresStore,
     sqlx::Postgres,
     "postgres",
-    now_ms = "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)",
     clock_ms = "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
     skip_locked = "FOR UPDATE SKIP LOCKED"
 );

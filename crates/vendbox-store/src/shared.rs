@@ -54,13 +54,12 @@ macro_rules! store_impl {
         $store:ty,
         $db:ty,
         $backend:literal,
-        now_ms = $now:literal,
         clock_ms = $clock:literal,
         skip_locked = $skip_locked:literal
     ) => {
         $crate::aggregates::quotes::impl_quotes!($store, $db);
         $crate::aggregates::payments::impl_payments!($store, $db);
-        $crate::aggregates::leases::impl_leases!($store, $db, now_ms = $now, skip_locked = $skip_locked);
+        $crate::aggregates::leases::impl_leases!($store, $db, skip_locked = $skip_locked);
         $crate::aggregates::requests::impl_requests!($store);
         $crate::aggregates::ledger::impl_ledger!($store, $db);
         $crate::aggregates::locks::impl_locks!($store, $db, clock_ms = $clock);
@@ -267,8 +266,12 @@ macro_rules! store_impl {
                 self.leases_in_states(states).await
             }
 
-            async fn end_due_leases(&self, limit: u32) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
-                self.end_due_leases(limit).await
+            async fn end_due_leases(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
+                self.end_due_leases(now, limit).await
             }
 
             async fn append_ledger(

@@ -60,7 +60,6 @@ store_impl!(
     SqliteStore,
     sqlx::Sqlite,
     "sqlite",
-    now_ms = "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
     clock_ms = "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
     skip_locked = ""
 );

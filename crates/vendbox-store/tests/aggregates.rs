@@ -82,9 +82,9 @@ async fn end_due_leases_ends_exactly_the_due_ones(store: Arc<dyn Store>) {
     }
 
     // Most overdue first, `limit` at a time.
-    let first = store.end_due_leases(1).await.unwrap();
+    let first = store.end_due_leases(chrono::Utc::now(), 1).await.unwrap();
     assert_eq!(first.iter().map(|l| l.id).collect::<Vec<_>>(), vec![older.id]);
-    let second = store.end_due_leases(50).await.unwrap();
+    let second = store.end_due_leases(chrono::Utc::now(), 50).await.unwrap();
     assert_eq!(second.iter().map(|l| l.id).collect::<Vec<_>>(), vec![old.id]);
 
     // Each is returned as it is stored now: expired, with no failure reason, nothing else touched.
@@ -99,7 +99,7 @@ async fn end_due_leases_ends_exactly_the_due_ones(store: Arc<dyn Store>) {
     }
 
     // Ended once: a second sweep finds nothing.
-    assert_eq!(store.end_due_leases(50).await.unwrap(), Vec::new());
+    assert_eq!(store.end_due_leases(chrono::Utc::now(), 50).await.unwrap(), Vec::new());
 }
 
 async fn concurrent_sweeps_end_each_due_lease_once(one: Arc<dyn Store>, other: Arc<dyn Store>) {
@@ -118,7 +118,7 @@ async fn concurrent_sweeps_end_each_due_lease_once(one: Arc<dyn Store>, other: A
             start.wait().await;
             let mut ended = Vec::new();
             loop {
-                let batch = store.end_due_leases(3).await.unwrap();
+                let batch = store.end_due_leases(chrono::Utc::now(), 3).await.unwrap();
                 if batch.is_empty() {
                     return ended;
                 }

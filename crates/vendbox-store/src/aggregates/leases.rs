@@ -9,12 +9,11 @@ pub(crate) fn lease_state_list(states: &[LeaseState]) -> String {
     states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
 }
 
-/// Writes the lease methods of `$store`, whose `pool` is a pool of database `$db`; `$now` is the
-/// SQL that reads the database's clock in Unix milliseconds at the transaction's start, and
-/// `$skip_locked` the locking clause with which a statement picks rows that no other transaction
+/// Writes the lease methods of `$store`, whose `pool` is a pool of database `$db`;
+/// `$skip_locked` is the locking clause with which a statement picks rows that no other transaction
 /// holds (empty where one writer at a time is all there is).
 macro_rules! impl_leases {
-    ($store:ty, $db:ty, now_ms = $now:literal, skip_locked = $skip_locked:literal) => {
+    ($store:ty, $db:ty, skip_locked = $skip_locked:literal) => {
         impl $store {
             fn lease_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Lease> {
                 use sqlx::Row;
@@ -139,13 +138,17 @@ macro_rules! impl_leases {
                 rows.iter().map(Self::lease_from_row).collect()
             }
 
-            async fn end_due_leases(&self, limit: u32) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
+            async fn end_due_leases(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
                 use vendbox_core::LeaseState;
                 // The move update_lease would check for `active → expired`.
                 LeaseState::Active.checked_move(LeaseState::Expired)?;
-                // One statement, so one transaction: the database's clock at its start (a stable
-                // value, so the pick is a range of the `leases_state (state, expires_at)` index)
-                // decides what is due. The picked rows are locked as they are picked, skipping
+                // One statement, so one transaction: the caller's `now` (the clock that set the
+                // leases' `expires_at`) decides what is due, a range of the
+                // `leases_state (state, expires_at)` index. The picked rows are locked as they are picked, skipping
                 // rows another host holds, then changed by compare-and-set on their state as
                 // update_lease changes them (no failure reason). The pick is MATERIALIZED so that
                 // it runs once: a locking subquery run again for each joined row skips the rows
@@ -153,13 +156,14 @@ macro_rules! impl_leases {
                 // `RETURNING *` also answers `due_id`; rows are read by column name.
                 let rows = sqlx::query(concat!(
                     "WITH due AS MATERIALIZED (SELECT id AS due_id FROM leases \
-                     WHERE state = 'active' AND box_id IS NOT NULL AND expires_at <= ", $now, " \
+                     WHERE state = 'active' AND box_id IS NOT NULL AND expires_at <= $2 \
                      ORDER BY expires_at, id LIMIT $1 ", $skip_locked, ") \
-                     UPDATE leases SET state = 'expired', failure_reason = NULL, updated_at = ", $now, " \
+                     UPDATE leases SET state = 'expired', failure_reason = NULL, updated_at = $2 \
                      FROM due WHERE leases.id = due.due_id AND leases.state = 'active' \
                      RETURNING *"
                 ))
                 .bind(i64::from(limit))
+                .bind($crate::shared::ms(now))
                 .fetch_all(&self.pool)
                 .await?;
                 let mut ended = rows.iter().map(Self::lease_from_row).collect::<$crate::StoreResult<Vec<_>>>()?;
