@@ -18,6 +18,7 @@ pub struct FakeBackend {
     boxes: Mutex<BTreeMap<BoxId, BoxSpec>>,
     destroyed: Mutex<Vec<BoxId>>,
     fail_next_create: Mutex<Option<String>>,
+    create_takes: Mutex<std::time::Duration>,
     capacity: Usage,
     sockets: PathBuf,
 }
@@ -30,6 +31,7 @@ impl FakeBackend {
             boxes: Mutex::default(),
             destroyed: Mutex::default(),
             fail_next_create: Mutex::default(),
+            create_takes: Mutex::default(),
             capacity: Usage { boxes: usize::MAX, memory_mb: u64::MAX, pids: u64::MAX },
             sockets: sockets.into(),
         }
@@ -44,6 +46,12 @@ impl FakeBackend {
     /// The next `create` fails with [`BoxError::Start`] saying `why`, having made nothing.
     pub fn fail_next_create(&self, why: &str) {
         *lock(&self.fail_next_create) = Some(why.to_owned());
+    }
+
+    /// From now on a box exists as soon as `create` is called, but `create` returns only after
+    /// `time` (a slow start, to cut off).
+    pub fn create_takes(&self, time: std::time::Duration) {
+        *lock(&self.create_takes) = time;
     }
 
     /// The box disappears without being destroyed (a host that lost it).
@@ -77,6 +85,10 @@ impl Backend for FakeBackend {
             return Err(BoxError::Start(why));
         }
         lock(&self.boxes).insert(spec.id.clone(), spec.clone());
+        let takes = *lock(&self.create_takes);
+        if !takes.is_zero() {
+            tokio::time::sleep(takes).await;
+        }
         Ok(())
     }
 

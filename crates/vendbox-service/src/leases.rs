@@ -24,6 +24,9 @@ use crate::error::LeaseError;
 
 const RECONCILE_PARALLELISM: usize = 32;
 
+/// Leases one expiry round ends at most (the worker goes again at once when it ended a batch).
+pub const EXPIRY_BATCH: u32 = 64;
+
 /// What start-up reconciliation does with one live lease.
 #[derive(Debug)]
 enum Verdict {
@@ -171,6 +174,9 @@ impl Boxes {
         };
         let hashes: Vec<_> = tokens.iter().map(|(c, t)| (*c, t.hash())).collect();
         self.store.insert_lease(&lease, &hashes).await?;
+        // From here on, a purchase dropped before it finished (a client that hung up, a request
+        // timeout) fails its lease and destroys whatever was made of its box.
+        let mut unfinished = Unfinished::new(self, lease.id);
         for key in ssh_keys {
             self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
         }
@@ -183,6 +189,7 @@ impl Boxes {
         let held = match self.hold(spec.limits).await {
             Ok(held) => held,
             Err(e) => {
+                unfinished.disarm();
                 let e = LeaseError::NotCharged(Box::new(e));
                 self.fail(&mut lease, LeaseState::Provisioning, &e.to_string()).await;
                 return Err(e);
@@ -191,6 +198,7 @@ impl Boxes {
         let created = self.backend.create(&spec).await;
         drop(held);
         if let Err(e) = created {
+            unfinished.disarm();
             tracing::warn!(lease = %lease.id, error = %e, "a box could not be made");
             let reason = format!("the box could not be made: {e}");
             self.fail(&mut lease, LeaseState::Provisioning, &reason).await;
@@ -207,6 +215,7 @@ impl Boxes {
             let _ = self.backend.destroy(&spec.id).await;
             return Err(e.into());
         }
+        unfinished.disarm();
         tracing::info!(lease = %lease.id, offer = %lease.offer_id, "box active");
         Ok(Provisioned { lease, tokens })
     }
@@ -335,22 +344,71 @@ impl Boxes {
         Ok(self.store.get_payment(id).await?.map(|p| p.state))
     }
 
-    /// One expiry round: ends every active lease whose window has passed. (A lease whose
-    /// actions ran out ends when its last command finishes: [`Self::after_action`].)
+    /// One expiry round: ends up to [`EXPIRY_BATCH`] active leases whose window has passed
+    /// (picked by the store with its index; on PostgreSQL, hosts sharing it divide them), then
+    /// destroys their boxes. A box whose destruction fails is left to the sweep. (A lease whose
+    /// actions ran out ends when its last command finishes: `Boxes::after_action`.)
     pub async fn expire_due(&self) -> Result<usize, LeaseError> {
-        let now = self.clock.now();
-        let due: Vec<Lease> = self
-            .store
-            .leases_in_states(&[LeaseState::Active])
-            .await?
-            .into_iter()
-            .filter(|l| l.box_id.is_some() && l.expires_at.is_some_and(|at| at <= now))
-            .collect();
+        let due = self.store.end_due_leases(self.clock.now(), EXPIRY_BATCH).await?;
         for lease in &due {
-            end_lease(&*self.store, &*self.backend, &*self.clock, lease.id, LeaseState::Expired, None)
-                .await?;
+            tracing::info!(lease = %lease.id, "lease expired");
+            if let Some(box_id) = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok())
+                && let Err(e) = self.backend.destroy(&box_id).await
+            {
+                tracing::warn!(lease = %lease.id, error = %e, "could not destroy an expired box; the sweep retries");
+            }
         }
         Ok(due.len())
+    }
+}
+
+/// A purchase under way: dropped before [`Unfinished::disarm`], it fails its lease and destroys
+/// its box in a task of its own, so that a request cut off while its box was made leaves no
+/// lease `provisioning` and no half-made box behind.
+struct Unfinished {
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+    id: LeaseId,
+    armed: bool,
+}
+
+impl Unfinished {
+    fn new(boxes: &Boxes, id: LeaseId) -> Unfinished {
+        Unfinished {
+            store: boxes.store.clone(),
+            backend: boxes.backend.clone(),
+            clock: boxes.clock.clone(),
+            id,
+            armed: true,
+        }
+    }
+
+    /// The purchase ended one way or the other; nothing is left to clean up.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, backend, clock, id) =
+            (self.store.clone(), self.backend.clone(), self.clock.clone(), self.id);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(lease = %id, "a purchase was cut off with no runtime to clean up; reconciliation will");
+            return;
+        };
+        runtime.spawn(async move {
+            let reason = "the purchase was cut off before the box was ready; nothing was charged";
+            tracing::warn!(lease = %id, "{reason}");
+            if let Err(e) = end_lease(&*store, &*backend, &*clock, id, LeaseState::Failed, Some(reason)).await
+            {
+                tracing::warn!(lease = %id, error = %e, "could not clean up a purchase that was cut off");
+            }
+        });
     }
 }
 

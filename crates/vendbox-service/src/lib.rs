@@ -22,5 +22,5 @@ pub use access::SshKey;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LeaseError;
 pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
-pub use leases::{Boxes, Provisioned, Reconciled};
+pub use leases::{Boxes, EXPIRY_BATCH, Provisioned, Reconciled};
 pub use purchase::Extension;

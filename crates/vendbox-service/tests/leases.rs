@@ -198,3 +198,27 @@ fn ssh_keys_are_checked_and_fingerprinted() {
     let refused = SshKey::parse("ssh-ed25519 AAAA", "ssh_public_key").unwrap_err();
     assert_eq!((refused.code(), refused.field()), ("bad_ssh_key", Some("ssh_public_key")));
 }
+
+#[tokio::test]
+async fn a_purchase_cut_off_while_its_box_is_made_leaves_no_lease_and_no_box() {
+    let w = world().await;
+    w.backend.create_takes(std::time::Duration::from_secs(30));
+    let (offer, terms) = (offer(), terms(5, 1));
+    let purchase = w.boxes.provision(&offer, &terms, None, &[], &[Capability::Root]);
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(200), purchase).await;
+    assert!(cut.is_err(), "the purchase was still making its box");
+    // The clean-up runs in a task of its own: wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let live = w.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await.unwrap();
+        if live.is_empty() && w.backend.boxes().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still live: {live:?}, boxes: {:?}", w.backend.boxes());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let failed = w.store.leases_in_states(&[LeaseState::Failed]).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].failure_reason.as_deref().unwrap().contains("cut off"), "{failed:?}");
+    assert_eq!(w.backend.destroyed().len(), 1);
+}
