@@ -178,10 +178,11 @@ async fn start(config: &Config, secrets: Secrets, where_from: &str) -> anyhow::R
         "vendbox {} serving",
         env!("CARGO_PKG_VERSION"),
     );
-    // Machine-readable line for scripts and tests that start vendbox on port 0.
-    println!("vendbox listening on http://{addr}");
+    // Machine-readable lines for scripts and tests that start vendbox on port 0: the gateway's
+    // first, so that a reader has every address once it reads the `listening` line.
     if let Some(ssh) = server.ssh_addr() {
         println!("vendbox ssh gateway on {ssh}");
     }
+    println!("vendbox listening on http://{addr}");
     Ok(server)
 }

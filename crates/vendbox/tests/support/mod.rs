@@ -60,9 +60,16 @@ impl Vendbox {
                 }
             }
         });
-        let (_, url) = rx.recv_timeout(Duration::from_secs(30)).expect("vendbox printed its address");
-        // The gateway's line follows at once when it runs.
-        let ssh = rx.recv_timeout(Duration::from_millis(300)).ok().map(|(_, addr)| addr);
+        // The gateway's line, when it runs, comes before the `listening` line.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ssh = None;
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left).expect("vendbox printed its address") {
+                (true, addr) => ssh = Some(addr),
+                (false, url) => break url,
+            }
+        };
         Vendbox { child, url, ssh }
     }
 
