@@ -5,7 +5,7 @@
 //! The protocol's shapes are in [`wire`]. boxd runs on one current-thread tokio runtime; the
 //! only other threads are tokio's blocking pool, used for file-system work and gone when idle.
 
-pub mod wire;
+pub use boxd_wire as wire;
 
 mod error;
 mod extract;

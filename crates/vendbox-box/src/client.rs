@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use boxd::wire::{
+use crate::wire::{
     EntryInfo, Event, MoveRequest, RunRequest, RunResult, StartRequest, TCP_CONNECT_TIMEOUT, TCP_UPGRADE,
 };
 use bytes::Bytes;
@@ -450,7 +450,7 @@ impl BoxdClient {
 fn announced_size(response: &hyper::Response<Incoming>) -> Result<u64, BoxError> {
     response
         .headers()
-        .get(boxd::wire::FILE_SIZE_HEADER)
+        .get(crate::wire::FILE_SIZE_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| BoxError::AnswerLost("boxd did not say how big the file is".into()))

@@ -9,6 +9,10 @@ mod error;
 pub mod fake;
 pub mod local;
 
+/// boxd's protocol: what a command is, what it answers, and the events of its stream. Code above
+/// boxes names these through `vendbox_box`, never through boxd.
+pub use boxd_wire as wire;
+
 use std::fmt;
 
 use async_trait::async_trait;

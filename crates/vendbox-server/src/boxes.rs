@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
-use boxd::wire::{ProcessSpec, RunRequest, StartRequest};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
+use vendbox_box::wire::{ProcessSpec, RunRequest, StartRequest};
 use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Limits, Usage};
 use vendbox_core::{
     Capability, Lease, LeaseId, LeaseState, Offer, OfferKind, PaymentId, PaymentState, QuoteTerms,
@@ -127,7 +127,7 @@ impl Provisioned {
 #[derive(Debug)]
 pub struct Ran {
     /// boxd's report.
-    pub result: boxd::wire::RunResult,
+    pub result: vendbox_box::wire::RunResult,
     /// Actions left after it (`None`: no budget).
     pub actions_remaining: Option<u32>,
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use boxd::wire::{ProcessSpec, RunRequest, StartRequest};
+use vendbox_box::wire::{ProcessSpec, RunRequest, StartRequest};
 use vendbox_box::{BoxError, BoxId, BoxdClient};
 use vendbox_core::{Lease, LeaseId, LeaseState};
 use vendbox_store::StoreError;
@@ -27,7 +27,7 @@ pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_mins(30);
 #[derive(Debug)]
 pub struct Ran {
     /// boxd's report.
-    pub result: boxd::wire::RunResult,
+    pub result: vendbox_box::wire::RunResult,
     /// Actions left after it (`None`: no budget).
     pub actions_remaining: Option<u32>,
 }

@@ -121,7 +121,8 @@ async fn tokens_open_what_their_capability_allows_and_nothing_else() {
 async fn a_command_that_never_reached_boxd_gives_its_action_back() {
     let w = world().await;
     let (lease, _) = buy(&w, 10, 2).await;
-    let command = boxd::wire::ProcessSpec { cmd: "true".into(), ..boxd::wire::ProcessSpec::default() };
+    let command =
+        vendbox_box::wire::ProcessSpec { cmd: "true".into(), ..vendbox_box::wire::ProcessSpec::default() };
     let refused = w.boxes.exec(&lease, command).await.unwrap_err();
     assert_eq!(refused.code(), "box_unavailable", "{refused}");
     let stored = w.store.get_lease(lease.id).await.unwrap().unwrap();

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
-use boxd::wire::{Event, ProcessSpec, PtySize, StartRequest};
 use russh::keys::HashAlg;
 use russh::server::{Auth, ChannelOpenHandle, Config, Handle, Handler, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use vendbox_box::wire::{Event, ProcessSpec, PtySize, StartRequest};
 use vendbox_box::{BoxdClient, ExecStream};
 
 use crate::admission::{Admission, LoggedIn, Waiting};

@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use boxd::wire::{EntryInfo, EntryKind, ProcessSpec, RunRequest};
 use bytes::Bytes;
 use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode,
@@ -18,6 +17,7 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use vendbox_box::wire::{EntryInfo, EntryKind, ProcessSpec, RunRequest};
 use vendbox_box::{BoxError, BoxdClient};
 
 /// The longest request accepted, as OpenSSH's own server: 256 KiB.

@@ -177,6 +177,21 @@ fn the_layers_keep_to_themselves() {
             }
         }
     }
+    // boxd's protocol is vendbox-box's to speak: above it, boxes are reached through its Backend
+    // and BoxdClient (and its `wire` re-export), never through boxd itself.
+    let crates = std::fs::read_dir(workspace_root().join("crates")).expect("crates/ lists");
+    for krate in crates.map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned()) {
+        let deps = dependencies(&krate);
+        let allowed: &[&str] = match krate.as_str() {
+            // The binary runs boxd as PID 1 of every box (`vendbox boxd`).
+            "vendbox" => &["boxd"],
+            "boxd" | "vendbox-box" => &["boxd", "boxd-wire"],
+            _ => &[],
+        };
+        for dep in deps.iter().filter(|d| d.starts_with("boxd")) {
+            assert!(allowed.contains(&dep.as_str()), "{krate} depends on {dep}: go through vendbox-box");
+        }
+    }
     // The services reach boxes through vendbox-box's Backend and the store through its trait,
     // never a database driver.
     let service = dependencies("vendbox-service");

@@ -28,7 +28,7 @@ use crate::boxes::{self, Boxes, Extension, Provisioned, SshKey};
 use crate::error::ApiError;
 use crate::gate::Delivery;
 use crate::json::ApiJson;
-use boxd::wire::ProcessSpec;
+use vendbox_box::wire::ProcessSpec;
 
 /// A box to buy.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -399,12 +399,12 @@ pub async fn exec_stream(
                 }
             };
             let sse = match event {
-                boxd::wire::Event::Start { pid } => {
+                vendbox_box::wire::Event::Start { pid } => {
                     SseEvent::default().event("start").data(format!("{{\"pid\":{pid}}}"))
                 }
-                boxd::wire::Event::Stdout(d) | boxd::wire::Event::Pty(d) => chunk("stdout", &d),
-                boxd::wire::Event::Stderr(d) => chunk("stderr", &d),
-                boxd::wire::Event::End(exit) => {
+                vendbox_box::wire::Event::Stdout(d) | vendbox_box::wire::Event::Pty(d) => chunk("stdout", &d),
+                vendbox_box::wire::Event::Stderr(d) => chunk("stderr", &d),
+                vendbox_box::wire::Event::End(exit) => {
                     let body = serde_json::to_string(&exit).unwrap_or_default();
                     let _ = tx.send(SseEvent::default().event("exit").data(body)).await;
                     break;
