@@ -1,10 +1,16 @@
 //! Benchmark of x402 payments, printed as ratios against baselines measured in the same run:
-//! - signature checks per second on one core: the whole off-chain check of a payment (decode the
-//!   header, check terms, recover the EIP-3009 signer) against a bare secp256k1 recovery;
+//! - the off-chain check of one payment (decode the header, check terms, recover the EIP-3009
+//!   signer) against a bare secp256k1 recovery, on one core: median, p90 and p99 of each and as
+//!   a ratio, then checks per second;
 //! - the latency the payment gate adds to `GET /catalog`: the same route paid (verify on chain,
-//!   reserve, settle on anvil, record) against free (price 0), one request at a time.
+//!   reserve, settle on anvil, record) against free (price 0), one request at a time: median,
+//!   p90 and p99 of each and as a ratio.
 //!
-//! Run: `cargo bench -p vendbox --bench payments` (needs anvil: `scripts/setup.sh` installs it).
+//! Each pair runs warm-up rounds first and throws them away, then alternates baseline and subject
+//! in ABBA order (see `common/stats.rs`); every p99 comes from at least 100 samples.
+//!
+//! Run: `cargo bench -p vendbox --bench payments` (needs anvil: `scripts/setup.sh` installs it;
+//! without it the bench fails rather than leave the gate unmeasured).
 
 #![allow(
     clippy::unwrap_used,
@@ -14,7 +20,7 @@
 )]
 
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vendbox_core::Usdc;
 use vendbox_pay::alloy::primitives::{Address, U256};
@@ -26,8 +32,17 @@ use vendbox_pay::{Network, wire};
 use vendbox_server::config::FacilitatorKind;
 use vendbox_server::{Config, Secrets, Server};
 
-const SIGNATURES: usize = 3000;
-const REQUESTS: usize = 200;
+#[path = "common/stats.rs"]
+mod stats;
+
+use stats::{Rounds, Summary};
+
+/// Signature checks per side: one check per round.
+const SIGNATURES: Rounds = Rounds { warm_up: 300, measured: 3000 };
+/// Requests per side through the payment gate; each paid one settles on anvil.
+const REQUESTS: Rounds = Rounds { warm_up: 20, measured: 200 };
+/// Width of the row labels.
+const LABEL_WIDTH: usize = 48;
 
 fn requirements() -> Requirements {
     Requirements::new(
@@ -51,8 +66,9 @@ fn requirements() -> Requirements {
 fn signature_checks() {
     let r = requirements();
     let signer = PrivateKeySigner::random();
+    let count = SIGNATURES.warm_up + SIGNATURES.measured;
     let headers: Vec<String> =
-        (0..SIGNATURES).map(|_| client::pay_v2(&signer, &r.v2(), &r.resource(), now()).unwrap()).collect();
+        (0..count).map(|_| client::pay_v2(&signer, &r.v2(), &r.resource(), now()).unwrap()).collect();
     let decoded: Vec<_> = headers
         .iter()
         .map(|h| {
@@ -63,23 +79,40 @@ fn signature_checks() {
         })
         .collect();
 
-    let started = Instant::now();
-    for (hash, sig) in &decoded {
-        assert_eq!(sig.recover_address_from_prehash(hash).unwrap(), signer.address());
-    }
-    let bare = SIGNATURES as f64 / started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    for h in &headers {
-        let sent = SentPayment::from_headers(Some(h), None).unwrap().unwrap();
-        exact::check(sent, &r, now()).unwrap();
-    }
-    let full = SIGNATURES as f64 / started.elapsed().as_secs_f64();
-    println!("signature checks, one core, {SIGNATURES} payments:");
-    println!("  baseline: bare secp256k1 recovery      {bare:>9.0} /s");
+    // One check per sample, each side on payments of its own.
+    let (mut bare_inputs, mut full_inputs) = (decoded.iter(), headers.iter());
+    let times = stats::alternate(
+        SIGNATURES,
+        || {
+            let (hash, sig) = bare_inputs.next().unwrap();
+            let started = Instant::now();
+            assert_eq!(sig.recover_address_from_prehash(hash).unwrap(), signer.address());
+            started.elapsed()
+        },
+        || {
+            let header = full_inputs.next().unwrap();
+            let started = Instant::now();
+            let sent = SentPayment::from_headers(Some(header), None).unwrap().unwrap();
+            exact::check(sent, &r, now()).unwrap();
+            started.elapsed()
+        },
+    );
+    let bare = Summary::of("bare secp256k1 recoveries", times.baseline);
+    let full = Summary::of("full off-chain payment checks", times.subject);
     println!(
-        "  vendbox:  full off-chain payment check {full:>9.0} /s   ratio {:.2} of baseline",
-        full / bare
+        "signature checks, one core, one check per sample, {} per side in ABBA order after {} \
+         warm-up rounds:",
+        SIGNATURES.measured, SIGNATURES.warm_up
+    );
+    stats::header(LABEL_WIDTH);
+    stats::row("bare secp256k1 recovery (baseline)", LABEL_WIDTH, &bare);
+    stats::row("full off-chain payment check", LABEL_WIDTH, &full);
+    stats::ratio_row("  ratio to the baseline", LABEL_WIDTH, &full, &bare);
+    let bare_rate = stats::per_second(bare.count(), bare.total(), "bare secp256k1 recoveries per second");
+    let full_rate = stats::per_second(full.count(), full.total(), "full payment checks per second");
+    println!(
+        "  checks per second: baseline {bare_rate:.0}, vendbox {full_rate:.0}, {:.2} of the baseline",
+        stats::ratio(full_rate, bare_rate, "the ratio of checks per second")
     );
 }
 
@@ -93,15 +126,20 @@ async fn serve(config: &Config) -> String {
     url
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+/// `GET url`, with a payment header when given; panics unless it answers 200.
+async fn get_catalog(http: &reqwest::Client, url: &str, payment: Option<(&'static str, String)>) {
+    let mut request = http.get(url);
+    if let Some((name, value)) = payment {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
 }
 
 async fn gate_latency() {
-    let Some(binary) = devchain::find_anvil(&[]) else {
-        println!("gate latency: skipped (anvil is not installed; run scripts/setup.sh)");
-        return;
-    };
+    let binary = devchain::find_anvil(&[])
+        .expect("cannot measure the payment gate: anvil is not installed (scripts/setup.sh installs it)");
     let anvil = Anvil::start(&binary, 31337).await.unwrap();
     let minter = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
     let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
@@ -134,39 +172,32 @@ async fn gate_latency() {
     let response = http.get(format!("{paid}/catalog")).send().await.unwrap();
     let header = response.headers().get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap().to_owned();
     let challenge = Challenge::read(Some(&header), &response.bytes().await.unwrap()).unwrap();
-    let payments: Vec<_> = (0..REQUESTS).map(|_| challenge.pay(&payer, now()).unwrap()).collect();
+    let count = REQUESTS.warm_up + REQUESTS.measured;
+    let mut payments =
+        (0..count).map(|_| challenge.pay(&payer, now()).unwrap()).collect::<Vec<_>>().into_iter();
 
-    let mut free_times = Vec::new();
-    let mut paid_times = Vec::new();
-    for (name, value) in &payments {
-        let started = Instant::now();
-        let r = http.get(format!("{free}/catalog")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-        free_times.push(started.elapsed());
-
-        let started = Instant::now();
-        let r = http.get(format!("{paid}/catalog")).header(*name, value).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-        paid_times.push(started.elapsed());
-    }
-    free_times.sort();
-    paid_times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (free, paid) = (format!("{free}/catalog"), format!("{paid}/catalog"));
+    let times = stats::alternate_async(
+        REQUESTS,
+        || stats::timed(get_catalog(&http, &free, None)),
+        || stats::timed(get_catalog(&http, &paid, Some(payments.next().unwrap()))),
+    )
+    .await;
+    let free = Summary::of("free GET /catalog", times.baseline);
+    let paid = Summary::of("paid GET /catalog", times.subject);
     println!(
-        "payment gate on GET /catalog, {REQUESTS} sequential requests each (anvil, built-in facilitator, SQLite):"
+        "payment gate on GET /catalog, one request at a time, {} per side in ABBA order after {} \
+         warm-up rounds (anvil, built-in facilitator, SQLite):",
+        REQUESTS.measured, REQUESTS.warm_up
     );
-    for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
-        let (f, pd) = (percentile(&free_times, p), percentile(&paid_times, p));
-        println!(
-            "  {label}: free {:>7.2} ms   paid {:>7.2} ms   added {:>7.2} ms   ratio {:.1}x",
-            ms(f),
-            ms(pd),
-            ms(pd) - ms(f),
-            ms(pd) / ms(f)
-        );
-    }
+    stats::header(LABEL_WIDTH);
+    stats::row("free, price 0 (baseline)", LABEL_WIDTH, &free);
+    stats::row("paid: verify, reserve, settle on anvil, record", LABEL_WIDTH, &paid);
+    stats::ratio_row("  ratio to the baseline", LABEL_WIDTH, &paid, &free);
+    println!(
+        "  added by the gate at the median: {}",
+        stats::duration(paid.median().saturating_sub(free.median())).trim_start()
+    );
     anvil.stop().await;
 }
 
