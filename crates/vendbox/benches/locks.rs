@@ -1,16 +1,21 @@
-//! Benchmark of Agent Lock: acquire + release cycles per second over HTTP from 64 concurrent
-//! clients, each cycling on keys of its own, printed next to the same cycle on Redis
-//! (`SET key token NX PX` + a compare-and-delete script) from 64 connections, measured in the
-//! same run:
-//! - vendbox at price 0 and paid (x402 on anvil, built-in facilitator), on SQLite and on
-//!   PostgreSQL;
-//! - Redis in memory, and Redis with `appendfsync always` (durable before it answers, as
-//!   vendbox is).
+//! Benchmark of Agent Lock: acquire + release cycles from 64 concurrent clients, each cycling on
+//! keys of its own, against the same cycle on Redis (`SET key token NX PX` + a compare-and-delete
+//! script) from 64 connections, measured in the same run:
+//! - Redis with `appendfsync always` (durable before it answers, as vendbox is);
+//! - vendbox over HTTP at price 0 and paid (x402 on anvil, built-in facilitator), on SQLite and
+//!   on PostgreSQL.
+//!
+//! Each of these is measured in windows alternated with windows of the baseline, Redis in
+//! memory: one warm-up pair of windows, thrown away, then four of each in ABBA order (see
+//! `common/stats.rs`); each window also lets its clients run a while before it counts. For each
+//! it prints cycles per second and the median, p90 and p99 of one cycle's time (from thousands
+//! of cycles) next to the baseline's of the same windows, and both as ratios.
 //!
 //! vendbox runs in this process on a runtime of its own; Redis is a `redis-server` started here
 //! on a free port and stopped by its pid. Run: `cargo bench -p vendbox --bench locks` (needs
-//! anvil for the paid rows, `redis-server`, and PostgreSQL at `VENDBOX_TEST_DATABASE_URL` or
-//! 127.0.0.1:5432/test for the PostgreSQL rows; what is missing is skipped and said so).
+//! `redis-server`, without which nothing can be compared and the bench fails; anvil for the paid
+//! rows and PostgreSQL at `VENDBOX_TEST_DATABASE_URL` or 127.0.0.1:5432/test for the PostgreSQL
+//! rows: those are skipped without them, and it says so).
 
 #![allow(
     clippy::unwrap_used,
@@ -25,6 +30,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use vendbox_core::Usdc;
 use vendbox_pay::alloy::primitives::{Address, U256};
@@ -37,24 +44,35 @@ use vendbox_server::config::FacilitatorKind;
 use vendbox_server::{Config, Secrets, Server};
 use vendbox_store::testkit::PostgresSchema;
 
-const CLIENTS: usize = 64;
-const WARM_UP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(5);
+#[path = "common/stats.rs"]
+mod stats;
 
-/// What one configuration managed.
-struct Figures {
-    cycles_per_second: f64,
-    p50: Duration,
-    p99: Duration,
+use stats::{Rounds, Summary};
+
+const CLIENTS: usize = 64;
+/// How long each window lets its clients run (tasks starting, connections opening) before it
+/// counts their cycles.
+const WINDOW_WARM_UP: Duration = Duration::from_millis(300);
+/// How long each window counts cycles.
+const WINDOW: Duration = Duration::from_millis(1500);
+/// Windows per side for each row: a warm-up pair thrown away, then measured pairs.
+const WINDOWS: Rounds = Rounds { warm_up: 1, measured: 4 };
+/// Width of the row labels.
+const LABEL_WIDTH: usize = 50;
+
+/// One acquire + release cycle of client `client`, its `n`th.
+type Cycle = Arc<dyn Fn(usize, u64) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What one window measured.
+struct Window {
+    /// The time of each cycle that ended while the window counted.
+    cycles: Vec<Duration>,
+    /// How long the window counted.
+    elapsed: Duration,
 }
 
-/// Runs `cycle(client, n)` from `CLIENTS` tasks for the warm-up and then the measured time.
-async fn drive<F, Fut>(cycle: F) -> Figures
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let cycle = Arc::new(cycle);
+/// Runs `cycle` from `CLIENTS` tasks for a window: its warm-up, then the counted time.
+async fn drive(cycle: &Cycle) -> Window {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -67,6 +85,8 @@ where
                 let started = Instant::now();
                 cycle(client, n).await;
                 n += 1;
+                // The cycles that ended inside the counted time: their number over that time is
+                // the rate, whenever they started.
                 if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
                     times.push(started.elapsed());
                 }
@@ -74,20 +94,56 @@ where
             times
         }));
     }
-    tokio::time::sleep(WARM_UP).await;
+    tokio::time::sleep(WINDOW_WARM_UP).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(MEASURE).await;
+    tokio::time::sleep(WINDOW).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let mut times = Vec::new();
+    let mut cycles = Vec::new();
     for task in tasks {
-        times.extend(task.await.unwrap());
+        cycles.extend(task.await.unwrap());
     }
-    times.sort();
-    let at = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    Figures { cycles_per_second: times.len() as f64 / elapsed.as_secs_f64(), p50: at(0.5), p99: at(0.99) }
+    Window { cycles, elapsed }
 }
+
+/// The windows of one side, pooled: cycles per second over all of them, and each cycle's time.
+struct Figures {
+    cycles_per_second: f64,
+    latency: Summary,
+}
+
+impl Figures {
+    fn of(what: &str, windows: Vec<Window>) -> Figures {
+        let elapsed = windows.iter().map(|w| w.elapsed).sum();
+        let cycles: Vec<Duration> = windows.into_iter().flat_map(|w| w.cycles).collect();
+        let cycles_per_second = stats::per_second(cycles.len(), elapsed, &format!("{what}'s cycles"));
+        Figures { cycles_per_second, latency: Summary::of(&format!("{what}'s cycle time"), cycles) }
+    }
+}
+
+/// Measures `subject` in windows alternated with windows of `baseline`, and prints both and
+/// their ratios.
+async fn compare(label: &str, baseline: &Cycle, subject: &Cycle) {
+    let windows = stats::alternate_async(WINDOWS, || drive(baseline), || drive(subject)).await;
+    let base = Figures::of("Redis in memory", windows.baseline);
+    let figures = Figures::of(label, windows.subject);
+    println!("{label}:");
+    stats::header(LABEL_WIDTH);
+    stats::row(BASELINE, LABEL_WIDTH, &base.latency);
+    stats::row(label, LABEL_WIDTH, &figures.latency);
+    stats::ratio_row("  cycle time, ratio to the baseline", LABEL_WIDTH, &figures.latency, &base.latency);
+    let what = format!("{label}'s cycles per second over the baseline's");
+    println!(
+        "  cycles per second: baseline {:.0}, this {:.0}, {:.3} of the baseline",
+        base.cycles_per_second,
+        figures.cycles_per_second,
+        stats::ratio(figures.cycles_per_second, base.cycles_per_second, &what)
+    );
+}
+
+/// The label of the baseline's rows.
+const BASELINE: &str = "Redis SET NX PX + compare-and-delete (baseline)";
 
 /// A vendbox serving `config` on a runtime of its own thread; its URL.
 fn serve(config: Config) -> String {
@@ -156,8 +212,8 @@ fn config(data_dir: &std::path::Path, database_url: Option<String>, chain: Optio
     config
 }
 
-/// Acquire + release cycles against a vendbox at `base`; paid when `chain` is given.
-async fn vendbox_cycles(base: String, chain: Option<&Chain>, label: &str) -> Figures {
+/// The acquire + release cycle against a vendbox at `base`; paid when `chain` is given.
+async fn vendbox_cycle(base: String, chain: Option<&Chain>, label: &str) -> Cycle {
     let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
     let acquire = format!("{base}/x402/locks/acquire");
     let release = format!("{base}/x402/locks/release");
@@ -172,7 +228,7 @@ async fn vendbox_cycles(base: String, chain: Option<&Chain>, label: &str) -> Fig
     };
     let payers = Arc::new(chain.map(|c| c.payers.clone()).unwrap_or_default());
     let label = label.to_owned();
-    drive(move |client, n| {
+    Arc::new(move |client, n| {
         let (http, acquire, release) = (http.clone(), acquire.clone(), release.clone());
         let (challenge, payers, label) = (challenge.clone(), payers.clone(), label.clone());
         async move {
@@ -196,8 +252,8 @@ async fn vendbox_cycles(base: String, chain: Option<&Chain>, label: &str) -> Fig
             assert_eq!(response.status(), 200);
             response.bytes().await.unwrap();
         }
+        .boxed()
     })
-    .await
 }
 
 /// A `redis-server` of this run, on a free port, stopped by its pid when dropped.
@@ -245,7 +301,7 @@ impl Drop for Redis {
 
 /// The same cycle on Redis: `SET key token NX PX 30000`, then delete it only if it still holds
 /// our token (the compare-and-delete script Redis documents for locks).
-async fn redis_cycles(redis: &Redis) -> Figures {
+async fn redis_cycle(redis: &Redis) -> Cycle {
     let client = redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port)).unwrap();
     let mut connections = Vec::new();
     for _ in 0..CLIENTS {
@@ -255,7 +311,7 @@ async fn redis_cycles(redis: &Redis) -> Figures {
     let release = Arc::new(redis::Script::new(
         "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
     ));
-    drive(move |client, n| {
+    Arc::new(move |client, n| {
         let (connections, release) = (connections.clone(), release.clone());
         async move {
             let mut connection = connections[client].clone();
@@ -274,36 +330,22 @@ async fn redis_cycles(redis: &Redis) -> Figures {
             let deleted: i64 = release.key(&key).arg(&token).invoke_async(&mut connection).await.unwrap();
             assert_eq!(deleted, 1);
         }
+        .boxed()
     })
-    .await
-}
-
-fn row(label: &str, figures: &Figures, baseline: Option<f64>) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let ratio = baseline.map_or_else(String::new, |b| format!("{:>8.3}x", figures.cycles_per_second / b));
-    println!(
-        "  {label:<44} {:>9.0} cycles/s   p50 {:>7.2} ms   p99 {:>7.2} ms   {ratio}",
-        figures.cycles_per_second,
-        ms(figures.p50),
-        ms(figures.p99)
-    );
 }
 
 async fn run() {
-    println!("acquire + release cycles, {CLIENTS} concurrent clients, {MEASURE:?} each:");
-    let redis_memory = Redis::start(false);
-    let Some(redis_memory) = redis_memory else {
-        println!("  skipped: redis-server cannot be started (apt install redis-server)");
-        return;
-    };
-    let baseline = redis_cycles(&redis_memory).await;
-    drop(redis_memory);
-    row("Redis SET NX PX + compare-and-delete", &baseline, None);
-    let base = Some(baseline.cycles_per_second);
-    if let Some(redis_durable) = Redis::start(true) {
-        row("Redis, appendfsync always", &redis_cycles(&redis_durable).await, base);
-    }
-    println!("  (the last column: vendbox's cycles per second over Redis in memory)");
+    println!(
+        "acquire + release cycles, {CLIENTS} concurrent clients; per row {} windows of {WINDOW:?} per side \
+         in ABBA order after {} warm-up pair(s), each window after {WINDOW_WARM_UP:?} of running:",
+        WINDOWS.measured, WINDOWS.warm_up
+    );
+    let redis_memory = Redis::start(false)
+        .expect("cannot measure the baseline: redis-server cannot be started (apt install redis-server)");
+    let baseline = redis_cycle(&redis_memory).await;
+    let redis_durable = Redis::start(true).expect("redis-server with appendfsync always did not start");
+    compare("Redis, appendfsync always", &baseline, &redis_cycle(&redis_durable).await).await;
+    drop(redis_durable);
 
     let chain = chain().await;
     if chain.is_none() {
@@ -322,14 +364,15 @@ async fn run() {
         let data = dir.path().join(format!("{store}-free"));
         let free = serve(config(&data, url.clone(), None));
         let label = format!("vendbox, price 0, {store}");
-        row(&label, &vendbox_cycles(free, None, &label).await, base);
+        compare(&label, &baseline, &vendbox_cycle(free, None, &label).await).await;
         if let Some(chain) = &chain {
             let data = dir.path().join(format!("{store}-paid"));
             let paid = serve(config(&data, url.clone(), Some(chain)));
             let label = format!("vendbox, paid 0.0001 USDC (anvil), {store}");
-            row(&label, &vendbox_cycles(paid, Some(chain), &label).await, base);
+            compare(&label, &baseline, &vendbox_cycle(paid, Some(chain), &label).await).await;
         }
     }
+    drop(redis_memory);
     if let Some(chain) = chain {
         chain.anvil.stop().await;
     }
