@@ -1,6 +1,8 @@
-//! `BoxdClient`: the host's side of boxd's protocol (HTTP/1.1 with JSON over the box's Unix
-//! socket). One connection per call: a Unix socket connects in microseconds, and no state is
-//! kept between calls, so a box that restarts or ends never leaves a broken pooled connection.
+//! `BoxdClient`: the host's side of boxd's protocol (HTTP/1.1 with JSON), over whatever
+//! [`Connector`] reaches the box: its Unix socket on this host today (`UnixConnector`), a TCP
+//! link or a port forward for a remote backend. One connection per call: a Unix socket connects
+//! in microseconds, and no state is kept between calls, so a box that restarts or ends never
+//! leaves a broken pooled connection.
 //!
 //! boxd runs inside the box, so its answers are hostile input: every answer is read with a cap
 //! on its size and a deadline on the whole of it (not only its head), so a box that stalls,
@@ -50,10 +52,52 @@ const MAX_EVENT_BYTES: usize = 1 << 20;
 /// How long a file download may take in all.
 pub(crate) const FILE_TIMEOUT: Duration = Duration::from_mins(10);
 
+/// A byte stream to one boxd.
+pub trait BoxdStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> BoxdStream for T {}
+
+/// How a client reaches one box's boxd: a fresh stream per call. Failing to connect means boxd
+/// saw nothing of the call.
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync + std::fmt::Debug {
+    /// A new stream to boxd.
+    async fn connect(&self) -> io::Result<Box<dyn BoxdStream>>;
+
+    /// Where it connects, for messages.
+    fn describe(&self) -> String;
+
+    /// The Unix socket it connects to, when it is one on this host.
+    fn unix_socket(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// boxd's Unix socket on this host (the local backend's boxes).
+#[derive(Debug, Clone)]
+pub struct UnixConnector {
+    socket: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl Connector for UnixConnector {
+    async fn connect(&self) -> io::Result<Box<dyn BoxdStream>> {
+        Ok(Box::new(tokio::net::UnixStream::connect(&self.socket).await?))
+    }
+
+    fn describe(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    fn unix_socket(&self) -> Option<&Path> {
+        Some(&self.socket)
+    }
+}
+
 /// A client of one box's boxd.
 #[derive(Debug, Clone)]
 pub struct BoxdClient {
-    socket: PathBuf,
+    connector: std::sync::Arc<dyn Connector>,
 }
 
 /// The events of a started process, as boxd streams them.
@@ -188,19 +232,19 @@ impl AsyncWrite for TcpTunnel {
 }
 
 impl BoxdClient {
-    /// A client for the boxd listening on `socket`.
+    /// A client for the boxd listening on the Unix socket `socket` on this host.
     pub fn new(socket: PathBuf) -> BoxdClient {
-        BoxdClient { socket }
+        BoxdClient::with_connector(std::sync::Arc::new(UnixConnector { socket }))
     }
 
-    /// The socket this client talks to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// A client for the boxd `connector` reaches.
+    pub fn with_connector(connector: std::sync::Arc<dyn Connector>) -> BoxdClient {
+        BoxdClient { connector }
     }
 
-    /// Whether boxd's socket exists yet.
-    pub fn socket_exists(&self) -> bool {
-        self.socket.exists()
+    /// The Unix socket this client talks to, when it talks to one on this host.
+    pub fn socket(&self) -> Option<&Path> {
+        self.connector.unix_socket()
     }
 
     /// Sends `request` on a new connection to boxd (which may be upgraded to a raw stream) and
@@ -212,9 +256,11 @@ impl BoxdClient {
         head_within: Duration,
     ) -> Result<hyper::Response<Incoming>, BoxError> {
         let connect = async {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
+            let stream = self
+                .connector
+                .connect()
                 .await
-                .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.socket.display())))?;
+                .map_err(|e| BoxError::Unreachable(format!("{}: {e}", self.connector.describe())))?;
             hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| BoxError::Unreachable(e.to_string()))

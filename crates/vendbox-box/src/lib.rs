@@ -18,7 +18,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use client::{BoxdClient, ExecStream, TcpTunnel};
+pub use client::{BoxdClient, BoxdStream, Connector, ExecStream, TcpTunnel, UnixConnector};
 pub use error::BoxError;
 
 /// A box's id: chosen by the caller (the lease's box id), unique on the host, used for its

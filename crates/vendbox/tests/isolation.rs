@@ -231,7 +231,7 @@ async fn another_boxs_boxd_cannot_be_reached() {
     let Some(s) = scene("test-box").await else { return };
     let backend = s.host.backend();
     let neighbour_socket =
-        backend.boxd(&vendbox_box::BoxId::new(&s.neighbour.id).unwrap()).socket().to_owned();
+        backend.boxd(&vendbox_box::BoxId::new(&s.neighbour.id).unwrap()).socket().unwrap().to_owned();
     assert!(neighbour_socket.exists());
     let line = format!(
         "ls -A /run; perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => \"{}\"); print $s ? \"connected\\n\" : \"refused\\n\"'",
