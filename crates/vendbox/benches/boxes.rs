@@ -1,18 +1,32 @@
 //! Benchmark of boxes on this host, in one run:
-//! - create-to-first-exec latency (`POST /v1/boxes`, then `exec true`), p50/p99, against the
-//!   baseline of a bare `bwrap … /bin/true` spawn with the same namespaces, as the same kind of
-//!   unprivileged uid;
-//! - exec round trip of `true` through the API on one box, p50/p99, against the round trip of
-//!   `GET /healthz` (the HTTP stack alone);
+//! - create-to-first-exec latency (`POST /v1/boxes`, then `exec true`) against the baseline of a
+//!   bare `bwrap … /bin/true` spawn with the same namespaces, as the same kind of unprivileged
+//!   uid: median, p90 and p99;
+//! - exec round trip of `true` through the API on one box against the round trip of
+//!   `GET /healthz` (the HTTP stack alone): median, p90 and p99;
 //! - SSH: connect + authenticate + `true` through the gateway against OpenSSH's own sshd on
-//!   this machine, and from `POST /v1/boxes` (with a key) to the first successful `ssh … true`;
+//!   this machine (median, p90 and p99), and from `POST /v1/boxes` (with a key) to the first
+//!   successful `ssh … true` against the same sshd session: median and p90 only, since each
+//!   round makes a box and opens two sessions and this pair runs fewer rounds than a p99 needs
+//!   (the output says so);
 //! - idle density: how many idle boxes this host holds (up to `VENDBOX_BENCH_BOXES`, default
-//!   500) and the host memory each costs (MemAvailable before and after, and the box cgroups'
-//!   own accounting).
+//!   500, or as many as vendbox sells before it answers `sold_out`) and the memory each costs:
+//!   MemAvailable before and after, and the boxes' memory cgroups' own accounting, now and at
+//!   peak (`memory.current` and `memory.peak` on cgroup v2, `memory.usage_in_bytes` and
+//!   `memory.max_usage_in_bytes` on v1). Each box's memory cgroup is the one its processes are
+//!   in (`/proc/<pid>/cgroup`, with the pids the backend finds in the box's cgroups), under that
+//!   hierarchy's mount point.
+//!
+//! Every pair runs warm-up rounds first and throws them away, then alternates baseline and
+//! subject in ABBA order (see `common/stats.rs`); every row says how many samples it holds, and
+//! a p99 is printed only from at least 100. A figure that cannot be measured (a cgroup file
+//! missing, memory that did not move) fails the bench; none is printed as zero. The boxes, their
+//! cgroups and their run directory are removed at the end, also after a failure.
 //!
 //! vendbox runs in this process on a runtime of its own, with the local backend; this benchmark
 //! program is also each box's PID 1 (`boxes boxd --listen-stdin`), as the vendbox binary is in
-//! production. Needs root and bubblewrap. Run: `cargo bench -p vendbox --bench boxes`.
+//! production. Needs root and bubblewrap (and openssh-server for the SSH rows, which are skipped
+//! without it, saying so). Run: `cargo bench -p vendbox --bench boxes`.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,37 +36,44 @@
 )]
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use vendbox_box::BoxId;
 use vendbox_box::local::{LocalBackend, LocalConfig, NAMESPACES};
 use vendbox_server::{Config, Secrets, Server};
 
-const CREATES: usize = 40;
-/// Exec round trips measured (a box of the custom offer holds at most 300 actions).
-const EXECS: usize = 250;
+#[path = "common/stats.rs"]
+mod stats;
 
-fn percentiles(mut times: Vec<Duration>) -> (Duration, Duration) {
-    times.sort_unstable();
-    let at = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    (at(0.5), at(0.99))
-}
+use stats::{Rounds, Summary};
+
+/// Create + first exec rounds (a box takes from tens of milliseconds to half a second to make).
+const CREATES: Rounds = Rounds { warm_up: 5, measured: 100 };
+/// Exec round trips on one box (a box of the custom offer holds 300 actions: its first exec, the
+/// warm-up and the measured rounds stay below that).
+const EXECS: Rounds = Rounds { warm_up: 20, measured: 250 };
+/// SSH sessions through the gateway and through OpenSSH's sshd.
+const SSH_SESSIONS: Rounds = Rounds { warm_up: 5, measured: 100 };
+/// Purchases followed by the first SSH command. Each round also opens an OpenSSH session (about
+/// half a second on two busy cores), so this pair runs fewer rounds than a p99 needs, to keep
+/// the run to a few minutes: median and p90 only.
+const SSH_FIRST: Rounds = Rounds { warm_up: 2, measured: 20 };
+/// Width of the row labels.
+const LABEL_WIDTH: usize = 62;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn row(label: &str, (p50, p99): (Duration, Duration), baseline: Option<(Duration, Duration)>) {
-    let ratio = baseline.map_or_else(String::new, |(b50, b99)| {
-        format!(
-            "   {:>6.2}x p50  {:>6.2}x p99",
-            p50.as_secs_f64() / b50.as_secs_f64(),
-            p99.as_secs_f64() / b99.as_secs_f64()
-        )
-    });
-    println!("  {label:<52} p50 {:>8.2} ms   p99 {:>8.2} ms{ratio}", ms(p50), ms(p99));
+/// Prints a baseline and a subject measured in alternation, and the subject's ratios.
+fn rows(baseline_label: &str, baseline: &Summary, subject_label: &str, subject: &Summary) {
+    stats::row(baseline_label, LABEL_WIDTH, baseline);
+    stats::row(subject_label, LABEL_WIDTH, subject);
+    stats::ratio_row("  ratio to the baseline", LABEL_WIDTH, subject, baseline);
 }
 
 /// A vendbox selling a free small box, on a runtime of its own thread; its URL and the SSH
@@ -130,10 +151,20 @@ struct Client {
 
 impl Client {
     async fn buy(&self) -> (String, String) {
-        self.buy_with(&json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300 })).await
+        self.buy_with(&Self::small_box()).await
+    }
+
+    /// A purchase of the free small box, for an hour, with 300 actions.
+    fn small_box() -> Value {
+        json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300 })
     }
 
     async fn buy_with(&self, body: &Value) -> (String, String) {
+        self.try_buy(body).await.unwrap_or_else(|answer| panic!("{answer}"))
+    }
+
+    /// Buys a box; the answer when there is none.
+    async fn try_buy(&self, body: &Value) -> Result<(String, String), Value> {
         let answer: Value = self
             .http
             .post(format!("{}/v1/boxes", self.base))
@@ -144,8 +175,10 @@ impl Client {
             .json()
             .await
             .unwrap();
-        let id = answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned();
-        (id, answer["token"].as_str().unwrap().to_owned())
+        match (answer["id"].as_str(), answer["token"].as_str()) {
+            (Some(id), Some(token)) => Ok((id.to_owned(), token.to_owned())),
+            _ => Err(answer),
+        }
     }
 
     async fn exec_true(&self, (id, token): &(String, String)) {
@@ -173,100 +206,267 @@ fn mem_available_kib() -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
+        .expect("cannot measure host memory: /proc/meminfo has no MemAvailable line")
 }
 
-async fn run() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("state");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let (url, ssh_addr) = serve(data_dir.clone());
-    let client = Client { http: reqwest::Client::new(), base: url };
-    println!("boxes on this host ({} CPUs):", std::thread::available_parallelism().map_or(0, usize::from));
+/// A box's memory cgroup: its directory, and whether it is in the unified (v2) hierarchy.
+struct MemoryCgroup {
+    dir: PathBuf,
+    v2: bool,
+}
 
-    // Warm caches, then alternate the two measurements so that both see the same machine.
-    let _ = bare_bwrap();
-    let warm = client.buy().await;
-    client.exec_true(&warm).await;
-    let (mut bare, mut create) = (Vec::new(), Vec::new());
-    for _ in 0..CREATES {
-        bare.push(bare_bwrap());
-        let started = Instant::now();
-        let b = client.buy().await;
-        client.exec_true(&b).await;
-        create.push(started.elapsed());
-        client.end(&b).await;
+impl MemoryCgroup {
+    /// The memory cgroup box `id`'s processes are in: `/proc/<pid>/cgroup` names it (the v1
+    /// hierarchy with the memory controller where there is one, else the unified one), under the
+    /// mount point `/proc/self/mountinfo` gives that hierarchy. It must be the box's own.
+    fn of(backend: &LocalBackend, id: &str) -> Result<MemoryCgroup, String> {
+        let box_id = BoxId::new(id).map_err(|e| format!("box id {id}: {e}"))?;
+        let pid = *backend
+            .pids(&box_id)
+            .first()
+            .ok_or_else(|| format!("box {id} has no process in its cgroups (LocalBackend::pids)"))?;
+        let file = format!("/proc/{pid}/cgroup");
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("reading {file}: {e}"))?;
+        // `hierarchy-id:controllers:path`; the unified hierarchy is `0::path`.
+        let entries: Vec<(&str, &str, &str)> = text
+            .lines()
+            .filter_map(|l| {
+                let (id, rest) = l.split_once(':')?;
+                let (controllers, path) = rest.split_once(':')?;
+                Some((id, controllers, path))
+            })
+            .collect();
+        let v1 = entries.iter().find(|(_, controllers, _)| controllers.split(',').any(|c| c == "memory"));
+        let (v2, path) = match v1 {
+            Some((_, _, path)) => (false, *path),
+            None => match entries.iter().find(|(id, controllers, _)| *id == "0" && controllers.is_empty()) {
+                Some((_, _, path)) => (true, *path),
+                None => return Err(format!("{file} names no memory cgroup:\n{text}")),
+            },
+        };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+        // `… root mount_point options - fstype source super_options`
+        let mount = mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut left = left.split(' ');
+            let (root, mount_point) = (left.nth(3)?, left.next()?);
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let super_options = right.nth(1).unwrap_or_default();
+            let wanted = if v2 {
+                fstype == "cgroup2"
+            } else {
+                fstype == "cgroup" && super_options.split(',').any(|o| o == "memory")
+            };
+            wanted.then(|| (root.to_owned(), PathBuf::from(mount_point)))
+        });
+        let hierarchy = if v2 { "the cgroup2 hierarchy" } else { "the v1 memory hierarchy" };
+        let (root, mount_point) =
+            mount.ok_or_else(|| format!("{hierarchy} is not mounted (/proc/self/mountinfo)"))?;
+        let relative = path.strip_prefix(root.as_str()).ok_or_else(|| {
+            format!("box {id}'s memory cgroup {path} is outside {hierarchy}'s mount of {root}")
+        })?;
+        let dir = mount_point.join(relative.trim_start_matches('/'));
+        if dir.file_name().and_then(|n| n.to_str()) != Some(id) {
+            return Err(format!(
+                "box {id}'s process {pid} is in memory cgroup {}, not in one of the box's own",
+                dir.display()
+            ));
+        }
+        Ok(MemoryCgroup { dir, v2 })
     }
-    let bare = percentiles(bare);
-    row("bare `bwrap … /bin/true` spawn (baseline)", bare, None);
-    row("create box + first exec, through the API", percentiles(create), Some(bare));
 
-    client.end(&warm).await;
-    let warm = client.buy().await;
-    client.exec_true(&warm).await;
-    let (mut health, mut exec) = (Vec::new(), Vec::new());
-    for _ in 0..EXECS {
-        let started = Instant::now();
-        client.http.get(format!("{}/healthz", client.base)).send().await.unwrap().bytes().await.unwrap();
-        health.push(started.elapsed());
-        let started = Instant::now();
-        client.exec_true(&warm).await;
-        exec.push(started.elapsed());
+    /// The files holding the memory in use now and the most used so far.
+    fn files(&self) -> (&'static str, &'static str) {
+        if self.v2 {
+            ("memory.current", "memory.peak")
+        } else {
+            ("memory.usage_in_bytes", "memory.max_usage_in_bytes")
+        }
     }
-    let health = percentiles(health);
-    row("GET /healthz round trip (baseline)", health, None);
-    row("exec `true` round trip, through the API", percentiles(exec), Some(health));
-    client.end(&warm).await;
 
-    ssh(&client, ssh_addr, dir.path()).await;
+    /// Bytes in `file` of this cgroup.
+    fn read(&self, file: &str) -> Result<u64, String> {
+        let path = self.dir.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        text.trim().parse().map_err(|e| format!("{} holds {text:?}: {e}", path.display()))
+    }
+}
 
+/// The memory the boxes' cgroups account for, summed over the boxes; `Err` says what could not
+/// be read (a box whose cgroup holds no figure must not count as zero).
+fn cgroup_memory(backend: &LocalBackend, ids: &[&str]) -> Result<String, String> {
+    let (mut current, mut peak, mut peak_missing) = (0u64, 0u64, None);
+    let mut files = None;
+    for id in ids {
+        let cgroup = MemoryCgroup::of(backend, id)?;
+        let (now_file, peak_file) = cgroup.files();
+        files = Some((cgroup.v2, now_file, peak_file));
+        current += cgroup.read(now_file)?;
+        match cgroup.read(peak_file) {
+            Ok(bytes) => peak += bytes,
+            // `memory.peak` is newer than cgroup v2 itself (Linux 5.19).
+            Err(e) if cgroup.v2 && !cgroup.dir.join(peak_file).exists() => peak_missing = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    let (v2, now_file, peak_file) = files.ok_or("no box to read a cgroup of")?;
+    if current == 0 {
+        return Err(format!("every box's {now_file} reads 0: the memory controller accounts nothing here"));
+    }
+    let kib = |bytes: u64| bytes as f64 / 1024.0 / ids.len() as f64;
+    let version = if v2 { "v2" } else { "v1" };
+    let peak = match peak_missing {
+        Some(e) => format!("peak not measured ({e}: Linux before 5.19)"),
+        None => format!("{:.0} KiB at peak ({peak_file})", kib(peak)),
+    };
+    Ok(format!("box cgroups ({version}) {:.0} KiB now ({now_file}), {peak}", kib(current)))
+}
+
+/// The backend of the same instance as the server's on `data_dir`: its boxes' pids, and their
+/// removal at the end.
+fn backend(data_dir: &Path) -> LocalBackend {
+    let exe = std::env::current_exe().unwrap().to_string_lossy().into_owned();
+    let config = LocalConfig {
+        data_dir: data_dir.to_owned(),
+        boxd: vec![exe, "boxd".into()],
+        run_root: PathBuf::from("/run/vendbox"),
+    };
+    LocalBackend::new(config).unwrap()
+}
+
+async fn run(dir: &Path, data_dir: &Path) {
+    let (url, ssh_addr) = serve(data_dir.to_owned());
+    let client = &Client { http: reqwest::Client::new(), base: url };
+    println!(
+        "boxes on this host ({} CPUs); each pair alternates baseline and subject in ABBA order after \
+         warm-up rounds that are thrown away:",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    stats::header(LABEL_WIDTH);
+
+    let times = stats::alternate_async(
+        CREATES,
+        || async { bare_bwrap() },
+        || async move {
+            let started = Instant::now();
+            let b = client.buy().await;
+            client.exec_true(&b).await;
+            let elapsed = started.elapsed();
+            client.end(&b).await;
+            elapsed
+        },
+    )
+    .await;
+    let bare = Summary::of("bare bwrap spawns", times.baseline);
+    let create = Summary::of("box creations", times.subject);
+    rows(
+        "bare `bwrap … /bin/true` spawn (baseline)",
+        &bare,
+        "create box + first exec, through the API",
+        &create,
+    );
+    stats::explain_missing(&create, "this pair ran fewer rounds");
+
+    let warm = &client.buy().await;
+    client.exec_true(warm).await;
+    let health = format!("{}/healthz", client.base);
+    let times = stats::alternate_async(
+        EXECS,
+        || {
+            stats::timed(async {
+                client.http.get(&health).send().await.unwrap().bytes().await.unwrap();
+            })
+        },
+        || stats::timed(client.exec_true(warm)),
+    )
+    .await;
+    rows(
+        "GET /healthz round trip (baseline)",
+        &Summary::of("GET /healthz round trips", times.baseline),
+        "exec `true` round trip, through the API",
+        &Summary::of("exec round trips", times.subject),
+    );
+    client.end(warm).await;
+
+    ssh(client, ssh_addr, dir).await;
+    density(client, data_dir).await;
+}
+
+/// How many idle boxes this host holds (up to `VENDBOX_BENCH_BOXES`, or until vendbox sells no
+/// more) and the memory each costs; fails, once the boxes are ended, when a memory figure cannot
+/// be measured.
+async fn density(client: &Client, data_dir: &Path) {
     let target: usize = std::env::var("VENDBOX_BENCH_BOXES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let backend = backend(data_dir);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = mem_available_kib();
     let started = Instant::now();
-    let mut idle = Vec::new();
-    for _ in 0..target {
-        idle.push(client.buy().await);
+    let (mut idle, mut sold_out) = (Vec::new(), None);
+    while idle.len() < target {
+        match client.try_buy(&Client::small_box()).await {
+            Ok(bought) => idle.push(bought),
+            Err(answer) if answer["error"]["code"] == "sold_out" => {
+                sold_out = Some(answer["error"]["message"].as_str().unwrap_or_default().to_owned());
+                break;
+            }
+            Err(answer) => panic!("buying idle box {} of {target}: {answer}", idle.len() + 1),
+        }
     }
     let made = started.elapsed();
+    assert!(
+        !idle.is_empty(),
+        "cannot measure idle density: no idle box was made (VENDBOX_BENCH_BOXES {target}){}",
+        sold_out.as_deref().map(|why| format!("; sold_out: {why}")).unwrap_or_default()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = mem_available_kib();
     // Every box answers after the others were made.
     for b in idle.iter().step_by(25) {
         client.exec_true(b).await;
     }
-    let per_box_host = (before.saturating_sub(after)) as f64 / idle.len() as f64;
-    let cgroup_bytes: u64 = std::fs::read_dir("/sys/fs/cgroup/memory/vendbox")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .flat_map(|instance| std::fs::read_dir(instance.path()).into_iter().flatten().filter_map(Result::ok))
-        .filter_map(|b| std::fs::read_to_string(b.path().join("memory.usage_in_bytes")).ok())
-        .filter_map(|t| t.trim().parse::<u64>().ok())
-        .sum();
+    let ids: Vec<&str> = idle.iter().map(|(id, _)| id.as_str()).collect();
+    let cgroups = cgroup_memory(&backend, &ids);
     println!(
-        "  idle density: {} boxes made in {:.1} s ({:.1} ms each); host memory {:.0} KiB per box (MemAvailable), \
-         box cgroups {:.0} KiB per box",
+        "  idle density: {} boxes made in {:.1} s ({:.1} ms each){}",
         idle.len(),
         made.as_secs_f64(),
         ms(made) / idle.len() as f64,
-        per_box_host,
-        cgroup_bytes as f64 / 1024.0 / idle.len() as f64
+        sold_out.map_or_else(
+            || format!(" (VENDBOX_BENCH_BOXES {target})"),
+            |why| format!("; then vendbox sold no more: {why}")
+        )
     );
     let ended = Instant::now();
     for b in &idle {
         client.end(b).await;
     }
     println!("  ending {} boxes took {:.1} s", idle.len(), ended.elapsed().as_secs_f64());
-    // Leave nothing behind: this instance's cgroup parents and run directory.
-    let exe = std::env::current_exe().unwrap().to_string_lossy().into_owned();
-    let config =
-        LocalConfig { data_dir, boxd: vec![exe, "boxd".into()], run_root: PathBuf::from("/run/vendbox") };
-    LocalBackend::new(config).unwrap().remove_all().await.unwrap();
+
+    // Memory per box, or a loud failure now that the boxes are gone.
+    let mut unmeasured = Vec::new();
+    match cgroups {
+        Ok(line) => println!("  memory per idle box: {line}"),
+        Err(e) => unmeasured.push(format!("the box cgroups' memory: {e}")),
+    }
+    if after < before {
+        println!(
+            "  memory per idle box: host {:.0} KiB (MemAvailable before and after)",
+            (before - after) as f64 / idle.len() as f64
+        );
+    } else {
+        unmeasured.push(format!(
+            "host memory per box: MemAvailable went from {before} KiB to {after} KiB while {} boxes \
+             were made (other processes freed memory meanwhile; run again on a quieter host)",
+            idle.len()
+        ));
+    }
+    assert!(unmeasured.is_empty(), "cannot measure:\n  {}", unmeasured.join("\n  "));
 }
 
 /// `ssh … true` with `key` to `port`, timed; panics unless it succeeds.
-fn ssh_true(key: &std::path::Path, port: u16) -> Duration {
+fn ssh_true(key: &Path, port: u16) -> Duration {
     let started = Instant::now();
     let status = Command::new("ssh")
         .args(["-i", key.to_str().unwrap(), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no"])
@@ -286,7 +486,7 @@ struct Sshd {
 }
 
 impl Sshd {
-    fn start(dir: &std::path::Path, public_key: &str) -> Option<Sshd> {
+    fn start(dir: &Path, public_key: &str) -> Option<Sshd> {
         let sshd = PathBuf::from("/usr/sbin/sshd");
         if !sshd.exists() {
             return None;
@@ -331,10 +531,10 @@ impl Drop for Sshd {
 }
 
 /// SSH figures: session setup plus `true` against OpenSSH's sshd and the gateway, and the time
-/// from buying a box to its first successful SSH command.
-async fn ssh(client: &Client, gateway: std::net::SocketAddr, dir: &std::path::Path) {
-    let key = dir.join("bench_key");
-    Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap();
+/// from buying a box to its first successful SSH command against the same sshd session.
+async fn ssh(client: &Client, gateway: std::net::SocketAddr, dir: &Path) {
+    let key = &dir.join("bench_key");
+    Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(key).status().unwrap();
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let Some(sshd) = Sshd::start(dir, &public) else {
         println!(
@@ -342,32 +542,50 @@ async fn ssh(client: &Client, gateway: std::net::SocketAddr, dir: &std::path::Pa
         );
         return;
     };
+    let sshd_port = sshd.port;
     let body =
-        json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300, "ssh_public_key": public.trim() });
-    let target = client.buy_with(&body).await;
-    let (mut baseline, mut gateway_times) = (Vec::new(), Vec::new());
-    for _ in 0..30 {
-        baseline.push(ssh_true(&key, sshd.port));
-        gateway_times.push(ssh_true(&key, gateway.port()));
-    }
-    drop(sshd);
+        &json!({ "offer": "h3retik-custom", "minutes": 60, "actions": 300, "ssh_public_key": public.trim() });
+    let target = client.buy_with(body).await;
+    let times = stats::alternate_async(
+        SSH_SESSIONS,
+        || async move { ssh_true(key, sshd_port) },
+        || async move { ssh_true(key, gateway.port()) },
+    )
+    .await;
     client.end(&target).await;
-    let baseline = percentiles(baseline);
-    row("OpenSSH sshd: connect, authenticate, run `true` (baseline)", baseline, None);
-    row(
+    let baseline_label = "OpenSSH sshd: connect, authenticate, run `true` (baseline)";
+    rows(
+        baseline_label,
+        &Summary::of("OpenSSH sessions", times.baseline),
         "vendbox gateway: connect, authenticate, run `true` in the box",
-        percentiles(gateway_times),
-        Some(baseline),
+        &Summary::of("gateway sessions", times.subject),
     );
-    let mut to_first = Vec::new();
-    for _ in 0..10 {
-        let started = Instant::now();
-        let bought = client.buy_with(&body).await;
-        let _ = ssh_true(&key, gateway.port());
-        to_first.push(started.elapsed());
-        client.end(&bought).await;
-    }
-    row("POST /v1/boxes with a key, then the first `ssh … true`", percentiles(to_first), Some(baseline));
+
+    let times = stats::alternate_async(
+        SSH_FIRST,
+        || async move { ssh_true(key, sshd_port) },
+        || async move {
+            let started = Instant::now();
+            let bought = client.buy_with(body).await;
+            let _ = ssh_true(key, gateway.port());
+            let elapsed = started.elapsed();
+            client.end(&bought).await;
+            elapsed
+        },
+    )
+    .await;
+    drop(sshd);
+    let to_first = Summary::of("purchases to the first SSH command", times.subject);
+    rows(
+        baseline_label,
+        &Summary::of("OpenSSH sessions", times.baseline),
+        "POST /v1/boxes with a key, then the first `ssh … true`",
+        &to_first,
+    );
+    stats::explain_missing(
+        &to_first,
+        "each round makes a box and opens two SSH sessions, so this pair runs fewer rounds",
+    );
 }
 
 fn main() {
@@ -381,5 +599,15 @@ fn main() {
         boxd::run(boxd::RunOptions { listen }).unwrap();
         return;
     }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(run());
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("state");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(run(dir.path(), &data_dir))));
+    // Leave nothing behind, also when a figure could not be measured: this instance's boxes, its
+    // cgroup parents and its run directory.
+    runtime.block_on(backend(&data_dir).remove_all()).unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
