@@ -71,8 +71,13 @@ async fn a_symlinked_socket_does_not_send_the_owners_calls_into_a_neighbour() {
     let relative = format!("../../{}/run/boxd.sock", s.neighbour.id);
     assert_eq!(s.host.ok(&s.attacker, &plant(&relative)).await, "planted\n");
     s.assert_calls_reach_the_attackers_own_box().await;
-    let absolute =
-        s.host.backend().boxd(&vendbox_box::BoxId::new(&s.neighbour.id).unwrap()).socket().unwrap().to_owned();
+    let absolute = s
+        .host
+        .backend()
+        .boxd(&vendbox_box::BoxId::new(&s.neighbour.id).unwrap())
+        .socket()
+        .unwrap()
+        .to_owned();
     assert_eq!(s.host.ok(&s.attacker, &plant(&absolute.to_string_lossy())).await, "planted\n");
     s.assert_calls_reach_the_attackers_own_box().await;
 }
