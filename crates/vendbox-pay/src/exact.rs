@@ -98,6 +98,7 @@ impl Requirements {
             scheme: SCHEME.into(),
             network: self.acceptance.network.v1_label(),
             max_amount_required: self.charge.amount.atomic().to_string(),
+            amount: Some(self.charge.amount.atomic().to_string()),
             resource: self.charge.resource.clone(),
             description: self.charge.description.clone(),
             mime_type: self.charge.mime_type.clone(),
@@ -410,6 +411,7 @@ mod tests {
         assert_eq!(v1.accepts[0].network, "base-sepolia");
         assert_eq!(v2.accepts[0].network, "eip155:84532");
         assert_eq!(v1.accepts[0].max_amount_required, v2.accepts[0].amount);
+        assert_eq!(v1.accepts[0].amount.as_ref(), Some(&v2.accepts[0].amount), "CDP reads both");
         assert_eq!(v1.accepts[0].asset, v2.accepts[0].asset);
         assert_eq!(v1.accepts[0].pay_to, v2.accepts[0].pay_to);
         assert_eq!(v2.accepts[0].extra, Some(json!({"name": "USDC", "version": "2"})));

@@ -15,6 +15,9 @@ pub const X_PAYMENT: &str = "x-payment";
 pub const X_PAYMENT_RESPONSE: &str = "x-payment-response";
 /// v2 header on a 402 with the requirements.
 pub const PAYMENT_REQUIRED: &str = "payment-required";
+/// v1-era header on a 402 (`X-Payment-Required`, as VpsAgent documents it): the v1 body, as
+/// base64 JSON, for clients that read the terms from a header.
+pub const X_PAYMENT_REQUIRED: &str = "x-payment-required";
 /// v2 client header with the payment.
 pub const PAYMENT_SIGNATURE: &str = "payment-signature";
 /// v2 receipt header.
@@ -33,6 +36,10 @@ pub struct RequirementsV1 {
     pub network: String,
     /// Atomic units, as a decimal string.
     pub max_amount_required: String,
+    /// The same as `max_amount_required`: Coinbase's facilitator (CDP) reads `amount` in v1
+    /// requirements too, so vendbox sends both; absent in bodies from the specification's era.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
     /// The URL being paid for.
     pub resource: String,
     /// What is being paid for, for people.

@@ -1,5 +1,6 @@
 //! The payment gate every paid route goes through. No proof: a 402 offering the same charge in
-//! x402 v1 (JSON body) and v2 (`PAYMENT-REQUIRED`), and nothing else changes. A proof: check it,
+//! x402 v1 (JSON body, also in `X-Payment-Required`) and v2 (`PAYMENT-REQUIRED`), and nothing
+//! else changes. A proof: check it,
 //! verify it on chain, reserve its replay key, do the work, then settle, or void when the work
 //! failed. Money moves only after the work succeeded, and the response (with the receipt) goes
 //! out only after the money moved.
@@ -474,18 +475,26 @@ fn receipt(checked: &CheckedPayment, requirements: &Requirements, id: PaymentId,
     headers
 }
 
-/// A 402 offering `requirements`, saying why in `code` (and `message` for people).
+/// A 402 offering `requirements`, saying why in `code` (and `message` for people): the v1 body,
+/// the same body as base64 JSON in `X-Payment-Required` (VpsAgent documents that header), and
+/// the v2 `PAYMENT-REQUIRED` header.
 pub fn challenge(requirements: &Requirements, code: &str, message: &str) -> Response {
     let (v1, v2) = requirements.challenge(code);
     let mut body = serde_json::to_value(&v1).unwrap_or_default();
     body["message"] = json!(message);
+    let v1_header = wire::encode_header(&body);
     let mut response = (StatusCode::PAYMENT_REQUIRED, axum::Json(body)).into_response();
     insert(
         response.headers_mut(),
         HeaderName::from_static(wire::PAYMENT_REQUIRED),
         &wire::encode_header(&v2),
     );
-    insert(response.headers_mut(), header::ACCESS_CONTROL_EXPOSE_HEADERS, "payment-required");
+    insert(response.headers_mut(), HeaderName::from_static(wire::X_PAYMENT_REQUIRED), &v1_header);
+    insert(
+        response.headers_mut(),
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        "payment-required, x-payment-required",
+    );
     insert(response.headers_mut(), header::CACHE_CONTROL, "no-store");
     response
 }
