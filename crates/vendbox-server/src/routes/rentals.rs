@@ -3,6 +3,11 @@
 //! periods, paid; `expires_at` moves only once the renewal settled) and
 //! `GET /instance/{id}?token=`. A rental is a box reached over the SSH gateway as `root`, with
 //! the rental's `root_token` as its password; the payment settles once the box answers.
+//!
+//! The answers keep the seed's values: a new rental says `pending_settlement` and a renewal
+//! `renewing`, the only values the seed gives those answers, although vendbox has settled both
+//! before it answers (their `note` says so, and `GET /rentals/{id}` shows `active` at once).
+//! Paid answers carry VpsAgent's `X-Payment-Response` ([`super::vpsagent::with_receipt`]).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -49,7 +54,9 @@ pub struct RentalCreated {
     pub root_user: &'static str,
     /// The SSH password (the root token itself).
     pub root_password: String,
-    /// `active`: vendbox settles only once the box answers, so a rental is live when this comes.
+    /// `pending_settlement`, the seed's only value here; vendbox has in fact settled once the box
+    /// answered, so the rental is live when this comes (`GET /rentals/{id}` says `active`).
+    #[schema(example = "pending_settlement")]
     pub status: &'static str,
     /// What to do next.
     pub note: String,
@@ -100,7 +107,9 @@ pub struct RenewBody {
 pub struct RenewalCreated {
     /// The rental.
     pub rental_id: String,
-    /// `renewed`: the renewal settled and `expires_at` moved.
+    /// `renewing`, the seed's only value here; vendbox has in fact settled the renewal and moved
+    /// `expires_at` before answering (`GET /rentals/{id}` says `active`).
+    #[schema(example = "renewing")]
     pub status: &'static str,
     /// The new expiry, Unix ms.
     pub current_expires_at: i64,
@@ -108,6 +117,8 @@ pub struct RenewalCreated {
     pub predicted_expires_at: i64,
     /// How many renewals the rental has had.
     pub renewal_count: u32,
+    /// What happened.
+    pub note: String,
 }
 
 /// The seed's `InstanceStatus`.
@@ -129,7 +140,8 @@ pub struct InstanceStatus {
     pub root_password: String,
     /// `ssh -p PORT root@HOST`.
     pub ssh_command: Option<String>,
-    /// Why it is not running, when it is not.
+    /// Why it is not running, when it is not (absent otherwise: the seed types it a string).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
@@ -180,8 +192,9 @@ fn region(offer: &Offer, asked: Option<&str>) -> Option<String> {
 
 /// Rents a SKU: 402 with its price, then a box, paid once it answers.
 #[utoipa::path(post, path = "/rent", operation_id = "rent", tag = "vpsagent", request_body = RentBody,
-    responses((status = 200, body = RentalCreated), (status = 400, body = crate::error::ErrorBody),
-        (status = 402, description = "Payment required (or the payment was refused)"),
+    responses((status = 200, description = "Rented, paid and running; the receipt is in `X-Payment-Response` (base64 JSON with `tx` and `network`)", body = RentalCreated),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 402, description = "Payment required (or the payment was refused): x402 v1 body, also in `X-Payment-Required`"),
         (status = 503, description = "SKU not rented here, or no box could be made (nothing charged)", body = crate::error::ErrorBody)))]
 pub async fn rent(
     State(state): State<AppState>,
@@ -192,7 +205,7 @@ pub async fn rent(
     let params = QuoteParams { region: region(offer, body.region.as_deref()), ..QuoteParams::default() };
     let sku = body.sku.clone();
     let ssh = state.ssh.clone();
-    native::buy(
+    let response = native::buy(
         &state,
         &headers,
         offer.id.as_str(),
@@ -211,13 +224,14 @@ pub async fn rent(
                 root_password: token.clone(),
                 root_token: token,
                 root_user: "root",
-                status: "active",
-                note: "The box answers now: ssh as root with root_password, or run ssh_command.".into(),
+                status: "pending_settlement",
+                note: "Paid and running: vendbox settled once the box answered. ssh as root with root_password, or run ssh_command.".into(),
             };
             (StatusCode::OK, Json(created)).into_response()
         },
     )
-    .await
+    .await?;
+    Ok(super::vpsagent::with_receipt(response, &state))
 }
 
 /// A rental's public lifecycle snapshot.
@@ -267,8 +281,10 @@ async fn authorized(
 /// Adds 1–12 of the SKU's periods; paid, and `expires_at` moves only once the renewal settled.
 #[utoipa::path(post, path = "/rentals/{rental_id}/renew", operation_id = "renew", tag = "vpsagent",
     params(TokenQuery), request_body(content = Option<RenewBody>, content_type = "application/json"),
-    responses((status = 200, body = RenewalCreated), (status = 401, body = crate::error::ErrorBody),
-        (status = 402, description = "Payment required (or the payment was refused)"),
+    responses((status = 200, description = "Renewed and paid; the receipt is in `X-Payment-Response` (base64 JSON with `tx` and `network`)", body = RenewalCreated),
+        (status = 400, description = "`periods` is not 1 to 12, or the body is not JSON", body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 402, description = "Payment required (or the payment was refused): x402 v1 body, also in `X-Payment-Required`"),
         (status = 404, body = crate::error::ErrorBody), (status = 409, description = "The rental is not active", body = crate::error::ErrorBody)))]
 pub async fn renew(
     State(state): State<AppState>,
@@ -297,13 +313,14 @@ pub async fn renew(
     let (count, _) = boxes.renewals(lease.id).await?;
     let body = RenewalCreated {
         rental_id: lease.id.to_string(),
-        status: "renewed",
+        status: "renewing",
         current_expires_at: ms(extension.until),
         predicted_expires_at: ms(extension.until),
         renewal_count: count + 1,
+        note: "Settled: expires_at has moved to current_expires_at.".into(),
     };
     let path = format!("/rentals/{id}/renew");
-    native::sell_extension(
+    let response = native::sell_extension(
         &state,
         &headers,
         extension,
@@ -312,7 +329,8 @@ pub async fn renew(
         &offer.title,
         (StatusCode::OK, Json(body)),
     )
-    .await
+    .await?;
+    Ok(super::vpsagent::with_receipt(response, &state))
 }
 
 /// Live status: whether the box answers, its address and expiry, and the SSH password.

@@ -1,12 +1,19 @@
 //! The VpsAgent surface (`../shared/seeds/vpsagent.md`), path for path: `GET /catalog`, paid
-//! discovery at the catalog's price. (`GET /healthz` is shared with the native API.)
+//! discovery at the catalog's price. (`GET /healthz` is shared with the native API.) The
+//! rentals are in `rentals.rs`.
+//!
+//! VpsAgent's payment dialect: a 402 carries the x402 v1 body (its `accepts` with both
+//! `maxAmountRequired` and `amount`) and `X-Payment-Required` (the gate sends both on every
+//! surface), and a paid answer carries `X-Payment-Response`, base64 JSON with the settlement's
+//! `tx` and `network`, whichever x402 version paid ([`with_receipt`]).
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::Response;
 use serde::Serialize;
 use vendbox_core::{Catalog, DurationRule, Offer, OfferKind};
+use vendbox_pay::wire::{self, SettlementResponse};
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -53,9 +60,9 @@ pub struct SpecFloor {
     operation_id = "listCatalog",
     tag = "vpsagent",
     responses(
-        (status = 200, description = "The SKUs; the receipt is in the payment response header", body = [CatalogSku]),
+        (status = 200, description = "The SKUs; the receipt is in `X-Payment-Response` (base64 JSON with `tx` and `network`), and in `PAYMENT-RESPONSE` for a v2 payment", body = [CatalogSku]),
         (status = 400, description = "The payment header cannot be read", body = crate::error::ErrorBody),
-        (status = 402, description = "Payment required (or the payment sent was refused): x402 v1 body, v2 `PAYMENT-REQUIRED` header"),
+        (status = 402, description = "Payment required (or the payment sent was refused): x402 v1 body (also base64 in `X-Payment-Required`), v2 `PAYMENT-REQUIRED` header"),
         (status = 503, description = "Payments are not configured, or cannot be verified now", body = crate::error::ErrorBody),
     )
 )]
@@ -64,7 +71,43 @@ pub async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Resul
     let price = offer.price.price(0, 0)?;
     let requirements = state.gate.charge(price, "/catalog", &offer.title)?;
     let skus = skus(&state.catalog);
-    Ok(state.gate.pay_on_success(&headers, requirements, async move { Ok(Json(skus)) }).await)
+    let response = state.gate.pay_on_success(&headers, requirements, async move { Ok(Json(skus)) }).await;
+    Ok(with_receipt(response, &state))
+}
+
+/// VpsAgent's receipt: x402's settlement response with the transaction also as `tx`.
+#[derive(Debug, Serialize)]
+struct Receipt {
+    /// What the gate's receipt said.
+    #[serde(flatten)]
+    settlement: SettlementResponse,
+    /// The settlement's transaction hash, as VpsAgent names it.
+    tx: String,
+}
+
+/// A paid VpsAgent answer with `X-Payment-Response` (`{tx, network, …}` in base64 JSON), also
+/// when a v2 payment paid it (its `PAYMENT-RESPONSE` stays). Other answers are left as they are.
+pub fn with_receipt(mut response: Response, state: &AppState) -> Response {
+    let headers = response.headers();
+    let sent = [wire::X_PAYMENT_RESPONSE, wire::PAYMENT_RESPONSE]
+        .into_iter()
+        .find_map(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+    let Some(mut settlement) = sent.and_then(|v| wire::decode_header::<SettlementResponse>(v).ok()) else {
+        return response;
+    };
+    if let Some(acceptance) = state.gate.acceptance() {
+        settlement.network = acceptance.network.v1_label();
+    }
+    let receipt = Receipt { tx: settlement.transaction.clone(), settlement };
+    if let Ok(value) = HeaderValue::from_str(&wire::encode_header(&receipt)) {
+        let headers = response.headers_mut();
+        headers.insert(HeaderName::from_static(wire::X_PAYMENT_RESPONSE), value);
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("payment-response, x-payment-response, vendbox-payment-id"),
+        );
+    }
+    response
 }
 
 /// The catalog's SKUs: every VpsAgent offer that carries a `sku` label.
