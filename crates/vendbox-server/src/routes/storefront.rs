@@ -4,12 +4,19 @@
 //! `POST /api/machines/{id}/extend` (paid; the expiry moves only once the extension settled),
 //! with separate read, extend and terminate tokens (bearer, shown once, hashed at rest).
 //! A machine is a box reached over the SSH gateway with the key given at creation.
+//!
+//! Every answer speaks the seed's dialect: an error is the seed's `Error`,
+//! `{"error": "<message>"}`, with vendbox's stable `code` (and the `field` at fault) beside it,
+//! and its status is one the seed uses (400, 401, 403, 404; 5xx for what the server cannot do
+//! now). The 402 of a paid call is the x402 body, unchanged: paying over x402 is vendbox's
+//! addition (the seed pays through MPP orders).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -104,6 +111,93 @@ pub struct MachineWithManagement {
     pub management: ManagementTokens,
 }
 
+/// The seed's `Error`, with vendbox's stable code: the body of every refusal on `/api/*`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StorefrontError {
+    /// What is wrong and what to do, for people (the seed's only field).
+    pub error: String,
+    /// vendbox's stable machine-readable code (`wrong_token`, `out_of_range`).
+    #[schema(example = "out_of_range")]
+    pub code: String,
+    /// The request field at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// vendbox's native error body (`crate::error::ErrorBody`), as the gate and the helpers shared
+/// with other surfaces render it, read back to be said again in the seed's dialect.
+#[derive(Debug, Deserialize)]
+struct NativeError {
+    error: NativeErrorDetail,
+}
+
+/// The inside of [`NativeError`].
+#[derive(Debug, Deserialize)]
+struct NativeErrorDetail {
+    code: String,
+    message: String,
+    field: Option<String>,
+}
+
+/// The most of an error body read to translate it.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// The status the seed gives a refusal. It refuses requests with 400, 401, 403 and 404 only, so
+/// vendbox's other client errors (a `request_id` conflict, a body of the wrong media type or
+/// size) are its 400, their code saying which. 402 (x402) and server errors keep theirs.
+fn seed_status(status: StatusCode) -> StatusCode {
+    match status {
+        StatusCode::CONFLICT | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            StatusCode::BAD_REQUEST
+        }
+        other => other,
+    }
+}
+
+/// A refusal in the seed's dialect, keeping `headers` (a payment id, a receipt).
+fn refusal(status: StatusCode, body: StorefrontError, mut headers: HeaderMap) -> Response {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::CONTENT_TYPE);
+    let mut response = (seed_status(status), Json(body)).into_response();
+    for (name, value) in &headers {
+        response.headers_mut().insert(name, value.clone());
+    }
+    response
+}
+
+/// `error` in the seed's dialect.
+fn from_api(error: ApiError) -> Response {
+    let body = StorefrontError { error: error.message, code: error.code.to_owned(), field: error.field };
+    refusal(error.status, body, HeaderMap::new())
+}
+
+/// The answer of a handler in the seed's dialect: its error rendered as the seed's `Error`, and
+/// a refusal the gate or a shared helper rendered natively (`{"error":{"code","message"}}`)
+/// rendered again. A 402 stays the x402 body.
+async fn in_dialect(answer: Result<Response, ApiError>) -> Response {
+    let response = match answer {
+        Ok(response) => response,
+        Err(error) => return from_api(error),
+    };
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || status == StatusCode::PAYMENT_REQUIRED {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_ERROR_BYTES).await.unwrap_or_default();
+    match serde_json::from_slice::<NativeError>(&bytes) {
+        Ok(NativeError { error: NativeErrorDetail { code, message, field } }) => {
+            refusal(status, StorefrontError { error: message, code, field }, parts.headers)
+        }
+        Err(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
+}
+
+/// A path id axum could not decode, as a coded error.
+fn bad_path(rejection: &PathRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", rejection.body_text())
+}
+
 /// A machine id for a lease: `machine_` and the first 16 hex digits of its id.
 fn machine_id(lease: &Lease) -> String {
     let hex: String = lease.id.to_string().chars().filter(char::is_ascii_hexdigit).take(16).collect();
@@ -156,18 +250,30 @@ fn bad(code: &'static str, field: &str, message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message).with_field(field)
 }
 
-/// Leases a machine: 402 with its price, then a box with the key installed, paid once it
-/// answers. The same `request_id` again answers the same machine (without its tokens) and
-/// charges nothing.
+/// Leases a machine: 402 with its price (x402, vendbox's addition), then 202 with a box that has
+/// the key installed, paid once it answers. A `request_id` is one machine: sent again it is
+/// refused with `request_id_used` (its tokens were shown once) and charges nothing; with another
+/// body, `request_id_reused`; while its first request is served, `request_in_progress` (all
+/// three vendbox's 409 conflicts, which the seed answers 400).
 #[utoipa::path(post, path = "/api/machines", operation_id = "createMachine", tag = "storefront",
     request_body = CreateMachineRequest,
-    responses((status = 202, body = MachineWithManagement), (status = 200, description = "The same request_id again: the machine it made", body = Machine),
-        (status = 400, body = crate::error::ErrorBody), (status = 402, description = "Payment required (or the payment was refused)"),
-        (status = 409, description = "The request_id was used with another body, or its first request is still running", body = crate::error::ErrorBody)))]
+    responses((status = 202, description = "Machine lease accepted and paid; the management tokens are shown once, here", body = MachineWithManagement),
+        (status = 400, description = "A bad body, or a request_id already used (`request_id_used`, `request_id_reused`, `request_in_progress`)", body = StorefrontError),
+        (status = 402, description = "Payment required (or the payment was refused): the x402 body, vendbox's addition"),
+        (status = 503, description = "No box can be sold now (`sold_out`, `boxes_unavailable`) or payments cannot be taken", body = StorefrontError)))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(request): ApiJson<CreateMachineRequest>,
+    request: Result<ApiJson<CreateMachineRequest>, ApiError>,
+) -> Response {
+    let answer = async { create_machine(&state, &headers, request?.0).await };
+    in_dialect(answer.await).await
+}
+
+async fn create_machine(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: CreateMachineRequest,
 ) -> Result<Response, ApiError> {
     if uuid::Uuid::parse_str(&request.request_id).is_err() || request.request_id.len() != 36 {
         return Err(bad("bad_request_id", "request_id", "`request_id` must be a UUID".into()));
@@ -191,29 +297,37 @@ pub async fn create(
     let key = SshKey::parse(&request.ssh_public_key, "ssh_public_key")?;
     let params = QuoteParams { minutes: Some(request.duration_minutes), ..QuoteParams::default() };
     offer.quote(&params)?;
-    let boxes = native::service(&state)?;
+    let boxes = native::service(state)?;
     let body_hash = hex_sha256(&serde_json::to_vec(&request).unwrap_or_default());
     match boxes.claim_request(&request.request_id, &body_hash).await? {
         None => {}
         Some((hash, Some(answer))) if hash == body_hash => {
             let machine: Machine = serde_json::from_str(&answer).map_err(|e| ApiError::internal(&e))?;
-            let lease = boxes.lease_by_prefix(&lease_prefix(&machine.machine_id)).await?;
-            let current = lease.map_or(machine, |l| self::machine(&l, &state));
-            return Ok((StatusCode::OK, Json(current)).into_response());
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "request_id_used",
+                format!(
+                    "this request_id already made {}, and nothing was charged again; its tokens were shown once, in the answer to that request. Use a new request_id for a new machine",
+                    machine.machine_id
+                ),
+            )
+            .with_field("request_id"));
         }
         Some((hash, _)) if hash != body_hash => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "request_id_reused",
                 "this request_id was sent with another body; use a new request_id for a new machine",
-            ));
+            )
+            .with_field("request_id"));
         }
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "request_in_progress",
                 "a request with this request_id is still being served; send it again in a moment",
-            ));
+            )
+            .with_field("request_id"));
         }
     }
     let made: Arc<Mutex<Option<(vendbox_core::LeaseId, Machine)>>> = Arc::default();
@@ -222,7 +336,7 @@ pub async fn create(
     let capabilities = vec![Capability::Read, Capability::Extend, Capability::Terminate];
     let access = native::Access { ssh_keys: vec![key], capabilities };
     let response =
-        native::buy(&state, &headers, offer.id.as_str(), &params, "/api/machines", access, move |p| {
+        native::buy(state, headers, offer.id.as_str(), &params, "/api/machines", access, move |p| {
             let machine = machine(&p.lease, &answer_state);
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some((p.lease.id, machine.clone()));
             let management = ManagementTokens {
@@ -289,47 +403,77 @@ async fn open(
     boxes.authorize(lease, token.as_ref(), wanted).await
 }
 
+/// The `machine_id` path parameter.
+const MACHINE_ID: &str = "`machine_` and 16 lowercase hex digits";
+
 /// The machine (read token).
 #[utoipa::path(get, path = "/api/machines/{machine_id}", operation_id = "getMachine", tag = "storefront",
-    security(("lease_token" = [])),
-    responses((status = 200, body = Machine), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    params(("machine_id" = String, Path, description = MACHINE_ID)), security(("lease_token" = [])),
+    responses((status = 200, body = Machine), (status = 401, body = StorefrontError), (status = 403, body = StorefrontError), (status = 404, body = StorefrontError)))]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Machine>, ApiError> {
-    let lease = open(&state, &headers, &id, Capability::Read).await?;
-    Ok(Json(machine(&lease, &state)))
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let answer = async {
+        let Path(id) = id.map_err(|r| bad_path(&r))?;
+        let lease = open(&state, &headers, &id, Capability::Read).await?;
+        Ok(Json(machine(&lease, &state)).into_response())
+    };
+    in_dialect(answer.await).await
 }
 
 /// Terminates the machine now (terminate token).
 #[utoipa::path(delete, path = "/api/machines/{machine_id}", operation_id = "terminateMachine", tag = "storefront",
-    security(("lease_token" = [])),
-    responses((status = 200, body = Machine), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    params(("machine_id" = String, Path, description = MACHINE_ID)), security(("lease_token" = [])),
+    responses((status = 200, body = Machine), (status = 401, body = StorefrontError), (status = 403, body = StorefrontError), (status = 404, body = StorefrontError)))]
 pub async fn terminate(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Machine>, ApiError> {
-    let lease = open(&state, &headers, &id, Capability::Terminate).await?;
-    let ended = native::service(&state)?.terminate(&lease).await?;
-    Ok(Json(machine(&ended, &state)))
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let answer = async {
+        let Path(id) = id.map_err(|r| bad_path(&r))?;
+        let lease = open(&state, &headers, &id, Capability::Terminate).await?;
+        let ended = native::service(&state)?.terminate(&lease).await?;
+        Ok(Json(machine(&ended, &state)).into_response())
+    };
+    in_dialect(answer.await).await
 }
 
-/// Adds minutes to the machine (extend token); paid at the product's per-minute price, and the
-/// expiry moves only once the payment settled.
+/// Adds minutes to the machine (extend token); paid at the product's per-minute price (x402, a
+/// 402 first), and the expiry moves only once the payment settled. A machine that is no longer
+/// active is refused with 400 `not_active` before any payment is asked for.
 #[utoipa::path(post, path = "/api/machines/{machine_id}/extend", operation_id = "extendMachine", tag = "storefront",
-    security(("lease_token" = [])), request_body = ExtendMachineRequest,
-    responses((status = 200, body = Machine), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
-        (status = 402, description = "Payment required (or the payment was refused)"), (status = 403, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody), (status = 409, description = "The machine is not active", body = crate::error::ErrorBody)))]
+    params(("machine_id" = String, Path, description = MACHINE_ID)), security(("lease_token" = [])),
+    request_body = ExtendMachineRequest,
+    responses((status = 200, body = Machine),
+        (status = 400, description = "A bad body, or a machine that is not active (`not_active`)", body = StorefrontError),
+        (status = 401, body = StorefrontError),
+        (status = 402, description = "Payment required (or the payment was refused): the x402 body, vendbox's addition"),
+        (status = 403, body = StorefrontError), (status = 404, body = StorefrontError)))]
 pub async fn extend(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    ApiJson(request): ApiJson<ExtendMachineRequest>,
+    id: Result<Path<String>, PathRejection>,
+    request: Result<ApiJson<ExtendMachineRequest>, ApiError>,
+) -> Response {
+    let answer = async {
+        let Path(id) = id.map_err(|r| bad_path(&r))?;
+        let ApiJson(request) = request?;
+        let lease = open(&state, &headers, &id, Capability::Extend).await?;
+        extend_machine(&state, &headers, &id, lease, request).await
+    };
+    in_dialect(answer.await).await
+}
+
+async fn extend_machine(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    lease: Lease,
+    request: ExtendMachineRequest,
 ) -> Result<Response, ApiError> {
-    let lease = open(&state, &headers, &id, Capability::Extend).await?;
     let minutes = request.additional_minutes;
     if minutes == 0 {
         return Err(bad(
@@ -341,12 +485,12 @@ pub async fn extend(
     let offer = state.catalog.offer(lease.offer_id.as_str())?.clone();
     let price =
         vendbox_core::PriceRule { base: vendbox_core::Usdc::ZERO, ..offer.price }.price(minutes, 0)?;
-    let extension = native::service(&state)?.extension(&lease, minutes)?;
-    let body = machine(&Lease { expires_at: Some(extension.until), ..lease }, &state);
+    let extension = native::service(state)?.extension(&lease, minutes)?;
+    let body = machine(&Lease { expires_at: Some(extension.until), ..lease }, state);
     let path = format!("/api/machines/{id}/extend");
     native::sell_extension(
-        &state,
-        &headers,
+        state,
+        headers,
         extension,
         price,
         &path,
