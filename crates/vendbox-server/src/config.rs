@@ -410,6 +410,7 @@ impl Config {
             }
         }
 
+        labels_as_text(&mut merged);
         let offer_ids = ids_of(&merged, "offers");
         let config: Config = serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
             let key = readable_path(&e.path().to_string(), &offer_ids);
@@ -425,6 +426,11 @@ impl Config {
             origin: file_name.clone(),
             key: e.key,
             problem: e.problem,
+        })?;
+        check_lock_labels(&config.offers).map_err(|(key, problem)| ConfigError::Key {
+            origin: file_name.clone(),
+            key,
+            problem,
         })?;
         config.payments.acceptance().map_err(|(key, problem)| {
             let origin = env_keys
@@ -514,6 +520,36 @@ fn set_path(table: &mut Table, path: &[String], value: Value) {
         current = next;
     }
     current.insert(last.clone(), value);
+}
+
+/// Offers' `labels` are text; a TOML boolean or number there (`charge_when_held = true`) is
+/// taken as its text.
+fn labels_as_text(table: &mut Table) {
+    let Some(Value::Array(offers)) = table.get_mut("offers") else { return };
+    for offer in offers {
+        let Some(Value::Table(labels)) = offer.get_mut("labels") else { continue };
+        for (_, value) in labels.iter_mut() {
+            if matches!(value, Value::Boolean(_) | Value::Integer(_) | Value::Float(_)) {
+                *value = Value::String(value.to_string());
+            }
+        }
+    }
+}
+
+/// `charge_when_held` only on a lock offer that prices acquisitions, and only `true` or `false`:
+/// the key at fault and the problem otherwise.
+fn check_lock_labels(offers: &[Offer]) -> Result<(), (String, String)> {
+    use crate::routes::locks::{ACQUIRE, CHARGE_WHEN_HELD, WhenHeld};
+    for offer in offers.iter().filter(|o| o.labels.contains_key(CHARGE_WHEN_HELD)) {
+        let key = format!("offers[{}].labels.{CHARGE_WHEN_HELD}", offer.id.as_str());
+        let acquires = offer.kind == vendbox_core::OfferKind::Lock
+            && offer.labels.get("operation").map(String::as_str) == Some(ACQUIRE);
+        if !acquires {
+            return Err((key, format!("only a lock offer with `labels.operation = \"{ACQUIRE}\"` takes it")));
+        }
+        WhenHeld::of(offer).map_err(|problem| (key, problem))?;
+    }
+    Ok(())
 }
 
 fn ids_of(table: &Table, array: &str) -> Vec<Option<String>> {
@@ -611,6 +647,30 @@ mod tests {
         let err = load_text("", &[("VENDBOX_SERVER__REQUEST_TIMEOUT_SECS", "soon")]).unwrap_err().to_string();
         assert!(err.contains("VENDBOX_SERVER__REQUEST_TIMEOUT_SECS"), "{err}");
         assert!(err.contains("server.request_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_lock_acquire_offer_says_whether_a_held_key_is_charged() {
+        use crate::routes::locks::WhenHeld;
+        let defaults = Config::load(None, []).unwrap().catalog();
+        let lock = defaults.offer("h3retik-lock").unwrap();
+        assert_eq!(WhenHeld::of(lock), Ok(WhenHeld::Void), "vendbox's default: nothing is charged");
+        let config =
+            load_text("[[offers]]\nid = \"h3retik-lock\"\nlabels = { charge_when_held = true }\n", &[])
+                .unwrap();
+        let lock = config.catalog().offer("h3retik-lock").unwrap().clone();
+        assert_eq!(WhenHeld::of(&lock), Ok(WhenHeld::Charge));
+        assert_eq!(lock.labels["operation"], "acquire", "labels merge key by key");
+        for (text, problem) in [
+            ("[[offers]]\nid = \"h3retik-lock\"\nlabels = { charge_when_held = \"yes\" }\n", "true or false"),
+            ("[[offers]]\nid = \"h3retik-lock-renew\"\nlabels = { charge_when_held = true }\n", "operation"),
+            ("[[offers]]\nid = \"h3retik-micro\"\nlabels = { charge_when_held = false }\n", "lock offer"),
+        ] {
+            let err = load_text(text, &[]).unwrap_err();
+            let ConfigError::Key { key, problem: got, .. } = &err else { panic!("{err}") };
+            assert!(key.ends_with("labels.charge_when_held"), "{err}");
+            assert!(got.contains(problem), "{err}");
+        }
     }
 
     #[test]

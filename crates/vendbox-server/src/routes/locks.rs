@@ -6,7 +6,8 @@
 //! a bearer. The bodies they answer with are the same.
 //!
 //! Acquiring and renewing are sold at the catalog's prices (pay on success: a key already held
-//! answers `acquired: false` and charges nothing; a renewal that fails charges nothing).
+//! answers `acquired: false` and charges nothing, unless the acquire offer says
+//! `charge_when_held = true`, H3RETIK's own rule; a renewal that fails charges nothing).
 //! Releasing and reading are free. Every decision about time is the store's clock's.
 
 use std::time::Duration;
@@ -30,6 +31,30 @@ use crate::json::{self, ApiJson};
 pub const ACQUIRE: &str = "acquire";
 /// The `operation` label of the offer that prices renewals.
 pub const RENEW: &str = "renew";
+/// The label of the acquire offer that says what an acquisition finding the key held costs.
+pub const CHARGE_WHEN_HELD: &str = "charge_when_held";
+
+/// What a paid acquisition that finds the key held costs, as its offer's `charge_when_held`
+/// label says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenHeld {
+    /// Nothing: the payment is voided (vendbox's default; `false` or no label).
+    Void,
+    /// The price: the payment settles, as H3RETIK's document has it ("payment settled and lock
+    /// acquisition attempted"; `true`).
+    Charge,
+}
+
+impl WhenHeld {
+    /// The rule of `offer`, or what is wrong with its label.
+    pub fn of(offer: &Offer) -> Result<WhenHeld, String> {
+        match offer.labels.get(CHARGE_WHEN_HELD).map(String::as_str) {
+            None | Some("false") => Ok(WhenHeld::Void),
+            Some("true") => Ok(WhenHeld::Charge),
+            Some(other) => Err(format!("must be true or false, not `{other}`")),
+        }
+    }
+}
 
 /// A request to take a key.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -191,7 +216,9 @@ pub struct LockStatus {
 }
 
 /// Tries to take a key for the caller. Pay on success: `acquired: true` settles the payment
-/// before answering; `acquired: false` (the key is held) voids it, so nothing is charged.
+/// before answering; `acquired: false` (the key is held) voids it, so nothing is charged, unless
+/// the operator's acquire offer says `labels.charge_when_held = true` (H3RETIK's own rule: the
+/// attempt is what is sold), when it settles too and the answer carries the receipt.
 #[utoipa::path(
     post,
     path = "/x402/locks/acquire",
@@ -199,7 +226,7 @@ pub struct LockStatus {
     tag = "h3retik",
     request_body = AcquireRequest,
     responses(
-        (status = 200, description = "Paid (or free) and attempted: `acquired: true` with `release_token`, or `acquired: false` while another actor holds the key (not charged)", body = AcquireResponse),
+        (status = 200, description = "Paid (or free) and attempted: `acquired: true` with `release_token`, or `acquired: false` while another actor holds the key (not charged by default; charged when the acquire offer has `labels.charge_when_held = true`)", body = AcquireResponse),
         (status = 400, description = "Invalid key, owner, TTL, metadata or body, or an unreadable payment header", body = crate::error::ErrorBody),
         (status = 402, description = "Payment required (or refused): x402 v1 body, v2 `PAYMENT-REQUIRED` header"),
         (status = 503, description = "Locks are not offered here, or payments cannot be taken now", body = crate::error::ErrorBody),
@@ -224,7 +251,7 @@ pub async fn h3retik_acquire(
     request_body(content = NativeAcquireRequest, description = "Optional"),
     responses(
         (status = 201, description = "Acquired; `release_token` is shown once", body = AcquireResponse),
-        (status = 200, description = "Held by another actor: `acquired: false`, not charged", body = AcquireResponse),
+        (status = 200, description = "Held by another actor: `acquired: false`, not charged (unless the acquire offer has `labels.charge_when_held = true`)", body = AcquireResponse),
         (status = 400, description = "Invalid key, owner, TTL, metadata or body", body = crate::error::ErrorBody),
         (status = 402, description = "Payment required (or refused)"),
         (status = 503, description = "Locks are not offered here, or payments cannot be taken now", body = crate::error::ErrorBody),
@@ -392,6 +419,8 @@ async fn acquire(
     created: StatusCode,
 ) -> Result<Response, ApiError> {
     let offer = lock_offer(state, ACQUIRE)?;
+    // The configuration refused a bad label at start-up.
+    let when_held = WhenHeld::of(offer).unwrap_or(WhenHeld::Void);
     let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
     let store = state.store.clone();
     let work = async move {
@@ -428,16 +457,22 @@ async fn acquire(
                 };
                 Delivery::delivered((created, Json(body))).undo_with(undo)
             }
-            LockAcquisition::Held(holder) => Delivery::not_delivered((
-                StatusCode::OK,
-                Json(AcquireResponse {
-                    ok: true,
-                    acquired: false,
-                    lock: LockView::from(&holder),
-                    release_token: None,
-                    fencing_token: None,
-                }),
-            )),
+            LockAcquisition::Held(holder) => {
+                let answer = (
+                    StatusCode::OK,
+                    Json(AcquireResponse {
+                        ok: true,
+                        acquired: false,
+                        lock: LockView::from(&holder),
+                        release_token: None,
+                        fencing_token: None,
+                    }),
+                );
+                match when_held {
+                    WhenHeld::Void => Delivery::not_delivered(answer),
+                    WhenHeld::Charge => Delivery::delivered(answer),
+                }
+            }
         })
     };
     Ok(state.gate.pay_for(headers, requirements, |_| work).await)
