@@ -13,10 +13,11 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
-# The OpenAPI 3.1 reference validator used by the API tests.
-if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
-  say "installing openapi-spec-validator"
-  python3 -m pip install --quiet 'openapi-spec-validator==0.9.0'
+# The OpenAPI 3.1 reference validator used by the API tests, and the schema validator the seed
+# tests check vendbox's answers with (crates/vendbox/tests/seeds/validate.py).
+if ! python3 -c 'import openapi_spec_validator, openapi_schema_validator' >/dev/null 2>&1; then
+  say "installing openapi-spec-validator and openapi-schema-validator"
+  python3 -m pip install --quiet 'openapi-spec-validator==0.9.0' 'openapi-schema-validator==0.9.0'
 fi
 
 # The ecosystem's own x402 clients that the payment tests pay with, and anvil (the local chain):
