@@ -251,14 +251,23 @@ pub struct ReadQuery {
     pub length: Option<u64>,
 }
 
-/// The query string of `PUT /files`.
+/// The query string of `PUT /files`: the body replaces the whole file, or, with `offset`, is
+/// written into it at that offset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteQuery {
     /// Absolute, or relative to `/root`.
     pub path: String,
-    /// Permission bits in octal, such as `0644` (the default) or `755`.
+    /// Permission bits in octal, such as `0644` (the default) or `755`: those of the new file
+    /// (a whole-file write), or of the file created when it is missing (a write at an offset;
+    /// an existing file keeps its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Where to write the body in place, as `pwrite` does: the file is not truncated, the
+    /// bytes around the range are kept, and a range past the end extends the file with zeros.
+    /// Without it the body replaces the whole file atomically (readers see the old file or the
+    /// new one, never a half-written one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// The query string of `GET /fs/list`.
@@ -287,7 +296,7 @@ pub struct TcpQuery {
 pub struct WriteResult {
     /// The absolute path written.
     pub path: String,
-    /// Bytes written.
+    /// Bytes written (the body's length; with `offset`, not the file's size).
     pub size: u64,
 }
 
@@ -351,7 +360,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `bad_request`, `not_found`, `is_directory`, `not_directory`,
-    /// `exists`, `no_such_process`, `unsupported_user`, `spawn_failed`, `connect_failed` or `io_error`.
+    /// `not_a_file`, `exists`, `no_such_process`, `unsupported_user`, `spawn_failed`,
+    /// `connect_failed` or `io_error`.
     pub code: String,
     /// What is wrong, for people.
     pub message: String,

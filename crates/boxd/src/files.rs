@@ -1,6 +1,7 @@
-//! The file endpoints: read and write whole files, and stat, list, create, remove and move
-//! entries. Paths are absolute, or relative to `/root`; symlinks are never followed except as
-//! the last component of a file being read.
+//! The file endpoints: read files (whole or a range), write them (whole, or in place at an
+//! offset), and stat, list, create, remove and move entries. Paths are absolute, or relative to
+//! `/root`; symlinks are never followed except as the last component of a file being read or
+//! written at an offset (a whole-file write replaces a symlink with the file).
 
 use std::fs;
 use std::io;
@@ -67,14 +68,7 @@ pub(crate) async fn read(Params(query): Params<ReadQuery>) -> Result<Response, A
         return Err(ApiError::io(&path, &io::Error::from(io::ErrorKind::IsADirectory)));
     }
     if !meta.is_file() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not_a_file",
-            format!(
-                "{} is not a regular file (a device, FIFO or socket); only regular files are read",
-                path.display()
-            ),
-        ));
+        return Err(not_a_file(&path));
     }
     let size = meta.len();
     let mut file = file;
@@ -105,22 +99,44 @@ pub(crate) async fn read(Params(query): Params<ReadQuery>) -> Result<Response, A
         .into_response())
 }
 
-/// Distinguishes the temporary files of concurrent writes.
-static WRITES: AtomicU64 = AtomicU64::new(0);
+/// 400 `not_a_file`: `path` is a device, FIFO or socket, which boxd neither reads nor writes.
+fn not_a_file(path: &Path) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "not_a_file",
+        format!(
+            "{} is not a regular file (a device, FIFO or socket); only regular files are read and written",
+            path.display()
+        ),
+    )
+}
 
-/// `PUT /files?path=P&mode=0644`: streams the body to a temporary file beside `P`, then renames
-/// it over `P`, so readers see the old file or the new one, never a half-written one.
+/// `PUT /files?path=P&mode=0644[&offset=O]`: without `offset` the body replaces the whole file
+/// ([`replace`]); with it, the body is written into the file at `O` ([`write_at`]).
 pub(crate) async fn write(
     Params(query): Params<WriteQuery>,
     body: Body,
 ) -> Result<Json<WriteResult>, ApiError> {
     let path = request_path(&query.path)?;
     let mode = parse_mode(query.mode.as_deref())?;
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(ApiError::io(&path, &io::Error::from(io::ErrorKind::IsADirectory)));
+    let size = match query.offset {
+        None => replace(&path, mode, body).await?,
+        Some(offset) => write_at(&path, offset, mode, body).await?,
     };
-    if tokio::fs::symlink_metadata(&path).await.is_ok_and(|m| m.is_dir()) {
-        return Err(ApiError::io(&path, &io::Error::from(io::ErrorKind::IsADirectory)));
+    Ok(Json(WriteResult { path: path.to_string_lossy().into_owned(), size }))
+}
+
+/// Distinguishes the temporary files of concurrent writes.
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Streams `body` to a temporary file beside `path`, then renames it over `path`, so readers
+/// see the old file or the new one, never a half-written one; the bytes written.
+async fn replace(path: &Path, mode: u32, body: Body) -> Result<u64, ApiError> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(ApiError::io(path, &io::Error::from(io::ErrorKind::IsADirectory)));
+    };
+    if tokio::fs::symlink_metadata(path).await.is_ok_and(|m| m.is_dir()) {
+        return Err(ApiError::io(path, &io::Error::from(io::ErrorKind::IsADirectory)));
     }
     tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::io(dir, &e))?;
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
@@ -134,13 +150,85 @@ pub(crate) async fn write(
         .map_err(|e| ApiError::io(dir, &e))?;
     let written = fill(file, body, mode).await;
     let renamed = match written {
-        Ok(size) => tokio::fs::rename(&temp, &path).await.map(|()| size).map_err(|e| ApiError::io(&path, &e)),
+        Ok(size) => tokio::fs::rename(&temp, path).await.map(|()| size).map_err(|e| ApiError::io(path, &e)),
         Err(e) => Err(e),
     };
     if renamed.is_err() {
         let _ = tokio::fs::remove_file(&temp).await;
     }
-    Ok(Json(WriteResult { path: path.to_string_lossy().into_owned(), size: renamed? }))
+    renamed
+}
+
+/// The furthest a write may reach: file offsets are signed (`off_t`).
+const MAX_WRITE_END: u64 = i64::MAX.cast_unsigned();
+
+/// Writes `body` into the file at `path` from `offset`, in place, as `pwrite` does: never
+/// truncated, the bytes around the range kept, a range past the end extending the file with
+/// zeros. A missing file is created with `mode` (and its missing parents); an existing one keeps
+/// its own. Only a regular file is written: it is opened without blocking (a FIFO nobody reads
+/// must not hang boxd) and checked before any byte goes in. The bytes written.
+async fn write_at(path: &Path, offset: u64, mode: u32, body: Body) -> Result<u64, ApiError> {
+    if offset > MAX_WRITE_END {
+        return Err(ApiError::bad_request(format!("`offset` must be at most {MAX_WRITE_END}")));
+    }
+    let mut file = open_for_writing(path, mode).await?;
+    let meta = file.metadata().await.map_err(|e| ApiError::io(path, &e))?;
+    if !meta.is_file() {
+        return Err(not_a_file(path));
+    }
+    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| ApiError::io(path, &e))?;
+    let mut size = 0_u64;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
+        file.write_all(&chunk).await.map_err(|e| ApiError::io(path, &e))?;
+        size += chunk.len() as u64;
+    }
+    file.flush().await.map_err(|e| ApiError::io(path, &e))?;
+    Ok(size)
+}
+
+/// Opens `path` to write in place without blocking, or creates it (and its missing parents)
+/// with exactly `mode` when it is missing. Opening a FIFO that nobody reads, or a socket, fails
+/// at once (`ENXIO`): `not_a_file`.
+async fn open_for_writing(path: &Path, mode: u32) -> Result<tokio::fs::File, ApiError> {
+    let flags = (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits().cast_signed();
+    let error = |e: &io::Error| {
+        if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) {
+            not_a_file(path)
+        } else {
+            ApiError::io(path, e)
+        }
+    };
+    // Twice at most: a file created by someone else between the two opens is opened as it is.
+    for _ in 0..2 {
+        match tokio::fs::OpenOptions::new().write(true).custom_flags(flags).open(path).await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            opened => return opened.map_err(|e| error(&e)),
+        }
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::io(dir, &e))?;
+        }
+        let created = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(flags)
+            .open(path)
+            .await;
+        match created {
+            Ok(file) => {
+                // Exactly `mode`, whatever boxd's umask.
+                file.set_permissions(fs::Permissions::from_mode(mode))
+                    .await
+                    .map_err(|e| ApiError::io(path, &e))?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(error(&e)),
+        }
+    }
+    Err(ApiError::io(path, &io::Error::from(io::ErrorKind::NotFound)))
 }
 
 /// Copies `body` into `file` and gives it `mode`; the number of bytes written.

@@ -362,12 +362,13 @@ proptest! {
     fn queries_round_trip(
         path in text(),
         mode in opt(text()),
+        offset in opt(any::<u64>()),
         depth in opt(any::<u32>()),
         port in any::<u16>(),
         host in opt(text()),
     ) {
         round_trip(&PathQuery { path: path.clone() })?;
-        round_trip(&WriteQuery { path: path.clone(), mode })?;
+        round_trip(&WriteQuery { path: path.clone(), mode, offset })?;
         round_trip(&ListQuery { path, depth })?;
         round_trip(&TcpQuery { port, host })?;
     }
