@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::wire::{
     EntryInfo, Event, MoveRequest, RunRequest, RunResult, StartRequest, TCP_CONNECT_TIMEOUT, TCP_UPGRADE,
+    WriteResult,
 };
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -431,6 +432,20 @@ impl BoxdClient {
         let response = self.send(Method::PUT, &uri, contents, false, within).await?;
         let bytes = collect(response, MAX_ANSWER_BYTES, deadline).await?;
         serde_json::from_slice(&bytes).map_err(|e| BoxError::AnswerLost(format!("boxd sent bad JSON: {e}")))
+    }
+
+    /// Writes `data` into the regular file `path` at `offset`, in place (never truncated, the
+    /// rest kept, zeros past the end; a missing file is created with mode 0644); the bytes boxd
+    /// says it wrote. Meant for ranges of a few MiB: the whole call, answer included, within
+    /// [`CALL_TIMEOUT`], and the answer within [`MAX_ANSWER_BYTES`].
+    pub async fn write_range(&self, path: &str, offset: u64, data: Bytes) -> Result<u64, BoxError> {
+        let uri = format!("/files?path={}&offset={offset}", encode(path));
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        let response = self.send(Method::PUT, &uri, data, false, CALL_TIMEOUT).await?;
+        let bytes = collect(response, MAX_ANSWER_BYTES, deadline).await?;
+        let written: WriteResult = serde_json::from_slice(&bytes)
+            .map_err(|e| BoxError::AnswerLost(format!("boxd sent bad JSON: {e}")))?;
+        Ok(written.size)
     }
 
     /// What is at `path` (not following a final symlink).
