@@ -120,6 +120,33 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<vendbox_service::LeaseError> for ApiError {
+    /// The one place a lease service's refusal gets its HTTP status.
+    fn from(e: vendbox_service::LeaseError) -> Self {
+        use vendbox_service::LeaseError as E;
+        let status = match e.root() {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::MissingToken | E::BadToken(_) => StatusCode::UNAUTHORIZED,
+            E::NotABox(_) | E::BadSshKey { .. } | E::CommandRefused { .. } => StatusCode::BAD_REQUEST,
+            E::Unavailable(_) | E::SoldOut(_) | E::BoxUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::NotReady | E::Exhausted | E::NotActive(_) => StatusCode::CONFLICT,
+            E::Ended { .. } => StatusCode::GONE,
+            E::Rule(_) | E::Store(_) | E::Internal(_) | E::NotCharged(_) => {
+                return match e.into_root() {
+                    E::Rule(core) => core.into(),
+                    E::Store(store) => store.into(),
+                    other => Self::internal(&other),
+                };
+            }
+        };
+        let error = Self::new(status, e.code(), e.to_string());
+        match e.field() {
+            Some(field) => error.with_field(field.to_owned()),
+            None => error,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

@@ -195,7 +195,7 @@ async fn reconcile(boxes: Arc<Boxes>, mut stop: watch::Receiver<bool>) {
                 );
                 return;
             }
-            Err(e) => tracing::warn!(error = %e.message, "reconciling boxes failed; trying again"),
+            Err(e) => tracing::warn!(error = %e, "reconciling boxes failed; trying again"),
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}

@@ -35,7 +35,7 @@ impl vendbox_ssh::Leases for SshLeases {
         // key to a box of theirs, so the guess is made only when it cannot land in a stranger's
         // box: when the key opens one live lease, or live leases all paid for by one wallet.
         // Otherwise the login is refused and the client must name its lease.
-        let live: Vec<&Lease> = leases.iter().filter(|l| Boxes::check_usable(l).is_ok()).collect();
+        let live: Vec<&Lease> = leases.iter().filter(|l| self.boxes.check_usable(l).is_ok()).collect();
         match live.as_slice() {
             [] => leases.first().filter(|_| leases.len() == 1).map(|l| l.id.to_string()),
             [only] => Some(only.id.to_string()),
@@ -69,13 +69,13 @@ impl vendbox_ssh::Leases for SshLeases {
 
     async fn begin(&self, lease: &str) -> Result<BoxdClient, String> {
         let lease = self.lease(lease).await.ok_or_else(|| "this lease does not exist".to_owned())?;
-        self.boxes.begin_use(&lease).await.map_err(|e| e.message)
+        self.boxes.begin_use(&lease).await.map_err(|e| e.to_string())
     }
 
     async fn refusal(&self, lease: &str) -> Option<String> {
         match self.lease(lease).await {
             None => Some("this lease does not exist".into()),
-            Some(lease) => Boxes::check_usable(&lease).err().map(|e| e.message),
+            Some(lease) => self.boxes.check_usable(&lease).err().map(|e| e.to_string()),
         }
     }
 }

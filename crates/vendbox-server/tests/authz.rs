@@ -158,7 +158,8 @@ fn table() -> Vec<(&'static str, &'static str, Rule)> {
                 family: Machine,
                 wanted: Extend,
                 via: Via::Bearer,
-                ended: Refused(409, "not_active"),
+                // The Storefront's document gives extend no 409: its dialect says 400.
+                ended: Refused(400, "not_active"),
                 paid: true,
             },
         ),
@@ -409,9 +410,14 @@ async fn send(
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-/// The error code of an answer: vendbox's `{"error":{"code"}}`, or the x402 body's `error`.
+/// The error code of an answer: vendbox's `{"error":{"code"}}`, the Storefront's
+/// `{"error":"…","code"}`, or the x402 body's `error`.
 fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().or_else(|| body["error"].as_str()).unwrap_or("")
+    body["error"]["code"]
+        .as_str()
+        .or_else(|| body["code"].as_str())
+        .or_else(|| body["error"].as_str())
+        .unwrap_or("")
 }
 
 /// The lease family a path names, if it names one.

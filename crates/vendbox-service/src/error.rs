@@ -110,6 +110,14 @@ impl LeaseError {
         }
     }
 
+    /// The error under any `NotCharged` wrapping, by value.
+    pub fn into_root(self) -> LeaseError {
+        match self {
+            LeaseError::NotCharged(inner) => inner.into_root(),
+            other => other,
+        }
+    }
+
     /// The request field at fault, when there is one.
     pub fn field(&self) -> Option<&str> {
         match self.root() {

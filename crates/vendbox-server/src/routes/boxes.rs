@@ -266,7 +266,8 @@ pub(crate) async fn sell_extension(
     let boxes = service(state)?;
     let requirements = state.gate.charge(price, path, title)?;
     let work = |payment| async move {
-        Ok(Delivery::delivered(body).after_settlement(boxes.apply(extension, payment)))
+        let apply = boxes.apply(extension, payment);
+        Ok(Delivery::delivered(body).after_settlement(async move { Ok(apply.await?) }))
     };
     Ok(state.gate.pay_for(headers, requirements, work).await)
 }

@@ -275,7 +275,7 @@ async fn authorized(
 ) -> Result<Lease, ApiError> {
     let lease = rental(state, id).await?;
     let token = token.filter(|t| !t.is_empty()).map(SecretToken::presented);
-    native::service(state)?.authorize(lease, token.as_ref(), wanted).await
+    Ok(native::service(state)?.authorize(lease, token.as_ref(), wanted).await?)
 }
 
 /// Adds 1–12 of the SKU's periods; paid, and `expires_at` moves only once the renewal settled.
@@ -344,7 +344,7 @@ pub async fn instance(
 ) -> Result<Json<InstanceStatus>, ApiError> {
     let password = query.token.clone().unwrap_or_default();
     let lease = authorized(&state, &id, query.token, Capability::Root).await?;
-    let note = crate::boxes::Boxes::check_usable(&lease).err().map(|e| e.message);
+    let note = native::service(&state)?.check_usable(&lease).err().map(|e| e.to_string());
     let running = match native::service(&state)?.boxd(&lease) {
         Ok(client) if note.is_none() => client.health().await.is_ok(),
         _ => false,

@@ -400,7 +400,7 @@ async fn open(
             format!("this token cannot {0} this machine; use its {0}_token", wanted.as_str()),
         ));
     }
-    boxes.authorize(lease, token.as_ref(), wanted).await
+    Ok(boxes.authorize(lease, token.as_ref(), wanted).await?)
 }
 
 /// The `machine_id` path parameter.
