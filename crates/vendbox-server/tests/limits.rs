@@ -666,18 +666,22 @@ async fn machine_and_box_minutes_at_their_bounds_are_sold_and_one_past_is_out_of
         let what = format!("a machine for {minutes} minutes");
         out.refused(StatusCode::BAD_REQUEST, "out_of_range", Some("duration_minutes"), &what);
     }
-    // An extension adds at least a minute (the documentation gives no upper bound).
+    // An extension adds at least a minute and at most what the offer sells at once (360).
     let extend = format!("/api/machines/{}/extend", machine["machine_id"].as_str().unwrap());
     let token = machine["management"]["extend_token"].as_str().unwrap();
-    let extended = shop.post(&extend, Some(token), &json!({ "additional_minutes": 1 })).await;
-    extended.served(StatusCode::OK, "an extension of 1 minute");
-    let out = shop.post(&extend, Some(token), &json!({ "additional_minutes": 0 })).await;
-    out.refused(
-        StatusCode::BAD_REQUEST,
-        "out_of_range",
-        Some("additional_minutes"),
-        "an extension of 0 minutes",
-    );
+    for minutes in [1, 360] {
+        let extended = shop.post(&extend, Some(token), &json!({ "additional_minutes": minutes })).await;
+        extended.served(StatusCode::OK, &format!("an extension of {minutes} minutes"));
+    }
+    for minutes in [0, 361] {
+        let out = shop.post(&extend, Some(token), &json!({ "additional_minutes": minutes })).await;
+        out.refused(
+            StatusCode::BAD_REQUEST,
+            "out_of_range",
+            Some("additional_minutes"),
+            &format!("an extension of {minutes} minutes"),
+        );
+    }
 
     // The native API sells the same offer within the offer's own range.
     for minutes in [15, 360] {

@@ -483,6 +483,18 @@ async fn extend_machine(
         ));
     }
     let offer = state.catalog.offer(lease.offer_id.as_str())?.clone();
+    // One extension adds at most what the offer sells at once.
+    if let vendbox_core::DurationRule::Range { max_minutes, .. } = offer.duration
+        && minutes > max_minutes
+    {
+        return Err(bad(
+            "out_of_range",
+            "additional_minutes",
+            format!(
+                "`additional_minutes` must be between 1 and {max_minutes} (the most this machine sells at once)"
+            ),
+        ));
+    }
     let price =
         vendbox_core::PriceRule { base: vendbox_core::Usdc::ZERO, ..offer.price }.price(minutes, 0)?;
     let extension = native::service(state)?.extension(&lease, minutes)?;
