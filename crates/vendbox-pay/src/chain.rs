@@ -46,6 +46,25 @@ impl ChainError {
     }
 }
 
+/// What became of a reserved authorization, as the chain tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Never used: nothing was charged (and vendbox never sends it afterwards).
+    Unused,
+    /// Transferred by this transaction: the payer was charged.
+    Settled {
+        /// The transaction's hash.
+        transaction: String,
+    },
+    /// Cancelled by the payer in this transaction: nothing was charged.
+    Cancelled {
+        /// The transaction's hash.
+        transaction: String,
+    },
+    /// Used, by a transaction older than the blocks searched: counted as charged.
+    UsedElsewhere,
+}
+
 /// One EIP-3009 token on one chain.
 #[derive(Debug, Clone)]
 pub struct Chain {
@@ -122,6 +141,24 @@ impl Chain {
             .to_block(latest);
         let logs = self.provider.get_logs(&filter).await.map_err(ChainError::from_rpc)?;
         Ok(logs.first().and_then(|log| log.transaction_hash))
+    }
+
+    /// What became of the authorization `nonce` of `payer` (a payment's replay key, as text),
+    /// which vendbox reserved and may not have settled: after a crash, the chain decides.
+    pub async fn recover(&self, payer: &str, nonce: &str) -> Result<Recovery, ChainError> {
+        let payer: Address = payer.parse().map_err(|e| ChainError(format!("payer `{payer}`: {e}")))?;
+        let nonce: B256 = nonce.parse().map_err(|e| ChainError(format!("nonce `{nonce}`: {e}")))?;
+        if !self.authorization_used(payer, nonce).await? {
+            return Ok(Recovery::Unused);
+        }
+        // Used or cancelled: only a transfer charged the payer.
+        if let Some(tx) = self.find_settlement(payer, nonce).await? {
+            return Ok(Recovery::Settled { transaction: tx.to_string() });
+        }
+        if let Some(tx) = self.find_cancellation(payer, nonce).await? {
+            return Ok(Recovery::Cancelled { transaction: tx.to_string() });
+        }
+        Ok(Recovery::UsedElsewhere)
     }
 
     /// Runs the transfer with `eth_call` as `sender` would send it: refuses, with the payer's

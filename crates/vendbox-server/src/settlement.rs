@@ -9,8 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use vendbox_core::{Payment, PaymentState};
-use vendbox_pay::alloy::primitives::{Address, B256};
-use vendbox_pay::chain::Chain;
+use vendbox_pay::chain::{Chain, Recovery};
 use vendbox_store::{PaymentOutcome, Store, StoreError};
 
 use crate::worker::{Next, WorkResult, Worker};
@@ -65,29 +64,22 @@ impl SettlementWorker {
         &self,
         payment: &Payment,
     ) -> Result<PaymentOutcome, Box<dyn std::error::Error + Send + Sync>> {
-        let payer: Address = payment.replay_key.payer.parse()?;
-        let nonce: B256 = payment.replay_key.nonce.parse()?;
-        if self.chain.authorization_used(payer, nonce).await? {
-            // Used or cancelled: only a transfer charged the payer.
-            if let Some(tx) = self.chain.find_settlement(payer, nonce).await? {
-                return Ok(PaymentOutcome::Settled { settlement_ref: tx.to_string() });
-            }
-            if let Some(tx) = self.chain.find_cancellation(payer, nonce).await? {
-                return Ok(PaymentOutcome::Voided {
-                    reason: format!(
-                        "the payer cancelled the authorization on chain ({tx}) before vendbox settled it; nothing was charged"
-                    ),
-                });
-            }
-            Ok(PaymentOutcome::Settled {
+        let key = &payment.replay_key;
+        Ok(match self.chain.recover(&key.payer, &key.nonce).await? {
+            Recovery::Settled { transaction } => PaymentOutcome::Settled { settlement_ref: transaction },
+            Recovery::Cancelled { transaction } => PaymentOutcome::Voided {
+                reason: format!(
+                    "the payer cancelled the authorization on chain ({transaction}) before vendbox settled it; nothing was charged"
+                ),
+            },
+            Recovery::UsedElsewhere => PaymentOutcome::Settled {
                 settlement_ref: "on chain (transaction not found in recent blocks)".into(),
-            })
-        } else {
-            Ok(PaymentOutcome::Voided {
+            },
+            Recovery::Unused => PaymentOutcome::Voided {
                 reason:
                     "interrupted before settlement; the authorization was never used, so nothing was charged"
                         .into(),
-            })
-        }
+            },
+        })
     }
 }
