@@ -116,6 +116,17 @@ impl Catalog {
         self.offers.iter().find(|o| o.id.as_str() == id).ok_or_else(|| CoreError::UnknownOffer(id.to_owned()))
     }
 
+    /// The offers whose label `key` is `value`, in catalog order, available or not: the seed
+    /// APIs name offers by their own ids (a VpsAgent `sku`, a Storefront `product_id`, an
+    /// H3RETIK `package`, a lock `operation`).
+    pub fn labelled<'a, 'k>(
+        &'a self,
+        key: &'k str,
+        value: &'k str,
+    ) -> impl Iterator<Item = &'a Offer> + use<'a, 'k> {
+        self.offers.iter().filter(move |o| o.labels.get(key).is_some_and(|v| v == value))
+    }
+
     /// The region with this id.
     pub fn region(&self, id: &str) -> Option<&Region> {
         self.regions.iter().find(|r| r.id == id)

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use vendbox_box::wire::{ProcessSpec, RunRequest, StartRequest};
-use vendbox_box::{BoxError, BoxId, BoxdClient};
+use vendbox_box::{BoxError, BoxdClient};
 use vendbox_core::{Lease, LeaseId, LeaseState};
 use vendbox_store::StoreError;
 
 use crate::error::LeaseError;
-use crate::leases::{Boxes, end_lease};
+use crate::leases::{Boxes, box_of, end_lease};
 
 /// Output kept per stream of a command run through the API; the rest is dropped and flagged.
 pub const MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
@@ -51,7 +51,7 @@ impl Boxes {
     /// A client for the lease's box, once it is usable.
     pub fn boxd(&self, lease: &Lease) -> Result<BoxdClient, LeaseError> {
         self.check_usable(lease)?;
-        let box_id = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()).ok_or_else(|| ended(lease))?;
+        let box_id = box_of(lease).ok_or_else(|| ended(lease))?;
         Ok(self.backend.boxd(&box_id))
     }
 

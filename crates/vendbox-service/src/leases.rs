@@ -230,7 +230,7 @@ impl Boxes {
 
     /// Marks a lease failed and destroys whatever box it has.
     async fn fail(&self, lease: &mut Lease, expected: LeaseState, reason: &str) {
-        if let Some(box_id) = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()) {
+        if let Some(box_id) = box_of(lease) {
             let _ = self.backend.destroy(&box_id).await;
         }
         lease.failure_reason = Some(reason.to_owned());
@@ -325,7 +325,7 @@ impl Boxes {
         if self.paid_with(lease).await? == Some(PaymentState::Voided) {
             return Ok(Verdict::Fail("its payment did not settle; nothing was charged".into()));
         }
-        let box_id = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok());
+        let box_id = box_of(lease);
         let status = match &box_id {
             Some(id) if boxes.contains(id) => {
                 self.backend.status(id).await.map_err(|e| LeaseError::from_box(&e))?
@@ -352,7 +352,7 @@ impl Boxes {
         let due = self.store.end_due_leases(self.clock.now(), EXPIRY_BATCH).await?;
         for lease in &due {
             tracing::info!(lease = %lease.id, "lease expired");
-            if let Some(box_id) = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok())
+            if let Some(box_id) = box_of(lease)
                 && let Err(e) = self.backend.destroy(&box_id).await
             {
                 tracing::warn!(lease = %lease.id, error = %e, "could not destroy an expired box; the sweep retries");
@@ -448,10 +448,15 @@ pub(crate) async fn end_lease(
             Err(e) => return Err(e.into()),
         }
     }
-    if let Some(box_id) = lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok()) {
+    if let Some(box_id) = box_of(&lease) {
         backend.destroy(&box_id).await.map_err(|e| LeaseError::from_box(&e))?;
     }
     Ok(lease)
+}
+
+/// The box a lease has, as the backend names it (the store keeps its id as text).
+pub(crate) fn box_of(lease: &Lease) -> Option<BoxId> {
+    lease.box_id.as_deref().and_then(|b| BoxId::new(b).ok())
 }
 
 /// The limits a box of `offer` runs under.

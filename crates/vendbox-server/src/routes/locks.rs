@@ -570,13 +570,8 @@ fn refused(why: LockRefusal, key: &LockKey) -> ApiError {
 fn lock_offer<'a>(state: &'a AppState, operation: &str) -> Result<&'a Offer, ApiError> {
     state
         .catalog
-        .offers
-        .iter()
-        .find(|o| {
-            o.kind == OfferKind::Lock
-                && o.available
-                && o.labels.get("operation").is_some_and(|op| op == operation)
-        })
+        .labelled("operation", operation)
+        .find(|o| o.kind == OfferKind::Lock && o.available)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

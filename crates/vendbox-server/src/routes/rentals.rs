@@ -156,19 +156,10 @@ fn rental_status(lease: &Lease) -> &'static str {
 /// The offer of a VpsAgent SKU: 400 for a SKU the seed does not name, 503 for one this vendbox
 /// does not sell.
 fn sku_offer<'a>(state: &'a AppState, sku: &str) -> Result<&'a Offer, ApiError> {
-    let offer = state
-        .catalog
-        .offers
-        .iter()
-        .find(|o| o.surface == "vpsagent" && o.labels.get("sku").map(String::as_str) == Some(sku))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_sku",
-                format!("`{sku}` is not a SKU (GET /catalog)"),
-            )
+    let offer = state.catalog.labelled("sku", sku).find(|o| o.surface == "vpsagent").ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "unknown_sku", format!("`{sku}` is not a SKU (GET /catalog)"))
             .with_field("sku")
-        })?;
+    })?;
     if !offer.available || !matches!(offer.kind, OfferKind::Sandbox | OfferKind::Machine) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -121,13 +121,8 @@ async fn sell(
 fn package_offer(state: &AppState, package: &str) -> Result<String, ApiError> {
     state
         .catalog
-        .offers
-        .iter()
-        .find(|o| {
-            o.kind == OfferKind::Sandbox
-                && o.surface == "h3retik"
-                && o.labels.get("package").map(String::as_str) == Some(package)
-        })
+        .labelled("package", package)
+        .find(|o| o.kind == OfferKind::Sandbox && o.surface == "h3retik")
         .map(|o| o.id.to_string())
         .ok_or_else(|| {
             ApiError::new(

@@ -280,9 +280,8 @@ async fn create_machine(
     }
     let offer = state
         .catalog
-        .offers
-        .iter()
-        .find(|o| o.kind == OfferKind::Machine && o.labels.get("product_id") == Some(&request.product_id))
+        .labelled("product_id", &request.product_id)
+        .find(|o| o.kind == OfferKind::Machine)
         .ok_or_else(|| {
             bad("unknown_product", "product_id", format!("`{}` is not a product here", request.product_id))
         })?
