@@ -172,6 +172,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             })
             .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
             .layer(middleware::from_fn_with_state(state, record_metrics))
+            .layer(middleware::from_fn(storefront::dialect))
             .layer(middleware::from_fn(code_plain_refusals))
             .layer(middleware::from_fn_with_state(
                 crate::peers::PeerLoad::new(limits.max_requests_per_peer),

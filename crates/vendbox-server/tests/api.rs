@@ -275,6 +275,16 @@ async fn errors_are_json_and_requests_carry_ids() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
     );
+    // On the Storefront's paths, what the router itself answers speaks the seed's dialect too:
+    // `{"error": "<message>", "code"}`, with the request id.
+    let (status, headers, body) = call(&app.router, get("/api/no/such/path")).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{body}");
+    assert!(body["error"].as_str().is_some_and(|m| m.contains("/api/no/such/path")), "{body}");
+    assert!(headers.get("x-request-id").is_some_and(|v| v.len() >= 32));
+    let (status, _, body) =
+        call(&app.router, Request::put("/api/machines").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
+    assert!(body["error"].is_string(), "{body}");
     let mine =
         Request::get("/healthz").header("x-request-id", "agent-chosen-id").body(Body::empty()).unwrap();
     let (status, headers, body) = call(&app.router, mine).await;

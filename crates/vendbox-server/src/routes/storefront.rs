@@ -193,6 +193,15 @@ async fn in_dialect(answer: Result<Response, ApiError>) -> Response {
     }
 }
 
+/// Every answer on the Storefront's paths in its dialect, whoever rendered it: the handlers, and
+/// also the router's 404 and 405, the request timeout, the per-client cap and the panic
+/// catcher, which know nothing of surfaces.
+pub(crate) async fn dialect(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let ours = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    if ours { in_dialect(Ok(response)).await } else { response }
+}
+
 /// A path id axum could not decode, as a coded error.
 fn bad_path(rejection: &PathRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", rejection.body_text())
