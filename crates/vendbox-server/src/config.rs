@@ -539,7 +539,7 @@ fn labels_as_text(table: &mut Table) {
 /// `charge_when_held` only on a lock offer that prices acquisitions, and only `true` or `false`:
 /// the key at fault and the problem otherwise.
 fn check_lock_labels(offers: &[Offer]) -> Result<(), (String, String)> {
-    use crate::routes::locks::{ACQUIRE, CHARGE_WHEN_HELD, WhenHeld};
+    use vendbox_service::locks::{ACQUIRE, CHARGE_WHEN_HELD, WhenHeld};
     for offer in offers.iter().filter(|o| o.labels.contains_key(CHARGE_WHEN_HELD)) {
         let key = format!("offers[{}].labels.{CHARGE_WHEN_HELD}", offer.id.as_str());
         let acquires = offer.kind == vendbox_core::OfferKind::Lock
@@ -651,7 +651,7 @@ mod tests {
 
     #[test]
     fn a_lock_acquire_offer_says_whether_a_held_key_is_charged() {
-        use crate::routes::locks::WhenHeld;
+        use vendbox_service::locks::WhenHeld;
         let defaults = Config::load(None, []).unwrap().catalog();
         let lock = defaults.offer("h3retik-lock").unwrap();
         assert_eq!(WhenHeld::of(lock), Ok(WhenHeld::Void), "vendbox's default: nothing is charged");

@@ -147,6 +147,25 @@ impl From<vendbox_service::LeaseError> for ApiError {
     }
 }
 
+impl From<vendbox_service::LockError> for ApiError {
+    /// The one place a lock service's refusal gets its HTTP status.
+    fn from(e: vendbox_service::LockError) -> Self {
+        use vendbox_service::LockError as E;
+        let status = match &e {
+            E::NotOffered(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Refused { .. } => StatusCode::CONFLICT,
+            E::Rule(_) | E::Store(_) => {
+                return match e {
+                    E::Rule(core) => core.into(),
+                    E::Store(store) => store.into(),
+                    other => Self::internal(&other),
+                };
+            }
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

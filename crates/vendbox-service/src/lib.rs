@@ -8,13 +8,15 @@
 //! - `exec.rs`: commands, each spending one action;
 //! - `access.rs`: capability tokens and SSH keys;
 //! - `purchase.rs`: extensions and renewals;
-//! - `orders.rs`: idempotency claims.
+//! - `orders.rs`: idempotency claims;
+//! - `locks.rs`: [`Locks`], TTL locks with fencing tokens, priced by the catalog.
 
 mod access;
 pub mod clock;
 mod error;
 mod exec;
 mod leases;
+pub mod locks;
 mod orders;
 mod purchase;
 
@@ -23,4 +25,5 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LeaseError;
 pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
 pub use leases::{Boxes, EXPIRY_BATCH, Provisioned, Reconciled};
+pub use locks::{LockError, Locks};
 pub use purchase::Extension;

@@ -10,8 +10,6 @@
 //! `charge_when_held = true`, H3RETIK's own rule; a renewal that fails charges nothing).
 //! Releasing and reading are free. Every decision about time is the store's clock's.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -19,42 +17,15 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use vendbox_core::{Lock, LockKey, LockRequest, Offer, OfferKind, SecretToken, check_ttl};
-use vendbox_store::{LockAcquisition, LockRefusal, LockRelease, LockRenewal, Store};
+use vendbox_core::{Lock, LockKey, LockRequest, SecretToken, check_ttl};
+use vendbox_service::locks::{Acquired, Locks, Released};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::gate::Delivery;
 use crate::json::{self, ApiJson};
 
-/// The `operation` label of the offer that prices acquisitions.
-pub const ACQUIRE: &str = "acquire";
-/// The `operation` label of the offer that prices renewals.
-pub const RENEW: &str = "renew";
-/// The label of the acquire offer that says what an acquisition finding the key held costs.
-pub const CHARGE_WHEN_HELD: &str = "charge_when_held";
-
-/// What a paid acquisition that finds the key held costs, as its offer's `charge_when_held`
-/// label says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenHeld {
-    /// Nothing: the payment is voided (vendbox's default; `false` or no label).
-    Void,
-    /// The price: the payment settles, as H3RETIK's document has it ("payment settled and lock
-    /// acquisition attempted"; `true`).
-    Charge,
-}
-
-impl WhenHeld {
-    /// The rule of `offer`, or what is wrong with its label.
-    pub fn of(offer: &Offer) -> Result<WhenHeld, String> {
-        match offer.labels.get(CHARGE_WHEN_HELD).map(String::as_str) {
-            None | Some("false") => Ok(WhenHeld::Void),
-            Some("true") => Ok(WhenHeld::Charge),
-            Some(other) => Err(format!("must be true or false, not `{other}`")),
-        }
-    }
-}
+pub use vendbox_service::locks::{ACQUIRE, CHARGE_WHEN_HELD, RENEW, WhenHeld};
 
 /// A request to take a key.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -289,7 +260,7 @@ pub async fn h3retik_release(
     ApiJson(body): ApiJson<ReleaseRequest>,
 ) -> Result<Json<ReleaseResponse>, ApiError> {
     let key = LockKey::parse(&body.key)?;
-    release(state.store.as_ref(), &key, &SecretToken::presented(body.release_token)).await
+    release(&state, &key, &SecretToken::presented(body.release_token)).await
 }
 
 /// Native release of `key`, with the release token as a bearer.
@@ -312,7 +283,7 @@ pub async fn native_release(
     headers: HeaderMap,
 ) -> Result<Json<ReleaseResponse>, ApiError> {
     let key = LockKey::parse(&key)?;
-    release(state.store.as_ref(), &key, &bearer(&headers)?).await
+    release(&state, &key, &bearer(&headers)?).await
 }
 
 /// Extends the caller's unexpired grant to `ttl_seconds` from now (its last TTL when absent),
@@ -389,7 +360,7 @@ pub async fn h3retik_get(
     State(state): State<AppState>,
     Path(key): Path<String>,
 ) -> Result<Json<LockStatus>, ApiError> {
-    read(state.store.as_ref(), &key).await
+    read(&state, &key).await
 }
 
 /// Native read of `key`: as `GET /x402/locks/{key}`.
@@ -408,7 +379,12 @@ pub async fn native_get(
     State(state): State<AppState>,
     Path(key): Path<String>,
 ) -> Result<Json<LockStatus>, ApiError> {
-    read(state.store.as_ref(), &key).await
+    read(&state, &key).await
+}
+
+/// The lock services, over this vendbox's store and catalog.
+fn locks(state: &AppState) -> Locks {
+    Locks::new(state.store.clone(), state.catalog.clone())
 }
 
 async fn acquire(
@@ -418,46 +394,25 @@ async fn acquire(
     path: &str,
     created: StatusCode,
 ) -> Result<Response, ApiError> {
-    let offer = lock_offer(state, ACQUIRE)?;
-    // The configuration refused a bad label at start-up.
-    let when_held = WhenHeld::of(offer).unwrap_or(WhenHeld::Void);
+    let locks = locks(state);
+    let offer = locks.offer(ACQUIRE)?;
     let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
-    let store = state.store.clone();
+    let when_held = locks.when_held();
     let work = async move {
-        let token = SecretToken::generate();
-        let ttl = Duration::from_secs(u64::from(request.ttl_seconds));
-        let answer = store
-            .acquire_lock(
-                &request.key,
-                request.owner.as_deref(),
-                request.metadata.as_ref(),
-                ttl,
-                &token.hash(),
-            )
-            .await?;
-        Ok(match answer {
-            LockAcquisition::Acquired(lock) => {
-                tracing::info!(
-                    key = lock.key.as_str(),
-                    fencing_token = lock.fencing_token.0,
-                    "lock acquired"
-                );
+        Ok(match locks.acquire(&request).await? {
+            Acquired::Granted { lock, release_token } => {
                 let body = AcquireResponse {
                     ok: true,
                     acquired: true,
                     lock: LockView::from(&lock),
-                    release_token: Some(token.expose().to_owned()),
+                    release_token: Some(release_token.expose().to_owned()),
                     fencing_token: Some(lock.fencing_token.0),
                 };
                 // Unpaid after all: give the key back at once rather than at expiry.
-                let undo = async move {
-                    if let Err(e) = store.release_lock(&lock.key, &token.hash()).await {
-                        tracing::warn!(key = lock.key.as_str(), error = %e, "could not release an unpaid lock; it lapses at its expiry");
-                    }
-                };
+                let undo = locks.give_back(lock.key, &release_token);
                 Delivery::delivered((created, Json(body))).undo_with(undo)
             }
-            LockAcquisition::Held(holder) => {
+            Acquired::Held(holder) => {
                 let answer = (
                     StatusCode::OK,
                     Json(AcquireResponse {
@@ -487,42 +442,27 @@ async fn renew(
     path: &str,
 ) -> Result<Response, ApiError> {
     let ttl_seconds = ttl_seconds.map(check_ttl).transpose()?;
-    let offer = lock_offer(state, RENEW)?;
+    let locks = locks(state);
+    let offer = locks.offer(RENEW)?;
     // A token that holds nothing is refused before payment is asked for (the renewal itself
     // checks again, atomically, once paid).
-    if let Err(why) = state.store.lock_held_by(&key, &token.hash()).await? {
-        return Err(refused(why, &key));
-    }
+    locks.check_holder(&key, &token).await?;
     let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
-    let store = state.store.clone();
     let work = async move {
-        let ttl = ttl_seconds.map(|s| Duration::from_secs(u64::from(s)));
-        match store.renew_lock(&key, &token.hash(), ttl).await? {
-            LockRenewal::Renewed(lock) => {
-                tracing::info!(key = key.as_str(), fencing_token = lock.fencing_token.0, "lock renewed");
-                Ok(Json(RenewResponse { ok: true, renewed: true, lock: LockView::from(&lock) }))
-            }
-            LockRenewal::Refused(why) => Err(refused(why, &key)),
-        }
+        let lock = locks.renew(&key, &token, ttl_seconds).await?;
+        Ok(Json(RenewResponse { ok: true, renewed: true, lock: LockView::from(&lock) }))
     };
     Ok(state.gate.pay_on_success(headers, requirements, work).await)
 }
 
 async fn release(
-    store: &dyn Store,
+    state: &AppState,
     key: &LockKey,
     token: &SecretToken,
 ) -> Result<Json<ReleaseResponse>, ApiError> {
-    let (lock, already_released) = match store.release_lock(key, &token.hash()).await? {
-        LockRelease::Released(lock) => (lock, false),
-        LockRelease::AlreadyReleased(lock) => (lock, true),
-        LockRelease::Refused(why) => return Err(refused(why, key)),
-    };
+    let Released { lock, already_released } = locks(state).release(key, token).await?;
     let released_at =
         lock.released_at.ok_or_else(|| ApiError::internal(&"a released lock has no release time"))?;
-    if !already_released {
-        tracing::info!(key = key.as_str(), fencing_token = lock.fencing_token.0, "lock released");
-    }
     Ok(Json(ReleaseResponse {
         ok: true,
         released: true,
@@ -533,52 +473,15 @@ async fn release(
     }))
 }
 
-async fn read(store: &dyn Store, key: &str) -> Result<Json<LockStatus>, ApiError> {
+async fn read(state: &AppState, key: &str) -> Result<Json<LockStatus>, ApiError> {
     let key = LockKey::parse(key)?;
-    let lock = store.get_lock(&key).await?;
+    let lock = locks(state).holder(&key).await?;
     Ok(Json(LockStatus {
         ok: true,
         key: key.as_str().to_owned(),
         held: lock.is_some(),
         lock: lock.as_ref().map(LockView::from),
     }))
-}
-
-/// The 409 for a token that cannot renew or release.
-fn refused(why: LockRefusal, key: &LockKey) -> ApiError {
-    let key = key.as_str();
-    let (code, message) = match why {
-        LockRefusal::NotHolder => (
-            "lock_not_held",
-            format!(
-                "this release token holds no grant on `{key}`: it was never issued for it, or the key has since been granted to someone else"
-            ),
-        ),
-        LockRefusal::Lapsed => (
-            "lock_expired",
-            format!("the grant of `{key}` held with this token lapsed; acquire the key again"),
-        ),
-        LockRefusal::Released => (
-            "lock_released",
-            format!("the grant of `{key}` held with this token was released; acquire the key again"),
-        ),
-    };
-    ApiError::new(StatusCode::CONFLICT, code, message)
-}
-
-/// The offer pricing lock `operation`; 503 when the operator sells no such thing.
-fn lock_offer<'a>(state: &'a AppState, operation: &str) -> Result<&'a Offer, ApiError> {
-    state
-        .catalog
-        .labelled("operation", operation)
-        .find(|o| o.kind == OfferKind::Lock && o.available)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_offered",
-                format!("this vendbox does not sell lock {operation}s; its catalog has no such offer"),
-            )
-        })
 }
 
 /// The bearer token of a native lock request.
