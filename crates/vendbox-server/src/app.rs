@@ -51,6 +51,18 @@ pub struct AppState {
     pub ssh: Option<SshEndpoint>,
 }
 
+impl AppState {
+    /// Quotes, payments and the store's health, as the services keep them.
+    pub fn records(&self) -> vendbox_service::Records {
+        vendbox_service::Records::new(self.store.clone(), self.catalog.clone())
+    }
+
+    /// The lock services, over this vendbox's store and catalog.
+    pub fn locks(&self) -> vendbox_service::Locks {
+        vendbox_service::Locks::new(self.store.clone(), self.catalog.clone())
+    }
+}
+
 /// Where clients reach the SSH gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshEndpoint {

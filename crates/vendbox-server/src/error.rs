@@ -166,6 +166,18 @@ impl From<vendbox_service::LockError> for ApiError {
     }
 }
 
+impl From<vendbox_service::RecordError> for ApiError {
+    /// The one place a record's refusal gets its HTTP status.
+    fn from(e: vendbox_service::RecordError) -> Self {
+        use vendbox_service::RecordError as E;
+        match e {
+            E::UnknownQuote(_) | E::UnknownPayment(_) => Self::not_found(e.code(), e.to_string()),
+            E::Rule(core) => core.into(),
+            E::Store(store) => store.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

@@ -9,6 +9,7 @@
 //! - `access.rs`: capability tokens and SSH keys;
 //! - `purchase.rs`: extensions and renewals;
 //! - `orders.rs`: idempotency claims;
+//! - `records.rs`: [`Records`], quotes, payments and the store's health;
 //! - `locks.rs`: [`Locks`], TTL locks with fencing tokens, priced by the catalog.
 
 mod access;
@@ -19,6 +20,7 @@ mod leases;
 pub mod locks;
 mod orders;
 mod purchase;
+mod records;
 
 pub use access::SshKey;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -27,3 +29,4 @@ pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_O
 pub use leases::{Boxes, EXPIRY_BATCH, Provisioned, Reconciled};
 pub use locks::{LockError, Locks};
 pub use purchase::Extension;
+pub use records::{RecordError, Records};

@@ -32,9 +32,9 @@ pub struct Health {
     )
 )]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    state.store.ping().await.map_err(|e| {
+    let store = state.records().ping().await.map_err(|e| {
         tracing::error!(error = %e, "store does not answer");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store does not answer")
     })?;
-    Ok(Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), store: state.store.backend() }))
+    Ok(Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), store }))
 }

@@ -18,7 +18,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vendbox_core::{Lock, LockKey, LockRequest, SecretToken, check_ttl};
-use vendbox_service::locks::{Acquired, Locks, Released};
+use vendbox_service::locks::{Acquired, Released};
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -382,11 +382,6 @@ pub async fn native_get(
     read(&state, &key).await
 }
 
-/// The lock services, over this vendbox's store and catalog.
-fn locks(state: &AppState) -> Locks {
-    Locks::new(state.store.clone(), state.catalog.clone())
-}
-
 async fn acquire(
     state: &AppState,
     headers: &HeaderMap,
@@ -394,7 +389,7 @@ async fn acquire(
     path: &str,
     created: StatusCode,
 ) -> Result<Response, ApiError> {
-    let locks = locks(state);
+    let locks = state.locks();
     let offer = locks.offer(ACQUIRE)?;
     let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
     let when_held = locks.when_held();
@@ -442,7 +437,7 @@ async fn renew(
     path: &str,
 ) -> Result<Response, ApiError> {
     let ttl_seconds = ttl_seconds.map(check_ttl).transpose()?;
-    let locks = locks(state);
+    let locks = state.locks();
     let offer = locks.offer(RENEW)?;
     // A token that holds nothing is refused before payment is asked for (the renewal itself
     // checks again, atomically, once paid).
@@ -460,7 +455,7 @@ async fn release(
     key: &LockKey,
     token: &SecretToken,
 ) -> Result<Json<ReleaseResponse>, ApiError> {
-    let Released { lock, already_released } = locks(state).release(key, token).await?;
+    let Released { lock, already_released } = state.locks().release(key, token).await?;
     let released_at =
         lock.released_at.ok_or_else(|| ApiError::internal(&"a released lock has no release time"))?;
     Ok(Json(ReleaseResponse {
@@ -475,7 +470,7 @@ async fn release(
 
 async fn read(state: &AppState, key: &str) -> Result<Json<LockStatus>, ApiError> {
     let key = LockKey::parse(key)?;
-    let lock = locks(state).holder(&key).await?;
+    let lock = state.locks().holder(&key).await?;
     Ok(Json(LockStatus {
         ok: true,
         key: key.as_str().to_owned(),

@@ -54,9 +54,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
-    let missing = || ApiError::not_found("unknown_payment", format!("there is no payment {id}"));
-    let id: PaymentId = id.parse().map_err(|_| missing())?;
-    let p = state.store.get_payment(id).await?.ok_or_else(missing)?;
+    let p = state.records().payment_of(&id).await?;
     Ok(Json(PaymentView {
         id: p.id,
         method: p.method,

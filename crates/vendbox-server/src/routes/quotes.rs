@@ -94,16 +94,13 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<QuoteRequest>,
 ) -> Result<(StatusCode, Json<QuoteView>), ApiError> {
-    let offer = state.catalog.offer(&request.offer_id)?;
     let params = QuoteParams {
         minutes: request.minutes,
         actions: request.actions,
         region: request.region,
         image: request.image,
     };
-    let terms = offer.quote(&params)?;
-    let quote = Quote::new(offer.id.clone(), terms, Utc::now());
-    state.store.insert_quote(&quote).await?;
+    let quote = state.records().quote(&request.offer_id, &params).await?;
     Ok((StatusCode::CREATED, Json(QuoteView::from(&quote))))
 }
 
@@ -120,8 +117,6 @@ pub async fn create(
     )
 )]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<QuoteView>, ApiError> {
-    let not_found = || ApiError::not_found("unknown_quote", format!("there is no quote `{id}`"));
-    let quote_id: QuoteId = id.parse().map_err(|_| not_found())?;
-    let quote = state.store.get_quote(quote_id).await?.ok_or_else(not_found)?;
+    let quote = state.records().quote_of(&id).await?;
     Ok(Json(QuoteView::from(&quote)))
 }
