@@ -1,14 +1,23 @@
 //! The SFTP subsystem (which `scp` uses too): SFTP version 3 over one channel, every operation
 //! going to the box's boxd.
 //!
-//! A file opened only for reading is read from boxd range by range as the client asks (ranged
-//! `GET /files`), so a download holds one packet's worth at a time, whatever the file's size.
-//! boxd's writes are whole-file, so a file opened for writing lives in this process's memory:
-//! an empty buffer (or the file's contents, without `TRUNCATE`) that writes fill and closing
-//! uploads. The bytes a session holds are capped at [`MAX_BUFFERED`]. Changes boxd has no endpoint for (modes, times, sizes,
-//! symlinks) run `chmod`, `touch`, `truncate` and `ln` in the box.
+//! Files stream both ways, and no file lives in this process's memory. Reads go to boxd range by
+//! range as the client asks (ranged `GET /files`, [`READ_AHEAD`] bytes fetched at once and kept
+//! per handle). Writes go to boxd as ranged writes (`PUT /files?offset`): `OPEN` with `TRUNCATE`,
+//! or with `CREATE` of a missing file, makes the file empty in the box at once, and each handle
+//! gathers contiguous `WRITE`s in a write-behind buffer of at most [`WRITE_BEHIND`] bytes, sent
+//! when a write is not contiguous with it, when it is full, before a `READ`, `FSTAT` or `FSETSTAT`
+//! of the handle, at `CLOSE`, and when the session ends. A failure to send it is the answer to the
+//! request that sent it, and `CLOSE` answers it again: writes acknowledged before never reached
+//! the file. A session so holds at most [`MAX_HANDLES`] × ([`WRITE_BEHIND`] + [`READ_AHEAD`])
+//! bytes of files, whatever their sizes, and [`QUEUED_BYTES`] of requests read ahead.
+//!
+//! Changes boxd has no endpoint for (modes, times, sizes, symlinks) run `chmod`, `touch`,
+//! `truncate` and `ln` in the box; an open file's new mode and times are set at its `CLOSE`,
+//! after its last write.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use russh_sftp::protocol::{
@@ -17,6 +26,7 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vendbox_box::wire::{EntryInfo, EntryKind, ProcessSpec, RunRequest};
 use vendbox_box::{BoxError, BoxdClient};
 
@@ -29,11 +39,19 @@ const MAX_DATA: u32 = MAX_PACKET - 1024;
 /// Requests read ahead of the one being answered.
 const QUEUED_REQUESTS: usize = 64;
 
-/// How much of a file opened for reading is fetched from boxd at once (and held per handle).
+/// The most bytes of requests read ahead of the one being answered (uploads' `WRITE`s are up
+/// to [`MAX_PACKET`] each; at least one must fit).
+const QUEUED_BYTES: usize = 4 << 20;
+
+/// How much of a file is fetched from boxd at once for reads (and held per handle).
 const READ_AHEAD: u32 = 1 << 20;
 
-/// The most bytes of file contents one session holds in memory, over all its open files.
-const MAX_BUFFERED: usize = 512 << 20;
+/// The most bytes of contiguous writes a handle holds before it sends them to boxd in one
+/// ranged write.
+const WRITE_BEHIND: usize = 1 << 20;
+
+/// The furthest a write or a size may reach: file offsets are signed (`off_t`).
+const MAX_FILE_END: u64 = i64::MAX.cast_unsigned();
 
 /// The most handles one session may have open.
 const MAX_HANDLES: usize = 64;
@@ -69,12 +87,14 @@ where
     let mut server = Server { boxd, handles: HashMap::new(), next_handle: 0 };
     // Requests are read while answers are written: a client that pipelines requests and an
     // answer waiting for the client's window must not wait for each other. The queue between
-    // the two is bounded (a client has at most that many requests in flight anyway).
+    // the two is bounded in requests (a client has at most that many in flight anyway) and in
+    // bytes (each request holds its share of `room` until it is answered).
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let (queue, mut requests) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_REQUESTS);
+    let (queue, mut requests) = tokio::sync::mpsc::channel::<(Bytes, OwnedSemaphorePermit)>(QUEUED_REQUESTS);
+    let room = Arc::new(Semaphore::new(QUEUED_BYTES));
     let reading = tokio::spawn(async move {
         loop {
-            match read_packet(&mut reader).await {
+            match read_packet(&mut reader, &room).await {
                 Ok(Some(request)) => {
                     if queue.send(request).await.is_err() {
                         break;
@@ -88,7 +108,7 @@ where
             }
         }
     });
-    while let Some(mut request) = requests.recv().await {
+    while let Some((mut request, held)) = requests.recv().await {
         let id = request.get(1..5).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         let reply = match Packet::try_from(&mut request) {
             Ok(packet) => server.answer(packet).await,
@@ -105,12 +125,23 @@ where
             tracing::debug!("sftp: ending the session: {e}");
             break;
         }
+        drop(held);
     }
     reading.abort();
+    // Writes acknowledged on handles the client never closed still reach their files.
+    for opened in server.handles.values_mut() {
+        if let Opened::File(file) = opened {
+            let _ = file.flush(&server.boxd).await;
+        }
+    }
 }
 
-/// The next request's bytes (after its length), or `None` when the client closed the stream.
-async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<Bytes>> {
+/// The next request's bytes (after its length) and their share of `room`, taken before they are
+/// read, or `None` when the client closed the stream.
+async fn read_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    room: &Arc<Semaphore>,
+) -> std::io::Result<Option<(Bytes, OwnedSemaphorePermit)>> {
     let length = match stream.read_u32().await {
         Ok(length) => length,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -121,9 +152,10 @@ async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Op
             "a request of {length} bytes is over the {MAX_PACKET} limit"
         )));
     }
+    let held = room.clone().acquire_many_owned(length).await.map_err(std::io::Error::other)?;
     let mut buf = vec![0; length as usize];
     stream.read_exact(&mut buf).await?;
-    Ok(Some(Bytes::from(buf)))
+    Ok(Some((Bytes::from(buf), held)))
 }
 
 /// One session's state: its boxd and its open handles.
@@ -138,36 +170,62 @@ struct Server {
 
 /// What a handle stands for.
 enum Opened {
-    /// A file, held whole.
+    /// A file.
     File(OpenFile),
     /// A directory's entries not yet answered by `READDIR`.
     Dir(VecDeque<File>),
 }
 
-/// A file opened with `OPEN`: a file opened only to read is read from boxd range by range
-/// (`Some` size: nothing is held); one opened to write is held in memory until `CLOSE`.
+/// A file opened with `OPEN`: read from boxd range by range, written to boxd in ranges gathered
+/// by a write-behind buffer. Nothing else of it is held.
 struct OpenFile {
-    /// The absolute path, where `CLOSE` uploads a written file.
+    /// The absolute path, where reads and writes go.
     path: String,
-    /// The file's contents when it is opened to write: as read, then as written.
-    contents: Vec<u8>,
-    /// The file's size when it is opened only to read (then `contents` stays empty).
-    streamed: Option<u64>,
-    /// For a streamed file, the bytes last fetched from boxd and where they start: sequential
-    /// reads are served from it, one boxd call per [`READ_AHEAD`] bytes.
+    /// The file's size as this handle knows it: as it was at `OPEN` (0 once truncated), grown by
+    /// the handle's writes and set by its `FSETSTAT`. Reads end there; `APPEND` writes start there.
+    size: u64,
+    /// The bytes last fetched from boxd and where they start: sequential reads are served from
+    /// it, one boxd call per [`READ_AHEAD`] bytes. Emptied by every change through the handle.
     window: (u64, Bytes),
+    /// Writes not yet sent to boxd and where they start: contiguous, [`WRITE_BEHIND`] at most.
+    pending: (u64, Vec<u8>),
+    /// Why writes this handle acknowledged did not reach the file, answered again at `CLOSE`.
+    lost: Option<StatusReply>,
     /// Opened with `READ`, or with nothing that writes.
     readable: bool,
-    /// Opened with `WRITE` or `APPEND`: uploaded at `CLOSE`.
+    /// Opened with `WRITE` or `APPEND`.
     writable: bool,
     /// Writes go to the end whatever their offset.
     append: bool,
-    /// Permission bits: the file's own, or those it is created (or `FSETSTAT`) with.
+    /// Permission bits: the file's own, or those it is created with.
     mode: u32,
+    /// Permission bits `FSETSTAT` asked for, set at `CLOSE`.
+    new_mode: Option<u32>,
     /// Last modification, milliseconds since the Unix epoch, as read.
     modified_ms: Option<i64>,
-    /// Access and modification times `FSETSTAT` asked for, set after the upload.
+    /// Access and modification times `FSETSTAT` asked for, set at `CLOSE`.
     times: (Option<u32>, Option<u32>),
+}
+
+impl OpenFile {
+    /// Sends the held writes to boxd. A failure is this call's error, and is kept for `CLOSE`:
+    /// the writes were acknowledged and never reached the file.
+    async fn flush(&mut self, boxd: &BoxdClient) -> Result<(), StatusReply> {
+        if self.pending.1.is_empty() {
+            return Ok(());
+        }
+        let (start, held) = std::mem::take(&mut self.pending);
+        let length = held.len() as u64;
+        let failed = match boxd.write_range(&self.path, start, Bytes::from(held)).await {
+            Ok(written) if written == length => return Ok(()),
+            Ok(written) => {
+                failure(format!("boxd wrote {written} of {length} bytes at offset {start} of {}", self.path))
+            }
+            Err(e) => refusal(e),
+        };
+        self.lost.get_or_insert_with(|| failed.clone());
+        Err(failed)
+    }
 }
 
 /// What a request answers: its reply packet, or a status saying why not.
@@ -181,9 +239,9 @@ impl Server {
             Packet::Open(p) => self.open(p.id, &p.filename, p.pflags, &p.attrs).await,
             Packet::Close(p) => self.close(p.id, &p.handle).await,
             Packet::Read(p) => self.read(p.id, &p.handle, p.offset, p.len).await,
-            Packet::Write(p) => self.write(p.id, &p.handle, p.offset, &p.data),
-            Packet::Fstat(p) => self.fstat(p.id, &p.handle),
-            Packet::FSetStat(p) => self.fsetstat(p.id, &p.handle, &p.attrs),
+            Packet::Write(p) => self.write(p.id, &p.handle, p.offset, &p.data).await,
+            Packet::Fstat(p) => self.fstat(p.id, &p.handle).await,
+            Packet::FSetStat(p) => self.fsetstat(p.id, &p.handle, &p.attrs).await,
             Packet::Lstat(p) => self.lstat(p.id, &p.path).await,
             Packet::Stat(p) => self.stat(p.id, &p.path).await,
             Packet::SetStat(p) => self.setstat(p.id, &p.path, &p.attrs).await,
@@ -231,44 +289,48 @@ impl Server {
             None => self.require_dir(parent(&path)).await?,
             Some(_) => {}
         }
-        let streamed = if writable { None } else { existing.as_ref().map(|info| info.size) };
-        let contents = match &existing {
-            _ if streamed.is_some() => Vec::new(),
-            Some(info) if !writable || !flags.contains(OpenFlags::TRUNCATE) => {
-                self.room_for(usize::try_from(info.size).unwrap_or(usize::MAX))?;
-                let room = MAX_BUFFERED.saturating_sub(self.buffered()) as u64;
-                let contents = Vec::from(self.boxd.read_file(&path, room).await.map_err(refusal)?);
-                self.room_for(contents.len())?;
-                contents
-            }
-            _ => Vec::new(),
-        };
         let mode = existing.as_ref().map_or_else(
             || attrs.permissions.map_or(DEFAULT_MODE, |mode| mode & 0o7777 & !UMASK),
             |info| info.mode,
         );
+        // Emptied in the box now (a whole-file write of nothing, with the mode), so that every
+        // write after is a ranged one.
+        let empty = writable && (existing.is_none() || flags.contains(OpenFlags::TRUNCATE));
+        if empty {
+            self.boxd.write_file(&path, Bytes::new(), mode).await.map_err(refusal)?;
+        }
         let file = OpenFile {
             path,
-            contents,
-            streamed,
+            size: if empty { 0 } else { existing.as_ref().map_or(0, |info| info.size) },
             window: (0, Bytes::new()),
+            pending: (0, Vec::new()),
+            lost: None,
             readable: flags.contains(OpenFlags::READ) || !writable,
             writable,
             append: flags.contains(OpenFlags::APPEND),
             mode,
+            new_mode: None,
             modified_ms: existing.and_then(|info| info.modified_ms),
             times: (None, None),
         };
         Ok(self.insert(id, Opened::File(file)))
     }
 
+    /// Sends the file's held writes, then sets the mode and times its `FSETSTAT` asked for.
     async fn close(&mut self, id: u32, handle: &str) -> Answer {
         let Some(opened) = self.handles.remove(handle) else { return Err(no_handle(handle)) };
-        let Opened::File(file) = opened else { return Ok(ok(id)) };
+        let Opened::File(mut file) = opened else { return Ok(ok(id)) };
         if !file.writable {
             return Ok(ok(id));
         }
-        self.boxd.write_file(&file.path, Bytes::from(file.contents), file.mode).await.map_err(refusal)?;
+        let flushed = file.flush(&self.boxd).await;
+        if let Some(lost) = file.lost {
+            return Err(lost);
+        }
+        flushed?;
+        if let Some(mode) = file.new_mode {
+            self.tool("chmod", &[&format!("{mode:o}"), "--", &file.path]).await?;
+        }
         self.set_times(&file.path, file.times).await?;
         Ok(ok(id))
     }
@@ -279,63 +341,70 @@ impl Server {
         if !file.readable {
             return Err(StatusCode::PermissionDenied.with_message("the file was not opened for reading"));
         }
-        if let Some(size) = file.streamed {
-            if offset >= size {
-                return Err(StatusCode::Eof.into());
-            }
-            // The whole answer comes from one window: a short read in the middle of a file makes
-            // OpenSSH's client re-request out of order, and then it keeps only what came in order.
-            let wanted = u64::from(len.min(MAX_DATA)).min(size - offset);
-            let (start, window) = &file.window;
-            let covered = offset >= *start && offset + wanted <= start + window.len() as u64;
-            if !covered {
-                let (_, data) = boxd.read_range(&file.path, offset, READ_AHEAD).await.map_err(refusal)?;
-                file.window = (offset, data);
-            }
-            let (start, window) = &file.window;
-            let from = usize::try_from(offset - start).unwrap_or(usize::MAX).min(window.len());
-            let to = from.saturating_add(len.min(MAX_DATA) as usize).min(window.len());
-            if from == to {
-                // The file shrank since it was opened.
-                return Err(StatusCode::Eof.into());
-            }
-            return Ok(Packet::Data(Data { id, data: window.slice(from..to).to_vec() }));
-        }
-        let size = file.contents.len();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        if start >= size {
+        file.flush(&boxd).await?;
+        if offset >= file.size {
             return Err(StatusCode::Eof.into());
         }
-        let end = start + (size - start).min(len.min(MAX_DATA) as usize);
-        Ok(Packet::Data(Data { id, data: file.contents[start..end].to_vec() }))
+        // The whole answer comes from one window: a short read in the middle of a file makes
+        // OpenSSH's client re-request out of order, and then it keeps only what came in order.
+        let wanted = u64::from(len.min(MAX_DATA)).min(file.size - offset);
+        let (start, window) = &file.window;
+        let covered = offset >= *start && offset + wanted <= start + window.len() as u64;
+        if !covered {
+            let (_, data) = boxd.read_range(&file.path, offset, READ_AHEAD).await.map_err(refusal)?;
+            file.window = (offset, data);
+        }
+        let (start, window) = &file.window;
+        let from = usize::try_from(offset - start).unwrap_or(usize::MAX).min(window.len());
+        let to = from.saturating_add(len.min(MAX_DATA) as usize).min(window.len());
+        if from == to {
+            // The file shrank since the handle last knew its size.
+            return Err(StatusCode::Eof.into());
+        }
+        Ok(Packet::Data(Data { id, data: window.slice(from..to).to_vec() }))
     }
 
-    fn write(&mut self, id: u32, handle: &str, offset: u64, data: &[u8]) -> Answer {
-        let held = self.buffered();
+    /// Adds a write to the handle's write-behind buffer, sending what it held first when the
+    /// write does not continue it or would overflow it, and sending it when it is full.
+    async fn write(&mut self, id: u32, handle: &str, offset: u64, data: &[u8]) -> Answer {
+        let boxd = self.boxd.clone();
         let file = self.file_mut(handle)?;
         if !file.writable {
             return Err(StatusCode::PermissionDenied.with_message("the file was not opened for writing"));
         }
-        let start =
-            if file.append { file.contents.len() } else { usize::try_from(offset).unwrap_or(usize::MAX) };
-        let end = start.saturating_add(data.len());
-        // The offset is the client's: saturating, so a huge one is `too_large`, never an overflow.
-        if (held - file.contents.len()).saturating_add(end.max(file.contents.len())) > MAX_BUFFERED {
-            return Err(too_large());
+        if data.is_empty() {
+            return Ok(ok(id));
         }
-        if end > file.contents.len() {
-            file.contents.resize(end, 0);
+        let start = if file.append { file.size } else { offset };
+        // The offset is the client's: checked, so a huge one is refused, never an overflow.
+        let Some(end) = start.checked_add(data.len() as u64).filter(|end| *end <= MAX_FILE_END) else {
+            return Err(failure(format!("a write may not reach past byte {MAX_FILE_END} of a file")));
+        };
+        let (held_start, held) = &file.pending;
+        let continues = held.is_empty() || held_start + held.len() as u64 == start;
+        if !continues || held.len() + data.len() > WRITE_BEHIND {
+            file.flush(&boxd).await?;
         }
-        file.contents[start..end].copy_from_slice(data);
+        if file.pending.1.is_empty() {
+            file.pending.0 = start;
+        }
+        file.pending.1.extend_from_slice(data);
+        file.size = file.size.max(end);
+        file.window = (0, Bytes::new());
+        if file.pending.1.len() >= WRITE_BEHIND {
+            file.flush(&boxd).await?;
+        }
         Ok(ok(id))
     }
 
-    fn fstat(&self, id: u32, handle: &str) -> Answer {
-        let file = self.file(handle)?;
+    async fn fstat(&mut self, id: u32, handle: &str) -> Answer {
+        let boxd = self.boxd.clone();
+        let file = self.file_mut(handle)?;
+        file.flush(&boxd).await?;
         let mtime = file.times.1.or_else(|| seconds(file.modified_ms));
         let attrs = FileAttributes {
-            size: Some(file.streamed.unwrap_or(file.contents.len() as u64)),
-            permissions: Some(S_IFREG | file.mode),
+            size: Some(file.size),
+            permissions: Some(S_IFREG | file.new_mode.unwrap_or(file.mode)),
             atime: file.times.0.or(mtime),
             mtime,
             ..owner()
@@ -343,22 +412,27 @@ impl Server {
         Ok(Packet::Attrs(Attrs { id, attrs }))
     }
 
-    /// Changes an open file: its size and mode now, its times once it is uploaded.
-    fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Answer {
-        let held = self.buffered();
+    /// Changes an open file: its size now (`truncate` in the box), its mode and times at `CLOSE`.
+    async fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Answer {
+        let boxd = self.boxd.clone();
         let file = self.file_mut(handle)?;
         if !file.writable {
             return Err(StatusCode::PermissionDenied.with_message("the file was not opened for writing"));
         }
+        file.flush(&boxd).await?;
         if let Some(size) = attrs.size {
-            let size = usize::try_from(size).unwrap_or(usize::MAX);
-            if (held - file.contents.len()).saturating_add(size) > MAX_BUFFERED {
-                return Err(too_large());
+            if size > MAX_FILE_END {
+                return Err(failure(format!("a file may not be longer than {MAX_FILE_END} bytes")));
             }
-            file.contents.resize(size, 0);
+            let path = file.path.clone();
+            self.tool("truncate", &["-s", &size.to_string(), "--", &path]).await?;
+            let file = self.file_mut(handle)?;
+            file.size = size;
+            file.window = (0, Bytes::new());
         }
+        let file = self.file_mut(handle)?;
         if let Some(mode) = attrs.permissions {
-            file.mode = mode & 0o7777;
+            file.new_mode = Some(mode & 0o7777);
         }
         if attrs.atime.is_some() || attrs.mtime.is_some() {
             file.times = (attrs.atime, attrs.mtime);
@@ -545,34 +619,11 @@ impl Server {
         Packet::Handle(Handle { id, handle })
     }
 
-    fn file(&self, handle: &str) -> Result<&OpenFile, StatusReply> {
-        match self.handles.get(handle) {
-            Some(Opened::File(file)) => Ok(file),
-            _ => Err(no_handle(handle)),
-        }
-    }
-
     fn file_mut(&mut self, handle: &str) -> Result<&mut OpenFile, StatusReply> {
         match self.handles.get_mut(handle) {
             Some(Opened::File(file)) => Ok(file),
             _ => Err(no_handle(handle)),
         }
-    }
-
-    /// The bytes of file contents the session holds.
-    fn buffered(&self) -> usize {
-        self.handles
-            .values()
-            .map(|opened| if let Opened::File(file) = opened { file.contents.len() } else { 0 })
-            .sum()
-    }
-
-    /// Fails unless `more` bytes fit under [`MAX_BUFFERED`].
-    fn room_for(&self, more: usize) -> Result<(), StatusReply> {
-        if self.buffered().saturating_add(more) > MAX_BUFFERED {
-            return Err(too_large());
-        }
-        Ok(())
     }
 }
 
@@ -696,13 +747,6 @@ fn failure(message: String) -> StatusReply {
 
 fn no_handle(handle: &str) -> StatusReply {
     failure(format!("no open handle `{handle}`"))
-}
-
-fn too_large() -> StatusReply {
-    failure(format!(
-        "SFTP to a box holds files in memory, {} MiB at most; send larger files with `ssh HOST 'cat > FILE' < FILE`",
-        MAX_BUFFERED >> 20
-    ))
 }
 
 /// boxd's error as an SFTP status.

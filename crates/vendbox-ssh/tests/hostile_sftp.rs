@@ -477,17 +477,19 @@ fn handle() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Offsets and sizes: small ones, and ones at the edges of what a session may hold and of `u64`.
+/// Offsets and sizes: small ones, ones around the mebibyte a handle's write-behind buffer holds,
+/// and ones at the edges of what a file may hold (`i64::MAX`) and of `u64`.
 fn offset() -> impl Strategy<Value = u64> {
     prop_oneof![
         4 => 0u64..8,
         2 => 0u64..100_000,
         3 => prop::sample::select(vec![
-            // (Not just under the 512 MiB a session may hold: legal, but slow to fill.)
+            (1 << 20) - 1,
             1 << 20,
             (512 << 20) + 1,
             u64::from(u32::MAX),
             1 << 40,
+            (1 << 63) - 2,
             1 << 63,
             u64::MAX - 1024,
             u64::MAX - 1,
@@ -498,7 +500,8 @@ fn offset() -> impl Strategy<Value = u64> {
 }
 
 /// Offsets for `WRITE` and sizes for `FSETSTAT`: any [`offset`], up to `u64::MAX` (a write
-/// or size near it once overflowed the session's count of held bytes:
+/// or size near it once overflowed the session's count of held bytes, when written files were
+/// held in memory:
 /// `regression_a_write_near_u64_max_does_not_panic`, `regression_fsetstat_near_u64_max_does_not_panic`).
 fn bounded_offset() -> impl Strategy<Value = u64> {
     offset()
@@ -598,9 +601,9 @@ fn sessions_of_hostile_requests() {
     run("sessions", 256, prop::collection::vec(request(), 1..24), |h, requests| check_session(h, &requests));
 }
 
-/// The same, each session starting as a client's would: INIT, then a file open for reading (its
-/// three bytes held) and a new file open for writing, so that writes and size changes meet a
-/// session that already holds bytes.
+/// The same, each session starting as a client's would: INIT, then a file open for reading and a
+/// new file open for writing, so that reads, writes and size changes meet open handles of both
+/// kinds (and writes meet what a handle's write-behind buffer already holds).
 #[test]
 fn sessions_with_open_files() {
     let prologue = [
@@ -706,8 +709,8 @@ fn holding_bytes_then(last: Request) -> Vec<Request> {
     ]
 }
 
-/// Found by `sessions_with_open_files` and `sessions_of_hostile_requests` (minimal input: with
-/// bytes held in another open file, `WRITE` handle "2" at offset `u64::MAX - 1` with no data):
+/// Found by `sessions_with_open_files` and `sessions_of_hostile_requests` when written files were
+/// held in memory (minimal input: with bytes held in another open file, `WRITE` handle "2" at offset `u64::MAX - 1` with no data):
 /// `held - len + end` overflows in `Server::write` (`src/sftp.rs`), and `serve` panics (in a
 /// release build the sum wraps, the check passes, and `Vec::resize` to `usize::MAX` panics).
 #[test]
@@ -747,6 +750,12 @@ fn every_operation_reaches_the_fake_boxd() {
         Request::Rename("fa".into(), "d1/fb".into()),
         Request::SetStat("fa".into(), Attrs { size: Some(1), times: Some((1, 2)), ..Attrs::default() }),
         Request::Extended("limits@openssh.com".into(), Vec::new()),
+        Request::Open("fnew2".into(), 0x1a, Attrs::default()),
+        Request::Write("5".into(), u64::MAX >> 1, b"x".to_vec()),
+        Request::Write("5".into(), (1 << 20) - 2, vec![7; 64]),
+        Request::Write("5".into(), 0, b"y".to_vec()),
+        Request::FSetStat("5".into(), Attrs { size: Some(u64::MAX), ..Attrs::default() }),
+        Request::Close("5".into()),
     ];
     let input: Vec<u8> =
         requests.iter().enumerate().flat_map(|(i, r)| r.encode(u32::try_from(i).unwrap())).collect();
@@ -761,8 +770,14 @@ fn every_operation_reaches_the_fake_boxd() {
     assert!(matches!(&answers[8], Packet::Name(n) if n.files.len() == 3), "{:?}", answers[8]);
     assert!(matches!(&answers[9], Packet::Attrs(a) if a.attrs.size == Some(3)), "{:?}", answers[9]);
     assert!(failed(&answers[10], "too many levels of symbolic links"), "{:?}", answers[10]);
-    // A file over the session's buffer opens for reading: it is read range by range, never held.
+    // A 1 TiB file opens for reading: it is read range by range, never held.
     assert!(matches!(&answers[11], Packet::Handle(_)), "{:?}", answers[11]);
     assert!(answers[12..15].iter().all(ok), "{:?}", &answers[12..15]);
     assert!(matches!(&answers[15], Packet::ExtendedReply(_)), "{:?}", answers[15]);
+    // Writes and sizes past what a file may hold are refused; the others are held, sent to boxd
+    // (a write that does not continue the held ones sends them first), and closed.
+    assert!(failed(&answers[17], "may not reach past byte"), "{:?}", answers[17]);
+    assert!(ok(&answers[18]) && ok(&answers[19]), "{:?}", &answers[18..20]);
+    assert!(failed(&answers[20], "may not be longer than"), "{:?}", answers[20]);
+    assert!(ok(&answers[21]), "{:?}", answers[21]);
 }
