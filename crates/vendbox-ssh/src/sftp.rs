@@ -79,8 +79,12 @@ const S_IFLNK: u32 = 0o120_000;
 /// How much output a helper command (`chmod`, `touch`…) may leave for its error message.
 const TOOL_OUTPUT_BYTES: u64 = 4096;
 
-/// Serves SFTP on `stream` until the client ends the session (or breaks the protocol).
-pub(crate) async fn serve<S>(stream: S, boxd: BoxdClient)
+/// Serves SFTP on `stream` until the client ends the session (or breaks the protocol), then
+/// gives the stream back (`None` if its reading half was lost to a panic): a caller that ends
+/// the channel itself (exit status, EOF, close) does so before dropping it, since dropping a
+/// russh channel stream closes the channel at once, and a close that overtakes the exit status
+/// makes OpenSSH's client report `Exit status -1` (scp then fails with nothing on stderr).
+pub(crate) async fn serve<S>(stream: S, boxd: BoxdClient) -> Option<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -92,9 +96,14 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (queue, mut requests) = tokio::sync::mpsc::channel::<(Bytes, OwnedSemaphorePermit)>(QUEUED_REQUESTS);
     let room = Arc::new(Semaphore::new(QUEUED_BYTES));
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let reading = tokio::spawn(async move {
         loop {
-            match read_packet(&mut reader, &room).await {
+            let next = tokio::select! {
+                next = read_packet(&mut reader, &room) => next,
+                _ = &mut stopped => break,
+            };
+            match next {
                 Ok(Some(request)) => {
                     if queue.send(request).await.is_err() {
                         break;
@@ -107,6 +116,7 @@ where
                 }
             }
         }
+        reader
     });
     while let Some((mut request, held)) = requests.recv().await {
         let id = request.get(1..5).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
@@ -127,13 +137,17 @@ where
         }
         drop(held);
     }
-    reading.abort();
+    // The reader stops: a request it waits for is given up, one it waits to queue is refused.
+    drop(requests);
+    let _ = stop.send(());
     // Writes acknowledged on handles the client never closed still reach their files.
     for opened in server.handles.values_mut() {
         if let Opened::File(file) = opened {
             let _ = file.flush(&server.boxd).await;
         }
     }
+    let reader = reading.await.ok()?;
+    Some(reader.unsplit(writer))
 }
 
 /// The next request's bytes (after its length) and their share of `room`, taken before they are

@@ -5,9 +5,9 @@
 //! alone (`d…` is a directory, `f…` a three-byte file, `l…` a symlink, `big…` a 1 TiB file,
 //! anything else is missing) and runs nothing, so no hostile request touches a real file system.
 //!
-//! The properties: `serve` never panics and ends when the client does; every answer is a packet
-//! a client can parse, and a session of well-formed requests gets one answer per request, with
-//! the request's id, in order.
+//! The properties: `serve` never panics, ends when the client does and gives its stream back;
+//! every answer is a packet a client can parse, and a session of well-formed requests gets one
+//! answer per request, with the request's id, in order.
 //!
 //! `serve` is private to the crate, so this test compiles `src/sftp.rs` into itself, as
 //! `tests/sftp.rs` does.
@@ -255,7 +255,9 @@ struct Session {
 fn session(h: &Harness, input: Vec<u8>) -> Result<Session, TestCaseError> {
     h.rt.block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let serving = tokio::spawn(sftp::serve(server, BoxdClient::new(h.socket.clone())));
+        // The stream comes back, and is dropped here: the client then reads to its end.
+        let boxd = BoxdClient::new(h.socket.clone());
+        let serving = tokio::spawn(async move { sftp::serve(server, boxd).await.is_some() });
         let (mut reader, mut writer) = tokio::io::split(client);
         let write = async move {
             // `serve` may stop reading (a request over its limit): a broken pipe is expected.
@@ -271,7 +273,8 @@ fn session(h: &Harness, input: Vec<u8>) -> Result<Session, TestCaseError> {
             .await
             .map_err(|_| TestCaseError::fail("serve did not end after the client closed"))?;
         match tokio::time::timeout(Duration::from_secs(5), serving).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err(TestCaseError::fail("serve did not give its stream back")),
             Ok(Err(e)) if e.is_panic() => return Err(TestCaseError::fail(format!("serve panicked: {e}"))),
             Ok(Err(e)) => return Err(TestCaseError::fail(format!("serve failed: {e}"))),
             Err(_) => return Err(TestCaseError::fail("serve did not end")),
