@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use russh_sftp::client::SftpSession;
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{OpenFlags, StatusCode};
+use russh_sftp::client::{RawSftpSession, SftpSession};
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 use vendbox_box::BoxdClient;
 
@@ -64,6 +64,15 @@ impl Harness {
 
     fn local(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// Another session, on which each request is sent and answered one by one.
+    async fn raw(&self) -> RawSftpSession {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(sftp::serve(server, BoxdClient::new(self.dir.path().join("boxd.sock"))));
+        let raw = RawSftpSession::new(client);
+        raw.init().await.unwrap();
+        raw
     }
 }
 
@@ -171,6 +180,112 @@ async fn paths_resolve_against_the_box_home() {
     assert_eq!(h.sftp.canonicalize(".").await.unwrap(), "/root");
     assert_eq!(h.sftp.canonicalize("a/../b").await.unwrap(), "/root/b");
     assert_eq!(h.sftp.canonicalize("/tmp/../etc").await.unwrap(), "/etc");
+}
+
+/// The size of `path` on disk.
+fn size_on_disk(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[tokio::test]
+async fn writes_stream_to_the_box_before_close_and_land_where_they_were_sent() {
+    let Some(h) = Harness::start().await else { return };
+    let raw = h.raw().await;
+    let flags = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    // TRUNCATE empties an existing file in the box at once.
+    std::fs::write(h.local("w.bin"), "old contents").unwrap();
+    let handle = raw.open(h.path("w.bin"), flags, FileAttributes::empty()).await.unwrap().handle;
+    assert_eq!(size_on_disk(&h.local("w.bin")), 0);
+
+    // 3 MiB in order, in chunks of 200 000 bytes: whole mebibytes reach the box as they fill,
+    // before any CLOSE, READ or FSTAT.
+    let data = pattern(3 << 20);
+    for (i, chunk) in data.chunks(200_000).enumerate() {
+        raw.write(&handle, (i * 200_000) as u64, chunk.to_vec()).await.unwrap();
+    }
+    assert!(size_on_disk(&h.local("w.bin")) >= 2 << 20, "the writes are still held in memory");
+
+    // Out of order: past the end (a hole of zeros), then back into the middle.
+    raw.write(&handle, 5 << 20, b"far".to_vec()).await.unwrap();
+    raw.write(&handle, 1000, b"middle".to_vec()).await.unwrap();
+    raw.write(&handle, 1006, b"-and-on".to_vec()).await.unwrap();
+    let mut expected = data;
+    expected.resize((5 << 20) + 3, 0);
+    expected[5 << 20..].copy_from_slice(b"far");
+    expected[1000..1013].copy_from_slice(b"middle-and-on");
+
+    // A READ and an FSTAT of the handle see every write.
+    assert_eq!(raw.fstat(&handle).await.unwrap().attrs.size, Some((5 << 20) + 3));
+    assert_eq!(raw.read(&handle, 995, 20).await.unwrap().data, &expected[995..1015]);
+    assert_eq!(raw.read(&handle, (5 << 20) - 2, 100).await.unwrap().data, b"\0\0far");
+    raw.close(&handle).await.unwrap();
+    assert!(std::fs::read(h.local("w.bin")).unwrap() == expected, "the file on disk differs");
+}
+
+#[tokio::test]
+async fn append_writes_go_to_the_end_whatever_their_offset() {
+    let Some(h) = Harness::start().await else { return };
+    let raw = h.raw().await;
+    std::fs::write(h.local("a.log"), "start\n").unwrap();
+    let handle = raw
+        .open(h.path("a.log"), OpenFlags::WRITE | OpenFlags::APPEND, FileAttributes::empty())
+        .await
+        .unwrap()
+        .handle;
+    raw.write(&handle, 0, b"one\n".to_vec()).await.unwrap();
+    raw.write(&handle, 0, b"two\n".to_vec()).await.unwrap();
+    raw.close(&handle).await.unwrap();
+    assert_eq!(std::fs::read_to_string(h.local("a.log")).unwrap(), "start\none\ntwo\n");
+}
+
+#[tokio::test]
+async fn a_write_that_cannot_reach_the_box_fails_the_request_that_sends_it_and_close() {
+    let Some(h) = Harness::start().await else { return };
+    let raw = h.raw().await;
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let handle = raw.open(h.path("f.bin"), flags, FileAttributes::empty()).await.unwrap().handle;
+    // Held, so acknowledged; then the file becomes a directory, where boxd cannot write it.
+    raw.write(&handle, 0, b"held".to_vec()).await.unwrap();
+    std::fs::remove_file(h.local("f.bin")).unwrap();
+    std::fs::create_dir(h.local("f.bin")).unwrap();
+    let err = raw.fstat(&handle).await.unwrap_err();
+    assert_eq!(status_of(&err), Some(StatusCode::Failure), "{err}");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    // Later writes are held again, and CLOSE answers with the write that was lost.
+    raw.write(&handle, 4, b"more".to_vec()).await.unwrap();
+    let err = raw.close(&handle).await.unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+#[tokio::test]
+async fn fsetstat_truncates_in_the_box_at_once_and_sets_mode_and_times_at_close() {
+    let Some(h) = Harness::start().await else { return };
+    let raw = h.raw().await;
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let handle = raw.open(h.path("s.bin"), flags, FileAttributes::empty()).await.unwrap().handle;
+    raw.write(&handle, 0, pattern(100)).await.unwrap();
+    let shorter = FileAttributes { size: Some(10), ..FileAttributes::empty() };
+    raw.fsetstat(&handle, shorter).await.unwrap();
+    assert!(std::fs::read(h.local("s.bin")).unwrap() == pattern(10), "the file was not cut to 10 bytes");
+    let attrs = FileAttributes {
+        permissions: Some(0o600),
+        atime: Some(1_000),
+        mtime: Some(2_000),
+        ..FileAttributes::empty()
+    };
+    raw.fsetstat(&handle, attrs).await.unwrap();
+    let seen = raw.fstat(&handle).await.unwrap().attrs;
+    assert_eq!(
+        (seen.size, seen.permissions.map(|p| p & 0o7777), seen.mtime),
+        (Some(10), Some(0o600), Some(2_000))
+    );
+    raw.write(&handle, 10, b"tail".to_vec()).await.unwrap();
+    raw.close(&handle).await.unwrap();
+    let meta = std::fs::metadata(h.local("s.bin")).unwrap();
+    assert_eq!(meta.len(), 14);
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777, 0o600);
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 2_000);
+    assert_eq!(std::os::unix::fs::MetadataExt::atime(&meta), 1_000);
 }
 
 /// Runs `program` with `args`, failing the test with its output unless it succeeds; its stdout.

@@ -534,3 +534,90 @@ async fn a_big_download_streams_through_a_gateway_of_bounded_memory() {
     let grew = peak_rss(pid).saturating_sub(before);
     assert!(grew < 10 << 20, "the gateway's peak memory grew by {} MiB", grew >> 20);
 }
+
+/// vendbox's resident memory now, in bytes (`VmRSS`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// The SHA-256 of `local`, in hex.
+fn local_sha256(local: &Path) -> String {
+    let out = Command::new("sha256sum").arg(local).output().unwrap();
+    text(&out.stdout).split(' ').next().unwrap().to_owned()
+}
+
+impl Scene {
+    /// The SHA-256 of `path` in the box, in hex.
+    fn box_sha256(&self, path: &str) -> String {
+        let out = self.ssh(&self.key, &[], &format!("sha256sum {path} | cut -d' ' -f1"));
+        assert!(out.status.success(), "sha256sum {path}: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_big_upload_streams_through_a_gateway_of_bounded_memory() {
+    let Some(s) = scene(10).await else { return };
+    let pid = s.host.vendbox.as_ref().unwrap().child.id();
+    // 64 MiB: a gateway that held an upload until CLOSE grew by all of it.
+    let size: u32 = 64 << 20;
+    let local = s.host.dir.path().join("up.bin");
+    let bytes: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&local, &bytes).unwrap();
+    drop(bytes);
+    let (peak_before, rss_before) = (peak_rss(pid), rss(pid));
+    let started = Instant::now();
+    let out = Command::new("scp")
+        .args(Scene::options(&s.key))
+        .args(["-P", &s.port, local.to_str().unwrap(), "root@127.0.0.1:/root/up.bin"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "scp in: {}: {}", out.status, text(&out.stderr));
+    let (peak_after, rss_after) = (peak_rss(pid), rss(pid));
+    eprintln!(
+        "64 MiB up in {took:.2?} ({:.1} MiB/s); vendbox VmRSS {} -> {} MiB, VmHWM {} -> {} MiB",
+        64.0 / took.as_secs_f64(),
+        rss_before >> 20,
+        rss_after >> 20,
+        peak_before >> 20,
+        peak_after >> 20,
+    );
+    assert_eq!(s.box_sha256("/root/up.bin"), local_sha256(&local));
+    let grew = peak_after.saturating_sub(peak_before);
+    assert!(grew < 16 << 20, "the gateway's peak memory grew by {} MiB", grew >> 20);
+}
+
+#[tokio::test]
+async fn a_resumed_upload_writes_the_rest_in_place() {
+    let Some(s) = scene(10).await else { return };
+    let pid = s.host.vendbox.as_ref().unwrap().child.id();
+    // The box holds the first part, made there (not sent): 40 MiB and a few bytes of `yes`.
+    let part: usize = (40 << 20) + 12_345;
+    let made = s.ssh(&s.key, &[], &format!("yes vendbox | head -c {part} > /root/resumed.bin && echo made"));
+    assert_eq!(text(&made.stdout), "made\n", "{}", text(&made.stderr));
+    // The whole file: that part, then 3 MiB and a few bytes that differ with their offset, so a
+    // rest written anywhere but at the part's end shows.
+    let mut bytes: Vec<u8> = b"vendbox\n".iter().copied().cycle().take(part).collect();
+    bytes.extend((0..(3 << 20) + 777_u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let local = s.host.dir.path().join("resumed.bin");
+    std::fs::write(&local, &bytes).unwrap();
+    let batch = s.host.dir.path().join("batch");
+    std::fs::write(&batch, format!("reput {} /root/resumed.bin\n", local.display())).unwrap();
+
+    let before = peak_rss(pid);
+    let out = Command::new("sftp")
+        .args(Scene::options(&s.key))
+        .args(["-P", &s.port, "-b", batch.to_str().unwrap(), "root@127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sftp reput: {}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(s.box_sha256("/root/resumed.bin"), local_sha256(&local));
+    // Resuming sends only the rest, and a gateway that read the part already there into its
+    // memory at OPEN grew by all of it.
+    let grew = peak_rss(pid).saturating_sub(before);
+    eprintln!("resumed upload: vendbox VmHWM grew by {} MiB", grew >> 20);
+    assert!(grew < 16 << 20, "the gateway's peak memory grew by {} MiB", grew >> 20);
+}
