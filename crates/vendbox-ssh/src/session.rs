@@ -372,11 +372,14 @@ impl Handler for Connection {
         session.channel_success(channel)?;
         let handle = session.handle();
         tokio::spawn(async move {
-            crate::sftp::serve(stream.into_stream(), boxd).await;
-            // scp and sftp judge the session by its exit status, as with sshd's sftp-server.
+            let stream = crate::sftp::serve(stream.into_stream(), boxd).await;
+            // scp and sftp judge the session by its exit status, as with sshd's sftp-server. The
+            // stream is dropped only after the close: dropping it sends a close of its own that
+            // could overtake the exit status (OpenSSH then reports `Exit status -1`).
             let _ = handle.exit_status_request(channel, 0).await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
+            drop(stream);
         });
         Ok(())
     }
