@@ -14,7 +14,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -165,20 +164,9 @@ fn refusal(status: StatusCode, body: StorefrontError, mut headers: HeaderMap) ->
     response
 }
 
-/// `error` in the seed's dialect.
-fn from_api(error: ApiError) -> Response {
-    let body = StorefrontError { error: error.message, code: error.code.to_owned(), field: error.field };
-    refusal(error.status, body, HeaderMap::new())
-}
-
-/// The answer of a handler in the seed's dialect: its error rendered as the seed's `Error`, and
-/// a refusal the gate or a shared helper rendered natively (`{"error":{"code","message"}}`)
-/// rendered again. A 402 stays the x402 body.
-async fn in_dialect(answer: Result<Response, ApiError>) -> Response {
-    let response = match answer {
-        Ok(response) => response,
-        Err(error) => return from_api(error),
-    };
+/// A refusal rendered natively (`{"error":{"code","message"}}`: by a handler, the gate, the
+/// extractors or the router) said again as the seed's `Error`. A 402 stays the x402 body.
+async fn in_dialect(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || status == StatusCode::PAYMENT_REQUIRED {
         return response;
@@ -199,12 +187,7 @@ async fn in_dialect(answer: Result<Response, ApiError>) -> Response {
 pub(crate) async fn dialect(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let ours = request.uri().path().starts_with("/api/");
     let response = next.run(request).await;
-    if ours { in_dialect(Ok(response)).await } else { response }
-}
-
-/// A path id axum could not decode, as a coded error.
-fn bad_path(rejection: &PathRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", rejection.body_text())
+    if ours { in_dialect(response).await } else { response }
 }
 
 /// A machine id for a lease: `machine_` and the first 16 hex digits of its id.
@@ -273,10 +256,9 @@ fn bad(code: &'static str, field: &str, message: String) -> ApiError {
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    request: Result<ApiJson<CreateMachineRequest>, ApiError>,
-) -> Response {
-    let answer = async { create_machine(&state, &headers, request?.0).await };
-    in_dialect(answer.await).await
+    ApiJson(request): ApiJson<CreateMachineRequest>,
+) -> Result<Response, ApiError> {
+    create_machine(&state, &headers, request).await
 }
 
 async fn create_machine(
@@ -421,14 +403,10 @@ const MACHINE_ID: &str = "`machine_` and 16 lowercase hex digits";
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let answer = async {
-        let Path(id) = id.map_err(|r| bad_path(&r))?;
-        let lease = open(&state, &headers, &id, Capability::Read).await?;
-        Ok(Json(machine(&lease, &state)).into_response())
-    };
-    in_dialect(answer.await).await
+    Path(id): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
+    let lease = open(&state, &headers, &id, Capability::Read).await?;
+    Ok(Json(machine(&lease, &state)))
 }
 
 /// Terminates the machine now (terminate token).
@@ -438,15 +416,11 @@ pub async fn get(
 pub async fn terminate(
     State(state): State<AppState>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let answer = async {
-        let Path(id) = id.map_err(|r| bad_path(&r))?;
-        let lease = open(&state, &headers, &id, Capability::Terminate).await?;
-        let ended = native::service(&state)?.terminate(&lease).await?;
-        Ok(Json(machine(&ended, &state)).into_response())
-    };
-    in_dialect(answer.await).await
+    Path(id): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
+    let lease = open(&state, &headers, &id, Capability::Terminate).await?;
+    let ended = native::service(&state)?.terminate(&lease).await?;
+    Ok(Json(machine(&ended, &state)))
 }
 
 /// Adds minutes to the machine (extend token); paid at the product's per-minute price (x402, a
@@ -463,16 +437,11 @@ pub async fn terminate(
 pub async fn extend(
     State(state): State<AppState>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-    request: Result<ApiJson<ExtendMachineRequest>, ApiError>,
-) -> Response {
-    let answer = async {
-        let Path(id) = id.map_err(|r| bad_path(&r))?;
-        let ApiJson(request) = request?;
-        let lease = open(&state, &headers, &id, Capability::Extend).await?;
-        extend_machine(&state, &headers, &id, lease, request).await
-    };
-    in_dialect(answer.await).await
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ExtendMachineRequest>,
+) -> Result<Response, ApiError> {
+    let lease = open(&state, &headers, &id, Capability::Extend).await?;
+    extend_machine(&state, &headers, &id, lease, request).await
 }
 
 async fn extend_machine(
