@@ -19,6 +19,7 @@ pub struct FakeBackend {
     destroyed: Mutex<Vec<BoxId>>,
     fail_next_create: Mutex<Option<String>>,
     create_takes: Mutex<std::time::Duration>,
+    refuses: Option<String>,
     capacity: Usage,
     sockets: PathBuf,
 }
@@ -32,9 +33,17 @@ impl FakeBackend {
             destroyed: Mutex::default(),
             fail_next_create: Mutex::default(),
             create_takes: Mutex::default(),
+            refuses: None,
             capacity: Usage { boxes: usize::MAX, memory_mb: u64::MAX, pids: u64::MAX },
             sockets: sockets.into(),
         }
+    }
+
+    /// The same backend, making no boxes at all: every `create` is refused as
+    /// [`BoxError::Unsupported`] saying `why` (a host that cannot run boxes).
+    #[must_use]
+    pub fn refusing(self, why: &str) -> FakeBackend {
+        FakeBackend { refuses: Some(why.to_owned()), ..self }
     }
 
     /// The same backend selling up to `capacity`.
@@ -81,6 +90,9 @@ impl Backend for FakeBackend {
     }
 
     async fn create(&self, spec: &BoxSpec) -> Result<(), BoxError> {
+        if let Some(why) = &self.refuses {
+            return Err(BoxError::Unsupported(why.clone()));
+        }
         if let Some(why) = lock(&self.fail_next_create).take() {
             return Err(BoxError::Start(why));
         }

@@ -15,11 +15,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -27,7 +25,7 @@ use chrono::Utc;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient};
+use vendbox_box::fake::FakeBackend;
 use vendbox_core::{Capability, Lease, LeaseId, LeaseState, LockKey, SecretToken};
 use vendbox_pay::Network;
 use vendbox_pay::alloy::primitives::Address;
@@ -218,40 +216,6 @@ fn expected(rule: Rule, kind: Kind) -> Outcome {
     }
 }
 
-/// A backend that makes no boxes: creating one is refused, and every box's boxd socket is a
-/// path where nothing listens.
-#[derive(Debug)]
-struct NoBoxes {
-    dir: PathBuf,
-}
-
-#[async_trait]
-impl Backend for NoBoxes {
-    fn name(&self) -> &'static str {
-        "none"
-    }
-
-    async fn create(&self, _spec: &BoxSpec) -> Result<(), BoxError> {
-        Err(BoxError::Unsupported("these tests make no boxes".into()))
-    }
-
-    async fn status(&self, _id: &BoxId) -> Result<BoxStatus, BoxError> {
-        Ok(BoxStatus::Unresponsive)
-    }
-
-    fn boxd(&self, id: &BoxId) -> BoxdClient {
-        BoxdClient::new(self.dir.join(format!("{id}.sock")))
-    }
-
-    async fn destroy(&self, _id: &BoxId) -> Result<(), BoxError> {
-        Ok(())
-    }
-
-    async fn list(&self) -> Result<Vec<BoxId>, BoxError> {
-        Ok(Vec::new())
-    }
-}
-
 /// A lease of each family in the store, live and ended, each with a token of every capability.
 #[derive(Debug, Clone)]
 struct Leases {
@@ -352,7 +316,8 @@ async fn harness() -> Harness {
         "http://vendbox.test".into(),
         Faults::default(),
     );
-    let backend = Arc::new(NoBoxes { dir: dir.path().to_owned() });
+    let backend =
+        Arc::new(FakeBackend::new(dir.path().join("sockets")).refusing("these tests make no boxes"));
     let boxes = leases(store.as_ref(), "h3retik-custom").await;
     let rentals = leases(store.as_ref(), "vpsagent-sandbox-1h").await;
     let machines = leases(store.as_ref(), "bare-linux-machine").await;

@@ -17,11 +17,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -31,7 +29,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError, TestRunner};
 use serde_json::{Map, Value, json};
 use tower::ServiceExt;
-use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient};
+use vendbox_box::fake::FakeBackend;
 use vendbox_core::{Capability, Lease, LeaseId, LeaseState, LockKey, SecretToken};
 use vendbox_pay::alloy::primitives::Address;
 use vendbox_pay::exact::Acceptance;
@@ -71,40 +69,6 @@ impl Setup {
             // answer; the backend refuses to make boxes.
             Setup::Selling => &["box_unavailable", "boxes_unavailable"],
         }
-    }
-}
-
-/// A backend that makes no boxes: creating one is refused, and every box's boxd socket is a
-/// path where nothing listens.
-#[derive(Debug)]
-struct NoBoxes {
-    dir: PathBuf,
-}
-
-#[async_trait]
-impl Backend for NoBoxes {
-    fn name(&self) -> &'static str {
-        "none"
-    }
-
-    async fn create(&self, _spec: &BoxSpec) -> Result<(), BoxError> {
-        Err(BoxError::Unsupported("these tests make no boxes".into()))
-    }
-
-    async fn status(&self, _id: &BoxId) -> Result<BoxStatus, BoxError> {
-        Ok(BoxStatus::Unresponsive)
-    }
-
-    fn boxd(&self, id: &BoxId) -> BoxdClient {
-        BoxdClient::new(self.dir.join(format!("{id}.sock")))
-    }
-
-    async fn destroy(&self, _id: &BoxId) -> Result<(), BoxError> {
-        Ok(())
-    }
-
-    async fn list(&self) -> Result<Vec<BoxId>, BoxError> {
-        Ok(Vec::new())
     }
 }
 
@@ -215,7 +179,8 @@ fn harness(setup: Setup) -> Harness {
                 max_timeout_seconds: 60,
             };
             let gate = PaymentGate::new(Some(acceptance), None, store.clone(), public_url, Faults::default());
-            let backend = Arc::new(NoBoxes { dir: dir.path().to_owned() });
+            let backend =
+                Arc::new(FakeBackend::new(dir.path().join("sockets")).refusing("these tests make no boxes"));
             (gate, Ok(Arc::new(Boxes::new(backend, store.clone()))))
         }
     };

@@ -4,14 +4,12 @@
 //! authorization's validity window, lock TTLs, keys, owners and metadata, session, machine, box
 //! and rental lengths, and the box capacity (`max_boxes`, `memory_mb`). The real router runs in
 //! process, configured from a `vendbox.toml` with small limits, over SQLite in a temporary
-//! directory, a backend that makes boxes in memory and a facilitator that accepts every payment;
+//! directory, vendbox-box's in-memory `FakeBackend` and a facilitator that accepts every payment;
 //! the per-address cap is checked through a loopback socket, since it counts client addresses.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -25,7 +23,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tower::ServiceExt;
-use vendbox_box::{Backend, BoxError, BoxId, BoxSpec, BoxStatus, BoxdClient, Usage};
+use vendbox_box::Backend as _;
+use vendbox_box::fake::FakeBackend;
 use vendbox_core::{LeaseId, LeaseState};
 use vendbox_pay::alloy::primitives::{B256, U256};
 use vendbox_pay::alloy::signers::local::PrivateKeySigner;
@@ -85,50 +84,6 @@ const ACQUIRE: &str = "/x402/locks/acquire";
 /// A valid OpenSSH public key line.
 const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
 
-/// A backend that makes boxes in memory, each after `delay_ms`; their boxd sockets are paths
-/// where nothing listens. Usage counts the boxes and their memory, as the local backend's does.
-#[derive(Debug)]
-struct MemoryBoxes {
-    dir: PathBuf,
-    made: Mutex<Vec<(BoxId, vendbox_box::Limits)>>,
-    delay_ms: AtomicU64,
-}
-
-#[async_trait]
-impl Backend for MemoryBoxes {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-
-    async fn create(&self, spec: &BoxSpec) -> Result<(), BoxError> {
-        tokio::time::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))).await;
-        self.made.lock().unwrap().push((spec.id.clone(), spec.limits));
-        Ok(())
-    }
-
-    async fn status(&self, id: &BoxId) -> Result<BoxStatus, BoxError> {
-        let made = self.made.lock().unwrap().iter().any(|(b, _)| b == id);
-        Ok(if made { BoxStatus::Running } else { BoxStatus::Gone })
-    }
-
-    fn boxd(&self, id: &BoxId) -> BoxdClient {
-        BoxdClient::new(self.dir.join(format!("{id}.sock")))
-    }
-
-    async fn destroy(&self, id: &BoxId) -> Result<(), BoxError> {
-        self.made.lock().unwrap().retain(|(b, _)| b != id);
-        Ok(())
-    }
-
-    async fn list(&self) -> Result<Vec<BoxId>, BoxError> {
-        Ok(self.made.lock().unwrap().iter().map(|(b, _)| b.clone()).collect())
-    }
-
-    async fn usage(&self) -> Result<Usage, BoxError> {
-        Ok(self.made.lock().unwrap().iter().fold(Usage::default(), |sum, (_, l)| sum.plus(Usage::of(*l))))
-    }
-}
-
 /// A facilitator that verifies and settles every payment without a chain.
 #[derive(Debug)]
 struct Accepting;
@@ -161,7 +116,7 @@ struct Shop {
     router: Router,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    backend: Arc<MemoryBoxes>,
+    backend: Arc<FakeBackend>,
     _dir: tempfile::TempDir,
 }
 
@@ -201,11 +156,7 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
             )
         }
     };
-    let backend = Arc::new(MemoryBoxes {
-        dir: dir.path().to_owned(),
-        made: Mutex::default(),
-        delay_ms: AtomicU64::new(0),
-    });
+    let backend = Arc::new(FakeBackend::new(dir.path().join("sockets")));
     let boxes = Boxes::new(backend.clone(), store.clone());
     let capacity = config.boxes.capacity(boxes.capacity());
     let metrics = Arc::new(Metrics::new());
@@ -327,13 +278,13 @@ async fn a_request_inside_the_timeout_is_answered_and_one_past_it_is_request_tim
     // half times it is not waited for.
     let shop = shop("[server]\nrequest_timeout_secs = 2\n").await;
     let order = json!({ "offer": "test-box", "minutes": 10 });
-    shop.backend.delay_ms.store(1000, Ordering::SeqCst);
+    shop.backend.create_takes(Duration::from_secs(1));
     let started = Instant::now();
     let inside = shop.post("/v1/boxes", None, &order).await;
     assert_eq!(inside.served(StatusCode::CREATED, "a box made in 1 s")["state"], "active");
     assert!(started.elapsed() >= Duration::from_secs(1));
 
-    shop.backend.delay_ms.store(3000, Ordering::SeqCst);
+    shop.backend.create_takes(Duration::from_secs(3));
     let started = Instant::now();
     let past = shop.post("/v1/boxes", None, &order).await;
     past.refused(StatusCode::SERVICE_UNAVAILABLE, "request_timeout", None, "a box made in 3 s");
