@@ -106,19 +106,6 @@ async fn command_time_limits_output_and_uploads_are_served_at_their_limit_and_re
     assert_eq!(host.ok(&b, "test -e /root/over-limit || echo none").await, "none\n");
 }
 
-/// A fresh ed25519 key pair made by `ssh-keygen`: the private key's path and the public line.
-fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    (path, public.trim().to_owned())
-}
-
 /// A box bought with a key, and the SSH gateway's address.
 struct Gateway {
     host: BoxHost,
@@ -269,7 +256,7 @@ async fn ssh_limits_are_served_at_their_limit_and_refused_past_it() {
     ];
     let Some(host) = BoxHost::start_with("", &env) else { return };
     let addr = host.vendbox.as_ref().unwrap().ssh.clone().expect("the SSH gateway runs");
-    let (key, public) = keypair(host.dir.path(), "agent");
+    let (key, public) = support::ssh_keypair(host.dir.path(), "agent");
     let bought =
         host.buy_with(&json!({ "offer": "test-box", "minutes": 10, "ssh_public_key": public })).await;
     let g = Gateway { host, addr, key, bought };

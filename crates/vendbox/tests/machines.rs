@@ -18,14 +18,6 @@ fn ready() -> bool {
     boxhost::boxes_supported() && shop::python_client_installed()
 }
 
-fn keypair(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    let path = dir.join("agent_key");
-    let status =
-        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&path).status().unwrap();
-    assert!(status.success());
-    (path.clone(), std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_owned())
-}
-
 /// Pays `method path` with the official client; its JSON line (status, body, receipt).
 fn pay(
     shop: &Shop,
@@ -56,7 +48,7 @@ async fn storefront_machines_are_made_once_per_request_id_with_separate_tokens_a
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
     let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
-    let (key, public) = keypair(shop.dir.path());
+    let (key, public) = support::ssh_keypair(shop.dir.path(), "agent_key");
     let health: Value = reqwest::get(shop.url("/api/health")).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
     assert!(health["products"].as_array().unwrap().contains(&json!("bare-linux-machine")), "{health}");

@@ -209,14 +209,6 @@ fn storefront_refusal(answer: &Answer, status: u16, code: &str) {
     assert_eq!(answer.body["code"], code, "{}", answer.body);
 }
 
-fn keypair(dir: &std::path::Path) -> String {
-    let path = dir.join("agent_key");
-    let status =
-        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&path).status().unwrap();
-    assert!(status.success());
-    std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_owned()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The Agentic Compute Storefront.
 
@@ -228,7 +220,7 @@ async fn storefront_answers_are_the_seeds_every_error_included() {
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
     let payer = shop.payer().await;
-    let public = keypair(shop.dir.path());
+    let (_, public) = support::ssh_keypair(shop.dir.path(), "agent_key");
     let mut r = Recorder::new(&shop.vendbox.url);
     // Refusals, checked after the seed's own verdict on every answer.
     let mut refused: Vec<(Answer, u16, &str)> = Vec::new();

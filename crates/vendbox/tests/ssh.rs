@@ -14,19 +14,6 @@ use std::time::{Duration, Instant};
 use boxhost::{Bought, BoxHost};
 use serde_json::json;
 
-/// A fresh ed25519 key pair made by `ssh-keygen`; the private key's path and the public line.
-fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    (path, public.trim().to_owned())
-}
-
 /// A host selling boxes, with the gateway's port and a box bought with a key.
 struct Scene {
     host: BoxHost,
@@ -39,7 +26,7 @@ async fn scene(minutes: u32) -> Option<Scene> {
     let host = BoxHost::start()?;
     let ssh = host.vendbox.as_ref().unwrap().ssh.clone().expect("the SSH gateway runs");
     let port = ssh.rsplit(':').next().unwrap().to_owned();
-    let (key, public) = keypair(host.dir.path(), "agent");
+    let (key, public) = support::ssh_keypair(host.dir.path(), "agent");
     let bought =
         host.buy_with(&json!({ "offer": "test-box", "minutes": minutes, "ssh_public_key": public })).await;
     Some(Scene { host, port, key, bought })
@@ -229,7 +216,7 @@ async fn local_forwarding_reaches_a_server_inside_the_box() {
 #[tokio::test]
 async fn wrong_keys_and_ended_leases_are_refused_and_open_sessions_end_with_the_lease() {
     let Some(s) = scene(10).await else { return };
-    let (stranger, _) = keypair(s.host.dir.path(), "stranger");
+    let (stranger, _) = support::ssh_keypair(s.host.dir.path(), "stranger");
     let out = s.ssh(&stranger, &[], "true");
     assert_eq!(out.status.code(), Some(255));
     assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
@@ -471,7 +458,7 @@ async fn a_thousand_connections_that_never_log_in_cost_a_bounded_few_for_a_bound
     let Some(host) = BoxHost::start_with("", &env) else { return };
     let ssh = host.vendbox.as_ref().unwrap().ssh.clone().unwrap();
     let pid = host.vendbox.as_ref().unwrap().child.id();
-    let (key, public) = keypair(host.dir.path(), "agent");
+    let (key, public) = support::ssh_keypair(host.dir.path(), "agent");
     let bought =
         host.buy_with(&json!({ "offer": "test-box", "minutes": 10, "ssh_public_key": public })).await;
     let before = peak_rss(pid);

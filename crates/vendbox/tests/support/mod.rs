@@ -20,6 +20,20 @@ pub fn requirement_missing(what: &str) {
     eprintln!("skipped (VENDBOX_TEST_SKIP): {what}");
 }
 
+/// A fresh ed25519 key pair made by `ssh-keygen` in `dir`: the private key's path and the
+/// public line.
+pub fn ssh_keypair(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ssh-keygen failed");
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    (path, public.trim().to_owned())
+}
+
 /// A running `vendbox serve`, stopped (by its pid) when dropped.
 pub struct Vendbox {
     pub child: Child,
