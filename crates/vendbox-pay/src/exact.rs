@@ -5,7 +5,6 @@
 
 use alloy::primitives::{Address, Signature, U256};
 use serde_json::{Value, json};
-use vendbox_core::Usdc;
 
 use crate::eip3009::{Authorization, TokenDomain, parse_signature};
 use crate::network::Network;
@@ -59,18 +58,7 @@ impl Acceptance {
     }
 }
 
-/// One thing to pay for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Charge {
-    /// The price.
-    pub amount: Usdc,
-    /// The URL being paid for.
-    pub resource: String,
-    /// What is being paid for, for people.
-    pub description: String,
-    /// Media type of the paid response.
-    pub mime_type: String,
-}
+pub use crate::method::Charge;
 
 /// The requirements for one charge, in both protocol versions.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,10 +11,16 @@ pub mod devchain;
 pub mod eip3009;
 pub mod exact;
 pub mod facilitator;
+pub mod fake;
+pub mod method;
 pub mod network;
 pub mod reason;
 pub mod wire;
+pub mod x402;
 
+pub use method::{
+    Admission, AdmitError, Challenge, Charge, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
+};
 pub use network::Network;
 pub use reason::{Reason, Rejection};
 

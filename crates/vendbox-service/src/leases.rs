@@ -184,7 +184,7 @@ impl Boxes {
             id: box_id,
             image: terms.image.clone().unwrap_or_else(|| "host".into()),
             limits: limits_of(offer),
-            egress: false,
+            egress: offer.includes_egress(),
         };
         let held = match self.hold(spec.limits).await {
             Ok(held) => held,

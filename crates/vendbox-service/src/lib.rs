@@ -10,7 +10,9 @@
 //! - `purchase.rs`: extensions and renewals;
 //! - `orders.rs`: idempotency claims;
 //! - `records.rs`: [`Records`], quotes, payments and the store's health;
-//! - `locks.rs`: [`Locks`], TTL locks with fencing tokens, priced by the catalog.
+//! - `locks.rs`: [`Locks`], TTL locks with fencing tokens, priced by the catalog;
+//! - `payments.rs`: [`Payments`], the gate of paid work: any `vendbox_pay::PaymentMethod`,
+//!   pay-on-success, and recovery of payments a crash left half-done.
 
 mod access;
 pub mod clock;
@@ -19,6 +21,7 @@ mod exec;
 mod leases;
 pub mod locks;
 mod orders;
+pub mod payments;
 mod purchase;
 mod records;
 
@@ -28,5 +31,6 @@ pub use error::LeaseError;
 pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
 pub use leases::{Boxes, EXPIRY_BATCH, Provisioned, Reconciled};
 pub use locks::{LockError, Locks};
+pub use payments::{Coded, Delivery, Faults, Paid, PayError, Payments, RecoverError, Unconfigured};
 pub use purchase::Extension;
 pub use records::{RecordError, Records};
