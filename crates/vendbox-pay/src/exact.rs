@@ -348,6 +348,7 @@ mod tests {
 
     use super::*;
     use crate::client;
+    use vendbox_core::Usdc;
 
     const NOW: u64 = 1_800_000_000;
 

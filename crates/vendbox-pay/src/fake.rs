@@ -163,3 +163,31 @@ impl PaymentMethod for FakeMethod {
         Ok(found.unwrap_or_else(|| Recovered::Voided { reason: "the fake payment was never settled".into() }))
     }
 }
+
+/// A facilitator that cannot be reached: verification is unavailable and nothing is ever sent.
+/// For tests of what happens before a payment is verified (x402's challenges and refusals).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoFacilitator;
+
+#[async_trait]
+impl crate::facilitator::Facilitator for NoFacilitator {
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+
+    async fn verify(
+        &self,
+        _payment: &crate::exact::CheckedPayment,
+        _requirements: &crate::exact::Requirements,
+    ) -> Result<(), crate::chain::VerifyError> {
+        Err(crate::chain::VerifyError::Unavailable("no facilitator is configured".into()))
+    }
+
+    async fn settle(
+        &self,
+        _payment: &crate::exact::CheckedPayment,
+        _requirements: &crate::exact::Requirements,
+    ) -> Result<alloy::primitives::B256, crate::facilitator::SettleError> {
+        Err(crate::facilitator::SettleError::NotSent("no facilitator is configured".into()))
+    }
+}

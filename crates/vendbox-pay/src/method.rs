@@ -99,7 +99,10 @@ pub struct Admission {
 
 impl fmt::Debug for Admission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Admission").field("payment", &self.payment.id).field("payer", &self.payer).finish()
+        f.debug_struct("Admission")
+            .field("payment", &self.payment.id)
+            .field("payer", &self.payer)
+            .finish_non_exhaustive()
     }
 }
 

@@ -35,8 +35,8 @@ pub struct X402Exact {
     acceptance: Acceptance,
     /// Verifies and settles.
     facilitator: Arc<dyn Facilitator>,
-    /// The token's chain, asked after a crash.
-    chain: Chain,
+    /// The token's chain, asked after a crash (`None`: recovery cannot be done).
+    chain: Option<Chain>,
     /// Proofs the facilitator refused lately, so that a replayed bad proof costs a lookup, not
     /// another call to a chain.
     refused: Mutex<RefusedProofs>,
@@ -52,9 +52,16 @@ struct Ticket {
 }
 
 impl X402Exact {
-    /// Payments as `acceptance` says, through `facilitator`; `chain` is asked after a crash.
-    pub fn new(acceptance: Acceptance, facilitator: Arc<dyn Facilitator>, chain: Chain) -> X402Exact {
-        X402Exact { acceptance, facilitator, chain, refused: Mutex::default() }
+    /// Payments as `acceptance` says, through `facilitator`.
+    pub fn new(acceptance: Acceptance, facilitator: Arc<dyn Facilitator>) -> X402Exact {
+        X402Exact { acceptance, facilitator, chain: None, refused: Mutex::default() }
+    }
+
+    /// The same method, asking `chain` what became of payments a crash left half-done.
+    #[must_use]
+    pub fn recovering_from(mut self, chain: Chain) -> X402Exact {
+        self.chain = Some(chain);
+        self
     }
 
     /// What this method accepts.
@@ -169,7 +176,8 @@ impl PaymentMethod for X402Exact {
 
     async fn recover(&self, payment: &Payment) -> Result<Recovered, String> {
         let key = &payment.replay_key;
-        let found = self.chain.recover(&key.payer, &key.nonce).await.map_err(|e| e.to_string())?;
+        let chain = self.chain.as_ref().ok_or("no chain is configured to recover payments from")?;
+        let found = chain.recover(&key.payer, &key.nonce).await.map_err(|e| e.to_string())?;
         Ok(match found {
             Recovery::Settled { transaction } => Recovered::Settled { reference: transaction },
             Recovery::Cancelled { transaction } => Recovered::Voided {

@@ -24,7 +24,6 @@ use vendbox_store::Store;
 
 use crate::boxes::Boxes;
 use crate::error::ApiError;
-use crate::gate::PaymentGate;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::openapi;
 use crate::routes::{
@@ -44,7 +43,7 @@ pub struct AppState {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// The payment gate of paid routes.
-    pub gate: Arc<PaymentGate>,
+    pub payments: Arc<vendbox_service::Payments>,
     /// The boxes for sale, or why this vendbox runs none.
     pub boxes: Result<Arc<Boxes>, Arc<str>>,
     /// Where the SSH gateway answers, when it runs.

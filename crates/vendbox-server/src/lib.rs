@@ -6,7 +6,6 @@ pub mod auth;
 pub mod boxes;
 pub mod config;
 pub mod error;
-pub mod faults;
 pub mod gate;
 pub mod json;
 pub mod metrics;

@@ -15,12 +15,12 @@ use std::str::FromStr;
 use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::chain::Chain;
 use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator};
+use vendbox_pay::x402::X402Exact;
+use vendbox_service::{Faults, Payments};
 
 use crate::app::{AppState, Limits, SshEndpoint, router};
 use crate::boxes::{BoxExpiry, Boxes};
 use crate::config::{BackendKind, Config, FacilitatorKind};
-use crate::faults::Faults;
-use crate::gate::PaymentGate;
 use crate::metrics::Metrics;
 use crate::purge::QuotePurge;
 use crate::settlement::SettlementWorker;
@@ -47,7 +47,7 @@ impl Server {
             Some(_) => config.public_url(),
             None => format!("http://{}", listener.local_addr()?),
         };
-        let (gate, settlement) =
+        let (payments, settlement) =
             payments(config, store.clone(), public_url, secrets).map_err(std::io::Error::other)?;
         let boxes = boxes(config, store.clone()).map_err(std::io::Error::other)?;
         let gateway = match &boxes {
@@ -77,7 +77,7 @@ impl Server {
             catalog: Arc::new(config.catalog()),
             store,
             metrics: Arc::new(Metrics::new()),
-            gate: Arc::new(gate),
+            payments,
             boxes,
             ssh,
         };
@@ -211,11 +211,11 @@ fn payments(
     store: Arc<dyn Store>,
     public_url: String,
     secrets: Secrets,
-) -> Result<(PaymentGate, Option<SettlementWorker>), String> {
+) -> Result<(Arc<Payments>, Option<SettlementWorker>), String> {
     let p = &config.payments;
     let Some(acceptance) = p.acceptance().map_err(|(key, problem)| format!("{key}: {problem}"))? else {
         tracing::warn!("payments.pay_to is not set: paid routes answer 503 until it is");
-        return Ok((PaymentGate::unconfigured(store, public_url), None));
+        return Ok((Arc::new(Payments::unconfigured(store, public_url)), None));
     };
     let chain_error = |e: vendbox_pay::chain::ChainError| e.to_string();
     let facilitator: Arc<dyn Facilitator> = match p.facilitator {
@@ -240,9 +240,11 @@ fn payments(
         pay_to = %acceptance.pay_to,
         "taking x402 payments"
     );
-    let worker = SettlementWorker { store: store.clone(), chain, grace: p.settle_grace() };
-    let gate = PaymentGate::new(Some(acceptance), Some(facilitator), store, public_url, Faults::from_env());
-    Ok((gate, Some(worker)))
+    let x402 = X402Exact::new(acceptance, facilitator).recovering_from(chain);
+    let payments =
+        Arc::new(Payments::new(vec![Arc::new(x402)], store, public_url).with_faults(Faults::from_env()));
+    let worker = SettlementWorker { payments: payments.clone(), grace: p.settle_grace() };
+    Ok((payments, Some(worker)))
 }
 
 /// What vendbox needs that never goes in a file it might share: keys and auth headers.

@@ -35,15 +35,13 @@ async fn app_with(limits: Limits) -> TestApp {
 
 fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
     let config = Config::load(None, []).unwrap();
-    let gate = Arc::new(vendbox_server::gate::PaymentGate::unconfigured(
-        store.clone(),
-        "http://vendbox.test".into(),
-    ));
+    let payments =
+        Arc::new(vendbox_service::Payments::unconfigured(store.clone(), "http://vendbox.test".into()));
     let state = AppState {
         catalog: Arc::new(config.catalog()),
         store,
         metrics: Arc::default(),
-        gate,
+        payments,
         boxes: Err("no boxes in these tests".into()),
         ssh: None,
     };

@@ -30,10 +30,11 @@ use vendbox_core::{Capability, Lease, LeaseId, LeaseState, LockKey, SecretToken}
 use vendbox_pay::Network;
 use vendbox_pay::alloy::primitives::Address;
 use vendbox_pay::exact::Acceptance;
+use vendbox_pay::fake::NoFacilitator;
+use vendbox_pay::x402::X402Exact;
 use vendbox_server::boxes::Boxes;
-use vendbox_server::faults::Faults;
-use vendbox_server::gate::PaymentGate;
 use vendbox_server::{AppState, Config, Limits, router};
+use vendbox_service::Payments;
 use vendbox_store::{SqliteStore, Store};
 
 /// A valid OpenSSH public key line.
@@ -309,12 +310,10 @@ async fn harness() -> Harness {
         pay_to: Address::repeat_byte(0xbb),
         max_timeout_seconds: 60,
     };
-    let gate = PaymentGate::new(
-        Some(acceptance),
-        None,
+    let payments = Payments::new(
+        vec![Arc::new(X402Exact::new(acceptance, Arc::new(NoFacilitator)))],
         store.clone(),
         "http://vendbox.test".into(),
-        Faults::default(),
     );
     let backend =
         Arc::new(FakeBackend::new(dir.path().join("sockets")).refusing("these tests make no boxes"));
@@ -341,7 +340,7 @@ async fn harness() -> Harness {
         boxes: Ok(Arc::new(Boxes::new(backend, store.clone()))),
         store,
         metrics: Arc::default(),
-        gate: Arc::new(gate),
+        payments: Arc::new(payments),
         ssh: None,
     };
     let router = router(state, Limits::default());

@@ -33,11 +33,12 @@ use vendbox_box::fake::FakeBackend;
 use vendbox_core::{Capability, Lease, LeaseId, LeaseState, LockKey, SecretToken};
 use vendbox_pay::alloy::primitives::Address;
 use vendbox_pay::exact::Acceptance;
+use vendbox_pay::fake::NoFacilitator;
+use vendbox_pay::x402::X402Exact;
 use vendbox_pay::{Network, wire};
 use vendbox_server::boxes::Boxes;
-use vendbox_server::faults::Faults;
-use vendbox_server::gate::PaymentGate;
 use vendbox_server::{AppState, Config, Limits, router};
+use vendbox_service::Payments;
 use vendbox_store::{SqliteStore, Store};
 
 /// Cases per route, or `PROPTEST_CASES` when set (for a longer run by hand).
@@ -167,7 +168,7 @@ fn harness(setup: Setup) -> Harness {
     let public_url = "http://vendbox.test".to_owned();
     let (gate, boxes) = match setup {
         Setup::Bare => {
-            (PaymentGate::unconfigured(store.clone(), public_url), Err("no boxes in these tests".into()))
+            (Payments::unconfigured(store.clone(), public_url), Err("no boxes in these tests".into()))
         }
         Setup::Selling => {
             let acceptance = Acceptance {
@@ -178,7 +179,8 @@ fn harness(setup: Setup) -> Harness {
                 pay_to: Address::repeat_byte(0xbb),
                 max_timeout_seconds: 60,
             };
-            let gate = PaymentGate::new(Some(acceptance), None, store.clone(), public_url, Faults::default());
+            let x402 = X402Exact::new(acceptance, Arc::new(NoFacilitator));
+            let gate = Payments::new(vec![Arc::new(x402)], store.clone(), public_url);
             let backend =
                 Arc::new(FakeBackend::new(dir.path().join("sockets")).refusing("these tests make no boxes"));
             (gate, Ok(Arc::new(Boxes::new(backend, store.clone()))))
@@ -189,7 +191,7 @@ fn harness(setup: Setup) -> Harness {
         catalog: Arc::new(config.catalog()),
         store,
         metrics: Arc::default(),
-        gate: Arc::new(gate),
+        payments: Arc::new(gate),
         boxes,
         ssh: None,
     };

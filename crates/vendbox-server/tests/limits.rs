@@ -34,9 +34,8 @@ use vendbox_pay::eip3009::Authorization;
 use vendbox_pay::exact::{CheckedPayment, Requirements, SETTLE_MARGIN_SECS};
 use vendbox_pay::facilitator::{Facilitator, SettleError};
 use vendbox_pay::wire::{self, MAX_HEADER_BYTES, PaymentPayloadV2, PaymentRequiredV2};
+use vendbox_pay::x402::X402Exact;
 use vendbox_server::boxes::Boxes;
-use vendbox_server::faults::Faults;
-use vendbox_server::gate::PaymentGate;
 use vendbox_server::metrics::Metrics;
 use vendbox_server::{AppState, Config, Limits, router};
 use vendbox_store::{SqliteStore, Store};
@@ -142,18 +141,13 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
         Arc::new(SqliteStore::open_file(&dir.path().join("vendbox.db")).await.unwrap());
     let public_url = "http://vendbox.test".to_owned();
     let gate = match payments {
-        Payments::None => PaymentGate::unconfigured(store.clone(), public_url),
+        Payments::None => vendbox_service::Payments::unconfigured(store.clone(), public_url),
         Payments::Accepted => {
             let mut payments = config.payments.clone();
             payments.pay_to = Some("0x2222222222222222222222222222222222222222".into());
-            let acceptance = payments.acceptance().unwrap();
-            PaymentGate::new(
-                acceptance,
-                Some(Arc::new(Accepting)),
-                store.clone(),
-                public_url,
-                Faults::default(),
-            )
+            let acceptance = payments.acceptance().unwrap().expect("a payee is set");
+            let x402 = X402Exact::new(acceptance, Arc::new(Accepting));
+            vendbox_service::Payments::new(vec![Arc::new(x402)], store.clone(), public_url)
         }
     };
     let backend = Arc::new(FakeBackend::new(dir.path().join("sockets")));
@@ -164,7 +158,7 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
         catalog: Arc::new(config.catalog()),
         store: store.clone(),
         metrics: metrics.clone(),
-        gate: Arc::new(gate),
+        payments: Arc::new(gate),
         boxes: Ok(Arc::new(boxes.with_capacity(capacity))),
         ssh: None,
     };

@@ -99,7 +99,7 @@ pub enum PayError<E> {
     /// The client must pay (again): no proof, a bad one, or one whose settlement failed.
     Required {
         /// Why, as a stable code (`payment_required`, a [`Reason`] code, `settlement_failed`).
-        code: String,
+        code: &'static str,
         /// Why, for people.
         message: String,
         /// The proof could not even be read: a bad request, not a payment problem.
@@ -526,13 +526,13 @@ impl Payments {
     fn required<E>(
         &self,
         charge: &Charge,
-        code: &str,
+        code: &'static str,
         message: &str,
         malformed: bool,
         payment: Option<PaymentId>,
     ) -> PayError<E> {
         PayError::Required {
-            code: code.to_owned(),
+            code,
             message: message.to_owned(),
             malformed,
             challenges: self.challenges(charge, code, message),

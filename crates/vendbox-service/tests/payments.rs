@@ -2,6 +2,7 @@
 //! for one, money moves only after the work succeeded, failed work and unsold requests void,
 //! a failed settlement takes back what was made, a proof pays once, and recovery finishes what a
 //! crash left half-done. No chain, no HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,4 +322,14 @@ async fn recovery_finishes_what_a_crash_left_reserved_by_asking_the_method() {
     assert_eq!((moved.state, moved.settlement_ref.as_deref()), (PaymentState::Settled, Some("0xabc")));
     assert_eq!(state_of(g.store.as_ref(), ids[1]).await, PaymentState::Voided);
     assert!(g.method.settled().is_empty(), "recovery never sends a payment");
+}
+
+#[test]
+fn injected_faults_are_read_from_their_list() {
+    use vendbox_service::Faults;
+    let f = Faults::parse("pause-before-settle=2.5, fail-work,bogus");
+    assert_eq!(f.pause_before_settle, Some(Duration::from_millis(2500)));
+    assert!(f.fail_work);
+    assert_eq!(f.pause_after_settle, None);
+    assert_eq!(Faults::parse(""), Faults::default());
 }

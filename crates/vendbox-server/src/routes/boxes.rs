@@ -26,9 +26,10 @@ use crate::app::AppState;
 use crate::auth::optional_bearer;
 use crate::boxes::{self, Boxes, Extension, Provisioned, SshKey};
 use crate::error::ApiError;
-use crate::gate::Delivery;
+use crate::gate;
 use crate::json::ApiJson;
 use vendbox_box::wire::ProcessSpec;
+use vendbox_service::{Delivery, Paid, PayError};
 
 /// A box to buy.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -192,21 +193,19 @@ pub async fn create(
     };
     let ssh_keys =
         request.ssh_public_key.as_deref().map(|k| SshKey::parse(k, "ssh_public_key")).transpose()?;
-    let answer_state = state.clone();
-    buy(
+    let bought = buy(
         &state,
         &headers,
         &request.offer,
         &params,
         "/v1/boxes",
         Access::root(ssh_keys.into_iter().collect()),
-        move |provisioned| {
-            let view = BoxView::of(&provisioned.lease, &answer_state);
-            (StatusCode::CREATED, Json(CreatedBox { view, token: provisioned.token(Capability::Root) }))
-                .into_response()
-        },
     )
-    .await
+    .await?;
+    Ok(gate::respond(bought, |provisioned| {
+        let view = BoxView::of(&provisioned.lease, &state);
+        (StatusCode::CREATED, Json(CreatedBox { view, token: provisioned.token(Capability::Root) }))
+    }))
 }
 
 /// Who may open a box being bought: SSH keys, and the capabilities to make tokens for.
@@ -225,7 +224,12 @@ impl Access {
     }
 }
 
-/// Sells `offer_id` on `params` through the gate; `answer` shapes the response of the made box.
+/// What the gate answered a purchase: the box made and paid for, or why not.
+pub(crate) type Bought = Result<Paid<Provisioned>, PayError<ApiError>>;
+
+/// Sells `offer_id` on `params` through the gate. Refusals before any payment is asked for (a
+/// bad offer or duration, a box the host cannot hold) are the outer error; the gate's answer is
+/// for the surface to render in its own shape ([`gate::respond`]).
 pub(crate) async fn buy(
     state: &AppState,
     headers: &HeaderMap,
@@ -233,43 +237,41 @@ pub(crate) async fn buy(
     params: &QuoteParams,
     path: &str,
     access: Access,
-    answer: impl FnOnce(&Provisioned) -> Response + Send,
-) -> Result<Response, ApiError> {
+) -> Result<Bought, ApiError> {
     let Access { ssh_keys, capabilities } = access;
     let boxes = service(state)?;
     let offer = state.catalog.offer(offer_id).map_err(|e| ApiError::from(e).with_field("offer"))?.clone();
     let terms = offer.quote(params)?;
     // Before any payment is asked for: a box the host cannot hold is not sold.
     boxes.admit(&offer).await?;
-    let requirements = state.gate.charge(terms.price, path, &offer.title)?;
+    let charge = state.payments.charge(terms.price, path, &offer.title)?;
     let work = |payment_id| async move {
         let provisioned = boxes.provision(&offer, &terms, payment_id, &ssh_keys, &capabilities).await?;
         let id = provisioned.lease.id;
-        let response = answer(&provisioned);
         let undo = async move { boxes.unpaid(id).await };
-        Ok(Delivery::delivered(response).undo_with(undo))
+        Ok(Delivery::delivered(provisioned).undo_with(undo))
     };
-    Ok(state.gate.pay_for(headers, requirements, work).await)
+    Ok(state.payments.pay(&gate::proof(&state.payments, headers), charge, work).await)
 }
 
 /// Sells `extension` of a lease at `price` through the gate, answering `body`: the expiry moves
 /// only once the payment settled, and a lease that cannot be extended was refused before.
-pub(crate) async fn sell_extension(
+pub(crate) async fn sell_extension<T: IntoResponse + Send + 'static>(
     state: &AppState,
     headers: &HeaderMap,
     extension: Extension,
     price: Usdc,
     path: &str,
     title: &str,
-    body: impl IntoResponse + Send + 'static,
-) -> Result<Response, ApiError> {
+    body: T,
+) -> Result<Result<Paid<T>, PayError<ApiError>>, ApiError> {
     let boxes = service(state)?;
-    let requirements = state.gate.charge(price, path, title)?;
+    let charge = state.payments.charge(price, path, title)?;
     let work = |payment| async move {
         let apply = boxes.apply(extension, payment);
         Ok(Delivery::delivered(body).after_settlement(async move { Ok(apply.await?) }))
     };
-    Ok(state.gate.pay_for(headers, requirements, work).await)
+    Ok(state.payments.pay(&gate::proof(&state.payments, headers), charge, work).await)
 }
 
 /// The box, for its owner.

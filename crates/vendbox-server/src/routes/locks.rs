@@ -22,8 +22,8 @@ use vendbox_service::locks::{Acquired, Released};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::gate::Delivery;
 use crate::json::{self, ApiJson};
+use vendbox_service::Delivery;
 
 pub use vendbox_service::locks::{ACQUIRE, CHARGE_WHEN_HELD, RENEW, WhenHeld};
 
@@ -391,7 +391,7 @@ async fn acquire(
 ) -> Result<Response, ApiError> {
     let locks = state.locks();
     let offer = locks.offer(ACQUIRE)?;
-    let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
+    let charge = state.payments.charge(offer.price.price(0, 0)?, path, &offer.title)?;
     let when_held = locks.when_held();
     let work = async move {
         Ok(match locks.acquire(&request).await? {
@@ -425,7 +425,7 @@ async fn acquire(
             }
         })
     };
-    Ok(state.gate.pay_for(headers, requirements, |_| work).await)
+    Ok(crate::gate::pay(&state.payments, headers, charge, |_| work).await)
 }
 
 async fn renew(
@@ -442,12 +442,12 @@ async fn renew(
     // A token that holds nothing is refused before payment is asked for (the renewal itself
     // checks again, atomically, once paid).
     locks.check_holder(&key, &token).await?;
-    let requirements = state.gate.charge(offer.price.price(0, 0)?, path, &offer.title)?;
+    let charge = state.payments.charge(offer.price.price(0, 0)?, path, &offer.title)?;
     let work = async move {
         let lock = locks.renew(&key, &token, ttl_seconds).await?;
         Ok(Json(RenewResponse { ok: true, renewed: true, lock: LockView::from(&lock) }))
     };
-    Ok(state.gate.pay_on_success(headers, requirements, work).await)
+    Ok(crate::gate::pay_on_success(&state.payments, headers, charge, work).await)
 }
 
 async fn release(

@@ -13,7 +13,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vendbox_core::{Capability, Lease, LeaseState, Offer, OfferKind, QuoteParams, SecretToken};
@@ -196,16 +196,12 @@ pub async fn rent(
     let params = QuoteParams { region: region(offer, body.region.as_deref()), ..QuoteParams::default() };
     let sku = body.sku.clone();
     let ssh = state.ssh.clone();
-    let response = native::buy(
-        &state,
-        &headers,
-        offer.id.as_str(),
-        &params,
-        "/rent",
-        native::Access::root(Vec::new()),
-        move |made| {
-            let token = made.token(Capability::Root);
-            let created = RentalCreated {
+    let bought =
+        native::buy(&state, &headers, offer.id.as_str(), &params, "/rent", native::Access::root(Vec::new()))
+            .await?;
+    let response = crate::gate::respond(bought, move |made| {
+        let token = made.token(Capability::Root);
+        let created = RentalCreated {
                 rental_id: made.lease.id.to_string(),
                 sku,
                 ipv4: ssh.as_ref().map(|s| s.host.clone()),
@@ -218,11 +214,9 @@ pub async fn rent(
                 status: "pending_settlement",
                 note: "Paid and running: vendbox settled once the box answered. ssh as root with root_password, or run ssh_command.".into(),
             };
-            (StatusCode::OK, Json(created)).into_response()
-        },
-    )
-    .await?;
-    Ok(super::vpsagent::with_receipt(response, &state))
+        (StatusCode::OK, Json(created))
+    });
+    Ok(super::vpsagent::with_receipt(response))
 }
 
 /// A rental's public lifecycle snapshot.
@@ -311,7 +305,7 @@ pub async fn renew(
         note: "Settled: expires_at has moved to current_expires_at.".into(),
     };
     let path = format!("/rentals/{id}/renew");
-    let response = native::sell_extension(
+    let sold = native::sell_extension(
         &state,
         &headers,
         extension,
@@ -321,7 +315,7 @@ pub async fn renew(
         (StatusCode::OK, Json(body)),
     )
     .await?;
-    Ok(super::vpsagent::with_receipt(response, &state))
+    Ok(super::vpsagent::with_receipt(crate::gate::respond(sold, |body| body)))
 }
 
 /// Live status: whether the box answers, its address and expiry, and the SSH password.

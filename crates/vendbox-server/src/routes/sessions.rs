@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vendbox_core::{Capability, Lease, LeaseState, OfferKind, QuoteParams};
@@ -110,11 +110,11 @@ async fn sell(
     params: QuoteParams,
     path: &str,
 ) -> Result<Response, ApiError> {
-    boxes::buy(state, headers, offer_id, &params, path, boxes::Access::root(Vec::new()), |provisioned| {
+    let bought = boxes::buy(state, headers, offer_id, &params, path, boxes::Access::root(Vec::new())).await?;
+    Ok(crate::gate::respond(bought, |provisioned| {
         let body = session_response(&provisioned.lease, Some(provisioned.token(Capability::Root)));
-        (StatusCode::OK, Json(body)).into_response()
-    })
-    .await
+        (StatusCode::OK, Json(body))
+    }))
 }
 
 /// The sandbox offer of the H3RETIK package `package`.

@@ -11,8 +11,6 @@
 //! now). The 402 of a paid call is the x402 body, unchanged: paying over x402 is vendbox's
 //! addition (the seed pays through MPP orders).
 
-use std::sync::{Arc, Mutex, PoisonError};
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -320,33 +318,30 @@ async fn create_machine(
             .with_field("request_id"));
         }
     }
-    let made: Arc<Mutex<Option<(vendbox_core::LeaseId, Machine)>>> = Arc::default();
-    let slot = made.clone();
-    let answer_state = state.clone();
     let capabilities = vec![Capability::Read, Capability::Extend, Capability::Terminate];
     let access = native::Access { ssh_keys: vec![key], capabilities };
-    let response =
-        native::buy(state, headers, offer.id.as_str(), &params, "/api/machines", access, move |p| {
-            let machine = machine(&p.lease, &answer_state);
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some((p.lease.id, machine.clone()));
-            let management = ManagementTokens {
-                read_token: p.token(Capability::Read),
-                extend_token: p.token(Capability::Extend),
-                terminate_token: p.token(Capability::Terminate),
-            };
-            (StatusCode::ACCEPTED, Json(MachineWithManagement { machine, management })).into_response()
-        })
-        .await;
-    let made = made.lock().unwrap_or_else(PoisonError::into_inner).take();
-    let succeeded = matches!(&response, Ok(r) if r.status().is_success());
-    match made {
-        Some((lease, machine)) if succeeded => {
-            let answer = serde_json::to_string(&machine).map_err(|e| ApiError::internal(&e))?;
-            boxes.finish_request(&request.request_id, Some(lease), &answer).await?;
+    let bought = native::buy(state, headers, offer.id.as_str(), &params, "/api/machines", access).await;
+    // The request id keeps what it made only when the machine was made and paid for; otherwise
+    // it is free for the client's retry.
+    match &bought {
+        Ok(Ok(paid)) => {
+            let answer = serde_json::to_string(&machine(&paid.value.lease, state))
+                .map_err(|e| ApiError::internal(&e))?;
+            boxes.finish_request(&request.request_id, Some(paid.value.lease.id), &answer).await?;
         }
         _ => boxes.release_request(&request.request_id).await,
     }
-    response
+    Ok(crate::gate::respond(bought?, |made| {
+        let management = ManagementTokens {
+            read_token: made.token(Capability::Read),
+            extend_token: made.token(Capability::Extend),
+            terminate_token: made.token(Capability::Terminate),
+        };
+        (
+            StatusCode::ACCEPTED,
+            Json(MachineWithManagement { machine: machine(&made.lease, state), management }),
+        )
+    }))
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
@@ -477,7 +472,7 @@ async fn extend_machine(
     let extension = native::service(state)?.extension(&lease, minutes)?;
     let body = machine(&Lease { expires_at: Some(extension.until), ..lease }, state);
     let path = format!("/api/machines/{id}/extend");
-    native::sell_extension(
+    let sold = native::sell_extension(
         state,
         headers,
         extension,
@@ -486,5 +481,6 @@ async fn extend_machine(
         &offer.title,
         (StatusCode::OK, Json(body)),
     )
-    .await
+    .await?;
+    Ok(crate::gate::respond(sold, |body| body))
 }

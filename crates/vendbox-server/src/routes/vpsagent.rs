@@ -69,10 +69,11 @@ pub struct SpecFloor {
 pub async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let offer = state.catalog.offer(CATALOG_OFFER)?;
     let price = offer.price.price(0, 0)?;
-    let requirements = state.gate.charge(price, "/catalog", &offer.title)?;
+    let charge = state.payments.charge(price, "/catalog", &offer.title)?;
     let skus = skus(&state.catalog);
-    let response = state.gate.pay_on_success(&headers, requirements, async move { Ok(Json(skus)) }).await;
-    Ok(with_receipt(response, &state))
+    let response =
+        crate::gate::pay_on_success(&state.payments, &headers, charge, async move { Ok(Json(skus)) }).await;
+    Ok(with_receipt(response))
 }
 
 /// VpsAgent's receipt: x402's settlement response with the transaction also as `tx`.
@@ -87,7 +88,7 @@ struct Receipt {
 
 /// A paid VpsAgent answer with `X-Payment-Response` (`{tx, network, …}` in base64 JSON), also
 /// when a v2 payment paid it (its `PAYMENT-RESPONSE` stays). Other answers are left as they are.
-pub fn with_receipt(mut response: Response, state: &AppState) -> Response {
+pub fn with_receipt(mut response: Response) -> Response {
     let headers = response.headers();
     let sent = [wire::X_PAYMENT_RESPONSE, wire::PAYMENT_RESPONSE]
         .into_iter()
@@ -95,8 +96,9 @@ pub fn with_receipt(mut response: Response, state: &AppState) -> Response {
     let Some(mut settlement) = sent.and_then(|v| wire::decode_header::<SettlementResponse>(v).ok()) else {
         return response;
     };
-    if let Some(acceptance) = state.gate.acceptance() {
-        settlement.network = acceptance.network.v1_label();
+    // VpsAgent names networks as x402 v1 does (`base-sepolia`), also for a v2 payment.
+    if let Some(network) = vendbox_pay::Network::parse(&settlement.network) {
+        settlement.network = network.v1_label();
     }
     let receipt = Receipt { tx: settlement.transaction.clone(), settlement };
     if let Ok(value) = HeaderValue::from_str(&wire::encode_header(&receipt)) {
