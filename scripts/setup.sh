@@ -44,6 +44,12 @@ for tool in ssh scp sftp ssh-keygen; do
   command -v "$tool" >/dev/null 2>&1 || { missing+=(openssh-client); break; }
 done
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+# Images and disks of boxes: mmdebstrap builds debian-12, umoci and skopeo import OCI and Docker
+# archives, e2fsprogs makes each box's ext4 disk, dpkg-deb builds the test's package.
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+command -v umoci >/dev/null 2>&1 || missing+=(umoci)
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]}"
   (apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1) \

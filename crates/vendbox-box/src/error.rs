@@ -40,6 +40,9 @@ pub enum BoxError {
     /// (boxd may have acted on the request).
     #[error("boxd's answer was lost: {0}")]
     AnswerLost(String),
+    /// An image cannot be built, imported, found or removed.
+    #[error("{0}")]
+    Image(String),
     /// A host operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -7,6 +7,7 @@
 mod client;
 mod error;
 pub mod fake;
+pub mod image;
 pub mod local;
 
 /// boxd's protocol: what a command is, what it answers, and the events of its stream. Code above

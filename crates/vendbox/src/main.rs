@@ -1,9 +1,11 @@
 //! The `vendbox` binary: `serve` runs the storefront; `dev` runs it on a local chain with test
-//! USDC and a funded agent wallet; `fetch` is an x402-paying HTTP client; `ssh` opens a bought box; `version` says which
+//! USDC and a funded agent wallet; `fetch` is an x402-paying HTTP client; `ssh` opens a bought box;
+//! `image` builds and lists the images boxes are made from; `version` says which
 //! build this is. Inside every box the same program runs as `vendbox boxd`, the box's PID 1.
 
 mod dev;
 mod fetch;
+mod image;
 mod ssh;
 
 use std::net::SocketAddr;
@@ -52,6 +54,8 @@ enum Command {
     /// Open a box you bought over SSH: `vendbox ssh LEASE [COMMAND…]` (needs the lease's token
     /// in VENDBOX_LEASE_TOKEN or --token, and the key given at purchase).
     Ssh(ssh::SshArgs),
+    /// Build, import, list and remove the images boxes are made from (`debian-12`…).
+    Image(image::ImageArgs),
     /// Print the version.
     Version,
     /// Run as PID 1 of a box (started by vendbox inside each box; not for people).
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => run_async(dev::run(args)),
         Command::Fetch(args) => run_async(fetch::run(args)),
         Command::Ssh(args) => run_async(ssh::run(args)),
+        Command::Image(args) => image::run(args),
         Command::Boxd(args) => {
             let listen = match args.socket {
                 Some(path) => boxd::Listen::Path(path),

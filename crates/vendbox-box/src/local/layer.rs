@@ -1,8 +1,11 @@
-//! A box's writable layer: a tmpfs of bounded size under the host's run directory that holds
-//! the box's private /etc, /root, /home, /tmp, /var/tmp and boxd's socket directory.
+//! A box's layer: a tmpfs under the host's run directory whose top directory holds what the host
+//! keeps about the box (boxd's socket, its record, its log), and what the box's root is made of.
 //!
-//! The tmpfs's pages are charged to the box's memory cgroup as the box writes them, and its size
-//! option stops writes at the box's disk bound with `ENOSPC`.
+//! A box of the `host` image writes to the tmpfs itself (its private /etc, /root, /home, /tmp,
+//! /var/tmp): its pages are charged to the box's memory cgroup as the box writes them, and its
+//! size option stops writes at the box's disk bound with `ENOSPC`. A box of a built image has its
+//! root there as an overlay ([`create_overlay`]): the image, idmapped and read-only, below; the
+//! box's disk above.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
@@ -42,8 +45,53 @@ pub(crate) const HOST_ETC: [&str; 16] = [
     "mime.types",
 ];
 
-/// Mounts and fills the layer at `dir` for a box whose root is host `uid`.
-pub(crate) fn create(dir: &Path, size_bytes: u64, uid: u32) -> Result<(), BoxError> {
+/// Where an image box's overlay is mounted in its layer: the root bubblewrap binds as `/`.
+pub(crate) const OVERLAY_ROOT: &str = "root";
+
+/// How much of the tmpfs an image box's layer takes: boxd's socket, the records and the log.
+const IMAGE_LAYER_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Mounts the layer of an image box at `dir`: the image's `rootfs`, idmapped to `uid` and
+/// read-only, at `lower`; the box's disk at `disk`; and the overlay of the two at
+/// [`OVERLAY_ROOT`]. Every directory the host names here is one the box cannot reach: the box
+/// sees only the overlay, never `lower`, `disk` or the disk's top directory.
+pub(crate) fn create_overlay(
+    dir: &Path,
+    rootfs: &Path,
+    disks: &super::disk::Disks,
+    id: &crate::BoxId,
+    uid: u32,
+) -> Result<(), BoxError> {
+    mount_top(dir, IMAGE_LAYER_BYTES)?;
+    for (name, mode) in [("lower", 0o700), ("disk", 0o700), (OVERLAY_ROOT, 0o755)] {
+        mkdir(&dir.join(name), mode)?;
+    }
+    let namespace = super::idmap::namespace_for(uid)?;
+    super::idmap::bind(rootfs, &dir.join("lower"), std::os::fd::AsFd::as_fd(&namespace), true)?;
+    disks.mount(id, &dir.join("disk"), uid)?;
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        dir.join("lower").display(),
+        dir.join("disk/upper").display(),
+        dir.join("disk/work").display()
+    );
+    let options =
+        std::ffi::CString::new(options).map_err(|_| BoxError::Start("a layer path holds a NUL".into()))?;
+    rustix::mount::mount(
+        "vendbox-box",
+        dir.join(OVERLAY_ROOT),
+        "overlay",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        Some(options.as_c_str()),
+    )
+    .map_err(|e| BoxError::Io {
+        context: format!("mounting the overlay root in {}", dir.display()),
+        source: e.into(),
+    })
+}
+
+/// Mounts the layer's tmpfs at `dir`, mode 0711.
+fn mount_top(dir: &Path, size_bytes: u64) -> Result<(), BoxError> {
     fs::create_dir_all(dir).map_err(BoxError::io(format!("creating {}", dir.display())))?;
     // 0711: the box's uid passes through to its directories; it cannot list the top, where
     // the host keeps boxd's socket, the box's record and its log.
@@ -55,10 +103,12 @@ pub(crate) fn create(dir: &Path, size_bytes: u64, uid: u32) -> Result<(), BoxErr
         MountFlags::NOSUID | MountFlags::NODEV,
         Some(options.as_c_str()),
     )
-    .map_err(|e| BoxError::Io {
-        context: format!("mounting a tmpfs at {}", dir.display()),
-        source: e.into(),
-    })?;
+    .map_err(|e| BoxError::Io { context: format!("mounting a tmpfs at {}", dir.display()), source: e.into() })
+}
+
+/// Mounts and fills the layer at `dir` for a box of the `host` image whose root is host `uid`.
+pub(crate) fn create(dir: &Path, size_bytes: u64, uid: u32) -> Result<(), BoxError> {
+    mount_top(dir, size_bytes)?;
     let etc = dir.join("etc");
     mkdir(&etc, 0o755)?;
     let files = [

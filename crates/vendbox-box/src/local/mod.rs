@@ -9,6 +9,8 @@
 //! vendbox finds them again ([`Backend::list`]).
 
 mod cgroup;
+mod disk;
+mod idmap;
 mod layer;
 mod seccomp;
 
@@ -97,6 +99,12 @@ pub struct LocalBackend {
     /// Each box's limits, as made here or read once from its record (for [`Backend::usage`],
     /// which every purchase asks: its records are not read again each time).
     limits: std::sync::Mutex<std::collections::HashMap<BoxId, crate::Limits>>,
+    /// The images boxes are made from (`<data>/images`).
+    images: crate::image::ImageStore,
+    /// The disks of image boxes (`<data>/boxes`).
+    disks: disk::Disks,
+    /// Held while a box is started again from its disk, so that two callers never start it twice.
+    reviving: tokio::sync::Mutex<()>,
 }
 
 impl LocalBackend {
@@ -133,6 +141,9 @@ impl LocalBackend {
             boxd_exe,
             seccomp,
             limits: std::sync::Mutex::default(),
+            images: crate::image::ImageStore::of_data_dir(&data_dir),
+            disks: disk::Disks::of_data_dir(&data_dir),
+            reviving: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -176,6 +187,34 @@ impl LocalBackend {
         Err(BoxError::Unsupported("every box uid of this host is in use".into()))
     }
 
+    /// Claims `uid` for box `id` again (a box started again from its disk, whose files that uid
+    /// owns); fine when `id` holds it already.
+    fn claim_this_uid(&self, id: &BoxId, uid: u32) -> Result<(), BoxError> {
+        let marker = self.config.run_root.join("uids").join(uid.to_string());
+        let owner = format!("{}/{}", self.instance, id);
+        match fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
+            Ok(_) => fs::write(&marker, owner).map_err(BoxError::io("claiming a uid")),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                if fs::read_to_string(&marker).is_ok_and(|held| held == owner) {
+                    Ok(())
+                } else {
+                    Err(BoxError::Start(format!(
+                        "the uid {uid} that owns the disk of box {id} went to another box"
+                    )))
+                }
+            }
+            Err(e) => Err(BoxError::Io { context: "claiming a uid".into(), source: e }),
+        }
+    }
+
+    /// Gives `uid` back if box `id` holds it (after a reboot, another box may).
+    fn release_uid_of(&self, id: &BoxId, uid: u32) {
+        let marker = self.config.run_root.join("uids").join(uid.to_string());
+        if fs::read_to_string(&marker).is_ok_and(|held| held == format!("{}/{}", self.instance, id)) {
+            self.release_uid(uid);
+        }
+    }
+
     fn release_uid(&self, uid: u32) {
         let _ = fs::remove_file(self.config.run_root.join("uids").join(uid.to_string()));
     }
@@ -183,53 +222,75 @@ impl LocalBackend {
     /// The bubblewrap command line for a box.
     fn bwrap_args(&self, layer: &Path, spec: &BoxSpec) -> Vec<String> {
         let mut args: Vec<String> = NAMESPACES.into_iter().map(String::from).collect();
-        args.extend(
-            ["--hostname", "box", "--new-session", "--as-pid-1", "--ro-bind", "/usr", "/usr"]
-                .into_iter()
-                .map(String::from),
-        );
-        let _ = spec.egress; // Egress is refused before a box is made; see `create`.
-        for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
-            let host = Path::new("/").join(top);
-            match fs::read_link(&host) {
-                Ok(target) => {
-                    args.extend(["--symlink".into(), target.to_string_lossy().into_owned(), host_str(&host)]);
-                }
-                Err(_) if host.is_dir() => {
-                    args.extend(["--ro-bind".into(), host_str(&host), host_str(&host)]);
-                }
-                Err(_) => {}
-            }
+        args.extend(["--hostname", "box", "--new-session", "--as-pid-1"].into_iter().map(String::from));
+        if spec.image == crate::image::HOST {
+            host_root_args(layer, &mut args);
+        } else {
+            // The overlay (image below, the box's disk above) is the whole root; the kernel's
+            // views come on top of it.
+            args.extend(["--bind".into(), host_str(&layer.join(layer::OVERLAY_ROOT)), "/".into()]);
+            args.extend(
+                ["--proc", "/proc", "--dev", "/dev", "--chdir", "/root"].into_iter().map(String::from),
+            );
         }
-        args.extend(["--ro-bind".into(), host_str(&layer.join("etc")), "/etc".into()]);
-        for entry in layer::HOST_ETC {
-            let host = Path::new("/etc").join(entry);
-            args.extend(["--ro-bind-try".into(), host_str(&host), host_str(&host)]);
-        }
-        for (inside_layer, inside_box, _) in layer::WRITABLE {
-            args.extend(["--bind".into(), host_str(&layer.join(inside_layer)), inside_box.into()]);
-        }
-        args.extend(
-            ["--proc", "/proc", "--dev", "/dev", "--dir", "/var", "--dir", "/run", "--chdir", "/root"]
-                .into_iter()
-                .map(String::from),
-        );
         args.extend(["--ro-bind".into(), host_str(&self.boxd_exe), "/.boxd".into()]);
         args.extend(["--setenv".into(), "HOME".into(), "/root".into()]);
+        let _ = spec.egress; // Egress is refused before a box is made; see `create`.
         args.extend(["--seccomp".into(), SECCOMP_FD.to_string()]);
         args.push("/.boxd".into());
         args.extend(self.config.boxd.iter().skip(1).cloned());
         args.push("--listen-stdin".into());
         args
     }
+}
 
+/// The root of a box of the `host` image: bubblewrap's tmpfs with the host's /usr (and the
+/// /bin, /lib… links into it) read-only, the layer's private /etc with the host entries the
+/// userland needs, and the layer's writable directories.
+fn host_root_args(layer: &Path, args: &mut Vec<String>) {
+    args.extend(["--ro-bind", "/usr", "/usr"].into_iter().map(String::from));
+    for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(top);
+        match fs::read_link(&host) {
+            Ok(target) => {
+                args.extend(["--symlink".into(), target.to_string_lossy().into_owned(), host_str(&host)]);
+            }
+            Err(_) if host.is_dir() => {
+                args.extend(["--ro-bind".into(), host_str(&host), host_str(&host)]);
+            }
+            Err(_) => {}
+        }
+    }
+    args.extend(["--ro-bind".into(), host_str(&layer.join("etc")), "/etc".into()]);
+    for entry in layer::HOST_ETC {
+        let host = Path::new("/etc").join(entry);
+        args.extend(["--ro-bind-try".into(), host_str(&host), host_str(&host)]);
+    }
+    for (inside_layer, inside_box, _) in layer::WRITABLE {
+        args.extend(["--bind".into(), host_str(&layer.join(inside_layer)), inside_box.into()]);
+    }
+    args.extend(
+        ["--proc", "/proc", "--dev", "/dev", "--dir", "/var", "--dir", "/run", "--chdir", "/root"]
+            .into_iter()
+            .map(String::from),
+    );
+}
+
+impl LocalBackend {
     async fn start(&self, spec: &BoxSpec, uid: u32) -> Result<(), BoxError> {
         let instance = self.instance_dir();
         fs::create_dir_all(&instance).map_err(BoxError::io(format!("creating {}", instance.display())))?;
         fs::set_permissions(&instance, fs::Permissions::from_mode(0o711))
             .map_err(BoxError::io(format!("setting the mode of {}", instance.display())))?;
         let layer = self.layer_dir(&spec.id);
-        layer::create(&layer, u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024, uid)?;
+        if spec.image == crate::image::HOST {
+            layer::create(&layer, u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024, uid)?;
+        } else {
+            let rootfs = self.images.rootfs(&spec.image).ok_or_else(|| {
+                BoxError::Unsupported(self.images.check(&spec.image).err().unwrap_or_default())
+            })?;
+            layer::create_overlay(&layer, &rootfs, &self.disks, &spec.id, uid)?;
+        }
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
         self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
         // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts;
@@ -345,7 +406,55 @@ impl LocalBackend {
         if layer.exists() {
             traces.push(format!("the directory {}", layer.display()));
         }
+        if self.disks.file(id).exists() {
+            traces.push(format!("a disk at {}", self.disks.file(id).display()));
+        }
         traces
+    }
+}
+
+impl LocalBackend {
+    /// Starts box `id` again from its disk when its processes are gone (a host reboot, a box
+    /// whose PID 1 died): what its last run left is cleared, its uid claimed again, and a fresh
+    /// boxd started on the same root. Processes do not survive; files on its disk do.
+    async fn revive(&self, id: &BoxId) -> BoxStatus {
+        let _one_at_a_time = self.reviving.lock().await;
+        if self.layer_dir(id).exists() && self.boxd(id).health().await.is_ok() {
+            return BoxStatus::Running;
+        }
+        let Some(record) = self.disks.record(id) else { return BoxStatus::Gone };
+        tracing::info!(box_id = %id, image = record.image, "starting a box again from its disk");
+        let spec = BoxSpec {
+            id: id.clone(),
+            image: record.image.clone(),
+            limits: record.limits,
+            egress: record.egress,
+        };
+        let result = async {
+            self.cgroups.destroy(&self.instance, id.as_str()).await?;
+            layer::remove(&self.layer_dir(id))?;
+            self.claim_this_uid(id, record.uid)?;
+            self.start(&spec, record.uid).await
+        };
+        match result.await {
+            Ok(()) => BoxStatus::Running,
+            Err(e) => {
+                tracing::warn!(box_id = %id, error = %e, "a box could not be started again from its disk");
+                let _ = self.cgroups.destroy(&self.instance, id.as_str()).await;
+                let _ = layer::remove(&self.layer_dir(id));
+                BoxStatus::Gone
+            }
+        }
+    }
+
+    /// The images this backend makes boxes from.
+    pub fn images(&self) -> &crate::image::ImageStore {
+        &self.images
+    }
+
+    /// The boxes whose disk lies on image `image` (it cannot be removed while they are).
+    pub fn boxes_on_image(&self, image: &str) -> Vec<String> {
+        self.disks.users_of(image)
     }
 }
 
@@ -359,14 +468,25 @@ impl Backend for LocalBackend {
         if spec.egress {
             return Err(BoxError::Unsupported("the local backend gives boxes no network egress".into()));
         }
-        if spec.image != "host" {
-            return Err(BoxError::Unsupported(format!("the local backend has no image `{}`", spec.image)));
-        }
-        if self.layer_dir(&spec.id).exists() {
+        self.images.check(&spec.image).map_err(BoxError::Unsupported)?;
+        if self.layer_dir(&spec.id).exists() || self.disks.record(&spec.id).is_some() {
             return Err(BoxError::Start(format!("box {} exists already", spec.id)));
         }
         let uid = self.claim_uid(&spec.id)?;
-        match self.start(spec, uid).await {
+        let made = async {
+            if spec.image != crate::image::HOST {
+                let record = disk::DiskRecord {
+                    id: spec.id.clone(),
+                    image: spec.image.clone(),
+                    uid,
+                    limits: spec.limits,
+                    egress: spec.egress,
+                };
+                self.disks.create(&record, u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024)?;
+            }
+            self.start(spec, uid).await
+        };
+        match made.await {
             Ok(()) => Ok(()),
             Err(e) => {
                 match self.destroy(&spec.id).await {
@@ -385,13 +505,13 @@ impl Backend for LocalBackend {
 
     async fn status(&self, id: &BoxId) -> Result<BoxStatus, BoxError> {
         if !self.layer_dir(id).exists() {
-            return Ok(BoxStatus::Gone);
+            return Ok(if self.disks.record(id).is_some() { self.revive(id).await } else { BoxStatus::Gone });
         }
         if self.boxd(id).health().await.is_ok() {
             return Ok(BoxStatus::Running);
         }
         if self.cgroups.pids(&self.instance, id.as_str()).is_empty() {
-            Ok(BoxStatus::Gone)
+            Ok(if self.disks.record(id).is_some() { self.revive(id).await } else { BoxStatus::Gone })
         } else {
             Ok(BoxStatus::Unresponsive)
         }
@@ -419,8 +539,10 @@ impl Backend for LocalBackend {
         }
         self.cgroups.destroy(&self.instance, id.as_str()).await?;
         layer::remove(&self.layer_dir(id))?;
-        if let Some(record) = record {
-            self.release_uid(record.uid);
+        let disk_uid = self.disks.record(id).map(|r| r.uid);
+        self.disks.remove(id)?;
+        for uid in record.map(|r| r.uid).into_iter().chain(disk_uid) {
+            self.release_uid_of(id, uid);
         }
         Ok(())
     }
@@ -435,9 +557,13 @@ impl Backend for LocalBackend {
             // A box still being made may have no record yet: it is asked again next time.
             let limits = match known.get(&id) {
                 Some(limits) => Some(*limits),
-                None => self.record(&id).and_then(|r| r.limits).inspect(|l| {
-                    known.insert(id.clone(), *l);
-                }),
+                None => self
+                    .record(&id)
+                    .and_then(|r| r.limits)
+                    .or_else(|| self.disks.record(&id).map(|r| r.limits))
+                    .inspect(|l| {
+                        known.insert(id.clone(), *l);
+                    }),
             };
             usage = usage.plus(match limits {
                 Some(limits) => crate::Usage::of(limits),
@@ -462,10 +588,17 @@ impl Backend for LocalBackend {
             );
         }
         let mut ids: Vec<BoxId> = names.iter().filter_map(|n| BoxId::new(n).ok()).collect();
+        ids.extend(self.disks.ids());
         ids.sort();
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// The boxes of data directory `data_dir` whose disk lies on image `image` (for `vendbox image
+/// rm`, which refuses to take an image from under a box).
+pub fn boxes_on_image(data_dir: &Path, image: &str) -> Vec<String> {
+    disk::Disks::of_data_dir(data_dir).users_of(image)
 }
 
 fn host_str(path: &Path) -> String {

@@ -81,11 +81,19 @@ impl BoxHost {
 
     /// A host serving [`FREE_CATALOG`] and `more`, with `env` (configuration overrides).
     pub fn start_with(more: &str, env: &[(&str, &str)]) -> Option<BoxHost> {
+        Self::start_prepared(more, env, |_| {})
+    }
+
+    /// A host serving [`FREE_CATALOG`] and `more`, with `env`, whose data directory `prepare`
+    /// fills before vendbox starts (with the images a test shares, for one).
+    pub fn start_prepared(more: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Option<BoxHost> {
         if !boxes_supported() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("vendbox.toml"), format!("{FREE_CATALOG}\n{more}")).unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        prepare(&dir.path().join("state"));
         let vendbox = Vendbox::start_with(dir.path(), &["--data-dir", "state"], env);
         Some(BoxHost { vendbox: Some(vendbox), dir, http: reqwest::Client::new() })
     }

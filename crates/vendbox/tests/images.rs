@@ -1,0 +1,393 @@
+//! Boxes from a built image (`debian-12`) with the real binary: a writable overlay root that no
+//! box can carry to the image or to another box, a disk that is not memory and stops at its
+//! size, and a disk that outlives vendbox and the box's processes (a simulated reboot).
+//!
+//! The image is built once per machine and recipe (`vendbox image build debian-12` under a lock,
+//! in `/var/cache/vendbox-test`), and every test's data directory links to it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
+
+mod boxhost;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use boxhost::{Bought, BoxHost};
+use serde_json::json;
+use vendbox_box::BoxId;
+
+/// Debian boxes for tests: one with the issue's sizes (512 MiB of memory, a 4 GiB disk) and one
+/// small. No egress: these tests need no network.
+const DEBIAN_CATALOG: &str = r#"
+[[offers]]
+id = "test-debian"
+kind = "sandbox"
+title = "A Debian box"
+resources = { vcpu = 1, memory_mb = 512, disk_gb = 4 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+actions = { rule = "unlimited" }
+images = ["debian-12"]
+default_image = "debian-12"
+price = {}
+
+[[offers]]
+id = "test-debian-small"
+kind = "sandbox"
+title = "A small Debian box"
+resources = { vcpu = 1, memory_mb = 256, disk_gb = 1 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+actions = { rule = "unlimited" }
+images = ["debian-12"]
+default_image = "debian-12"
+price = {}
+"#;
+
+/// Where the shared image lives: a data directory of its own, keyed by the recipe.
+fn image_cache() -> PathBuf {
+    let recipe = vendbox_box::image::Recipe::named("debian-12").unwrap();
+    let root = std::env::var_os("VENDBOX_TEST_IMAGE_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/vendbox-test"), PathBuf::from);
+    root.join(format!("debian-12-{}", recipe.key()))
+}
+
+/// The `debian-12` image, built once (under `flock`, so that the test processes nextest runs
+/// at once wait for one build); the images directory that holds it.
+fn shared_images() -> Option<PathBuf> {
+    if !boxhost::boxes_supported() {
+        return None;
+    }
+    for tool in ["mmdebstrap", "flock", "dpkg-deb", "mkfs.ext4", "losetup"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            support::requirement_missing(&format!("image tests need `{tool}`"));
+            return None;
+        }
+    }
+    let cache = image_cache();
+    std::fs::create_dir_all(&cache).unwrap();
+    let images = cache.join("images");
+    if !images.join("debian-12").join("image.json").is_file() {
+        let script = format!(
+            "test -f '{images}/debian-12/image.json' || '{bin}' image build debian-12 --data-dir '{cache}'",
+            images = images.display(),
+            bin = support::BIN,
+            cache = cache.display()
+        );
+        let out =
+            Command::new("flock").arg(cache.join("build.lock")).args(["sh", "-c", &script]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "building debian-12 failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Some(images)
+}
+
+/// A vendbox selling Debian boxes, its data directory linked to the shared image.
+fn debian_host() -> Option<BoxHost> {
+    let images = shared_images()?;
+    BoxHost::start_prepared(DEBIAN_CATALOG, &[], |state| {
+        std::os::unix::fs::symlink(&images, state.join("images")).unwrap();
+    })
+}
+
+async fn buy(host: &BoxHost, offer: &str) -> Bought {
+    host.buy_with(&json!({ "offer": offer, "minutes": 30 })).await
+}
+
+/// A Debian package with one program, made with `dpkg-deb` in `dir`.
+fn build_deb(dir: &Path) -> Vec<u8> {
+    let root = dir.join("pkg");
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        "Package: vendbox-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: vendbox tests <tests@invalid>\nDescription: says hello\n",
+    )
+    .unwrap();
+    let program = root.join("usr/bin/vendbox-hello");
+    std::fs::write(&program, "#!/bin/sh\necho hello from a package\n").unwrap();
+    Command::new("chmod").arg("755").arg(&program).status().unwrap();
+    let out = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(dir.join("hello.deb"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dpkg-deb: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(dir.join("hello.deb")).unwrap()
+}
+
+/// A pure-Python wheel (a zip with the dist-info pip reads), made with the host's Python.
+fn build_wheel(dir: &Path) -> Vec<u8> {
+    let wheel = dir.join("vendbox_wheel-1.0-py3-none-any.whl");
+    let script = r#"
+import base64, hashlib, sys, zipfile
+files = {
+    "vendbox_wheel/__init__.py": "GREETING = 'hello from a wheel'\n",
+    "vendbox_wheel-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: vendbox-wheel\nVersion: 1.0\n",
+    "vendbox_wheel-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: vendbox-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    for name, text in files.items():
+        z.writestr(name, text)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    record.append("vendbox_wheel-1.0.dist-info/RECORD,,")
+    z.writestr("vendbox_wheel-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let out = Command::new("python3").args(["-c", script]).arg(&wheel).output().unwrap();
+    assert!(out.status.success(), "making the wheel: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(&wheel).unwrap()
+}
+
+async fn upload(host: &BoxHost, b: &Bought, path: &str, bytes: Vec<u8>) {
+    let url = host.url(&format!("/v1/boxes/{}/files?path={path}", b.id));
+    let put = host.http.put(&url).bearer_auth(&b.token).body(bytes).send().await.unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_debian_box_installs_packages_and_wheels_and_writes_its_root_which_no_other_box_sees() {
+    let Some(host) = debian_host() else { return };
+    let a = buy(&host, "test-debian-small").await;
+    let b = buy(&host, "test-debian-small").await;
+
+    // It is Debian 12 with the tools agents expect, and root owns its root.
+    let out = host.ok(&a, ". /etc/os-release; echo $VERSION_CODENAME; id -u; stat -c %u /usr/bin /etc").await;
+    assert_eq!(out, "bookworm\n0\n0\n0\n");
+    host.ok(&a, "command -v bash curl git python3 pip3 ps ip less nano && python3 -m venv /tmp/venv").await;
+
+    // apt and dpkg install a package the test built; pip installs a local wheel; /usr/local,
+    // /etc and /opt take files.
+    let dir = tempfile::tempdir().unwrap();
+    upload(&host, &a, "/root/hello.deb", build_deb(dir.path())).await;
+    upload(&host, &a, "/root/vendbox_wheel-1.0-py3-none-any.whl", build_wheel(dir.path())).await;
+    let (status, out) = host.sh(&a, "apt-get install -y /root/hello.deb 2>&1", 300).await;
+    assert_eq!((status, out["exit_code"].as_i64()), (200, Some(0)), "{out}");
+    assert_eq!(
+        host.ok(&a, "vendbox-hello; dpkg -s vendbox-hello | grep Status").await,
+        "hello from a package\nStatus: install ok installed\n"
+    );
+    host.ok(&a, "dpkg -r vendbox-hello && dpkg -i /root/hello.deb && vendbox-hello").await;
+    let (status, out) =
+        host.sh(&a, "pip install --no-index /root/vendbox_wheel-1.0-py3-none-any.whl 2>&1", 300).await;
+    assert_eq!((status, out["exit_code"].as_i64()), (200, Some(0)), "{out}");
+    assert_eq!(
+        host.ok(&a, "python3 -c 'import vendbox_wheel; print(vendbox_wheel.GREETING)'").await,
+        "hello from a wheel\n"
+    );
+    host.ok(
+        &a,
+        "echo local > /usr/local/bin/mine && echo etc > /etc/mine && mkdir -p /opt/mine && echo opt > /opt/mine/file \
+         && echo changed >> /etc/passwd && rm /usr/bin/less && echo replaced > /usr/bin/curl",
+    )
+    .await;
+
+    // The other box from the same image sees none of it, and has what `a` removed or replaced.
+    let out = host
+        .ok(&b, "ls /usr/local/bin/mine /etc/mine /opt/mine /usr/bin/vendbox-hello 2>&1 | wc -l; command -v less; grep -c changed /etc/passwd || true; curl --version | head -c 4")
+        .await;
+    assert_eq!(out, "4\n/usr/bin/less\n0\ncurl", "box b sees box a's writes");
+    let (_, out) =
+        host.sh(&b, "python3 -c 'import vendbox_wheel' 2>&1; dpkg -s vendbox-hello 2>&1", 30).await;
+    assert!(out["stdout"].as_str().unwrap().contains("No module named 'vendbox_wheel'"), "{out}");
+    assert!(out["stdout"].as_str().unwrap().contains("is not installed"), "{out}");
+
+    // The image itself is untouched.
+    let rootfs = image_cache().join("images/debian-12/rootfs");
+    assert!(!rootfs.join("usr/local/bin/mine").exists());
+    assert!(!rootfs.join("etc/mine").exists());
+    assert!(rootfs.join("usr/bin/less").exists());
+    assert!(!std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap().contains("changed"));
+    assert!(std::fs::read(rootfs.join("usr/bin/curl")).unwrap().len() > 1000);
+}
+
+#[tokio::test]
+async fn a_box_cannot_reach_the_image_below_it_or_another_box_disk() {
+    let Some(host) = debian_host() else { return };
+    let a = buy(&host, "test-debian-small").await;
+    let b = buy(&host, "test-debian-small").await;
+    host.ok(&b, "echo secret-of-b > /root/secret").await;
+    let backend = host.backend();
+    let traces = backend.leaves_traces(&BoxId::new(&b.id).unwrap());
+    let b_disk =
+        traces.iter().find_map(|t| t.strip_prefix("a disk at ")).expect("box b has a disk").to_owned();
+    let b_layer =
+        traces.iter().find_map(|t| t.strip_prefix("a mount at ")).expect("box b has a layer").to_owned();
+
+    // From box a: the host's paths of box b's layer and disk, the image, and the mount table.
+    let probe = format!(
+        "for p in '{b_layer}/root/root/secret' '{b_layer}/disk/upper/root/secret' '{b_disk}' '{b_layer}/lower/etc/passwd' \
+           /run/vendbox '{images}'; do test -e \"$p\" && echo \"reached $p\"; done; \
+         grep -c -e '{b_id}' /proc/self/mountinfo; \
+         unshare --mount --map-root-user true 2>&1 && echo mounted; \
+         python3 -c \"import ctypes, os; os._exit(ctypes.CDLL(None).mount(b'none', b'/mnt', b'tmpfs', 0, None))\" && echo mounted; \
+         mknod /root/disk b 7 0 2>&1 && echo made a device; \
+         cat /proc/1/root/root/secret 2>/dev/null; true",
+        images = image_cache().join("images").display(),
+        b_id = b.id
+    );
+    let out = host.ok(&a, &probe).await;
+    assert!(!out.contains("reached"), "box a reached: {out}");
+    assert!(!out.contains("secret-of-b"), "{out}");
+    assert!(!out.contains("mounted") && !out.contains("made a device"), "{out}");
+    assert!(out.lines().any(|l| l == "0"), "box a's mount table names box b: {out}");
+
+    // Box a's root is not the host's root: it owns its files, and they are owned by a's uid on
+    // the host, which cannot read b's /root.
+    let a_uid = host.ok(&a, "cat /proc/self/uid_map").await;
+    let b_uid = host.ok(&b, "cat /proc/self/uid_map").await;
+    assert_ne!(a_uid.split_whitespace().nth(1), b_uid.split_whitespace().nth(1));
+    let b_root = std::fs::metadata(format!("{b_layer}/disk/upper/root")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&b_root.permissions()) & 0o077,
+        0,
+        "b's /root is open"
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&b_root).to_string(),
+        b_uid.split_whitespace().nth(1).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_disk_is_not_memory_keeps_what_was_written_and_stops_at_its_size() {
+    let Some(host) = debian_host() else { return };
+    let b = buy(&host, "test-debian").await;
+    // 512 MiB of memory, a 4 GiB disk.
+    let out = host
+        .ok(&b, "df -B1M --output=size / | tail -1; cat /sys/fs/cgroup/memory.max 2>/dev/null || true")
+        .await;
+    let size_mb: u64 = out.lines().next().unwrap().trim().parse().unwrap();
+    assert!((3800..=4096).contains(&size_mb), "the root is {size_mb} MiB");
+
+    // 2 GiB written and read back, equal, in a box with a quarter of that in memory.
+    let (status, out) = host
+        .sh(
+            &b,
+            "head -c 2G /dev/urandom | tee /root/big | sha256sum | cut -d' ' -f1; sync; stat -c %s /root/big",
+            900,
+        )
+        .await;
+    assert_eq!((status, out["exit_code"].as_i64()), (200, Some(0)), "{out}");
+    let written = out["stdout"].as_str().unwrap().to_owned();
+    let mut lines = written.lines();
+    let sum = lines.next().unwrap().to_owned();
+    assert_eq!(lines.next(), Some("2147483648"), "{out}");
+    let (_, out) = host.sh(&b, "sha256sum /root/big | cut -d' ' -f1", 900).await;
+    assert_eq!(out["stdout"].as_str(), Some(format!("{sum}\n").as_str()), "{out}");
+
+    // Past the disk's size a write fails with ENOSPC, and the box goes on.
+    let (_, out) =
+        host.sh(&b, "dd if=/dev/zero of=/root/fill bs=1M count=4096 2>&1; echo exit=$?", 900).await;
+    let text = out["stdout"].as_str().unwrap();
+    assert!(text.contains("No space left on device"), "{out}");
+    assert!(!text.contains("exit=0"), "{out}");
+    let out = host.ok(&b, "rm /root/fill; echo still here").await;
+    assert_eq!(out, "still here\n");
+    // The box's memory was never the disk: its cgroup held at most its limit and no process
+    // was killed for memory.
+    let (_, out) =
+        host.sh(&b, "grep -h oom_kill /sys/fs/cgroup/memory.events 2>/dev/null || echo oom_kill 0", 10).await;
+    assert!(out["stdout"].as_str().unwrap().contains("oom_kill 0"), "{out}");
+}
+
+#[tokio::test]
+async fn a_disk_outlives_vendbox_and_the_box_processes_and_mounts() {
+    let Some(mut host) = debian_host() else { return };
+    let b = buy(&host, "test-debian-small").await;
+    host.ok(&b, "echo kept > /root/kept; echo tool > /usr/local/bin/kept; sync; (sleep 1000 &) ; true").await;
+    let id = BoxId::new(&b.id).unwrap();
+    let backend = host.backend();
+
+    // vendbox is killed, then everything of the box but its disk goes, as a reboot would take it.
+    host.crash();
+    simulate_reboot(&backend, &id);
+    let traces = backend.leaves_traces(&id);
+    assert!(traces.iter().all(|t| t.starts_with("a disk at ")), "the reboot left {traces:?}");
+
+    host.restart();
+    let out = support::eventually(Duration::from_mins(1), "the box to come back from its disk", async || {
+        let (status, out) =
+            host.sh(&b, "cat /root/kept /usr/local/bin/kept; pgrep -c sleep || true", 30).await;
+        if status == 200 && out["exit_code"] == 0 {
+            Ok(out["stdout"].as_str().unwrap().to_owned())
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+    // The files are there; the processes are not.
+    assert_eq!(out, "kept\ntool\n0\n");
+
+    // Ended, the box leaves nothing, its disk included.
+    let (status, _) = host.end(&b).await;
+    assert_eq!(status, 200);
+    host.assert_gone_within(&b.id, Duration::from_secs(10));
+}
+
+/// What a host reboot takes from a box: every process (killed by pid), every mount under its
+/// layer, its layer and cgroups, and its uid claim.
+fn simulate_reboot(backend: &vendbox_box::local::LocalBackend, id: &BoxId) {
+    for pid in backend.pids(id) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !backend.pids(id).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the box's processes did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its layer's mounts (the overlay, the disk, the image's idmapped view, the tmpfs), children
+    // first.
+    for trace in backend.leaves_traces(id) {
+        if let Some(layer) = trace.strip_prefix("a mount at ") {
+            let out = Command::new("umount").arg("--recursive").arg(layer).output().unwrap();
+            assert!(out.status.success(), "umount {layer}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(id.as_str()), "mounts of the box remain: {mountinfo}");
+    for trace in backend.leaves_traces(id) {
+        if let Some(dir) = trace.strip_prefix("the directory ") {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+    for cgroup in glob_cgroups(id.as_str()) {
+        let _ = std::fs::remove_dir(cgroup);
+    }
+    for entry in std::fs::read_dir("/run/vendbox/uids").unwrap().filter_map(Result::ok) {
+        if std::fs::read_to_string(entry.path()).is_ok_and(|owner| owner.ends_with(&format!("/{id}"))) {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+}
+
+/// The box's cgroup directories, in every hierarchy.
+fn glob_cgroups(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            let text = path.to_string_lossy();
+            if text.ends_with(&format!("/{id}")) && text.contains("/vendbox/") {
+                found.push(path);
+            } else if text.matches('/').count() < 7 {
+                pending.push(path);
+            }
+        }
+    }
+    found
+}
