@@ -121,7 +121,7 @@ pub enum AdmitError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettleFailure {
     /// Refused (the authorization was used meanwhile, the balance went): nothing was charged.
-    #[error("{0}")]
+    #[error("the settlement was refused: {0}")]
     Refused(Rejection),
     /// Failed before the money could have moved: nothing was charged.
     #[error("{0}")]

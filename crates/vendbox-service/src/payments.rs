@@ -469,7 +469,7 @@ impl Payments {
             Err(SettleFailure::Refused(r)) => Err(self.refused(&charge, &r, Some(id))),
             Err(SettleFailure::Failed(e)) => {
                 tracing::warn!(payment = %id, error = %e, "settlement failed; nothing was charged");
-                let message = format!("the settlement was not made ({e}); nothing was charged");
+                let message = format!("{e}; nothing was charged");
                 Err(self.required(&charge, "settlement_failed", &message, false, Some(id)))
             }
         }
