@@ -1,11 +1,9 @@
 //! `QuotePurge`: deletes quotes whose price no longer holds and that nothing refers to.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
-use vendbox_store::Store;
+use vendbox_service::Records;
 
 use crate::worker::{Next, WorkResult, Worker};
 
@@ -15,8 +13,8 @@ pub const PURGE_INTERVAL: Duration = Duration::from_mins(1);
 /// The purge worker.
 #[derive(Debug)]
 pub struct QuotePurge {
-    /// Where quotes live.
-    pub store: Arc<dyn Store>,
+    /// Where quotes live, and the clock they expire by.
+    pub records: Records,
 }
 
 #[async_trait]
@@ -26,7 +24,7 @@ impl Worker for QuotePurge {
     }
 
     async fn work(&self) -> WorkResult {
-        let deleted = self.store.delete_expired_quotes(Utc::now()).await?;
+        let deleted = self.records.purge_expired_quotes().await?;
         if deleted > 0 {
             tracing::debug!(deleted, "purged expired quotes");
         }

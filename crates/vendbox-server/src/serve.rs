@@ -105,7 +105,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_workers, workers_stop) = watch::channel(false);
         let mut workers: Vec<Arc<dyn Worker>> =
-            vec![Arc::new(QuotePurge { store: self.state.store.clone() })];
+            vec![Arc::new(QuotePurge { records: self.state.records() })];
         if let Some(settlement) = self.settlement {
             workers.push(Arc::new(settlement));
         }

@@ -80,6 +80,11 @@ impl Records {
         self.store.get_payment(payment_id).await?.ok_or_else(unknown)
     }
 
+    /// Deletes quotes whose price no longer holds and that nothing refers to; how many.
+    pub async fn purge_expired_quotes(&self) -> Result<u64, RecordError> {
+        Ok(self.store.delete_expired_quotes(self.clock.now()).await?)
+    }
+
     /// The store's kind (`sqlite`, `postgres`) once it answered.
     pub async fn ping(&self) -> Result<&'static str, RecordError> {
         self.store.ping().await?;
