@@ -203,10 +203,27 @@ fn the_layers_keep_to_themselves() {
             assert!(!text.contains(name), "{} names `{name}`: go through vendbox-service", file.display());
         }
     }
-    // The services reach boxes through vendbox-box's Backend and the store through its trait,
-    // never a database driver.
+    // The services reach boxes through vendbox-box's Backend, the store through its trait and
+    // money through vendbox-pay's PaymentMethod, never a database driver or a chain library.
     let service = dependencies("vendbox-service");
-    for forbidden in ["sqlx", "vendbox-server", "vendbox-pay", "vendbox-ssh"] {
+    for forbidden in ["sqlx", "vendbox-server", "vendbox-ssh", "alloy"] {
         assert!(!service.iter().any(|d| d == forbidden), "vendbox-service depends on {forbidden}");
+    }
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join("crates/vendbox-service/src"), &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("a source file reads");
+        for name in ["alloy", "x402::", "exact::", "facilitator::"] {
+            assert!(!text.contains(name), "{} names `{name}`: pay through PaymentMethod", file.display());
+        }
+    }
+    // The HTTP side of the gate reads proofs and renders answers; it never checks a payment.
+    let gate = std::fs::read_to_string(workspace_root().join("crates/vendbox-server/src/gate.rs"))
+        .expect("gate.rs reads");
+    for name in ["exact::", "facilitator::", "alloy", "vendbox_store", "store."] {
+        assert!(
+            !gate.contains(name),
+            "gate.rs names `{name}`: that is the payment method's or the service's"
+        );
     }
 }
