@@ -4,13 +4,20 @@
 //!   a ratio, then checks per second;
 //! - the latency the payment gate adds to `GET /catalog`: the same route paid (verify on chain,
 //!   reserve, settle on anvil, record) against free (price 0), one request at a time: median,
-//!   p90 and p99 of each and as a ratio.
+//!   p90 and p99 of each and as a ratio;
+//! - paid throughput on `GET /catalog` with C requests in flight (C = 1, 8, 32, 128 by default):
+//!   pre-signed payments, each verified, reserved, settled on anvil and recorded, against the free
+//!   route at the same C: paid requests per second, p50 and p99, and the median of the first
+//!   500 payments against the last 500 (a settlement path that slows as it works shows there).
 //!
 //! Each pair runs warm-up rounds first and throws them away, then alternates baseline and subject
 //! in ABBA order (see `common/stats.rs`); every p99 comes from at least 100 samples.
 //!
 //! Run: `cargo bench -p vendbox --bench payments` (needs anvil: `scripts/setup.sh` installs it;
-//! without it the bench fails rather than leave the gate unmeasured).
+//! without it the bench fails rather than leave the gate unmeasured). For a quick run:
+//! `VENDBOX_BENCH_PAYMENTS=200` (payments per level, default 2,000),
+//! `VENDBOX_BENCH_CONCURRENCY=1,8,32` (the levels), `VENDBOX_BENCH_PARTS=throughput` (any of
+//! `signatures`, `gate`, `throughput`; all by default).
 
 #![allow(
     clippy::unwrap_used,
@@ -137,50 +144,71 @@ async fn get_catalog(http: &reqwest::Client, url: &str, payment: Option<(&'stati
     response.bytes().await.unwrap();
 }
 
-async fn gate_latency() {
-    let binary = devchain::find_anvil(&[])
-        .expect("cannot measure the payment gate: anvil is not installed (scripts/setup.sh installs it)");
-    let anvil = Anvil::start(&binary, 31337).await.unwrap();
-    let minter = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
-    let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
-    let payer = PrivateKeySigner::random();
-    devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), U256::from(1_000_000_000u64))
-        .await
-        .unwrap();
+/// anvil with the token, a funded payer, and two vendboxes selling `GET /catalog` on it: one at
+/// its price, one free (the baseline).
+struct Shops {
+    anvil: Anvil,
+    /// `GET /catalog` of the vendbox that charges.
+    paid: String,
+    /// `GET /catalog` of the vendbox that gives it away.
+    free: String,
+    challenge: Challenge,
+    payer: PrivateKeySigner,
+    /// Their data directories, removed when dropped.
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
 
-    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut config = Config::load(None, Vec::new()).unwrap();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.ssh.listen = "127.0.0.1:0".parse().unwrap();
-    let p = &mut config.payments;
-    p.network = "eip155:31337".into();
-    p.asset = asset.to_string();
-    p.pay_to = Some(PrivateKeySigner::random().address().to_string());
-    p.rpc_url.clone_from(&anvil.rpc_url);
-    p.facilitator = FacilitatorKind::Builtin;
-    config.store.data_dir = dirs.0.path().to_owned();
-    let paid = serve(&config).await;
-    config.store.data_dir = dirs.1.path().to_owned();
-    for offer in &mut config.offers {
-        if offer.id.as_str() == "vpsagent-catalog" {
-            offer.price.base = Usdc::ZERO;
+impl Shops {
+    async fn open() -> Shops {
+        let binary = devchain::find_anvil(&[])
+            .expect("cannot measure the payment gate: anvil is not installed (scripts/setup.sh installs it)");
+        let anvil = Anvil::start(&binary, 31337).await.unwrap();
+        let minter = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+        let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
+        let payer = PrivateKeySigner::random();
+        devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), U256::from(1_000_000_000_000u64))
+            .await
+            .unwrap();
+
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut config = Config::load(None, Vec::new()).unwrap();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.ssh.listen = "127.0.0.1:0".parse().unwrap();
+        let p = &mut config.payments;
+        p.network = "eip155:31337".into();
+        p.asset = asset.to_string();
+        p.pay_to = Some(PrivateKeySigner::random().address().to_string());
+        p.rpc_url.clone_from(&anvil.rpc_url);
+        p.facilitator = FacilitatorKind::Builtin;
+        config.store.data_dir = dirs.0.path().to_owned();
+        let paid = format!("{}/catalog", serve(&config).await);
+        config.store.data_dir = dirs.1.path().to_owned();
+        for offer in &mut config.offers {
+            if offer.id.as_str() == "vpsagent-catalog" {
+                offer.price.base = Usdc::ZERO;
+            }
         }
+        let free = format!("{}/catalog", serve(&config).await);
+
+        let response = reqwest::get(&paid).await.unwrap();
+        let header = response.headers().get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap().to_owned();
+        let challenge = Challenge::read(Some(&header), &response.bytes().await.unwrap()).unwrap();
+        Shops { anvil, paid, free, challenge, payer, _dirs: dirs }
     }
-    let free = serve(&config).await;
 
+    /// `count` payments for `GET /catalog`, signed now.
+    fn payments(&self, count: usize) -> Vec<(&'static str, String)> {
+        (0..count).map(|_| self.challenge.pay(&self.payer, now()).unwrap()).collect()
+    }
+}
+
+async fn gate_latency(shops: &Shops) {
     let http = reqwest::Client::new();
-    let response = http.get(format!("{paid}/catalog")).send().await.unwrap();
-    let header = response.headers().get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap().to_owned();
-    let challenge = Challenge::read(Some(&header), &response.bytes().await.unwrap()).unwrap();
-    let count = REQUESTS.warm_up + REQUESTS.measured;
-    let mut payments =
-        (0..count).map(|_| challenge.pay(&payer, now()).unwrap()).collect::<Vec<_>>().into_iter();
-
-    let (free, paid) = (format!("{free}/catalog"), format!("{paid}/catalog"));
+    let mut payments = shops.payments(REQUESTS.warm_up + REQUESTS.measured).into_iter();
     let times = stats::alternate_async(
         REQUESTS,
-        || stats::timed(get_catalog(&http, &free, None)),
-        || stats::timed(get_catalog(&http, &paid, Some(payments.next().unwrap()))),
+        || stats::timed(get_catalog(&http, &shops.free, None)),
+        || stats::timed(get_catalog(&http, &shops.paid, Some(payments.next().unwrap()))),
     )
     .await;
     let free = Summary::of("free GET /catalog", times.baseline);
@@ -198,10 +226,136 @@ async fn gate_latency() {
         "  added by the gate at the median: {}",
         stats::duration(paid.median().saturating_sub(free.median())).trim_start()
     );
-    anvil.stop().await;
+}
+
+/// What one level of concurrency measured on one side.
+struct Level {
+    /// Requests per second over the whole level.
+    rate: f64,
+    all: Summary,
+    /// The first and the last `edge` requests, in the order they were sent.
+    first: Summary,
+    last: Summary,
+}
+
+/// Sends `requests` (each `None` for the free route, or a payment) to `url` with `concurrency`
+/// in flight, in order; every answer must be 200.
+async fn level(
+    http: &reqwest::Client,
+    url: &str,
+    requests: Vec<Option<(&'static str, String)>>,
+    concurrency: usize,
+    edge: usize,
+) -> Level {
+    let count = requests.len();
+    let queue = std::sync::Mutex::new(requests.into_iter().enumerate());
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| async {
+        let mut times = Vec::new();
+        loop {
+            let next = queue.lock().unwrap().next();
+            let Some((index, payment)) = next else { break };
+            times.push((index, stats::timed(get_catalog(http, url, payment)).await));
+        }
+        times
+    });
+    let mut times: Vec<_> = futures_util::future::join_all(workers).await.into_iter().flatten().collect();
+    let elapsed = started.elapsed();
+    times.sort_unstable_by_key(|(index, _)| *index);
+    let pick = |range: std::ops::Range<usize>| times[range].iter().map(|(_, t)| *t).collect::<Vec<_>>();
+    Level {
+        rate: stats::per_second(count, elapsed, "requests per second"),
+        all: Summary::of("requests", pick(0..count)),
+        first: Summary::of("the first requests", pick(0..edge)),
+        last: Summary::of("the last requests", pick(count - edge..count)),
+    }
+}
+
+/// Payments per level, from `VENDBOX_BENCH_PAYMENTS` (default 2,000).
+fn payments_per_level() -> usize {
+    std::env::var("VENDBOX_BENCH_PAYMENTS")
+        .map_or(2000, |v| v.parse().expect("VENDBOX_BENCH_PAYMENTS: a count"))
+}
+
+/// The levels of concurrency, from `VENDBOX_BENCH_CONCURRENCY` (default 1,8,32,128).
+fn concurrency_levels() -> Vec<usize> {
+    std::env::var("VENDBOX_BENCH_CONCURRENCY").map_or_else(
+        |_| vec![1, 8, 32, 128],
+        |v| v.split(',').map(|c| c.trim().parse().expect("VENDBOX_BENCH_CONCURRENCY: counts")).collect(),
+    )
+}
+
+async fn throughput(shops: &Shops) {
+    let count = payments_per_level();
+    assert!(count >= 2, "VENDBOX_BENCH_PAYMENTS must be at least 2");
+    let edge = (count / 2).min(500);
+    let http = reqwest::Client::new();
+    println!(
+        "paid throughput on GET /catalog, {count} pre-signed payments per level against {count} \
+         free requests at the same concurrency (anvil with automine, built-in facilitator, SQLite); \
+         first and last: the medians of the first and last {edge} sent:"
+    );
+    println!(
+        "  {:>4}  {:<5} {:>9}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+        "C", "side", "req/s", "p50", "p99", "first p50", "last p50", "last/first"
+    );
+    for (round, concurrency) in concurrency_levels().into_iter().enumerate() {
+        // Warm-up: connections opened, caches filled; thrown away.
+        let warm = (2 * concurrency).max(10);
+        level(&http, &shops.free, vec![None; warm], concurrency, warm / 2).await;
+        let warm_paid = shops.payments(warm).into_iter().map(Some).collect();
+        level(&http, &shops.paid, warm_paid, concurrency, warm / 2).await;
+
+        let payments = shops.payments(count).into_iter().map(Some).collect();
+        // Alternate which side runs first, so that neither always runs on a quieter machine.
+        let (free, paid) = if round % 2 == 0 {
+            let free = level(&http, &shops.free, vec![None; count], concurrency, edge).await;
+            (free, level(&http, &shops.paid, payments, concurrency, edge).await)
+        } else {
+            let paid = level(&http, &shops.paid, payments, concurrency, edge).await;
+            (level(&http, &shops.free, vec![None; count], concurrency, edge).await, paid)
+        };
+        for (side, l) in [("free", &free), ("paid", &paid)] {
+            println!(
+                "  {concurrency:>4}  {side:<5} {:>9.1}  {}  {}  {}  {}  {:>9.2}x",
+                l.rate,
+                stats::duration(l.all.median()),
+                l.all.p99().map_or_else(|| "        --".to_owned(), stats::duration),
+                stats::duration(l.first.median()),
+                stats::duration(l.last.median()),
+                stats::ratio(
+                    l.last.median().as_secs_f64(),
+                    l.first.median().as_secs_f64(),
+                    "last against first"
+                ),
+            );
+        }
+        println!(
+            "  {concurrency:>4}  paid requests per second: {:.2}% of the free route's",
+            100.0 * stats::ratio(paid.rate, free.rate, "paid against free requests per second")
+        );
+    }
+}
+
+/// Which parts to run, from `VENDBOX_BENCH_PARTS` (default all).
+fn part(name: &str) -> bool {
+    std::env::var("VENDBOX_BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|p| p.trim() == name))
 }
 
 fn main() {
-    signature_checks();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(gate_latency());
+    if part("signatures") {
+        signature_checks();
+    }
+    if part("gate") || part("throughput") {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+            let shops = Shops::open().await;
+            if part("gate") {
+                gate_latency(&shops).await;
+            }
+            if part("throughput") {
+                throughput(&shops).await;
+            }
+            shops.anvil.stop().await;
+        });
+    }
 }
