@@ -111,6 +111,46 @@ impl Catalog {
         Ok(())
     }
 
+    /// Fits the box offers to the images this host can make (`can_make` says why not): an image
+    /// it cannot make is taken from an offer's choices (a buyer naming it is refused before
+    /// paying, `unsupported_value`); an offer whose default image (or every image) it cannot make
+    /// is unavailable, with the reason. What changed, one sentence each, for the operator's log.
+    pub fn fit_to_images(&mut self, can_make: impl Fn(&str) -> Result<(), String>) -> Vec<String> {
+        let mut changes = Vec::new();
+        for offer in &mut self.offers {
+            if !matches!(offer.kind, crate::OfferKind::Sandbox | crate::OfferKind::Machine)
+                || !offer.available
+            {
+                continue;
+            }
+            let default =
+                offer.default_image.clone().or_else(|| offer.images.is_empty().then(|| "host".to_owned()));
+            let mut missing = Vec::new();
+            offer.images.retain(|image| match can_make(image) {
+                Ok(()) => true,
+                Err(reason) => {
+                    missing.push((image.clone(), reason));
+                    false
+                }
+            });
+            let default_reason = match &default {
+                Some(image) => can_make(image).err(),
+                None if offer.images.is_empty() => missing.first().map(|(_, reason)| reason.clone()),
+                None => None,
+            };
+            if let Some(reason) = default_reason {
+                changes.push(format!("offer {} is unavailable: {reason}", offer.id));
+                offer.available = false;
+                offer.unavailable_reason = Some(reason);
+            } else {
+                for (image, reason) in missing {
+                    changes.push(format!("offer {} sells no `{image}`: {reason}", offer.id));
+                }
+            }
+        }
+        changes
+    }
+
     /// The offer with this id.
     pub fn offer(&self, id: &str) -> Result<&Offer, CoreError> {
         self.offers.iter().find(|o| o.id.as_str() == id).ok_or_else(|| CoreError::UnknownOffer(id.to_owned()))
@@ -135,5 +175,55 @@ impl Catalog {
     /// The image with this id.
     pub fn image(&self, id: &str) -> Option<&Image> {
         self.images.iter().find(|i| i.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        let offers: Vec<Offer> = ["[\"debian-12\", \"host\"]", "[\"ubuntu-24.04\", \"debian-12\"]", "[]"]
+            .iter()
+            .enumerate()
+            .map(|(n, images)| {
+                let default = match n {
+                    0 => "default_image = \"debian-12\"",
+                    1 => "default_image = \"ubuntu-24.04\"",
+                    _ => "",
+                };
+                toml::from_str(&format!(
+                    "id = \"box-{n}\"\nkind = \"machine\"\ntitle = \"A box\"\nduration = {{ rule = \"fixed\", minutes = 5 }}\nimages = {images}\n{default}\nprice = {{}}"
+                ))
+                .unwrap()
+            })
+            .collect();
+        Catalog { offers, ..Catalog::default() }
+    }
+
+    #[test]
+    fn offers_keep_only_the_images_the_host_makes() {
+        let only_host =
+            |image: &str| if image == "host" { Ok(()) } else { Err(format!("no image `{image}`")) };
+        let mut fitted = catalog();
+        let changes = fitted.fit_to_images(only_host);
+        // Its default image missing, the first is unavailable, saying why.
+        assert!(!fitted.offers[0].available);
+        assert_eq!(fitted.offers[0].unavailable_reason.as_deref(), Some("no image `debian-12`"));
+        assert!(!fitted.offers[1].available);
+        // An offer without images runs on `host`.
+        assert!(fitted.offers[2].available);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+
+        let no_ubuntu =
+            |image: &str| if image.starts_with("ubuntu") { Err("no ubuntu".to_owned()) } else { Ok(()) };
+        let mut fitted = catalog();
+        fitted.fit_to_images(no_ubuntu);
+        assert!(fitted.offers[0].available);
+        assert_eq!(fitted.offers[0].images, ["debian-12", "host"]);
+        assert!(!fitted.offers[1].available);
+        // Serialised, the reason shows; configured, it cannot be set.
+        let json = serde_json::to_value(&fitted.offers[1]).unwrap();
+        assert_eq!(json["unavailable_reason"], "no ubuntu");
     }
 }

@@ -180,6 +180,10 @@ pub struct Offer {
     /// Whether it can be bought now; an unavailable offer is listed but refuses quotes.
     #[serde(default = "yes")]
     pub available: bool,
+    /// Why it cannot be bought, when this host found at start-up that it cannot make it (an
+    /// image it does not have); listed with the offer. Not part of the configuration.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
     /// Surface-specific names and facts (a VpsAgent `sku`, a plan `type`), kept as text.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

@@ -73,8 +73,17 @@ impl Server {
             }),
             None => None,
         };
+        let mut catalog = config.catalog();
+        if boxes.is_ok() {
+            // An offer naming an image this host has not built is refused before any payment
+            // and listed as unavailable, with the reason (`vendbox image build …`).
+            let images = vendbox_box::image::ImageStore::of_data_dir(&config.store.data_dir);
+            for change in catalog.fit_to_images(|image| images.check(image)) {
+                tracing::warn!("{change}");
+            }
+        }
         let state = AppState {
-            catalog: Arc::new(config.catalog()),
+            catalog: Arc::new(catalog),
             store,
             metrics: Arc::new(Metrics::new()),
             payments,

@@ -391,3 +391,59 @@ fn glob_cgroups(id: &str) -> Vec<PathBuf> {
     }
     found
 }
+
+#[tokio::test]
+async fn an_offer_whose_image_the_host_lacks_is_listed_unavailable_and_refused_before_payment() {
+    // No image built in this data directory; the offers are priced, so that a purchase that got
+    // past the refusal would ask for a payment (402).
+    let catalog = r#"
+[[offers]]
+id = "paid-debian"
+kind = "machine"
+title = "A Debian machine"
+resources = { vcpu = 1, memory_mb = 256, disk_gb = 1 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+images = ["debian-12"]
+default_image = "debian-12"
+price = { base = "1" }
+
+[[offers]]
+id = "paid-choice"
+kind = "machine"
+title = "A machine of either image"
+resources = { vcpu = 1, memory_mb = 256, disk_gb = 1 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+images = ["host", "debian-12"]
+default_image = "host"
+price = { base = "1" }
+"#;
+    let Some(host) = BoxHost::start_with_catalog(catalog) else { return };
+    let offers: serde_json::Value =
+        host.http.get(host.url("/v1/offers")).send().await.unwrap().json().await.unwrap();
+    let offer =
+        |id: &str| offers["offers"].as_array().unwrap().iter().find(|o| o["id"] == id).unwrap().clone();
+    let debian = offer("paid-debian");
+    assert_eq!(debian["available"], false, "{debian}");
+    assert!(
+        debian["unavailable_reason"].as_str().unwrap().contains("vendbox image build debian-12"),
+        "{debian}"
+    );
+    let choice = offer("paid-choice");
+    assert_eq!(
+        (choice["available"].clone(), choice["images"].clone()),
+        (json!(true), json!(["host"])),
+        "{choice}"
+    );
+
+    let (status, body) = host.post("/v1/boxes", None, &json!({ "offer": "paid-debian", "minutes": 5 })).await;
+    assert_ne!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "offer_unavailable", "{body}");
+    let (status, body) = host
+        .post("/v1/boxes", None, &json!({ "offer": "paid-choice", "minutes": 5, "image": "debian-12" }))
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("unsupported_value")), "{body}");
+    // The image it still has is for sale: the purchase gets as far as the payment (which this
+    // vendbox, without a payee, cannot take).
+    let (status, body) = host.post("/v1/boxes", None, &json!({ "offer": "paid-choice", "minutes": 5 })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("payments_unconfigured")), "{body}");
+}

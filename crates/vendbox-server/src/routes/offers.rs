@@ -51,6 +51,9 @@ pub struct OfferView {
     pub price_atomic: Option<String>,
     /// Whether it can be bought now.
     pub available: bool,
+    /// Why not, when this host cannot make it (an image it has not built).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
     /// Surface-specific names (a VpsAgent `sku`, a plan `type`).
     pub labels: BTreeMap<String, String>,
 }
@@ -77,6 +80,7 @@ impl OfferView {
             price_usdc: fixed,
             price_atomic: fixed.map(|p| p.atomic().to_string()),
             available: offer.available,
+            unavailable_reason: offer.unavailable_reason.clone(),
             labels: offer.labels.clone(),
         }
     }
