@@ -187,6 +187,10 @@ pub struct Offer {
     /// Surface-specific names and facts (a VpsAgent `sku`, a plan `type`), kept as text.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Whether its box may reach the internet (under the operator's egress policy); absent:
+    /// sandboxes and machines do, other kinds have no box. See [`Offer::includes_egress`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
 }
 
 fn native() -> String {
@@ -230,6 +234,12 @@ pub struct QuoteTerms {
 }
 
 impl Offer {
+    /// Whether a box sold by this offer gets network egress: as the offer says, else yes for
+    /// sandboxes and machines.
+    pub fn includes_egress(&self) -> bool {
+        self.egress.unwrap_or(matches!(self.kind, OfferKind::Sandbox | OfferKind::Machine))
+    }
+
     /// Resolves `params` against this offer's rules and prices them.
     pub fn quote(&self, params: &QuoteParams) -> Result<QuoteTerms, CoreError> {
         if !self.available {

@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::openapi;
 use crate::routes::{
-    boxes, health, locks, offers, payments, quotes, rentals, sessions, storefront, vpsagent,
+    boxes, health, locks, offers, payments, ports, quotes, rentals, sessions, storefront, vpsagent,
 };
 
 /// Header carrying the request id, set by vendbox when the client sends none.
@@ -158,6 +158,15 @@ pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(boxes::exec))
         .routes(routes!(boxes::exec_stream))
         .routes(routes!(boxes::read_file, boxes::write_file))
+        // A box's server answers at its own pace; bodies stream through, never gathered.
+        .routes(routes!(ports::port_get, ports::port_post, ports::port_put, ports::port_patch, ports::port_delete))
+        .routes(routes!(
+            ports::port_get_path,
+            ports::port_post_path,
+            ports::port_put_path,
+            ports::port_patch_path,
+            ports::port_delete_path
+        ))
         .layer(DefaultBodyLimit::max(limits.max_file_bytes));
     api.merge(long)
 }

@@ -54,6 +54,9 @@ pub struct Config {
     /// The SSH gateway.
     #[serde(default)]
     pub ssh: SshConfig,
+    /// Boxes' network egress and its policy.
+    #[serde(default)]
+    pub egress: vendbox_box::local::EgressConfig,
 }
 
 /// `[ssh]`: the gateway that lets `ssh root@host` reach a lease's box.
@@ -270,6 +273,10 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Requests one client address may have in flight; more get 429 `too_many_requests`.
     pub max_requests_per_peer: usize,
+    /// A domain whose wildcard names point at this vendbox (`boxes.example.com`): then
+    /// `{port}-{box id}.boxes.example.com` reaches port `port` of that box, as
+    /// `/v1/boxes/{id}/ports/{port}/` does.
+    pub ports_domain: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -281,6 +288,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
             max_requests_per_peer: 256,
+            ports_domain: None,
         }
     }
 }
@@ -358,7 +366,18 @@ impl Config {
     /// The catalog of this configuration.
     pub fn catalog(&self) -> Catalog {
         Catalog {
-            offers: self.offers.clone(),
+            // `[egress] enabled = false` sells every box without network.
+            offers: self
+                .offers
+                .iter()
+                .cloned()
+                .map(|mut offer| {
+                    if !self.egress.enabled {
+                        offer.egress = Some(false);
+                    }
+                    offer
+                })
+                .collect(),
             regions: self.regions.clone(),
             images: self.images.clone(),
             credits: self.credits,

@@ -36,6 +36,8 @@ pub struct Server {
     grace: std::time::Duration,
     settlement: Option<SettlementWorker>,
     gateway: Option<Gateway>,
+    /// `[server] ports_domain`: box host names served as their ports.
+    ports_domain: Option<String>,
 }
 
 impl Server {
@@ -49,7 +51,7 @@ impl Server {
         };
         let (payments, settlement) =
             payments(config, store.clone(), public_url, secrets).map_err(std::io::Error::other)?;
-        let boxes = boxes(config, store.clone()).map_err(std::io::Error::other)?;
+        let boxes = boxes(config, store.clone()).await.map_err(std::io::Error::other)?;
         let gateway = match &boxes {
             Ok(boxes) if config.ssh.enabled => {
                 let leases = Arc::new(SshLeases { boxes: boxes.clone() });
@@ -97,7 +99,8 @@ impl Server {
             max_requests_per_peer: config.server.max_requests_per_peer,
         };
         let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
-        Ok(Server { listener, state, limits, grace, settlement, gateway })
+        let ports_domain = config.server.ports_domain.clone();
+        Ok(Server { listener, state, limits, grace, settlement, gateway, ports_domain })
     }
 
     /// The address it listens on (useful with port 0).
@@ -130,7 +133,7 @@ impl Server {
             .collect();
 
         let (draining_tx, mut draining) = watch::channel(false);
-        let app = router(self.state, self.limits);
+        let app = crate::routes::ports::by_host_name(router(self.state, self.limits), self.ports_domain);
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
@@ -158,7 +161,7 @@ impl Server {
 
 /// The box service of `config`, reconciled with the host; or why there is none. A host that
 /// cannot run boxes (not root, no bubblewrap) still serves everything else.
-fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxes>, Arc<str>>, String> {
+async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxes>, Arc<str>>, String> {
     if config.boxes.backend == BackendKind::None {
         return Ok(Err("its operator turned boxes off ([boxes] backend = \"none\")".into()));
     }
@@ -177,6 +180,13 @@ fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxes>, Ar
             return Ok(Err(e.to_string().into()));
         }
     };
+    let mut backend = backend;
+    // Without egress, boxes whose offer includes it are refused (and not charged) with the reason.
+    if config.egress.enabled
+        && let Err(e) = backend.enable_egress(config.egress.clone()).await
+    {
+        tracing::warn!(error = %e, "boxes get no network egress on this host");
+    }
     let boxes = Boxes::new(Arc::new(backend), store);
     let capacity = config.boxes.capacity(boxes.capacity());
     tracing::info!(

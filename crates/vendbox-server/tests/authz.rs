@@ -185,6 +185,15 @@ fn table() -> Vec<(&'static str, &'static str, Rule)> {
         ("GET", "/v1/boxes/{id}/files", lease(Box, Root, Via::Bearer, gone)),
         ("PUT", "/v1/boxes/{id}/files", lease(Box, Root, Via::Bearer, gone)),
     ]
+    .into_iter()
+    // Ports in: a box's server, with the box's root token.
+    .chain(["/v1/boxes/{id}/ports/{port}/", "/v1/boxes/{id}/ports/{port}/{*path}"].into_iter().flat_map(
+        |path| {
+            ["GET", "POST", "PUT", "PATCH", "DELETE"]
+                .map(|method| (method, path, lease(Box, Root, Via::Bearer, gone)))
+        },
+    ))
+    .collect()
 }
 
 /// The answer `rule` asks for when `kind` is presented.
@@ -451,7 +460,9 @@ fn request(h: &Harness, template: &str, rule: Rule, kind: Kind) -> (String, Opti
         .replace("{rental_id}", &lease.map(|l| l.id.to_string()).unwrap_or_default())
         .replace("{session_id}", &lease.map(|l| l.id.to_string()).unwrap_or_default())
         .replace("{machine_id}", &lease.map(machine_id).unwrap_or_default())
-        .replace("{key}", key);
+        .replace("{key}", key)
+        .replace("{port}", "8000")
+        .replace("{*path}", "index.html");
     if template.ends_with("/files") {
         path.push_str("?path=/root/authz.txt");
     }

@@ -12,6 +12,7 @@ mod cgroup;
 mod disk;
 mod idmap;
 mod layer;
+mod net;
 mod seccomp;
 
 use std::fs;
@@ -31,6 +32,7 @@ use crate::client::BoxdClient;
 use crate::error::BoxError;
 use crate::{Backend, BoxId, BoxSpec, BoxStatus};
 
+pub use net::{EgressConfig, Prefix, REFUSED_RANGES};
 pub use seccomp::{DENIED as DENIED_SYSCALLS, DENIED_SOCKET_FAMILIES};
 
 /// First host uid handed to a box's root; boxes take uids from `[UID_BASE, UID_BASE + UID_COUNT)`.
@@ -94,11 +96,16 @@ pub struct LocalBackend {
     cgroups: cgroup::Hierarchies,
     bwrap: PathBuf,
     boxd_exe: PathBuf,
+    /// lxcfs's view of `/proc` (`/var/lib/lxcfs/proc`), when the host runs it: a box reads its
+    /// own limits in `/proc/meminfo` (`free`), `/proc/cpuinfo`, `/proc/stat`, `/proc/uptime`….
+    lxcfs: Option<PathBuf>,
     /// The seccomp program, handed to bubblewrap through a pipe on its stdin.
     seccomp: Vec<u8>,
     /// Each box's limits, as made here or read once from its record (for [`Backend::usage`],
     /// which every purchase asks: its records are not read again each time).
     limits: std::sync::Mutex<std::collections::HashMap<BoxId, crate::Limits>>,
+    /// Network egress, when the operator gives it ([`LocalBackend::enable_egress`]).
+    net: Option<net::Network>,
     /// The images boxes are made from (`<data>/images`).
     images: crate::image::ImageStore,
     /// The disks of image boxes (`<data>/boxes`).
@@ -139,8 +146,10 @@ impl LocalBackend {
             cgroups,
             bwrap,
             boxd_exe,
+            lxcfs: lxcfs_proc(),
             seccomp,
             limits: std::sync::Mutex::default(),
+            net: None,
             images: crate::image::ImageStore::of_data_dir(&data_dir),
             disks: disk::Disks::of_data_dir(&data_dir),
             reviving: tokio::sync::Mutex::new(()),
@@ -233,9 +242,16 @@ impl LocalBackend {
                 ["--proc", "/proc", "--dev", "/dev", "--chdir", "/root"].into_iter().map(String::from),
             );
         }
+        if let Some(lxcfs) = &self.lxcfs {
+            for file in LXCFS_PROC {
+                args.extend(["--ro-bind".into(), host_str(&lxcfs.join(file)), format!("/proc/{file}")]);
+            }
+        }
         args.extend(["--ro-bind".into(), host_str(&self.boxd_exe), "/.boxd".into()]);
         args.extend(["--setenv".into(), "HOME".into(), "/root".into()]);
-        let _ = spec.egress; // Egress is refused before a box is made; see `create`.
+        if let (true, Some(net)) = (spec.egress, &self.net) {
+            net.bwrap_args(&mut args);
+        }
         args.extend(["--seccomp".into(), SECCOMP_FD.to_string()]);
         args.push("/.boxd".into());
         args.extend(self.config.boxd.iter().skip(1).cloned());
@@ -318,7 +334,12 @@ impl LocalBackend {
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(false);
-        let mut child = command.spawn().map_err(BoxError::io("starting bubblewrap"))?;
+        let netns = match &self.net {
+            Some(net) if spec.egress => Some(net.attach(&spec.id, uid).await?),
+            _ => None,
+        };
+        let mut child =
+            net::spawn_in(netns.as_deref(), || command.spawn()).map_err(BoxError::io("starting bubblewrap"))?;
         let pid = child.id().unwrap_or_default();
         self.write_record(&BoxRecord {
             id: spec.id.clone(),
@@ -370,6 +391,7 @@ impl LocalBackend {
             self.destroy(&id).await?;
         }
         self.cgroups.remove_instance(&self.instance).await?;
+        net::remove_instance(&self.instance, &self.config.run_root).await;
         match fs::remove_dir_all(self.instance_dir()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -399,6 +421,7 @@ impl LocalBackend {
         if self.cgroups.list(&self.instance).iter().any(|n| n == id.as_str()) {
             traces.push("a cgroup".into());
         }
+        traces.extend(net::traces(&self.instance, id));
         let layer = self.layer_dir(id);
         if layer::is_mount_point(&layer) {
             traces.push(format!("a mount at {}", layer.display()));
@@ -432,6 +455,7 @@ impl LocalBackend {
         };
         let result = async {
             self.cgroups.destroy(&self.instance, id.as_str()).await?;
+            net::detach(&self.instance, id).await;
             layer::remove(&self.layer_dir(id))?;
             self.claim_this_uid(id, record.uid)?;
             self.start(&spec, record.uid).await
@@ -465,8 +489,8 @@ impl Backend for LocalBackend {
     }
 
     async fn create(&self, spec: &BoxSpec) -> Result<(), BoxError> {
-        if spec.egress {
-            return Err(BoxError::Unsupported("the local backend gives boxes no network egress".into()));
+        if spec.egress && self.net.is_none() {
+            return Err(BoxError::Unsupported("this vendbox gives boxes no network egress ([egress])".into()));
         }
         self.images.check(&spec.image).map_err(BoxError::Unsupported)?;
         if self.layer_dir(&spec.id).exists() || self.disks.record(&spec.id).is_some() {
@@ -538,6 +562,7 @@ impl Backend for LocalBackend {
             }
         }
         self.cgroups.destroy(&self.instance, id.as_str()).await?;
+        net::detach(&self.instance, id).await;
         layer::remove(&self.layer_dir(id))?;
         let disk_uid = self.disks.record(id).map(|r| r.uid);
         self.disks.remove(id)?;
@@ -593,6 +618,21 @@ impl Backend for LocalBackend {
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// The files of `/proc` that lxcfs shows per cgroup and boxes see through it.
+const LXCFS_PROC: [&str; 6] = ["cpuinfo", "meminfo", "stat", "uptime", "loadavg", "swaps"];
+
+/// lxcfs's `/proc` when the host runs lxcfs at `/var/lib/lxcfs` (Debian's `lxcfs` service), with
+/// every file boxes are shown.
+fn lxcfs_proc() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mounted = mountinfo.lines().any(|line| {
+        line.split(' ').nth(4) == Some("/var/lib/lxcfs")
+            && line.split_once(" - ").is_some_and(|(_, right)| right.starts_with("fuse.lxcfs "))
+    });
+    let proc = PathBuf::from("/var/lib/lxcfs/proc");
+    (mounted && LXCFS_PROC.iter().all(|file| proc.join(file).is_file())).then_some(proc)
 }
 
 /// The boxes of data directory `data_dir` whose disk lies on image `image` (for `vendbox image

@@ -5,6 +5,7 @@ pub mod health;
 pub mod locks;
 pub mod offers;
 pub mod payments;
+pub mod ports;
 pub mod quotes;
 pub mod rentals;
 pub mod sessions;

@@ -112,8 +112,13 @@ impl BoxHost {
     }
 
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Stops vendbox and starts it again with `env` (configuration overrides).
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
         self.vendbox = None;
-        self.vendbox = Some(Vendbox::start(self.dir.path(), &["--data-dir", "state"]));
+        self.vendbox = Some(Vendbox::start_with(self.dir.path(), &["--data-dir", "state"], env));
     }
 
     pub fn crash(&mut self) {

@@ -57,6 +57,9 @@ impl Vendbox {
             .env_remove("VENDBOX_FAULTS")
             .env("VENDBOX_LOG", "warn")
             .env("VENDBOX_SSH__LISTEN", "127.0.0.1:0")
+            // No box of a test reaches a network unless the test built that network itself
+            // (tests/egress.rs): this machine's own network is out of bounds.
+            .env("VENDBOX_EGRESS__ENABLED", "false")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,406 @@
+//! Egress: a box with egress reaches the public internet by address and by name, and nothing
+//! the policy refuses (the host, private and metadata addresses, other boxes); its bandwidth
+//! and connections are capped; an offer without egress has no network; nothing of a box's
+//! network outlives it, and a restart removes what a crash left.
+//!
+//! This machine has no internet and its own network is out of bounds, so the test builds its
+//! own: a namespace standing in for the public internet (an HTTP server on 203.0.113.10 and a
+//! DNS server on 203.0.113.53 answering for `vendbox.test`) and one for a private network and
+//! cloud metadata (a server on 10.77.0.1 and 169.254.169.254), with host routes for exactly
+//! those prefixes into them. Before the first packet it checks that every address it will try
+//! routes into its own namespaces, so that a policy bug can only reach the test's servers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod boxhost;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use boxhost::{Bought, BoxHost};
+
+/// The stand-in for the public internet.
+const PUBLIC_WEB: &str = "203.0.113.10";
+const PUBLIC_DNS: &str = "203.0.113.53";
+/// The stand-ins for a private network and for cloud metadata.
+const PRIVATE: &str = "10.77.0.1";
+const METADATA: &str = "169.254.169.254";
+/// The name the test's DNS server answers with `PUBLIC_WEB`.
+const NAME: &str = "web.vendbox.test";
+/// Each box's bandwidth in the test, Mbit/s.
+const MBIT: u64 = 8;
+/// Each box's connection cap in the test.
+const CONNECTIONS: usize = 6;
+
+/// A box offer without egress, next to the test catalog's sandboxes (which include it).
+const OFFLINE: &str = r#"
+[[offers]]
+id = "test-offline"
+kind = "sandbox"
+title = "A box without network"
+resources = { vcpu = 1, memory_mb = 256, disk_gb = 1 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+actions = { rule = "unlimited" }
+images = ["host"]
+default_image = "host"
+egress = false
+price = {}
+"#;
+
+fn sh(line: &str) -> std::process::Output {
+    Command::new("sh").arg("-c").arg(line).output().unwrap()
+}
+
+fn must(line: &str) {
+    let out = sh(line);
+    assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The test's own networks, removed (by the names it gave them, and its servers by pid) when
+/// dropped, also when the test fails.
+struct World {
+    /// Namespaces it made.
+    netns: Vec<String>,
+    /// Host ends of its links (their routes go with them).
+    links: Vec<String>,
+    /// Its servers.
+    servers: Vec<Child>,
+    /// Where servers serve from and log to.
+    dir: tempfile::TempDir,
+    inet_if: String,
+    private_if: String,
+    /// Held while the world exists: the tests' worlds route the same prefixes, so they take
+    /// turns (nextest runs each test in a process of its own). Dropped last.
+    _turn: std::fs::File,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        for link in &self.links {
+            let _ = sh(&format!("ip link del {link} 2>/dev/null"));
+        }
+        for ns in &self.netns {
+            let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+        }
+    }
+}
+
+impl World {
+    fn build() -> World {
+        let tag = std::process::id() % 100_000;
+        let turn = std::fs::File::create("/run/vendbox-egress-tests.lock").unwrap();
+        turn.lock().unwrap();
+        let mut world = World {
+            netns: Vec::new(),
+            links: Vec::new(),
+            servers: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            inet_if: format!("vti{tag}"),
+            private_if: format!("vtp{tag}"),
+            _turn: turn,
+        };
+        let inet = format!("vendbox-test-{tag}-inet");
+        let private = format!("vendbox-test-{tag}-private");
+        for (ns, host_if, addrs, routes) in [
+            (&inet, world.inet_if.clone(), vec![PUBLIC_WEB, PUBLIC_DNS], vec!["203.0.113.0/24"]),
+            (
+                &private,
+                world.private_if.clone(),
+                vec![PRIVATE, METADATA],
+                vec!["10.77.0.0/24", "169.254.169.254/32"],
+            ),
+        ] {
+            let inside = format!("{host_if}n");
+            world.netns.push(ns.clone());
+            must(&format!("ip netns add {ns}"));
+            world.links.push(host_if.clone());
+            must(&format!("ip link add {host_if} type veth peer name {inside} netns {ns}"));
+            must(&format!("ip link set {host_if} up"));
+            for addr in addrs {
+                must(&format!("ip -n {ns} addr add {addr}/24 dev {inside}"));
+            }
+            must(&format!("ip -n {ns} link set {inside} up && ip -n {ns} link set lo up"));
+            must(&format!("ip -n {ns} route add default dev {inside}"));
+            for route in routes {
+                must(&format!("ip route add {route} dev {host_if}"));
+            }
+        }
+        // Before any packet: every address the test tries routes into its own namespaces.
+        for (addr, dev) in [
+            (PUBLIC_WEB, &world.inet_if),
+            (PUBLIC_DNS, &world.inet_if),
+            (PRIVATE, &world.private_if),
+            (METADATA, &world.private_if),
+        ] {
+            let out = sh(&format!("ip route get {addr}"));
+            let route = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                route.contains(&format!("dev {dev} ")),
+                "{addr} does not route into the test's namespace: {route}"
+            );
+        }
+        let root = world.dir.path();
+        std::fs::create_dir_all(root.join("public")).unwrap();
+        std::fs::write(root.join("public/hello.txt"), "hello from the public internet\n").unwrap();
+        std::fs::write(root.join("public/big.bin"), vec![7u8; 4 * 1024 * 1024]).unwrap();
+        std::fs::create_dir_all(root.join("private")).unwrap();
+        std::fs::write(root.join("private/secret.txt"), "private\n").unwrap();
+        let serve = |ns: &str, dir: &Path, log: &str| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "/usr/bin/python3",
+                    "-m",
+                    "http.server",
+                    "80",
+                    "--bind",
+                    "0.0.0.0",
+                ])
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap()
+        };
+        let public_log = root.join("public.log");
+        let private_log = root.join("private.log");
+        world.servers.push(serve(&inet, &root.join("public"), public_log.to_str().unwrap()));
+        world.servers.push(serve(&private, &root.join("private"), private_log.to_str().unwrap()));
+        world.servers.push(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &inet,
+                    "dnsmasq",
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                ])
+                .args(["--conf-file=/dev/null", "--user=root", "--group=root", "--bind-interfaces"])
+                .arg(format!("--listen-address={PUBLIC_DNS}"))
+                .arg(format!("--address=/{NAME}/{PUBLIC_WEB}"))
+                .arg("--pid-file")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // The servers answer inside their namespaces before the boxes are asked to reach them.
+        for (ns, addr) in [(&inet, PUBLIC_WEB), (&private, PRIVATE)] {
+            let ready = (0..100).any(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                sh(&format!("ip netns exec {ns} curl -s -o /dev/null -m 1 http://{addr}/")).status.success()
+            });
+            assert!(ready, "the test's server on {addr} did not start");
+        }
+        world
+    }
+
+    fn private_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("private.log")).unwrap_or_default()
+    }
+}
+
+/// Whether this host can run the test (root, bubblewrap, nftables, dnsmasq).
+fn supported() -> bool {
+    let have = |tool: &str| sh(&format!("command -v {tool}")).status.success();
+    if !["nft", "dnsmasq", "ip", "curl"].iter().all(|t| have(t)) {
+        support::requirement_missing("egress tests need nftables, dnsmasq, iproute2 and curl");
+        return false;
+    }
+    boxhost::boxes_supported()
+}
+
+/// vendbox's settings in these tests: egress on, the test's resolver, the test's caps.
+fn settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("VENDBOX_EGRESS__ENABLED", "true".to_owned()),
+        ("VENDBOX_EGRESS__RESOLVERS", format!("[\"{PUBLIC_DNS}\"]")),
+        ("VENDBOX_EGRESS__BANDWIDTH_MBIT", MBIT.to_string()),
+        ("VENDBOX_EGRESS__MAX_CONNECTIONS", CONNECTIONS.to_string()),
+    ]
+}
+
+/// A vendbox selling boxes with egress into `_world` (which must outlive it).
+fn host(_world: &World) -> Option<BoxHost> {
+    let settings = settings();
+    let env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    BoxHost::start_with(OFFLINE, &env)
+}
+
+/// Runs `line` in box `b`; its stdout (the line must exit 0).
+async fn run(host: &BoxHost, b: &Bought, line: &str) -> String {
+    let (status, out) = host.sh(b, line, 60).await;
+    assert_eq!(status, 200, "{line}: {out}");
+    assert_eq!(out["exit_code"], 0, "{line}: {out}");
+    out["stdout"].as_str().unwrap().to_owned()
+}
+
+/// Whether a `curl` from box `b` to `url` got an HTTP answer.
+async fn reaches(host: &BoxHost, b: &Bought, url: &str) -> bool {
+    let line = format!("curl -s -o /dev/null -w '%{{http_code}}' -m 3 {url}; echo \" rc=$?\"");
+    let text = run(host, b, &line).await;
+    !text.starts_with("000")
+}
+
+/// The box's own IPv4 address and its gateway (the host's end of its link).
+async fn addresses(host: &BoxHost, b: &Bought) -> (String, String) {
+    let text = run(host, b, "ip -4 -o addr show dev eth0; ip -4 route show default").await;
+    let address =
+        text.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap().split('/').next().unwrap();
+    let gateway = text.split_whitespace().skip_while(|w| *w != "via").nth(1).unwrap();
+    (address.to_owned(), gateway.to_owned())
+}
+
+#[tokio::test]
+async fn a_box_reaches_the_public_internet_and_nothing_the_policy_refuses() {
+    if !supported() {
+        return;
+    }
+    let world = World::build();
+    let Some(host) = host(&world) else { return };
+    let a = host.buy("test-box", 10).await;
+    let b = host.buy("test-box", 10).await;
+
+    // By address and by name, through the configured resolver.
+    let text = run(&host, &a, &format!("curl -sS -m 5 http://{PUBLIC_WEB}/hello.txt")).await;
+    assert_eq!(text, "hello from the public internet\n");
+    assert_eq!(run(&host, &a, "cat /etc/resolv.conf").await, format!("nameserver {PUBLIC_DNS}\n"));
+    let text = run(&host, &a, &format!("curl -sS -m 5 http://{NAME}/hello.txt")).await;
+    assert_eq!(text, "hello from the public internet\n");
+
+    // The host: its end of the link (any service on any host address), vendbox's own port.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let (a_addr, a_gateway) = addresses(&host, &a).await;
+    let (b_addr, _) = addresses(&host, &b).await;
+    assert_ne!(a_addr, b_addr);
+    // The other box's address routes to its own link on this host, nowhere else.
+    let route = String::from_utf8_lossy(&sh(&format!("ip route get {b_addr}")).stdout).to_string();
+    assert!(route.contains(" dev v"), "{b_addr} routes elsewhere: {route}");
+    run(&host, &b, "cd /tmp && (nohup python3 -m http.server 8080 >/dev/null 2>&1 &) ; sleep 1").await;
+    assert!(reaches(&host, &b, "http://127.0.0.1:8080/").await, "box b's own server does not answer it");
+    let vendbox_port = host.vendbox.as_ref().unwrap().addr().rsplit(':').next().unwrap().to_owned();
+    for url in [
+        format!("http://{PRIVATE}/secret.txt"),
+        format!("http://{METADATA}/latest/meta-data/"),
+        format!("http://{a_gateway}:{host_port}/"),
+        format!("http://{a_gateway}:{vendbox_port}/healthz"),
+        format!("http://127.0.0.1:{vendbox_port}/healthz"),
+        format!("http://{b_addr}:8080/"),
+    ] {
+        assert!(!reaches(&host, &a, &url).await, "box a reached {url}");
+    }
+    assert!(listener.accept().is_err(), "a box connected to a host service");
+    // (The test's own readiness probe asked for `/`; the box asked for these.)
+    let log = world.private_log();
+    assert!(!log.contains("secret.txt") && !log.contains("meta-data"), "the private server was reached: {log}");
+    // Refused at once by the policy, not left to time out.
+    let text = run(&host, &a, &format!("curl -sS -m 3 http://{PRIVATE}/ 2>&1; echo rc=$?")).await;
+    assert!(!text.contains("rc=28"), "the refusal timed out instead: {text}");
+
+    // IPv6 is off, and the box cannot change its own network.
+    let text =
+        run(&host, &a, "ip -6 addr show dev eth0; ip addr add 10.200.99.9/32 dev eth0 2>&1; echo rc=$?")
+            .await;
+    assert!(!text.contains("inet6") && !text.contains("rc=0"), "{text}");
+}
+
+#[tokio::test]
+async fn bandwidth_and_connections_are_capped_per_box() {
+    if !supported() {
+        return;
+    }
+    let world = World::build();
+    let Some(host) = host(&world) else { return };
+    let a = host.buy("test-box", 10).await;
+
+    // Connections: the cap holds; the rest are refused.
+    let script = format!(
+        "import socket\nheld = []\nfor _ in range({}):\n    s = socket.socket()\n    s.settimeout(3)\n    try:\n        s.connect(('{PUBLIC_WEB}', 80))\n        held.append(s)\n    except OSError:\n        pass\nprint(len(held))\n",
+        CONNECTIONS + 4
+    );
+    run(&host, &a, &format!("cat > /tmp/conns.py <<'EOF'\n{script}EOF")).await;
+    let held: usize = run(&host, &a, "python3 /tmp/conns.py").await.trim().parse().unwrap();
+    assert_eq!(held, CONNECTIONS, "connections held at once");
+
+    // Bandwidth: a 4 MiB download at the cap.
+    let text = run(
+        &host,
+        &a,
+        &format!("curl -sS -o /dev/null -m 30 -w '%{{speed_download}}' http://{PUBLIC_WEB}/big.bin"),
+    )
+    .await;
+    let bytes_per_second: f64 = text.trim().parse().unwrap();
+    #[allow(clippy::cast_precision_loss)]
+    let cap = (MBIT * 1_000_000 / 8) as f64;
+    let ratio = bytes_per_second / cap;
+    eprintln!("download at {bytes_per_second:.0} B/s, {ratio:.2} of the {MBIT} Mbit/s cap");
+    assert!((0.8..=1.2).contains(&ratio), "download at {bytes_per_second} B/s against a cap of {cap}");
+}
+
+#[tokio::test]
+async fn an_offer_without_egress_has_no_network_and_an_ended_box_leaves_no_link() {
+    if !supported() {
+        return;
+    }
+    let world = World::build();
+    let Some(mut host) = host(&world) else { return };
+    let offline = host.buy("test-offline", 10).await;
+    assert!(!reaches(&host, &offline, &format!("http://{PUBLIC_WEB}/hello.txt")).await);
+    let text = run(&host, &offline, "ip -o link | cut -d: -f2").await;
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["lo"], "{text}");
+
+    let online = host.buy("test-box", 10).await;
+    assert!(reaches(&host, &online, &format!("http://{PUBLIC_WEB}/hello.txt")).await);
+    let id = vendbox_box::BoxId::new(&online.id).unwrap();
+    let backend = host.backend();
+    assert!(backend.leaves_traces(&id).iter().any(|t| t.contains("network namespace")));
+    let (status, body) = host.end(&online).await;
+    assert_eq!(status, 200, "{body}");
+    host.assert_gone_within(&online.id, Duration::from_secs(10));
+
+    // A crash leaves a box's network behind; the next start removes what no box owns.
+    let stray = host.buy("test-box", 10).await;
+    host.crash();
+    let stray_id = vendbox_box::BoxId::new(&stray.id).unwrap();
+    assert!(!backend.leaves_traces(&stray_id).is_empty());
+    let instance = instance_of(&host.data_dir());
+    let leftover = format!("vendbox-{instance}-leftover-box");
+    must(&format!("ip netns add {leftover}"));
+    let _cleanup = NetnsGuard(leftover.clone());
+    let settings = settings();
+    let env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    host.restart_with(&env);
+    support::eventually(Duration::from_secs(20), "the leftover namespace to go", async || {
+        if Path::new("/run/netns").join(&leftover).exists() { Err("still there".to_owned()) } else { Ok(()) }
+    })
+    .await;
+    // The crashed box was paid and is kept, with its network.
+    assert!(reaches(&host, &stray, &format!("http://{PUBLIC_WEB}/hello.txt")).await);
+}
+
+/// Removes a namespace the test made, when dropped.
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip netns del {} 2>/dev/null", self.0));
+    }
+}
+
+/// The instance name the local backend gives a data directory.
+fn instance_of(data_dir: &Path) -> String {
+    use sha2::Digest as _;
+    let dir: PathBuf = std::fs::canonicalize(data_dir).unwrap();
+    hex::encode(&sha2::Sha256::digest(dir.to_string_lossy().as_bytes())[..6])
+}
