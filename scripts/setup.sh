@@ -50,6 +50,12 @@ command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v umoci >/dev/null 2>&1 || missing+=(umoci)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+# Box egress: nftables (the policy), iproute2 (namespaces, links, tc); the egress tests' own
+# DNS server (dnsmasq) and client (curl).
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v tc >/dev/null 2>&1 || missing+=(iproute2)
+command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]}"
   (apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1) \
