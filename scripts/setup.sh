@@ -50,6 +50,7 @@ command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v umoci >/dev/null 2>&1 || missing+=(umoci)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v lxcfs >/dev/null 2>&1 || missing+=(lxcfs)
 # Box egress: nftables (the policy), iproute2 (namespaces, links, tc); the egress tests' own
 # DNS server (dnsmasq) and client (curl).
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
@@ -60,6 +61,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]}"
   (apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1) \
     || (apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null)
+fi
+
+# lxcfs shows each box its own limits in /proc (free, /proc/meminfo); Debian's service starts it
+# where systemd runs, and here it is started detached where it does not.
+if command -v lxcfs >/dev/null 2>&1 && ! grep -q ' /var/lib/lxcfs ' /proc/self/mountinfo; then
+  say "starting lxcfs"
+  mkdir -p /var/lib/lxcfs
+  (setsid lxcfs /var/lib/lxcfs >/dev/null 2>&1 &)
+  for _ in $(seq 50); do grep -q ' /var/lib/lxcfs ' /proc/self/mountinfo && break; sleep 0.1; done
 fi
 
 # PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test` (the store suite's second

@@ -447,3 +447,22 @@ price = { base = "1" }
     let (status, body) = host.post("/v1/boxes", None, &json!({ "offer": "paid-choice", "minutes": 5 })).await;
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("payments_unconfigured")), "{body}");
 }
+
+#[tokio::test]
+async fn a_box_sees_its_own_memory_limit() {
+    let lxcfs = std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(" /var/lib/lxcfs ");
+    if !lxcfs {
+        support::requirement_missing("lxcfs must run at /var/lib/lxcfs (scripts/setup.sh starts it)");
+        return;
+    }
+    let Some(host) = debian_host() else { return };
+    let b = buy(&host, "test-debian").await;
+    // 512 MiB of memory: `free` and /proc/meminfo say so, not the host's.
+    let out = host.ok(&b, "free -m | awk '/^Mem:/ {print $2}'; grep MemTotal /proc/meminfo").await;
+    let total_mb: u64 = out.lines().next().unwrap().trim().parse().unwrap();
+    assert!((500..=512).contains(&total_mb), "free says {out}");
+    // A box of the host image too.
+    let h = host.buy("test-box", 10).await;
+    let out = host.ok(&h, "grep MemTotal /proc/meminfo").await;
+    assert_eq!(out.split_whitespace().nth(1), Some("262144"), "{out}");
+}
