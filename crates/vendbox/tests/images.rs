@@ -466,3 +466,107 @@ async fn a_box_sees_its_own_memory_limit() {
     let out = host.ok(&h, "grep MemTotal /proc/meminfo").await;
     assert_eq!(out.split_whitespace().nth(1), Some("262144"), "{out}");
 }
+
+/// Runs a host tool that must succeed.
+fn must(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An OCI image layout at `dir/oci` (tag `t`) of two layers: a tiny userland (the host's C
+/// library, loader and shell, enough for boxd and `sh`) with `/etc/kept` and `/etc/doomed`,
+/// then a layer that deletes `/etc/doomed` (a whiteout) and adds `/etc/added`.
+fn build_oci_layout(dir: &Path) -> PathBuf {
+    let layout = dir.join("oci");
+    let bundle = dir.join("bundle");
+    let image = format!("{}:t", layout.display());
+    must("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    must("umoci", &["new", "--image", &image]);
+    must("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
+    let rootfs = bundle.join("rootfs");
+    for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc", "root", "tmp", "proc", "dev"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
+        must(
+            "cp",
+            &[
+                "-L",
+                &format!("/lib/x86_64-linux-gnu/{lib}"),
+                rootfs.join("lib/x86_64-linux-gnu").to_str().unwrap(),
+            ],
+        );
+    }
+    must("cp", &["-L", "/lib64/ld-linux-x86-64.so.2", rootfs.join("lib64").to_str().unwrap()]);
+    for program in ["sh", "cat", "ls"] {
+        must("cp", &["-L", &format!("/bin/{program}"), rootfs.join("bin").to_str().unwrap()]);
+    }
+    std::fs::write(rootfs.join("etc/kept"), "kept\n").unwrap();
+    std::fs::write(rootfs.join("etc/doomed"), "doomed\n").unwrap();
+    must("umoci", &["repack", "--image", &image, bundle.to_str().unwrap()]);
+    std::fs::remove_file(rootfs.join("etc/doomed")).unwrap();
+    std::fs::write(rootfs.join("etc/added"), "added\n").unwrap();
+    must("umoci", &["repack", "--image", &image, bundle.to_str().unwrap()]);
+    layout
+}
+
+#[tokio::test]
+async fn oci_layouts_and_docker_archives_are_imported_with_their_whiteouts() {
+    if !boxhost::boxes_supported() {
+        return;
+    }
+    for tool in ["umoci", "skopeo"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            support::requirement_missing(&format!("image imports need `{tool}`"));
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let layout = build_oci_layout(work.path());
+    let docker = work.path().join("docker.tar");
+    must(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci:{}:t", layout.display()),
+            &format!("docker-archive:{}:imported:t", docker.display()),
+        ],
+    );
+    let catalog = ["oci-test", "docker-test"]
+        .map(|image| {
+            format!(
+                "[[images]]\nid = \"{image}\"\nname = \"{image}\"\n\n[[offers]]\nid = \"{image}-box\"\nkind = \"sandbox\"\n\
+                 title = \"A box of {image}\"\nresources = {{ vcpu = 1, memory_mb = 128, disk_gb = 1 }}\n\
+                 duration = {{ rule = \"range\", min_minutes = 1, max_minutes = 60 }}\nactions = {{ rule = \"unlimited\" }}\n\
+                 images = [\"{image}\"]\ndefault_image = \"{image}\"\nprice = {{}}\n"
+            )
+        })
+        .join("\n");
+    let Some(host) = BoxHost::start_prepared(&catalog, &[], |state| {
+        for (source, name) in [(&layout, "oci-test"), (&docker, "docker-test")] {
+            let out = Command::new(support::BIN)
+                .args(["image", "import"])
+                .arg(source)
+                .args(["--name", name, "--data-dir"])
+                .arg(state)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "importing {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let out =
+            Command::new(support::BIN).args(["image", "list", "--data-dir"]).arg(state).output().unwrap();
+        let list = String::from_utf8_lossy(&out.stdout);
+        assert!(list.contains("oci-test") && list.contains("docker-test"), "{list}");
+    }) else {
+        return;
+    };
+    for image in ["oci-test", "docker-test"] {
+        let b = buy(&host, &format!("{image}-box")).await;
+        let out = host.ok(&b, "cat /etc/kept /etc/added; ls /etc/doomed 2>/dev/null || echo gone").await;
+        assert_eq!(out, "kept\nadded\ngone\n", "{image}");
+    }
+}
