@@ -7,17 +7,21 @@ use std::time::Duration;
 
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256};
-use alloy::providers::fillers::{ChainIdFiller, GasFiller};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use crate::chain::{Chain, ChainError, VerifyError, classify_revert, transfer_request};
 use crate::exact::{CheckedPayment, Requirements, Version};
 use crate::reason::{Reason, Rejection};
+
+mod receipts;
+mod sender;
+
+use receipts::Receipts;
+use sender::{Confirmation, SendError, Sender};
 
 /// Why a settlement did not take the money.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,37 +62,48 @@ pub trait Facilitator: Send + Sync + fmt::Debug {
     ) -> Result<B256, SettleError>;
 }
 
-/// Settles on chain itself, with the operator's key.
+/// Settles on chain itself, with the operator's key, at the chain's speed: settlements are sent
+/// one after another without waiting for earlier receipts (the account nonce is kept here, see
+/// [`sender`]), and their receipts come from one watcher of new blocks (see [`receipts`]).
 #[derive(Debug)]
 pub struct BuiltinFacilitator {
-    /// The token, through a provider that signs with the operator's key.
+    /// The token.
     chain: Chain,
     /// Who sends the settlement transactions (and pays their gas).
     sender: Address,
-    /// Held while a transaction gets its account nonce and is sent (and only then: gas and fees
-    /// are estimated before), so that concurrent settlements never share a nonce or leave a gap.
-    send: Mutex<()>,
+    /// The sender's transactions: nonce, signing, sending, confirming.
+    transactions: Sender,
     /// How long to wait for a settlement's receipt.
     receipt_timeout: Duration,
+}
+
+/// How often the receipt watcher asks a node on this machine for its head while a settlement
+/// waits: a local chain mines at once, so its receipts come within a few milliseconds.
+const LOCAL_HEAD_INTERVAL: Duration = Duration::from_millis(3);
+/// The same for a remote node, well within one block of any chain vendbox settles on.
+const REMOTE_HEAD_INTERVAL: Duration = Duration::from_millis(500);
+/// Settlements sent anew when another transaction took the nonce of the one sent.
+const RESENDS: u32 = 3;
+
+/// Whether `rpc_url` names a node on this machine.
+fn is_local(rpc_url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(rpc_url) else { return false };
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl BuiltinFacilitator {
     /// A facilitator for the token at `asset`, sending through `rpc_url` with `signer`.
     pub fn new(rpc_url: &str, asset: Address, signer: PrivateKeySigner) -> Result<Self, ChainError> {
         let url = rpc_url.parse().map_err(|e| ChainError(format!("RPC URL {rpc_url:?}: {e}")))?;
+        let interval = if is_local(rpc_url) { LOCAL_HEAD_INTERVAL } else { REMOTE_HEAD_INTERVAL };
         let sender = signer.address();
-        let provider = ProviderBuilder::new()
-            .disable_recommended_fillers()
-            .filler(GasFiller::default())
-            .filler(ChainIdFiller::default())
-            .with_simple_nonce_management()
-            .wallet(EthereumWallet::from(signer))
-            .connect_http(url)
-            .erased();
+        let provider = ProviderBuilder::new().disable_recommended_fillers().connect_http(url).erased();
+        let receipts = Receipts::new(provider.clone(), interval);
         Ok(Self {
-            chain: Chain::with_provider(provider, asset),
+            chain: Chain::with_provider(provider.clone(), asset),
             sender,
-            send: Mutex::new(()),
+            transactions: Sender::new(provider, EthereumWallet::from(signer), sender, receipts),
             receipt_timeout: Duration::from_mins(1),
         })
     }
@@ -101,6 +116,27 @@ impl BuiltinFacilitator {
     /// The chain it settles on.
     pub fn chain(&self) -> &Chain {
         &self.chain
+    }
+
+    /// What the chain says of `payment`'s authorization once the settlement sent for it can no
+    /// longer be mined (another transaction took its nonce): settled by someone, cancelled, or
+    /// free to be sent again (`None`).
+    async fn after_replacement(&self, payment: &CheckedPayment) -> Option<Result<B256, SettleError>> {
+        let auth = &payment.authorization;
+        let unconfirmed =
+            |message: String| Some(Err(SettleError::Unconfirmed { transaction: None, message }));
+        match self.chain.authorization_used(auth.from, auth.nonce).await {
+            Ok(false) => None,
+            Ok(true) => match self.chain.find_settlement(auth.from, auth.nonce).await {
+                Ok(Some(transaction)) => Some(Ok(transaction)),
+                Ok(None) => Some(Err(SettleError::Refused(Rejection::new(
+                    Reason::NonceUsed,
+                    "the payer cancelled this authorization on chain before it was settled",
+                )))),
+                Err(e) => unconfirmed(e.0),
+            },
+            Err(e) => unconfirmed(e.0),
+        }
     }
 }
 
@@ -141,28 +177,43 @@ impl Facilitator for BuiltinFacilitator {
             VerifyError::Unavailable(m) => SettleError::NotSent(m),
         };
         let provider = self.chain.provider();
-        // Gas and fees are asked for before taking the turn, so that only the nonce and the send
-        // are one at a time.
+        // The gas estimate is also the last dry run: a transfer that would revert is not sent.
         let request = transfer_request(self.chain.asset(), payment).from(self.sender);
-        let (gas, fees) =
-            tokio::join!(provider.estimate_gas(request.clone()), provider.estimate_eip1559_fees());
+        let (gas, fees) = tokio::join!(provider.estimate_gas(request.clone()), self.transactions.fees());
         let gas = gas.map_err(|e| not_sent(&e))?;
-        let fees = fees.map_err(|e| not_sent(&e))?;
-        let request = request
-            .gas_limit(gas)
-            .max_fee_per_gas(fees.max_fee_per_gas)
-            .max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
-        let pending = {
-            let _turn = self.send.lock().await;
-            provider.send_transaction(request).await.map_err(|e| not_sent(&e))?
-        };
-        let hash = *pending.tx_hash();
-        tracing::info!(transaction = %hash, payer = %payment.payer(), "settlement sent");
-        match pending.with_timeout(Some(self.receipt_timeout)).get_receipt().await {
-            Ok(receipt) if receipt.status() => Ok(hash),
-            Ok(_) => Err(SettleError::Reverted(hash)),
-            Err(e) => Err(SettleError::Unconfirmed { transaction: Some(hash), message: e.to_string() }),
+        let (max_fee, priority_fee) = fees.map_err(|e| not_sent(&e))?;
+        // A margin: an earlier settlement still in flight may change what this one touches.
+        let request =
+            request.gas_limit(gas + gas / 5).max_fee_per_gas(max_fee).max_priority_fee_per_gas(priority_fee);
+        for _ in 0..RESENDS {
+            let mut sent = self.transactions.send(request.clone()).await.map_err(|e| match e {
+                SendError::NotSent(message) => not_sent(&message),
+                SendError::Unknown { hash, message } => {
+                    SettleError::Unconfirmed { transaction: Some(hash), message }
+                }
+            })?;
+            let hash = sent.hash;
+            tracing::info!(transaction = %hash, nonce = sent.nonce, payer = %payment.payer(), "settlement sent");
+            match self.transactions.confirm(&mut sent, self.receipt_timeout).await {
+                Confirmation::Mined { succeeded: true } => return Ok(hash),
+                Confirmation::Mined { succeeded: false } => return Err(SettleError::Reverted(hash)),
+                Confirmation::TimedOut => {
+                    return Err(SettleError::Unconfirmed {
+                        transaction: Some(hash),
+                        message: format!("no receipt within {:?}", self.receipt_timeout),
+                    });
+                }
+                Confirmation::Replaced => {
+                    tracing::warn!(transaction = %hash, "another transaction took the settlement's nonce");
+                    if let Some(outcome) = self.after_replacement(payment).await {
+                        return outcome;
+                    }
+                }
+            }
         }
+        Err(SettleError::NotSent(
+            "the settlement's nonce was taken by other transactions again and again".into(),
+        ))
     }
 }
 

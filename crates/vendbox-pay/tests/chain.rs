@@ -14,7 +14,7 @@ use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator};
 use vendbox_pay::{Network, Reason, client, wire};
 
 struct World {
-    _anvil: Anvil,
+    anvil: Anvil,
     chain: Chain,
     facilitator: BuiltinFacilitator,
     requirements: Requirements,
@@ -52,7 +52,7 @@ async fn world() -> Option<World> {
             mime_type: "application/json".into(),
         },
     );
-    Some(World { _anvil: anvil, chain, facilitator, requirements, payer })
+    Some(World { anvil, chain, facilitator, requirements, payer })
 }
 
 fn now() -> u64 {
@@ -110,6 +110,127 @@ async fn concurrent_settlements_share_no_nonce() {
     let hashes: std::collections::HashSet<_> = results.into_iter().map(Result::unwrap).collect();
     assert_eq!(hashes.len(), 12);
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(120_000u64));
+}
+
+/// A JSON-RPC call to the test chain (anvil's own methods included); its result.
+async fn rpc(w: &World, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let answer: serde_json::Value =
+        reqwest::Client::new().post(&w.anvil.rpc_url).json(&body).send().await.unwrap().json().await.unwrap();
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+/// Transactions waiting in the chain's pool, ready and queued.
+async fn pooled(w: &World) -> (u64, u64) {
+    let status = rpc(w, "txpool_status", serde_json::json!([])).await;
+    let count = |v: &serde_json::Value| match v {
+        serde_json::Value::String(hex) => u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap(),
+        other => other.as_u64().unwrap(),
+    };
+    (count(&status["pending"]), count(&status["queued"]))
+}
+
+async fn wait_until_pooled(w: &World, ready: u64) {
+    let started = std::time::Instant::now();
+    while pooled(w).await.0 < ready {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{ready} never reached the pool");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn settlements_are_sent_without_waiting_for_earlier_receipts() {
+    let Some(w) = world().await else { return };
+    // Nothing is mined until the test says so: every settlement must reach the pool first.
+    rpc(&w, "evm_setAutomine", serde_json::json!([false])).await;
+    let payments: Vec<_> = (0..20).map(|_| pay(&w, &w.payer)).collect();
+    let settling =
+        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)));
+    let mine = async {
+        wait_until_pooled(&w, 20).await;
+        assert_eq!(pooled(&w).await, (20, 0), "twenty in nonce order, none waiting on a gap");
+        rpc(&w, "evm_mine", serde_json::json!([])).await;
+    };
+    let (results, ()) = tokio::join!(settling, mine);
+    let hashes: std::collections::HashSet<_> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(hashes.len(), 20);
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(200_000u64));
+}
+
+#[tokio::test]
+async fn a_nonce_another_sender_of_the_same_key_took_is_read_again() {
+    let Some(w) = world().await else { return };
+    // A second facilitator with the same key, as a second host would be: each keeps its own
+    // nonce, so each in turn finds its next one taken.
+    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+    let other = BuiltinFacilitator::new(&w.anvil.rpc_url, w.chain.asset(), settler).unwrap();
+    for round in 0..4 {
+        let facilitator = if round % 2 == 0 { &w.facilitator } else { &other };
+        let payments: Vec<_> = (0..3).map(|_| pay(&w, &w.payer)).collect();
+        for result in
+            futures_util::future::join_all(payments.iter().map(|p| facilitator.settle(p, &w.requirements)))
+                .await
+        {
+            result.unwrap();
+        }
+    }
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(120_000u64));
+}
+
+#[tokio::test]
+async fn a_settlement_dropped_from_the_pool_is_sent_again() {
+    let Some(w) = world().await else { return };
+    rpc(&w, "evm_setAutomine", serde_json::json!([false])).await;
+    let payment = pay(&w, &w.payer);
+    let chaos = async {
+        wait_until_pooled(&w, 1).await;
+        rpc(&w, "anvil_dropAllTransactions", serde_json::json!([])).await;
+        assert_eq!(pooled(&w).await, (0, 0));
+        rpc(&w, "evm_setAutomine", serde_json::json!([true])).await;
+    };
+    let (result, ()) = tokio::join!(w.facilitator.settle(&payment, &w.requirements), chaos);
+    let tx = result.unwrap();
+    let auth = payment.authorization;
+    assert_eq!(w.chain.find_settlement(auth.from, auth.nonce).await.unwrap(), Some(tx));
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(10_000u64));
+}
+
+#[tokio::test]
+async fn a_settlement_whose_nonce_another_transaction_took_is_sent_anew_and_settles_once() {
+    let Some(w) = world().await else { return };
+    rpc(&w, "evm_setAutomine", serde_json::json!([false])).await;
+    let payment = pay(&w, &w.payer);
+    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+    let replace = async {
+        wait_until_pooled(&w, 1).await;
+        // The operator's key sends something else with the same nonce and a higher fee: it
+        // replaces the settlement in the pool, and is mined instead.
+        let provider = alloy::providers::ProviderBuilder::new()
+            .wallet(alloy::network::EthereumWallet::from(settler.clone()))
+            .connect_http(w.anvil.rpc_url.parse().unwrap());
+        let nonce = alloy::providers::Provider::get_transaction_count(&provider, settler.address())
+            .latest()
+            .await
+            .unwrap();
+        let gwei = 1_000_000_000u128;
+        let replacement = alloy::rpc::types::TransactionRequest::default()
+            .to(settler.address())
+            .nonce(nonce)
+            .gas_limit(21_000)
+            .max_fee_per_gas(1_000 * gwei)
+            .max_priority_fee_per_gas(500 * gwei);
+        let _pending = alloy::providers::Provider::send_transaction(&provider, replacement).await.unwrap();
+        assert_eq!(pooled(&w).await, (1, 0), "the replacement took the settlement's place");
+        rpc(&w, "evm_mine", serde_json::json!([])).await;
+        rpc(&w, "evm_setAutomine", serde_json::json!([true])).await;
+    };
+    let (result, ()) = tokio::join!(w.facilitator.settle(&payment, &w.requirements), replace);
+    let tx = result.unwrap();
+    let auth = payment.authorization;
+    assert_eq!(w.chain.find_settlement(auth.from, auth.nonce).await.unwrap(), Some(tx));
+    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), U256::from(990_000u64), "charged once");
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(10_000u64));
 }
 
 /// Called when a test's requirement is missing: the test fails, naming it, unless

@@ -1,0 +1,245 @@
+//! `Sender`: the operator account's transactions, sent one after another without waiting for
+//! earlier receipts. It keeps the account nonce itself and holds it across each send, so that
+//! transactions reach the node in nonce order: neither a failed send nor a crash can leave a gap
+//! that strands later transactions in the node's pool (where one could be mined long after its
+//! payment was voided). When the nonce is in doubt (refused as taken, or a send whose fate is
+//! unknown) it is read again from the node before the next send.
+//!
+//! After a send, [`Sender::confirm`] waits for the receipt through the shared block watcher, and
+//! now and then looks for what else can happen: the transaction dropped from the pool (sent
+//! again, the same bytes), or its nonce taken by another transaction (it can never be mined).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use alloy::network::eip2718::Encodable2718;
+use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
+use alloy::primitives::{Address, B256};
+use alloy::providers::{DynProvider, Provider};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::transports::TransportError;
+use tokio::sync::OnceCell;
+
+use super::receipts::{Receipts, Watch};
+
+/// How long a fee estimate is used for: fees are asked for once per this, not once per payment.
+const FEES_FOR: Duration = Duration::from_secs(1);
+/// How often a transaction waited for is looked up directly (dropped? replaced?) besides the
+/// block watcher.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Sends of the same bytes before a send whose fate is unknown is given up.
+const SEND_TRIES: u32 = 3;
+
+/// The operator's account, sending.
+#[derive(Debug)]
+pub(super) struct Sender {
+    provider: DynProvider,
+    wallet: EthereumWallet,
+    address: Address,
+    /// The next account nonce, `None` until read from the node (and after anything that makes it
+    /// uncertain). Held across each send: sends reach the node in nonce order.
+    next: tokio::sync::Mutex<Option<u64>>,
+    chain_id: OnceCell<u64>,
+    /// The latest fee estimate (max fee, priority fee) and when it was made.
+    fees: Mutex<Option<(Instant, (u128, u128))>>,
+    receipts: Arc<Receipts>,
+}
+
+/// A transaction the node accepted, waited for.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    pub(super) hash: B256,
+    pub(super) nonce: u64,
+    /// Its signed bytes, sent again if the node drops it.
+    raw: Vec<u8>,
+    watch: Watch,
+}
+
+/// Why a transaction is not in the node's pool.
+#[derive(Debug)]
+pub(super) enum SendError {
+    /// Nothing was sent (the node refused it, or it could not be built): nobody is charged.
+    NotSent(String),
+    /// Sent, and the node never said whether it took it.
+    Unknown { hash: B256, message: String },
+}
+
+/// What became of a transaction waited for.
+#[derive(Debug)]
+pub(super) enum Confirmation {
+    /// In a block; `succeeded` is false when it reverted.
+    Mined { succeeded: bool },
+    /// Another transaction took its nonce: it can never be mined.
+    Replaced,
+    /// Not mined within the time given.
+    TimedOut,
+}
+
+/// What a node's refusal of a send means.
+enum Refusal {
+    /// It already holds this very transaction.
+    Known,
+    /// The nonce is taken (mined, or another transaction holds it in the pool).
+    NonceTaken,
+    /// Anything else: the transaction is not in the pool.
+    Other,
+}
+
+fn mined(receipt: &TransactionReceipt) -> Confirmation {
+    Confirmation::Mined { succeeded: receipt.status() }
+}
+
+fn refusal(message: &str) -> Refusal {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("already known") || lower.contains("already imported") {
+        Refusal::Known
+    } else if lower.contains("nonce too low")
+        || lower.contains("underpriced")
+        || lower.contains("nonce has already been used")
+    {
+        Refusal::NonceTaken
+    } else {
+        Refusal::Other
+    }
+}
+
+impl Sender {
+    pub(super) fn new(
+        provider: DynProvider,
+        wallet: EthereumWallet,
+        address: Address,
+        receipts: Arc<Receipts>,
+    ) -> Self {
+        Self {
+            provider,
+            wallet,
+            address,
+            next: tokio::sync::Mutex::new(None),
+            chain_id: OnceCell::new(),
+            fees: Mutex::new(None),
+            receipts,
+        }
+    }
+
+    /// The fees to offer: the node's estimate, asked for at most once per [`FEES_FOR`].
+    pub(super) async fn fees(&self) -> Result<(u128, u128), TransportError> {
+        let cached = *self.fees.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, fees)) = cached
+            && at.elapsed() < FEES_FOR
+        {
+            return Ok(fees);
+        }
+        let estimate = self.provider.estimate_eip1559_fees().await?;
+        let fees = (estimate.max_fee_per_gas, estimate.max_priority_fee_per_gas);
+        *self.fees.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), fees));
+        Ok(fees)
+    }
+
+    async fn chain_id(&self) -> Result<u64, TransportError> {
+        self.chain_id.get_or_try_init(|| self.provider.get_chain_id()).await.copied()
+    }
+
+    /// Signs `request` (gas and fees set) with the next nonce and sends it, without waiting for
+    /// earlier transactions to be mined. A nonce the node says is taken is read again and the
+    /// transaction signed anew; the same bytes are sent again while the node does not answer.
+    pub(super) async fn send(&self, request: TransactionRequest) -> Result<InFlight, SendError> {
+        let chain_id = self.chain_id().await.map_err(|e| SendError::NotSent(e.to_string()))?;
+        let request = request.from(self.address).with_chain_id(chain_id);
+        let mut taken = 0;
+        loop {
+            let mut next = self.next.lock().await;
+            let nonce = match *next {
+                Some(nonce) => nonce,
+                None => self
+                    .provider
+                    .get_transaction_count(self.address)
+                    .pending()
+                    .await
+                    .map_err(|e| SendError::NotSent(e.to_string()))?,
+            };
+            let envelope = request
+                .clone()
+                .nonce(nonce)
+                .build(&self.wallet)
+                .await
+                .map_err(|e| SendError::NotSent(e.to_string()))?;
+            let hash = *envelope.tx_hash();
+            let raw = envelope.encoded_2718();
+            // Registered before it is sent, so that the block holding it cannot pass unseen.
+            let watch = self.receipts.watch(hash).await.map_err(|e| SendError::NotSent(e.0))?;
+            let mut tries = 0;
+            let failure = loop {
+                tries += 1;
+                match self.provider.send_raw_transaction(&raw).await {
+                    Ok(_) => break None,
+                    Err(e) => match e.as_error_resp().map(|r| refusal(&r.message)) {
+                        Some(Refusal::Known) => break None,
+                        Some(Refusal::NonceTaken) => break Some((Refusal::NonceTaken, e.to_string())),
+                        Some(Refusal::Other) => break Some((Refusal::Other, e.to_string())),
+                        None if tries < SEND_TRIES => {
+                            tracing::warn!(transaction = %hash, error = %e, "sending again");
+                        }
+                        None => break Some((Refusal::Known, e.to_string())),
+                    },
+                }
+            };
+            match failure {
+                None => {
+                    *next = Some(nonce + 1);
+                    return Ok(InFlight { hash, nonce, raw, watch });
+                }
+                // The nonce is used: read it again from the node and sign anew.
+                Some((Refusal::NonceTaken, message)) => {
+                    *next = None;
+                    taken += 1;
+                    tracing::warn!(nonce, error = %message, "settlement nonce taken; reading it again");
+                    if taken >= SEND_TRIES {
+                        return Err(SendError::NotSent(message));
+                    }
+                }
+                // Refused: not in the pool, and the nonce is still free for the next one.
+                Some((Refusal::Other, message)) => {
+                    *next = Some(nonce);
+                    return Err(SendError::NotSent(message));
+                }
+                // No answer: it may be in the pool or not; the node says which before the next.
+                Some((Refusal::Known, message)) => {
+                    *next = None;
+                    return Err(SendError::Unknown { hash, message });
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for `sent` to be mined; sends it again if the node dropped it.
+    pub(super) async fn confirm(&self, sent: &mut InFlight, timeout: Duration) -> Confirmation {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let check = tokio::time::Instant::now() + CHECK_EVERY;
+            tokio::select! {
+                Some(receipt) = sent.watch.receipt() => return mined(&receipt),
+                () = tokio::time::sleep_until(check.min(deadline)) => {}
+            }
+            if let Ok(Some(receipt)) = self.provider.get_transaction_receipt(sent.hash).await {
+                return mined(&receipt);
+            }
+            if let Ok(used) = self.provider.get_transaction_count(self.address).latest().await
+                && used > sent.nonce
+            {
+                // Mined just now, or never: the receipt says which.
+                match self.provider.get_transaction_receipt(sent.hash).await {
+                    Ok(Some(receipt)) => return mined(&receipt),
+                    Ok(None) => return Confirmation::Replaced,
+                    Err(_) => {}
+                }
+            }
+            if matches!(self.provider.get_transaction_by_hash(sent.hash).await, Ok(None)) {
+                tracing::warn!(transaction = %sent.hash, "the node dropped a settlement; sending it again");
+                let _ = self.provider.send_raw_transaction(&sent.raw).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Confirmation::TimedOut;
+            }
+        }
+    }
+}
