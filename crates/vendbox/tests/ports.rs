@@ -50,6 +50,23 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
+/// A hostile server on port 8002: its answer's head never ends within 64 KiB.
+const HUGE_HEAD: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8002))
+s.listen()
+while True:
+    c, _ = s.accept()
+    c.recv(65536)
+    try:
+        c.sendall(b"HTTP/1.1 200 OK\r\nX-Filler: " + b"a" * (8 << 20))
+    except OSError:
+        pass
+    c.close()
+"#;
+
 async fn get(host: &BoxHost, path: &str, token: Option<&str>, host_name: Option<&str>) -> (u16, String) {
     let mut request = host.http.get(host.url(path));
     if let Some(token) = token {
@@ -107,6 +124,13 @@ async fn a_server_in_a_box_answers_by_path_and_by_host_name_to_the_boxs_token_on
     // The bearer is not passed on to the box.
     let log = host.ok(&a, "cat /tmp/server.log").await;
     assert!(!log.contains(&a.token), "{log}");
+
+    // A server whose answer is not a bounded HTTP head.
+    host.ok(&a, &format!("cat > /tmp/huge.py <<'EOF'\n{HUGE_HEAD}\nEOF")).await;
+    serve(&host, &a, "python3 /tmp/huge.py", 8002).await;
+    let (status, body) = get(&host, &format!("/v1/boxes/{}/ports/8002/", a.id), Some(&a.token), None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("bad_gateway"), "{body}");
 
     // A port nobody listens on.
     let (status, body) = get(&host, &format!("/v1/boxes/{}/ports/8001/", a.id), Some(&a.token), None).await;
