@@ -2,6 +2,9 @@
 //! - create-to-first-exec latency (`POST /v1/boxes`, then `exec true`) against the baseline of a
 //!   bare `bwrap … /bin/true` spawn with the same namespaces, as the same kind of unprivileged
 //!   uid: median, p90 and p99;
+//! - the same from the `debian-12` image (an overlay root on an ext4 disk of its own) against the
+//!   same bare spawn, when the data directory can have that image (`VENDBOX_BENCH_IMAGES`, an
+//!   images directory holding it, or the tests' cache); skipped, saying so, without it;
 //! - exec round trip of `true` through the API on one box against the round trip of
 //!   `GET /healthz` (the HTTP stack alone): median, p90 and p99;
 //! - SSH: connect + authenticate + `true` through the gateway against OpenSSH's own sshd on
@@ -26,7 +29,8 @@
 //! vendbox runs in this process on a runtime of its own, with the local backend; this benchmark
 //! program is also each box's PID 1 (`boxes boxd --listen-stdin`), as the vendbox binary is in
 //! production. Needs root and bubblewrap (and openssh-server for the SSH rows, which are skipped
-//! without it, saying so). Run: `cargo bench -p vendbox --bench boxes`.
+//! without it, saying so). Run: `cargo bench -p vendbox --bench boxes`; `VENDBOX_BENCH_PARTS`
+//! (comma-separated: create, image, exec, ssh, density) runs only those parts.
 
 #![allow(
     clippy::unwrap_used,
@@ -62,6 +66,8 @@ const SSH_SESSIONS: Rounds = Rounds { warm_up: 5, measured: 100 };
 /// half a second on two busy cores), so this pair runs fewer rounds than a p99 needs, to keep
 /// the run to a few minutes: median and p90 only.
 const SSH_FIRST: Rounds = Rounds { warm_up: 2, measured: 20 };
+/// Create + first exec rounds from the debian-12 image.
+const IMAGE_CREATES: Rounds = Rounds { warm_up: 5, measured: 100 };
 /// Width of the row labels.
 const LABEL_WIDTH: usize = 62;
 
@@ -87,8 +93,12 @@ fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr) {
     // The density rows measure how many idle boxes the host holds, past what admission control
     // would sell by their memory limits.
     config.boxes.memory_overcommit = 1000.0;
+    let debian = config.store.data_dir.join("images/debian-12/image.json").is_file();
     for offer in &mut config.offers {
         if offer.id.as_str() == "h3retik-custom" {
+            if debian {
+                offer.images = vec!["host".into(), "debian-12".into()];
+            }
             offer.price = vendbox_core::PriceRule::default();
             offer.resources.memory_mb = 256;
             offer.resources.disk_gb = 1;
@@ -346,12 +356,49 @@ async fn run(dir: &Path, data_dir: &Path) {
     );
     stats::header(LABEL_WIDTH);
 
+    if part("create") {
+        create_pair(client, None).await;
+    }
+    if part("image") {
+        if data_dir.join("images/debian-12/image.json").is_file() {
+            create_pair(client, Some("debian-12")).await;
+        } else {
+            println!(
+                "debian-12 rows skipped: no image (set VENDBOX_BENCH_IMAGES to an images directory \
+                 holding it, or run `vendbox image build debian-12`)"
+            );
+        }
+    }
+    if part("exec") {
+        exec_pair(client).await;
+    }
+    if part("ssh") {
+        ssh(client, ssh_addr, dir).await;
+    }
+    if part("density") {
+        density(client, data_dir).await;
+    }
+}
+
+/// Whether part `name` runs (`VENDBOX_BENCH_PARTS`, all by default).
+fn part(name: &str) -> bool {
+    std::env::var("VENDBOX_BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|p| p.trim() == name))
+}
+
+/// Create + first exec of boxes of `image` (the offer's default, `host`, when none) against the
+/// bare bubblewrap spawn.
+async fn create_pair(client: &Client, image: Option<&str>) {
+    let mut body = Client::small_box();
+    if let Some(image) = image {
+        body["image"] = json!(image);
+    }
+    let body = &body;
     let times = stats::alternate_async(
-        CREATES,
+        if image.is_some() { IMAGE_CREATES } else { CREATES },
         || async { bare_bwrap() },
         || async move {
             let started = Instant::now();
-            let b = client.buy().await;
+            let b = client.buy_with(body).await;
             client.exec_true(&b).await;
             let elapsed = started.elapsed();
             client.end(&b).await;
@@ -361,14 +408,16 @@ async fn run(dir: &Path, data_dir: &Path) {
     .await;
     let bare = Summary::of("bare bwrap spawns", times.baseline);
     let create = Summary::of("box creations", times.subject);
-    rows(
-        "bare `bwrap … /bin/true` spawn (baseline)",
-        &bare,
-        "create box + first exec, through the API",
-        &create,
-    );
+    let subject = match image {
+        Some(image) => format!("create box + first exec, {image} (overlay, ext4 disk)"),
+        None => "create box + first exec, through the API".to_owned(),
+    };
+    rows("bare `bwrap … /bin/true` spawn (baseline)", &bare, &subject, &create);
     stats::explain_missing(&create, "this pair ran fewer rounds");
+}
 
+/// Exec round trips on one box against `GET /healthz`.
+async fn exec_pair(client: &Client) {
     let warm = &client.buy().await;
     client.exec_true(warm).await;
     let health = format!("{}/healthz", client.base);
@@ -389,9 +438,6 @@ async fn run(dir: &Path, data_dir: &Path) {
         &Summary::of("exec round trips", times.subject),
     );
     client.end(warm).await;
-
-    ssh(client, ssh_addr, dir).await;
-    density(client, data_dir).await;
 }
 
 /// How many idle boxes this host holds (up to `VENDBOX_BENCH_BOXES`, or until vendbox sells no
@@ -588,6 +634,16 @@ async fn ssh(client: &Client, gateway: std::net::SocketAddr, dir: &Path) {
     );
 }
 
+/// An images directory holding debian-12: `VENDBOX_BENCH_IMAGES`, else the tests' cache.
+fn debian_images() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("VENDBOX_BENCH_IMAGES") {
+        return Some(PathBuf::from(dir));
+    }
+    let key = vendbox_box::image::Recipe::named("debian-12")?.key();
+    let cached = PathBuf::from(format!("/var/cache/vendbox-test/debian-12-{key}/images"));
+    cached.join("debian-12/image.json").is_file().then_some(cached)
+}
+
 fn main() {
     // This program is also each box's PID 1.
     let args: Vec<String> = std::env::args().collect();
@@ -602,6 +658,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("state");
     std::fs::create_dir_all(&data_dir).unwrap();
+    if let Some(images) = debian_images() {
+        std::os::unix::fs::symlink(images, data_dir.join("images")).unwrap();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(run(dir.path(), &data_dir))));
     // Leave nothing behind, also when a figure could not be measured: this instance's boxes, its
