@@ -13,11 +13,16 @@ use crate::shared::store_impl;
 pub struct PostgresStore {
     /// Connections to the database.
     pool: PgPool,
+    /// The lock writer's queue (group commit).
+    locks: crate::aggregates::locks::Queue,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl PostgresStore {
+    /// Acquisitions always go to the lock writer: a read could see the state before another
+    /// host's open batch (`aggregates::locks`).
+    const CHEAP_REFUSALS: bool = false;
     /// Connects to `url` and brings the schema up to date (sqlx holds an advisory lock while
     /// migrating, so several hosts starting at once do not race).
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -32,7 +37,8 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let locks = Self::spawn_lock_writer(pool.clone());
+        Ok(Self { pool, locks })
     }
 }
 

@@ -16,11 +16,16 @@ use crate::shared::store_impl;
 pub struct SqliteStore {
     /// Connections to the one file; SQLite serializes writers, WAL lets readers run alongside.
     pool: SqlitePool,
+    /// The lock writer's queue (group commit).
+    locks: crate::aggregates::locks::Queue,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl SqliteStore {
+    /// Acquisitions of a held key are refused from a read: a read waits for the one connection,
+    /// so it never sees a lock batch half done (`aggregates::locks`).
+    const CHEAP_REFUSALS: bool = true;
     /// Opens (creating if needed) the database file at `path`, and its directory.
     pub async fn open_file(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -49,7 +54,8 @@ impl SqliteStore {
         // database (each connection to it would be its own).
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let locks = Self::spawn_lock_writer(pool.clone());
+        Ok(Self { pool, locks })
     }
 }
 

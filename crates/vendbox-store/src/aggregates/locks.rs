@@ -1,15 +1,124 @@
 //! Locks: one row per key, granted, renewed and released by compare-and-set statements that
 //! judge expiry by the database's clock (`$clock`), so hosts with skewed clocks cannot disagree.
+//!
+//! **Group commit.** Grants, renewals and releases do not each take a transaction of their own:
+//! they queue for one writer per store, which applies every operation waiting at that moment, in
+//! arrival order, in one transaction, and answers each caller only once that transaction has
+//! committed (one fsync for the batch). Nothing is acknowledged before it is durable, and a batch
+//! cut off by a crash is rolled back whole, so no caller was told of it. Within a batch each
+//! statement sees the ones before it, so two grants of one key in one batch are one grant and one
+//! refusal, as they would be one after the other. If a batch fails, each of its operations is
+//! applied again alone, so one bad operation cannot fail its neighbours.
+//!
+//! **Cheap refusals.** On SQLite an acquisition of a key that is held now is answered from a
+//! read, without queueing a write: the holder's grant is already durable, and the read waits for
+//! the one connection, so it never runs while a batch is open and sees every release the writer
+//! has applied. On PostgreSQL a read would see the state before another host's open batch (a
+//! release already stamped but not yet committed) and refuse a key that is free by the time the
+//! refusal is sent; there an acquisition always goes to the writer, whose statement waits for the
+//! other batch's row lock and then sees its release. A refusal costs no fsync of its own either
+//! way: it shares its batch's.
 
-use crate::StoreError;
+use tokio::sync::{mpsc, oneshot};
+use vendbox_core::{LockKey, TokenHash};
+
+use crate::{LockAcquisition, LockRelease, LockRenewal, StoreError, StoreResult};
 
 /// A lock TTL in milliseconds, as the SQL adds it to the clock.
 pub(crate) fn ttl_ms(ttl: std::time::Duration) -> Result<i64, StoreError> {
     i64::try_from(ttl.as_millis()).map_err(|_| StoreError::Corrupt("lock TTL too long".into()))
 }
 
-/// Writes the lock methods of `$store`, whose `pool` is a pool of database `$db`; `$clock` is the
-/// SQL that reads the database's clock in Unix milliseconds when it is evaluated.
+/// The most operations one transaction applies.
+pub(crate) const BATCH: usize = 256;
+
+/// Operations that may wait for the writer before callers wait to enqueue.
+const QUEUE: usize = 4096;
+
+/// One lock operation for the writer, with where its answer goes.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Grant `key`.
+    Acquire {
+        key: LockKey,
+        owner: Option<String>,
+        metadata: Option<String>,
+        ttl_ms: i64,
+        release: TokenHash,
+        reply: oneshot::Sender<StoreResult<LockAcquisition>>,
+    },
+    /// Renew the grant of `release` on `key`.
+    Renew {
+        key: LockKey,
+        release: TokenHash,
+        ttl_ms: Option<i64>,
+        reply: oneshot::Sender<StoreResult<LockRenewal>>,
+    },
+    /// Release the grant of `release` on `key`.
+    Release { key: LockKey, release: TokenHash, reply: oneshot::Sender<StoreResult<LockRelease>> },
+}
+
+/// What one operation came to, inside a batch not yet committed.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Acquired(LockAcquisition),
+    Renewed(LockRenewal),
+    Released(LockRelease),
+}
+
+impl Op {
+    /// Sends `answer` to the caller (who may have hung up: then nobody hears it).
+    pub(crate) fn answer(self, answer: StoreResult<Answer>) {
+        let wrong = || StoreError::Corrupt("a lock operation got another operation's answer".into());
+        match self {
+            Op::Acquire { reply, .. } => {
+                let _ = reply.send(answer.and_then(|a| match a {
+                    Answer::Acquired(a) => Ok(a),
+                    _ => Err(wrong()),
+                }));
+            }
+            Op::Renew { reply, .. } => {
+                let _ = reply.send(answer.and_then(|a| match a {
+                    Answer::Renewed(a) => Ok(a),
+                    _ => Err(wrong()),
+                }));
+            }
+            Op::Release { reply, .. } => {
+                let _ = reply.send(answer.and_then(|a| match a {
+                    Answer::Released(a) => Ok(a),
+                    _ => Err(wrong()),
+                }));
+            }
+        }
+    }
+}
+
+/// The way to a store's lock writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Queue(mpsc::Sender<Op>);
+
+impl Queue {
+    /// A queue and the writer's end of it.
+    pub(crate) fn new() -> (Queue, mpsc::Receiver<Op>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Queue(tx), rx)
+    }
+
+    /// Queues the operation `make` builds around its reply, and waits for the answer.
+    pub(crate) async fn run<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op,
+    ) -> StoreResult<T> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Database(sqlx::Error::PoolClosed);
+        self.0.send(make(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Writes the lock methods of `$store`, whose `pool` is a pool of database `$db` and whose
+/// `locks` is its [`Queue`]; `$clock` is the SQL that reads the database's clock in Unix
+/// milliseconds when it is evaluated.
 macro_rules! impl_locks {
     ($store:ty, $db:ty, clock_ms = $clock:literal) => {
         impl $store {
@@ -40,31 +149,108 @@ macro_rules! impl_locks {
                 })
             }
 
+            /// Starts the lock writer over `pool` (see the module's documentation): the queue to
+            /// it. The writer stops when the last clone of the queue is dropped.
+            fn spawn_lock_writer(pool: sqlx::Pool<$db>) -> $crate::aggregates::locks::Queue {
+                let (queue, mut ops) = $crate::aggregates::locks::Queue::new();
+                tokio::spawn(async move {
+                    let mut batch = Vec::with_capacity($crate::aggregates::locks::BATCH);
+                    while ops.recv_many(&mut batch, $crate::aggregates::locks::BATCH).await > 0 {
+                        Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
+                    }
+                });
+                queue
+            }
+
+            /// Applies `ops` in one transaction and answers each once it committed; if the batch
+            /// fails, applies each alone.
+            async fn apply_lock_batch(pool: &sqlx::Pool<$db>, ops: Vec<$crate::aggregates::locks::Op>) {
+                match Self::try_lock_batch(pool, &ops).await {
+                    Ok(answers) => {
+                        for (op, answer) in ops.into_iter().zip(answers) {
+                            op.answer(Ok(answer));
+                        }
+                    }
+                    Err(e) if ops.len() == 1 => {
+                        if let Some(op) = ops.into_iter().next() {
+                            op.answer(Err(e));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, operations = ops.len(), "a batch of lock operations failed; applying each alone");
+                        for op in ops {
+                            let answer = Self::try_lock_batch(pool, std::slice::from_ref(&op)).await;
+                            op.answer(answer.and_then(|mut a| {
+                                a.pop().ok_or_else(|| $crate::StoreError::Corrupt("a lock operation got no answer".into()))
+                            }));
+                        }
+                    }
+                }
+            }
+
+            async fn try_lock_batch(
+                pool: &sqlx::Pool<$db>,
+                ops: &[$crate::aggregates::locks::Op],
+            ) -> $crate::StoreResult<Vec<$crate::aggregates::locks::Answer>> {
+                use $crate::aggregates::locks::{Answer, Op};
+                let mut tx = pool.begin().await?;
+                let mut answers = Vec::with_capacity(ops.len());
+                for op in ops {
+                    answers.push(match op {
+                        Op::Acquire { key, owner, metadata, ttl_ms, release, .. } => Answer::Acquired(
+                            Self::acquire_lock_in(&mut tx, key, owner.as_deref(), metadata.as_deref(), *ttl_ms, release)
+                                .await?,
+                        ),
+                        Op::Renew { key, release, ttl_ms, .. } => {
+                            Answer::Renewed(Self::renew_lock_in(&mut tx, key, release, *ttl_ms).await?)
+                        }
+                        Op::Release { key, release, .. } => {
+                            Answer::Released(Self::release_lock_in(&mut tx, key, release).await?)
+                        }
+                    });
+                }
+                tx.commit().await?;
+                Ok(answers)
+            }
+
             /// The grant on `key` made with `release`, as the store has it now (released,
             /// lapsed or held); `None` when there is none (never, or the key was granted since).
-            async fn grant_of(
-                &self,
+            async fn grant_of_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
                 key: &vendbox_core::LockKey,
                 release: &vendbox_core::TokenHash,
             ) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
                 let row = sqlx::query("SELECT * FROM locks WHERE key = $1 AND release_token_hash = $2")
                     .bind(key.as_str())
                     .bind(release.to_hex())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *conn)
                     .await?;
                 row.as_ref().map(Self::lock_from_row).transpose()
             }
 
-            async fn acquire_lock(
-                &self,
+            async fn get_lock_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                key: &vendbox_core::LockKey,
+            ) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
+                let row = sqlx::query(concat!(
+                    "SELECT * FROM locks WHERE key = $1 AND release_token_hash IS NOT NULL \
+                     AND released_at IS NULL AND expires_at > ",
+                    $clock
+                ))
+                .bind(key.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+                row.as_ref().map(Self::lock_from_row).transpose()
+            }
+
+            async fn acquire_lock_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
                 key: &vendbox_core::LockKey,
                 owner: Option<&str>,
-                metadata: Option<&serde_json::Value>,
-                ttl: std::time::Duration,
+                metadata: Option<&str>,
+                ttl_ms: i64,
                 release: &vendbox_core::TokenHash,
             ) -> $crate::StoreResult<$crate::LockAcquisition> {
-                let ttl_ms = $crate::aggregates::locks::ttl_ms(ttl)?;
-                let metadata = metadata.map(serde_json::Value::to_string);
                 // A held key answers no row; a free, released or lapsed one is granted with the
                 // next token. The update reads the clock after it holds the row, so the grant
                 // starts no earlier than the release or expiry before it. Between a refused grant
@@ -86,26 +272,25 @@ macro_rules! impl_locks {
                     .bind(owner)
                     .bind(release.to_hex())
                     .bind(ttl_ms)
-                    .bind(metadata.as_deref())
-                    .fetch_optional(&self.pool)
+                    .bind(metadata)
+                    .fetch_optional(&mut *conn)
                     .await?;
                     if let Some(row) = granted {
                         return Ok($crate::LockAcquisition::Acquired(Self::lock_from_row(&row)?));
                     }
-                    if let Some(holder) = self.get_lock(key).await? {
+                    if let Some(holder) = Self::get_lock_in(&mut *conn, key).await? {
                         return Ok($crate::LockAcquisition::Held(holder));
                     }
                 }
                 Err($crate::StoreError::Conflict(format!("lock `{}` is changing hands too fast", key.as_str())))
             }
 
-            async fn renew_lock(
-                &self,
+            async fn renew_lock_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
                 key: &vendbox_core::LockKey,
                 release: &vendbox_core::TokenHash,
-                ttl: Option<std::time::Duration>,
+                ttl_ms: Option<i64>,
             ) -> $crate::StoreResult<$crate::LockRenewal> {
-                let ttl_ms = ttl.map($crate::aggregates::locks::ttl_ms).transpose()?;
                 let row = sqlx::query(concat!(
                     "UPDATE locks SET ttl_ms = COALESCE($3, ttl_ms), \
                      expires_at = ", $clock, " + COALESCE($3, ttl_ms) \
@@ -115,37 +300,17 @@ macro_rules! impl_locks {
                 .bind(key.as_str())
                 .bind(release.to_hex())
                 .bind(ttl_ms)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await?;
                 if let Some(row) = row {
                     return Ok($crate::LockRenewal::Renewed(Self::lock_from_row(&row)?));
                 }
-                let grant = self.grant_of(key, release).await?;
+                let grant = Self::grant_of_in(&mut *conn, key, release).await?;
                 Ok($crate::LockRenewal::Refused($crate::LockRefusal::of(grant.as_ref())))
             }
 
-            async fn lock_held_by(
-                &self,
-                key: &vendbox_core::LockKey,
-                release: &vendbox_core::TokenHash,
-            ) -> $crate::StoreResult<Result<vendbox_core::Lock, $crate::LockRefusal>> {
-                let row = sqlx::query(concat!(
-                    "SELECT * FROM locks WHERE key = $1 AND release_token_hash = $2 \
-                     AND released_at IS NULL AND expires_at > ", $clock
-                ))
-                .bind(key.as_str())
-                .bind(release.to_hex())
-                .fetch_optional(&self.pool)
-                .await?;
-                if let Some(row) = row {
-                    return Ok(Ok(Self::lock_from_row(&row)?));
-                }
-                let grant = self.grant_of(key, release).await?;
-                Ok(Err($crate::LockRefusal::of(grant.as_ref())))
-            }
-
-            async fn release_lock(
-                &self,
+            async fn release_lock_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
                 key: &vendbox_core::LockKey,
                 release: &vendbox_core::TokenHash,
             ) -> $crate::StoreResult<$crate::LockRelease> {
@@ -156,28 +321,85 @@ macro_rules! impl_locks {
                 ))
                 .bind(key.as_str())
                 .bind(release.to_hex())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await?;
                 if let Some(row) = row {
                     return Ok($crate::LockRelease::Released(Self::lock_from_row(&row)?));
                 }
                 // Released before with this token: answer as the first time.
-                Ok(match self.grant_of(key, release).await? {
+                Ok(match Self::grant_of_in(&mut *conn, key, release).await? {
                     Some(grant) if grant.released_at.is_some() => $crate::LockRelease::AlreadyReleased(grant),
                     grant => $crate::LockRelease::Refused($crate::LockRefusal::of(grant.as_ref())),
                 })
             }
 
-            async fn get_lock(&self, key: &vendbox_core::LockKey) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
+            async fn acquire_lock(
+                &self,
+                key: &vendbox_core::LockKey,
+                owner: Option<&str>,
+                metadata: Option<&serde_json::Value>,
+                ttl: std::time::Duration,
+                release: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<$crate::LockAcquisition> {
+                let ttl_ms = $crate::aggregates::locks::ttl_ms(ttl)?;
+                // A held key is refused from a read where a read sees only committed batches
+                // (see `CHEAP_REFUSALS`): the holder's grant is already durable.
+                if Self::CHEAP_REFUSALS
+                    && let Some(holder) = self.get_lock(key).await?
+                {
+                    return Ok($crate::LockAcquisition::Held(holder));
+                }
+                let (key, owner, release) = (key.clone(), owner.map(str::to_owned), *release);
+                let metadata = metadata.map(serde_json::Value::to_string);
+                self.locks
+                    .run(|reply| $crate::aggregates::locks::Op::Acquire { key, owner, metadata, ttl_ms, release, reply })
+                    .await
+            }
+
+            async fn renew_lock(
+                &self,
+                key: &vendbox_core::LockKey,
+                release: &vendbox_core::TokenHash,
+                ttl: Option<std::time::Duration>,
+            ) -> $crate::StoreResult<$crate::LockRenewal> {
+                let ttl_ms = ttl.map($crate::aggregates::locks::ttl_ms).transpose()?;
+                let (key, release) = (key.clone(), *release);
+                self.locks.run(|reply| $crate::aggregates::locks::Op::Renew { key, release, ttl_ms, reply }).await
+            }
+
+            async fn release_lock(
+                &self,
+                key: &vendbox_core::LockKey,
+                release: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<$crate::LockRelease> {
+                let (key, release) = (key.clone(), *release);
+                self.locks.run(|reply| $crate::aggregates::locks::Op::Release { key, release, reply }).await
+            }
+
+            async fn lock_held_by(
+                &self,
+                key: &vendbox_core::LockKey,
+                release: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<Result<vendbox_core::Lock, $crate::LockRefusal>> {
+                let mut conn = self.pool.acquire().await?;
                 let row = sqlx::query(concat!(
-                    "SELECT * FROM locks WHERE key = $1 AND release_token_hash IS NOT NULL \
-                     AND released_at IS NULL AND expires_at > ",
-                    $clock
+                    "SELECT * FROM locks WHERE key = $1 AND release_token_hash = $2 \
+                     AND released_at IS NULL AND expires_at > ", $clock
                 ))
                 .bind(key.as_str())
-                .fetch_optional(&self.pool)
+                .bind(release.to_hex())
+                .fetch_optional(&mut *conn)
                 .await?;
-                row.as_ref().map(Self::lock_from_row).transpose()
+                if let Some(row) = row {
+                    return Ok(Ok(Self::lock_from_row(&row)?));
+                }
+                let grant = Self::grant_of_in(&mut conn, key, release).await?;
+                Ok(Err($crate::LockRefusal::of(grant.as_ref())))
+            }
+
+            async fn get_lock(&self, key: &vendbox_core::LockKey) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
+                let mut conn = self.pool.acquire().await?;
+                Self::get_lock_in(&mut conn, key).await
             }
         }
     };
