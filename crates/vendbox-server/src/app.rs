@@ -159,7 +159,13 @@ pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(boxes::exec_stream))
         .routes(routes!(boxes::read_file, boxes::write_file))
         // A box's server answers at its own pace; bodies stream through, never gathered.
-        .routes(routes!(ports::port_get, ports::port_post, ports::port_put, ports::port_patch, ports::port_delete))
+        .routes(routes!(
+            ports::port_get,
+            ports::port_post,
+            ports::port_put,
+            ports::port_patch,
+            ports::port_delete
+        ))
         .routes(routes!(
             ports::port_get_path,
             ports::port_post_path,

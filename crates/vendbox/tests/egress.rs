@@ -303,7 +303,10 @@ async fn a_box_reaches_the_public_internet_and_nothing_the_policy_refuses() {
     assert!(listener.accept().is_err(), "a box connected to a host service");
     // (The test's own readiness probe asked for `/`; the box asked for these.)
     let log = world.private_log();
-    assert!(!log.contains("secret.txt") && !log.contains("meta-data"), "the private server was reached: {log}");
+    assert!(
+        !log.contains("secret.txt") && !log.contains("meta-data"),
+        "the private server was reached: {log}"
+    );
     // Refused at once by the policy, not left to time out.
     let text = run(&host, &a, &format!("curl -sS -m 3 http://{PRIVATE}/ 2>&1; echo rc=$?")).await;
     assert!(!text.contains("rc=28"), "the refusal timed out instead: {text}");

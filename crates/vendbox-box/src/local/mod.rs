@@ -338,8 +338,8 @@ impl LocalBackend {
             Some(net) if spec.egress => Some(net.attach(&spec.id, uid).await?),
             _ => None,
         };
-        let mut child =
-            net::spawn_in(netns.as_deref(), || command.spawn()).map_err(BoxError::io("starting bubblewrap"))?;
+        let mut child = net::spawn_in(netns.as_deref(), || command.spawn())
+            .map_err(BoxError::io("starting bubblewrap"))?;
         let pid = child.id().unwrap_or_default();
         self.write_record(&BoxRecord {
             id: spec.id.clone(),
@@ -490,7 +490,9 @@ impl Backend for LocalBackend {
 
     async fn create(&self, spec: &BoxSpec) -> Result<(), BoxError> {
         if spec.egress && self.net.is_none() {
-            return Err(BoxError::Unsupported("this vendbox gives boxes no network egress ([egress])".into()));
+            return Err(BoxError::Unsupported(
+                "this vendbox gives boxes no network egress ([egress])".into(),
+            ));
         }
         self.images.check(&spec.image).map_err(BoxError::Unsupported)?;
         if self.layer_dir(&spec.id).exists() || self.disks.record(&spec.id).is_some() {

@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::routes::boxes::service;
 
 /// Longest wait for the box's server to answer a request's head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+pub const HEAD_TIMEOUT: Duration = Duration::from_mins(1);
 /// Largest response head (status line and headers) taken from a box.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
