@@ -305,7 +305,8 @@ impl LocalBackend {
             let rootfs = self.images.rootfs(&spec.image).ok_or_else(|| {
                 BoxError::Unsupported(self.images.check(&spec.image).err().unwrap_or_default())
             })?;
-            layer::create_overlay(&layer, &rootfs, &self.disks, &spec.id, uid)?;
+            let (dir, disks, id) = (layer.clone(), self.disks.clone(), spec.id.clone());
+            blocking(move || layer::create_overlay(&dir, &rootfs, &disks, &id, uid)).await?;
         }
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
         self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
@@ -508,7 +509,9 @@ impl Backend for LocalBackend {
                     limits: spec.limits,
                     egress: spec.egress,
                 };
-                self.disks.create(&record, u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024)?;
+                let (disks, size) =
+                    (self.disks.clone(), u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024);
+                blocking(move || disks.create(&record, size)).await?;
             }
             self.start(spec, uid).await
         };
@@ -620,6 +623,14 @@ impl Backend for LocalBackend {
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// Runs `work` (host tools and mounts: `mkfs.ext4`, `losetup`, the overlay) on a thread that may
+/// block, not on the runtime's.
+async fn blocking(work: impl FnOnce() -> Result<(), BoxError> + Send + 'static) -> Result<(), BoxError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BoxError::Start(format!("a blocking step failed: {e}")))?
 }
 
 /// The files of `/proc` that lxcfs shows per cgroup and boxes see through it.
