@@ -151,6 +151,18 @@ impl Catalog {
         changes
     }
 
+    /// Makes the offers whose boxes include egress unavailable, saying `reason`, when this host
+    /// cannot give boxes egress; the changes, for the log.
+    pub fn fit_to_egress(&mut self, reason: &str) -> Vec<String> {
+        let mut changes = Vec::new();
+        for offer in self.offers.iter_mut().filter(|o| o.available && o.includes_egress()) {
+            changes.push(format!("offer {} is unavailable: {reason}", offer.id));
+            offer.available = false;
+            offer.unavailable_reason = Some(reason.to_owned());
+        }
+        changes
+    }
+
     /// The offer with this id.
     pub fn offer(&self, id: &str) -> Result<&Offer, CoreError> {
         self.offers.iter().find(|o| o.id.as_str() == id).ok_or_else(|| CoreError::UnknownOffer(id.to_owned()))
@@ -225,5 +237,17 @@ mod tests {
         // Serialised, the reason shows; configured, it cannot be set.
         let json = serde_json::to_value(&fitted.offers[1]).unwrap();
         assert_eq!(json["unavailable_reason"], "no ubuntu");
+    }
+
+    #[test]
+    fn offers_with_egress_are_unavailable_on_a_host_without_it() {
+        let mut fitted = catalog();
+        fitted.offers[1].egress = Some(false);
+        let changes = fitted.fit_to_egress("no nftables");
+        assert!(!fitted.offers[0].available);
+        assert_eq!(fitted.offers[0].unavailable_reason.as_deref(), Some("no nftables"));
+        // An offer without egress is sold as before.
+        assert!(fitted.offers[1].available);
+        assert_eq!(changes.len(), 2, "{changes:?}");
     }
 }

@@ -51,7 +51,7 @@ impl Server {
         };
         let (payments, settlement) =
             payments(config, store.clone(), public_url, secrets).map_err(std::io::Error::other)?;
-        let boxes = boxes(config, store.clone()).await.map_err(std::io::Error::other)?;
+        let (boxes, no_egress) = boxes(config, store.clone()).await.map_err(std::io::Error::other)?;
         let gateway = match &boxes {
             Ok(boxes) if config.ssh.enabled => {
                 let leases = Arc::new(SshLeases { boxes: boxes.clone() });
@@ -83,12 +83,19 @@ impl Server {
             for change in catalog.fit_to_images(|image| images.check(image)) {
                 tracing::warn!("{change}");
             }
+            // Likewise an offer whose boxes include egress, when this host cannot give it.
+            if let Some(reason) = &no_egress {
+                for change in catalog.fit_to_egress(reason) {
+                    tracing::warn!("{change}");
+                }
+            }
         }
         let state = AppState {
             catalog: Arc::new(catalog),
             store,
             metrics: Arc::new(Metrics::new()),
             payments,
+            lock_waiters: Arc::default(),
             boxes,
             ssh,
         };
@@ -159,11 +166,12 @@ impl Server {
     }
 }
 
-/// The box service of `config`, reconciled with the host; or why there is none. A host that
+/// The box service of `config`, reconciled with the host, or why there is none; and why its
+/// boxes get no egress, when the operator wants it but the host cannot give it. A host that
 /// cannot run boxes (not root, no bubblewrap) still serves everything else.
-async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxes>, Arc<str>>, String> {
+async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<(BoxService, Option<String>), String> {
     if config.boxes.backend == BackendKind::None {
-        return Ok(Err("its operator turned boxes off ([boxes] backend = \"none\")".into()));
+        return Ok((Err("its operator turned boxes off ([boxes] backend = \"none\")".into()), None));
     }
     let boxd = if config.boxes.boxd_command.is_empty() {
         let exe = std::env::current_exe().map_err(|e| format!("finding vendbox's own program: {e}"))?;
@@ -177,15 +185,22 @@ async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxe
         Ok(backend) => backend,
         Err(e) => {
             tracing::warn!(error = %e, "boxes are not for sale on this host");
-            return Ok(Err(e.to_string().into()));
+            return Ok((Err(e.to_string().into()), None));
         }
     };
     let mut backend = backend;
-    // Without egress, boxes whose offer includes it are refused (and not charged) with the reason.
+    let mut no_egress = None;
     if config.egress.enabled
         && let Err(e) = backend.enable_egress(config.egress.clone()).await
     {
         tracing::warn!(error = %e, "boxes get no network egress on this host");
+        let why = match e {
+            vendbox_box::BoxError::Unsupported(why) => why,
+            other => other.to_string(),
+        };
+        no_egress = Some(format!(
+            "this host gives boxes no network egress: {why}; or set [egress] enabled = false to sell boxes without it"
+        ));
     }
     let boxes = Boxes::new(Arc::new(backend), store);
     let capacity = config.boxes.capacity(boxes.capacity());
@@ -195,8 +210,11 @@ async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<Result<Arc<Boxe
         pids = capacity.pids,
         "box capacity"
     );
-    Ok(Ok(Arc::new(boxes.with_capacity(capacity))))
+    Ok((Ok(Arc::new(boxes.with_capacity(capacity))), no_egress))
 }
+
+/// The box service, or why this vendbox runs none.
+type BoxService = Result<Arc<Boxes>, Arc<str>>;
 
 /// Makes the host and the store agree after a start, while vendbox serves: a box that stalls
 /// costs the reconciliation its own bounded wait, never the service. Retried on failure.

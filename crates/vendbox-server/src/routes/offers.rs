@@ -54,6 +54,10 @@ pub struct OfferView {
     /// Why not, when this host cannot make it (an image it has not built).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable_reason: Option<String>,
+    /// Whether its box reaches the internet (under this vendbox's egress policy); absent for
+    /// offers that sell no box.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
     /// Surface-specific names (a VpsAgent `sku`, a plan `type`).
     pub labels: BTreeMap<String, String>,
 }
@@ -81,6 +85,8 @@ impl OfferView {
             price_atomic: fixed.map(|p| p.atomic().to_string()),
             available: offer.available,
             unavailable_reason: offer.unavailable_reason.clone(),
+            egress: matches!(offer.kind, vendbox_core::OfferKind::Sandbox | vendbox_core::OfferKind::Machine)
+                .then(|| offer.includes_egress()),
             labels: offer.labels.clone(),
         }
     }
