@@ -289,6 +289,9 @@ async fn a_box_reaches_the_public_internet_and_nothing_the_policy_refuses() {
     assert!(route.contains(" dev v"), "{b_addr} routes elsewhere: {route}");
     run(&host, &b, "cd /tmp && (nohup python3 -m http.server 8080 >/dev/null 2>&1 &) ; sleep 1").await;
     assert!(reaches(&host, &b, "http://127.0.0.1:8080/").await, "box b's own server does not answer it");
+    // Ports in work for a box with egress as without (through boxd, not the box's link).
+    let response = host.http.get(host.url(&format!("/v1/boxes/{}/ports/8080/", b.id))).bearer_auth(&b.token);
+    assert_eq!(response.send().await.unwrap().status(), 200);
     let vendbox_port = host.vendbox.as_ref().unwrap().addr().rsplit(':').next().unwrap().to_owned();
     for url in [
         format!("http://{PRIVATE}/secret.txt"),
