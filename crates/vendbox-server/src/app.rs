@@ -44,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The payment gate of paid routes.
     pub payments: Arc<vendbox_service::Payments>,
+    /// This host's waiters for held lock keys, in arrival order.
+    pub lock_waiters: Arc<vendbox_service::LockWaiters>,
     /// The boxes for sale, or why this vendbox runs none.
     pub boxes: Result<Arc<Boxes>, Arc<str>>,
     /// Where the SSH gateway answers, when it runs.
@@ -59,6 +61,7 @@ impl AppState {
     /// The lock services, over this vendbox's store and catalog.
     pub fn locks(&self) -> vendbox_service::Locks {
         vendbox_service::Locks::new(self.store.clone(), self.catalog.clone())
+            .with_waiters(self.lock_waiters.clone())
     }
 }
 
@@ -109,6 +112,17 @@ impl Default for Limits {
 /// Every operation of the API, routed and described from one list: a handler named here is
 /// both served and listed in `/openapi.json`, so the two cannot drift apart.
 pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
+    let timeout = |limit: Duration| {
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "request_timeout",
+                    "the request took too long; try again",
+                )
+            }))
+            .timeout(limit)
+    };
     let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(offers::list))
@@ -129,7 +143,6 @@ pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(locks::h3retik_release))
         .routes(routes!(locks::h3retik_renew))
         .routes(routes!(locks::h3retik_get))
-        .routes(routes!(locks::native_get, locks::native_acquire, locks::native_release))
         .routes(routes!(locks::native_renew))
         .routes(routes!(sessions::micro))
         .routes(routes!(sessions::probe))
@@ -139,17 +152,13 @@ pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::get))
         .routes(routes!(boxes::create))
         .routes(routes!(boxes::get, boxes::terminate))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "request_timeout",
-                        "the request took too long; try again",
-                    )
-                }))
-                .timeout(limits.request_timeout),
-        )
+        .layer(timeout(limits.request_timeout))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    // An acquisition may wait for its key (`wait_seconds`, up to a minute) beyond the request
+    // timeout, and no longer.
+    let waits = OpenApiRouter::new()
+        .routes(routes!(locks::native_get, locks::native_acquire, locks::native_release))
+        .layer(timeout(limits.request_timeout + vendbox_service::locks::MAX_WAIT))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     // Commands and file transfers run as long as they need (a command's own time limit bounds
     // it) and move bigger bodies than the rest of the API.
@@ -174,7 +183,7 @@ pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
             ports::port_delete_path
         ))
         .layer(DefaultBodyLimit::max(limits.max_file_bytes));
-    api.merge(long)
+    api.merge(waits).merge(long)
 }
 
 /// The whole HTTP API.

@@ -42,6 +42,7 @@ fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
         store,
         metrics: Arc::default(),
         payments,
+        lock_waiters: Arc::default(),
         boxes: Err("no boxes in these tests".into()),
         ssh: None,
     };

@@ -350,6 +350,7 @@ async fn harness() -> Harness {
         store,
         metrics: Arc::default(),
         payments: Arc::new(payments),
+        lock_waiters: Arc::default(),
         ssh: None,
     };
     let router = router(state, Limits::default());

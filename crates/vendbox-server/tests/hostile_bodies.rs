@@ -192,6 +192,7 @@ fn harness(setup: Setup) -> Harness {
         store,
         metrics: Arc::default(),
         payments: Arc::new(gate),
+        lock_waiters: Arc::default(),
         boxes,
         ssh: None,
     };

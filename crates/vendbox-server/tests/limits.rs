@@ -159,6 +159,7 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
         store: store.clone(),
         metrics: metrics.clone(),
         payments: Arc::new(gate),
+        lock_waiters: Arc::default(),
         boxes: Ok(Arc::new(boxes.with_capacity(capacity))),
         ssh: None,
     };
@@ -705,4 +706,31 @@ async fn max_boxes_and_memory_sell_the_last_box_that_fits_and_refuse_the_next_wi
         let lease: LeaseId = id.parse().unwrap();
         assert_eq!(shop.store.get_lease(lease).await.unwrap().unwrap().state, LeaseState::Terminated);
     }
+}
+
+#[tokio::test]
+async fn a_wait_of_60_seconds_is_taken_and_61_is_out_of_range() {
+    let shop = Arc::new(shop("").await);
+    // The key is held by someone else; a waiter of up to 60 s is accepted and served by the
+    // release, past the 30 s request timeout's reach (it is answered well within it here).
+    let held = shop.post("/v1/locks/wait:key", None, &json!({})).await;
+    let token = held.served(StatusCode::CREATED, "first grant")["release_token"].as_str().unwrap().to_owned();
+    let waiter = {
+        let shop = shop.clone();
+        tokio::spawn(async move { shop.post("/v1/locks/wait:key?wait_seconds=60", None, &json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "a waiter was answered while the key was held");
+    let release = Request::delete("/v1/locks/wait:key").header("authorization", format!("Bearer {token}"));
+    let released = shop.send(release.body(Body::empty()).unwrap()).await;
+    released.served(StatusCode::OK, "release");
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert_eq!(got.served(StatusCode::CREATED, "the waiter's grant")["lock"]["fencing_token"], 2);
+
+    for bad in ["61", "3600", "-1", "soon"] {
+        let out = shop.post(&format!("/v1/locks/wait:other?wait_seconds={bad}"), None, &json!({})).await;
+        out.refused(StatusCode::BAD_REQUEST, "out_of_range", Some("wait_seconds"), &format!("wait {bad}"));
+    }
+    let read = shop.send(Request::get("/v1/locks/wait:other").body(Body::empty()).unwrap()).await;
+    assert_eq!(read.served(StatusCode::OK, "nothing granted past the bound")["held"], false);
 }

@@ -4,6 +4,7 @@
 //! labelled `operation = "acquire"` (or `"renew"`), and, for an acquisition that finds the key
 //! held, its `charge_when_held` label.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,12 +127,19 @@ pub struct Released {
 pub struct Locks {
     store: Arc<dyn Store>,
     catalog: Arc<Catalog>,
+    waiters: Arc<LockWaiters>,
 }
 
 impl Locks {
-    /// Locks kept in `store`, sold at `catalog`'s prices.
+    /// Locks kept in `store`, sold at `catalog`'s prices, with no waiters yet.
     pub fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>) -> Locks {
-        Locks { store, catalog }
+        Locks { store, catalog, waiters: Arc::default() }
+    }
+
+    /// The same locks, queueing waiters in `waiters` (one per host, shared by every request).
+    #[must_use]
+    pub fn with_waiters(self, waiters: Arc<LockWaiters>) -> Locks {
+        Locks { waiters, ..self }
     }
 
     /// The available offer that prices lock `operation` ([`ACQUIRE`] or [`RENEW`]).
@@ -230,5 +238,113 @@ impl Locks {
     /// The unexpired grant on `key`, if any.
     pub async fn holder(&self, key: &LockKey) -> Result<Option<Lock>, LockError> {
         Ok(self.store.get_lock(key).await?)
+    }
+}
+
+/// The most a caller may wait for a held key.
+pub const MAX_WAIT: Duration = Duration::from_mins(1);
+
+/// How long a waiter goes at most without trying the key again, should it miss an announcement
+/// (a lost notification connection, a receiver that fell behind).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// This host's waiters, per key, in arrival order: only the first tries the key when it may be
+/// free, so that waiters here are served first come, first served.
+#[derive(Debug, Default)]
+pub struct LockWaiters {
+    queues: std::sync::Mutex<HashMap<LockKey, VecDeque<u64>>>,
+    next: std::sync::atomic::AtomicU64,
+    turn: tokio::sync::Notify,
+}
+
+impl LockWaiters {
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<LockKey, VecDeque<u64>>> {
+        self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Joins the queue of `key`; leaving it (also by being dropped: a caller that hung up) lets
+    /// the next one try.
+    fn join(self: &Arc<Self>, key: &LockKey) -> Place {
+        let ticket = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queues().entry(key.clone()).or_default().push_back(ticket);
+        Place { waiters: self.clone(), key: key.clone(), ticket }
+    }
+
+    fn first(&self, key: &LockKey, ticket: u64) -> bool {
+        self.queues().get(key).and_then(|q| q.front().copied()) == Some(ticket)
+    }
+}
+
+/// A caller's place in a key's queue.
+struct Place {
+    waiters: Arc<LockWaiters>,
+    key: LockKey,
+    ticket: u64,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut queues = self.waiters.queues();
+        if let Some(queue) = queues.get_mut(&self.key) {
+            queue.retain(|t| *t != self.ticket);
+            if queue.is_empty() {
+                queues.remove(&self.key);
+            }
+        }
+        drop(queues);
+        self.waiters.turn.notify_waiters();
+    }
+}
+
+impl Locks {
+    /// As [`Locks::acquire`], but a held key is waited for, up to `wait` (at most
+    /// [`MAX_WAIT`]): the caller is served when the holder releases it (on this host, or on any
+    /// host sharing the database) or its grant lapses, after this host's earlier waiters. The
+    /// holder's grant when the wait runs out.
+    pub async fn acquire_waiting(
+        &self,
+        request: &LockRequest,
+        wait: Duration,
+    ) -> Result<Acquired, LockError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        // Listening before the first try: a release between the try and the wait is heard.
+        let mut releases = self.store.lock_releases();
+        let place = self.waiters.join(&request.key);
+        loop {
+            // Only the first waiter here tries; the others wait for their turn.
+            while !self.waiters.first(&request.key, place.ticket) {
+                let turn = self.waiters.turn.notified();
+                if self.waiters.first(&request.key, place.ticket) {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, turn).await.is_err() {
+                    return self.acquire(request).await;
+                }
+            }
+            let holder = match self.acquire(request).await? {
+                Acquired::Held(holder) => holder,
+                granted @ Acquired::Granted { .. } => return Ok(granted),
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Acquired::Held(holder));
+            }
+            // Until the key is released, the holder's grant lapses (by this host's clock, give
+            // or take the skew the next try corrects), or the recheck is due.
+            let lapses = (holder.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
+            let until = deadline.min(now + lapses.min(RECHECK));
+            loop {
+                match tokio::time::timeout_at(until, releases.recv()).await {
+                    Err(_) => break,
+                    Ok(Ok(key)) if key == request.key => break,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                        tokio::time::sleep_until(until).await;
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

@@ -299,6 +299,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The unexpired grant on `key`, if any.
     async fn get_lock(&self, key: &LockKey) -> StoreResult<Option<Lock>>;
+
+    /// Keys released from now on, once each release has committed: by this host, and on
+    /// PostgreSQL by every host sharing the database. For waiters, who try the key again; a
+    /// receiver that falls behind misses some (and its waiters try again on their timers).
+    fn lock_releases(&self) -> tokio::sync::broadcast::Receiver<LockKey>;
 }
 
 /// Opens the store named by `database_url`, or the SQLite file `vendbox.db` under `data_dir`

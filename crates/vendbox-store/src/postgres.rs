@@ -23,6 +23,10 @@ impl PostgresStore {
     /// Acquisitions always go to the lock writer: a read could see the state before another
     /// host's open batch (`aggregates::locks`).
     const CHEAP_REFUSALS: bool = false;
+
+    /// Releases are announced by `NOTIFY` in their batch's transaction, so every host hears of
+    /// them once they commit (`listen_for_releases`).
+    const RELEASES_ANNOUNCED_BY_DATABASE: bool = true;
     /// Connects to `url` and brings the schema up to date (sqlx holds an advisory lock while
     /// migrating, so several hosts starting at once do not race).
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -38,7 +42,35 @@ impl PostgresStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         let locks = Self::spawn_lock_writer(pool.clone());
+        Self::listen_for_releases(&pool, &locks).await?;
         Ok(Self { pool, locks })
+    }
+
+    /// Hears the releases every host announces (`NOTIFY` in the batch that released) and passes
+    /// them to this host's waiters. The listener reconnects by itself after a lost connection;
+    /// what it missed meanwhile, waiters find on their timers. It stops once the store is gone.
+    async fn listen_for_releases(pool: &PgPool, locks: &crate::aggregates::locks::Queue) -> StoreResult<()> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(crate::aggregates::locks::RELEASED_CHANNEL).await?;
+        let announce = locks.weak();
+        tokio::spawn(async move {
+            loop {
+                let notification = listener.recv().await;
+                let Some(locks) = announce.upgrade() else { return };
+                match notification {
+                    Ok(n) => {
+                        if let Ok(key) = vendbox_core::LockKey::parse(n.payload()) {
+                            locks.announce(key);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the lock release notifications; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 }
 

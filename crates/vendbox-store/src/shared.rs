@@ -342,6 +342,10 @@ macro_rules! store_impl {
             ) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
                 self.get_lock(key).await
             }
+
+            fn lock_releases(&self) -> tokio::sync::broadcast::Receiver<vendbox_core::LockKey> {
+                self.lock_releases()
+            }
         }
     };
 }

@@ -12,7 +12,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -209,7 +209,18 @@ pub async fn h3retik_acquire(
     ApiJson(body): ApiJson<AcquireRequest>,
 ) -> Result<Response, ApiError> {
     let request = LockRequest::new(&body.key, body.owner, body.ttl_seconds, body.metadata)?;
-    acquire(&state, &headers, request, "/x402/locks/acquire", StatusCode::OK).await
+    acquire(&state, &headers, request, "/x402/locks/acquire", StatusCode::OK, None).await
+}
+
+/// How long a native acquisition waits for a held key.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Wait up to this many seconds (1 to 60) for a held key instead of answering at once: the
+    /// key is granted when its holder releases it or its grant lapses, to this vendbox's waiters
+    /// in arrival order. Without it (or 0), a held key is answered at once.
+    #[param(minimum = 0, maximum = 60)]
+    pub wait_seconds: Option<u32>,
 }
 
 /// Native acquisition of `key`: as `POST /x402/locks/acquire`, answering 201 when acquired.
@@ -218,7 +229,7 @@ pub async fn h3retik_acquire(
     path = "/v1/locks/{key}",
     operation_id = "acquireLock",
     tag = "locks",
-    params(("key" = String, Path, description = "The key, 3 to 256 characters (percent-encode `/`)")),
+    params(("key" = String, Path, description = "The key, 3 to 256 characters (percent-encode `/`)"), WaitQuery),
     request_body(content = NativeAcquireRequest, description = "Optional"),
     responses(
         (status = 201, description = "Acquired; `release_token` is shown once", body = AcquireResponse),
@@ -233,11 +244,28 @@ pub async fn native_acquire(
     Path(key): Path<String>,
     uri: Uri,
     headers: HeaderMap,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let bad_wait = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "out_of_range",
+            "`wait_seconds` must be a whole number from 0 to 60",
+        )
+        .with_field("wait_seconds")
+    };
+    let Query(query) = query.map_err(|_| bad_wait())?;
+    let wait = match query.wait_seconds {
+        None | Some(0) => None,
+        Some(s) if u64::from(s) <= vendbox_service::locks::MAX_WAIT.as_secs() => {
+            Some(std::time::Duration::from_secs(u64::from(s)))
+        }
+        Some(_) => return Err(bad_wait()),
+    };
     let body: NativeAcquireRequest = json::parse_optional(&body)?;
     let request = LockRequest::new(&key, body.owner, body.ttl_seconds, body.metadata)?;
-    acquire(&state, &headers, request, uri.path(), StatusCode::CREATED).await
+    acquire(&state, &headers, request, uri.path(), StatusCode::CREATED, wait).await
 }
 
 /// Ends the caller's grant. Free. Again with the same token: the same answer
@@ -388,13 +416,18 @@ async fn acquire(
     request: LockRequest,
     path: &str,
     created: StatusCode,
+    wait: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
     let locks = state.locks();
     let offer = locks.offer(ACQUIRE)?;
     let charge = state.payments.charge(offer.price.price(0, 0)?, path, &offer.title)?;
     let when_held = locks.when_held();
     let work = async move {
-        Ok(match locks.acquire(&request).await? {
+        let acquired = match wait {
+            Some(wait) => locks.acquire_waiting(&request, wait).await?,
+            None => locks.acquire(&request).await?,
+        };
+        Ok(match acquired {
             Acquired::Granted { lock, release_token } => {
                 let body = AcquireResponse {
                     ok: true,

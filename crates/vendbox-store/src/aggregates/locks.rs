@@ -19,7 +19,7 @@
 //! other batch's row lock and then sees its release. A refusal costs no fsync of its own either
 //! way: it shares its batch's.
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use vendbox_core::{LockKey, TokenHash};
 
 use crate::{LockAcquisition, LockRelease, LockRenewal, StoreError, StoreResult};
@@ -93,15 +93,25 @@ impl Op {
     }
 }
 
-/// The way to a store's lock writer.
+/// The PostgreSQL notification channel a committed release is announced on, to every host.
+pub(crate) const RELEASED_CHANNEL: &str = "vendbox_lock_released";
+
+/// Released keys remembered for slow waiters (one that misses some tries again on its timer).
+const RELEASES: usize = 1024;
+
+/// The way to a store's lock writer, and the announcements of released keys.
 #[derive(Debug, Clone)]
-pub(crate) struct Queue(mpsc::Sender<Op>);
+pub(crate) struct Queue {
+    ops: mpsc::Sender<Op>,
+    released: broadcast::Sender<LockKey>,
+}
 
 impl Queue {
     /// A queue and the writer's end of it.
     pub(crate) fn new() -> (Queue, mpsc::Receiver<Op>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Queue(tx), rx)
+        let (released, _) = broadcast::channel(RELEASES);
+        (Queue { ops: tx, released }, rx)
     }
 
     /// Queues the operation `make` builds around its reply, and waits for the answer.
@@ -111,8 +121,37 @@ impl Queue {
     ) -> StoreResult<T> {
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Database(sqlx::Error::PoolClosed);
-        self.0.send(make(reply)).await.map_err(|_| gone())?;
+        self.ops.send(make(reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// Keys released from now on.
+    pub(crate) fn releases(&self) -> broadcast::Receiver<LockKey> {
+        self.released.subscribe()
+    }
+
+    /// Announces that `key` was released (nobody may be listening).
+    pub(crate) fn announce(&self, key: LockKey) {
+        let _ = self.released.send(key);
+    }
+
+    /// A handle that announces without keeping the store's queue alive.
+    pub(crate) fn weak(&self) -> WeakQueue {
+        WeakQueue { ops: self.ops.downgrade(), released: self.released.clone() }
+    }
+}
+
+/// A [`Queue`] that does not keep its writer alive.
+#[derive(Debug)]
+pub(crate) struct WeakQueue {
+    ops: mpsc::WeakSender<Op>,
+    released: broadcast::Sender<LockKey>,
+}
+
+impl WeakQueue {
+    /// The queue, while some store still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Queue> {
+        Some(Queue { ops: self.ops.upgrade()?, released: self.released.clone() })
     }
 }
 
@@ -153,22 +192,46 @@ macro_rules! impl_locks {
             /// it. The writer stops when the last clone of the queue is dropped.
             fn spawn_lock_writer(pool: sqlx::Pool<$db>) -> $crate::aggregates::locks::Queue {
                 let (queue, mut ops) = $crate::aggregates::locks::Queue::new();
+                // The writer announces releases through a weak handle: the writer stops once
+                // every store that queues to it is gone.
+                let released = queue.weak();
                 tokio::spawn(async move {
                     let mut batch = Vec::with_capacity($crate::aggregates::locks::BATCH);
                     while ops.recv_many(&mut batch, $crate::aggregates::locks::BATCH).await > 0 {
-                        Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
+                        let keys = Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
+                        // On PostgreSQL the database announces them, to every host.
+                        if Self::RELEASES_ANNOUNCED_BY_DATABASE {
+                            continue;
+                        }
+                        if let Some(queue) = released.upgrade() {
+                            for key in keys {
+                                queue.announce(key);
+                            }
+                        }
                     }
                 });
                 queue
             }
 
             /// Applies `ops` in one transaction and answers each once it committed; if the batch
-            /// fails, applies each alone.
-            async fn apply_lock_batch(pool: &sqlx::Pool<$db>, ops: Vec<$crate::aggregates::locks::Op>) {
+            /// fails, applies each alone. The keys it released.
+            async fn apply_lock_batch(
+                pool: &sqlx::Pool<$db>,
+                ops: Vec<$crate::aggregates::locks::Op>,
+            ) -> Vec<vendbox_core::LockKey> {
+                use $crate::aggregates::locks::Answer;
+                let mut released = Vec::new();
+                let mut note = |answer: &$crate::StoreResult<Answer>| {
+                    if let Ok(Answer::Released($crate::LockRelease::Released(lock))) = answer {
+                        released.push(lock.key.clone());
+                    }
+                };
                 match Self::try_lock_batch(pool, &ops).await {
                     Ok(answers) => {
                         for (op, answer) in ops.into_iter().zip(answers) {
-                            op.answer(Ok(answer));
+                            let answer = Ok(answer);
+                            note(&answer);
+                            op.answer(answer);
                         }
                     }
                     Err(e) if ops.len() == 1 => {
@@ -180,12 +243,15 @@ macro_rules! impl_locks {
                         tracing::warn!(error = %e, operations = ops.len(), "a batch of lock operations failed; applying each alone");
                         for op in ops {
                             let answer = Self::try_lock_batch(pool, std::slice::from_ref(&op)).await;
-                            op.answer(answer.and_then(|mut a| {
+                            let answer = answer.and_then(|mut a| {
                                 a.pop().ok_or_else(|| $crate::StoreError::Corrupt("a lock operation got no answer".into()))
-                            }));
+                            });
+                            note(&answer);
+                            op.answer(answer);
                         }
                     }
                 }
+                released
             }
 
             async fn try_lock_batch(
@@ -205,7 +271,18 @@ macro_rules! impl_locks {
                             Answer::Renewed(Self::renew_lock_in(&mut tx, key, release, *ttl_ms).await?)
                         }
                         Op::Release { key, release, .. } => {
-                            Answer::Released(Self::release_lock_in(&mut tx, key, release).await?)
+                            let released = Self::release_lock_in(&mut tx, key, release).await?;
+                            // Delivered to every listening host once (and only if) this commits.
+                            if Self::RELEASES_ANNOUNCED_BY_DATABASE
+                                && matches!(released, $crate::LockRelease::Released(_))
+                            {
+                                sqlx::query("SELECT pg_notify($1, $2)")
+                                    .bind($crate::aggregates::locks::RELEASED_CHANNEL)
+                                    .bind(key.as_str())
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            Answer::Released(released)
                         }
                     });
                 }
@@ -395,6 +472,10 @@ macro_rules! impl_locks {
                 }
                 let grant = Self::grant_of_in(&mut conn, key, release).await?;
                 Ok(Err($crate::LockRefusal::of(grant.as_ref())))
+            }
+
+            fn lock_releases(&self) -> tokio::sync::broadcast::Receiver<vendbox_core::LockKey> {
+                self.locks.releases()
             }
 
             async fn get_lock(&self, key: &vendbox_core::LockKey) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
