@@ -155,6 +155,10 @@ pub(crate) struct Network {
     resolvers: Vec<Ipv4Addr>,
     /// The `resolv.conf` every box of the instance reads (bound over its `/etc/resolv.conf`).
     resolv_conf: PathBuf,
+    /// Whether the policy table, forwarding and `resolv.conf` are in place: they are put there
+    /// by the first box with egress (or at start-up, when boxes with egress live), so that a
+    /// vendbox that never sells one changes nothing on the host.
+    installed: tokio::sync::Mutex<bool>,
 }
 
 /// The names and addresses of one box's link.
@@ -216,23 +220,52 @@ impl Network {
                 "boxes with egress get no DNS: set [egress] resolvers (the host's are loopback only)"
             );
         }
-        let dir = run_root.join(format!("net-{instance}"));
-        std::fs::create_dir_all(&dir).map_err(BoxError::io(format!("creating {}", dir.display())))?;
-        set_mode(&dir, 0o711)?;
-        let resolv_conf = dir.join("resolv.conf");
-        let text: String = resolvers
+        let resolv_conf = run_root.join(format!("net-{instance}")).join("resolv.conf");
+        let network = Network {
+            config,
+            instance: instance.to_owned(),
+            resolvers,
+            resolv_conf,
+            installed: tokio::sync::Mutex::new(false),
+        };
+        // The table is checked now (`nft -c` changes nothing), so that a host whose kernel or
+        // nft cannot hold it says so at start-up rather than at a purchase.
+        let table = network.table(&attached_networks(&if_prefix(instance)));
+        run_with_input("nft", &["-c", "-f", "-"], &table).await?;
+        if network.repair(live).await {
+            network.install().await?;
+        } else {
+            // An earlier run's table and files, for boxes that are all gone.
+            remove_instance(instance, run_root).await;
+        }
+        Ok(network)
+    }
+
+    /// Puts the policy table (replacing an earlier one), IPv4 forwarding and the boxes'
+    /// `resolv.conf` in place, once.
+    async fn install(&self) -> Result<(), BoxError> {
+        let mut installed = self.installed.lock().await;
+        if *installed {
+            return Ok(());
+        }
+        let Some(dir) = self.resolv_conf.parent() else {
+            return Err(BoxError::Start("the boxes' resolv.conf has no directory".into()));
+        };
+        std::fs::create_dir_all(dir).map_err(BoxError::io(format!("creating {}", dir.display())))?;
+        set_mode(dir, 0o711)?;
+        let text: String = self
+            .resolvers
             .iter()
             .flat_map(|r| ["nameserver ".to_owned(), r.to_string(), "\n".to_owned()])
             .collect();
-        std::fs::write(&resolv_conf, text).map_err(BoxError::io("writing the boxes' resolv.conf"))?;
-        set_mode(&resolv_conf, 0o644)?;
+        std::fs::write(&self.resolv_conf, text).map_err(BoxError::io("writing the boxes' resolv.conf"))?;
+        set_mode(&self.resolv_conf, 0o644)?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(BoxError::io("turning on IPv4 forwarding"))?;
-        let network = Network { config, instance: instance.to_owned(), resolvers, resolv_conf };
-        let table = network.table(&attached_networks(&if_prefix(instance)));
+        let table = self.table(&attached_networks(&if_prefix(&self.instance)));
         run_with_input("nft", &["-f", "-"], &table).await?;
-        network.repair(live).await;
-        Ok(network)
+        *installed = true;
+        Ok(())
     }
 
     /// The instance's nftables table, whole: deleting and adding it in one transaction replaces
@@ -328,6 +361,7 @@ impl Network {
     /// Makes box `id`'s network namespace and link; its path, for [`spawn_in`].
     pub(crate) async fn attach(&self, id: &BoxId, uid: u32) -> Result<PathBuf, BoxError> {
         let link = self.link(id, uid)?;
+        self.install().await?;
         // Leftovers of an earlier box of the same id (a crash mid-way) would make this fail.
         detach(&self.instance, id).await;
         let Link { netns, host_if, peer_if, gateway, address } = &link;
@@ -385,7 +419,8 @@ impl Network {
     }
 
     /// Removes links and namespaces of this instance whose box is gone.
-    async fn repair(&self, live: &dyn Fn(&BoxId) -> bool) {
+    /// Whether boxes with egress remain.
+    async fn repair(&self, live: &dyn Fn(&BoxId) -> bool) -> bool {
         let prefix = netns_prefix(&self.instance);
         let names = entries(Path::new(NETNS_DIR));
         let mut kept = Vec::new();
@@ -404,13 +439,15 @@ impl Network {
                 let _ = run("ip", &["link", "del", &dev]).await;
             }
         }
+        !kept.is_empty()
     }
 }
 
 impl super::LocalBackend {
     /// Gives boxes whose spec asks for egress a network under `config`'s policy (see the module
-    /// documentation); without it they are refused. Writes the instance's policy table and
-    /// removes what earlier runs left of boxes that are gone.
+    /// documentation); without it they are refused. Checks the host can hold the policy and
+    /// removes what earlier runs left of boxes that are gone; the policy is put in place now
+    /// when boxes with egress live, else by the first one.
     pub async fn enable_egress(&mut self, config: EgressConfig) -> Result<(), BoxError> {
         let live = |id: &BoxId| self.layer_dir(id).exists();
         let network = Network::start(config, &self.instance, &self.config.run_root, &live).await?;
@@ -595,6 +632,7 @@ mod tests {
             instance: "abcdef012345".into(),
             resolvers: vec![Ipv4Addr::new(203, 0, 113, 53)],
             resolv_conf: PathBuf::from("/x"),
+            installed: tokio::sync::Mutex::new(false),
         };
         let t = network.table(&["192.0.2.0/24".parse().unwrap()]);
         for range in REFUSED_RANGES.iter().chain(&["198.51.100.0/24", "192.0.2.0/24", "10.200.0.0/14"]) {
