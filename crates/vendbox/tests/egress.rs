@@ -287,6 +287,9 @@ async fn a_box_reaches_the_public_internet_and_nothing_the_policy_refuses() {
     // The other box's address routes to its own link on this host, nowhere else.
     let route = String::from_utf8_lossy(&sh(&format!("ip route get {b_addr}")).stdout).to_string();
     assert!(route.contains(" dev v"), "{b_addr} routes elsewhere: {route}");
+    // The gateway is the host itself: a packet to it never leaves the host.
+    let route = String::from_utf8_lossy(&sh(&format!("ip route get {a_gateway}")).stdout).to_string();
+    assert!(route.starts_with("local "), "{a_gateway} is not the host's own: {route}");
     run(&host, &b, "cd /tmp && (nohup python3 -m http.server 8080 >/dev/null 2>&1 &) ; sleep 1").await;
     assert!(reaches(&host, &b, "http://127.0.0.1:8080/").await, "box b's own server does not answer it");
     // Ports in work for a box with egress as without (through boxd, not the box's link).
