@@ -264,3 +264,37 @@ fn rewrite_host(mut request: Request, domain: &str) -> Request {
     request.extensions_mut().insert(ByHostName);
     request
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(host: &str, path: &str) -> (String, bool) {
+        let request = Request::builder().uri(path).header(header::HOST, host).body(Body::empty()).unwrap();
+        let request = rewrite_host(request, "boxes.example.com");
+        (request.uri().to_string(), request.extensions().get::<ByHostName>().is_some())
+    }
+
+    #[test]
+    fn box_host_names_become_port_paths_and_nothing_else_does() {
+        let id = "0193f1e2-7c4a-7d3e-9a10-5b2c3d4e5f60";
+        assert_eq!(
+            rewritten(&format!("8000-{id}.boxes.example.com"), "/static/app.js?v=2"),
+            (format!("/v1/boxes/{id}/ports/8000/static/app.js?v=2"), true)
+        );
+        assert_eq!(
+            rewritten(&format!("8000-{id}.Boxes.Example.com:8402"), "/"),
+            (format!("/v1/boxes/{id}/ports/8000/"), true)
+        );
+        for host in [
+            "boxes.example.com",
+            "vendbox.example.com",
+            "8000-x.y.boxes.example.com",
+            "web-x.boxes.example.com",
+            "-x.boxes.example.com",
+            "8000-x.boxes.example.com.evil.test",
+        ] {
+            assert_eq!(rewritten(host, "/healthz"), ("/healthz".to_owned(), false), "{host}");
+        }
+    }
+}
