@@ -398,6 +398,29 @@ async fn an_offer_without_egress_has_no_network_and_an_ended_box_leaves_no_link(
     assert!(reaches(&host, &stray, &format!("http://{PUBLIC_WEB}/hello.txt")).await);
 }
 
+#[tokio::test]
+async fn the_operators_allow_and_deny_lists_apply() {
+    if !supported() {
+        return;
+    }
+    let world = World::build();
+    let mut settings = settings();
+    settings.push(("VENDBOX_EGRESS__ALLOW", format!("[\"{METADATA}/32\"]")));
+    settings.push(("VENDBOX_EGRESS__DENY", format!("[\"{PUBLIC_DNS}/32\"]")));
+    let env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let Some(host) = BoxHost::start_with("", &env) else { return };
+    let a = host.buy("test-box", 10).await;
+    // Allowed: the metadata stand-in (the test's own server), and only it of the refused ranges.
+    assert!(reaches(&host, &a, &format!("http://{METADATA}/secret.txt")).await);
+    assert!(!reaches(&host, &a, &format!("http://{PRIVATE}/secret.txt")).await);
+    // Denied: the resolver's address (its web server too), though it still answers DNS.
+    assert!(!reaches(&host, &a, &format!("http://{PUBLIC_DNS}/hello.txt")).await);
+    let text = run(&host, &a, &format!("curl -sS -m 5 http://{NAME}/hello.txt")).await;
+    assert_eq!(text, "hello from the public internet\n");
+    drop(host);
+    drop(world);
+}
+
 /// Removes a namespace the test made, when dropped.
 struct NetnsGuard(String);
 
