@@ -449,7 +449,7 @@ price = { base = "1" }
 }
 
 #[tokio::test]
-async fn a_box_sees_its_own_memory_limit() {
+async fn a_box_sees_its_own_memory_limit_and_cpus() {
     let lxcfs = std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(" /var/lib/lxcfs ");
     if !lxcfs {
         support::requirement_missing("lxcfs must run at /var/lib/lxcfs (scripts/setup.sh starts it)");
@@ -461,10 +461,13 @@ async fn a_box_sees_its_own_memory_limit() {
     let out = host.ok(&b, "free -m | awk '/^Mem:/ {print $2}'; grep MemTotal /proc/meminfo").await;
     let total_mb: u64 = out.lines().next().unwrap().trim().parse().unwrap();
     assert!((500..=512).contains(&total_mb), "free says {out}");
+    // One vcpu: `nproc` (its CPU affinity, from the box's cpuset) says 1.
+    assert_eq!(host.ok(&b, "nproc").await, "1\n");
     // A box of the host image too.
     let h = host.buy("test-box", 10).await;
-    let out = host.ok(&h, "grep MemTotal /proc/meminfo").await;
+    let out = host.ok(&h, "grep MemTotal /proc/meminfo; nproc").await;
     assert_eq!(out.split_whitespace().nth(1), Some("262144"), "{out}");
+    assert!(out.ends_with("\n1\n"), "{out}");
 }
 
 /// Runs a host tool that must succeed.

@@ -4,7 +4,9 @@
 //! root lists it in `cgroup.controllers`, else in its own v1 hierarchy. A hybrid host (v1
 //! controllers next to an empty v2 tree) therefore gets three v1 directories per box. Boxes live
 //! under `vendbox/<instance>/<box>` so that several vendbox instances on one host never touch each
-//! other's boxes.
+//! other's boxes. Where the host has the cpuset controller, a box is also given as many CPUs as
+//! it has vcpus (spread over the host's by the box's name), so that `nproc` in it says its own
+//! count.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -23,7 +25,8 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// Where each controller lives on this host.
 #[derive(Debug, Clone)]
 pub(crate) struct Hierarchies {
-    /// `(controller, mount point, is v2)` for memory, pids and cpu.
+    /// `(controller, mount point, is v2)` for memory, pids and cpu, and cpuset where the host
+    /// has it.
     places: Vec<(&'static str, PathBuf, bool)>,
 }
 
@@ -66,6 +69,15 @@ impl Hierarchies {
                     "no cgroup hierarchy offers the `{controller}` controller"
                 )));
             }
+        }
+        if let Some(root) =
+            v2_root.as_ref().filter(|_| v2_controllers.split_whitespace().any(|c| c == "cpuset"))
+        {
+            places.push(("cpuset", root.clone(), true));
+        } else if let Some((mount, _)) =
+            v1.iter().find(|(_, options)| options.split(',').any(|o| o == "cpuset"))
+        {
+            places.push(("cpuset", mount.clone(), false));
         }
         Ok(Hierarchies { places })
     }
@@ -138,6 +150,17 @@ impl Hierarchies {
                     ("memory.swappiness", "0".into()),
                 ],
                 ("pids", _) => vec![("pids.max", limits.pids.to_string())],
+                ("cpuset", v2) => {
+                    if !v2 {
+                        // A v1 cpuset starts empty: each level takes its parent's CPUs and
+                        // memory nodes before the box's own are narrowed.
+                        inherit_v1_cpuset(root, &relative)?;
+                    }
+                    let parent = dir.parent().unwrap_or(root);
+                    let cpus = fs::read_to_string(parent.join("cpuset.effective_cpus"))
+                        .map_err(BoxError::io(format!("reading the CPUs of {}", parent.display())))?;
+                    vec![("cpuset.cpus", pick_cpus(&parse_cpus(&cpus), limits.vcpu, box_name))]
+                }
                 ("cpu", true) => vec![("cpu.max", format!("{quota} {CPU_PERIOD_US}"))],
                 ("cpu", false) => {
                     vec![
@@ -235,6 +258,56 @@ impl Hierarchies {
     }
 }
 
+/// Gives each level of `relative` under the v1 cpuset hierarchy `root` its parent's CPUs and
+/// memory nodes where it has none yet.
+fn inherit_v1_cpuset(root: &Path, relative: &Path) -> Result<(), BoxError> {
+    let mut parent = root.to_path_buf();
+    for component in relative.components() {
+        let dir = parent.join(component);
+        fs::create_dir_all(&dir).map_err(BoxError::io(format!("creating cgroup {}", dir.display())))?;
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if fs::read_to_string(dir.join(file)).is_ok_and(|v| v.trim().is_empty()) {
+                let value = fs::read_to_string(parent.join(file))
+                    .map_err(BoxError::io(format!("reading {}", parent.join(file).display())))?;
+                fs::write(dir.join(file), value.trim())
+                    .map_err(BoxError::io(format!("writing {}", dir.join(file).display())))?;
+            }
+        }
+        parent = dir;
+    }
+    Ok(())
+}
+
+/// The CPUs of a cpuset list (`0-3,6`).
+fn parse_cpus(list: &str) -> Vec<u32> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((low, high)) => {
+                if let (Ok(low), Ok(high)) = (low.parse::<u32>(), high.parse::<u32>()) {
+                    cpus.extend(low..=high);
+                }
+            }
+            None => cpus.extend(part.parse::<u32>().ok()),
+        }
+    }
+    cpus
+}
+
+/// `vcpu` of `cpus` for box `box_name` (all of them when it has as many or more), starting at a
+/// place its name picks, so that boxes spread over the host; as a cpuset list.
+fn pick_cpus(cpus: &[u32], vcpu: u32, box_name: &str) -> String {
+    let wanted = usize::try_from(vcpu.max(1)).unwrap_or(usize::MAX);
+    let chosen: Vec<u32> = if cpus.is_empty() || wanted >= cpus.len() {
+        cpus.to_vec()
+    } else {
+        let start = box_name.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)))
+            % cpus.len();
+        (0..wanted).map(|i| cpus[(start + i) % cpus.len()]).collect()
+    };
+    chosen.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// Turns on `controllers` in each v2 ancestor of `relative` so the box's cgroup can use them.
 fn enable_v2_controllers(root: &Path, relative: &Path, controllers: &[&str]) -> Result<(), BoxError> {
     if controllers.is_empty() {
@@ -263,4 +336,22 @@ async fn remove_cgroup_dir(dir: &Path) -> Result<(), BoxError> {
         }
     }
     fs::remove_dir(dir).map_err(BoxError::io(format!("removing cgroup {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_and_boxes_spread_over_them() {
+        assert_eq!(parse_cpus("0-3,6\n"), [0, 1, 2, 3, 6]);
+        assert_eq!(parse_cpus("5"), [5]);
+        assert!(parse_cpus("").is_empty());
+        let cpus = parse_cpus("0-3");
+        assert_eq!(pick_cpus(&cpus, 8, "a"), "0,1,2,3");
+        assert_eq!(pick_cpus(&cpus, 2, "a").split(',').count(), 2);
+        let firsts: std::collections::HashSet<String> =
+            (0..40).map(|n| pick_cpus(&cpus, 1, &format!("box-{n}"))).collect();
+        assert!(firsts.len() > 1, "every box got the same CPU");
+    }
 }
