@@ -24,6 +24,10 @@ impl PostgresStore {
     /// host's open batch (`aggregates::locks`).
     const CHEAP_REFUSALS: bool = false;
 
+    /// Writers per host, each with its own batches (a key always goes to the same one): a batch
+    /// waits on round trips more than on the disk, so several overlap.
+    const LOCK_WRITERS: usize = 4;
+
     /// Releases are announced by `NOTIFY` in their batch's transaction, so every host hears of
     /// them once they commit (`listen_for_releases`).
     const RELEASES_ANNOUNCED_BY_DATABASE: bool = true;

@@ -27,6 +27,9 @@ impl SqliteStore {
     /// so it never sees a lock batch half done (`aggregates::locks`).
     const CHEAP_REFUSALS: bool = true;
 
+    /// One writer: SQLite commits one transaction at a time, over the one connection.
+    const LOCK_WRITERS: usize = 1;
+
     /// One host: the lock writer announces its own releases.
     const RELEASES_ANNOUNCED_BY_DATABASE: bool = false;
     /// Opens (creating if needed) the database file at `path`, and its directory.

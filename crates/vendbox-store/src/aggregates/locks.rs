@@ -2,13 +2,16 @@
 //! judge expiry by the database's clock (`$clock`), so hosts with skewed clocks cannot disagree.
 //!
 //! **Group commit.** Grants, renewals and releases do not each take a transaction of their own:
-//! they queue for one writer per store, which applies every operation waiting at that moment, in
-//! arrival order, in one transaction, and answers each caller only once that transaction has
-//! committed (one fsync for the batch). Nothing is acknowledged before it is durable, and a batch
-//! cut off by a crash is rolled back whole, so no caller was told of it. Within a batch each
-//! statement sees the ones before it, so two grants of one key in one batch are one grant and one
-//! refusal, as they would be one after the other. If a batch fails, each of its operations is
-//! applied again alone, so one bad operation cannot fail its neighbours.
+//! they queue for the store's writers (one on SQLite, four on PostgreSQL, where a batch waits on
+//! round trips more than on the disk; a key always goes to the same writer), and a writer applies
+//! every operation waiting at that moment, each key's in arrival order, in one transaction, and
+//! answers each caller only once that transaction has committed (one fsync for the batch).
+//! Nothing is acknowledged before it is durable, and a batch cut off by a crash is rolled back
+//! whole, so no caller was told of it. Within a batch each statement sees the ones before it, so
+//! two grants of one key in one batch are one grant and one refusal, as they would be one after
+//! the other. A batch runs in key order, so batches of several writers or hosts take row locks
+//! in one order and cannot deadlock. If a batch fails, each of its operations is applied again
+//! alone, so one bad operation cannot fail its neighbours.
 //!
 //! **Cheap refusals.** On SQLite an acquisition of a key that is held now is answered from a
 //! read, without queueing a write: the holder's grant is already durable, and the read waits for
@@ -18,6 +21,8 @@
 //! refusal is sent; there an acquisition always goes to the writer, whose statement waits for the
 //! other batch's row lock and then sees its release. A refusal costs no fsync of its own either
 //! way: it shares its batch's.
+
+use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use vendbox_core::{LockKey, TokenHash};
@@ -67,6 +72,13 @@ pub(crate) enum Answer {
 }
 
 impl Op {
+    /// The key it is about.
+    pub(crate) fn key(&self) -> &LockKey {
+        match self {
+            Op::Acquire { key, .. } | Op::Renew { key, .. } | Op::Release { key, .. } => key,
+        }
+    }
+
     /// Sends `answer` to the caller (who may have hung up: then nobody hears it).
     pub(crate) fn answer(self, answer: StoreResult<Answer>) {
         let wrong = || StoreError::Corrupt("a lock operation got another operation's answer".into());
@@ -99,29 +111,39 @@ pub(crate) const RELEASED_CHANNEL: &str = "vendbox_lock_released";
 /// Released keys remembered for slow waiters (one that misses some tries again on its timer).
 const RELEASES: usize = 1024;
 
-/// The way to a store's lock writer, and the announcements of released keys.
+/// The way to a store's lock writers, and the announcements of released keys. A key always
+/// goes to the same writer, so its operations are applied in the order they arrived.
 #[derive(Debug, Clone)]
 pub(crate) struct Queue {
-    ops: mpsc::Sender<Op>,
+    ops: Arc<[mpsc::Sender<Op>]>,
     released: broadcast::Sender<LockKey>,
 }
 
 impl Queue {
-    /// A queue and the writer's end of it.
-    pub(crate) fn new() -> (Queue, mpsc::Receiver<Op>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    /// A queue to `writers` writers, and each writer's end of it.
+    pub(crate) fn new(writers: usize) -> (Queue, Vec<mpsc::Receiver<Op>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..writers.max(1)).map(|_| mpsc::channel(QUEUE)).unzip();
         let (released, _) = broadcast::channel(RELEASES);
-        (Queue { ops: tx, released }, rx)
+        (Queue { ops: senders.into(), released }, receivers)
     }
 
-    /// Queues the operation `make` builds around its reply, and waits for the answer.
+    /// Queues the operation on `key` that `make` builds around its reply, and waits for the
+    /// answer.
     pub(crate) async fn run<T>(
         &self,
+        key: &LockKey,
         make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op,
     ) -> StoreResult<T> {
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Database(sqlx::Error::PoolClosed);
-        self.ops.send(make(reply)).await.map_err(|_| gone())?;
+        let writer = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.as_str().hash(&mut hasher);
+            usize::try_from(hasher.finish() % self.ops.len() as u64).unwrap_or(0)
+        };
+        self.ops[writer].send(make(reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 
@@ -137,21 +159,25 @@ impl Queue {
 
     /// A handle that announces without keeping the store's queue alive.
     pub(crate) fn weak(&self) -> WeakQueue {
-        WeakQueue { ops: self.ops.downgrade(), released: self.released.clone() }
+        WeakQueue {
+            ops: self.ops.iter().map(mpsc::Sender::downgrade).collect(),
+            released: self.released.clone(),
+        }
     }
 }
 
 /// A [`Queue`] that does not keep its writer alive.
 #[derive(Debug)]
 pub(crate) struct WeakQueue {
-    ops: mpsc::WeakSender<Op>,
+    ops: Vec<mpsc::WeakSender<Op>>,
     released: broadcast::Sender<LockKey>,
 }
 
 impl WeakQueue {
     /// The queue, while some store still holds it.
     pub(crate) fn upgrade(&self) -> Option<Queue> {
-        Some(Queue { ops: self.ops.upgrade()?, released: self.released.clone() })
+        let ops: Option<Vec<_>> = self.ops.iter().map(mpsc::WeakSender::upgrade).collect();
+        Some(Queue { ops: ops?.into(), released: self.released.clone() })
     }
 }
 
@@ -191,25 +217,32 @@ macro_rules! impl_locks {
             /// Starts the lock writer over `pool` (see the module's documentation): the queue to
             /// it. The writer stops when the last clone of the queue is dropped.
             fn spawn_lock_writer(pool: sqlx::Pool<$db>) -> $crate::aggregates::locks::Queue {
-                let (queue, mut ops) = $crate::aggregates::locks::Queue::new();
-                // The writer announces releases through a weak handle: the writer stops once
-                // every store that queues to it is gone.
-                let released = queue.weak();
-                tokio::spawn(async move {
-                    let mut batch = Vec::with_capacity($crate::aggregates::locks::BATCH);
-                    while ops.recv_many(&mut batch, $crate::aggregates::locks::BATCH).await > 0 {
-                        let keys = Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
-                        // On PostgreSQL the database announces them, to every host.
-                        if Self::RELEASES_ANNOUNCED_BY_DATABASE {
-                            continue;
-                        }
-                        if let Some(queue) = released.upgrade() {
-                            for key in keys {
-                                queue.announce(key);
+                let (queue, writers) = $crate::aggregates::locks::Queue::new(Self::LOCK_WRITERS);
+                for mut ops in writers {
+                    // The writer announces releases through a weak handle: the writer stops once
+                    // every store that queues to it is gone.
+                    let released = queue.weak();
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        let mut batch = Vec::with_capacity($crate::aggregates::locks::BATCH);
+                        while ops.recv_many(&mut batch, $crate::aggregates::locks::BATCH).await > 0 {
+                            // In key order (each key's operations keeping their order), so that
+                            // batches of several writers or hosts take row locks in one order and
+                            // cannot deadlock.
+                            batch.sort_by(|a, b| a.key().as_str().cmp(b.key().as_str()));
+                            let keys = Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
+                            // On PostgreSQL the database announces them, to every host.
+                            if Self::RELEASES_ANNOUNCED_BY_DATABASE {
+                                continue;
+                            }
+                            if let Some(queue) = released.upgrade() {
+                                for key in keys {
+                                    queue.announce(key);
+                                }
                             }
                         }
-                    }
-                });
+                    });
+                }
                 queue
             }
 
@@ -429,7 +462,7 @@ macro_rules! impl_locks {
                 let (key, owner, release) = (key.clone(), owner.map(str::to_owned), *release);
                 let metadata = metadata.map(serde_json::Value::to_string);
                 self.locks
-                    .run(|reply| $crate::aggregates::locks::Op::Acquire { key, owner, metadata, ttl_ms, release, reply })
+                    .run(&key.clone(), |reply| $crate::aggregates::locks::Op::Acquire { key, owner, metadata, ttl_ms, release, reply })
                     .await
             }
 
@@ -441,7 +474,7 @@ macro_rules! impl_locks {
             ) -> $crate::StoreResult<$crate::LockRenewal> {
                 let ttl_ms = ttl.map($crate::aggregates::locks::ttl_ms).transpose()?;
                 let (key, release) = (key.clone(), *release);
-                self.locks.run(|reply| $crate::aggregates::locks::Op::Renew { key, release, ttl_ms, reply }).await
+                self.locks.run(&key.clone(), |reply| $crate::aggregates::locks::Op::Renew { key, release, ttl_ms, reply }).await
             }
 
             async fn release_lock(
@@ -450,7 +483,7 @@ macro_rules! impl_locks {
                 release: &vendbox_core::TokenHash,
             ) -> $crate::StoreResult<$crate::LockRelease> {
                 let (key, release) = (key.clone(), *release);
-                self.locks.run(|reply| $crate::aggregates::locks::Op::Release { key, release, reply }).await
+                self.locks.run(&key.clone(), |reply| $crate::aggregates::locks::Op::Release { key, release, reply }).await
             }
 
             async fn lock_held_by(
