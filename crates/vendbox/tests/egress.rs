@@ -322,6 +322,24 @@ async fn a_box_reaches_the_public_internet_and_nothing_the_policy_refuses() {
         run(&host, &a, "ip -6 addr show dev eth0; ip addr add 10.200.99.9/32 dev eth0 2>&1; echo rc=$?")
             .await;
     assert!(!text.contains("inet6") && !text.contains("rc=0"), "{text}");
+
+    // Fail closed: with the host's table flushed (a firewall reload), the box's own policy,
+    // which it cannot change, still refuses.
+    let instance = instance_of(&host.data_dir());
+    must(&format!("nft delete table inet vendbox_{instance}"));
+    for url in [
+        format!("http://{PRIVATE}/secret.txt"),
+        format!("http://{METADATA}/latest/meta-data/"),
+        format!("http://{a_gateway}:{host_port}/"),
+    ] {
+        assert!(!reaches(&host, &a, &url).await, "box a reached {url} without the host's table");
+    }
+    assert!(listener.accept().is_err(), "a box connected to a host service");
+    let log = world.private_log();
+    assert!(
+        !log.contains("secret.txt") && !log.contains("meta-data"),
+        "the private server was reached: {log}"
+    );
 }
 
 #[tokio::test]

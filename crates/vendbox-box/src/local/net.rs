@@ -274,9 +274,7 @@ impl Network {
         let c = &self.config;
         let name = table_name(&self.instance);
         let boxes = format!("\"{}*\"", if_prefix(&self.instance));
-        let mut deny: Vec<String> = REFUSED_RANGES.iter().map(|s| (*s).to_owned()).collect();
-        deny.extend(c.deny.iter().chain(attached).map(ToString::to_string));
-        deny.push(c.subnet.to_string());
+        let deny = self.refused(attached);
         let resolvers = self.resolvers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         let allow = c.allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         let refuse = "reject with icmpx type admin-prohibited";
@@ -344,6 +342,65 @@ impl Network {
         t.join("\n") + "\n"
     }
 
+    /// Every destination refused unless allowed: the refused ranges, the operator's deny list,
+    /// the host's networks and the boxes' subnet.
+    fn refused(&self, attached: &[Prefix]) -> Vec<String> {
+        let mut deny: Vec<String> = REFUSED_RANGES.iter().map(|s| (*s).to_owned()).collect();
+        deny.extend(self.config.deny.iter().chain(attached).map(ToString::to_string));
+        deny.push(self.config.subnet.to_string());
+        deny
+    }
+
+    /// The same policy inside a box's namespace, on what it sends: the box cannot change it (the
+    /// namespace is the host's), and it holds if the host's table is flushed (a firewall
+    /// reload), so that a box fails closed. Masquerading stays the host's.
+    fn box_table(&self, attached: &[Prefix]) -> String {
+        let c = &self.config;
+        let refuse = "reject with icmpx type admin-prohibited";
+        let interval = "type ipv4_addr; flags interval; auto-merge;";
+        let mut t = vec![
+            "table inet vendbox {".to_owned(),
+            format!("  set refused {{ {interval} elements = {{ {} }} }}", self.refused(attached).join(", ")),
+            "  set connections { type ipv4_addr; size 16; flags dynamic; }".to_owned(),
+        ];
+        if !c.allow.is_empty() {
+            let allow = c.allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            t.push(format!("  set allowed {{ {interval} elements = {{ {allow} }} }}"));
+        }
+        if !self.resolvers.is_empty() {
+            let resolvers = self.resolvers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            t.push(format!("  set resolvers {{ type ipv4_addr; elements = {{ {resolvers} }} }}"));
+        }
+        t.push("  chain output {".into());
+        t.push("    type filter hook output priority filter; policy accept;".into());
+        t.push("    oif lo accept".into());
+        t.push("    ct state established,related accept".into());
+        t.push(format!("    meta nfproto != ipv4 {refuse}"));
+        if !self.resolvers.is_empty() {
+            t.push("    ip daddr @resolvers meta l4proto { tcp, udp } th dport 53 jump admit".into());
+        }
+        if !c.allow.is_empty() {
+            t.push("    ip daddr @allowed jump admit".into());
+        }
+        t.push(format!("    ip daddr @refused {refuse}"));
+        if !c.public {
+            t.push(format!("    {refuse}"));
+        }
+        t.push("    jump admit".into());
+        t.push("  }".into());
+        t.push("  chain admit {".into());
+        if c.max_connections > 0 {
+            t.push(format!(
+                "    ct state new add @connections {{ ip saddr ct count over {} }} {refuse}",
+                c.max_connections
+            ));
+        }
+        t.push("    accept".into());
+        t.push("  }".into());
+        t.push("}".into());
+        t.join("\n") + "\n"
+    }
+
     fn link(&self, id: &BoxId, uid: u32) -> Result<Link, BoxError> {
         let (netns, host_if, peer_if) = link_names(&self.instance, id);
         let index = u64::from(uid.saturating_sub(super::UID_BASE));
@@ -392,6 +449,8 @@ impl Network {
             ],
         )
         .await?;
+        let policy = self.box_table(&attached_networks(&if_prefix(&self.instance)));
+        run_with_input("ip", &["netns", "exec", netns, "nft", "-f", "-"], &policy).await?;
         if self.config.bandwidth_mbit > 0 {
             let rate = format!("{}mbit", self.config.bandwidth_mbit);
             // A bucket of a few milliseconds at the rate, and never below a jumbo frame.
@@ -642,5 +701,10 @@ mod tests {
         assert!(allowed < t.find("@refused reject").unwrap(), "{t}");
         assert!(t.contains("ct count over 512"), "{t}");
         assert!(t.contains("iifname \"vabcde*\" jump from_box"), "{t}");
+        let inside = network.box_table(&["192.0.2.0/24".parse().unwrap()]);
+        for range in REFUSED_RANGES.iter().chain(&["198.51.100.0/24", "192.0.2.0/24", "10.200.0.0/14"]) {
+            assert!(inside.contains(range), "{range} missing from\n{inside}");
+        }
+        assert!(inside.find("@allowed jump admit").unwrap() < inside.find("@refused reject").unwrap());
     }
 }
