@@ -365,30 +365,52 @@ impl ImageStore {
 /// run as the box's root (the box maps one uid; apt's `_apt` sandbox user does not exist in it),
 /// pip allowed to install for root as on any machine an agent rents, and no host resolver.
 fn customize(rootfs: &Path) -> Result<(), BoxError> {
-    let etc = rootfs.join("etc");
     let write = |relative: &str, text: &str| -> Result<(), BoxError> {
-        let path = etc.join(relative);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(BoxError::io(format!("creating {}", parent.display())))?;
-        }
-        // The tree was just unpacked by the host and no box has seen it: its paths are safe to
-        // follow, but a link in an imported archive is replaced rather than followed.
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            fs::remove_file(&path).map_err(BoxError::io(format!("replacing {}", path.display())))?;
-        }
+        let path = inside(rootfs, relative)?;
         fs::write(&path, text).map_err(BoxError::io(format!("writing {}", path.display())))
     };
-    write("hostname", "box\n")?;
-    write("hosts", "127.0.0.1\tlocalhost box\n::1\tlocalhost ip6-localhost ip6-loopback\n")?;
-    write("resolv.conf", "")?;
-    if etc.join("apt").is_dir() {
+    write("etc/hostname", "box\n")?;
+    write("etc/hosts", "127.0.0.1\tlocalhost box\n::1\tlocalhost ip6-localhost ip6-loopback\n")?;
+    write("etc/resolv.conf", "")?;
+    if fs::symlink_metadata(rootfs.join("etc/apt")).is_ok_and(|m| m.is_dir()) {
         write(
-            "apt/apt.conf.d/90vendbox",
+            "etc/apt/apt.conf.d/90vendbox",
             "// vendbox: boxes map one uid, so apt runs as root.\nAPT::Sandbox::User \"root\";\n",
         )?;
     }
-    write("pip.conf", "[global]\nbreak-system-packages = true\nroot-user-action = ignore\n")?;
+    write("etc/pip.conf", "[global]\nbreak-system-packages = true\nroot-user-action = ignore\n")?;
     Ok(())
+}
+
+/// The host path of `relative` in the image at `rootfs`, its directories made where missing and
+/// a link at its end removed, without following any link: an imported image is hostile input,
+/// and its `/etc` may be a link to the host's.
+fn inside(rootfs: &Path, relative: &str) -> Result<PathBuf, BoxError> {
+    let mut path = rootfs.to_path_buf();
+    let parts: Vec<&str> = relative.split('/').collect();
+    let (name, dirs) = parts.split_last().unwrap_or((&"", &[]));
+    for dir in dirs {
+        path.push(dir);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(BoxError::Image(format!(
+                    "the image's /{} is a link or a file, not a directory: vendbox follows no link out of an image",
+                    path.strip_prefix(rootfs).unwrap_or(&path).display()
+                )));
+            }
+            Err(_) => fs::create_dir(&path).map_err(BoxError::io(format!("creating {}", path.display())))?,
+        }
+    }
+    path.push(name);
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_dir() => Err(BoxError::Image(format!("the image's /{relative} is a directory"))),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            fs::remove_file(&path).map_err(BoxError::io(format!("replacing {}", path.display())))?;
+            Ok(path)
+        }
+        _ => Ok(path),
+    }
 }
 
 /// The one tag of the OCI layout at `layout` (its `index.json`'s first manifest).

@@ -480,36 +480,26 @@ fn must(program: &str, args: &[&str]) {
 /// library, loader and shell, enough for boxd and `sh`) with `/etc/kept` and `/etc/doomed`,
 /// then a layer that deletes `/etc/doomed` (a whiteout) and adds `/etc/added`.
 fn build_oci_layout(dir: &Path) -> PathBuf {
-    let layout = dir.join("oci");
-    let bundle = dir.join("bundle");
-    let image = format!("{}:t", layout.display());
-    must("umoci", &["init", "--layout", layout.to_str().unwrap()]);
-    must("umoci", &["new", "--image", &image]);
-    must("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
-    let rootfs = bundle.join("rootfs");
-    for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc", "root", "tmp", "proc", "dev"] {
-        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
-    }
-    for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
-        must(
-            "cp",
-            &[
-                "-L",
-                &format!("/lib/x86_64-linux-gnu/{lib}"),
-                rootfs.join("lib/x86_64-linux-gnu").to_str().unwrap(),
-            ],
-        );
-    }
-    must("cp", &["-L", "/lib64/ld-linux-x86-64.so.2", rootfs.join("lib64").to_str().unwrap()]);
-    for program in ["sh", "cat", "ls"] {
-        must("cp", &["-L", &format!("/bin/{program}"), rootfs.join("bin").to_str().unwrap()]);
-    }
-    std::fs::write(rootfs.join("etc/kept"), "kept\n").unwrap();
-    std::fs::write(rootfs.join("etc/doomed"), "doomed\n").unwrap();
-    must("umoci", &["repack", "--image", &image, bundle.to_str().unwrap()]);
-    std::fs::remove_file(rootfs.join("etc/doomed")).unwrap();
-    std::fs::write(rootfs.join("etc/added"), "added\n").unwrap();
-    must("umoci", &["repack", "--image", &image, bundle.to_str().unwrap()]);
+    let layout = oci_layout_of(dir, "oci", |rootfs| {
+        for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc", "root", "tmp", "proc", "dev"] {
+            std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+        }
+        for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
+            let target = rootfs.join("lib/x86_64-linux-gnu");
+            must("cp", &["-L", &format!("/lib/x86_64-linux-gnu/{lib}"), target.to_str().unwrap()]);
+        }
+        must("cp", &["-L", "/lib64/ld-linux-x86-64.so.2", rootfs.join("lib64").to_str().unwrap()]);
+        for program in ["sh", "cat", "ls"] {
+            must("cp", &["-L", &format!("/bin/{program}"), rootfs.join("bin").to_str().unwrap()]);
+        }
+        std::fs::write(rootfs.join("etc/kept"), "kept\n").unwrap();
+        std::fs::write(rootfs.join("etc/doomed"), "doomed\n").unwrap();
+    });
+    // The second layer: a whiteout and a new file.
+    let bundle = dir.join("oci-bundle");
+    std::fs::remove_file(bundle.join("rootfs/etc/doomed")).unwrap();
+    std::fs::write(bundle.join("rootfs/etc/added"), "added\n").unwrap();
+    must("umoci", &["repack", "--image", &format!("{}:t", layout.display()), bundle.to_str().unwrap()]);
     layout
 }
 
@@ -572,4 +562,76 @@ async fn oci_layouts_and_docker_archives_are_imported_with_their_whiteouts() {
         let out = host.ok(&b, "cat /etc/kept /etc/added; ls /etc/doomed 2>/dev/null || echo gone").await;
         assert_eq!(out, "kept\nadded\ngone\n", "{image}");
     }
+}
+
+/// An OCI layout at `dir/<name>` (tag `t`) of one layer whose root `fill` makes.
+fn oci_layout_of(dir: &Path, name: &str, fill: impl FnOnce(&Path)) -> PathBuf {
+    let layout = dir.join(name);
+    let bundle = dir.join(format!("{name}-bundle"));
+    let image = format!("{}:t", layout.display());
+    must("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    must("umoci", &["new", "--image", &image]);
+    must("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
+    fill(&bundle.join("rootfs"));
+    must("umoci", &["repack", "--image", &image, bundle.to_str().unwrap()]);
+    layout
+}
+
+#[test]
+fn an_imported_image_cannot_make_vendbox_write_outside_it() {
+    if Command::new("sh").args(["-c", "command -v umoci"]).output().map_or(true, |o| !o.status.success()) {
+        support::requirement_missing("image imports need `umoci`");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let victim = work.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let state = work.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let import = |layout: &Path, name: &str| {
+        Command::new(support::BIN)
+            .args(["image", "import"])
+            .arg(layout)
+            .args(["--name", name, "--data-dir"])
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+
+    // An image whose /etc is a link to a host directory: refused, and the directory untouched.
+    let etc_link = oci_layout_of(work.path(), "etc-link", |rootfs| {
+        std::os::unix::fs::symlink(&victim, rootfs.join("etc")).unwrap();
+    });
+    let out = import(&etc_link, "etc-link");
+    assert!(!out.status.success(), "an image whose /etc is a link was imported");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("link"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "vendbox wrote through the image's /etc");
+    assert!(!state.join("images/etc-link").exists());
+
+    // Files vendbox writes that are links to the host: replaced, never followed.
+    let file_links = oci_layout_of(work.path(), "file-links", |rootfs| {
+        std::fs::create_dir_all(rootfs.join("etc/apt")).unwrap();
+        for name in ["hostname", "hosts", "resolv.conf", "pip.conf"] {
+            std::os::unix::fs::symlink(victim.join(name), rootfs.join("etc").join(name)).unwrap();
+        }
+        std::os::unix::fs::symlink(&victim, rootfs.join("etc/apt/apt.conf.d")).unwrap();
+    });
+    let out = import(&file_links, "file-links");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "vendbox wrote through a link of the image");
+    // The apt directory that is a link makes the import fail; the rest were replaced in place.
+    assert!(!out.status.success());
+    let hostname = oci_layout_of(work.path(), "hostname-link", |rootfs| {
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::os::unix::fs::symlink(victim.join("hostname"), rootfs.join("etc/hostname")).unwrap();
+    });
+    let out = import(&hostname, "hostname-link");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    let written = state.join("images/hostname-link/rootfs/etc/hostname");
+    assert!(!std::fs::symlink_metadata(&written).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(written).unwrap(), "box\n");
 }
