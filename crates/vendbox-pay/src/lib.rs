@@ -12,6 +12,7 @@ pub mod eip3009;
 pub mod exact;
 pub mod facilitator;
 pub mod fake;
+pub mod keys;
 pub mod method;
 pub mod network;
 pub mod reason;
@@ -21,6 +22,7 @@ pub mod x402;
 pub use method::{
     Admission, AdmitError, Challenge, Charge, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
 };
+pub use keys::{EvmAddress, Wallet};
 pub use network::Network;
 pub use reason::{Reason, Rejection};
 
