@@ -140,6 +140,8 @@ pub struct BoxesConfig {
     /// How far boxes' memory limits may add up past that memory (1.0: never; idle boxes use
     /// far less than their limits, so an operator may sell more).
     pub memory_overcommit: f64,
+    /// How long a box's disk is kept after its lease ends, in seconds (0: deleted at once).
+    pub disk_grace_secs: u64,
 }
 
 impl BoxesConfig {
@@ -166,6 +168,7 @@ impl Default for BoxesConfig {
             max_boxes: 0,
             memory_mb: 0,
             memory_overcommit: 1.0,
+            disk_grace_secs: 0,
         }
     }
 }

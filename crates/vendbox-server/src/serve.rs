@@ -182,7 +182,7 @@ async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<(BoxService, Op
     let local =
         LocalConfig { data_dir: config.store.data_dir.clone(), boxd, run_root: config.boxes.run_dir.clone() };
     let backend = match LocalBackend::new(local) {
-        Ok(backend) => backend,
+        Ok(backend) => backend.with_disk_grace(std::time::Duration::from_secs(config.boxes.disk_grace_secs)),
         Err(e) => {
             tracing::warn!(error = %e, "boxes are not for sale on this host");
             return Ok((Err(e.to_string().into()), None));

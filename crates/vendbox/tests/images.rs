@@ -635,3 +635,28 @@ fn an_imported_image_cannot_make_vendbox_write_outside_it() {
     assert!(!std::fs::symlink_metadata(&written).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read_to_string(written).unwrap(), "box\n");
 }
+
+#[tokio::test]
+async fn a_disk_is_kept_for_the_operator_grace_after_its_lease_ends_then_deleted() {
+    let Some(images) = shared_images() else { return };
+    let Some(host) =
+        BoxHost::start_prepared(DEBIAN_CATALOG, &[("VENDBOX_BOXES__DISK_GRACE_SECS", "3")], |state| {
+            std::os::unix::fs::symlink(&images, state.join("images")).unwrap();
+        })
+    else {
+        return;
+    };
+    let b = buy(&host, "test-debian-small").await;
+    host.ok(&b, "echo precious > /root/work").await;
+    let (status, _) = host.end(&b).await;
+    assert_eq!(status, 200);
+    host.assert_gone_within(&b.id, Duration::from_secs(10));
+    // Its disk waits out of sight, then goes (the sweep, every 10 s, deletes it).
+    let ended = host.data_dir().join("boxes/.ended");
+    let kept = || std::fs::read_dir(&ended).map_or(0, |entries| entries.filter(Result::is_ok).count());
+    assert_eq!(kept(), 1, "the disk was not kept after the lease ended");
+    support::eventually(Duration::from_secs(30), "the disk to go after its grace", async || {
+        if kept() == 0 { Ok(()) } else { Err(format!("{} disk(s) kept", kept())) }
+    })
+    .await;
+}

@@ -162,6 +162,36 @@ impl Disks {
         Ok(())
     }
 
+    /// Keeps box `id`'s disk and record, out of sight, until `until` (Unix seconds), when
+    /// [`Disks::purge_retired`] deletes them: the operator's grace after a lease ends.
+    pub(crate) fn retire(&self, id: &BoxId, until: u64) -> Result<(), BoxError> {
+        let retired = self.dir.join(".ended");
+        match fs::create_dir(&retired) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(BoxError::Io { context: format!("creating {}", retired.display()), source: e });
+            }
+        }
+        match fs::rename(self.box_dir(id), retired.join(format!("{id}.{until}"))) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BoxError::Io { context: format!("keeping the disk of box {id}"), source: e }),
+        }
+    }
+
+    /// Deletes the retired disks whose grace ended by `now` (Unix seconds).
+    pub(crate) fn purge_retired(&self, now: u64) {
+        let Ok(entries) = fs::read_dir(self.dir.join(".ended")) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let until = name.rsplit_once('.').and_then(|(_, until)| until.parse::<u64>().ok());
+            if until.is_none_or(|until| until <= now) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     /// Deletes box `id`'s disk and record. Idempotent.
     pub(crate) fn remove(&self, id: &BoxId) -> Result<(), BoxError> {
         match fs::remove_dir_all(self.box_dir(id)) {

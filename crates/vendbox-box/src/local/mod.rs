@@ -110,6 +110,8 @@ pub struct LocalBackend {
     images: crate::image::ImageStore,
     /// The disks of image boxes (`<data>/boxes`).
     disks: disk::Disks,
+    /// How long a box's disk is kept after the box is destroyed (zero: deleted at once).
+    disk_grace: Duration,
     /// Held while a box is started again from its disk, so that two callers never start it twice.
     reviving: tokio::sync::Mutex<()>,
 }
@@ -152,6 +154,7 @@ impl LocalBackend {
             net: None,
             images: crate::image::ImageStore::of_data_dir(&data_dir),
             disks: disk::Disks::of_data_dir(&data_dir),
+            disk_grace: Duration::ZERO,
             reviving: tokio::sync::Mutex::new(()),
         })
     }
@@ -391,6 +394,7 @@ impl LocalBackend {
         for id in self.list().await? {
             self.destroy(&id).await?;
         }
+        self.disks.purge_retired(u64::MAX);
         self.cgroups.remove_instance(&self.instance).await?;
         net::remove_instance(&self.instance, &self.config.run_root).await;
         match fs::remove_dir_all(self.instance_dir()) {
@@ -470,6 +474,14 @@ impl LocalBackend {
                 BoxStatus::Gone
             }
         }
+    }
+
+    /// Keeps each box's disk for `grace` after the box is destroyed (out of sight, under
+    /// `<data>/boxes/.ended`), then deletes it: the operator's grace after a lease ends.
+    #[must_use]
+    pub fn with_disk_grace(mut self, grace: Duration) -> LocalBackend {
+        self.disk_grace = grace;
+        self
     }
 
     /// The images this backend makes boxes from.
@@ -570,7 +582,11 @@ impl Backend for LocalBackend {
         net::detach(&self.instance, id).await;
         layer::remove(&self.layer_dir(id))?;
         let disk_uid = self.disks.record(id).map(|r| r.uid);
-        self.disks.remove(id)?;
+        if self.disk_grace.is_zero() {
+            self.disks.remove(id)?;
+        } else {
+            self.disks.retire(id, unix_now().saturating_add(self.disk_grace.as_secs()))?;
+        }
         for uid in record.map(|r| r.uid).into_iter().chain(disk_uid) {
             self.release_uid_of(id, uid);
         }
@@ -618,11 +634,17 @@ impl Backend for LocalBackend {
             );
         }
         let mut ids: Vec<BoxId> = names.iter().filter_map(|n| BoxId::new(n).ok()).collect();
+        // The sweep lists boxes every few seconds: disks whose grace ended go then.
+        self.disks.purge_retired(unix_now());
         ids.extend(self.disks.ids());
         ids.sort();
         ids.dedup();
         Ok(ids)
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Runs `work` (host tools and mounts: `mkfs.ext4`, `losetup`, the overlay) on a thread that may
