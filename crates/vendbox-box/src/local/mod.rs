@@ -245,7 +245,8 @@ impl LocalBackend {
                 ["--proc", "/proc", "--dev", "/dev", "--chdir", "/root"].into_iter().map(String::from),
             );
         }
-        if let Some(lxcfs) = &self.lxcfs {
+        // Asked again for each box: a bind of a dead lxcfs's file would stop the box from starting.
+        if let Some(lxcfs) = self.lxcfs.as_ref().filter(|dir| dir.join("meminfo").is_file()) {
             for file in LXCFS_PROC {
                 args.extend(["--ro-bind".into(), host_str(&lxcfs.join(file)), format!("/proc/{file}")]);
             }
