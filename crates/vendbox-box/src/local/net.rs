@@ -168,8 +168,6 @@ struct Link {
     netns: String,
     /// The host end of the veth pair.
     host_if: String,
-    /// The box end's name while it is still in the host's namespace.
-    peer_if: String,
     gateway: Ipv4Addr,
     address: Ipv4Addr,
 }
@@ -195,9 +193,9 @@ fn link_names(instance: &str, id: &BoxId) -> (String, String, String) {
 }
 
 impl Network {
-    /// Checks the host's tools, turns on IPv4 forwarding, writes the instance's policy table
-    /// (replacing an earlier one) and repairs what earlier runs left, given the boxes that still
-    /// exist (`live`).
+    /// Checks the host's tools and that it can hold the policy, and repairs what earlier runs
+    /// left, given the boxes that still exist (`live`); the policy goes in place at once when
+    /// boxes with egress live, else with the first one ([`Network::install`]).
     pub(crate) async fn start(
         config: EgressConfig,
         instance: &str,
@@ -402,7 +400,7 @@ impl Network {
     }
 
     fn link(&self, id: &BoxId, uid: u32) -> Result<Link, BoxError> {
-        let (netns, host_if, peer_if) = link_names(&self.instance, id);
+        let (netns, host_if, _) = link_names(&self.instance, id);
         let index = u64::from(uid.saturating_sub(super::UID_BASE));
         let (Some(gateway), Some(address)) =
             (self.config.subnet.nth(index * 2), self.config.subnet.nth(index * 2 + 1))
@@ -412,7 +410,7 @@ impl Network {
                 self.config.subnet
             )));
         };
-        Ok(Link { netns, host_if, peer_if, gateway, address })
+        Ok(Link { netns, host_if, gateway, address })
     }
 
     /// Makes box `id`'s network namespace and link; its path, for [`spawn_in`].
@@ -421,36 +419,22 @@ impl Network {
         self.install().await?;
         // Leftovers of an earlier box of the same id (a crash mid-way) would make this fail.
         detach(&self.instance, id).await;
-        let Link { netns, host_if, peer_if, gateway, address } = &link;
+        let Link { netns, host_if, gateway, address } = &link;
         run("ip", &["netns", "add", netns]).await?;
-        run("ip", &["link", "add", host_if, "type", "veth", "peer", "name", peer_if]).await?;
-        for (dev, key, value) in [(host_if, "ipv6/conf", "1"), (peer_if, "ipv6/conf", "1")] {
-            let _ = std::fs::write(format!("/proc/sys/net/{key}/{dev}/disable_ipv6"), value);
-        }
+        // The box's end is made in its namespace, as `eth0`: nothing is moved or renamed.
+        run("ip", &["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns]).await?;
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"), "1");
         let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{host_if}/rp_filter"), "1");
-        run("ip", &["link", "set", peer_if, "netns", netns]).await?;
         let host = format!("addr add {gateway}/31 dev {host_if}\nlink set {host_if} up\n");
         run_with_input("ip", &["-batch", "-"], &host).await?;
         let inside = format!(
-            "link set {peer_if} name eth0\naddr add {address}/31 dev eth0\nlink set eth0 up\n\
-             link set lo up\nroute add default via {gateway} dev eth0\n"
+            "addr add {address}/31 dev eth0\nlink set eth0 up\nlink set lo up\n\
+             route add default via {gateway} dev eth0\n"
         );
         run_with_input("ip", &["-n", netns, "-batch", "-"], &inside).await?;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                netns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.eth0.disable_ipv6=1",
-                "net.ipv4.ping_group_range=0 2147483647",
-            ],
-        )
-        .await?;
+        let path = Path::new(NETNS_DIR).join(netns);
         let policy = self.box_table(&attached_networks(&if_prefix(&self.instance)));
-        run_with_input("ip", &["netns", "exec", netns, "nft", "-f", "-"], &policy).await?;
+        inside_netns(&path, &policy).await?;
         if self.config.bandwidth_mbit > 0 {
             let rate = format!("{}mbit", self.config.bandwidth_mbit);
             // A bucket of a few milliseconds at the rate, and never below a jumbo frame.
@@ -512,6 +496,44 @@ impl super::LocalBackend {
         let network = Network::start(config, &self.instance, &self.config.run_root, &live).await?;
         self.net = Some(network);
         Ok(())
+    }
+}
+
+/// Inside namespace `netns`: IPv6 off on `eth0`, ICMP echo sockets for the box's users, and
+/// the box's own policy table (`nft -f`). The sysctls are written by a thread that entered
+/// the namespace (`/proc/sys/net` shows the calling thread's), and `nft` is born in it: no
+/// `ip netns exec`, which costs a mount namespace and a process per step.
+async fn inside_netns(netns: &Path, policy: &str) -> Result<(), BoxError> {
+    use tokio::io::AsyncWriteExt as _;
+    let here = std::fs::metadata("/proc/thread-self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let there = std::fs::metadata(netns).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    if here.is_err() || there.is_err() || here.ok() == there.ok() {
+        return Err(BoxError::Start(format!("{} is not a network namespace of its own", netns.display())));
+    }
+    let mut child = spawn_in(Some(netns), || {
+        std::fs::write("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1")?;
+        std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")?;
+        tokio::process::Command::new("nft")
+            .args(["-f", "-"])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+    })
+    .map_err(BoxError::io("setting up the box's namespace"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(policy.as_bytes()).await.map_err(BoxError::io("writing the box's policy"))?;
+    }
+    let out = child.wait_with_output().await.map_err(BoxError::io("running nft in the box's namespace"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BoxError::Start(format!(
+            "nft in the box's namespace: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
