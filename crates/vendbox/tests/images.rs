@@ -557,10 +557,29 @@ async fn oci_layouts_and_docker_archives_are_imported_with_their_whiteouts() {
     }) else {
         return;
     };
+    let rm = |image: &str| {
+        Command::new(support::BIN)
+            .args(["image", "rm", image, "--data-dir"])
+            .arg(host.data_dir())
+            .output()
+            .unwrap()
+    };
     for image in ["oci-test", "docker-test"] {
         let b = buy(&host, &format!("{image}-box")).await;
         let out = host.ok(&b, "cat /etc/kept /etc/added; ls /etc/doomed 2>/dev/null || echo gone").await;
         assert_eq!(out, "kept\nadded\ngone\n", "{image}");
+        // An image a box stands on is not removed; once the box is gone it is.
+        let out = rm(image);
+        assert!(!out.status.success(), "{image} was removed from under box {}", b.id);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&b.id),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(host.end(&b).await.0, 200);
+        let out = rm(image);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!host.data_dir().join("images").join(image).exists());
     }
 }
 
