@@ -53,9 +53,10 @@ impl fmt::Display for BoxId {
 pub struct Limits {
     /// CPUs' worth of time per period (1 = one full core).
     pub vcpu: u32,
-    /// Memory, including the writable layer's contents, in MiB.
+    /// Memory in MiB (for a `host` box, including its writable layer's contents).
     pub memory_mb: u32,
-    /// Size of the writable layer (/root, /home, /tmp, /var/tmp) in MiB.
+    /// Size of the box's disk in MiB: an image box's whole writable root (an ext4 file), a
+    /// `host` box's writable layer (/root, /home, /tmp, /var/tmp, in memory).
     pub disk_mb: u32,
     /// Most processes and threads alive at once.
     pub pids: u32,

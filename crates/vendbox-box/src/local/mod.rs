@@ -1,12 +1,15 @@
 //! The local backend: each box is a bubblewrap sandbox on this host.
 //!
 //! A box gets user, pid, mount, net, uts, ipc and cgroup namespaces; its root is an unprivileged
-//! host uid of its own (from a host-wide range, so no two boxes share one); the host's /usr (and
-//! the /bin, /lib… links into it) read-only; a private /etc and a writable layer of bounded size
-//! ([`layer`]); a cgroup with the offer's memory, pids and cpu limits ([`cgroup`]); a seccomp
-//! filter ([`seccomp`]); no network but its own loopback. boxd runs as its PID 1 and answers on a
-//! Unix socket in the layer. Boxes outlive the vendbox process that made them, so a restarted
-//! vendbox finds them again ([`Backend::list`]).
+//! host uid of its own (from a host-wide range, so no two boxes share one); as its root, either
+//! the host's /usr (and the /bin, /lib… links into it) read-only with a private /etc and a
+//! writable layer of bounded size in memory ([`layer`]: the `host` image), or an overlay of a
+//! built image (idmapped and read-only, [`idmap`]) under a disk of its own ([`disk`]); a cgroup
+//! with the offer's memory, pids, cpu and cpuset limits ([`cgroup`]); a seccomp filter
+//! ([`seccomp`]); no network but its own loopback unless the offer has egress. boxd runs as its
+//! PID 1 and answers on a Unix socket in the layer. Boxes outlive the vendbox process that made
+//! them, so a restarted vendbox finds them again ([`Backend::list`]), and image boxes outlive a
+//! reboot on their disks.
 
 mod cgroup;
 mod disk;
