@@ -70,6 +70,8 @@ struct World {
     dir: tempfile::TempDir,
     inet_if: String,
     private_if: String,
+    /// IPv4 forwarding as the test found it (vendbox turns it on), put back when dropped.
+    forwarding: String,
     /// Held while the world exists: the tests' worlds route the same prefixes, so they take
     /// turns (nextest runs each test in a process of its own). Dropped last.
     _turn: std::fs::File,
@@ -87,6 +89,7 @@ impl Drop for World {
         for ns in &self.netns {
             let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
         }
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.forwarding);
     }
 }
 
@@ -102,6 +105,7 @@ impl World {
             dir: tempfile::tempdir().unwrap(),
             inet_if: format!("vti{tag}"),
             private_if: format!("vtp{tag}"),
+            forwarding: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
             _turn: turn,
         };
         let inet = format!("vendbox-test-{tag}-inet");
