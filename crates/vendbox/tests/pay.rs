@@ -864,3 +864,106 @@ async fn an_authorization_a_crashed_host_reserved_is_refused_by_another_host_and
     drop(store);
     schema.drop_schema().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A crash with many settlements in flight.
+
+/// One of anvil's JSON-RPC methods (mining, the pool) on the shop's chain; its result.
+async fn anvil_rpc(shop: &Shop, method: &str, params: Value) -> Value {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let answer: Value = reqwest::Client::new()
+        .post(&shop.anvil.rpc_url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+/// Transactions in the chain's pool: ready to be mined, and queued behind a missing nonce.
+async fn pool(shop: &Shop) -> (u64, u64) {
+    let status = anvil_rpc(shop, "txpool_status", serde_json::json!([])).await;
+    let count = |v: &Value| match v {
+        Value::String(hex) => u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap(),
+        other => other.as_u64().unwrap(),
+    };
+    (count(&status["pending"]), count(&status["queued"]))
+}
+
+#[tokio::test]
+async fn a_crash_with_fifty_settlements_in_flight_settles_each_once_or_voids_it() {
+    let Some(mut shop) = Shop::open(31337, &[]).await else { return };
+    let payer = shop.payer().await;
+    let challenge = shop.challenge().await;
+    let headers: Vec<_> = (0..80).map(|_| v2_header(&v2_payment(&challenge, &payer, |_| {}))).collect();
+    // Blocks come only when the test mines one: the settlements vendbox sends pile up in the
+    // pool, sent and not mined. The payments come one every 15 ms, so that when the fiftieth
+    // settlement is in the pool later payments are still being verified, reserved or sent.
+    anvil_rpc(&shop, "evm_setAutomine", serde_json::json!([false])).await;
+    let http = reqwest::Client::new();
+    let requests: Vec<_> = (0u64..)
+        .zip(&headers)
+        .map(|(i, (name, value))| {
+            let request = http.get(shop.url("/catalog")).header(*name, value);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(15 * i)).await;
+                request.send().await
+            })
+        })
+        .collect();
+    wait_for("fifty settlements in the pool", Duration::from_secs(60), async || pool(&shop).await.0 >= 50)
+        .await;
+    shop.vendbox.crash();
+    for request in requests {
+        assert!(request.await.unwrap().is_err(), "nothing was mined, so nothing was answered");
+    }
+    // The chain goes on without vendbox: what it sent is mined, and nothing waits on a gap.
+    assert_eq!(pool(&shop).await.1, 0, "no settlement is queued behind a missing nonce");
+    anvil_rpc(&shop, "evm_setAutomine", serde_json::json!([true])).await;
+    anvil_rpc(&shop, "evm_mine", serde_json::json!([])).await;
+    assert_eq!(pool(&shop).await, (0, 0));
+
+    let payments = restart_and_settle(&mut shop, &[], None).await;
+    assert!(payments.len() >= 50, "{} reserved", payments.len());
+    let mut settled = 0;
+    for payment in &payments {
+        let (from, nonce) =
+            (payment.replay_key.payer.parse().unwrap(), payment.replay_key.nonce.parse().unwrap());
+        let transfer = shop.chain.find_settlement(from, nonce).await.unwrap();
+        match payment.state {
+            PaymentState::Settled => {
+                settled += 1;
+                assert_eq!(payment.settlement_ref, transfer.map(|t| t.to_string()), "{payment:?}");
+            }
+            PaymentState::Voided => {
+                assert_eq!(transfer, None, "voided and charged: {payment:?}");
+                assert!(!shop.chain.authorization_used(from, nonce).await.unwrap(), "{payment:?}");
+            }
+            state => panic!("left {state:?}: {payment:?}"),
+        }
+    }
+    assert!(settled >= 50, "the fifty in the pool were mined: {settled} settled");
+    let voided = payments.iter().filter(|p| p.state == PaymentState::Voided).count();
+    eprintln!("after the crash: {settled} settled, {voided} voided");
+    // Every authorization the chain used belongs to a settled payment, and each moved one price.
+    for (_, value) in &headers {
+        let nonce = wire::decode_header::<PaymentPayloadV2>(value).unwrap().payload.authorization.nonce;
+        if shop.chain.authorization_used(payer.address(), nonce.parse().unwrap()).await.unwrap() {
+            let recorded = payments.iter().find(|p| p.replay_key.nonce.eq_ignore_ascii_case(&nonce));
+            assert_eq!(recorded.map(|p| p.state), Some(PaymentState::Settled), "{nonce}");
+        }
+    }
+    let moved = settled * PRICE;
+    assert_eq!(shop.balance(payer.address()).await, FUNDS - moved, "each settled payment charged once");
+    assert_eq!(shop.balance(shop.pay_to).await, moved);
+
+    // The restarted vendbox reads its nonce from the chain and settles the next payment at once.
+    let header = v2_header(&v2_payment(&shop.challenge().await, &payer, |_| {}));
+    let (status, _, body) = shop.get_catalog((header.0, &header.1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(shop.balance(shop.pay_to).await, moved + PRICE);
+}
