@@ -148,7 +148,13 @@ impl World {
                 "{addr} does not route into the test's namespace: {route}"
             );
         }
-        let root = world.dir.path();
+        world.serve(&inet, &private);
+        world
+    }
+
+    /// Starts the test's servers: HTTP in both namespaces, DNS in the public one.
+    fn serve(&mut self, inet: &str, private: &str) {
+        let root = self.dir.path();
         std::fs::create_dir_all(root.join("public")).unwrap();
         std::fs::write(root.join("public/hello.txt"), "hello from the public internet\n").unwrap();
         std::fs::write(root.join("public/big.bin"), vec![7u8; 4 * 1024 * 1024]).unwrap();
@@ -175,19 +181,11 @@ impl World {
         };
         let public_log = root.join("public.log");
         let private_log = root.join("private.log");
-        world.servers.push(serve(&inet, &root.join("public"), public_log.to_str().unwrap()));
-        world.servers.push(serve(&private, &root.join("private"), private_log.to_str().unwrap()));
-        world.servers.push(
+        self.servers.push(serve(inet, &root.join("public"), public_log.to_str().unwrap()));
+        self.servers.push(serve(private, &root.join("private"), private_log.to_str().unwrap()));
+        self.servers.push(
             Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &inet,
-                    "dnsmasq",
-                    "--keep-in-foreground",
-                    "--no-resolv",
-                    "--no-hosts",
-                ])
+                .args(["netns", "exec", inet, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts"])
                 .args(["--conf-file=/dev/null", "--user=root", "--group=root", "--bind-interfaces"])
                 .arg(format!("--listen-address={PUBLIC_DNS}"))
                 .arg(format!("--address=/{NAME}/{PUBLIC_WEB}"))
@@ -198,14 +196,13 @@ impl World {
                 .unwrap(),
         );
         // The servers answer inside their namespaces before the boxes are asked to reach them.
-        for (ns, addr) in [(&inet, PUBLIC_WEB), (&private, PRIVATE)] {
+        for (ns, addr) in [(inet, PUBLIC_WEB), (private, PRIVATE)] {
             let ready = (0..100).any(|_| {
                 std::thread::sleep(Duration::from_millis(50));
                 sh(&format!("ip netns exec {ns} curl -s -o /dev/null -m 1 http://{addr}/")).status.success()
             });
             assert!(ready, "the test's server on {addr} did not start");
         }
-        world
     }
 
     fn private_log(&self) -> String {
