@@ -123,8 +123,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_workers, workers_stop) = watch::channel(false);
-        let mut workers: Vec<Arc<dyn Worker>> =
-            vec![Arc::new(QuotePurge { records: self.state.records() })];
+        let mut workers: Vec<Arc<dyn Worker>> = vec![Arc::new(QuotePurge { records: self.state.records() })];
         if let Some(settlement) = self.settlement {
             workers.push(Arc::new(settlement));
         }
