@@ -30,7 +30,9 @@
 //! program is also each box's PID 1 (`boxes boxd --listen-stdin`), as the vendbox binary is in
 //! production. Needs root and bubblewrap (and openssh-server for the SSH rows, which are skipped
 //! without it, saying so). Run: `cargo bench -p vendbox --bench boxes`; `VENDBOX_BENCH_PARTS`
-//! (comma-separated: create, image, exec, ssh, density) runs only those parts.
+//! (comma-separated: create, image, exec, ssh, density) runs only those parts;
+//! `VENDBOX_BENCH_DENSITY_IMAGE=debian-12` makes the idle boxes of that image (and measures their
+//! disks).
 
 #![allow(
     clippy::unwrap_used,
@@ -445,13 +447,20 @@ async fn exec_pair(client: &Client) {
 /// be measured.
 async fn density(client: &Client, data_dir: &Path) {
     let target: usize = std::env::var("VENDBOX_BENCH_BOXES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    // `VENDBOX_BENCH_DENSITY_IMAGE=debian-12`: the idle boxes are of that image (an overlay root
+    // and a disk each), and the disk each takes is measured too.
+    let image = std::env::var("VENDBOX_BENCH_DENSITY_IMAGE").ok();
+    let mut body = Client::small_box();
+    if let Some(image) = &image {
+        body["image"] = json!(image);
+    }
     let backend = backend(data_dir);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = mem_available_kib();
     let started = Instant::now();
     let (mut idle, mut sold_out) = (Vec::new(), None);
     while idle.len() < target {
-        match client.try_buy(&Client::small_box()).await {
+        match client.try_buy(&body).await {
             Ok(bought) => idle.push(bought),
             Err(answer) if answer["error"]["code"] == "sold_out" => {
                 sold_out = Some(answer["error"]["message"].as_str().unwrap_or_default().to_owned());
@@ -474,8 +483,14 @@ async fn density(client: &Client, data_dir: &Path) {
     }
     let ids: Vec<&str> = idle.iter().map(|(id, _)| id.as_str()).collect();
     let cgroups = cgroup_memory(&backend, &ids);
+    let disks: u64 = ids
+        .iter()
+        .filter_map(|id| std::fs::metadata(data_dir.join("boxes").join(id).join("disk.img")).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .sum();
     println!(
-        "  idle density: {} boxes made in {:.1} s ({:.1} ms each){}",
+        "  idle density{}: {} boxes made in {:.1} s ({:.1} ms each){}",
+        image.as_deref().map(|i| format!(" ({i})")).unwrap_or_default(),
         idle.len(),
         made.as_secs_f64(),
         ms(made) / idle.len() as f64,
@@ -484,6 +499,12 @@ async fn density(client: &Client, data_dir: &Path) {
             |why| format!("; then vendbox sold no more: {why}")
         )
     );
+    if image.is_some() {
+        println!(
+            "  disk per idle box: {:.0} KiB allocated (disk.img)",
+            disks as f64 / 1024.0 / idle.len() as f64
+        );
+    }
     let ended = Instant::now();
     for b in &idle {
         client.end(b).await;
