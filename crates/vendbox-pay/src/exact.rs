@@ -7,6 +7,7 @@ use alloy::primitives::{Address, Signature, U256};
 use serde_json::{Value, json};
 
 use crate::eip3009::{Authorization, TokenDomain, parse_signature};
+use crate::keys::EvmAddress;
 use crate::network::Network;
 use crate::reason::{Reason, Rejection};
 use crate::wire::{
@@ -43,6 +44,36 @@ pub struct Acceptance {
 }
 
 impl Acceptance {
+    /// Payments of `asset` (its EIP-712 name and version) on `network`, to `pay_to`, which a
+    /// client has `max_timeout_seconds` to get settled.
+    pub fn new(
+        network: Network,
+        asset: EvmAddress,
+        asset_name: &str,
+        asset_version: &str,
+        pay_to: EvmAddress,
+        max_timeout_seconds: u64,
+    ) -> Acceptance {
+        Acceptance {
+            network,
+            asset: asset.get(),
+            asset_name: asset_name.to_owned(),
+            asset_version: asset_version.to_owned(),
+            pay_to: pay_to.get(),
+            max_timeout_seconds,
+        }
+    }
+
+    /// The token contract.
+    pub fn asset(&self) -> EvmAddress {
+        self.asset.into()
+    }
+
+    /// The operator's payout address.
+    pub fn pay_to(&self) -> EvmAddress {
+        self.pay_to.into()
+    }
+
     /// The token's EIP-712 domain.
     pub fn domain(&self) -> TokenDomain {
         TokenDomain {

@@ -19,10 +19,10 @@ pub mod reason;
 pub mod wire;
 pub mod x402;
 
+pub use keys::{EvmAddress, Wallet};
 pub use method::{
     Admission, AdmitError, Challenge, Charge, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
 };
-pub use keys::{EvmAddress, Wallet};
 pub use network::Network;
 pub use reason::{Reason, Rejection};
 

@@ -13,9 +13,10 @@ use serde_json::json;
 use sha2::Digest as _;
 use vendbox_core::{Payment, PaymentId, PaymentState, ReplayKey};
 
-use crate::chain::{Chain, Recovery, VerifyError};
+use crate::chain::{Chain, ChainError, Recovery, VerifyError};
 use crate::exact::{self, Acceptance, CheckedPayment, Requirements, SentPayment, Version};
-use crate::facilitator::{Facilitator, SettleError};
+use crate::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator, SettleError};
+use crate::keys::Wallet;
 use crate::method::{
     Admission, AdmitError, Challenge, Charge, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
 };
@@ -55,6 +56,27 @@ impl X402Exact {
     /// Payments as `acceptance` says, through `facilitator`.
     pub fn new(acceptance: Acceptance, facilitator: Arc<dyn Facilitator>) -> X402Exact {
         X402Exact { acceptance, facilitator, chain: None, refused: Mutex::default() }
+    }
+
+    /// Payments settled by vendbox itself on the chain at `rpc_url`, sent by `wallet` (which
+    /// pays their gas), and recovered from that chain after a crash.
+    pub fn builtin(acceptance: Acceptance, rpc_url: &str, wallet: &Wallet) -> Result<X402Exact, ChainError> {
+        let facilitator = BuiltinFacilitator::new(rpc_url, acceptance.asset, wallet.signer().clone())?;
+        let chain = Chain::connect(rpc_url, acceptance.asset)?;
+        Ok(X402Exact::new(acceptance, Arc::new(facilitator)).recovering_from(chain))
+    }
+
+    /// Payments verified and settled by the facilitator at `url` (sending `auth` as a header),
+    /// and recovered from the chain at `rpc_url` after a crash.
+    pub fn remote(
+        acceptance: Acceptance,
+        url: &str,
+        auth: Option<(String, String)>,
+        rpc_url: &str,
+    ) -> Result<X402Exact, ChainError> {
+        let facilitator = RemoteFacilitator::new(url, auth)?;
+        let chain = Chain::connect(rpc_url, acceptance.asset)?;
+        Ok(X402Exact::new(acceptance, Arc::new(facilitator)).recovering_from(chain))
     }
 
     /// The same method, asking `chain` what became of payments a crash left half-done.

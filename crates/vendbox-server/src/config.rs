@@ -10,9 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Table, Value};
 use vendbox_core::{Catalog, CreditsPolicy, Image, Offer, Region};
-use vendbox_pay::Network;
-use vendbox_pay::alloy::primitives::Address;
 use vendbox_pay::exact::Acceptance;
+use vendbox_pay::{EvmAddress, Network};
 
 /// The catalog vendbox sells when the operator says nothing else.
 pub const DEFAULT_CATALOG: &str = include_str!("default-catalog.toml");
@@ -237,20 +236,18 @@ impl PaymentsConfig {
         let network = Network::parse(&self.network).ok_or_else(|| {
             (key("network"), format!("{:?} is not an EVM network (`eip155:8453` or `base`)", self.network))
         })?;
-        let address = |k: &str, text: &str| {
-            text.trim().parse::<Address>().map_err(|_| (key(k), format!("{text:?} is not a 0x address")))
-        };
+        let address = |k: &str, text: &str| text.parse::<EvmAddress>().map_err(|e| (key(k), e));
         if self.max_timeout_seconds < 30 {
             return Err((key("max_timeout_seconds"), "must be at least 30 seconds".into()));
         }
-        Ok(Some(Acceptance {
+        Ok(Some(Acceptance::new(
             network,
-            asset: address("asset", &self.asset)?,
-            asset_name: self.asset_name.clone(),
-            asset_version: self.asset_version.clone(),
-            pay_to: address("pay_to", pay_to)?,
-            max_timeout_seconds: self.max_timeout_seconds,
-        }))
+            address("asset", &self.asset)?,
+            &self.asset_name,
+            &self.asset_version,
+            address("pay_to", pay_to)?,
+            self.max_timeout_seconds,
+        )))
     }
 
     /// The settlement grace period.

@@ -334,12 +334,14 @@ impl Locks {
             let lapses = (holder.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
             let until = deadline.min(now + lapses.min(RECHECK));
             loop {
+                use tokio::sync::broadcast::error::RecvError;
                 match tokio::time::timeout_at(until, releases.recv()).await {
-                    Err(_) => break,
+                    // Time to try: the key's release, the holder's lapse or the recheck, or
+                    // announcements missed (this waiter fell behind).
+                    Err(_) | Ok(Err(RecvError::Lagged(_))) => break,
                     Ok(Ok(key)) if key == request.key => break,
                     Ok(Ok(_)) => {}
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    Ok(Err(RecvError::Closed)) => {
                         tokio::time::sleep_until(until).await;
                         break;
                     }
