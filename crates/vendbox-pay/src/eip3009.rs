@@ -6,6 +6,8 @@ use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{Eip712Domain, SolStruct};
+use secp256k1::{Message, Secp256k1, VerifyOnly};
+use std::sync::LazyLock;
 
 use crate::reason::{Reason, Rejection};
 use crate::wire::AuthorizationWire;
@@ -125,10 +127,25 @@ impl Authorization {
         if signature.s() > HALF_ORDER {
             return Err(Rejection::new(Reason::Signature, "the signature's s value is in the upper half"));
         }
-        signature
-            .recover_address_from_prehash(&self.signing_hash(domain))
-            .map_err(|_| Rejection::new(Reason::Signature, "no signer can be recovered from the signature"))
+        recover_address(signature, &self.signing_hash(domain))
+            .ok_or_else(|| Rejection::new(Reason::Signature, "no signer can be recovered from the signature"))
     }
+}
+
+/// The address whose key signed `hash` with `signature`, recovered with libsecp256k1 (the C
+/// library Bitcoin Core uses), which recovers a key in about a third of the time the pure-Rust
+/// `k256` takes (the payments benchmark measures both in one run); `None` when no key can be
+/// recovered.
+pub fn recover_address(signature: &Signature, hash: &B256) -> Option<Address> {
+    use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+    static CONTEXT: LazyLock<Secp256k1<VerifyOnly>> = LazyLock::new(Secp256k1::verification_only);
+    let id = RecoveryId::try_from(i32::from(signature.v())).ok()?;
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&signature.r().to_be_bytes::<32>());
+    compact[32..].copy_from_slice(&signature.s().to_be_bytes::<32>());
+    let signature = RecoverableSignature::from_compact(&compact, id).ok()?;
+    let key = CONTEXT.recover_ecdsa(Message::from_digest(hash.0), &signature).ok()?;
+    Some(Address::from_raw_public_key(&key.serialize_uncompressed()[1..]))
 }
 
 /// Reads a 65-byte `r ‖ s ‖ v` signature from hex.
@@ -174,6 +191,19 @@ fn parse_uint(field: &str, text: &str) -> Result<U256, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libsecp256k1_recovers_the_address_k256_recovers() {
+        for byte in 0..32u8 {
+            let signer = PrivateKeySigner::random();
+            let hash = B256::repeat_byte(byte);
+            let signature = signer.sign_hash_sync(&hash).unwrap();
+            assert_eq!(signature.recover_address_from_prehash(&hash).unwrap(), signer.address());
+            assert_eq!(recover_address(&signature, &hash), Some(signer.address()));
+        }
+        let no_point = Signature::new(U256::ZERO, U256::from(1), false);
+        assert_eq!(recover_address(&no_point, &B256::repeat_byte(1)), None);
+    }
 
     fn domain() -> TokenDomain {
         TokenDomain {

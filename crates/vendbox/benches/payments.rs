@@ -1,7 +1,8 @@
 //! Benchmark of x402 payments, printed as ratios against baselines measured in the same run:
 //! - the off-chain check of one payment (decode the header, check terms, recover the EIP-3009
-//!   signer) against a bare secp256k1 recovery, on one core: median, p90 and p99 of each and as
-//!   a ratio, then checks per second;
+//!   signer) against a bare secp256k1 recovery with `k256`, on one core: median, p90 and p99 of
+//!   each and as a ratio, then checks per second; and the bare recovery vendbox uses
+//!   (libsecp256k1) against `k256`'s on the same signatures;
 //! - the latency the payment gate adds to `GET /catalog`: the same route paid (verify on chain,
 //!   reserve, settle on anvil, record) against free (price 0), one request at a time: median,
 //!   p90 and p99 of each and as a ratio;
@@ -112,7 +113,7 @@ fn signature_checks() {
         SIGNATURES.measured, SIGNATURES.warm_up
     );
     stats::header(LABEL_WIDTH);
-    stats::row("bare secp256k1 recovery (baseline)", LABEL_WIDTH, &bare);
+    stats::row("bare recovery with k256 (baseline)", LABEL_WIDTH, &bare);
     stats::row("full off-chain payment check", LABEL_WIDTH, &full);
     stats::ratio_row("  ratio to the baseline", LABEL_WIDTH, &full, &bare);
     let bare_rate = stats::per_second(bare.count(), bare.total(), "bare secp256k1 recoveries per second");
@@ -120,6 +121,36 @@ fn signature_checks() {
     println!(
         "  checks per second: baseline {bare_rate:.0}, vendbox {full_rate:.0}, {:.2} of the baseline",
         stats::ratio(full_rate, bare_rate, "the ratio of checks per second")
+    );
+
+    // The recovery the full check uses (libsecp256k1) against k256's, on the same signatures.
+    let (mut k256_inputs, mut libsecp_inputs) = (decoded.iter().cycle(), decoded.iter().cycle().skip(1));
+    let times = stats::alternate(
+        SIGNATURES,
+        || {
+            let (hash, sig) = k256_inputs.next().unwrap();
+            let started = Instant::now();
+            assert_eq!(sig.recover_address_from_prehash(hash).unwrap(), signer.address());
+            started.elapsed()
+        },
+        || {
+            let (hash, sig) = libsecp_inputs.next().unwrap();
+            let started = Instant::now();
+            assert_eq!(vendbox_pay::eip3009::recover_address(sig, hash), Some(signer.address()));
+            started.elapsed()
+        },
+    );
+    let k256 = Summary::of("k256 recoveries", times.baseline);
+    let libsecp = Summary::of("libsecp256k1 recoveries", times.subject);
+    stats::row("bare recovery with k256 (baseline)", LABEL_WIDTH, &k256);
+    stats::row("bare recovery with libsecp256k1 (vendbox's)", LABEL_WIDTH, &libsecp);
+    stats::ratio_row("  ratio to the baseline", LABEL_WIDTH, &libsecp, &k256);
+    let k256_rate = stats::per_second(k256.count(), k256.total(), "k256 recoveries per second");
+    let libsecp_rate =
+        stats::per_second(libsecp.count(), libsecp.total(), "libsecp256k1 recoveries per second");
+    println!(
+        "  recoveries per second: k256 {k256_rate:.0}, libsecp256k1 {libsecp_rate:.0}, {:.2}x",
+        stats::ratio(libsecp_rate, k256_rate, "the ratio of recoveries per second")
     );
 }
 
@@ -140,8 +171,9 @@ async fn get_catalog(http: &reqwest::Client, url: &str, payment: Option<(&'stati
         request = request.header(name, value);
     }
     let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.bytes().await.unwrap();
+    let status = response.status();
+    let body = response.bytes().await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 }
 
 /// anvil with the token, a funded payer, and two vendboxes selling `GET /catalog` on it: one at
