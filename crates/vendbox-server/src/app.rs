@@ -18,7 +18,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use vendbox_core::Catalog;
 use vendbox_store::Store;
 
@@ -26,9 +25,7 @@ use crate::boxes::Boxes;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::openapi;
-use crate::routes::{
-    boxes, health, locks, offers, payments, ports, quotes, rentals, sessions, storefront, vpsagent,
-};
+use crate::surfaces::{self, storefront};
 
 /// Header carrying the request id, set by vendbox when the client sends none.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -109,8 +106,8 @@ impl Default for Limits {
     }
 }
 
-/// Every operation of the API, routed and described from one list: a handler named here is
-/// both served and listed in `/openapi.json`, so the two cannot drift apart.
+/// Every operation of the API, from each surface's one list (`surfaces::*::routes`): a handler
+/// listed there is both served and described in `/openapi.json`, so the two cannot drift apart.
 pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
     let timeout = |limit: Duration| {
         ServiceBuilder::new()
@@ -123,66 +120,19 @@ pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
             }))
             .timeout(limit)
     };
+    let surfaces::Routes { quick, waits, long } = surfaces::all();
     let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(health::healthz))
-        .routes(routes!(offers::list))
-        .routes(routes!(offers::get))
-        .routes(routes!(quotes::create))
-        .routes(routes!(quotes::get))
-        .routes(routes!(payments::get))
-        .routes(routes!(vpsagent::catalog))
-        .routes(routes!(rentals::rent))
-        .routes(routes!(rentals::get))
-        .routes(routes!(rentals::renew))
-        .routes(routes!(rentals::instance))
-        .routes(routes!(storefront::health))
-        .routes(routes!(storefront::create))
-        .routes(routes!(storefront::get, storefront::terminate))
-        .routes(routes!(storefront::extend))
-        .routes(routes!(locks::h3retik_acquire))
-        .routes(routes!(locks::h3retik_release))
-        .routes(routes!(locks::h3retik_renew))
-        .routes(routes!(locks::h3retik_get))
-        .routes(routes!(locks::native_renew))
-        .routes(routes!(sessions::micro))
-        .routes(routes!(sessions::probe))
-        .routes(routes!(sessions::ops))
-        .routes(routes!(sessions::deep))
-        .routes(routes!(sessions::custom))
-        .routes(routes!(sessions::get))
-        .routes(routes!(boxes::create))
-        .routes(routes!(boxes::get, boxes::terminate))
+        .merge(quick)
         .layer(timeout(limits.request_timeout))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     // An acquisition may wait for its key (`wait_seconds`, up to a minute) beyond the request
     // timeout, and no longer.
-    let waits = OpenApiRouter::new()
-        .routes(routes!(locks::native_get, locks::native_acquire, locks::native_release))
+    let waits = waits
         .layer(timeout(limits.request_timeout + vendbox_service::locks::MAX_WAIT))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     // Commands and file transfers run as long as they need (a command's own time limit bounds
     // it) and move bigger bodies than the rest of the API.
-    let long = OpenApiRouter::new()
-        .routes(routes!(sessions::exec))
-        .routes(routes!(boxes::exec))
-        .routes(routes!(boxes::exec_stream))
-        .routes(routes!(boxes::read_file, boxes::write_file))
-        // A box's server answers at its own pace; bodies stream through, never gathered.
-        .routes(routes!(
-            ports::port_get,
-            ports::port_post,
-            ports::port_put,
-            ports::port_patch,
-            ports::port_delete
-        ))
-        .routes(routes!(
-            ports::port_get_path,
-            ports::port_post_path,
-            ports::port_put_path,
-            ports::port_patch_path,
-            ports::port_delete_path
-        ))
-        .layer(DefaultBodyLimit::max(limits.max_file_bytes));
+    let long = long.layer(DefaultBodyLimit::max(limits.max_file_bytes));
     api.merge(waits).merge(long)
 }
 

@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod peers;
 pub mod purge;
-pub mod routes;
+pub mod surfaces;
 pub mod serve;
 pub mod settlement;
 pub mod ssh;

@@ -139,7 +139,8 @@ impl Server {
             .collect();
 
         let (draining_tx, mut draining) = watch::channel(false);
-        let app = crate::routes::ports::by_host_name(router(self.state, self.limits), self.ports_domain);
+        let app =
+            crate::surfaces::native::ports::by_host_name(router(self.state, self.limits), self.ports_domain);
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;

@@ -195,7 +195,7 @@ fn the_layers_keep_to_themselves() {
     // The surfaces translate shapes; the services keep the rules and the records: no route
     // reaches the store itself.
     let mut routes = Vec::new();
-    rust_files(&workspace_root().join("crates/vendbox-server/src/routes"), &mut routes);
+    rust_files(&workspace_root().join("crates/vendbox-server/src/surfaces"), &mut routes);
     assert!(routes.len() > 5, "the routes were not found: {routes:?}");
     for file in routes {
         let text = std::fs::read_to_string(&file).expect("a source file reads");

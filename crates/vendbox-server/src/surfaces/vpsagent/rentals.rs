@@ -7,7 +7,7 @@
 //! The answers keep the seed's values: a new rental says `pending_settlement` and a renewal
 //! `renewing`, the only values the seed gives those answers, although vendbox has settled both
 //! before it answers (their `note` says so, and `GET /rentals/{id}` shows `active` at once).
-//! Paid answers carry VpsAgent's `X-Payment-Response` ([`super::vpsagent::with_receipt`]).
+//! Paid answers carry VpsAgent's `X-Payment-Response` ([`super::catalog::with_receipt`]).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -21,7 +21,7 @@ use vendbox_core::{Capability, Lease, LeaseState, Offer, OfferKind, QuoteParams,
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::json::{self, ApiJson};
-use crate::routes::boxes as native;
+use crate::surfaces::native::boxes as native;
 
 /// The seed's `RentBody`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -216,7 +216,7 @@ pub async fn rent(
             };
         (StatusCode::OK, Json(created))
     });
-    Ok(super::vpsagent::with_receipt(response))
+    Ok(super::catalog::with_receipt(response))
 }
 
 /// A rental's public lifecycle snapshot.
@@ -315,7 +315,7 @@ pub async fn renew(
         (StatusCode::OK, Json(body)),
     )
     .await?;
-    Ok(super::vpsagent::with_receipt(crate::gate::respond(sold, |body| body)))
+    Ok(super::catalog::with_receipt(crate::gate::respond(sold, |body| body)))
 }
 
 /// Live status: whether the box answers, its address and expiry, and the SSH password.

@@ -25,7 +25,8 @@ use crate::auth::optional_bearer;
 use crate::boxes::SshKey;
 use crate::error::ApiError;
 use crate::json::ApiJson;
-use crate::routes::boxes as native;
+use crate::surfaces::Routes;
+use crate::surfaces::native::boxes as native;
 
 /// The seed's `Health`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -219,6 +220,20 @@ fn machine(lease: &Lease, state: &AppState) -> Machine {
         created_at: lease.created_at,
         expires_at: lease.expires_at,
         failure_reason: lease.failure_reason.clone(),
+    }
+}
+
+/// The Storefront's operations.
+pub fn routes() -> Routes {
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    Routes {
+        quick: OpenApiRouter::new()
+            .routes(routes!(health))
+            .routes(routes!(create))
+            .routes(routes!(get, terminate))
+            .routes(routes!(extend)),
+        ..Routes::default()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::auth::optional_bearer;
 use crate::error::ApiError;
 use crate::json::{self, ApiJson};
-use crate::routes::boxes::{self, ExecRequest, ExecResponse};
+use crate::surfaces::native::boxes::{self, ExecRequest, ExecResponse};
 
 /// The offer custom sessions are sold from.
 pub const CUSTOM_OFFER: &str = "h3retik-custom";

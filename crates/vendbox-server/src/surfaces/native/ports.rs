@@ -22,10 +22,10 @@ use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use vendbox_core::Capability;
 
+use super::boxes::service;
 use crate::app::AppState;
 use crate::auth::optional_bearer;
 use crate::error::ApiError;
-use crate::routes::boxes::service;
 
 /// Longest wait for the box's server to answer a request's head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_mins(1);

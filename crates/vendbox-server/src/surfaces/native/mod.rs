@@ -1,0 +1,56 @@
+//! vendbox's own API, one module per resource: `health`, `offers`, `quotes`, `payments`, `locks`,
+//! `boxes` (and a box's `ports`). The seed surfaces reuse its purchase (`boxes::buy`) and lock
+//! rules.
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::Routes;
+
+pub mod boxes;
+pub mod health;
+pub mod locks;
+pub mod offers;
+pub mod payments;
+pub mod ports;
+pub mod quotes;
+
+/// The native operations.
+pub fn routes() -> Routes {
+    Routes {
+        quick: OpenApiRouter::new()
+            .routes(routes!(health::healthz))
+            .routes(routes!(offers::list))
+            .routes(routes!(offers::get))
+            .routes(routes!(quotes::create))
+            .routes(routes!(quotes::get))
+            .routes(routes!(payments::get))
+            .routes(routes!(locks::native_renew))
+            .routes(routes!(boxes::create))
+            .routes(routes!(boxes::get, boxes::terminate)),
+        waits: OpenApiRouter::new().routes(routes!(
+            locks::native_get,
+            locks::native_acquire,
+            locks::native_release
+        )),
+        long: OpenApiRouter::new()
+            .routes(routes!(boxes::exec))
+            .routes(routes!(boxes::exec_stream))
+            .routes(routes!(boxes::read_file, boxes::write_file))
+            // A box's server answers at its own pace; bodies stream through, never gathered.
+            .routes(routes!(
+                ports::port_get,
+                ports::port_post,
+                ports::port_put,
+                ports::port_patch,
+                ports::port_delete
+            ))
+            .routes(routes!(
+                ports::port_get_path,
+                ports::port_post_path,
+                ports::port_put_path,
+                ports::port_patch_path,
+                ports::port_delete_path
+            )),
+    }
+}
