@@ -145,7 +145,7 @@ impl LocalBackend {
             config.boxd.first().ok_or_else(|| BoxError::Unsupported("no boxd program configured".into()))?;
         let boxd_exe = reachable_copy(Path::new(exe), &config.run_root)?;
         tracing::info!(cgroups = %cgroups.describe(), instance, "local box backend ready");
-        Ok(LocalBackend {
+        let backend = LocalBackend {
             config,
             instance,
             cgroups,
@@ -159,7 +159,17 @@ impl LocalBackend {
             disks: disk::Disks::of_data_dir(&data_dir),
             disk_grace: Duration::ZERO,
             reviving: tokio::sync::Mutex::new(()),
-        })
+        };
+        // After a reboot the uid claims are gone: the uids that own boxes' disks are claimed
+        // again at once, before a new box could take one (the boxes start again later).
+        for id in backend.disks.ids() {
+            if let Some(record) = backend.disks.record(&id)
+                && let Err(e) = backend.claim_this_uid(&id, record.uid)
+            {
+                tracing::warn!(box_id = %id, error = %e, "the uid of a box's disk could not be claimed again");
+            }
+        }
+        Ok(backend)
     }
 
     fn instance_dir(&self) -> PathBuf {
