@@ -119,22 +119,31 @@ impl BuiltinFacilitator {
     }
 
     /// What the chain says of `payment`'s authorization once the settlement sent for it can no
-    /// longer be mined (another transaction took its nonce): settled by someone, cancelled, or
-    /// free to be sent again (`None`).
+    /// longer be mined (another transaction took its nonce): settled by some transaction,
+    /// cancelled by the payer, or free to be sent again (`None`). Anything less certain is
+    /// unconfirmed, and the settlement worker asks the chain again later.
     async fn after_replacement(&self, payment: &CheckedPayment) -> Option<Result<B256, SettleError>> {
-        let auth = &payment.authorization;
+        let (from, nonce) = (payment.authorization.from, payment.authorization.nonce);
         let unconfirmed =
             |message: String| Some(Err(SettleError::Unconfirmed { transaction: None, message }));
-        match self.chain.authorization_used(auth.from, auth.nonce).await {
-            Ok(false) => None,
-            Ok(true) => match self.chain.find_settlement(auth.from, auth.nonce).await {
-                Ok(Some(transaction)) => Some(Ok(transaction)),
-                Ok(None) => Some(Err(SettleError::Refused(Rejection::new(
-                    Reason::NonceUsed,
-                    "the payer cancelled this authorization on chain before it was settled",
-                )))),
-                Err(e) => unconfirmed(e.0),
-            },
+        match self.chain.authorization_used(from, nonce).await {
+            Ok(false) => return None,
+            Ok(true) => {}
+            Err(e) => return unconfirmed(e.0),
+        }
+        match self.chain.find_settlement(from, nonce).await {
+            Ok(Some(transaction)) => return Some(Ok(transaction)),
+            Ok(None) => {}
+            Err(e) => return unconfirmed(e.0),
+        }
+        match self.chain.find_cancellation(from, nonce).await {
+            Ok(Some(_)) => Some(Err(SettleError::Refused(Rejection::new(
+                Reason::NonceUsed,
+                "the payer cancelled this authorization on chain before it was settled",
+            )))),
+            Ok(None) => {
+                unconfirmed("the authorization is used on chain by a transaction not found yet".into())
+            }
             Err(e) => unconfirmed(e.0),
         }
     }

@@ -12,9 +12,13 @@ use alloy::eips::BlockId;
 use alloy::primitives::B256;
 use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::TransactionReceipt;
+use alloy::transports::TransportError;
 use tokio::sync::oneshot;
 
 use crate::chain::ChainError;
+
+/// Blocks read at once when the watcher is behind the head.
+const CATCH_UP: u64 = 32;
 
 /// Transactions waited for, each with where its receipt goes.
 type Waiters = HashMap<B256, oneshot::Sender<TransactionReceipt>>;
@@ -76,8 +80,25 @@ impl Receipts {
         loop {
             match self.provider.get_block_number().await {
                 Ok(head) if head > seen => {
-                    for number in seen + 1..=head {
-                        if !self.deliver(number).await {
+                    // The blocks behind are read together, so that a busy chain never outruns
+                    // the watcher, and handed out in order.
+                    let last = head.min(seen + CATCH_UP);
+                    let mut reads = tokio::task::JoinSet::new();
+                    for number in seen + 1..=last {
+                        let provider = self.provider.clone();
+                        reads.spawn(async move {
+                            (number, provider.get_block_receipts(BlockId::number(number)).await)
+                        });
+                    }
+                    let mut blocks = std::collections::BTreeMap::new();
+                    while let Some(read) = reads.join_next().await {
+                        if let Ok((number, receipts)) = read {
+                            blocks.insert(number, receipts);
+                        }
+                    }
+                    for number in seen + 1..=last {
+                        let Some(receipts) = blocks.remove(&number) else { break };
+                        if !self.deliver(number, receipts).await {
                             break;
                         }
                         seen = number;
@@ -98,10 +119,14 @@ impl Receipts {
         }
     }
 
-    /// Hands the receipts of block `number` to their waiters; false when the block could not be
-    /// read (it is read again on the next round).
-    async fn deliver(&self, number: u64) -> bool {
-        match self.provider.get_block_receipts(BlockId::number(number)).await {
+    /// Hands `receipts`, those of block `number`, to their waiters; false when the block could
+    /// not be read (it is read again on the next round).
+    async fn deliver(
+        &self,
+        number: u64,
+        receipts: Result<Option<Vec<TransactionReceipt>>, TransportError>,
+    ) -> bool {
+        match receipts {
             Ok(Some(receipts)) => {
                 let mut waiters = self.waiters();
                 for receipt in receipts {

@@ -26,7 +26,9 @@ use super::receipts::{Receipts, Watch};
 const FEES_FOR: Duration = Duration::from_secs(1);
 /// How often a transaction waited for is looked up directly (dropped? replaced?) besides the
 /// block watcher.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long a node may take to serve the receipt of a transaction its account nonce counts.
+const RECEIPT_LAG: Duration = Duration::from_millis(500);
 /// Sends of the same bytes before a send whose fate is unknown is given up.
 const SEND_TRIES: u32 = 3;
 
@@ -226,7 +228,10 @@ impl Sender {
             if let Ok(used) = self.provider.get_transaction_count(self.address).latest().await
                 && used > sent.nonce
             {
-                // Mined just now, or never: the receipt says which.
+                // Mined just now, or never: the receipt says which. A node may count a mined
+                // transaction before it serves its receipt (anvil does), so the receipt is asked
+                // for again after a moment before the transaction is taken for replaced.
+                tokio::time::sleep(RECEIPT_LAG).await;
                 match self.provider.get_transaction_receipt(sent.hash).await {
                     Ok(Some(receipt)) => return mined(&receipt),
                     Ok(None) => return Confirmation::Replaced,
