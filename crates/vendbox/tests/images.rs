@@ -315,6 +315,10 @@ async fn a_disk_outlives_vendbox_and_the_box_processes_and_mounts() {
     let Some(mut host) = debian_host() else { return };
     let b = buy(&host, "test-debian-small").await;
     host.ok(&b, "echo kept > /root/kept; echo tool > /usr/local/bin/kept; sync; (sleep 1000 &) ; true").await;
+    // The box leaves its disk full: it must still come back, with a root it can write again.
+    let (_, out) =
+        host.sh(&b, "dd if=/dev/zero of=/root/fill bs=1M 2>&1; sync; df -k / | tail -1", 300).await;
+    assert!(out["stdout"].as_str().unwrap().contains("No space left"), "{out}");
     let id = BoxId::new(&b.id).unwrap();
     let backend = host.backend();
 
@@ -337,6 +341,7 @@ async fn a_disk_outlives_vendbox_and_the_box_processes_and_mounts() {
     .await;
     // The files are there; the processes are not.
     assert_eq!(out, "kept\ntool\n0\n");
+    assert_eq!(host.ok(&b, "rm /root/fill && echo more > /root/more && cat /root/more").await, "more\n");
 
     // Ended, the box leaves nothing, its disk included.
     let (status, _) = host.end(&b).await;
