@@ -12,10 +12,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod peers;
 pub mod purge;
-pub mod surfaces;
 pub mod serve;
 pub mod settlement;
 pub mod ssh;
+pub mod surfaces;
 pub mod worker;
 
 pub use app::{AppState, Limits, router};
