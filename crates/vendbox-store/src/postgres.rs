@@ -20,10 +20,6 @@ pub struct PostgresStore {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl PostgresStore {
-    /// Acquisitions always go to the lock writer: a read could see the state before another
-    /// host's open batch (`aggregates::locks`).
-    const CHEAP_REFUSALS: bool = false;
-
     /// Writers per host, each with its own batches (a key always goes to the same one): a batch
     /// waits on round trips more than on the disk, so several overlap.
     const LOCK_WRITERS: usize = 4;
@@ -31,6 +27,7 @@ impl PostgresStore {
     /// Releases are announced by `NOTIFY` in their batch's transaction, so every host hears of
     /// them once they commit (`listen_for_releases`).
     const RELEASES_ANNOUNCED_BY_DATABASE: bool = true;
+
     /// Connects to `url` and brings the schema up to date (sqlx holds an advisory lock while
     /// migrating, so several hosts starting at once do not race).
     pub async fn connect(url: &str) -> StoreResult<Self> {

@@ -23,15 +23,12 @@ pub struct SqliteStore {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl SqliteStore {
-    /// Acquisitions of a held key are refused from a read: a read waits for the one connection,
-    /// so it never sees a lock batch half done (`aggregates::locks`).
-    const CHEAP_REFUSALS: bool = true;
-
     /// One writer: SQLite commits one transaction at a time, over the one connection.
     const LOCK_WRITERS: usize = 1;
 
     /// One host: the lock writer announces its own releases.
     const RELEASES_ANNOUNCED_BY_DATABASE: bool = false;
+
     /// Opens (creating if needed) the database file at `path`, and its directory.
     pub async fn open_file(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
