@@ -12,6 +12,7 @@ use alloy::sol_types::{SolCall, SolEvent};
 
 use crate::eip3009::Authorization;
 use crate::exact::CheckedPayment;
+use crate::keys::EvmAddress;
 use crate::reason::{Reason, Rejection};
 
 sol! {
@@ -74,25 +75,25 @@ pub struct Chain {
 
 impl Chain {
     /// A client for the token at `asset`, through the JSON-RPC endpoint at `rpc_url`.
-    pub fn connect(rpc_url: &str, asset: Address) -> Result<Self, ChainError> {
+    pub fn connect(rpc_url: &str, asset: EvmAddress) -> Result<Self, ChainError> {
         let url = rpc_url.parse().map_err(|e| ChainError(format!("RPC URL {rpc_url:?}: {e}")))?;
         let provider = ProviderBuilder::new().connect_http(url).erased();
-        Ok(Self { provider, asset })
+        Ok(Self { provider, asset: asset.get() })
     }
 
     /// The same token through another provider (one that signs, for the built-in facilitator).
-    pub fn with_provider(provider: DynProvider, asset: Address) -> Self {
+    pub(crate) fn with_provider(provider: DynProvider, asset: Address) -> Self {
         Self { provider, asset }
     }
 
     /// The provider.
-    pub fn provider(&self) -> &DynProvider {
+    pub(crate) fn provider(&self) -> &DynProvider {
         &self.provider
     }
 
     /// The token contract.
-    pub fn asset(&self) -> Address {
-        self.asset
+    pub fn asset(&self) -> EvmAddress {
+        self.asset.into()
     }
 
     /// The chain id the node reports.
@@ -100,17 +101,32 @@ impl Chain {
         self.provider.get_chain_id().await.map_err(ChainError::from_rpc)
     }
 
-    /// The token balance of `who`.
-    pub async fn balance_of(&self, who: Address) -> Result<U256, ChainError> {
-        Eip3009Token::new(self.asset, &self.provider)
-            .balanceOf(who)
+    /// The token balance of `who`, in atomic units.
+    pub async fn balance_of(&self, who: EvmAddress) -> Result<u64, ChainError> {
+        let balance: U256 = Eip3009Token::new(self.asset, &self.provider)
+            .balanceOf(who.get())
             .call()
             .await
-            .map_err(ChainError::from_rpc)
+            .map_err(ChainError::from_rpc)?;
+        u64::try_from(balance)
+            .map_err(|_| ChainError(format!("the balance of {who} ({balance}) is too large")))
+    }
+
+    /// Whether `from`'s authorization with `nonce` (`0x` and 64 hex digits, as payments carry it)
+    /// was used or cancelled on chain.
+    pub async fn authorization_used(&self, from: EvmAddress, nonce: &str) -> Result<bool, ChainError> {
+        self.authorization_state(from.get(), parse_nonce(nonce)?).await
+    }
+
+    /// The transaction (its hash) that used `from`'s authorization with `nonce` (`0x` and 64 hex
+    /// digits), if it is on chain.
+    pub async fn settlement_of(&self, from: EvmAddress, nonce: &str) -> Result<Option<String>, ChainError> {
+        let found = self.find_settlement(from.get(), parse_nonce(nonce)?).await?;
+        Ok(found.map(|tx| tx.to_string()))
     }
 
     /// Whether `from`'s authorization with `nonce` was used or cancelled on chain.
-    pub async fn authorization_used(&self, from: Address, nonce: B256) -> Result<bool, ChainError> {
+    pub(crate) async fn authorization_state(&self, from: Address, nonce: B256) -> Result<bool, ChainError> {
         Eip3009Token::new(self.asset, &self.provider)
             .authorizationState(from, nonce)
             .call()
@@ -119,14 +135,22 @@ impl Chain {
     }
 
     /// The transaction that used `from`'s authorization with `nonce`, if it is on chain.
-    pub async fn find_settlement(&self, from: Address, nonce: B256) -> Result<Option<B256>, ChainError> {
+    pub(crate) async fn find_settlement(
+        &self,
+        from: Address,
+        nonce: B256,
+    ) -> Result<Option<B256>, ChainError> {
         self.find_log(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH, from, nonce).await
     }
 
     /// The transaction in which `from` cancelled its authorization with `nonce`, if there is one
     /// (`authorizationState` is true for a cancelled authorization as for a used one, though no
     /// money moved).
-    pub async fn find_cancellation(&self, from: Address, nonce: B256) -> Result<Option<B256>, ChainError> {
+    pub(crate) async fn find_cancellation(
+        &self,
+        from: Address,
+        nonce: B256,
+    ) -> Result<Option<B256>, ChainError> {
         self.find_log(Eip3009Token::AuthorizationCanceled::SIGNATURE_HASH, from, nonce).await
     }
 
@@ -148,7 +172,7 @@ impl Chain {
     pub async fn recover(&self, payer: &str, nonce: &str) -> Result<Recovery, ChainError> {
         let payer: Address = payer.parse().map_err(|e| ChainError(format!("payer `{payer}`: {e}")))?;
         let nonce: B256 = nonce.parse().map_err(|e| ChainError(format!("nonce `{nonce}`: {e}")))?;
-        if !self.authorization_used(payer, nonce).await? {
+        if !self.authorization_state(payer, nonce).await? {
             return Ok(Recovery::Unused);
         }
         // Used or cancelled: only a transfer charged the payer.
@@ -163,7 +187,11 @@ impl Chain {
 
     /// Runs the transfer with `eth_call` as `sender` would send it: refuses, with the payer's
     /// reason, what would revert on chain.
-    pub async fn simulate(&self, payment: &CheckedPayment, sender: Address) -> Result<(), VerifyError> {
+    pub(crate) async fn simulate(
+        &self,
+        payment: &CheckedPayment,
+        sender: Address,
+    ) -> Result<(), VerifyError> {
         let request = transfer_request(self.asset, payment).from(sender);
         match self.provider.call(request).await {
             Ok(_) => Ok(()),
@@ -184,6 +212,11 @@ impl Chain {
     }
 }
 
+/// A nonce as payments carry it: `0x` and 64 hex digits.
+fn parse_nonce(nonce: &str) -> Result<B256, ChainError> {
+    nonce.parse().map_err(|e| ChainError(format!("nonce `{nonce}`: {e}")))
+}
+
 /// Why a payment could not be verified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
@@ -202,7 +235,7 @@ impl From<ChainError> for VerifyError {
 }
 
 /// The `transferWithAuthorization` transaction for `payment`.
-pub fn transfer_request(asset: Address, payment: &CheckedPayment) -> TransactionRequest {
+pub(crate) fn transfer_request(asset: Address, payment: &CheckedPayment) -> TransactionRequest {
     let Authorization { from, to, value, valid_after, valid_before, nonce } = payment.authorization;
     let signature = payment.signature;
     let call = Eip3009Token::transferWithAuthorizationCall {

@@ -1,11 +1,11 @@
 //! The payer's side: read a 402, pick what to pay, sign an EIP-3009 authorization and build the
 //! payment header. `vendbox fetch` and the tests pay with this.
 
-use alloy::primitives::{Address, B256, U256};
-use alloy::signers::local::PrivateKeySigner;
+use alloy::primitives::{B256, U256};
 use serde_json::Value;
 
 use crate::eip3009::{Authorization, TokenDomain, signature_hex};
+use crate::keys::{EvmAddress, Wallet};
 use crate::network::Network;
 use crate::wire::{
     self, ExactEvmPayload, PaymentPayloadV1, PaymentPayloadV2, PaymentRequiredV1, PaymentRequiredV2,
@@ -43,7 +43,7 @@ impl Challenge {
     }
 
     /// Pays the first `exact` requirement, v2 preferred: returns the header name and value to send.
-    pub fn pay(&self, signer: &PrivateKeySigner, now: u64) -> Result<(&'static str, String), String> {
+    pub fn pay(&self, signer: &Wallet, now: u64) -> Result<(&'static str, String), String> {
         if let Some(challenge) = &self.v2
             && let Some(r) = challenge.accepts.iter().find(|r| r.scheme == "exact")
         {
@@ -60,7 +60,7 @@ impl Challenge {
 }
 
 /// A v1 `X-PAYMENT` header paying `r`.
-pub fn pay_v1(signer: &PrivateKeySigner, r: &RequirementsV1, now: u64) -> Result<String, String> {
+pub fn pay_v1(signer: &Wallet, r: &RequirementsV1, now: u64) -> Result<String, String> {
     let auth = authorize(signer.address(), &r.pay_to, &r.max_amount_required, now, r.max_timeout_seconds)?;
     let payload = sign(signer, &auth, &r.network, &r.asset, r.extra.as_ref())?;
     let body =
@@ -70,7 +70,7 @@ pub fn pay_v1(signer: &PrivateKeySigner, r: &RequirementsV1, now: u64) -> Result
 
 /// A v2 `PAYMENT-SIGNATURE` header paying `r` for `resource`.
 pub fn pay_v2(
-    signer: &PrivateKeySigner,
+    signer: &Wallet,
     r: &RequirementsV2,
     resource: &wire::Resource,
     now: u64,
@@ -90,14 +90,14 @@ pub fn pay_v2(
 /// An authorization from `from` to `pay_to` for `amount`, valid from ten minutes ago for
 /// `timeout` seconds, with a fresh random nonce.
 pub fn authorize(
-    from: Address,
+    from: EvmAddress,
     pay_to: &str,
     amount: &str,
     now: u64,
     timeout: u64,
 ) -> Result<Authorization, String> {
     Ok(Authorization {
-        from,
+        from: from.get(),
         to: pay_to.parse().map_err(|_| format!("payTo {pay_to:?} is not an address"))?,
         value: U256::from_str_radix(amount, 10).map_err(|_| format!("amount {amount:?} is not a number"))?,
         valid_after: U256::from(now.saturating_sub(600)),
@@ -109,7 +109,7 @@ pub fn authorize(
 
 /// Signs `auth` for the token at `asset` on `network`, with the domain named in `extra`.
 pub fn sign(
-    signer: &PrivateKeySigner,
+    signer: &Wallet,
     auth: &Authorization,
     network: &str,
     asset: &str,
@@ -130,12 +130,12 @@ pub fn sign(
         chain_id: network.chain_id,
         verifying_contract: asset.parse().map_err(|_| format!("asset {asset:?} is not an address"))?,
     };
-    let signature = auth.sign(signer, &domain).map_err(|e| e.message)?;
+    let signature = auth.sign(signer.signer(), &domain).map_err(|e| e.message)?;
     Ok(ExactEvmPayload { signature: signature_hex(&signature), authorization: auth.to_wire() })
 }
 
 /// 32 bytes from the operating system's random source.
-pub fn random_nonce() -> B256 {
+pub(crate) fn random_nonce() -> B256 {
     use rand::RngCore as _;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);

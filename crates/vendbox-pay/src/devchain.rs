@@ -6,15 +6,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{Address, Bytes, U256};
+use alloy::primitives::{Bytes, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
-use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::chain::{ChainError, Eip3009Token};
+use crate::keys::{EvmAddress, Wallet};
 
 /// The token's compiled artifact: `{"abi": …, "bytecode": "0x…"}`.
 pub const TOKEN_ARTIFACT: &str = include_str!("../../../contracts/VendboxUSDC.json");
@@ -136,10 +136,10 @@ impl Anvil {
 /// Deploys vendbox's token with EIP-712 `name` and `version`, sent by `deployer`.
 pub async fn deploy_token(
     rpc_url: &str,
-    deployer: &PrivateKeySigner,
+    deployer: &Wallet,
     name: &str,
     version: &str,
-) -> Result<Address, DevChainError> {
+) -> Result<EvmAddress, DevChainError> {
     let artifact: serde_json::Value =
         serde_json::from_str(TOKEN_ARTIFACT).map_err(|e| ChainError(format!("token artifact: {e}")))?;
     let bytecode = artifact["bytecode"]
@@ -157,20 +157,23 @@ pub async fn deploy_token(
         .get_receipt()
         .await
         .map_err(|e| ChainError(e.to_string()))?;
-    receipt.contract_address.ok_or_else(|| ChainError("the deployment created no contract".into()).into())
+    receipt
+        .contract_address
+        .map(EvmAddress::from)
+        .ok_or_else(|| ChainError("the deployment created no contract".into()).into())
 }
 
 /// Mints `amount` atomic units of the token at `asset` to `to` (the test token lets anyone mint).
 pub async fn mint(
     rpc_url: &str,
-    sender: &PrivateKeySigner,
-    asset: Address,
-    to: Address,
-    amount: U256,
+    sender: &Wallet,
+    asset: EvmAddress,
+    to: EvmAddress,
+    amount: u64,
 ) -> Result<(), DevChainError> {
     let provider = signing_provider(rpc_url, sender)?;
-    let receipt = Eip3009Token::new(asset, &provider)
-        .mint(to, amount)
+    let receipt = Eip3009Token::new(asset.get(), &provider)
+        .mint(to.get(), U256::from(amount))
         .send()
         .await
         .map_err(|e| ChainError(e.to_string()))?
@@ -188,17 +191,21 @@ alloy::sol! {
     }
 }
 
-/// Cancels `payer`'s unused authorization with `nonce` on the token of `domain`, as a payer who
-/// changed its mind would; `sender` pays the gas.
+/// Cancels `payer`'s unused authorization with `nonce` (`0x` and 64 hex digits, as payments
+/// carry it) on the token of `domain`, as a payer who changed its mind would; `sender` pays the
+/// gas.
 pub async fn cancel_authorization(
     rpc_url: &str,
-    sender: &PrivateKeySigner,
+    sender: &Wallet,
     domain: &crate::eip3009::TokenDomain,
-    payer: &PrivateKeySigner,
-    nonce: alloy::primitives::B256,
+    payer: &Wallet,
+    nonce: &str,
 ) -> Result<(), DevChainError> {
     use alloy::signers::SignerSync as _;
     use alloy::sol_types::SolStruct as _;
+    let nonce: alloy::primitives::B256 =
+        nonce.parse().map_err(|e| ChainError(format!("nonce `{nonce}`: {e}")))?;
+    let payer = payer.signer();
     let cancel = CancelAuthorization { authorizer: payer.address(), nonce };
     let hash = cancel.eip712_signing_hash(&domain.eip712());
     let signature = payer.sign_hash_sync(&hash).map_err(|e| ChainError(e.to_string()))?;
@@ -216,15 +223,10 @@ pub async fn cancel_authorization(
 }
 
 /// Sends `wei` of the chain's native coin from `sender` to `to` (gas money for a new signer).
-pub async fn fund(
-    rpc_url: &str,
-    sender: &PrivateKeySigner,
-    to: Address,
-    wei: U256,
-) -> Result<(), DevChainError> {
+pub async fn fund(rpc_url: &str, sender: &Wallet, to: EvmAddress, wei: u128) -> Result<(), DevChainError> {
     let provider = signing_provider(rpc_url, sender)?;
     provider
-        .send_transaction(TransactionRequest::default().to(to).value(wei))
+        .send_transaction(TransactionRequest::default().to(to.get()).value(U256::from(wei)))
         .await
         .map_err(|e| ChainError(e.to_string()))?
         .get_receipt()
@@ -233,7 +235,7 @@ pub async fn fund(
     Ok(())
 }
 
-fn signing_provider(rpc_url: &str, signer: &PrivateKeySigner) -> Result<impl Provider, ChainError> {
+fn signing_provider(rpc_url: &str, signer: &Wallet) -> Result<impl Provider, ChainError> {
     let url = rpc_url.parse().map_err(|e| ChainError(format!("RPC URL {rpc_url:?}: {e}")))?;
-    Ok(ProviderBuilder::new().wallet(EthereumWallet::from(signer.clone())).connect_http(url))
+    Ok(ProviderBuilder::new().wallet(EthereumWallet::from(signer.signer().clone())).connect_http(url))
 }

@@ -75,6 +75,16 @@ pub struct Authorization {
 }
 
 impl Authorization {
+    /// Makes it valid only after `secs` (Unix seconds).
+    pub fn set_valid_after(&mut self, secs: u64) {
+        self.valid_after = U256::from(secs);
+    }
+
+    /// Makes it valid only before `secs` (Unix seconds).
+    pub fn set_valid_before(&mut self, secs: u64) {
+        self.valid_before = U256::from(secs);
+    }
+
     /// Reads the wire form, naming the field that is not what it should be.
     pub fn from_wire(wire: &AuthorizationWire) -> Result<Self, Rejection> {
         Ok(Self {

@@ -30,17 +30,17 @@ pub fn unix_now() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acceptance {
     /// The chain.
-    pub network: Network,
+    pub(crate) network: Network,
     /// The token contract.
-    pub asset: Address,
+    pub(crate) asset: Address,
     /// The token's EIP-712 name.
-    pub asset_name: String,
+    pub(crate) asset_name: String,
     /// The token's EIP-712 version.
-    pub asset_version: String,
+    pub(crate) asset_version: String,
     /// The operator's payout address.
-    pub pay_to: Address,
+    pub(crate) pay_to: Address,
     /// How long a client has to get its payment settled.
-    pub max_timeout_seconds: u64,
+    pub(crate) max_timeout_seconds: u64,
 }
 
 impl Acceptance {
@@ -62,6 +62,11 @@ impl Acceptance {
             pay_to: pay_to.get(),
             max_timeout_seconds,
         }
+    }
+
+    /// The chain.
+    pub fn network(&self) -> Network {
+        self.network
     }
 
     /// The token contract.
@@ -375,10 +380,9 @@ fn wrong_network(sent: &str, ours: Network) -> Rejection {
 
 #[cfg(test)]
 mod tests {
-    use alloy::signers::local::PrivateKeySigner;
-
     use super::*;
     use crate::client;
+    use crate::keys::Wallet;
     use vendbox_core::Usdc;
 
     const NOW: u64 = 1_800_000_000;
@@ -402,12 +406,12 @@ mod tests {
         )
     }
 
-    fn v2_paid_by(signer: &PrivateKeySigner, r: &Requirements) -> PaymentPayloadV2 {
+    fn v2_paid_by(signer: &Wallet, r: &Requirements) -> PaymentPayloadV2 {
         let header = client::pay_v2(signer, &r.v2(), &r.resource(), NOW).unwrap();
         wire::decode_header(&header).unwrap()
     }
 
-    fn v1_paid_by(signer: &PrivateKeySigner, r: &Requirements) -> PaymentPayloadV1 {
+    fn v1_paid_by(signer: &Wallet, r: &Requirements) -> PaymentPayloadV1 {
         wire::decode_header(&client::pay_v1(signer, &r.v1(), NOW).unwrap()).unwrap()
     }
 
@@ -417,12 +421,12 @@ mod tests {
 
     #[test]
     fn honest_payments_pass_in_both_versions() {
-        let signer = PrivateKeySigner::random();
+        let signer = Wallet::random();
         let r = requirements();
         let v2 = check(SentPayment::V2(v2_paid_by(&signer, &r)), &r, NOW).unwrap();
-        assert_eq!(v2.payer(), signer.address());
+        assert_eq!(EvmAddress::from(v2.payer()), signer.address());
         let v1 = check(SentPayment::V1(v1_paid_by(&signer, &r)), &r, NOW).unwrap();
-        assert_eq!(v1.payer(), signer.address());
+        assert_eq!(EvmAddress::from(v1.payer()), signer.address());
     }
 
     #[test]
@@ -440,7 +444,7 @@ mod tests {
 
     #[test]
     fn each_wrong_term_has_its_reason() {
-        let signer = PrivateKeySigner::random();
+        let signer = Wallet::random();
         let honest = requirements();
 
         let mut other = honest.clone();
@@ -477,7 +481,7 @@ mod tests {
 
     #[test]
     fn time_window_and_signer_are_checked() {
-        let signer = PrivateKeySigner::random();
+        let signer = Wallet::random();
         let r = requirements();
         let early = check(SentPayment::V2(v2_paid_by(&signer, &r)), &r, NOW - 700).unwrap_err();
         assert_eq!(early.reason, Reason::ValidAfter);
@@ -485,7 +489,7 @@ mod tests {
         assert_eq!(late.reason, Reason::ValidBefore);
 
         let mut p = v2_paid_by(&signer, &r);
-        p.payload.authorization.from = PrivateKeySigner::random().address().to_checksum(None);
+        p.payload.authorization.from = Wallet::random().address().to_string();
         assert_eq!(reason(SentPayment::V2(p)), Reason::Signature, "signed by another key");
         let mut p = v2_paid_by(&signer, &r);
         p.payload.signature = format!("0x{}1b", "00".repeat(64));
@@ -494,7 +498,7 @@ mod tests {
 
     #[test]
     fn headers_pick_their_version() {
-        let signer = PrivateKeySigner::random();
+        let signer = Wallet::random();
         let r = requirements();
         let v2 = client::pay_v2(&signer, &r.v2(), &r.resource(), NOW).unwrap();
         let v1 = client::pay_v1(&signer, &r.v1(), NOW).unwrap();

@@ -8,13 +8,13 @@ use std::time::Duration;
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256};
 use alloy::providers::{Provider, ProviderBuilder};
-use alloy::signers::local::PrivateKeySigner;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::chain::{Chain, ChainError, VerifyError, classify_revert, transfer_request};
 use crate::exact::{CheckedPayment, Requirements, Version};
+use crate::keys::{EvmAddress, Wallet};
 use crate::reason::{Reason, Rejection};
 
 mod receipts;
@@ -94,14 +94,15 @@ fn is_local(rpc_url: &str) -> bool {
 
 impl BuiltinFacilitator {
     /// A facilitator for the token at `asset`, sending through `rpc_url` with `signer`.
-    pub fn new(rpc_url: &str, asset: Address, signer: PrivateKeySigner) -> Result<Self, ChainError> {
+    pub fn new(rpc_url: &str, asset: EvmAddress, wallet: &Wallet) -> Result<Self, ChainError> {
+        let signer = wallet.signer().clone();
         let url = rpc_url.parse().map_err(|e| ChainError(format!("RPC URL {rpc_url:?}: {e}")))?;
         let interval = if is_local(rpc_url) { LOCAL_HEAD_INTERVAL } else { REMOTE_HEAD_INTERVAL };
         let sender = signer.address();
         let provider = ProviderBuilder::new().disable_recommended_fillers().connect_http(url).erased();
         let receipts = Receipts::new(provider.clone(), interval);
         Ok(Self {
-            chain: Chain::with_provider(provider.clone(), asset),
+            chain: Chain::with_provider(provider.clone(), asset.get()),
             sender,
             transactions: Sender::new(provider, EthereumWallet::from(signer), sender, receipts),
             receipt_timeout: Duration::from_mins(1),
@@ -109,8 +110,8 @@ impl BuiltinFacilitator {
     }
 
     /// The address that sends settlements.
-    pub fn sender(&self) -> Address {
-        self.sender
+    pub fn sender(&self) -> EvmAddress {
+        self.sender.into()
     }
 
     /// The chain it settles on.
@@ -126,7 +127,7 @@ impl BuiltinFacilitator {
         let (from, nonce) = (payment.authorization.from, payment.authorization.nonce);
         let unconfirmed =
             |message: String| Some(Err(SettleError::Unconfirmed { transaction: None, message }));
-        match self.chain.authorization_used(from, nonce).await {
+        match self.chain.authorization_state(from, nonce).await {
             Ok(false) => return None,
             Ok(true) => {}
             Err(e) => return unconfirmed(e.0),
@@ -157,13 +158,13 @@ impl Facilitator for BuiltinFacilitator {
 
     async fn verify(&self, payment: &CheckedPayment, requirements: &Requirements) -> Result<(), VerifyError> {
         let auth = &payment.authorization;
-        if self.chain.asset() != requirements.acceptance.asset {
+        if self.chain.asset().get() != requirements.acceptance.asset {
             return Err(VerifyError::Unavailable("the facilitator serves another token".into()));
         }
         // The dry run refuses an empty wallet (and every other revert) with its reason; the
         // authorization state is asked alongside, so that a used nonce is named as such.
         let (used, dry_run) = tokio::join!(
-            self.chain.authorization_used(auth.from, auth.nonce),
+            self.chain.authorization_state(auth.from, auth.nonce),
             self.chain.simulate(payment, self.sender)
         );
         if used? {
@@ -187,7 +188,7 @@ impl Facilitator for BuiltinFacilitator {
         };
         let provider = self.chain.provider();
         // The gas estimate is also the last dry run: a transfer that would revert is not sent.
-        let request = transfer_request(self.chain.asset(), payment).from(self.sender);
+        let request = transfer_request(self.chain.asset().get(), payment).from(self.sender);
         let (gas, fees) = tokio::join!(provider.estimate_gas(request.clone()), self.transactions.fees());
         let gas = gas.map_err(|e| not_sent(&e))?;
         let (max_fee, priority_fee) = fees.map_err(|e| not_sent(&e))?;

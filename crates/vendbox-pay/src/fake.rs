@@ -191,3 +191,32 @@ impl crate::facilitator::Facilitator for NoFacilitator {
         Err(crate::facilitator::SettleError::NotSent("no facilitator is configured".into()))
     }
 }
+
+/// A facilitator that verifies and settles every payment without a chain: each settlement is
+/// "sent" in a transaction whose hash is 32 bytes of `0x11`. For tests of what happens around a
+/// payment that goes through (limits, receipts), needing no chain.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AcceptingFacilitator;
+
+#[async_trait]
+impl crate::facilitator::Facilitator for AcceptingFacilitator {
+    fn kind(&self) -> &'static str {
+        "accepting"
+    }
+
+    async fn verify(
+        &self,
+        _payment: &crate::exact::CheckedPayment,
+        _requirements: &crate::exact::Requirements,
+    ) -> Result<(), crate::chain::VerifyError> {
+        Ok(())
+    }
+
+    async fn settle(
+        &self,
+        _payment: &crate::exact::CheckedPayment,
+        _requirements: &crate::exact::Requirements,
+    ) -> Result<alloy::primitives::B256, crate::facilitator::SettleError> {
+        Ok(alloy::primitives::B256::repeat_byte(0x11))
+    }
+}

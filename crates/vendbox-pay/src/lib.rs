@@ -25,6 +25,3 @@ pub use method::{
 };
 pub use network::Network;
 pub use reason::{Reason, Rejection};
-
-/// The Ethereum library vendbox-pay is built on, for callers that need its types.
-pub use alloy;

@@ -61,8 +61,8 @@ impl X402Exact {
     /// Payments settled by vendbox itself on the chain at `rpc_url`, sent by `wallet` (which
     /// pays their gas), and recovered from that chain after a crash.
     pub fn builtin(acceptance: Acceptance, rpc_url: &str, wallet: &Wallet) -> Result<X402Exact, ChainError> {
-        let facilitator = BuiltinFacilitator::new(rpc_url, acceptance.asset, wallet.signer().clone())?;
-        let chain = Chain::connect(rpc_url, acceptance.asset)?;
+        let facilitator = BuiltinFacilitator::new(rpc_url, acceptance.asset(), wallet)?;
+        let chain = Chain::connect(rpc_url, acceptance.asset())?;
         Ok(X402Exact::new(acceptance, Arc::new(facilitator)).recovering_from(chain))
     }
 
@@ -75,7 +75,7 @@ impl X402Exact {
         rpc_url: &str,
     ) -> Result<X402Exact, ChainError> {
         let facilitator = RemoteFacilitator::new(url, auth)?;
-        let chain = Chain::connect(rpc_url, acceptance.asset)?;
+        let chain = Chain::connect(rpc_url, acceptance.asset())?;
         Ok(X402Exact::new(acceptance, Arc::new(facilitator)).recovering_from(chain))
     }
 

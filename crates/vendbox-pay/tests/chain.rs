@@ -4,21 +4,20 @@
 
 use std::str::FromStr;
 
-use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
 use vendbox_core::Usdc;
 use vendbox_pay::chain::{Chain, VerifyError};
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
 use vendbox_pay::exact::{self, Acceptance, Charge, Requirements, SentPayment};
 use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator};
-use vendbox_pay::{Network, Reason, client, wire};
+use vendbox_pay::{EvmAddress, Network, Reason, Wallet, client, wire};
 
 struct World {
     anvil: Anvil,
     chain: Chain,
     facilitator: BuiltinFacilitator,
     requirements: Requirements,
-    payer: PrivateKeySigner,
+    payer: Wallet,
 }
 
 async fn world() -> Option<World> {
@@ -27,24 +26,15 @@ async fn world() -> Option<World> {
         return None;
     };
     let anvil = Anvil::start(&binary, 31337).await.unwrap();
-    let deployer = PrivateKeySigner::from_str(ANVIL_KEY_0).unwrap();
+    let deployer = Wallet::from_str(ANVIL_KEY_0).unwrap();
     let asset = devchain::deploy_token(&anvil.rpc_url, &deployer, "USDC", "2").await.unwrap();
-    let payer = PrivateKeySigner::random();
-    devchain::mint(&anvil.rpc_url, &deployer, asset, payer.address(), U256::from(1_000_000u64))
-        .await
-        .unwrap();
+    let payer = Wallet::random();
+    devchain::mint(&anvil.rpc_url, &deployer, asset, payer.address(), 1_000_000).await.unwrap();
     let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
-    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
-    let facilitator = BuiltinFacilitator::new(&anvil.rpc_url, asset, settler).unwrap();
+    let settler = Wallet::from_str(ANVIL_KEY_1).unwrap();
+    let facilitator = BuiltinFacilitator::new(&anvil.rpc_url, asset, &settler).unwrap();
     let requirements = Requirements::new(
-        Acceptance {
-            network: Network::new(31337),
-            asset,
-            asset_name: "USDC".into(),
-            asset_version: "2".into(),
-            pay_to: Address::repeat_byte(0x42),
-            max_timeout_seconds: 120,
-        },
+        Acceptance::new(Network::new(31337), asset, "USDC", "2", EvmAddress::repeat_byte(0x42), 120),
         Charge {
             amount: Usdc(10_000),
             resource: "http://127.0.0.1/catalog".into(),
@@ -59,7 +49,7 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn pay(w: &World, signer: &PrivateKeySigner) -> exact::CheckedPayment {
+fn pay(w: &World, signer: &Wallet) -> exact::CheckedPayment {
     let header = client::pay_v2(signer, &w.requirements.v2(), &w.requirements.resource(), now()).unwrap();
     let sent = SentPayment::V2(wire::decode_header(&header).unwrap());
     exact::check(sent, &w.requirements, now()).unwrap()
@@ -75,29 +65,35 @@ fn rejected(result: Result<(), VerifyError>) -> Reason {
 #[tokio::test]
 async fn a_verified_payment_settles_once_and_moves_exactly_the_price() {
     let Some(w) = world().await else { return };
-    let payee = w.requirements.acceptance.pay_to;
+    let payee = w.requirements.acceptance.pay_to();
     let payment = pay(&w, &w.payer);
     w.facilitator.verify(&payment, &w.requirements).await.unwrap();
     let tx = w.facilitator.settle(&payment, &w.requirements).await.unwrap();
-    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), U256::from(990_000u64));
-    assert_eq!(w.chain.balance_of(payee).await.unwrap(), U256::from(10_000u64));
+    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), 990_000);
+    assert_eq!(w.chain.balance_of(payee).await.unwrap(), 10_000);
     let auth = payment.authorization;
-    assert!(w.chain.authorization_used(auth.from, auth.nonce).await.unwrap());
-    assert_eq!(w.chain.find_settlement(auth.from, auth.nonce).await.unwrap(), Some(tx));
+    assert!(w.chain.authorization_used(auth.from.into(), &auth.nonce.to_string()).await.unwrap());
+    assert_eq!(
+        w.chain.settlement_of(auth.from.into(), &auth.nonce.to_string()).await.unwrap(),
+        Some(tx.to_string())
+    );
 
     // The same authorization again: refused before and at settlement, nothing moves.
     assert_eq!(rejected(w.facilitator.verify(&payment, &w.requirements).await), Reason::NonceUsed);
     assert!(w.facilitator.settle(&payment, &w.requirements).await.is_err());
-    assert_eq!(w.chain.balance_of(payee).await.unwrap(), U256::from(10_000u64));
+    assert_eq!(w.chain.balance_of(payee).await.unwrap(), 10_000);
 }
 
 #[tokio::test]
 async fn an_empty_wallet_is_refused_before_any_work() {
     let Some(w) = world().await else { return };
-    let empty = PrivateKeySigner::random();
+    let empty = Wallet::random();
     let payment = pay(&w, &empty);
     assert_eq!(rejected(w.facilitator.verify(&payment, &w.requirements).await), Reason::InsufficientFunds);
-    assert_eq!(w.chain.find_settlement(empty.address(), payment.authorization.nonce).await.unwrap(), None);
+    assert_eq!(
+        w.chain.settlement_of(empty.address(), &payment.authorization.nonce.to_string()).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -109,7 +105,7 @@ async fn concurrent_settlements_share_no_nonce() {
             .await;
     let hashes: std::collections::HashSet<_> = results.into_iter().map(Result::unwrap).collect();
     assert_eq!(hashes.len(), 12);
-    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(120_000u64));
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 120_000);
 }
 
 /// A JSON-RPC call to the test chain (anvil's own methods included); its result.
@@ -155,7 +151,7 @@ async fn settlements_are_sent_without_waiting_for_earlier_receipts() {
     let (results, ()) = tokio::join!(settling, mine);
     let hashes: std::collections::HashSet<_> = results.into_iter().map(Result::unwrap).collect();
     assert_eq!(hashes.len(), 20);
-    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(200_000u64));
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 200_000);
 }
 
 #[tokio::test]
@@ -163,8 +159,8 @@ async fn a_nonce_another_sender_of_the_same_key_took_is_read_again() {
     let Some(w) = world().await else { return };
     // A second facilitator with the same key, as a second host would be: each keeps its own
     // nonce, so each in turn finds its next one taken.
-    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
-    let other = BuiltinFacilitator::new(&w.anvil.rpc_url, w.chain.asset(), settler).unwrap();
+    let settler = Wallet::from_str(ANVIL_KEY_1).unwrap();
+    let other = BuiltinFacilitator::new(&w.anvil.rpc_url, w.chain.asset(), &settler).unwrap();
     for round in 0..4 {
         let facilitator = if round % 2 == 0 { &w.facilitator } else { &other };
         let payments: Vec<_> = (0..3).map(|_| pay(&w, &w.payer)).collect();
@@ -175,7 +171,7 @@ async fn a_nonce_another_sender_of_the_same_key_took_is_read_again() {
             result.unwrap();
         }
     }
-    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(120_000u64));
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 120_000);
 }
 
 #[tokio::test]
@@ -192,8 +188,11 @@ async fn a_settlement_dropped_from_the_pool_is_sent_again() {
     let (result, ()) = tokio::join!(w.facilitator.settle(&payment, &w.requirements), chaos);
     let tx = result.unwrap();
     let auth = payment.authorization;
-    assert_eq!(w.chain.find_settlement(auth.from, auth.nonce).await.unwrap(), Some(tx));
-    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(10_000u64));
+    assert_eq!(
+        w.chain.settlement_of(auth.from.into(), &auth.nonce.to_string()).await.unwrap(),
+        Some(tx.to_string())
+    );
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 10_000);
 }
 
 #[tokio::test]
@@ -228,9 +227,12 @@ async fn a_settlement_whose_nonce_another_transaction_took_is_sent_anew_and_sett
     let (result, ()) = tokio::join!(w.facilitator.settle(&payment, &w.requirements), replace);
     let tx = result.unwrap();
     let auth = payment.authorization;
-    assert_eq!(w.chain.find_settlement(auth.from, auth.nonce).await.unwrap(), Some(tx));
-    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), U256::from(990_000u64), "charged once");
-    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to).await.unwrap(), U256::from(10_000u64));
+    assert_eq!(
+        w.chain.settlement_of(auth.from.into(), &auth.nonce.to_string()).await.unwrap(),
+        Some(tx.to_string())
+    );
+    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), 990_000, "charged once");
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 10_000);
 }
 
 /// Called when a test's requirement is missing: the test fails, naming it, unless

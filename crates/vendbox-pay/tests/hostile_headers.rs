@@ -8,18 +8,17 @@
 
 use std::sync::OnceLock;
 
+use alloy::primitives::Address;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Map, Value, json};
 use vendbox_core::Usdc;
-use vendbox_pay::alloy::primitives::Address;
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::eip3009::Authorization;
 use vendbox_pay::exact::{self, Acceptance, Charge, Requirements, SentPayment, Version};
 use vendbox_pay::wire::{self, MAX_HEADER_BYTES, PaymentPayloadV1, PaymentPayloadV2};
-use vendbox_pay::{Network, Reason, Rejection, client};
+use vendbox_pay::{EvmAddress, Network, Reason, Rejection, Wallet, client};
 
 /// The clock every check here runs at (as in `exact.rs`'s own tests).
 const NOW: u64 = 1_800_000_000;
@@ -32,14 +31,14 @@ fn config(cases: u32) -> ProptestConfig {
 
 fn requirements() -> Requirements {
     Requirements::new(
-        Acceptance {
-            network: Network::new(84532),
-            asset: Address::repeat_byte(0xaa),
-            asset_name: "USDC".into(),
-            asset_version: "2".into(),
-            pay_to: Address::repeat_byte(0xbb),
-            max_timeout_seconds: 300,
-        },
+        Acceptance::new(
+            Network::new(84532),
+            EvmAddress::repeat_byte(0xaa),
+            "USDC",
+            "2",
+            EvmAddress::repeat_byte(0xbb),
+            300,
+        ),
         Charge {
             amount: Usdc(10_000),
             resource: "http://127.0.0.1:8402/catalog".into(),
@@ -64,7 +63,7 @@ struct Honest {
 fn honest() -> &'static Honest {
     static HONEST: OnceLock<Honest> = OnceLock::new();
     HONEST.get_or_init(|| {
-        let signer = PrivateKeySigner::random();
+        let signer = Wallet::random();
         let r = requirements();
         let v1 = client::pay_v1(&signer, &r.v1(), NOW).unwrap();
         let v2 = client::pay_v2(&signer, &r.v2(), &r.resource(), NOW).unwrap();
@@ -74,7 +73,7 @@ fn honest() -> &'static Honest {
         exact::check(SentPayment::V1(p1.clone()), &r, NOW).unwrap();
         exact::check(SentPayment::V2(p2.clone()), &r, NOW).unwrap();
         Honest {
-            signer: signer.address(),
+            signer: signer.address().to_string().parse().unwrap(),
             v1_json: serde_json::to_value(&p1).unwrap(),
             v2_json: serde_json::to_value(&p2).unwrap(),
             authorization_v1: Authorization::from_wire(&p1.payload.authorization).unwrap(),
@@ -595,7 +594,7 @@ proptest! {
     ) {
         let Ok(challenge) = client::Challenge::read(header.as_deref(), &body) else { return Ok(()) };
         let _ = challenge.price();
-        let signer = PrivateKeySigner::random();
+        let signer = Wallet::random();
         if let Ok((name, value)) = challenge.pay(&signer, NOW) {
             prop_assert!(name == wire::PAYMENT_SIGNATURE || name == wire::X_PAYMENT);
             parse_everywhere(&value);
@@ -635,7 +634,7 @@ fn deeply_nested_json_is_refused() {
 fn regression_a_402_with_a_huge_timeout_does_not_panic_the_payer() {
     let body = br#"{"accepts":[{"asset":"0xaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","description":"","extra":{"name":"USDC","version":"2"},"maxAmountRequired":"10000","maxTimeoutSeconds":18446744073709551556,"mimeType":"application/json","network":"eip155:84532","payTo":"0xbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","resource":"http://x/y","scheme":"exact"}],"error":"pay","x402Version":1}"#;
     let challenge = client::Challenge::read(Some(""), body).unwrap();
-    let signer = PrivateKeySigner::random();
+    let signer = Wallet::random();
     if let Ok((_, header)) = challenge.pay(&signer, NOW) {
         parse_everywhere(&header);
     }

@@ -12,9 +12,7 @@ use vendbox_store::Store;
 
 use std::str::FromStr;
 
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
-use vendbox_pay::chain::Chain;
-use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator};
+use vendbox_pay::Wallet;
 use vendbox_pay::x402::X402Exact;
 use vendbox_service::{Faults, Payments};
 
@@ -255,29 +253,22 @@ fn payments(
         return Ok((Arc::new(Payments::unconfigured(store, public_url)), None));
     };
     let chain_error = |e: vendbox_pay::chain::ChainError| e.to_string();
-    let facilitator: Arc<dyn Facilitator> = match p.facilitator {
+    let (network, asset, pay_to) = (acceptance.network(), acceptance.asset(), acceptance.pay_to());
+    let x402 = match p.facilitator {
         FacilitatorKind::Builtin => {
             let signer = secrets.signer.ok_or(
                 "payments.facilitator = \"builtin\" needs the settlement key in VENDBOX_SIGNER_KEY or VENDBOX_SIGNER_KEY_FILE",
             )?;
             tracing::info!(sender = %signer.address(), rpc = %p.rpc_url, "built-in facilitator settles on chain");
-            Arc::new(BuiltinFacilitator::new(&p.rpc_url, acceptance.asset, signer).map_err(chain_error)?)
+            X402Exact::builtin(acceptance, &p.rpc_url, &signer).map_err(chain_error)?
         }
         FacilitatorKind::Remote => {
             tracing::info!(url = %p.facilitator_url, "remote facilitator settles");
-            Arc::new(
-                RemoteFacilitator::new(&p.facilitator_url, secrets.facilitator_auth).map_err(chain_error)?,
-            )
+            X402Exact::remote(acceptance, &p.facilitator_url, secrets.facilitator_auth, &p.rpc_url)
+                .map_err(chain_error)?
         }
     };
-    let chain = Chain::connect(&p.rpc_url, acceptance.asset).map_err(chain_error)?;
-    tracing::info!(
-        network = %acceptance.network,
-        asset = %acceptance.asset,
-        pay_to = %acceptance.pay_to,
-        "taking x402 payments"
-    );
-    let x402 = X402Exact::new(acceptance, facilitator).recovering_from(chain);
+    tracing::info!(network = %network, asset = %asset, pay_to = %pay_to, "taking x402 payments");
     let payments =
         Arc::new(Payments::new(vec![Arc::new(x402)], store, public_url).with_faults(Faults::from_env()));
     let worker = SettlementWorker { payments: payments.clone(), grace: p.settle_grace() };
@@ -288,7 +279,7 @@ fn payments(
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     /// The built-in facilitator's settlement key.
-    pub signer: Option<PrivateKeySigner>,
+    pub signer: Option<Wallet>,
     /// `(name, value)` of the header sent to a remote facilitator.
     pub facilitator_auth: Option<(String, String)>,
 }
@@ -305,7 +296,7 @@ impl Secrets {
             _ => None,
         };
         let signer = key
-            .map(|k| PrivateKeySigner::from_str(k.trim()))
+            .map(|k| Wallet::from_str(k.trim()))
             .transpose()
             .map_err(|_| "VENDBOX_SIGNER_KEY is not a 32-byte hex private key".to_owned())?;
         let facilitator_auth = std::env::var("VENDBOX_FACILITATOR_AUTH").ok().and_then(|h| {

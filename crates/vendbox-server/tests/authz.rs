@@ -27,8 +27,8 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use vendbox_box::fake::FakeBackend;
 use vendbox_core::{Capability, Lease, LeaseId, LeaseState, LockKey, SecretToken};
+use vendbox_pay::EvmAddress;
 use vendbox_pay::Network;
-use vendbox_pay::alloy::primitives::Address;
 use vendbox_pay::exact::Acceptance;
 use vendbox_pay::fake::NoFacilitator;
 use vendbox_pay::x402::X402Exact;
@@ -311,14 +311,14 @@ async fn harness() -> Harness {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open_file(&dir.path().join("vendbox.db")).await.unwrap());
     let config = Config::load(None, []).unwrap();
-    let acceptance = Acceptance {
-        network: Network::new(84532),
-        asset: Address::repeat_byte(0xaa),
-        asset_name: "USDC".into(),
-        asset_version: "2".into(),
-        pay_to: Address::repeat_byte(0xbb),
-        max_timeout_seconds: 60,
-    };
+    let acceptance = Acceptance::new(
+        Network::new(84532),
+        EvmAddress::repeat_byte(0xaa),
+        "USDC",
+        "2",
+        EvmAddress::repeat_byte(0xbb),
+        60,
+    );
     let payments = Payments::new(
         vec![Arc::new(X402Exact::new(acceptance, Arc::new(NoFacilitator)))],
         store.clone(),

@@ -31,7 +31,7 @@ use serde_json::{Map, Value, json};
 use tower::ServiceExt;
 use vendbox_box::fake::FakeBackend;
 use vendbox_core::{Capability, Lease, LeaseId, LeaseState, LockKey, SecretToken};
-use vendbox_pay::alloy::primitives::Address;
+use vendbox_pay::EvmAddress;
 use vendbox_pay::exact::Acceptance;
 use vendbox_pay::fake::NoFacilitator;
 use vendbox_pay::x402::X402Exact;
@@ -171,14 +171,14 @@ fn harness(setup: Setup) -> Harness {
             (Payments::unconfigured(store.clone(), public_url), Err("no boxes in these tests".into()))
         }
         Setup::Selling => {
-            let acceptance = Acceptance {
-                network: Network::new(84532),
-                asset: Address::repeat_byte(0xaa),
-                asset_name: "USDC".into(),
-                asset_version: "2".into(),
-                pay_to: Address::repeat_byte(0xbb),
-                max_timeout_seconds: 60,
-            };
+            let acceptance = Acceptance::new(
+                Network::new(84532),
+                EvmAddress::repeat_byte(0xaa),
+                "USDC",
+                "2",
+                EvmAddress::repeat_byte(0xbb),
+                60,
+            );
             let x402 = X402Exact::new(acceptance, Arc::new(NoFacilitator));
             let gate = Payments::new(vec![Arc::new(x402)], store.clone(), public_url);
             let backend =

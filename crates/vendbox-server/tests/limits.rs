@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
@@ -26,13 +25,10 @@ use tower::ServiceExt;
 use vendbox_box::Backend as _;
 use vendbox_box::fake::FakeBackend;
 use vendbox_core::{LeaseId, LeaseState};
-use vendbox_pay::alloy::primitives::{B256, U256};
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
-use vendbox_pay::chain::VerifyError;
+use vendbox_pay::Wallet;
 use vendbox_pay::client;
-use vendbox_pay::eip3009::Authorization;
-use vendbox_pay::exact::{CheckedPayment, Requirements, SETTLE_MARGIN_SECS};
-use vendbox_pay::facilitator::{Facilitator, SettleError};
+use vendbox_pay::exact::SETTLE_MARGIN_SECS;
+use vendbox_pay::fake::AcceptingFacilitator;
 use vendbox_pay::wire::{self, MAX_HEADER_BYTES, PaymentPayloadV2, PaymentRequiredV2};
 use vendbox_pay::x402::X402Exact;
 use vendbox_server::boxes::Boxes;
@@ -83,33 +79,6 @@ const ACQUIRE: &str = "/x402/locks/acquire";
 /// A valid OpenSSH public key line.
 const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
 
-/// A facilitator that verifies and settles every payment without a chain.
-#[derive(Debug)]
-struct Accepting;
-
-#[async_trait]
-impl Facilitator for Accepting {
-    fn kind(&self) -> &'static str {
-        "accepting"
-    }
-
-    async fn verify(
-        &self,
-        _payment: &CheckedPayment,
-        _requirements: &Requirements,
-    ) -> Result<(), VerifyError> {
-        Ok(())
-    }
-
-    async fn settle(
-        &self,
-        _payment: &CheckedPayment,
-        _requirements: &Requirements,
-    ) -> Result<B256, SettleError> {
-        Ok(B256::repeat_byte(0x11))
-    }
-}
-
 /// A vendbox configured from `FREE` and `toml`, as `vendbox serve` configures itself.
 struct Shop {
     router: Router,
@@ -146,7 +115,7 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
             let mut payments = config.payments.clone();
             payments.pay_to = Some("0x2222222222222222222222222222222222222222".into());
             let acceptance = payments.acceptance().unwrap().expect("a payee is set");
-            let x402 = X402Exact::new(acceptance, Arc::new(Accepting));
+            let x402 = X402Exact::new(acceptance, Arc::new(AcceptingFacilitator));
             vendbox_service::Payments::new(vec![Arc::new(x402)], store.clone(), public_url)
         }
     };
@@ -379,26 +348,17 @@ fn unix_now() -> u64 {
 
 /// A real payment for acquiring `key` (x402 v2) with an authorization valid after `valid_after`
 /// and before `valid_before` (Unix seconds): the header's JSON, before base64.
-async fn payment(
-    shop: &Shop,
-    signer: &PrivateKeySigner,
-    key: &str,
-    valid_after: u64,
-    valid_before: u64,
-) -> Vec<u8> {
+async fn payment(shop: &Shop, signer: &Wallet, key: &str, valid_after: u64, valid_before: u64) -> Vec<u8> {
     let asked = shop.send(acquire_paid(key, None)).await;
     assert_eq!(asked.status, StatusCode::PAYMENT_REQUIRED, "{}", asked.body);
     let required = asked.headers.get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap();
     let challenge: PaymentRequiredV2 = wire::decode_header(required).unwrap();
     let r = challenge.accepts.iter().find(|r| r.scheme == "exact").unwrap();
-    let authorization = Authorization {
-        from: signer.address(),
-        to: r.pay_to.parse().unwrap(),
-        value: U256::from_str_radix(&r.amount, 10).unwrap(),
-        valid_after: U256::from(valid_after),
-        valid_before: U256::from(valid_before),
-        nonce: client::random_nonce(),
-    };
+    let mut authorization =
+        client::authorize(signer.address(), &r.pay_to, &r.amount, valid_after, r.max_timeout_seconds)
+            .unwrap();
+    authorization.set_valid_after(valid_after);
+    authorization.set_valid_before(valid_before);
     let payload = client::sign(signer, &authorization, &r.network, &r.asset, r.extra.as_ref()).unwrap();
     let body = PaymentPayloadV2 {
         x402_version: 2,
@@ -412,7 +372,7 @@ async fn payment(
 
 /// A real payment for acquiring `key`, its JSON padded with spaces so that its base64 is exactly
 /// the limit long.
-async fn padded(shop: &Shop, signer: &PrivateKeySigner, key: &str) -> String {
+async fn padded(shop: &Shop, signer: &Wallet, key: &str) -> String {
     let now = unix_now();
     let mut json = payment(shop, signer, key, now - 600, now + 300).await;
     json.resize(MAX_HEADER_BYTES / 4 * 3, b' ');
@@ -424,7 +384,7 @@ async fn padded(shop: &Shop, signer: &PrivateKeySigner, key: &str) -> String {
 #[tokio::test]
 async fn a_payment_header_at_the_size_limit_pays_and_one_byte_more_is_payment_header_too_large() {
     let shop = shop_with(PAID_LOCKS, Payments::Accepted).await;
-    let signer = PrivateKeySigner::random();
+    let signer = Wallet::random();
     let at_limit = padded(&shop, &signer, "paid:at-the-limit").await;
     let paid = shop.send(acquire_paid("paid:at-the-limit", Some((wire::PAYMENT_SIGNATURE, &at_limit)))).await;
     assert_eq!(paid.served(StatusCode::OK, "a header of 8192 bytes")["acquired"], true);
@@ -443,7 +403,7 @@ async fn a_payment_header_at_the_size_limit_pays_and_one_byte_more_is_payment_he
 #[tokio::test]
 async fn an_authorization_valid_from_now_and_past_the_settle_margin_pays_and_one_outside_is_refused() {
     let shop = shop_with(PAID_LOCKS, Payments::Accepted).await;
-    let signer = PrivateKeySigner::random();
+    let signer = Wallet::random();
     let margin = SETTLE_MARGIN_SECS;
     let pay = |key: &'static str, valid_after: u64, valid_before: u64| {
         let (shop, signer) = (&shop, &signer);

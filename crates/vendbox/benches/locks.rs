@@ -34,12 +34,11 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use vendbox_core::Usdc;
-use vendbox_pay::alloy::primitives::{Address, U256};
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::client::Challenge;
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
 use vendbox_pay::exact::unix_now as now;
 use vendbox_pay::wire;
+use vendbox_pay::{EvmAddress, Wallet};
 use vendbox_server::config::FacilitatorKind;
 use vendbox_server::{Config, Secrets, Server};
 use vendbox_store::testkit::PostgresSchema;
@@ -154,10 +153,8 @@ fn serve(config: Config) -> String {
             let store = vendbox_store::open(config.store.database_url.as_deref(), &config.store.data_dir)
                 .await
                 .unwrap();
-            let secrets = Secrets {
-                signer: Some(PrivateKeySigner::from_str(ANVIL_KEY_0).unwrap()),
-                facilitator_auth: None,
-            };
+            let secrets =
+                Secrets { signer: Some(Wallet::from_str(ANVIL_KEY_0).unwrap()), facilitator_auth: None };
             let server = Server::bind(&config, store, secrets).await.unwrap();
             tx.send(format!("http://{}", server.local_addr().unwrap())).unwrap();
             server.run(std::future::pending()).await.unwrap();
@@ -169,21 +166,19 @@ fn serve(config: Config) -> String {
 /// A chain with the token and one funded payer per client.
 struct Chain {
     anvil: Anvil,
-    asset: Address,
-    payers: Vec<PrivateKeySigner>,
+    asset: EvmAddress,
+    payers: Vec<Wallet>,
 }
 
 async fn chain() -> Option<Chain> {
     let binary = devchain::find_anvil(&[])?;
     let anvil = Anvil::start(&binary, 31337).await.unwrap();
-    let minter = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+    let minter = Wallet::from_str(ANVIL_KEY_1).unwrap();
     let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
     let mut payers = Vec::new();
     for _ in 0..CLIENTS {
-        let payer = PrivateKeySigner::random();
-        devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), U256::from(100_000_000u64))
-            .await
-            .unwrap();
+        let payer = Wallet::random();
+        devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), 100_000_000).await.unwrap();
         payers.push(payer);
     }
     Some(Chain { anvil, asset, payers })
@@ -199,7 +194,7 @@ fn config(data_dir: &std::path::Path, database_url: Option<String>, chain: Optio
         let p = &mut config.payments;
         p.network = "eip155:31337".into();
         p.asset = chain.asset.to_string();
-        p.pay_to = Some(PrivateKeySigner::random().address().to_string());
+        p.pay_to = Some(Wallet::random().address().to_string());
         p.rpc_url.clone_from(&chain.anvil.rpc_url);
         p.facilitator = FacilitatorKind::Builtin;
     } else {

@@ -31,12 +31,10 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use vendbox_core::Usdc;
-use vendbox_pay::alloy::primitives::{Address, U256};
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::client::{self, Challenge};
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
 use vendbox_pay::exact::{self, Acceptance, Charge, Requirements, SentPayment, unix_now as now};
-use vendbox_pay::{Network, wire};
+use vendbox_pay::{EvmAddress, Network, Wallet, wire};
 use vendbox_server::config::FacilitatorKind;
 use vendbox_server::{Config, Secrets, Server};
 
@@ -54,14 +52,14 @@ const LABEL_WIDTH: usize = 48;
 
 fn requirements() -> Requirements {
     Requirements::new(
-        Acceptance {
-            network: Network::new(84532),
-            asset: Address::repeat_byte(0xaa),
-            asset_name: "USDC".into(),
-            asset_version: "2".into(),
-            pay_to: Address::repeat_byte(0xbb),
-            max_timeout_seconds: 300,
-        },
+        Acceptance::new(
+            Network::new(84532),
+            EvmAddress::repeat_byte(0xaa),
+            "USDC",
+            "2",
+            EvmAddress::repeat_byte(0xbb),
+            300,
+        ),
         Charge {
             amount: Usdc(10_000),
             resource: "http://127.0.0.1/catalog".into(),
@@ -73,7 +71,7 @@ fn requirements() -> Requirements {
 
 fn signature_checks() {
     let r = requirements();
-    let signer = PrivateKeySigner::random();
+    let signer = Wallet::random();
     let count = SIGNATURES.warm_up + SIGNATURES.measured;
     let headers: Vec<String> =
         (0..count).map(|_| client::pay_v2(&signer, &r.v2(), &r.resource(), now()).unwrap()).collect();
@@ -94,7 +92,7 @@ fn signature_checks() {
         || {
             let (hash, sig) = bare_inputs.next().unwrap();
             let started = Instant::now();
-            assert_eq!(sig.recover_address_from_prehash(hash).unwrap(), signer.address());
+            assert_eq!(EvmAddress::from(sig.recover_address_from_prehash(hash).unwrap()), signer.address());
             started.elapsed()
         },
         || {
@@ -130,13 +128,16 @@ fn signature_checks() {
         || {
             let (hash, sig) = k256_inputs.next().unwrap();
             let started = Instant::now();
-            assert_eq!(sig.recover_address_from_prehash(hash).unwrap(), signer.address());
+            assert_eq!(EvmAddress::from(sig.recover_address_from_prehash(hash).unwrap()), signer.address());
             started.elapsed()
         },
         || {
             let (hash, sig) = libsecp_inputs.next().unwrap();
             let started = Instant::now();
-            assert_eq!(vendbox_pay::eip3009::recover_address(sig, hash), Some(signer.address()));
+            assert_eq!(
+                vendbox_pay::eip3009::recover_address(sig, hash).map(EvmAddress::from),
+                Some(signer.address())
+            );
             started.elapsed()
         },
     );
@@ -156,8 +157,7 @@ fn signature_checks() {
 
 async fn serve(config: &Config) -> String {
     let store = vendbox_store::open(None, &config.store.data_dir).await.unwrap();
-    let secrets =
-        Secrets { signer: Some(PrivateKeySigner::from_str(ANVIL_KEY_0).unwrap()), facilitator_auth: None };
+    let secrets = Secrets { signer: Some(Wallet::from_str(ANVIL_KEY_0).unwrap()), facilitator_auth: None };
     let server = Server::bind(config, store, secrets).await.unwrap();
     let url = format!("http://{}", server.local_addr().unwrap());
     tokio::spawn(server.run(std::future::pending()));
@@ -185,7 +185,7 @@ struct Shops {
     /// `GET /catalog` of the vendbox that gives it away.
     free: String,
     challenge: Challenge,
-    payer: PrivateKeySigner,
+    payer: Wallet,
     /// Their data directories, removed when dropped.
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
@@ -195,12 +195,10 @@ impl Shops {
         let binary = devchain::find_anvil(&[])
             .expect("cannot measure the payment gate: anvil is not installed (scripts/setup.sh installs it)");
         let anvil = Anvil::start(&binary, 31337).await.unwrap();
-        let minter = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+        let minter = Wallet::from_str(ANVIL_KEY_1).unwrap();
         let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
-        let payer = PrivateKeySigner::random();
-        devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), U256::from(1_000_000_000_000u64))
-            .await
-            .unwrap();
+        let payer = Wallet::random();
+        devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), 1_000_000_000_000).await.unwrap();
 
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut config = Config::load(None, Vec::new()).unwrap();
@@ -209,7 +207,7 @@ impl Shops {
         let p = &mut config.payments;
         p.network = "eip155:31337".into();
         p.asset = asset.to_string();
-        p.pay_to = Some(PrivateKeySigner::random().address().to_string());
+        p.pay_to = Some(Wallet::random().address().to_string());
         p.rpc_url.clone_from(&anvil.rpc_url);
         p.facilitator = FacilitatorKind::Builtin;
         config.store.data_dir = dirs.0.path().to_owned();

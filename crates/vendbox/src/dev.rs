@@ -8,9 +8,8 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use vendbox_box::local::{LocalBackend, LocalConfig};
-use vendbox_pay::alloy::primitives::U256;
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, Anvil};
+use vendbox_pay::{EvmAddress, Wallet};
 use vendbox_server::config::FacilitatorKind;
 use vendbox_server::{Config, Secrets, shutdown_signal};
 
@@ -49,15 +48,15 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         _anvil = anvil;
         url
     };
-    let operator = PrivateKeySigner::from_str(ANVIL_KEY_0).context("the development key")?;
-    let chain = vendbox_pay::chain::Chain::connect(&rpc_url, vendbox_pay::alloy::primitives::Address::ZERO)?;
+    let operator = Wallet::from_str(ANVIL_KEY_0).map_err(|e| anyhow::anyhow!("the development key: {e}"))?;
+    let chain = vendbox_pay::chain::Chain::connect(&rpc_url, EvmAddress::ZERO)?;
     let chain_id =
         chain.wait_ready(std::time::Duration::from_secs(10)).await.context("the chain does not answer")?;
     let asset =
         devchain::deploy_token(&rpc_url, &operator, "USDC", "2").await.context("deploying test USDC")?;
-    let agent = PrivateKeySigner::random();
-    let payee = PrivateKeySigner::random().address();
-    let funds = U256::from(AGENT_FUNDS_USDC * 1_000_000);
+    let agent = Wallet::random();
+    let payee = Wallet::random().address();
+    let funds = AGENT_FUNDS_USDC * 1_000_000;
     devchain::mint(&rpc_url, &operator, asset, agent.address(), funds).await.context("minting test USDC")?;
 
     let file = crate::config_file(args.config.clone());
@@ -79,16 +78,16 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     config.store.database_url = None;
     let p = &mut config.payments;
     p.network = format!("eip155:{chain_id}");
-    p.asset = asset.to_checksum(None);
+    p.asset = asset.to_string();
     "USDC".clone_into(&mut p.asset_name);
     "2".clone_into(&mut p.asset_version);
-    p.pay_to = Some(payee.to_checksum(None));
+    p.pay_to = Some(payee.to_string());
     p.rpc_url.clone_from(&rpc_url);
     p.facilitator = FacilitatorKind::Builtin;
     let secrets = Secrets { signer: Some(operator), facilitator_auth: None };
     let server = crate::start(&config, secrets, "vendbox dev").await?;
     let url = format!("http://{}", server.local_addr()?);
-    let agent_key = agent.to_bytes().to_string();
+    let agent_key = agent.secret_hex();
     let network = vendbox_pay::Network::new(chain_id);
     if args.json {
         let line = serde_json::json!({
@@ -97,9 +96,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             "chain_id": chain_id,
             "network": network.caip2(),
             "network_v1": network.v1_label(),
-            "asset": asset.to_checksum(None),
-            "pay_to": payee.to_checksum(None),
-            "agent_address": agent.address().to_checksum(None),
+            "asset": asset.to_string(),
+            "pay_to": payee.to_string(),
+            "agent_address": agent.address().to_string(),
             "agent_key": agent_key,
         });
         println!("{line}");
@@ -123,9 +122,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
              -d '{{\"command\":\"uname -a\"}}' {url}/x402/sessions/<session_id>/exec\n",
             network.caip2(),
             network.v1_label(),
-            asset.to_checksum(None),
-            payee.to_checksum(None),
-            agent.address().to_checksum(None),
+            asset,
+            payee,
+            agent.address(),
         );
     }
     server.run(shutdown_signal()).await.context("serving")?;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use vendbox_core::Usdc;
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
+use vendbox_pay::Wallet;
 use vendbox_pay::client::Challenge;
 use vendbox_pay::wire::{self, SettlementResponse};
 
@@ -65,7 +65,9 @@ pub(crate) async fn run(args: FetchArgs) -> anyhow::Result<()> {
         bail!("the price {price} is above --max-price {}; nothing was paid", args.max_price);
     }
     let key = args.wallet_key.as_deref().context("set VENDBOX_WALLET_KEY (or --wallet-key) to pay")?;
-    let signer = PrivateKeySigner::from_str(key.trim()).context("VENDBOX_WALLET_KEY is not a private key")?;
+    let signer = Wallet::from_str(key.trim())
+        .map_err(anyhow::Error::msg)
+        .context("VENDBOX_WALLET_KEY is not a private key")?;
     let (name, value) = challenge.pay(&signer, vendbox_pay::exact::unix_now()).map_err(anyhow::Error::msg)?;
     let paid = request(Some((name, &value))).send().await.context("sending the payment")?;
     let receipt = [wire::PAYMENT_RESPONSE, wire::X_PAYMENT_RESPONSE]

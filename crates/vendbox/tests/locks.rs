@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use shop::Shop;
 use support::Vendbox;
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
+use vendbox_pay::Wallet;
 use vendbox_pay::client::Challenge;
 use vendbox_pay::wire;
 use vendbox_store::testkit::PostgresSchema;
@@ -784,7 +784,7 @@ async fn paid_post(
     url: &str,
     body: &Value,
     challenge: &Challenge,
-    payer: &PrivateKeySigner,
+    payer: &Wallet,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
     let (name, value) = challenge.pay(payer, shop::now()).unwrap();
     let response = reqwest::Client::new().post(url).header(name, value).json(body).send().await.unwrap();

@@ -19,13 +19,7 @@ fn ready() -> bool {
 }
 
 /// Pays `method path` with the official client; its JSON line (status, body, receipt).
-fn pay(
-    shop: &Shop,
-    payer: &vendbox_pay::alloy::signers::local::PrivateKeySigner,
-    path: &str,
-    body: &Value,
-    headers: &[&str],
-) -> Value {
+fn pay(shop: &Shop, payer: &vendbox_pay::Wallet, path: &str, body: &Value, headers: &[&str]) -> Value {
     let body = body.to_string();
     let mut args = vec!["--method", "POST", "--json", body.as_str()];
     for h in headers {

@@ -10,19 +10,17 @@ mod support;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, U256};
-use alloy::signers::local::PrivateKeySigner;
 use base64::Engine as _;
 use serde_json::Value;
 use shop::{FUNDS, PRICE, Shop, anvil_binary, clients_installed, now, python_client_installed, repo_root};
 use tokio::io::AsyncBufReadExt as _;
 use vendbox_core::PaymentState;
-use vendbox_pay::alloy;
 use vendbox_pay::chain::Chain;
 use vendbox_pay::client::{self, Challenge};
 use vendbox_pay::devchain::ANVIL_KEY_1;
 use vendbox_pay::facilitator::Facilitator as _;
 use vendbox_pay::wire::{self, PaymentPayloadV1, PaymentPayloadV2, SettlementResponse};
+use vendbox_pay::{EvmAddress, Wallet};
 
 fn receipt(value: &Value) -> SettlementResponse {
     serde_json::from_value(value["payment_response"].clone()).unwrap()
@@ -82,7 +80,7 @@ async fn vendbox_fetch_pays_within_its_limit_and_refuses_above_it() {
     let fetch = |max: &str| {
         std::process::Command::new(support::BIN)
             .args(["fetch", &shop.url("/catalog"), "--max-price", max])
-            .env("VENDBOX_WALLET_KEY", payer.to_bytes().to_string())
+            .env("VENDBOX_WALLET_KEY", payer.secret_hex())
             .output()
             .unwrap()
     };
@@ -152,7 +150,7 @@ async fn the_402_offers_one_charge_in_both_versions() {
     assert_eq!(v2.accepts[0].amount, "10000");
     assert_eq!(v2.accepts[0].network, "eip155:31337");
     assert_eq!(v1.pay_to, v2.accepts[0].pay_to);
-    assert_eq!(v1.asset, shop.asset.to_checksum(None));
+    assert_eq!(v1.asset, shop.asset.to_string());
     assert_eq!(v2.resource.url, shop.url("/catalog"));
     assert_eq!(v1.extra.as_ref().unwrap()["name"], "USDC");
     assert!(v1.max_timeout_seconds > 0 && !v1.description.is_empty());
@@ -162,7 +160,7 @@ async fn the_402_offers_one_charge_in_both_versions() {
 // Each wrong payment is refused with its reason, and moves no money.
 
 /// One row of the rejection table: a payment wrong in one way.
-async fn refused(shop: &Shop, payer: &PrivateKeySigner, header: (&str, String), status: u16, code: &str) {
+async fn refused(shop: &Shop, payer: &Wallet, header: (&str, String), status: u16, code: &str) {
     let to_before = shop.balance(shop.pay_to).await;
     let from_before = shop.balance(payer.address()).await;
     let (got, headers, body) = shop.get_catalog((header.0, &header.1)).await;
@@ -183,7 +181,7 @@ async fn refused(shop: &Shop, payer: &PrivateKeySigner, header: (&str, String), 
 /// A v2 payload for the catalog, signed by `signer`, after `tamper` changed the terms it signs.
 fn v2_payment(
     challenge: &Challenge,
-    signer: &PrivateKeySigner,
+    signer: &Wallet,
     tamper: impl FnOnce(&mut wire::RequirementsV2),
 ) -> PaymentPayloadV2 {
     let offered = challenge.v2.as_ref().unwrap();
@@ -204,11 +202,11 @@ fn v2_header(payload: &PaymentPayloadV2) -> (&'static str, String) {
 async fn rejection(
     status: u16,
     code: &str,
-    wrong: impl FnOnce(&Challenge, &PrivateKeySigner, &PrivateKeySigner) -> (&'static str, String),
+    wrong: impl FnOnce(&Challenge, &Wallet, &Wallet) -> (&'static str, String),
 ) {
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
-    let header = wrong(&shop.challenge().await, &payer, &PrivateKeySigner::random());
+    let header = wrong(&shop.challenge().await, &payer, &Wallet::random());
     refused(&shop, &payer, header, status, code).await;
 }
 
@@ -268,8 +266,8 @@ async fn refuses_an_expired_authorization() {
     rejection(402, "invalid_exact_evm_payload_authorization_valid_before", |c, payer, _| {
         let mut p = v2_payment(c, payer, |_| {});
         resign(&mut p, payer, c, |a| {
-            a.valid_after = U256::from(now() - 3600);
-            a.valid_before = U256::from(now() - 60);
+            a.set_valid_after(now() - 3600);
+            a.set_valid_before(now() - 60);
         });
         v2_header(&p)
     })
@@ -280,7 +278,7 @@ async fn refuses_an_expired_authorization() {
 async fn refuses_an_authorization_not_yet_valid() {
     rejection(402, "invalid_exact_evm_payload_authorization_valid_after", |c, payer, _| {
         let mut p = v2_payment(c, payer, |_| {});
-        resign(&mut p, payer, c, |a| a.valid_after = U256::from(now() + 3600));
+        resign(&mut p, payer, c, |a| a.set_valid_after(now() + 3600));
         v2_header(&p)
     })
     .await;
@@ -309,7 +307,7 @@ async fn refuses_a_signature_by_another_key() {
 #[tokio::test]
 async fn refuses_an_empty_wallet() {
     let Some(shop) = Shop::open(31337, &[]).await else { return };
-    let empty = PrivateKeySigner::random();
+    let empty = Wallet::random();
     let header = v2_header(&v2_payment(&shop.challenge().await, &empty, |_| {}));
     refused(&shop, &empty, header, 402, "insufficient_funds").await;
 }
@@ -360,7 +358,7 @@ async fn refuses_a_v2_payload_whose_accepted_differs_from_the_offer() {
 /// Changes the authorization in `p` and signs it again with `signer`.
 fn resign(
     p: &mut PaymentPayloadV2,
-    signer: &PrivateKeySigner,
+    signer: &Wallet,
     challenge: &Challenge,
     change: impl FnOnce(&mut vendbox_pay::eip3009::Authorization),
 ) {
@@ -387,7 +385,7 @@ async fn a_nonce_already_used_on_chain_is_refused() {
     let other = vendbox_pay::facilitator::BuiltinFacilitator::new(
         &shop.anvil.rpc_url,
         shop.asset,
-        PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap(),
+        &Wallet::from_str(ANVIL_KEY_1).unwrap(),
     )
     .unwrap();
     other.settle(&checked, &requirements_of(&shop, &challenge)).await.unwrap();
@@ -474,7 +472,7 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> b
 /// A fresh payer pays `GET /catalog` from a task of its own: the payer, its header and the task.
 async fn pay_in_background(
     shop: &Shop,
-) -> (PrivateKeySigner, (&'static str, String), tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
+) -> (Wallet, (&'static str, String), tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
     let payer = shop.payer().await;
     let header = v2_header(&v2_payment(&shop.challenge().await, &payer, |_| {}));
     let request = reqwest::Client::new().get(shop.url("/catalog")).header(header.0, header.1.clone());
@@ -506,7 +504,7 @@ async fn restart_and_settle(
 async fn crashed_with_a_payment_reserved(
     env: &[(&str, &str)],
     database: Option<&str>,
-) -> Option<(Shop, PrivateKeySigner, (&'static str, String))> {
+) -> Option<(Shop, Wallet, (&'static str, String))> {
     let mut env = env.to_vec();
     env.push(("VENDBOX_FAULTS", "pause-before-settle=60"));
     let mut shop = Shop::open(31337, &env).await?;
@@ -553,14 +551,11 @@ async fn a_crash_after_the_transfer_records_it_as_settled_once() {
         ["authorization"];
     let tx = shop
         .chain
-        .find_settlement(
-            auth["from"].as_str().unwrap().parse().unwrap(),
-            auth["nonce"].as_str().unwrap().parse().unwrap(),
-        )
+        .settlement_of(auth["from"].as_str().unwrap().parse().unwrap(), auth["nonce"].as_str().unwrap())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(payment.settlement_ref, Some(tx.to_string()), "the receipt names the real transfer");
+    assert_eq!(payment.settlement_ref, Some(tx), "the receipt names the real transfer");
     shop.assert_paid_once(payer.address(), 0).await;
     // Sent again, the same authorization is refused (from the store): it paid once and only once.
     refused(&shop, &payer, header, 402, "payment_replayed").await;
@@ -601,8 +596,8 @@ async fn vendbox_dev_prints_a_funded_wallet_that_can_pay() {
     let chain =
         Chain::connect(info["rpc_url"].as_str().unwrap(), info["asset"].as_str().unwrap().parse().unwrap())
             .unwrap();
-    let agent: Address = info["agent_address"].as_str().unwrap().parse().unwrap();
-    assert_eq!(chain.balance_of(agent).await.unwrap(), U256::from(100_000_000u64 - PRICE));
+    let agent: EvmAddress = info["agent_address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(chain.balance_of(agent).await.unwrap(), 100_000_000 - PRICE);
     // SIGTERM stops vendbox and the anvil it started.
     std::process::Command::new("kill").args(["-TERM", &child.id().unwrap().to_string()]).status().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
@@ -715,14 +710,17 @@ async fn an_authorization_the_payer_cancelled_after_a_crash_is_voided_not_settle
     // While vendbox is down the payer cancels the authorization on chain: `authorizationState`
     // now reads true, as for a used one, but no money moved.
     let sent: PaymentPayloadV2 = wire::decode_header(&header.1).unwrap();
-    let nonce = sent.payload.authorization.nonce.parse().unwrap();
-    let domain = vendbox_pay::eip3009::TokenDomain {
-        name: "USDC".into(),
-        version: "2".into(),
-        chain_id: 31337,
-        verifying_contract: shop.asset,
-    };
-    let gas = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+    let nonce = &sent.payload.authorization.nonce;
+    let domain = vendbox_pay::exact::Acceptance::new(
+        vendbox_pay::Network::new(31337),
+        shop.asset,
+        "USDC",
+        "2",
+        shop.pay_to,
+        60,
+    )
+    .domain();
+    let gas = Wallet::from_str(ANVIL_KEY_1).unwrap();
     vendbox_pay::devchain::cancel_authorization(&shop.anvil.rpc_url, &gas, &domain, &payer, nonce)
         .await
         .unwrap();
@@ -743,7 +741,7 @@ fn stop_chain(shop: &Shop) {
 #[tokio::test]
 async fn a_refused_header_sent_again_is_answered_without_asking_the_chain() {
     let Some(shop) = Shop::open(31337, &[]).await else { return };
-    let empty = PrivateKeySigner::random();
+    let empty = Wallet::random();
     let header = v2_header(&v2_payment(&shop.challenge().await, &empty, |_| {}));
     refused(&shop, &empty, header.clone(), 402, "insufficient_funds").await;
     stop_chain(&shop);
@@ -855,7 +853,7 @@ async fn an_authorization_a_crashed_host_reserved_is_refused_by_another_host_and
     assert_eq!(payments.len(), 1, "{payments:?}");
     assert_eq!(payments[0].state, PaymentState::Voided, "{payments:?}");
     let nonce = wire::decode_header::<PaymentPayloadV2>(&header.1).unwrap().payload.authorization.nonce;
-    assert!(!shop.chain.authorization_used(payer.address(), nonce.parse().unwrap()).await.unwrap());
+    assert!(!shop.chain.authorization_used(payer.address(), &nonce).await.unwrap());
     assert_eq!(shop.balance(payer.address()).await, FUNDS, "nothing was charged");
     assert_eq!(shop.balance(shop.pay_to).await, 0, "nothing was taken");
     // And A, repaired, never takes the authorization again.
@@ -931,13 +929,12 @@ async fn a_crash_with_fifty_settlements_in_flight_settles_each_once_or_voids_it(
     assert!(payments.len() >= 50, "{} reserved", payments.len());
     let mut settled = 0;
     for payment in &payments {
-        let (from, nonce) =
-            (payment.replay_key.payer.parse().unwrap(), payment.replay_key.nonce.parse().unwrap());
-        let transfer = shop.chain.find_settlement(from, nonce).await.unwrap();
+        let (from, nonce) = (payment.replay_key.payer.parse().unwrap(), &payment.replay_key.nonce);
+        let transfer = shop.chain.settlement_of(from, nonce).await.unwrap();
         match payment.state {
             PaymentState::Settled => {
                 settled += 1;
-                assert_eq!(payment.settlement_ref, transfer.map(|t| t.to_string()), "{payment:?}");
+                assert_eq!(payment.settlement_ref, transfer, "{payment:?}");
             }
             PaymentState::Voided => {
                 assert_eq!(transfer, None, "voided and charged: {payment:?}");
@@ -952,7 +949,7 @@ async fn a_crash_with_fifty_settlements_in_flight_settles_each_once_or_voids_it(
     // Every authorization the chain used belongs to a settled payment, and each moved one price.
     for (_, value) in &headers {
         let nonce = wire::decode_header::<PaymentPayloadV2>(value).unwrap().payload.authorization.nonce;
-        if shop.chain.authorization_used(payer.address(), nonce.parse().unwrap()).await.unwrap() {
+        if shop.chain.authorization_used(payer.address(), &nonce).await.unwrap() {
             let recorded = payments.iter().find(|p| p.replay_key.nonce.eq_ignore_ascii_case(&nonce));
             assert_eq!(recorded.map(|p| p.state), Some(PaymentState::Settled), "{nonce}");
         }

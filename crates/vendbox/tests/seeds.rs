@@ -28,7 +28,7 @@ use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 use shop::Shop;
-use vendbox_pay::alloy::signers::local::PrivateKeySigner;
+use vendbox_pay::Wallet;
 use vendbox_pay::client::{self, Challenge};
 use vendbox_pay::wire;
 
@@ -134,7 +134,7 @@ impl Recorder {
     /// Sends the request unpaid (its 402 is recorded too), then paid in `version`.
     async fn pay(
         &mut self,
-        payer: &PrivateKeySigner,
+        payer: &Wallet,
         version: Version,
         method: Method,
         path: &str,

@@ -142,6 +142,34 @@ fn each_error_code_has_one_status() {
     assert!(split.is_empty(), "one code answered with different statuses:\n{}", split.join("\n"));
 }
 
+/// The Ethereum library vendbox-pay is built on. Spelled in two halves so that this file, which
+/// lives outside vendbox-pay, keeps the rule it checks: no Rust file but vendbox-pay's names it.
+const CHAIN_LIBRARY: &str = concat!("all", "oy");
+
+/// Every dependency of a workspace crate (normal, dev, build and target-specific), by name.
+fn all_dependencies(krate: &str) -> Vec<String> {
+    let manifest = std::fs::read_to_string(workspace_root().join("crates").join(krate).join("Cargo.toml"))
+        .expect("the crate's manifest reads");
+    let mut names = Vec::new();
+    let mut in_dependencies = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            let header = line.trim_matches(|c| c == '[' || c == ']');
+            in_dependencies = header.ends_with("dependencies");
+            // A table per dependency: `[dependencies.name]`.
+            if let Some((section, name)) = header.rsplit_once('.')
+                && section.ends_with("dependencies")
+            {
+                names.push(name.trim().trim_matches('"').to_owned());
+                in_dependencies = false;
+            }
+        } else if in_dependencies && let Some((name, _)) = line.split_once('=') {
+            names.push(name.trim().trim_end_matches(".workspace").trim_matches('"').to_owned());
+        }
+    }
+    names
+}
+
 /// The `[dependencies]` of a workspace crate, by name.
 fn dependencies(krate: &str) -> Vec<String> {
     let manifest = std::fs::read_to_string(workspace_root().join("crates").join(krate).join("Cargo.toml"))
@@ -206,24 +234,55 @@ fn the_layers_keep_to_themselves() {
     // The services reach boxes through vendbox-box's Backend, the store through its trait and
     // money through vendbox-pay's PaymentMethod, never a database driver or a chain library.
     let service = dependencies("vendbox-service");
-    for forbidden in ["sqlx", "vendbox-server", "vendbox-ssh", "alloy"] {
+    for forbidden in ["sqlx", "vendbox-server", "vendbox-ssh", CHAIN_LIBRARY] {
         assert!(!service.iter().any(|d| d == forbidden), "vendbox-service depends on {forbidden}");
     }
     let mut files = Vec::new();
     rust_files(&workspace_root().join("crates/vendbox-service/src"), &mut files);
     for file in files {
         let text = std::fs::read_to_string(&file).expect("a source file reads");
-        for name in ["alloy", "x402::", "exact::", "facilitator::"] {
+        for name in [CHAIN_LIBRARY, "x402::", "exact::", "facilitator::"] {
             assert!(!text.contains(name), "{} names `{name}`: pay through PaymentMethod", file.display());
         }
     }
     // The HTTP side of the gate reads proofs and renders answers; it never checks a payment.
     let gate = std::fs::read_to_string(workspace_root().join("crates/vendbox-server/src/gate.rs"))
         .expect("gate.rs reads");
-    for name in ["exact::", "facilitator::", "alloy", "vendbox_store", "store."] {
+    for name in ["exact::", "facilitator::", CHAIN_LIBRARY, "vendbox_store", "store."] {
         assert!(
             !gate.contains(name),
             "gate.rs names `{name}`: that is the payment method's or the service's"
         );
     }
+    // The Ethereum library stays inside vendbox-pay: no other crate depends on it, and no Rust
+    // file elsewhere (sources, tests, benches) names it; they pay, sign and deploy with
+    // vendbox-pay's `EvmAddress` and `Wallet`.
+    let crates = std::fs::read_dir(workspace_root().join("crates")).expect("crates/ lists");
+    let mut manifests = 0;
+    for krate in crates.map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned()) {
+        if krate == "vendbox-pay"
+            || !workspace_root().join("crates").join(&krate).join("Cargo.toml").is_file()
+        {
+            continue;
+        }
+        manifests += 1;
+        let chain: Vec<_> = all_dependencies(&krate)
+            .into_iter()
+            .filter(|d| d == CHAIN_LIBRARY || d.starts_with(&format!("{CHAIN_LIBRARY}-")))
+            .collect();
+        assert!(chain.is_empty(), "{krate} depends on {chain:?}: go through vendbox-pay's types");
+        let mut files = Vec::new();
+        for dir in ["src", "tests", "benches"] {
+            rust_files(&workspace_root().join("crates").join(&krate).join(dir), &mut files);
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("a source file reads");
+            assert!(
+                !text.contains(CHAIN_LIBRARY),
+                "{} names `{CHAIN_LIBRARY}`: only vendbox-pay does; use its EvmAddress and Wallet",
+                file.display()
+            );
+        }
+    }
+    assert!(manifests > 5, "only {manifests} crates were walked; is the walk broken?");
 }

@@ -7,14 +7,12 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use alloy::primitives::{Address, U256};
-use alloy::signers::local::PrivateKeySigner;
 use serde_json::Value;
-use vendbox_pay::alloy;
 use vendbox_pay::chain::Chain;
 use vendbox_pay::client::Challenge;
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
 use vendbox_pay::wire;
+use vendbox_pay::{EvmAddress, Wallet};
 
 /// Unix seconds now.
 pub use vendbox_pay::exact::unix_now as now;
@@ -30,8 +28,8 @@ pub const FUNDS: u64 = 1_000_000;
 pub struct Shop {
     pub anvil: Anvil,
     pub chain: Chain,
-    pub asset: Address,
-    pub pay_to: Address,
+    pub asset: EvmAddress,
+    pub pay_to: EvmAddress,
     pub dir: tempfile::TempDir,
     pub vendbox: Vendbox,
 }
@@ -47,10 +45,10 @@ pub fn anvil_binary() -> Option<PathBuf> {
 impl Shop {
     pub async fn open(chain_id: u64, env: &[(&str, &str)]) -> Option<Shop> {
         let anvil = Anvil::start(&anvil_binary()?, chain_id).await.unwrap();
-        let deployer = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+        let deployer = Wallet::from_str(ANVIL_KEY_1).unwrap();
         let asset = devchain::deploy_token(&anvil.rpc_url, &deployer, "USDC", "2").await.unwrap();
         let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
-        let pay_to = PrivateKeySigner::random().address();
+        let pay_to = Wallet::random().address();
         let dir = tempfile::tempdir().unwrap();
         let vendbox = serve(&anvil, asset, pay_to, dir.path(), env);
         Some(Shop { anvil, chain, asset, pay_to, dir, vendbox })
@@ -66,17 +64,15 @@ impl Shop {
     }
 
     /// A new wallet holding `FUNDS` atomic units.
-    pub async fn payer(&self) -> PrivateKeySigner {
-        let payer = PrivateKeySigner::random();
-        let minter = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
-        devchain::mint(&self.anvil.rpc_url, &minter, self.asset, payer.address(), U256::from(FUNDS))
-            .await
-            .unwrap();
+    pub async fn payer(&self) -> Wallet {
+        let payer = Wallet::random();
+        let minter = Wallet::from_str(ANVIL_KEY_1).unwrap();
+        devchain::mint(&self.anvil.rpc_url, &minter, self.asset, payer.address(), FUNDS).await.unwrap();
         payer
     }
 
-    pub async fn balance(&self, who: Address) -> u64 {
-        self.chain.balance_of(who).await.unwrap().to::<u64>()
+    pub async fn balance(&self, who: EvmAddress) -> u64 {
+        self.chain.balance_of(who).await.unwrap()
     }
 
     /// The 402 of `GET /catalog`.
@@ -96,7 +92,7 @@ impl Shop {
     }
 
     /// Runs a client script from `tests/clients` as the payer, on `GET /catalog`; its one JSON line.
-    pub fn run_client(&self, program: &str, script: &str, payer: &PrivateKeySigner) -> Value {
+    pub fn run_client(&self, program: &str, script: &str, payer: &Wallet) -> Value {
         self.run_client_on(program, script, payer, "/catalog", &[])
     }
 
@@ -106,7 +102,7 @@ impl Shop {
         &self,
         program: &str,
         script: &str,
-        payer: &PrivateKeySigner,
+        payer: &Wallet,
         path: &str,
         args: &[&str],
     ) -> Value {
@@ -119,13 +115,13 @@ impl Shop {
         &self,
         program: &str,
         script: &str,
-        payer: &PrivateKeySigner,
+        payer: &Wallet,
         path: &str,
         args: &[&str],
         must_succeed: bool,
     ) -> Value {
         let clients = repo_root().join("tests/clients");
-        let key = payer.to_bytes().to_string();
+        let key = payer.secret_hex();
         let output = std::process::Command::new(program)
             .arg(clients.join(script))
             .arg(self.url(path))
@@ -152,14 +148,14 @@ impl Shop {
         let offered = challenge.v2.as_ref().unwrap();
         let terms = &offered.accepts[0];
         vendbox_pay::exact::Requirements::new(
-            vendbox_pay::exact::Acceptance {
-                network: vendbox_pay::Network::new(self.anvil.chain_id),
-                asset: self.asset,
-                asset_name: "USDC".into(),
-                asset_version: "2".into(),
-                pay_to: self.pay_to,
-                max_timeout_seconds: terms.max_timeout_seconds,
-            },
+            vendbox_pay::exact::Acceptance::new(
+                vendbox_pay::Network::new(self.anvil.chain_id),
+                self.asset,
+                "USDC",
+                "2",
+                self.pay_to,
+                terms.max_timeout_seconds,
+            ),
             vendbox_pay::exact::Charge {
                 amount: vendbox_core::Usdc(terms.amount.parse().unwrap()),
                 resource: offered.resource.url.clone(),
@@ -177,13 +173,13 @@ impl Shop {
         let requirements = self.requirements_of(challenge);
         let sent = vendbox_pay::exact::SentPayment::V2(sent);
         let checked = vendbox_pay::exact::check(sent, &requirements, now()).unwrap();
-        let key = PrivateKeySigner::from_str(vendbox_pay::devchain::ANVIL_KEY_1).unwrap();
+        let key = Wallet::from_str(vendbox_pay::devchain::ANVIL_KEY_1).unwrap();
         let other =
-            vendbox_pay::facilitator::BuiltinFacilitator::new(&self.anvil.rpc_url, self.asset, key).unwrap();
+            vendbox_pay::facilitator::BuiltinFacilitator::new(&self.anvil.rpc_url, self.asset, &key).unwrap();
         vendbox_pay::facilitator::Facilitator::settle(&other, &checked, &requirements).await.unwrap();
     }
 
-    pub async fn assert_paid_once(&self, payer: Address, payee_before: u64) {
+    pub async fn assert_paid_once(&self, payer: EvmAddress, payee_before: u64) {
         assert_eq!(self.balance(payer).await, FUNDS - PRICE, "the payer paid exactly the price");
         assert_eq!(self.balance(self.pay_to).await, payee_before + PRICE, "the payee got exactly the price");
     }
@@ -192,8 +188,8 @@ impl Shop {
 /// `vendbox serve` selling on `anvil`'s chain, state in `dir/state`, settling with anvil's first key.
 pub fn serve(
     anvil: &Anvil,
-    asset: Address,
-    pay_to: Address,
+    asset: EvmAddress,
+    pay_to: EvmAddress,
     dir: &std::path::Path,
     extra: &[(&str, &str)],
 ) -> Vendbox {
