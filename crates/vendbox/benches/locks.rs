@@ -3,7 +3,10 @@
 //! script) from 64 connections, measured in the same run:
 //! - Redis with `appendfsync always` (durable before it answers, as vendbox is);
 //! - vendbox over HTTP at price 0 and paid (x402 on anvil, built-in facilitator), on SQLite and
-//!   on PostgreSQL.
+//!   on PostgreSQL;
+//! - contended, at price 0: the 64 clients share 8 keys and wait for them
+//!   (`POST /v1/locks/{key}?wait_seconds=60`), so each cycle is a handover and its time includes
+//!   the wait.
 //!
 //! Each of these is measured in windows alternated with windows of the baseline, Redis in
 //! memory: one warm-up pair of windows, thrown away, then four of each in ABBA order (see
@@ -251,6 +254,37 @@ async fn vendbox_cycle(base: String, chain: Option<&Chain>, label: &str) -> Cycl
     })
 }
 
+/// Keys the contended row's clients share.
+const CONTENDED_KEYS: usize = 8;
+
+/// The contended cycle against a free vendbox at `base`: every client takes one of
+/// `CONTENDED_KEYS` keys, waiting for it (`wait_seconds`) while another client holds it, and
+/// releases it at once. A cycle's time is the wait plus the handover; cycles per second are
+/// handovers per second.
+fn contended_cycle(base: String, label: &str) -> Cycle {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
+    let label = label.to_owned();
+    Arc::new(move |client, _n| {
+        let (http, base, label) = (http.clone(), base.clone(), label.clone());
+        async move {
+            let key = format!("{base}/v1/locks/bench:{label}:{}", client % CONTENDED_KEYS);
+            let response = http
+                .post(format!("{key}?wait_seconds=60"))
+                .json(&json!({ "ttl_seconds": 30 }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201, "a waiter was not served");
+            let body: Value = response.json().await.unwrap();
+            let token = body["release_token"].as_str().unwrap();
+            let response = http.delete(&key).bearer_auth(token).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap();
+        }
+        .boxed()
+    })
+}
+
 /// A `redis-server` of this run, on a free port, stopped by its pid when dropped.
 struct Redis {
     child: Child,
@@ -359,7 +393,9 @@ async fn run() {
         let data = dir.path().join(format!("{store}-free"));
         let free = serve(config(&data, url.clone(), None));
         let label = format!("vendbox, price 0, {store}");
-        compare(&label, &baseline, &vendbox_cycle(free, None, &label).await).await;
+        compare(&label, &baseline, &vendbox_cycle(free.clone(), None, &label).await).await;
+        let label = format!("vendbox, {CLIENTS} waiting on {CONTENDED_KEYS} keys, {store}");
+        compare(&label, &baseline, &contended_cycle(free, &label)).await;
         if let Some(chain) = &chain {
             let data = dir.path().join(format!("{store}-paid"));
             let paid = serve(config(&data, url.clone(), Some(chain)));
