@@ -64,12 +64,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # lxcfs shows each box its own limits in /proc (free, /proc/meminfo); Debian's service starts it
-# where systemd runs, and here it is started detached where it does not.
-if command -v lxcfs >/dev/null 2>&1 && ! grep -q ' /var/lib/lxcfs ' /proc/self/mountinfo; then
+# where systemd runs, and here it is started detached where it does not. A mount whose lxcfs
+# has died answers nothing ("Transport endpoint is not connected"): it is lifted and lxcfs
+# started again. Like Debian's service, it is kept out of the OOM killer's reach; what it says
+# goes to /run/lxcfs.log.
+lxcfs_answers() { head -c1 /var/lib/lxcfs/proc/meminfo >/dev/null 2>&1; }
+if command -v lxcfs >/dev/null 2>&1 && ! lxcfs_answers; then
+  if grep -q ' /var/lib/lxcfs ' /proc/self/mountinfo; then
+    say "lxcfs's mount does not answer; lifting it"
+    umount -l /var/lib/lxcfs || true
+  fi
   say "starting lxcfs"
   mkdir -p /var/lib/lxcfs
-  (setsid lxcfs /var/lib/lxcfs >/dev/null 2>&1 &)
-  for _ in $(seq 50); do grep -q ' /var/lib/lxcfs ' /proc/self/mountinfo && break; sleep 0.1; done
+  (setsid lxcfs --pidfile=/run/lxcfs.pid /var/lib/lxcfs >>/run/lxcfs.log 2>&1 &)
+  for _ in $(seq 50); do lxcfs_answers && break; sleep 0.1; done
+  if lxcfs_answers; then
+    echo -1000 > "/proc/$(cat /run/lxcfs.pid)/oom_score_adj" || true
+  else
+    say "lxcfs did not start; see /run/lxcfs.log"
+  fi
 fi
 
 # PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test` (the store suite's second

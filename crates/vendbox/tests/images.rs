@@ -465,9 +465,11 @@ price = { base = "1" }
 
 #[tokio::test]
 async fn a_box_sees_its_own_memory_limit_and_cpus() {
-    let lxcfs = std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(" /var/lib/lxcfs ");
-    if !lxcfs {
-        support::requirement_missing("lxcfs must run at /var/lib/lxcfs (scripts/setup.sh starts it)");
+    // Mounted is not enough: the mount of an lxcfs that died answers nothing.
+    if let Err(e) = std::fs::read_to_string("/var/lib/lxcfs/proc/meminfo") {
+        support::requirement_missing(&format!(
+            "lxcfs must run at /var/lib/lxcfs (scripts/setup.sh starts it; its log is /run/lxcfs.log): {e}"
+        ));
         return;
     }
     let Some(host) = debian_host() else { return };
@@ -475,7 +477,16 @@ async fn a_box_sees_its_own_memory_limit_and_cpus() {
     // 512 MiB of memory: `free` and /proc/meminfo say so, not the host's.
     let out = host.ok(&b, "free -m | awk '/^Mem:/ {print $2}'; grep MemTotal /proc/meminfo").await;
     let total_mb: u64 = out.lines().next().unwrap().trim().parse().unwrap();
-    assert!((500..=512).contains(&total_mb), "free says {out}");
+    if !(500..=512).contains(&total_mb) {
+        // Say why, for a failure on a machine one cannot log in to.
+        let inside = host
+            .ok(&b, "cat /proc/self/cgroup; grep -E ' /proc/(meminfo|cpuinfo) ' /proc/self/mountinfo; true")
+            .await;
+        let lxcfs = std::fs::read_to_string("/var/lib/lxcfs/proc/meminfo")
+            .map(|m| m.lines().next().map(str::to_owned));
+        let log = std::fs::read_to_string("/run/lxcfs.log").unwrap_or_default();
+        panic!("free says {out}\nin the box: {inside}\nlxcfs on the host: {lxcfs:?}\nlxcfs log: {log}");
+    }
     // One vcpu: `nproc` (its CPU affinity, from the box's cpuset) says 1.
     assert_eq!(host.ok(&b, "nproc").await, "1\n");
     // A box of the host image too.
