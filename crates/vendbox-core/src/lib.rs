@@ -10,6 +10,7 @@ pub mod lock;
 pub mod money;
 pub mod offer;
 pub mod payment;
+pub mod principal;
 pub mod quote;
 pub mod token;
 
@@ -24,5 +25,6 @@ pub use offer::{
     ActionRule, DurationRule, Gpu, Offer, OfferKind, PriceRule, QuoteParams, QuoteTerms, Resources,
 };
 pub use payment::{Payment, PaymentMethod, PaymentState, ReplayKey};
+pub use principal::{KeyGrant, KeyScope, Principal};
 pub use quote::Quote;
 pub use token::{Capability, SecretToken, TokenHash};

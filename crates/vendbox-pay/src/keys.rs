@@ -6,8 +6,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, eip191_hash_message};
+use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
+
+use crate::eip3009::{parse_signature, recover_address};
 
 /// An account or contract address on an EVM chain. Parsed from `0x` and 40 hex digits in any
 /// case; shown checksummed (EIP-55).
@@ -109,6 +112,35 @@ impl Wallet {
     }
 }
 
+impl Wallet {
+    /// Signs `message` as `personal_sign` does (EIP-191, version `0x45`): 65 bytes `r ‖ s ‖ v`
+    /// in hex with `0x`, `v` as 27 or 28.
+    pub fn sign_personal_message(&self, message: &[u8]) -> String {
+        let signature =
+            self.0.sign_hash_sync(&eip191_hash_message(message)).expect("a local key signs any 32-byte hash");
+        format!("0x{}", alloy::hex::encode(signature.as_bytes()))
+    }
+}
+
+/// Why an EIP-191 signature names no signer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSignature(pub String);
+
+/// The address whose key signed `message` as `personal_sign` does (EIP-191: keccak256 of
+/// `"\x19Ethereum Signed Message:\n" ‖ len ‖ message`), from a 65-byte hex `r ‖ s ‖ v`
+/// signature; malleable (high-s) signatures are refused, so one message has one signature per
+/// key.
+pub fn recover_personal_signer(message: &[u8], signature_hex: &str) -> Result<EvmAddress, BadSignature> {
+    let signature = parse_signature(signature_hex).map_err(|r| BadSignature(r.message))?;
+    if signature.normalize_s().is_some() {
+        return Err(BadSignature("the signature's s value is in the upper half".into()));
+    }
+    recover_address(&signature, &eip191_hash_message(message))
+        .map(EvmAddress)
+        .ok_or_else(|| BadSignature("no signer can be recovered from the signature".into()))
+}
+
 impl FromStr for Wallet {
     type Err = String;
 
@@ -148,6 +180,28 @@ mod tests {
         }
         let json = serde_json::to_string(&lower).unwrap();
         assert_eq!(serde_json::from_str::<EvmAddress>(&json).unwrap(), lower);
+    }
+
+    #[test]
+    fn personal_messages_recover_their_signer_and_nothing_else() {
+        let wallet = Wallet::random();
+        let signature = wallet.sign_personal_message(b"vendbox-auth-v1\nGET\n/x");
+        assert_eq!(recover_personal_signer(b"vendbox-auth-v1\nGET\n/x", &signature), Ok(wallet.address()));
+        let other = recover_personal_signer(b"vendbox-auth-v1\nGET\n/y", &signature).unwrap();
+        assert_ne!(other, wallet.address(), "another message recovers another address");
+        assert!(recover_personal_signer(b"m", "0x1234").is_err());
+        assert!(recover_personal_signer(b"m", "zz").is_err());
+        // The same key and message, with s flipped to the upper half: refused.
+        let bytes = alloy::hex::decode(&signature[2..]).unwrap();
+        let sig = alloy::primitives::Signature::try_from(bytes.as_slice()).unwrap();
+        let n = alloy::primitives::U256::from_str_radix(
+            "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+            16,
+        )
+        .unwrap();
+        let high = alloy::primitives::Signature::new(sig.r(), n - sig.s(), !sig.v());
+        let high_hex = format!("0x{}", alloy::hex::encode(high.as_bytes()));
+        assert!(recover_personal_signer(b"vendbox-auth-v1\nGET\n/x", &high_hex).is_err());
     }
 
     #[test]

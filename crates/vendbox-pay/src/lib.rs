@@ -19,7 +19,7 @@ pub mod reason;
 pub mod wire;
 pub mod x402;
 
-pub use keys::{EvmAddress, Wallet};
+pub use keys::{BadSignature, EvmAddress, Wallet, recover_personal_signer};
 pub use method::{
     Admission, AdmitError, Challenge, Charge, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
 };

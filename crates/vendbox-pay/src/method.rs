@@ -14,7 +14,7 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use vendbox_core::{Payment, PaymentId, Usdc};
+use vendbox_core::{Payment, PaymentId, Principal, Usdc};
 
 use crate::reason::Rejection;
 
@@ -33,9 +33,12 @@ pub struct Charge {
 
 /// The payment headers of one request, as the HTTP layer read them (names in lowercase). A
 /// value that is not text is kept as "unreadable", so that a method can refuse it by name.
+/// It also carries the request's authenticated [`Principal`], when the HTTP layer's
+/// authentication (a wallet signature or an API key) found one: no header can set it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Proof {
     fields: Vec<(String, Option<String>)>,
+    principal: Option<Principal>,
 }
 
 impl Proof {
@@ -60,6 +63,18 @@ impl Proof {
     /// Whether no header was read.
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
+    }
+
+    /// The proof, speaking for `principal` (set only by the HTTP layer's authentication).
+    #[must_use]
+    pub fn with_principal(mut self, principal: Principal) -> Proof {
+        self.principal = Some(principal);
+        self
+    }
+
+    /// Who the request was authenticated as, if anyone.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
     }
 }
 
