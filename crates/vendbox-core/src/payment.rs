@@ -137,6 +137,8 @@ pub struct Payment {
     pub void_reason: Option<String>,
     /// The proof as received, for the settlement worker to finish after a crash.
     pub proof: Option<String>,
+    /// What it paid for, for people (the charge's description and resource).
+    pub purchase: Option<String>,
     /// When it was reserved.
     pub created_at: DateTime<Utc>,
     /// When it last changed.

@@ -132,6 +132,7 @@ impl PaymentMethod for FakeMethod {
             settlement_ref: None,
             void_reason: None,
             proof: Some(text.to_owned()),
+            purchase: None,
             created_at: now,
             updated_at: now,
         };

@@ -252,6 +252,7 @@ fn reservation(
         settlement_ref: None,
         void_reason: None,
         proof: Some(proof.to_string()),
+        purchase: None,
         created_at: now,
         updated_at: now,
     }

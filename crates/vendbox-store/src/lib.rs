@@ -102,6 +102,95 @@ impl LockRefusal {
     }
 }
 
+/// An account's credits as they stand: its balance (the sum of its ledger) and what unexpired
+/// holds keep aside from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Funds {
+    /// The sum of the ledger.
+    pub balance: Usdc,
+    /// Held for purchases being made.
+    pub held: Usdc,
+}
+
+impl Funds {
+    /// What a new purchase may spend.
+    pub fn available(self) -> Usdc {
+        Usdc(self.balance.atomic().saturating_sub(self.held.atomic()))
+    }
+}
+
+/// Credits set aside for one payment between its verification and its settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditHold {
+    /// The payment the credits are held for (the charge's reference once settled).
+    pub payment: PaymentId,
+    /// Whose credits.
+    pub account: AccountAddress,
+    /// The API key spending them, if one did (its caps count holds and charges).
+    pub key_id: Option<String>,
+    /// How much.
+    pub amount: Usdc,
+    /// When the hold stops counting (a hold whose payment a crash lost before reserving it).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The caps of the API key a hold is placed for (none for a wallet's own signature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpendCaps {
+    /// Most the key may spend since `since`.
+    pub daily: Option<Usdc>,
+    /// The start of the key's current day.
+    pub since: DateTime<Utc>,
+    /// Most the key may spend in all.
+    pub total: Option<Usdc>,
+}
+
+impl SpendCaps {
+    /// No caps.
+    pub fn none(now: DateTime<Utc>) -> SpendCaps {
+        SpendCaps { daily: None, since: now, total: None }
+    }
+}
+
+/// Why credits could not be held; nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldRefusal {
+    /// The balance less what is held is below the amount.
+    Short {
+        /// The account's balance.
+        balance: Usdc,
+        /// Held for other purchases.
+        held: Usdc,
+        /// The amount asked.
+        needed: Usdc,
+    },
+    /// The key's spending today plus this amount passes its daily cap.
+    DailyCap {
+        /// The cap.
+        cap: Usdc,
+        /// Spent (and held) today.
+        spent: Usdc,
+    },
+    /// The key's spending plus this amount passes its total cap.
+    TotalCap {
+        /// The cap.
+        cap: Usdc,
+        /// Spent (and held) in all.
+        spent: Usdc,
+    },
+}
+
+/// The payments of one payer in one state: how many, and their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymentTotal {
+    /// The state.
+    pub state: PaymentState,
+    /// How many.
+    pub count: u64,
+    /// Their amounts' sum.
+    pub amount: Usdc,
+}
+
 /// Everything vendbox keeps. One implementation per database; both pass the same test suite
 /// (`tests/suite.rs`).
 #[async_trait]
@@ -261,6 +350,57 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The account's most recent ledger entries, newest first.
     async fn ledger(&self, account: &AccountAddress, limit: u32) -> StoreResult<Vec<LedgerEntry>>;
+
+    /// The account's entries older than entry `before` (all when `None`), newest first.
+    async fn ledger_page(
+        &self,
+        account: &AccountAddress,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<LedgerEntry>>;
+
+    /// The account's balance and its unexpired holds at `now`.
+    async fn funds(&self, account: &AccountAddress, now: DateTime<Utc>) -> StoreResult<Funds>;
+
+    /// Holds `hold.amount` of the account's credits for `hold.payment` if its available credit
+    /// covers it and the spending key's `caps` allow it, atomically per account (the account row
+    /// is written first, as a booking does). A refusal changes nothing.
+    async fn place_hold(
+        &self,
+        hold: &CreditHold,
+        caps: &SpendCaps,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<(), HoldRefusal>>;
+
+    /// Books the `charge` of the hold for `payment` (its reference: the payment id; the key's id
+    /// kept with it) and drops the hold, in one transaction. `None` when there is no hold (it was
+    /// released, recovered or settled before); [`StoreError::InsufficientBalance`] (and the hold
+    /// kept) should the balance no longer cover it.
+    async fn settle_hold(&self, payment: PaymentId, now: DateTime<Utc>) -> StoreResult<Option<LedgerEntry>>;
+
+    /// Drops the hold for `payment`, if any; says whether there was one.
+    async fn release_hold(&self, payment: PaymentId) -> StoreResult<bool>;
+
+    /// For a payment a crash left `verified`: the charge booked for it, if any, and in any case
+    /// drops its hold, in one transaction under the account's lock.
+    async fn recover_hold(
+        &self,
+        account: &AccountAddress,
+        payment: PaymentId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<LedgerEntry>>;
+
+    /// The payments whose payer (a wallet, for x402 and credits alike) is `payer`, newest first,
+    /// older than `before` (created at, id) when given.
+    async fn payments_by_payer(
+        &self,
+        payer: &str,
+        before: Option<(DateTime<Utc>, PaymentId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<Payment>>;
+
+    /// How many payments `payer` made in each state, and their sums.
+    async fn payment_totals(&self, payer: &str) -> StoreResult<Vec<PaymentTotal>>;
 
     /// Grants `key` for `ttl` to the holder of the release token whose hash is `release`, unless
     /// an unexpired grant exists. Each grant gets a fencing token one higher than the key's last,

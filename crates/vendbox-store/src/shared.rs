@@ -300,6 +300,66 @@ macro_rules! store_impl {
                 self.ledger(account, limit).await
             }
 
+            async fn ledger_page(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                before: Option<i64>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::LedgerEntry>> {
+                self.ledger_page(account, before, limit).await
+            }
+
+            async fn funds(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<$crate::Funds> {
+                self.funds(account, now).await
+            }
+
+            async fn place_hold(
+                &self,
+                hold: &$crate::CreditHold,
+                caps: &$crate::SpendCaps,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Result<(), $crate::HoldRefusal>> {
+                self.place_hold(hold, caps, now).await
+            }
+
+            async fn settle_hold(
+                &self,
+                payment: vendbox_core::PaymentId,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
+                self.settle_hold(payment, now).await
+            }
+
+            async fn release_hold(&self, payment: vendbox_core::PaymentId) -> $crate::StoreResult<bool> {
+                self.release_hold(payment).await
+            }
+
+            async fn recover_hold(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                payment: vendbox_core::PaymentId,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
+                self.recover_hold(account, payment, now).await
+            }
+
+            async fn payments_by_payer(
+                &self,
+                payer: &str,
+                before: Option<(chrono::DateTime<chrono::Utc>, vendbox_core::PaymentId)>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::Payment>> {
+                self.payments_by_payer(payer, before, limit).await
+            }
+
+            async fn payment_totals(&self, payer: &str) -> $crate::StoreResult<Vec<$crate::PaymentTotal>> {
+                self.payment_totals(payer).await
+            }
+
             async fn acquire_lock(
                 &self,
                 key: &vendbox_core::LockKey,

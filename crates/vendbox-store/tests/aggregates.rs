@@ -55,6 +55,7 @@ fn payment(asset: &str, nonce: u32, at: DateTime<Utc>) -> Payment {
         settlement_ref: None,
         void_reason: None,
         proof: None,
+        purchase: None,
         created_at: at,
         updated_at: at,
     }

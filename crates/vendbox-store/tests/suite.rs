@@ -50,6 +50,7 @@ fn payment(quote: Option<&Quote>, nonce: &str) -> Payment {
         settlement_ref: None,
         void_reason: None,
         proof: Some("{\"signature\":\"0x01\"}".into()),
+        purchase: None,
         created_at: t0(),
         updated_at: t0(),
     }

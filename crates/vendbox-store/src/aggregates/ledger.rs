@@ -1,9 +1,27 @@
 //! Accounts and their ledgers: a balance is the sum of an account's entries, and a booking
-//! writes the account row first, which serializes bookings per account.
+//! writes the account row first, which serializes bookings per account. Credits spent on a
+//! purchase are held first (`credit_holds`): an account's available credit is its balance less
+//! its unexpired holds, a hold is placed only when that covers it (and the spending key's caps
+//! allow it), and settling books the charge and drops the hold in one transaction.
 
 /// An account's balance: the sum of its ledger.
 pub(crate) const BALANCE_SQL: &str =
     "SELECT CAST(COALESCE(SUM(delta_atomic), 0) AS BIGINT) AS balance FROM ledger_entries WHERE account = $1";
+
+/// An account's balance and its unexpired holds (`$2`: now, in Unix milliseconds).
+pub(crate) const FUNDS_SQL: &str = "SELECT \
+     CAST((SELECT COALESCE(SUM(delta_atomic), 0) FROM ledger_entries WHERE account = $1) AS BIGINT) AS balance, \
+     CAST((SELECT COALESCE(SUM(amount_atomic), 0) FROM credit_holds WHERE account = $1 AND expires_at > $2) \
+     AS BIGINT) AS held";
+
+/// What an API key spent since `$2` and in all (its charges, and its unexpired holds; `$3`: now).
+pub(crate) const KEY_SPENT_SQL: &str = "SELECT \
+     CAST((SELECT COALESCE(SUM(-delta_atomic), 0) FROM ledger_entries \
+           WHERE key_id = $1 AND kind = 'charge' AND created_at >= $2) AS BIGINT) AS charged_since, \
+     CAST((SELECT COALESCE(SUM(-delta_atomic), 0) FROM ledger_entries \
+           WHERE key_id = $1 AND kind = 'charge') AS BIGINT) AS charged, \
+     CAST((SELECT COALESCE(SUM(amount_atomic), 0) FROM credit_holds \
+           WHERE key_id = $1 AND expires_at > $3) AS BIGINT) AS held";
 
 /// Writes the ledger methods of `$store`, whose `pool` is a pool of database `$db`.
 macro_rules! impl_ledger {
@@ -123,6 +141,204 @@ macro_rules! impl_ledger {
                         .fetch_all(&self.pool)
                         .await?;
                 rows.iter().map(Self::ledger_from_row).collect()
+            }
+
+            async fn ledger_page(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                before: Option<i64>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::LedgerEntry>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM ledger_entries WHERE account = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                )
+                .bind(account.as_str())
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::ledger_from_row).collect()
+            }
+
+            /// Writes the account row (creating it), which takes its lock for the transaction.
+            async fn lock_account(
+                tx: &mut <$db as sqlx::Database>::Connection,
+                account: &vendbox_core::AccountAddress,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO accounts (address, created_at, updated_at) VALUES ($1, $2, $2) \
+                     ON CONFLICT (address) DO UPDATE SET updated_at = excluded.updated_at",
+                )
+                .bind(account.as_str())
+                .bind($crate::shared::ms(now))
+                .execute(&mut *tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn funds(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<$crate::Funds> {
+                use sqlx::Row;
+                let row = sqlx::query($crate::aggregates::ledger::FUNDS_SQL)
+                    .bind(account.as_str())
+                    .bind($crate::shared::ms(now))
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok($crate::Funds {
+                    balance: vendbox_core::Usdc($crate::shared::sql_to_u64(row.try_get("balance")?, "balance")?),
+                    held: vendbox_core::Usdc($crate::shared::sql_to_u64(row.try_get("held")?, "held")?),
+                })
+            }
+
+            async fn place_hold(
+                &self,
+                hold: &$crate::CreditHold,
+                caps: &$crate::SpendCaps,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Result<(), $crate::HoldRefusal>> {
+                use sqlx::Row;
+                use $crate::shared::{atomic_to_sql, ms, sql_to_u64};
+                let usdc = |v: i64, what: &str| sql_to_u64(v, what).map(vendbox_core::Usdc);
+                let mut tx = self.pool.begin().await?;
+                Self::lock_account(&mut tx, &hold.account, now).await?;
+                let funds = sqlx::query($crate::aggregates::ledger::FUNDS_SQL)
+                    .bind(hold.account.as_str())
+                    .bind(ms(now))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let balance = usdc(funds.try_get("balance")?, "balance")?;
+                let held = usdc(funds.try_get("held")?, "held")?;
+                if balance.atomic().saturating_sub(held.atomic()) < hold.amount.atomic() {
+                    tx.rollback().await?;
+                    return Ok(Err($crate::HoldRefusal::Short { balance, held, needed: hold.amount }));
+                }
+                if let Some(key) = hold.key_id.as_deref().filter(|_| caps.daily.is_some() || caps.total.is_some()) {
+                    let spent = sqlx::query($crate::aggregates::ledger::KEY_SPENT_SQL)
+                        .bind(key)
+                        .bind(ms(caps.since))
+                        .bind(ms(now))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let key_held = usdc(spent.try_get("held")?, "held")?;
+                    let today = usdc(spent.try_get("charged_since")?, "charged")?.atomic() + key_held.atomic();
+                    let total = usdc(spent.try_get("charged")?, "charged")?.atomic() + key_held.atomic();
+                    let refusal = match (caps.daily, caps.total) {
+                        (Some(cap), _) if today + hold.amount.atomic() > cap.atomic() => {
+                            Some($crate::HoldRefusal::DailyCap { cap, spent: vendbox_core::Usdc(today) })
+                        }
+                        (_, Some(cap)) if total + hold.amount.atomic() > cap.atomic() => {
+                            Some($crate::HoldRefusal::TotalCap { cap, spent: vendbox_core::Usdc(total) })
+                        }
+                        _ => None,
+                    };
+                    if let Some(refusal) = refusal {
+                        tx.rollback().await?;
+                        return Ok(Err(refusal));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO credit_holds (payment_id, account, key_id, amount_atomic, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(hold.payment.to_string())
+                .bind(hold.account.as_str())
+                .bind(hold.key_id.as_deref())
+                .bind(atomic_to_sql(hold.amount.atomic())?)
+                .bind(ms(now))
+                .bind(ms(hold.expires_at))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Ok(()))
+            }
+
+            async fn settle_hold(
+                &self,
+                payment: vendbox_core::PaymentId,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
+                use sqlx::Row;
+                let mut tx = self.pool.begin().await?;
+                // Deleting the hold claims it: a release or a recovery of the same payment finds
+                // nothing to drop, and this finds nothing to book after them.
+                let Some(hold) = sqlx::query(
+                    "DELETE FROM credit_holds WHERE payment_id = $1 RETURNING account, key_id, amount_atomic",
+                )
+                .bind(payment.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let account = vendbox_core::AccountAddress::parse(hold.try_get("account")?, "credit_holds.account")
+                    .map_err(|e| $crate::StoreError::Corrupt(e.to_string()))?;
+                let key_id: Option<String> = hold.try_get("key_id")?;
+                let amount: i64 = hold.try_get("amount_atomic")?;
+                Self::lock_account(&mut tx, &account, now).await?;
+                let balance: i64 = sqlx::query($crate::aggregates::ledger::BALANCE_SQL)
+                    .bind(account.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("balance")?;
+                if balance < amount {
+                    tx.rollback().await?;
+                    return Err($crate::StoreError::InsufficientBalance {
+                        balance: vendbox_core::Usdc(u64::try_from(balance).unwrap_or(0)),
+                        needed: vendbox_core::Usdc($crate::shared::sql_to_u64(amount, "amount")?),
+                    });
+                }
+                let row = sqlx::query(
+                    "INSERT INTO ledger_entries (account, kind, delta_atomic, reference, created_at, key_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+                )
+                .bind(account.as_str())
+                .bind(vendbox_core::LedgerKind::Charge.as_str())
+                .bind(-amount)
+                .bind(payment.to_string())
+                .bind($crate::shared::ms(now))
+                .bind(key_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let entry = Self::ledger_from_row(&row)?;
+                tx.commit().await?;
+                Ok(Some(entry))
+            }
+
+            async fn release_hold(&self, payment: vendbox_core::PaymentId) -> $crate::StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM credit_holds WHERE payment_id = $1")
+                    .bind(payment.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn recover_hold(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                payment: vendbox_core::PaymentId,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
+                let mut tx = self.pool.begin().await?;
+                Self::lock_account(&mut tx, account, now).await?;
+                let charge = sqlx::query(
+                    "SELECT * FROM ledger_entries WHERE account = $1 AND kind = $2 AND reference = $3",
+                )
+                .bind(account.as_str())
+                .bind(vendbox_core::LedgerKind::Charge.as_str())
+                .bind(payment.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM credit_holds WHERE payment_id = $1")
+                    .bind(payment.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                charge.as_ref().map(Self::ledger_from_row).transpose()
             }
         }
     };

@@ -27,6 +27,7 @@ macro_rules! impl_payments {
                     settlement_ref: r.try_get("settlement_ref")?,
                     void_reason: r.try_get("void_reason")?,
                     proof: r.try_get("proof")?,
+                    purchase: r.try_get("purchase")?,
                     created_at: from_ms(r.try_get("created_at")?)?,
                     updated_at: from_ms(r.try_get("updated_at")?)?,
                 })
@@ -39,8 +40,8 @@ macro_rules! impl_payments {
                 }
                 let result = sqlx::query(
                     "INSERT INTO payments (id, quote_id, method, chain, asset, payer, nonce, amount_atomic, state, \
-                     settlement_ref, void_reason, proof, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, $10, $11, $12)",
+                     settlement_ref, void_reason, proof, created_at, updated_at, purchase) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, $10, $11, $12, $13)",
                 )
                 .bind(p.id.to_string())
                 .bind(p.quote_id.map(|q| q.to_string()))
@@ -54,6 +55,7 @@ macro_rules! impl_payments {
                 .bind(p.proof.as_deref())
                 .bind(ms(p.created_at))
                 .bind(ms(p.updated_at))
+                .bind(p.purchase.as_deref())
                 .execute(&self.pool)
                 .await;
                 match result {
@@ -174,6 +176,53 @@ macro_rules! impl_payments {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(Self::payment_from_row).collect()
+            }
+
+            async fn payments_by_payer(
+                &self,
+                payer: &str,
+                before: Option<(chrono::DateTime<chrono::Utc>, vendbox_core::PaymentId)>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<vendbox_core::Payment>> {
+                let (at, id) = match before {
+                    Some((at, id)) => ($crate::shared::ms(at), id.to_string()),
+                    None => (i64::MAX, String::new()),
+                };
+                let rows = sqlx::query(
+                    "SELECT * FROM payments WHERE payer = $1 AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $4",
+                )
+                .bind(payer.to_ascii_lowercase())
+                .bind(at)
+                .bind(id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::payment_from_row).collect()
+            }
+
+            async fn payment_totals(&self, payer: &str) -> $crate::StoreResult<Vec<$crate::PaymentTotal>> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT state, CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(amount_atomic), 0) AS BIGINT) AS amount \
+                     FROM payments WHERE payer = $1 GROUP BY state ORDER BY state",
+                )
+                .bind(payer.to_ascii_lowercase())
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::PaymentTotal {
+                            state: $crate::shared::parse_name(
+                                r.try_get("state")?,
+                                "payments.state",
+                                vendbox_core::PaymentState::from_name,
+                            )?,
+                            count: $crate::shared::sql_to_u64(r.try_get("n")?, "count")?,
+                            amount: vendbox_core::Usdc($crate::shared::sql_to_u64(r.try_get("amount")?, "amount")?),
+                        })
+                    })
+                    .collect()
             }
         }
     };

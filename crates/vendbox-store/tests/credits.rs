@@ -1,0 +1,227 @@
+//! Credit holds, on SQLite and on PostgreSQL: a hold is placed only when the available credit
+//! (balance less unexpired holds) and the spending key's caps allow it, also when many are asked
+//! at once; settling books the charge and drops the hold once; a release or a recovery drops it;
+//! and a payer's payments are listed newest first, by pages, with totals per state.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use vendbox_core::{
+    AccountAddress, LedgerKind, Payment, PaymentId, PaymentMethod, PaymentState, ReplayKey, Usdc,
+};
+use vendbox_store::testkit::PostgresSchema;
+use vendbox_store::{CreditHold, HoldRefusal, PaymentOutcome, SpendCaps, SqliteStore, Store, StoreError};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
+}
+
+fn account(n: u8) -> AccountAddress {
+    AccountAddress::parse(&format!("0x{n:040x}"), "account").unwrap()
+}
+
+fn hold(account: &AccountAddress, key: Option<&str>, atomic: u64) -> CreditHold {
+    CreditHold {
+        payment: PaymentId::new_random(),
+        account: account.clone(),
+        key_id: key.map(str::to_owned),
+        amount: Usdc(atomic),
+        expires_at: t0() + Duration::hours(1),
+    }
+}
+
+async fn holds_keep_credit_aside_until_settled_or_released(store: Arc<dyn Store>) {
+    let a = account(1);
+    let none = SpendCaps::none(t0());
+    let short = store.place_hold(&hold(&a, None, 1), &none, t0()).await.unwrap();
+    assert_eq!(short, Err(HoldRefusal::Short { balance: Usdc(0), held: Usdc(0), needed: Usdc(1) }));
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000), "top-1", t0()).await.unwrap();
+    let first = hold(&a, None, 600);
+    store.place_hold(&first, &none, t0()).await.unwrap().unwrap();
+    let funds = store.funds(&a, t0()).await.unwrap();
+    assert_eq!((funds.balance, funds.held, funds.available()), (Usdc(1_000), Usdc(600), Usdc(400)));
+    let second = store.place_hold(&hold(&a, None, 401), &none, t0()).await.unwrap();
+    assert_eq!(second, Err(HoldRefusal::Short { balance: Usdc(1_000), held: Usdc(600), needed: Usdc(401) }));
+    // An expired hold no longer counts.
+    let later = t0() + Duration::hours(2);
+    assert_eq!(store.funds(&a, later).await.unwrap().available(), Usdc(1_000));
+
+    let charge = store.settle_hold(first.payment, t0()).await.unwrap().unwrap();
+    assert_eq!((charge.kind, charge.delta_atomic), (LedgerKind::Charge, -600));
+    assert_eq!(charge.reference, first.payment.to_string());
+    assert_eq!(store.settle_hold(first.payment, t0()).await.unwrap(), None, "settled once");
+    let funds = store.funds(&a, t0()).await.unwrap();
+    assert_eq!((funds.balance, funds.held), (Usdc(400), Usdc(0)));
+
+    let released = hold(&a, None, 400);
+    store.place_hold(&released, &none, t0()).await.unwrap().unwrap();
+    assert!(store.release_hold(released.payment).await.unwrap());
+    assert!(!store.release_hold(released.payment).await.unwrap());
+    assert_eq!(
+        store.settle_hold(released.payment, t0()).await.unwrap(),
+        None,
+        "a released hold is not charged"
+    );
+    assert_eq!(store.funds(&a, t0()).await.unwrap().available(), Usdc(400));
+
+    // Recovery: a charge booked is found; no charge drops the hold.
+    let crashed = hold(&a, None, 100);
+    store.place_hold(&crashed, &none, t0()).await.unwrap().unwrap();
+    assert_eq!(store.recover_hold(&a, crashed.payment, t0()).await.unwrap(), None);
+    assert_eq!(store.funds(&a, t0()).await.unwrap().held, Usdc(0));
+    assert_eq!(store.recover_hold(&a, first.payment, t0()).await.unwrap(), Some(charge));
+}
+
+async fn concurrent_holds_never_overspend(store: Arc<dyn Store>) {
+    let a = account(2);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000), "top", t0()).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (store, a) = (store.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let h = hold(&a, None, 300);
+            let placed = store.place_hold(&h, &SpendCaps::none(t0()), t0()).await.unwrap();
+            if placed.is_ok() {
+                store.settle_hold(h.payment, t0()).await.unwrap().unwrap();
+            }
+            placed.is_ok()
+        }));
+    }
+    let mut placed = 0;
+    for t in tasks {
+        placed += usize::from(t.await.unwrap());
+    }
+    assert_eq!(placed, 3);
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc(100));
+}
+
+async fn key_caps_count_charges_and_holds(store: Arc<dyn Store>) {
+    let a = account(3);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000_000), "top", t0()).await.unwrap();
+    let caps =
+        SpendCaps { daily: Some(Usdc(10_000)), since: t0() - Duration::hours(12), total: Some(Usdc(15_000)) };
+    let h = hold(&a, Some("key-1"), 6_000);
+    store.place_hold(&h, &caps, t0()).await.unwrap().unwrap();
+    // Held counts against the cap.
+    let over = store.place_hold(&hold(&a, Some("key-1"), 5_000), &caps, t0()).await.unwrap();
+    assert_eq!(over, Err(HoldRefusal::DailyCap { cap: Usdc(10_000), spent: Usdc(6_000) }));
+    // Another key of the same wallet has caps of its own.
+    store.place_hold(&hold(&a, Some("key-2"), 5_000), &caps, t0()).await.unwrap().unwrap();
+    store.settle_hold(h.payment, t0()).await.unwrap().unwrap();
+    store.place_hold(&hold(&a, Some("key-1"), 4_000), &caps, t0()).await.unwrap().unwrap();
+    // A new day: the daily cap starts again, the total does not.
+    let tomorrow = SpendCaps { since: t0() + Duration::hours(12), ..caps };
+    let total = store.place_hold(&hold(&a, Some("key-1"), 5_001), &tomorrow, t0()).await.unwrap();
+    assert_eq!(total, Err(HoldRefusal::TotalCap { cap: Usdc(15_000), spent: Usdc(10_000) }));
+    store.place_hold(&hold(&a, Some("key-1"), 5_000), &tomorrow, t0()).await.unwrap().unwrap();
+}
+
+async fn a_settlement_never_overdraws(store: Arc<dyn Store>) {
+    let a = account(4);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(500), "top", t0()).await.unwrap();
+    let h = hold(&a, None, 500);
+    store.place_hold(&h, &SpendCaps::none(t0()), t0()).await.unwrap().unwrap();
+    // Spent elsewhere meanwhile (a booking that ignores holds).
+    store.append_ledger(&a, LedgerKind::Charge, Usdc(100), "elsewhere", t0()).await.unwrap();
+    let refused = store.settle_hold(h.payment, t0()).await;
+    assert!(matches!(refused, Err(StoreError::InsufficientBalance { .. })), "{refused:?}");
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc(400));
+}
+
+fn payment(payer: &AccountAddress, n: u32, at: DateTime<Utc>) -> Payment {
+    Payment {
+        id: PaymentId::new_random(),
+        quote_id: None,
+        method: PaymentMethod::Credits,
+        replay_key: ReplayKey::new("credits", "usdc", payer.as_str(), &format!("n{n}")),
+        amount: Usdc(u64::from(n) * 10),
+        state: PaymentState::Verified,
+        settlement_ref: None,
+        void_reason: None,
+        proof: None,
+        purchase: Some(format!("purchase {n}")),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+async fn payments_are_listed_by_payer_in_pages_with_totals(store: Arc<dyn Store>) {
+    let a = account(5);
+    for n in 1..=5 {
+        let p = payment(&a, n, t0() + Duration::seconds(i64::from(n)));
+        store.reserve_payment(&p).await.unwrap();
+        let outcome = if n % 2 == 0 {
+            PaymentOutcome::Voided { reason: "no".into() }
+        } else {
+            PaymentOutcome::Settled { settlement_ref: format!("{n}") }
+        };
+        store.finish_payment(p.id, &outcome, t0()).await.unwrap();
+    }
+    store.reserve_payment(&payment(&account(6), 9, t0())).await.unwrap();
+    let first = store.payments_by_payer(a.as_str(), None, 3).await.unwrap();
+    assert_eq!(first.iter().map(|p| p.amount.atomic()).collect::<Vec<_>>(), vec![50, 40, 30]);
+    assert_eq!(first[0].purchase.as_deref(), Some("purchase 5"));
+    let last = first.last().unwrap();
+    let rest = store.payments_by_payer(a.as_str(), Some((last.created_at, last.id)), 3).await.unwrap();
+    assert_eq!(rest.iter().map(|p| p.amount.atomic()).collect::<Vec<_>>(), vec![20, 10]);
+    let totals = store.payment_totals(a.as_str()).await.unwrap();
+    let of = |s| totals.iter().find(|t| t.state == s).map(|t| (t.count, t.amount.atomic()));
+    assert_eq!(of(PaymentState::Settled), Some((3, 90)));
+    assert_eq!(of(PaymentState::Voided), Some((2, 60)));
+    assert_eq!(of(PaymentState::Verified), None);
+}
+
+async fn on_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_file(&dir.path().join("vendbox.db")).await.unwrap();
+    case(Arc::new(store)).await;
+}
+
+async fn on_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(schema) = PostgresSchema::create().await else { return };
+    let store: Arc<dyn Store> = Arc::new(schema.store().await.unwrap());
+    let outcome = tokio::spawn(case(store)).await;
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_sqlite(super::$case).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_postgres(super::$case).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    holds_keep_credit_aside_until_settled_or_released,
+    concurrent_holds_never_overspend,
+    key_caps_count_charges_and_holds,
+    a_settlement_never_overdraws,
+    payments_are_listed_by_payer_in_pages_with_totals,
+);
