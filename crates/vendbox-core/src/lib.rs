@@ -25,6 +25,6 @@ pub use offer::{
     ActionRule, DurationRule, Gpu, Offer, OfferKind, PriceRule, QuoteParams, QuoteTerms, Resources,
 };
 pub use payment::{Payment, PaymentMethod, PaymentState, ReplayKey};
-pub use principal::{KeyGrant, KeyScope, Principal};
+pub use principal::{API_KEY_PREFIX, KeyGrant, KeyScope, Principal, generate_api_key};
 pub use quote::Quote;
 pub use token::{Capability, SecretToken, TokenHash};

@@ -1,10 +1,25 @@
 //! `Principal`: who a request speaks for, once the HTTP layer has authenticated it (a wallet's
 //! signature, or an API key the wallet made), and what an API key is allowed to buy.
 
+use rand::RngCore;
+use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
 use crate::account::AccountAddress;
 use crate::money::Usdc;
+use crate::token::SecretToken;
+
+/// Prefix of every API key, which is how `Authorization: Bearer` tells a key from a lease's or
+/// lock's token (`vbx_`).
+pub const API_KEY_PREFIX: &str = "vbk_";
+
+/// A new API key: `vbk_` and 256 bits from the operating system's CSPRNG in hex. Only its
+/// SHA-256 is stored.
+pub fn generate_api_key() -> SecretToken {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    SecretToken::presented(format!("{API_KEY_PREFIX}{}", hex::encode(bytes)))
+}
 
 /// The account an authenticated request speaks for. Only the HTTP layer's authentication makes
 /// one (never a header a client writes as such): a wallet signature gives `key: None`, which is
@@ -86,6 +101,13 @@ mod tests {
             serde_json::json!({"kind": "boxes_up_to", "max_price": "0.50"})
         );
         assert_eq!(KeyScope::from_stored("{\"kind\":\"everything\"}"), None);
+    }
+
+    #[test]
+    fn api_keys_are_prefixed_and_unguessable() {
+        let (a, b) = (generate_api_key(), generate_api_key());
+        assert!(a.expose().starts_with(API_KEY_PREFIX) && a.expose().len() == 68, "{}", a.expose().len());
+        assert_ne!(a.expose(), b.expose());
     }
 
     #[test]

@@ -191,6 +191,47 @@ pub struct PaymentTotal {
     pub amount: Usdc,
 }
 
+/// An API key as stored: its grant (id, scope, caps), whose wallet made it, and how it is
+/// listed. The key itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The wallet whose credits and instances the key reaches.
+    pub account: AccountAddress,
+    /// Its id, scope and caps.
+    pub grant: vendbox_core::KeyGrant,
+    /// A name its owner gave it.
+    pub label: Option<String>,
+    /// The key's last four characters, to tell keys apart in a list.
+    pub last4: String,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked; a revoked key opens nothing.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// An x402Compute instance: a lease with a box, owned by the wallet that paid for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputeInstance {
+    /// The lease (its id is the instance's id).
+    pub lease: LeaseId,
+    /// The wallet that paid for it, the only one that may manage it.
+    pub owner: AccountAddress,
+    /// The plan it was bought as.
+    pub plan: String,
+    /// The region asked for.
+    pub region: Option<String>,
+    /// The OS image id asked for.
+    pub os_id: Option<i64>,
+    /// Its owner's label.
+    pub label: Option<String>,
+    /// Whether an SSH key was given at provision (then no password is ever issued).
+    pub ssh_key_given: bool,
+    /// When its one-time root password was issued, if it was.
+    pub password_issued_at: Option<DateTime<Utc>>,
+    /// When it was provisioned.
+    pub created_at: DateTime<Utc>,
+}
+
 /// Everything vendbox keeps. One implementation per database; both pass the same test suite
 /// (`tests/suite.rs`).
 #[async_trait]
@@ -401,6 +442,57 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// How many payments `payer` made in each state, and their sums.
     async fn payment_totals(&self, payer: &str) -> StoreResult<Vec<PaymentTotal>>;
+
+    /// Claims `nonce` for signed requests of `account`, kept until `expires_at` (the end of
+    /// its timestamp's window); `false` when it was claimed before. The first claim creates the
+    /// account.
+    async fn claim_auth_nonce(
+        &self,
+        account: &AccountAddress,
+        nonce: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Deletes nonces whose window ended before `now`.
+    async fn purge_auth_nonces(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Stores a new API key by its hash (creating the account).
+    async fn insert_api_key(&self, key: &ApiKey, hash: &TokenHash) -> StoreResult<()>;
+
+    /// The API key whose hash is `hash`, revoked or not.
+    async fn api_key_by_hash(&self, hash: &TokenHash) -> StoreResult<Option<ApiKey>>;
+
+    /// The API keys of `account`, oldest first, revoked ones included.
+    async fn api_keys_of(&self, account: &AccountAddress) -> StoreResult<Vec<ApiKey>>;
+
+    /// Revokes `account`'s key `id` (a second revocation keeps the first time); the key as it
+    /// is now, or `None` when `account` has no such key.
+    async fn revoke_api_key(
+        &self,
+        account: &AccountAddress,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ApiKey>>;
+
+    /// Records an x402Compute instance.
+    async fn insert_compute_instance(&self, instance: &ComputeInstance) -> StoreResult<()>;
+
+    /// The x402Compute instance of lease `lease`.
+    async fn compute_instance(&self, lease: LeaseId) -> StoreResult<Option<ComputeInstance>>;
+
+    /// The x402Compute instances `owner` paid for, newest first.
+    async fn compute_instances_of(&self, owner: &AccountAddress) -> StoreResult<Vec<ComputeInstance>>;
+
+    /// Issues the instance's one-time root password once (compare-and-set): makes `root` its
+    /// lease's root token and returns `true`, or `false` when it was issued before or the
+    /// instance was given an SSH key.
+    async fn issue_instance_password(
+        &self,
+        lease: LeaseId,
+        root: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// Grants `key` for `ttl` to the holder of the release token whose hash is `release`, unless
     /// an unexpired grant exists. Each grant gets a fencing token one higher than the key's last,

@@ -62,6 +62,7 @@ macro_rules! store_impl {
         $crate::aggregates::leases::impl_leases!($store, $db, skip_locked = $skip_locked);
         $crate::aggregates::requests::impl_requests!($store);
         $crate::aggregates::ledger::impl_ledger!($store, $db);
+        $crate::aggregates::keys::impl_keys!($store, $db);
         $crate::aggregates::locks::impl_locks!($store, $db, clock_ms = $clock);
 
         // Each method calls the inherent method of the same name, which method resolution picks
@@ -358,6 +359,84 @@ macro_rules! store_impl {
 
             async fn payment_totals(&self, payer: &str) -> $crate::StoreResult<Vec<$crate::PaymentTotal>> {
                 self.payment_totals(payer).await
+            }
+
+            async fn claim_auth_nonce(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                nonce: &str,
+                expires_at: chrono::DateTime<chrono::Utc>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<bool> {
+                self.claim_auth_nonce(account, nonce, expires_at, now).await
+            }
+
+            async fn purge_auth_nonces(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<u64> {
+                self.purge_auth_nonces(now).await
+            }
+
+            async fn insert_api_key(
+                &self,
+                key: &$crate::ApiKey,
+                hash: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<()> {
+                self.insert_api_key(key, hash).await
+            }
+
+            async fn api_key_by_hash(
+                &self,
+                hash: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<Option<$crate::ApiKey>> {
+                self.api_key_by_hash(hash).await
+            }
+
+            async fn api_keys_of(
+                &self,
+                account: &vendbox_core::AccountAddress,
+            ) -> $crate::StoreResult<Vec<$crate::ApiKey>> {
+                self.api_keys_of(account).await
+            }
+
+            async fn revoke_api_key(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                id: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Option<$crate::ApiKey>> {
+                self.revoke_api_key(account, id, now).await
+            }
+
+            async fn insert_compute_instance(
+                &self,
+                instance: &$crate::ComputeInstance,
+            ) -> $crate::StoreResult<()> {
+                self.insert_compute_instance(instance).await
+            }
+
+            async fn compute_instance(
+                &self,
+                lease: vendbox_core::LeaseId,
+            ) -> $crate::StoreResult<Option<$crate::ComputeInstance>> {
+                self.compute_instance(lease).await
+            }
+
+            async fn compute_instances_of(
+                &self,
+                owner: &vendbox_core::AccountAddress,
+            ) -> $crate::StoreResult<Vec<$crate::ComputeInstance>> {
+                self.compute_instances_of(owner).await
+            }
+
+            async fn issue_instance_password(
+                &self,
+                lease: vendbox_core::LeaseId,
+                root: &vendbox_core::TokenHash,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<bool> {
+                self.issue_instance_password(lease, root, now).await
             }
 
             async fn acquire_lock(
