@@ -402,6 +402,7 @@ mod tests {
                 resource: "http://127.0.0.1:8402/catalog".into(),
                 description: "VpsAgent catalog".into(),
                 mime_type: "application/json".into(),
+                kind: crate::method::ChargeKind::Other,
             },
         )
     }

@@ -29,6 +29,22 @@ pub struct Charge {
     pub description: String,
     /// Media type of the paid response.
     pub mime_type: String,
+    /// What kind of thing is bought, for methods whose payers limit what may be bought (an
+    /// API key's scope, for credits).
+    pub kind: ChargeKind,
+}
+
+/// What kind of thing a [`Charge`] buys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeKind {
+    /// A lock (acquisition or renewal).
+    Lock,
+    /// A box or machine (purchase, renewal or extension).
+    Box,
+    /// Credits (a top-up): never paid with credits.
+    TopUp,
+    /// Anything else (a paid catalog).
+    Other,
 }
 
 /// The payment headers of one request, as the HTTP layer read them (names in lowercase). A
@@ -205,6 +221,11 @@ pub trait PaymentMethod: Send + Sync + fmt::Debug {
 
     /// Takes the money.
     async fn settle(&self, admission: &Admission, charge: &Charge) -> Result<Receipt, SettleFailure>;
+
+    /// Lets go of what [`PaymentMethod::verify`] set aside for an admitted payment that the gate
+    /// then voids (its reservation failed, the work failed or sold nothing, the settlement was
+    /// refused). Nothing by default: x402 sets nothing aside.
+    async fn release(&self, _admission: &Admission) {}
 
     /// Finds out whether `payment`, left `verified` by a crash, moved money.
     async fn recover(&self, payment: &Payment) -> Result<Recovered, String>;

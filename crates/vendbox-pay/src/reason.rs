@@ -41,11 +41,19 @@ pub enum Reason {
     HeaderJson,
     /// The payment header is larger than any honest payment.
     HeaderTooLarge,
+    /// The account's available credit (balance less holds) is below the price.
+    CreditsShort,
+    /// The API key's scope does not cover this purchase.
+    KeyScope,
+    /// The purchase would take the API key past its daily cap.
+    KeyDailyCap,
+    /// The purchase would take the API key past its total cap.
+    KeyTotalCap,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 21] = [
         Reason::InsufficientFunds,
         Reason::ValidAfter,
         Reason::ValidBefore,
@@ -63,6 +71,10 @@ impl Reason {
         Reason::HeaderEncoding,
         Reason::HeaderJson,
         Reason::HeaderTooLarge,
+        Reason::CreditsShort,
+        Reason::KeyScope,
+        Reason::KeyDailyCap,
+        Reason::KeyTotalCap,
     ];
 
     /// The stable code.
@@ -85,6 +97,10 @@ impl Reason {
             Reason::HeaderEncoding => "payment_header_not_base64",
             Reason::HeaderJson => "payment_header_malformed",
             Reason::HeaderTooLarge => "payment_header_too_large",
+            Reason::CreditsShort => "insufficient_credits",
+            Reason::KeyScope => "key_scope",
+            Reason::KeyDailyCap => "key_daily_cap",
+            Reason::KeyTotalCap => "key_total_cap",
         }
     }
 

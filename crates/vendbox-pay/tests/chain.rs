@@ -40,6 +40,7 @@ async fn world() -> Option<World> {
             resource: "http://127.0.0.1/catalog".into(),
             description: "test".into(),
             mime_type: "application/json".into(),
+            kind: vendbox_pay::ChargeKind::Other,
         },
     );
     Some(World { anvil, chain, facilitator, requirements, payer })

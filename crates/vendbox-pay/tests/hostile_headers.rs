@@ -44,6 +44,7 @@ fn requirements() -> Requirements {
             resource: "http://127.0.0.1:8402/catalog".into(),
             description: "VpsAgent catalog".into(),
             mime_type: "application/json".into(),
+            kind: vendbox_pay::ChargeKind::Other,
         },
     )
 }

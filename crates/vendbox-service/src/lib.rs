@@ -12,10 +12,12 @@
 //! - `records.rs`: [`Records`], quotes, payments and the store's health;
 //! - `locks.rs`: [`Locks`], TTL locks with fencing tokens, priced by the catalog;
 //! - `payments.rs`: [`Payments`], the gate of paid work: any `vendbox_pay::PaymentMethod`,
-//!   pay-on-success, and recovery of payments a crash left half-done.
+//!   pay-on-success, and recovery of payments a crash left half-done;
+//! - `credits.rs`: [`Credits`], prepaid credits as a payment method (holds, charges, key caps).
 
 mod access;
 pub mod clock;
+pub mod credits;
 mod error;
 mod exec;
 mod leases;
@@ -27,6 +29,7 @@ mod records;
 
 pub use access::SshKey;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use credits::Credits;
 pub use error::LeaseError;
 pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
 pub use leases::{Boxes, EXPIRY_BATCH, Provisioned, Reconciled};

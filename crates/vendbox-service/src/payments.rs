@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use vendbox_core::{PaymentId, PaymentState, Usdc};
 use vendbox_pay::{
-    AdmitError, Challenge, Charge, PaymentMethod, Proof, Reason, Receipt, Recovered, Rejection, SettleFailure,
+    AdmitError, Challenge, Charge, ChargeKind, PaymentMethod, Proof, Reason, Receipt, Recovered, Rejection,
+    SettleFailure,
 };
 use vendbox_store::{PaymentOutcome, Store, StoreError};
 
@@ -290,7 +291,19 @@ impl Payments {
             resource: format!("{}{path}", self.public_url),
             description: description.to_owned(),
             mime_type: "application/json".into(),
+            kind: ChargeKind::Other,
         }))
+    }
+
+    /// As [`Payments::charge`], for a charge of `kind` (what an API key's scope is judged by).
+    pub fn charge_for(
+        &self,
+        kind: ChargeKind,
+        amount: Usdc,
+        path: &str,
+        description: &str,
+    ) -> Result<Option<Charge>, Unconfigured> {
+        Ok(self.charge(amount, path, description)?.map(|charge| Charge { kind, ..charge }))
     }
 
     /// Every method's challenge for `charge`.
@@ -329,6 +342,7 @@ impl Payments {
         match outcome {
             Err(error) => {
                 let code = error.as_ref().map_or("internal", Coded::code);
+                method.release(&admission).await;
                 self.void(id, &format!("the paid work failed ({code}); nothing was charged")).await;
                 Err(match error {
                     Some(error) => PayError::Work { error, payment: Some(id) },
@@ -338,6 +352,7 @@ impl Payments {
                 })
             }
             Ok(Delivery { value, delivered: false, .. }) => {
+                method.release(&admission).await;
                 self.void(id, "nothing was sold for this request; nothing was charged").await;
                 Ok(Paid { value, payment: Some(id), receipt: None })
             }
@@ -379,9 +394,13 @@ impl Payments {
             let message = format!("pay this request with {}", names.join(" or "));
             return Err(self.required(charge, "payment_required", &message, false, None));
         };
-        let admission = method
+        let mut admission = method
             .check(proof, charge, PaymentId::new_random(), self.clock.now())
             .map_err(|r| self.refused(charge, &r, None))?;
+        admission
+            .payment
+            .purchase
+            .get_or_insert_with(|| format!("{} ({})", charge.description, charge.resource));
         // A replay key already taken here is refused before any call to where the money is
         // (the reservation below still decides a race).
         if self
@@ -405,8 +424,13 @@ impl Payments {
         }
         match self.store.reserve_payment(&admission.payment).await {
             Ok(()) => {}
-            Err(StoreError::ReplayKeyTaken) => return Err(self.refused(charge, &replayed(), None)),
-            Err(e) => return Err(PayError::Store(e)),
+            Err(e) => {
+                method.release(&admission).await;
+                return Err(match e {
+                    StoreError::ReplayKeyTaken => self.refused(charge, &replayed(), None),
+                    e => PayError::Store(e),
+                });
+            }
         }
         tracing::info!(
             payment = %admission.payment.id,
@@ -445,6 +469,9 @@ impl Payments {
                 Err(SettleFailure::Unconfirmed { .. }) => None,
                 Err(e) => Some(PaymentOutcome::Voided { reason: format!("settlement failed: {e}") }),
             };
+            if let Some(PaymentOutcome::Voided { .. }) = outcome {
+                method.release(&admission).await;
+            }
             if let Some(outcome) = outcome
                 && let Err(e) = store.finish_payment(id, &outcome, clock.now()).await
             {

@@ -65,6 +65,7 @@ fn requirements() -> Requirements {
             resource: "http://127.0.0.1/catalog".into(),
             description: "bench".into(),
             mime_type: "application/json".into(),
+            kind: vendbox_pay::ChargeKind::Other,
         },
     )
 }

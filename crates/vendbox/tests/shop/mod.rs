@@ -161,6 +161,7 @@ impl Shop {
                 resource: offered.resource.url.clone(),
                 description: String::new(),
                 mime_type: "application/json".into(),
+                kind: vendbox_pay::ChargeKind::Other,
             },
         )
     }

@@ -29,6 +29,7 @@ use crate::error::ApiError;
 use crate::gate;
 use crate::json::ApiJson;
 use vendbox_box::wire::ProcessSpec;
+use vendbox_pay::ChargeKind;
 use vendbox_service::{Delivery, Paid, PayError};
 
 /// A box to buy.
@@ -244,7 +245,7 @@ pub(crate) async fn buy(
     let terms = offer.quote(params)?;
     // Before any payment is asked for: a box the host cannot hold is not sold.
     boxes.admit(&offer).await?;
-    let charge = state.payments.charge(terms.price, path, &offer.title)?;
+    let charge = state.payments.charge_for(ChargeKind::Box, terms.price, path, &offer.title)?;
     let work = |payment_id| async move {
         let provisioned = boxes.provision(&offer, &terms, payment_id, &ssh_keys, &capabilities).await?;
         let id = provisioned.lease.id;
@@ -266,7 +267,7 @@ pub(crate) async fn sell_extension<T: IntoResponse + Send + 'static>(
     body: T,
 ) -> Result<Result<Paid<T>, PayError<ApiError>>, ApiError> {
     let boxes = service(state)?;
-    let charge = state.payments.charge(price, path, title)?;
+    let charge = state.payments.charge_for(ChargeKind::Box, price, path, title)?;
     let work = |payment| async move {
         let apply = boxes.apply(extension, payment);
         Ok(Delivery::delivered(body).after_settlement(async move { Ok(apply.await?) }))

@@ -15,6 +15,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vendbox_core::{Lock, LockKey, LockRequest, SecretToken, check_ttl};
+use vendbox_pay::ChargeKind;
 use vendbox_service::locks::{Acquired, Released};
 
 use crate::app::AppState;
@@ -281,7 +282,7 @@ pub(crate) async fn acquire(
 ) -> Result<Response, ApiError> {
     let locks = state.locks();
     let offer = locks.offer(ACQUIRE)?;
-    let charge = state.payments.charge(offer.price.price(0, 0)?, path, &offer.title)?;
+    let charge = state.payments.charge_for(ChargeKind::Lock, offer.price.price(0, 0)?, path, &offer.title)?;
     let when_held = locks.when_held();
     let work = async move {
         let acquired = match wait {
@@ -336,7 +337,7 @@ pub(crate) async fn renew(
     // A token that holds nothing is refused before payment is asked for (the renewal itself
     // checks again, atomically, once paid).
     locks.check_holder(&key, &token).await?;
-    let charge = state.payments.charge(offer.price.price(0, 0)?, path, &offer.title)?;
+    let charge = state.payments.charge_for(ChargeKind::Lock, offer.price.price(0, 0)?, path, &offer.title)?;
     let work = async move {
         let lock = locks.renew(&key, &token, ttl_seconds).await?;
         Ok(Json(RenewResponse { ok: true, renewed: true, lock: LockView::from(&lock) }))
