@@ -79,28 +79,34 @@ impl Op {
 
     /// Sends `answer` to the caller (who may have hung up: then nobody hears it).
     pub(crate) fn answer(self, answer: StoreResult<Answer>) {
-        let wrong = || StoreError::Corrupt("a lock operation got another operation's answer".into());
         match self {
-            Op::Acquire { reply, .. } => {
-                let _ = reply.send(answer.and_then(|a| match a {
-                    Answer::Acquired(a) => Ok(a),
-                    _ => Err(wrong()),
-                }));
-            }
-            Op::Renew { reply, .. } => {
-                let _ = reply.send(answer.and_then(|a| match a {
-                    Answer::Renewed(a) => Ok(a),
-                    _ => Err(wrong()),
-                }));
-            }
-            Op::Release { reply, .. } => {
-                let _ = reply.send(answer.and_then(|a| match a {
-                    Answer::Released(a) => Ok(a),
-                    _ => Err(wrong()),
-                }));
-            }
+            Op::Acquire { reply, .. } => deliver(reply, answer, |a| match a {
+                Answer::Acquired(a) => Some(a),
+                _ => None,
+            }),
+            Op::Renew { reply, .. } => deliver(reply, answer, |a| match a {
+                Answer::Renewed(a) => Some(a),
+                _ => None,
+            }),
+            Op::Release { reply, .. } => deliver(reply, answer, |a| match a {
+                Answer::Released(a) => Some(a),
+                _ => None,
+            }),
         }
     }
+}
+
+/// Sends the part of `answer` that `pick` finds to `reply`; an answer of another kind is a
+/// fault of the writer, reported as corruption rather than dropped.
+fn deliver<T>(
+    reply: oneshot::Sender<StoreResult<T>>,
+    answer: StoreResult<Answer>,
+    pick: impl FnOnce(Answer) -> Option<T>,
+) {
+    let answer = answer.and_then(|a| {
+        pick(a).ok_or_else(|| StoreError::Corrupt("a lock operation got another operation's answer".into()))
+    });
+    let _ = reply.send(answer);
 }
 
 /// The PostgreSQL notification channel a committed release is announced on, to every host.
@@ -135,11 +141,14 @@ impl Queue {
     ) -> StoreResult<T> {
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Database(sqlx::Error::PoolClosed);
-        let writer = {
-            use std::hash::{Hash as _, Hasher as _};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            key.as_str().hash(&mut hasher);
-            usize::try_from(hasher.finish() % self.ops.len() as u64).unwrap_or(0)
+        let writer = match self.ops.len() {
+            1 => 0,
+            writers => {
+                use std::hash::{Hash as _, Hasher as _};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.as_str().hash(&mut hasher);
+                usize::try_from(hasher.finish() % writers as u64).unwrap_or(0)
+            }
         };
         self.ops[writer].send(make(reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
