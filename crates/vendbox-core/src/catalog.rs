@@ -49,13 +49,41 @@ fn x64() -> String {
 }
 
 /// Rules for prepaid credit balances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreditsPolicy {
     /// Smallest balance an account must hold before it may buy from its credits (SecretVM's
     /// `AGENT_MIN_BALANCE`).
     #[serde(default)]
     pub min_balance: Usdc,
+    /// Smallest top-up (`POST /v1/account/topup`).
+    #[serde(default = "CreditsPolicy::default_topup_min")]
+    #[schema(value_type = String, example = "0.01")]
+    pub topup_min: Usdc,
+    /// Largest top-up.
+    #[serde(default = "CreditsPolicy::default_topup_max")]
+    #[schema(value_type = String, example = "1000")]
+    pub topup_max: Usdc,
+}
+
+impl CreditsPolicy {
+    fn default_topup_min() -> Usdc {
+        Usdc(10_000)
+    }
+
+    fn default_topup_max() -> Usdc {
+        Usdc(1_000_000_000)
+    }
+}
+
+impl Default for CreditsPolicy {
+    fn default() -> Self {
+        CreditsPolicy {
+            min_balance: Usdc::ZERO,
+            topup_min: CreditsPolicy::default_topup_min(),
+            topup_max: CreditsPolicy::default_topup_max(),
+        }
+    }
 }
 
 /// What a vendbox sells.

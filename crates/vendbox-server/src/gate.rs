@@ -71,7 +71,7 @@ pub fn respond<T, R: IntoResponse>(
                 insert(
                     response.headers_mut(),
                     header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                    "payment-response, x-payment-response, vendbox-payment-id",
+                    "payment-response, x-payment-response, vendbox-receipt, vendbox-payment-id",
                 );
             }
             with_payment_id(response, payment)

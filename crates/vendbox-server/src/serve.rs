@@ -269,8 +269,12 @@ fn payments(
         }
     };
     tracing::info!(network = %network, asset = %asset, pay_to = %pay_to, "taking x402 payments");
-    let payments =
-        Arc::new(Payments::new(vec![Arc::new(x402)], store, public_url).with_faults(Faults::from_env()));
+    // x402 first: a request carrying an x402 payment pays with it, even when it also names an
+    // account; one naming only an account pays from its credits.
+    let credits =
+        vendbox_service::Credits::new(store.clone(), Arc::new(vendbox_service::SystemClock), &public_url);
+    let methods: Vec<Arc<dyn vendbox_pay::PaymentMethod>> = vec![Arc::new(x402), Arc::new(credits)];
+    let payments = Arc::new(Payments::new(methods, store, public_url).with_faults(Faults::from_env()));
     let worker = SettlementWorker { payments: payments.clone(), grace: p.settle_grace() };
     Ok((payments, Some(worker)))
 }

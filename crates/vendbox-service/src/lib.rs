@@ -13,9 +13,11 @@
 //! - `locks.rs`: [`Locks`], TTL locks with fencing tokens, priced by the catalog;
 //! - `payments.rs`: [`Payments`], the gate of paid work: any `vendbox_pay::PaymentMethod`,
 //!   pay-on-success, and recovery of payments a crash left half-done;
-//! - `credits.rs`: [`Credits`], prepaid credits as a payment method (holds, charges, key caps).
+//! - `credits.rs`: [`Credits`], prepaid credits as a payment method (holds, charges, key caps);
+//! - `accounts.rs`: [`Accounts`], top-ups, balances, ledgers and a wallet's payments.
 
 mod access;
+pub mod accounts;
 pub mod clock;
 pub mod credits;
 mod error;
@@ -28,6 +30,7 @@ mod purchase;
 mod records;
 
 pub use access::SshKey;
+pub use accounts::{AccountError, AccountSummary, Accounts, PaymentsPage};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credits::Credits;
 pub use error::LeaseError;

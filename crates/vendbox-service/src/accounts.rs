@@ -1,0 +1,148 @@
+//! [`Accounts`]: what a wallet reads and does with its credits: top-ups (bounded by the
+//! operator's `[credits] topup_min`/`topup_max`, booked once per settled x402 payment), its
+//! balance and recent entries, its ledger by pages, and its payments (x402 by payer, credits by
+//! account: both are the payment's payer) by pages with totals per state.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use vendbox_core::{AccountAddress, CreditsPolicy, LedgerEntry, LedgerKind, Payment, PaymentId, Usdc};
+use vendbox_store::{Funds, PaymentTotal, Store, StoreError};
+
+use crate::clock::{Clock, SystemClock};
+
+/// Why an account request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// A top-up outside the operator's bounds.
+    #[error("a top-up is between {min} and {max}")]
+    TopUpOutOfRange {
+        /// The smallest.
+        min: Usdc,
+        /// The largest.
+        max: Usdc,
+    },
+    /// A page cursor that is not one this vendbox gave.
+    #[error("`before` is not a cursor from an earlier page")]
+    BadCursor,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AccountError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AccountError::TopUpOutOfRange { .. } => "topup_out_of_range",
+            AccountError::BadCursor => "bad_cursor",
+            AccountError::Store(_) => "internal",
+        }
+    }
+}
+
+/// An account as its owner sees it.
+#[derive(Debug, Clone)]
+pub struct AccountSummary {
+    /// Balance and holds.
+    pub funds: Funds,
+    /// The newest entries.
+    pub recent: Vec<LedgerEntry>,
+}
+
+/// A page of a wallet's payments, with totals over all of them.
+#[derive(Debug, Clone)]
+pub struct PaymentsPage {
+    /// Newest first.
+    pub payments: Vec<Payment>,
+    /// The cursor of the next page, when there may be one.
+    pub next: Option<String>,
+    /// Per state, over every payment of the wallet.
+    pub totals: Vec<PaymentTotal>,
+}
+
+/// Accounts and their credits.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    policy: CreditsPolicy,
+    clock: Arc<dyn Clock>,
+}
+
+impl Accounts {
+    /// Accounts kept in `store`, under the operator's `policy`.
+    pub fn new(store: Arc<dyn Store>, policy: CreditsPolicy) -> Accounts {
+        Accounts { store, policy, clock: Arc::new(SystemClock) }
+    }
+
+    /// `amount` if a top-up may be that much.
+    pub fn top_up_amount(&self, amount: Usdc) -> Result<Usdc, AccountError> {
+        let (min, max) = (self.policy.topup_min, self.policy.topup_max);
+        if amount < min || amount > max {
+            return Err(AccountError::TopUpOutOfRange { min, max });
+        }
+        Ok(amount)
+    }
+
+    /// Books the top-up paid by `payment` (once, however often it is asked).
+    pub async fn book_top_up(
+        &self,
+        account: &AccountAddress,
+        amount: Usdc,
+        payment: PaymentId,
+    ) -> Result<LedgerEntry, AccountError> {
+        let entry = self
+            .store
+            .append_ledger(account, LedgerKind::TopUp, amount, &payment.to_string(), self.clock.now())
+            .await?;
+        Ok(entry)
+    }
+
+    /// The account's funds and its `recent` newest entries.
+    pub async fn summary(
+        &self,
+        account: &AccountAddress,
+        recent: u32,
+    ) -> Result<AccountSummary, AccountError> {
+        let funds = self.store.funds(account, self.clock.now()).await?;
+        let recent = self.store.ledger_page(account, None, recent).await?;
+        Ok(AccountSummary { funds, recent })
+    }
+
+    /// Up to `limit` entries older than the cursor `before` (an entry id), newest first.
+    pub async fn ledger(
+        &self,
+        account: &AccountAddress,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, AccountError> {
+        let before = before.map(|b| b.parse::<i64>().map_err(|_| AccountError::BadCursor)).transpose()?;
+        Ok(self.store.ledger_page(account, before, limit).await?)
+    }
+
+    /// Up to `limit` payments of the wallet older than the cursor `before`, newest first, and
+    /// the totals of all its payments.
+    pub async fn payments(
+        &self,
+        account: &AccountAddress,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<PaymentsPage, AccountError> {
+        let before = before.map(parse_payment_cursor).transpose()?;
+        let payments = self.store.payments_by_payer(account.as_str(), before, limit).await?;
+        let next = (payments.len() == limit as usize)
+            .then(|| payments.last().map(|p| format!("{}_{}", p.created_at.timestamp_millis(), p.id)))
+            .flatten();
+        let totals = self.store.payment_totals(account.as_str()).await?;
+        Ok(PaymentsPage { payments, next, totals })
+    }
+}
+
+/// A payments cursor: `<created_at ms>_<payment id>`.
+fn parse_payment_cursor(text: &str) -> Result<(DateTime<Utc>, PaymentId), AccountError> {
+    let (at, id) = text.split_once('_').ok_or(AccountError::BadCursor)?;
+    let at =
+        at.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis).ok_or(AccountError::BadCursor)?;
+    let id = id.parse::<PaymentId>().map_err(|_| AccountError::BadCursor)?;
+    Ok((at, id))
+}
