@@ -55,6 +55,11 @@ impl AppState {
         vendbox_service::Records::new(self.store.clone(), self.catalog.clone())
     }
 
+    /// Accounts and their credits, under the catalog's credits policy.
+    pub fn accounts(&self) -> vendbox_service::Accounts {
+        vendbox_service::Accounts::new(self.store.clone(), self.catalog.credits)
+    }
+
     /// The lock services, over this vendbox's store and catalog.
     pub fn locks(&self) -> vendbox_service::Locks {
         vendbox_service::Locks::new(self.store.clone(), self.catalog.clone())
@@ -93,6 +98,8 @@ pub struct Limits {
     pub max_file_bytes: usize,
     /// Requests one client address may have in flight at once.
     pub max_requests_per_peer: usize,
+    /// How far a signed request's timestamp may be from the server's clock, either way.
+    pub auth_window: Duration,
 }
 
 impl Default for Limits {
@@ -102,6 +109,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_file_bytes: 64 * 1024 * 1024,
             max_requests_per_peer: 256,
+            auth_window: Duration::from_mins(5),
         }
     }
 }
@@ -138,6 +146,10 @@ pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
 
 /// The whole HTTP API.
 pub fn router(state: AppState, limits: Limits) -> Router {
+    let authenticator = crate::auth::Authenticator {
+        auth: vendbox_service::Auth::new(state.store.clone(), limits.auth_window),
+        max_body_bytes: limits.max_body_bytes,
+    };
     let (api, doc) = operations(limits).split_for_parts();
     let document = Bytes::from(serde_json::to_vec(&openapi::versioned(doc)).unwrap_or_default());
     let api = api
@@ -166,6 +178,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::internal(&"a handler panicked").into_response()
             }))
+            .layer(middleware::from_fn_with_state(authenticator, crate::auth::authenticate))
             ,
     )
 }

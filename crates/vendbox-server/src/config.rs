@@ -277,6 +277,9 @@ pub struct ServerConfig {
     /// `{port}-{box id}.boxes.example.com` reaches port `port` of that box, as
     /// `/v1/boxes/{id}/ports/{port}/` does.
     pub ports_domain: Option<String>,
+    /// How far a signed request's `X-Auth-Timestamp` may be from this host's clock, either
+    /// way; its nonce is kept that long after it.
+    pub auth_window_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -289,6 +292,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             max_requests_per_peer: 256,
             ports_domain: None,
+            auth_window_secs: 300,
         }
     }
 }

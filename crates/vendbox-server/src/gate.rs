@@ -18,12 +18,17 @@ use crate::error::ApiError;
 /// Response header naming the payment a paid response was paid with (`GET /v1/payments/{id}`).
 pub const PAYMENT_ID: HeaderName = HeaderName::from_static("vendbox-payment-id");
 
-/// The payment proof `headers` carry, for any method `payments` accepts.
+/// The payment proof `headers` carry, for any method `payments` accepts, speaking for the
+/// principal the request was authenticated as (`auth::authenticate`), if any.
 pub fn proof(payments: &Payments, headers: &HeaderMap) -> Proof {
-    payments
+    let proof = payments
         .proof_headers()
         .filter_map(|name| headers.get(name).map(|value| (name, value.as_bytes())))
-        .fold(Proof::none(), |proof, (name, value)| proof.with(name, value))
+        .fold(Proof::none(), |proof, (name, value)| proof.with(name, value));
+    match crate::auth::current_principal() {
+        Some(principal) => proof.with_principal(principal),
+        None => proof,
+    }
 }
 
 /// Runs `work` for a paid request through `payments` and renders the outcome: 402 without

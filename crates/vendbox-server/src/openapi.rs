@@ -25,6 +25,8 @@ use crate::error::{ErrorBody, ErrorDetail};
         (name = "vpsagent", description = "The VpsAgent API, path for path"),
         (name = "h3retik", description = "The H3RETIK Cloud API, path for path"),
         (name = "storefront", description = "The Agentic Compute Storefront API, path for path (paid over x402)"),
+        (name = "x402compute", description = "The x402Compute API, path for path. Management takes a wallet signature: X-Auth-Address, X-Auth-Chain (`base`), X-Auth-Signature (EIP-191 personal_sign, 65 bytes hex) over the six lines `vendbox-auth-v1`, METHOD, path with query, X-Auth-Timestamp (Unix ms, within the window), X-Auth-Nonce (single use), and the body's SHA-256 in lowercase hex, joined by \\n; or an API key in X-API-Key"),
+        (name = "account", description = "Prepaid credits: top up with x402 (POST /v1/account/topup), then any paid route accepts the wallet's signature (X-Auth-*) or its API key (X-API-Key, Authorization: Bearer vbk_...) instead of an x402 payment. The price is held, and charged only once the work succeeded; the receipt is the Vendbox-Receipt header ({\"method\":\"credits\",\"reference\":ledger entry id}). A 402 names credits in Vendbox-Credits; a short balance is refused with insufficient_credits and what is missing; a key's scope and caps with key_scope, key_daily_cap, key_total_cap. With both an x402 payment and an account, x402 pays"),
         (name = "locks", description = "Agent Lock, native: TTL locks with fencing tokens; the release token is a bearer"),
         (name = "boxes", description = "Boxes, native: buy one, run commands (one action each), move files, end it; the box's token is a bearer"),
     )
@@ -46,6 +48,18 @@ impl utoipa::Modify for ReleaseTokenScheme {
         scheme.description =
             Some("The `token` (native) or `session_token` (H3RETIK) a box purchase returned".into());
         components.add_security_scheme("lease_token", SecurityScheme::Http(scheme));
+        let mut key = utoipa::openapi::security::ApiKeyValue::new("X-API-Key");
+        key.description = Some("An API key (`vbk_…`) made by `POST /compute/api-keys`; also taken as `Authorization: Bearer vbk_…`".into());
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(key)),
+        );
+        let mut signature = utoipa::openapi::security::ApiKeyValue::new("X-Auth-Signature");
+        signature.description = Some("A wallet's EIP-191 signature of the request, with X-Auth-Address, X-Auth-Chain (`base`), X-Auth-Timestamp (Unix ms), X-Auth-Nonce and X-Auth-Sig-Encoding (`hex`). The signed text is six lines joined by `\\n`: `vendbox-auth-v1`, the method, the path with its query, the timestamp, the nonce, and the SHA-256 of the body in lowercase hex. The timestamp must be within the server's window (5 minutes by default) and the nonce is single-use.".into());
+        components.add_security_scheme(
+            "wallet_signature",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(signature)),
+        );
     }
 }
 

@@ -102,6 +102,7 @@ impl Server {
             max_body_bytes: config.server.max_body_bytes,
             max_file_bytes: config.boxes.max_file_bytes,
             max_requests_per_peer: config.server.max_requests_per_peer,
+            auth_window: std::time::Duration::from_secs(config.server.auth_window_secs),
         };
         let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
         let ports_domain = config.server.ports_domain.clone();

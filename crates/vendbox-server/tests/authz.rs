@@ -184,6 +184,12 @@ fn table() -> Vec<(&'static str, &'static str, Rule)> {
         ("POST", "/v1/boxes/{id}/exec/stream", lease(Box, Root, Via::Bearer, gone)),
         ("GET", "/v1/boxes/{id}/files", lease(Box, Root, Via::Bearer, gone)),
         ("PUT", "/v1/boxes/{id}/files", lease(Box, Root, Via::Bearer, gone)),
+        // x402Compute's management takes a wallet signature or an API key, never a lease's
+        // token: whatever token is sent, 401 `auth_required` (tests/accounts_auth.rs and
+        // tests/x402compute.rs check signatures and keys).
+        ("POST", "/compute/api-keys", Rule::Open(401)),
+        ("GET", "/compute/api-keys", Rule::Open(401)),
+        ("DELETE", "/compute/api-keys/{id}", Rule::Open(401)),
     ]
     .into_iter()
     // Ports in: a box's server, with the box's root token.
@@ -454,7 +460,7 @@ fn request(h: &Harness, template: &str, rule: Rule, kind: Kind) -> (String, Opti
             &match template {
                 t if t.starts_with("/v1/offers/") => "h3retik-micro".to_owned(),
                 t if t.starts_with("/v1/quotes/") => h.quote_id.clone(),
-                t if t.starts_with("/v1/payments/") => uuid_like(),
+                t if t.starts_with("/v1/payments/") || t.starts_with("/compute/") => uuid_like(),
                 _ => lease.map(|l| l.id.to_string()).unwrap_or_default(),
             },
         )

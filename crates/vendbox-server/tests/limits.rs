@@ -138,6 +138,7 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
         max_body_bytes: config.server.max_body_bytes,
         max_file_bytes: config.boxes.max_file_bytes,
         max_requests_per_peer: config.server.max_requests_per_peer,
+        auth_window: std::time::Duration::from_secs(config.server.auth_window_secs),
     };
     Shop { router: router(state, limits), store, metrics, backend, _dir: dir }
 }

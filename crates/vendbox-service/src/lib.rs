@@ -7,6 +7,8 @@
 //!   reconcile) and the capacity they are sold from;
 //! - `exec.rs`: commands, each spending one action;
 //! - `access.rs`: capability tokens and SSH keys;
+//! - `auth.rs`: [`Auth`], who a request speaks for (a wallet's signature or its API key), and
+//!   API keys with scopes and caps;
 //! - `purchase.rs`: extensions and renewals;
 //! - `orders.rs`: idempotency claims;
 //! - `records.rs`: [`Records`], quotes, payments and the store's health;
@@ -18,6 +20,7 @@
 
 mod access;
 pub mod accounts;
+pub mod auth;
 pub mod clock;
 pub mod credits;
 mod error;
@@ -31,6 +34,7 @@ mod records;
 
 pub use access::SshKey;
 pub use accounts::{AccountError, AccountSummary, Accounts, PaymentsPage};
+pub use auth::{Auth, AuthError, NewKey, SignedRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credits::Credits;
 pub use error::LeaseError;

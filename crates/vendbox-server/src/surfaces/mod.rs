@@ -7,7 +7,8 @@
 //!   and their ports;
 //! - `h3retik`: the H3RETIK Cloud API (`/x402/sessions/…`, `/x402/locks/…`);
 //! - `vpsagent`: the VpsAgent API (`/catalog`, `/rent`, `/rentals/…`, `/instance/…`);
-//! - `storefront`: the Agentic Compute Storefront API (`/api/…`).
+//! - `storefront`: the Agentic Compute Storefront API (`/api/…`);
+//! - `x402compute`: the x402Compute API (`/compute/…`).
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -17,6 +18,7 @@ pub mod h3retik;
 pub mod native;
 pub mod storefront;
 pub mod vpsagent;
+pub mod x402compute;
 
 /// A surface's operations, by how long they may take.
 #[derive(Default)]
@@ -50,5 +52,9 @@ impl Routes {
 
 /// Every surface's operations.
 pub fn all() -> Routes {
-    native::routes().merge(h3retik::routes()).merge(vpsagent::routes()).merge(storefront::routes())
+    native::routes()
+        .merge(h3retik::routes())
+        .merge(vpsagent::routes())
+        .merge(storefront::routes())
+        .merge(x402compute::routes())
 }
