@@ -20,7 +20,7 @@ use crate::app::{AppState, Limits, SshEndpoint, router};
 use crate::boxes::{BoxExpiry, Boxes};
 use crate::config::{BackendKind, Config, FacilitatorKind};
 use crate::metrics::Metrics;
-use crate::purge::QuotePurge;
+use crate::purge::{NoncePurge, QuotePurge};
 use crate::settlement::SettlementWorker;
 use crate::ssh::SshLeases;
 use crate::worker::{self, Worker};
@@ -122,7 +122,12 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_workers, workers_stop) = watch::channel(false);
-        let mut workers: Vec<Arc<dyn Worker>> = vec![Arc::new(QuotePurge { records: self.state.records() })];
+        let mut workers: Vec<Arc<dyn Worker>> = vec![
+            Arc::new(QuotePurge { records: self.state.records() }),
+            Arc::new(NoncePurge {
+                auth: vendbox_service::Auth::new(self.state.store.clone(), self.limits.auth_window),
+            }),
+        ];
         if let Some(settlement) = self.settlement {
             workers.push(Arc::new(settlement));
         }

@@ -190,6 +190,11 @@ fn table() -> Vec<(&'static str, &'static str, Rule)> {
         ("POST", "/compute/api-keys", Rule::Open(401)),
         ("GET", "/compute/api-keys", Rule::Open(401)),
         ("DELETE", "/compute/api-keys/{id}", Rule::Open(401)),
+        // An account's credits, likewise: a wallet signature or an API key (tests/credits.rs).
+        ("GET", "/v1/account", Rule::Open(401)),
+        ("POST", "/v1/account/topup", Rule::Open(401)),
+        ("GET", "/v1/account/ledger", Rule::Open(401)),
+        ("GET", "/v1/account/payments", Rule::Open(401)),
     ]
     .into_iter()
     // Ports in: a box's server, with the box's root token.

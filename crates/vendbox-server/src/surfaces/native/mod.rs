@@ -1,4 +1,4 @@
-//! vendbox's own API, one module per resource: `health`, `offers`, `quotes`, `payments`, `locks`,
+//! vendbox's own API, one module per resource: `health`, `account`, `offers`, `quotes`, `payments`, `locks`,
 //! `boxes` (and a box's `ports`). The seed surfaces reuse its purchase (`boxes::buy`) and lock
 //! rules.
 
@@ -7,6 +7,7 @@ use utoipa_axum::routes;
 
 use super::Routes;
 
+pub mod account;
 pub mod boxes;
 pub mod health;
 pub mod locks;
@@ -20,6 +21,10 @@ pub fn routes() -> Routes {
     Routes {
         quick: OpenApiRouter::new()
             .routes(routes!(health::healthz))
+            .routes(routes!(account::get))
+            .routes(routes!(account::topup))
+            .routes(routes!(account::ledger))
+            .routes(routes!(account::payments))
             .routes(routes!(offers::list))
             .routes(routes!(offers::get))
             .routes(routes!(quotes::create))

@@ -1,0 +1,235 @@
+//! Prepaid credits end to end, on the real binary and a local chain: a wallet makes an API key
+//! (signed with `eth_account`), tops up with the official x402 Python client, and then 100
+//! concurrent 0.0001 USDC lock acquisitions paid from its credits leave the balance exactly
+//! right with no transaction on the chain; a short balance gets a 402 naming what is missing;
+//! a locks-only key cannot buy a box and a key with a 0.01 USDC daily cap is refused on the
+//! purchase that would cross it; the account, its ledger and its payments are listed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod shop;
+mod support;
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use shop::Shop;
+use vendbox_pay::Wallet;
+
+fn signer_installed() -> bool {
+    let ok = Command::new("python3").args(["-c", "import eth_account"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        support::requirement_missing("the eth_account Python package is not installed");
+    }
+    ok
+}
+
+/// The `X-Auth-*` headers `wallet` signs for `method path body` (`tests/clients/sign_auth.py`).
+fn sign(wallet: &Wallet, method: &str, path: &str, body: &str) -> Vec<(String, String)> {
+    let output = Command::new("python3")
+        .current_dir(shop::repo_root().join("tests/clients"))
+        .args(["sign_auth.py", method, path, body])
+        .env("VENDBOX_WALLET_KEY", wallet.secret_hex())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "sign_auth.py: {}", String::from_utf8_lossy(&output.stderr));
+    let headers: serde_json::Map<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
+    headers.into_iter().map(|(k, v)| (k, v.as_str().unwrap().to_owned())).collect()
+}
+
+/// A new API key of `wallet` with `grant` (scope and caps).
+async fn api_key(shop: &Shop, wallet: &Wallet, grant: Value) -> String {
+    let body = grant.to_string();
+    let mut request = reqwest::Client::new()
+        .post(shop.url("/compute/api-keys"))
+        .header("content-type", "application/json")
+        .body(body.clone());
+    for (name, value) in sign(wallet, "POST", "/compute/api-keys", &body) {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_owned()
+}
+
+/// Sends `method path` with `key` and a JSON `body`: status, headers, answer.
+async fn send(
+    shop: &Shop,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request =
+        reqwest::Client::new().request(method.parse().unwrap(), shop.url(path)).header("x-api-key", key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The chain's height, to see that credits send no transaction.
+async fn block_number(shop: &Shop) -> u64 {
+    let answer: Value = reqwest::Client::new()
+        .post(&shop.anvil.rpc_url)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    u64::from_str_radix(answer["result"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// Tops `key`'s wallet up by `amount` with the official x402 Python client.
+fn top_up(shop: &Shop, payer: &Wallet, key: &str, amount: &str) -> Value {
+    let body = json!({ "amount": amount }).to_string();
+    let header = format!("X-API-Key: {key}");
+    shop.run_client_on(
+        "python3",
+        "pay_x402.py",
+        payer,
+        "/v1/account/topup",
+        &["--method", "POST", "--json", &body, "--header", &header],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credits_pay_for_a_hundred_locks_at_once_without_the_chain() {
+    if !signer_installed() || !shop::python_client_installed() {
+        return;
+    }
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let wallet = shop.payer().await;
+    let key = api_key(&shop, &wallet, json!({ "label": "locks" })).await;
+
+    // Without credits: a 402 that names credits and says what is missing.
+    let (status, headers, body) =
+        send(&shop, &key, "POST", "/x402/locks/acquire", Some(json!({ "key": "k:first" }))).await;
+    assert_eq!(status, 402, "{body}");
+    let credits: Value = serde_json::from_str(headers["vendbox-credits"].to_str().unwrap()).unwrap();
+    assert_eq!(credits["error"], "insufficient_credits", "{credits}");
+    assert!(credits["message"].as_str().unwrap().contains("0.0001 USDC short"), "{credits}");
+    assert!(credits["topup"].as_str().unwrap().ends_with("/v1/account/topup"), "{credits}");
+
+    // A top-up with the official client: booked once the x402 payment settled.
+    let before = shop.balance(wallet.address()).await;
+    let paid = top_up(&shop, &wallet, &key, "0.01");
+    assert_eq!(paid["status"], 200, "{paid}");
+    assert_eq!(before - shop.balance(wallet.address()).await, 10_000, "the wallet paid 0.01 USDC on chain");
+    let (_, _, account) = send(&shop, &key, "GET", "/v1/account", None).await;
+    assert_eq!(account["balance"], "0.01", "{account}");
+    assert_eq!(account["recent"][0]["kind"], "top_up", "{account}");
+
+    // 100 locks at once, 0.0001 USDC each: exactly the balance, and no block on the chain.
+    let height = block_number(&shop).await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (url, key) = (shop.url("/x402/locks/acquire"), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("x-api-key", key)
+                .json(&json!({ "key": format!("k:{i}"), "ttl_seconds": 60 }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let receipt = response.headers().get("vendbox-receipt").map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.unwrap();
+            (status, receipt, body)
+        }));
+    }
+    let mut references = std::collections::HashSet::new();
+    for task in tasks {
+        let (status, receipt, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["acquired"], true, "{body}");
+        let receipt: Value = serde_json::from_str(&receipt.expect("a credits receipt")).unwrap();
+        assert_eq!(receipt["method"], "credits");
+        assert!(references.insert(receipt["reference"].as_str().unwrap().to_owned()), "one entry each");
+    }
+    assert_eq!(block_number(&shop).await, height, "credits sent no transaction");
+    let (_, _, account) = send(&shop, &key, "GET", "/v1/account", None).await;
+    assert_eq!((&account["balance"], &account["held"]), (&json!("0.00"), &json!("0.00")), "{account}");
+
+    // Now short: refused, and not charged.
+    let (status, _, body) =
+        send(&shop, &key, "POST", "/x402/locks/acquire", Some(json!({ "key": "k:one-more" }))).await;
+    assert_eq!(status, 402, "{body}");
+
+    // The ledger by pages: 100 charges and the top-up.
+    let mut entries = Vec::new();
+    let mut path = "/v1/account/ledger?limit=40".to_owned();
+    loop {
+        let (status, _, page) = send(&shop, &key, "GET", &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        entries.extend(page["entries"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/account/ledger?limit=40&before={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(entries.len(), 101);
+    assert_eq!(entries.iter().filter(|e| e["kind"] == "charge").count(), 100);
+
+    // The wallet's payments: the x402 top-up and the 100 credit charges settled, the short
+    // ones voided, with what each bought.
+    let (status, _, payments) = send(&shop, &key, "GET", "/v1/account/payments?limit=5", None).await;
+    assert_eq!(status, 200, "{payments}");
+    assert_eq!(payments["totals"]["settled"]["count"], 101, "{payments}");
+    assert_eq!(payments["totals"]["settled"]["amount"], "0.02", "{payments}");
+    assert_eq!(payments["payments"].as_array().unwrap().len(), 5);
+    assert!(payments["next"].is_string());
+    let methods: Vec<&str> =
+        payments["payments"].as_array().unwrap().iter().map(|p| p["method"].as_str().unwrap()).collect();
+    assert!(methods.iter().all(|m| *m == "credits"), "{methods:?}");
+
+    // Without a key or signature: 401.
+    let response = reqwest::Client::new().get(shop.url("/v1/account")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_scopes_and_daily_caps_are_enforced_at_purchase() {
+    if !signer_installed() || !shop::python_client_installed() {
+        return;
+    }
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let wallet = shop.payer().await;
+    let owner = api_key(&shop, &wallet, json!({ "label": "owner" })).await;
+    assert_eq!(top_up(&shop, &wallet, &owner, "0.10")["status"], 200);
+
+    // A locks-only key takes locks, and cannot buy a box.
+    let locks_only = api_key(&shop, &wallet, json!({ "scope": { "kind": "locks_only" } })).await;
+    let (status, _, body) =
+        send(&shop, &locks_only, "POST", "/x402/locks/acquire", Some(json!({ "key": "s:1" }))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, headers, body) =
+        send(&shop, &locks_only, "POST", "/v1/boxes", Some(json!({ "offer": "h3retik-micro" }))).await;
+    assert_eq!(status, 402, "{body}");
+    let credits: Value = serde_json::from_str(headers["vendbox-credits"].to_str().unwrap()).unwrap();
+    assert_eq!(credits["error"], "key_scope", "{credits}");
+
+    // A key capped at 0.01 USDC a day: 100 locks pass, the 101st would cross the cap.
+    let capped = api_key(&shop, &wallet, json!({ "daily_cap": "0.01" })).await;
+    for i in 0..100 {
+        let (status, _, body) =
+            send(&shop, &capped, "POST", "/x402/locks/acquire", Some(json!({ "key": format!("c:{i}") })))
+                .await;
+        assert_eq!(status, 200, "{i}: {body}");
+    }
+    let (status, headers, body) =
+        send(&shop, &capped, "POST", "/x402/locks/acquire", Some(json!({ "key": "c:over" }))).await;
+    assert_eq!(status, 402, "{body}");
+    let credits: Value = serde_json::from_str(headers["vendbox-credits"].to_str().unwrap()).unwrap();
+    assert_eq!(credits["error"], "key_daily_cap", "{credits}");
+    // The wallet's other keys are not capped by it.
+    let (status, _, body) =
+        send(&shop, &owner, "POST", "/x402/locks/acquire", Some(json!({ "key": "c:owner" }))).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, account) = send(&shop, &owner, "GET", "/v1/account", None).await;
+    assert_eq!(account["balance"], "0.0898", "0.10 less 102 locks: {account}");
+}
