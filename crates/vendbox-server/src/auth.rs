@@ -78,7 +78,10 @@ pub async fn authenticate(State(auth): State<Authenticator>, request: Request, n
         .iter()
         .any(|h| request.headers().contains_key(*h));
     let outcome = if signed {
-        by_signature(&auth, request).await
+        match by_signature(&auth, request).await {
+            Ok((principal, request)) => return signed_request(&auth, principal, request, next).await,
+            Err(e) => Err(e),
+        }
     } else if let Some(key) = api_key(request.headers()) {
         match key {
             Ok(key) => auth.auth.api_key(&key).await.map(|p| (p, request)).map_err(refusal),
@@ -94,6 +97,29 @@ pub async fn authenticate(State(auth): State<Authenticator>, request: Request, n
         }
         Err(error) => error.into_response(),
     }
+}
+
+/// Serves a request whose signature was verified (its nonce claimed); when the answer is 402
+/// (nothing done, nothing charged) the nonce is given back, so that the x402 client's paid retry
+/// of the very same request is accepted (see [`Auth::release_nonce`](vendbox_service::Auth)).
+async fn signed_request(
+    auth: &Authenticator,
+    principal: Principal,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let nonce = request.headers().get(X_AUTH_NONCE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let account = principal.account.clone();
+    request.extensions_mut().insert(principal.clone());
+    let response = PRINCIPAL.scope(Some(principal), next.run(request)).await;
+    if response.status() == StatusCode::PAYMENT_REQUIRED
+        && let Some(nonce) = nonce
+        && let Err(e) = auth.auth.release_nonce(&account, &nonce).await
+    {
+        // The retry is then refused `nonce_reused`; the client signs afresh.
+        tracing::warn!(error = %e, "the nonce of a signed request answered 402 could not be given back");
+    }
+    response
 }
 
 /// The API key a request presents: `X-API-Key`, or a `vbk_` bearer.

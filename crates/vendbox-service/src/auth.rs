@@ -242,6 +242,21 @@ impl Auth {
         Ok(Principal::wallet(account))
     }
 
+    /// Gives back the nonce of a signed request of `account` that was answered 402 Payment
+    /// Required, so that the same request, signature and all, may be sent again with a payment:
+    /// the official x402 clients re-send a request answered 402 with its headers unchanged.
+    ///
+    /// A 402 means the request did nothing and was charged nothing, so letting its signature
+    /// through once more cannot make it act twice: the nonce is claimed again by the next send
+    /// and kept for good by any answer other than a 402. Two sends in flight at once still race
+    /// for one claim (the loser is refused `nonce_reused`). A paid retry that is replayed is held
+    /// by its payment's own single use as well: an x402 payment settles once, so even a copy
+    /// sent after a 402 of that retry cannot be paid for twice.
+    pub async fn release_nonce(&self, account: &AccountAddress, nonce: &str) -> Result<(), AuthError> {
+        self.store.release_auth_nonce(account, nonce).await?;
+        Ok(())
+    }
+
     /// The wallet and grant of the API key `presented`.
     pub async fn api_key(&self, presented: &SecretToken) -> Result<Principal, AuthError> {
         let key = self.store.api_key_by_hash(&presented.hash()).await?.ok_or(AuthError::UnknownApiKey)?;

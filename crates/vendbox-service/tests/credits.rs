@@ -195,7 +195,7 @@ async fn recovery_finds_the_charge_or_drops_the_hold() {
     let booked = store.settle_hold(left[0].0.payment.id, clock.now()).await.unwrap().unwrap();
     assert_eq!(store.funds(&a, clock.now()).await.unwrap().held, Usdc(100));
     clock.advance(chrono::Duration::minutes(5));
-    payments.finish_interrupted(Duration::from_secs(60), 10).await.unwrap();
+    payments.finish_interrupted(Duration::from_mins(1), 10).await.unwrap();
     let first = store.get_payment(left[0].0.payment.id).await.unwrap().unwrap();
     assert_eq!((first.state, first.settlement_ref), (PaymentState::Settled, Some(booked.id.to_string())));
     let second = store.get_payment(left[1].0.payment.id).await.unwrap().unwrap();

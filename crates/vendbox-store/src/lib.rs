@@ -454,6 +454,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
 
+    /// Gives back a nonce [`Store::claim_auth_nonce`] claimed, so that the same signed request
+    /// may be sent again (after an answer that did nothing, a 402); `false` when it was not
+    /// claimed. The account stays.
+    async fn release_auth_nonce(&self, account: &AccountAddress, nonce: &str) -> StoreResult<bool>;
+
     /// Deletes nonces whose window ended before `now`.
     async fn purge_auth_nonces(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 

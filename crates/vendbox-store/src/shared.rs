@@ -371,6 +371,14 @@ macro_rules! store_impl {
                 self.claim_auth_nonce(account, nonce, expires_at, now).await
             }
 
+            async fn release_auth_nonce(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                nonce: &str,
+            ) -> $crate::StoreResult<bool> {
+                self.release_auth_nonce(account, nonce).await
+            }
+
             async fn purge_auth_nonces(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,

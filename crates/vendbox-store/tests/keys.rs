@@ -31,6 +31,11 @@ async fn nonces_are_claimed_once_and_purged_after_their_window(store: Arc<dyn St
     assert!(store.claim_auth_nonce(&b, "n-1", until, t0()).await.unwrap(), "nonces are per address");
     // The first signature made the account.
     assert_eq!(store.balance(&a).await.unwrap(), Usdc::ZERO);
+    // A nonce given back (its request was answered 402) may be claimed once more, once.
+    assert!(store.release_auth_nonce(&b, "n-1").await.unwrap());
+    assert!(!store.release_auth_nonce(&b, "n-1").await.unwrap(), "given back once");
+    assert!(store.claim_auth_nonce(&b, "n-1", until, t0()).await.unwrap());
+    assert!(!store.claim_auth_nonce(&b, "n-1", until, t0()).await.unwrap());
     let racers: Vec<_> = (0..16)
         .map(|_| {
             let (store, a) = (store.clone(), a.clone());

@@ -3,7 +3,9 @@
 //! concurrent 0.0001 USDC lock acquisitions paid from its credits leave the balance exactly
 //! right with no transaction on the chain; a short balance gets a 402 naming what is missing;
 //! a locks-only key cannot buy a box and a key with a 0.01 USDC daily cap is refused on the
-//! purchase that would cross it; the account, its ledger and its payments are listed.
+//! purchase that would cross it; the account, its ledger and its payments are listed. A
+//! wallet-signed top-up goes through the x402 client's paid retry of the same signed request (its
+//! 402 gave the nonce back), and a third send of it is refused `nonce_reused`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod shop;
@@ -232,4 +234,50 @@ async fn key_scopes_and_daily_caps_are_enforced_at_purchase() {
     assert_eq!(status, 200, "{body}");
     let (_, _, account) = send(&shop, &owner, "GET", "/v1/account", None).await;
     assert_eq!(account["balance"], "0.0898", "0.10 less 102 locks: {account}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_signed_top_up_is_paid_by_the_x402_clients_retry_and_not_replayed() {
+    if !signer_installed() || !shop::python_client_installed() {
+        return;
+    }
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let wallet = shop.payer().await;
+    let body = json!({ "amount": "0.02" }).to_string();
+    let signed = sign(&wallet, "POST", "/v1/account/topup", &body);
+
+    // The official client sends the signed request, is answered 402, and re-sends it unchanged
+    // (the same X-Auth-Nonce) with its payment: the 402 gave the nonce back.
+    let mut args = vec!["--method".to_owned(), "POST".to_owned(), "--json".to_owned(), body.clone()];
+    for (name, value) in &signed {
+        args.extend(["--header".to_owned(), format!("{name}: {value}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let before = shop.balance(wallet.address()).await;
+    let paid = shop.run_client_on("python3", "pay_x402.py", &wallet, "/v1/account/topup", &args);
+    assert_eq!(paid["status"], 200, "{paid}");
+    assert_eq!(paid["body"]["amount"], "0.02", "{paid}");
+    assert_eq!(before - shop.balance(wallet.address()).await, 20_000, "paid once on chain");
+
+    // A third send of the same signed request: its nonce is spent now.
+    let mut again = reqwest::Client::new()
+        .post(shop.url("/v1/account/topup"))
+        .header("content-type", "application/json")
+        .body(body.clone());
+    for (name, value) in &signed {
+        again = again.header(name, value);
+    }
+    let response = again.send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let refused: Value = response.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "nonce_reused", "{refused}");
+
+    // The account holds the one top-up.
+    let path = "/v1/account";
+    let mut request = reqwest::Client::new().get(shop.url(path));
+    for (name, value) in sign(&wallet, "GET", path, "") {
+        request = request.header(name, value);
+    }
+    let account: Value = request.send().await.unwrap().json().await.unwrap();
+    assert_eq!(account["balance"], "0.02", "{account}");
 }

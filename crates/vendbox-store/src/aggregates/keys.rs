@@ -89,6 +89,19 @@ macro_rules! impl_keys {
                 Ok(claimed)
             }
 
+            async fn release_auth_nonce(
+                &self,
+                account: &vendbox_core::AccountAddress,
+                nonce: &str,
+            ) -> $crate::StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM auth_nonces WHERE address = $1 AND nonce = $2")
+                    .bind(account.as_str())
+                    .bind(nonce)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn purge_auth_nonces(&self, now: chrono::DateTime<chrono::Utc>) -> $crate::StoreResult<u64> {
                 let done = sqlx::query("DELETE FROM auth_nonces WHERE expires_at < $1")
                     .bind($crate::shared::ms(now))
