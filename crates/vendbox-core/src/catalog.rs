@@ -64,6 +64,10 @@ pub struct CreditsPolicy {
     #[serde(default = "CreditsPolicy::default_topup_max")]
     #[schema(value_type = String, example = "1000")]
     pub topup_max: Usdc,
+    /// Whether a box or machine its owner ends early gives back its unused whole minutes, as
+    /// credits of the wallet that paid, where its offer is priced by time (on by default).
+    #[serde(default = "CreditsPolicy::default_refund_unused")]
+    pub refund_unused: bool,
 }
 
 impl CreditsPolicy {
@@ -74,6 +78,10 @@ impl CreditsPolicy {
     fn default_topup_max() -> Usdc {
         Usdc(1_000_000_000)
     }
+
+    fn default_refund_unused() -> bool {
+        true
+    }
 }
 
 impl Default for CreditsPolicy {
@@ -82,6 +90,7 @@ impl Default for CreditsPolicy {
             min_balance: Usdc::ZERO,
             topup_min: CreditsPolicy::default_topup_min(),
             topup_max: CreditsPolicy::default_topup_max(),
+            refund_unused: CreditsPolicy::default_refund_unused(),
         }
     }
 }

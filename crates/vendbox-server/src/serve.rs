@@ -206,7 +206,11 @@ async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<(BoxService, Op
             "this host gives boxes no network egress: {why}; or set [egress] enabled = false to sell boxes without it"
         ));
     }
-    let boxes = Boxes::new(Arc::new(backend), store);
+    let mut boxes = Boxes::new(Arc::new(backend), store);
+    let catalog = config.catalog();
+    if catalog.credits.refund_unused {
+        boxes = boxes.with_refunds(&catalog.offers);
+    }
     let capacity = config.boxes.capacity(boxes.capacity());
     tracing::info!(
         boxes = capacity.boxes,

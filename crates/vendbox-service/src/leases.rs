@@ -11,10 +11,12 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
+use std::collections::HashMap;
 use vendbox_box::{Backend, BoxId, BoxSpec, BoxStatus, Limits, Usage};
+
 use vendbox_core::{
-    Capability, Lease, LeaseId, LeaseState, Offer, OfferKind, PaymentId, PaymentState, QuoteTerms,
-    SecretToken,
+    AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerEntry, LedgerKind, Offer, OfferId,
+    OfferKind, PaymentId, PaymentState, PriceRule, QuoteTerms, SecretToken, Usdc,
 };
 use vendbox_store::{Store, StoreError};
 
@@ -49,6 +51,9 @@ pub struct Boxes {
     making: Arc<std::sync::Mutex<Usage>>,
     /// The time of day.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The catalog's prices by offer, when an owner's early termination refunds unused time
+    /// (`[credits] refund_unused`); `None` when it does not.
+    refunds: Option<Arc<HashMap<OfferId, PriceRule>>>,
 }
 
 /// A box being made holds its share of the capacity until the backend counts it.
@@ -89,7 +94,14 @@ impl Boxes {
     /// Boxes made by `backend`, with leases in `store`, sold up to the backend's capacity.
     pub fn new(backend: Arc<dyn Backend>, store: Arc<dyn Store>) -> Boxes {
         let capacity = backend.capacity();
-        Boxes { backend, store, capacity, making: Arc::default(), clock: Arc::new(SystemClock) }
+        Boxes {
+            backend,
+            store,
+            capacity,
+            making: Arc::default(),
+            clock: Arc::new(SystemClock),
+            refunds: None,
+        }
     }
 
     /// The same boxes sold up to `capacity` instead.
@@ -102,6 +114,14 @@ impl Boxes {
     #[must_use]
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Boxes {
         Boxes { clock, ..self }
+    }
+
+    /// The same boxes, refunding unused whole minutes of a box its owner ends early at the
+    /// prices of `offers` (the catalog's), as credits of the payer's account.
+    #[must_use]
+    pub fn with_refunds(self, offers: &[Offer]) -> Boxes {
+        let prices = offers.iter().map(|o| (o.id.clone(), o.price)).collect();
+        Boxes { refunds: Some(Arc::new(prices)), ..self }
     }
 
     /// What this host sells boxes from in all.
@@ -225,7 +245,53 @@ impl Boxes {
         if lease.state.is_terminal() {
             return Ok(lease.clone());
         }
-        end_lease(&*self.store, &*self.backend, &*self.clock, lease.id, LeaseState::Terminated, None).await
+        let ended =
+            end_lease(&*self.store, &*self.backend, &*self.clock, lease.id, LeaseState::Terminated, None)
+                .await?;
+        if ended.state == LeaseState::Terminated
+            && let Err(e) = self.refund_unused(&ended).await
+        {
+            tracing::warn!(lease = %ended.id, error = %e, "the unused time of a terminated box was not refunded");
+        }
+        Ok(ended)
+    }
+
+    /// Books a `refund` of `lease`'s unused whole minutes to its payer's credits, when refunds
+    /// are on and its offer is priced by time: the time part of its price for those minutes,
+    /// never more than the lease's payments came to (its purchase and its extensions). The
+    /// entry's reference is the lease, so a second call books nothing; `None` when nothing is due.
+    pub async fn refund_unused(&self, lease: &Lease) -> Result<Option<LedgerEntry>, LeaseError> {
+        let Some(rule) = self.refunds.as_ref().and_then(|prices| prices.get(&lease.offer_id)) else {
+            return Ok(None);
+        };
+        let (Some(expires_at), Some(payment)) = (lease.expires_at, lease.payment_id) else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let minutes = u64::try_from((expires_at - now).num_minutes()).unwrap_or(0);
+        if minutes == 0 || (rule.per_minute == Usdc::ZERO && rule.per_month == Usdc::ZERO) {
+            return Ok(None);
+        }
+        let Some(payment) = self.store.get_payment(payment).await? else { return Ok(None) };
+        if payment.state != PaymentState::Settled {
+            return Ok(None);
+        }
+        let payer = AccountAddress::parse(&payment.replay_key.payer, "payer")
+            .map_err(|e| LeaseError::Internal(format!("a lease's payer: {e}")))?;
+        let paid =
+            payment.amount.atomic().saturating_add(self.store.lease_renewal_paid(lease.id).await?.atomic());
+        let per_minute = u128::from(rule.per_minute.atomic());
+        let per_month = u128::from(rule.per_month.atomic());
+        let unused = per_minute * u128::from(minutes)
+            + per_month * u128::from(minutes) / u128::from(vendbox_core::offer::MINUTES_PER_MONTH);
+        let amount = Usdc(u64::try_from(unused).unwrap_or(u64::MAX).min(paid));
+        if amount == Usdc::ZERO {
+            return Ok(None);
+        }
+        let entry =
+            self.store.append_ledger(&payer, LedgerKind::Refund, amount, &lease.id.to_string(), now).await?;
+        tracing::info!(lease = %lease.id, %amount, minutes, "unused time refunded as credits");
+        Ok(Some(entry))
     }
 
     /// Marks a lease failed and destroys whatever box it has.

@@ -223,3 +223,86 @@ async fn a_purchase_cut_off_while_its_box_is_made_leaves_no_lease_and_no_box() {
     assert!(failed[0].failure_reason.as_deref().unwrap().contains("cut off"), "{failed:?}");
     assert_eq!(w.backend.destroyed().len(), 1);
 }
+
+/// A settled x402 payment of `amount` by `payer`, as the gate leaves one.
+async fn settled_payment(w: &World, payer: &str, amount: u64) -> vendbox_core::PaymentId {
+    use vendbox_core::{Payment, PaymentId, PaymentMethod, PaymentState, ReplayKey, Usdc};
+    let now = w.clock.now();
+    let payment = Payment {
+        id: PaymentId::new_random(),
+        quote_id: None,
+        method: PaymentMethod::X402ExactV2,
+        replay_key: ReplayKey::new("eip155:31337", "0xusdc", payer, &PaymentId::new_random().to_string()),
+        amount: Usdc(amount),
+        state: PaymentState::Verified,
+        settlement_ref: None,
+        void_reason: None,
+        proof: None,
+        purchase: Some("a box".into()),
+        created_at: now,
+        updated_at: now,
+    };
+    w.store.reserve_payment(&payment).await.unwrap();
+    let settled = vendbox_store::PaymentOutcome::Settled { settlement_ref: "0xtx".into() };
+    w.store.finish_payment(payment.id, &settled, now).await.unwrap();
+    payment.id
+}
+
+/// A box offer sold by the minute: 0.01 USDC plus 0.001 USDC a minute.
+fn per_minute_offer() -> Offer {
+    let mut offer = offer();
+    offer.price =
+        serde_json::from_value(serde_json::json!({ "base": "0.01", "per_minute": "0.001" })).unwrap();
+    offer
+}
+
+#[tokio::test]
+async fn an_early_termination_refunds_unused_whole_minutes_once() {
+    let mut w = world().await;
+    let offer = per_minute_offer();
+    w.boxes = std::mem::replace(&mut w.boxes, world().await.boxes).with_refunds(std::slice::from_ref(&offer));
+    let payer = vendbox_core::AccountAddress::parse(&format!("0x{:040x}", 7), "payer").unwrap();
+    // 10 minutes at 0.001 and the base: 0.02 paid.
+    let terms =
+        offer.quote(&QuoteParams { minutes: Some(10), actions: Some(1), ..QuoteParams::default() }).unwrap();
+    let paid = settled_payment(&w, payer.as_str(), 20_000).await;
+    let made = w.boxes.provision(&offer, &terms, Some(paid), &[], &[Capability::Root]).await.unwrap();
+    // 3 minutes and 30 seconds used: 6 whole minutes unused, 0.006 back.
+    w.clock.advance(chrono::Duration::seconds(210));
+    let ended = w.boxes.terminate(&made.lease).await.unwrap();
+    assert_eq!(ended.state, LeaseState::Terminated);
+    assert_eq!(w.store.balance(&payer).await.unwrap(), vendbox_core::Usdc(6_000));
+    let entries = w.store.ledger(&payer, 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].kind, vendbox_core::LedgerKind::Refund);
+    assert_eq!(entries[0].reference, made.lease.id.to_string(), "the entry names the lease");
+    // Twice: nothing more, whether through terminate or the refund itself.
+    w.boxes.terminate(&ended).await.unwrap();
+    w.boxes.terminate(&made.lease).await.unwrap();
+    assert!(w.boxes.refund_unused(&ended).await.unwrap().is_some_and(|e| e.id == entries[0].id));
+    assert_eq!(w.store.balance(&payer).await.unwrap(), vendbox_core::Usdc(6_000));
+}
+
+#[tokio::test]
+async fn a_refund_never_passes_what_was_paid_and_is_off_when_the_operator_says_so() {
+    let w = world().await;
+    let offer = per_minute_offer();
+    let terms =
+        offer.quote(&QuoteParams { minutes: Some(10), actions: Some(1), ..QuoteParams::default() }).unwrap();
+    // Refunds off (no `with_refunds`): nothing.
+    let payer = vendbox_core::AccountAddress::parse(&format!("0x{:040x}", 8), "payer").unwrap();
+    let paid = settled_payment(&w, payer.as_str(), 20_000).await;
+    let made = w.boxes.provision(&offer, &terms, Some(paid), &[], &[Capability::Root]).await.unwrap();
+    w.boxes.terminate(&made.lease).await.unwrap();
+    assert_eq!(w.store.balance(&payer).await.unwrap(), vendbox_core::Usdc::ZERO);
+    assert!(w.store.ledger(&payer, 10).await.unwrap().is_empty());
+    // On, for a lease whose payment came to less than its unused time (the price went up since):
+    // what was paid, no more.
+    let boxes = Boxes::new(w.backend.clone(), w.store.clone())
+        .with_clock(w.clock.clone())
+        .with_refunds(std::slice::from_ref(&offer));
+    let paid = settled_payment(&w, payer.as_str(), 4_000).await;
+    let made = boxes.provision(&offer, &terms, Some(paid), &[], &[Capability::Root]).await.unwrap();
+    boxes.terminate(&made.lease).await.unwrap();
+    assert_eq!(w.store.balance(&payer).await.unwrap(), vendbox_core::Usdc(4_000));
+}

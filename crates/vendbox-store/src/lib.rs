@@ -336,6 +336,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<u32>;
 
+    /// What the lease's extensions were paid in all (the amounts of the payments
+    /// [`Store::extend_lease`] recorded).
+    async fn lease_renewal_paid(&self, id: LeaseId) -> StoreResult<Usdc>;
+
     /// How often the lease was renewed, and the payment of its latest renewal.
     async fn lease_renewals(&self, id: LeaseId) -> StoreResult<(u32, Option<PaymentId>)>;
 

@@ -231,6 +231,13 @@ macro_rules! store_impl {
                 self.extend_lease(id, expected, until, payment, now).await
             }
 
+            async fn lease_renewal_paid(
+                &self,
+                id: vendbox_core::LeaseId,
+            ) -> $crate::StoreResult<vendbox_core::Usdc> {
+                self.lease_renewal_paid(id).await
+            }
+
             async fn lease_renewals(
                 &self,
                 id: vendbox_core::LeaseId,

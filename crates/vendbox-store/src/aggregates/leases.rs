@@ -231,7 +231,9 @@ macro_rules! impl_leases {
                 use sqlx::Row;
                 let row = sqlx::query(
                     "UPDATE leases SET expires_at = $3, renewal_count = renewal_count + 1, \
-                     last_renewal_payment_id = COALESCE($4, last_renewal_payment_id), updated_at = $5 \
+                     last_renewal_payment_id = COALESCE($4, last_renewal_payment_id), updated_at = $5, \
+                     renewal_paid_atomic = renewal_paid_atomic + \
+                     COALESCE((SELECT amount_atomic FROM payments WHERE id = $4), 0) \
                      WHERE id = $1 AND state = 'active' AND expires_at = $2 RETURNING renewal_count",
                 )
                 .bind(id.to_string())
@@ -260,6 +262,17 @@ macro_rules! impl_leases {
                 let count = $crate::shared::sql_to_u32(row.try_get("renewal_count")?, "leases.renewal_count")?;
                 let payment: Option<String> = row.try_get("last_renewal_payment_id")?;
                 Ok((count, payment.and_then(|p| p.parse().ok())))
+            }
+
+            async fn lease_renewal_paid(&self, id: vendbox_core::LeaseId) -> $crate::StoreResult<vendbox_core::Usdc> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT renewal_paid_atomic FROM leases WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::NotFound(format!("lease {id}")))?;
+                let paid = $crate::shared::sql_to_u64(row.try_get("renewal_paid_atomic")?, "leases.renewal_paid_atomic")?;
+                Ok(vendbox_core::Usdc(paid))
             }
 
             async fn lease_by_id_prefix(&self, prefix: &str) -> $crate::StoreResult<Option<vendbox_core::Lease>> {
