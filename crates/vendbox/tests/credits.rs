@@ -5,7 +5,8 @@
 //! a locks-only key cannot buy a box and a key with a 0.01 USDC daily cap is refused on the
 //! purchase that would cross it; the account, its ledger and its payments are listed. A
 //! wallet-signed top-up goes through the x402 client's paid retry of the same signed request (its
-//! 402 gave the nonce back), and a third send of it is refused `nonce_reused`.
+//! 402 gave the nonce back), and a third send of it is refused `nonce_reused`. The hundred locks
+//! also split across two hosts sharing PostgreSQL leave the one balance exactly right.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod shop;
@@ -280,4 +281,57 @@ async fn a_wallet_signed_top_up_is_paid_by_the_x402_clients_retry_and_not_replay
     }
     let account: Value = request.send().await.unwrap().json().await.unwrap();
     assert_eq!(account["balance"], "0.02", "{account}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hosts_on_one_postgresql_spend_one_balance_exactly() {
+    if !signer_installed() || !shop::python_client_installed() {
+        return;
+    }
+    let Some(schema) = vendbox_store::testkit::PostgresSchema::create().await else { return };
+    let url = schema.url();
+    let env = [("VENDBOX_STORE__DATABASE_URL", url.as_str())];
+    let Some(shop) = Shop::open(31337, &env).await else { return };
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = shop::serve(&shop.anvil, shop.asset, shop.pay_to, other_dir.path(), &env);
+    let wallet = shop.payer().await;
+    let key = api_key(&shop, &wallet, json!({ "label": "two hosts" })).await;
+    assert_eq!(top_up(&shop, &wallet, &key, "0.01")["status"], 200);
+
+    // 100 locks at 0.0001 USDC, half through each host, all at once: exactly the balance.
+    let height = block_number(&shop).await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let base = if i % 2 == 0 { shop.url("") } else { other.url.clone() };
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(format!("{base}/x402/locks/acquire"))
+                .header("x-api-key", key)
+                .json(&json!({ "key": format!("two:{i}"), "ttl_seconds": 60 }))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }));
+    }
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(block_number(&shop).await, height, "credits sent no transaction");
+    let (_, _, account) = send(&shop, &key, "GET", "/v1/account", None).await;
+    assert_eq!((&account["balance"], &account["held"]), (&json!("0.00"), &json!("0.00")), "{account}");
+    // Either host refuses the next one.
+    let response = reqwest::Client::new()
+        .post(format!("{}/x402/locks/acquire", other.url))
+        .header("x-api-key", &key)
+        .json(&json!({ "key": "two:over" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 402);
+    drop(other);
+    drop(shop);
+    schema.drop_schema().await;
 }
