@@ -60,6 +60,12 @@ impl AppState {
         vendbox_service::Accounts::new(self.store.clone(), self.catalog.credits)
     }
 
+    /// API keys, for managing them (the signature window plays no part there: `authenticate`
+    /// checked the signature already).
+    pub fn auth(&self) -> vendbox_service::Auth {
+        vendbox_service::Auth::new(self.store.clone(), std::time::Duration::ZERO)
+    }
+
     /// The lock services, over this vendbox's store and catalog.
     pub fn locks(&self) -> vendbox_service::Locks {
         vendbox_service::Locks::new(self.store.clone(), self.catalog.clone())

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use vendbox_core::{AccountAddress, Capability, Lease, LeaseId, Offer, PaymentId, QuoteTerms, SecretToken};
-use vendbox_store::ComputeInstance;
+pub use vendbox_store::ComputeInstance;
 
 use crate::access::SshKey;
 use crate::error::LeaseError;

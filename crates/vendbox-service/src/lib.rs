@@ -37,7 +37,7 @@ pub use access::SshKey;
 pub use accounts::{AccountError, AccountSummary, Accounts, PaymentsPage};
 pub use auth::{Auth, AuthError, NewKey, SignedRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use compute::{Compute, ComputeError, ComputeOrder};
+pub use compute::{Compute, ComputeError, ComputeInstance, ComputeOrder};
 pub use credits::Credits;
 pub use error::LeaseError;
 pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
@@ -46,3 +46,5 @@ pub use locks::{LockError, LockWaiters, Locks};
 pub use payments::{Coded, Delivery, Faults, Paid, PayError, Payments, RecoverError, Unconfigured};
 pub use purchase::Extension;
 pub use records::{RecordError, Records};
+/// An API key as `Auth` lists it.
+pub use vendbox_store::ApiKey;

@@ -17,8 +17,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vendbox_core::{Lease, LeaseState, Offer, QuoteParams};
 use vendbox_pay::ChargeKind;
-use vendbox_service::{Compute, ComputeError, ComputeOrder, Delivery, Paid, PayError, SshKey};
-use vendbox_store::ComputeInstance;
+use vendbox_service::{
+    Compute, ComputeError, ComputeInstance, ComputeOrder, Delivery, Paid, PayError, SshKey,
+};
 
 use crate::app::AppState;
 use crate::auth::Authenticated;

@@ -10,8 +10,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vendbox_core::{KeyScope, Usdc};
-use vendbox_service::{Auth, NewKey};
-use vendbox_store::ApiKey;
+use vendbox_service::{ApiKey, Auth, NewKey};
 
 use crate::app::AppState;
 use crate::auth::{Authenticated, refusal};
@@ -104,10 +103,9 @@ pub struct Revoked {
     pub api_key: KeyView,
 }
 
-/// The key service (the signature window plays no part in managing keys: `authenticate` checked
-/// the signature already).
+/// The key service.
 pub(crate) fn auth(state: &AppState) -> Auth {
-    Auth::new(state.store.clone(), std::time::Duration::ZERO)
+    state.auth()
 }
 
 /// Makes an API key for the signing wallet.
