@@ -2,8 +2,9 @@
 //! keys of its own, against the same cycle on Redis (`SET key token NX PX` + a compare-and-delete
 //! script) from 64 connections, measured in the same run:
 //! - Redis with `appendfsync always` (durable before it answers, as vendbox is);
-//! - vendbox over HTTP at price 0 and paid (x402 on anvil, built-in facilitator), on SQLite and
-//!   on PostgreSQL;
+//! - vendbox over HTTP at price 0 and paid (x402 on anvil, built-in facilitator, and prepaid
+//!   credits spent with an API key: one x402 top-up, then no transaction per lock), on SQLite
+//!   and on PostgreSQL;
 //! - contended, at price 0: the 64 clients share 8 keys and wait for them
 //!   (`POST /v1/locks/{key}?wait_seconds=60`), so each cycle is a handover and its time includes
 //!   the wait.
@@ -127,12 +128,17 @@ impl Figures {
 /// Measures `subject` in windows alternated with windows of `baseline`, and prints both and
 /// their ratios.
 async fn compare(label: &str, baseline: &Cycle, subject: &Cycle) {
+    compare_with(BASELINE, baseline, label, subject).await;
+}
+
+/// As [`compare`], against another baseline, named `baseline_label`.
+async fn compare_with(baseline_label: &str, baseline: &Cycle, label: &str, subject: &Cycle) {
     let windows = stats::alternate_async(WINDOWS, || drive(baseline), || drive(subject)).await;
-    let base = Figures::of("Redis in memory", windows.baseline);
+    let base = Figures::of(baseline_label, windows.baseline);
     let figures = Figures::of(label, windows.subject);
     println!("{label}:");
     stats::header(LABEL_WIDTH);
-    stats::row(BASELINE, LABEL_WIDTH, &base.latency);
+    stats::row(baseline_label, LABEL_WIDTH, &base.latency);
     stats::row(label, LABEL_WIDTH, &figures.latency);
     stats::ratio_row("  cycle time, ratio to the baseline", LABEL_WIDTH, &figures.latency, &base.latency);
     let what = format!("{label}'s cycles per second over the baseline's");
@@ -210,11 +216,70 @@ fn config(data_dir: &std::path::Path, database_url: Option<String>, chain: Optio
     config
 }
 
-/// The acquire + release cycle against a vendbox at `base`; paid when `chain` is given.
-async fn vendbox_cycle(base: String, chain: Option<&Chain>, label: &str) -> Cycle {
+/// How the cycles of a row pay for their locks.
+#[derive(Clone, Copy)]
+enum Pay<'a> {
+    /// The locks cost nothing.
+    Free,
+    /// Each acquisition carries an x402 payment signed by its client's payer.
+    X402(&'a Chain),
+    /// Each acquisition names this API key, whose wallet's credits pay.
+    Credits(&'a str),
+}
+
+/// The `X-Auth-*` headers `wallet` signs for `method path` with `body` (the signed message of
+/// `vendbox_service::auth::signed_message`).
+fn signed(wallet: &Wallet, method: &str, path: &str, body: &str) -> Vec<(&'static str, String)> {
+    use sha2::Digest as _;
+    let timestamp = chrono::Utc::now().timestamp_millis();
+    let nonce = format!("bench-{timestamp}-{}", rand::random::<u64>());
+    let body_sha256 = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+    let message = vendbox_service::auth::signed_message(method, path, timestamp, &nonce, &body_sha256);
+    vec![
+        ("x-auth-address", wallet.address().to_string()),
+        ("x-auth-chain", "base".into()),
+        ("x-auth-signature", wallet.sign_personal_message(message.as_bytes())),
+        ("x-auth-timestamp", timestamp.to_string()),
+        ("x-auth-nonce", nonce),
+        ("x-auth-sig-encoding", "hex".into()),
+    ]
+}
+
+/// A new API key of `wallet` at the vendbox at `base`, whose credits were topped up by
+/// `amount` USDC with one x402 payment.
+async fn funded_key(base: &str, wallet: &Wallet, amount: &str) -> String {
+    let http = reqwest::Client::new();
+    let mut request =
+        http.post(format!("{base}/compute/api-keys")).header("content-type", "application/json");
+    for (name, value) in signed(wallet, "POST", "/compute/api-keys", "{}") {
+        request = request.header(name, value);
+    }
+    let response = request.body("{}").send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let key = response.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_owned();
+    let topup = format!("{base}/v1/account/topup");
+    let body = json!({ "amount": amount });
+    let response = http.post(&topup).header("x-api-key", &key).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 402);
+    let header = response.headers().get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap().to_owned();
+    let challenge = Challenge::read(Some(&header), &response.bytes().await.unwrap()).unwrap();
+    let (name, value) = challenge.pay(wallet, now()).unwrap();
+    let response =
+        http.post(&topup).header("x-api-key", &key).header(name, value).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    key
+}
+
+/// The acquire + release cycle against a vendbox at `base`, paying as `pay` says.
+async fn vendbox_cycle(base: String, pay: Pay<'_>, label: &str) -> Cycle {
     let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
     let acquire = format!("{base}/x402/locks/acquire");
     let release = format!("{base}/x402/locks/release");
+    let (chain, key) = match pay {
+        Pay::Free => (None, None),
+        Pay::X402(chain) => (Some(chain), None),
+        Pay::Credits(key) => (None, Some(key.to_owned())),
+    };
     // A paying client that has seen the 402 once pays every later request at once.
     let challenge = if chain.is_some() {
         let response = http.post(&acquire).json(&json!({ "key": "bench:probe" })).send().await.unwrap();
@@ -228,13 +293,17 @@ async fn vendbox_cycle(base: String, chain: Option<&Chain>, label: &str) -> Cycl
     let label = label.to_owned();
     Arc::new(move |client, n| {
         let (http, acquire, release) = (http.clone(), acquire.clone(), release.clone());
-        let (challenge, payers, label) = (challenge.clone(), payers.clone(), label.clone());
+        let (challenge, payers, label, api_key) =
+            (challenge.clone(), payers.clone(), label.clone(), key.clone());
         async move {
             let key = format!("bench:{label}:{client}:{}", n % 100);
             let mut request = http.post(&acquire).json(&json!({ "key": key, "ttl_seconds": 30 }));
             if let Some(challenge) = &challenge {
                 let (name, value) = challenge.pay(&payers[client], now()).unwrap();
                 request = request.header(name, value);
+            }
+            if let Some(api_key) = &api_key {
+                request = request.header("x-api-key", api_key);
             }
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 200);
@@ -393,14 +462,27 @@ async fn run() {
         let data = dir.path().join(format!("{store}-free"));
         let free = serve(config(&data, url.clone(), None));
         let label = format!("vendbox, price 0, {store}");
-        compare(&label, &baseline, &vendbox_cycle(free.clone(), None, &label).await).await;
+        let free_label = label.clone();
+        let free_cycle = vendbox_cycle(free.clone(), Pay::Free, &label).await;
+        compare(&label, &baseline, &free_cycle).await;
         let label = format!("vendbox, {CLIENTS} waiting on {CONTENDED_KEYS} keys, {store}");
         compare(&label, &baseline, &contended_cycle(free, &label)).await;
         if let Some(chain) = &chain {
             let data = dir.path().join(format!("{store}-paid"));
             let paid = serve(config(&data, url.clone(), Some(chain)));
             let label = format!("vendbox, paid 0.0001 USDC (anvil), {store}");
-            compare(&label, &baseline, &vendbox_cycle(paid, Some(chain), &label).await).await;
+            let x402_label = label.clone();
+            let x402_cycle = vendbox_cycle(paid.clone(), Pay::X402(chain), &label).await;
+            compare(&label, &baseline, &x402_cycle).await;
+            // Credits: one top-up on chain (40 USDC of the first payer's 100, once per store),
+            // then every lock from the balance. Compared with the baseline, and with the same
+            // cycle at price 0 and paid with x402, in windows of their own.
+            let key = funded_key(&paid, &chain.payers[0], "40").await;
+            let label = format!("vendbox, paid 0.0001 USDC from credits, {store}");
+            let credits_cycle = vendbox_cycle(paid, Pay::Credits(&key), &label).await;
+            compare(&label, &baseline, &credits_cycle).await;
+            compare_with(&free_label, &free_cycle, &label, &credits_cycle).await;
+            compare_with(&x402_label, &x402_cycle, &label, &credits_cycle).await;
         }
     }
     drop(redis_memory);
