@@ -21,7 +21,8 @@ pub mod x402;
 
 pub use keys::{BadSignature, EvmAddress, Wallet, recover_personal_signer};
 pub use method::{
-    Admission, AdmitError, Challenge, Charge, ChargeKind, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
+    Admission, AdmitError, Challenge, Charge, ChargeKind, PaymentMethod, Proof, Receipt, Recovered,
+    SettleFailure,
 };
 pub use network::Network;
 pub use reason::{Reason, Rejection};
