@@ -3,6 +3,12 @@
 //! record beside it (`boxes/<box>/box.json`: image, limits, uid), so that a box outlives vendbox
 //! and a host reboot and is started again from its disk.
 //!
+//! A new disk is a copy of an empty file system of its size, made once per size with `mkfs.ext4`
+//! (`boxes/.empty-<bytes>.img`) and copied block for block where it holds data (a reflink where
+//! the host's file system can share blocks), which takes a fraction of what `mkfs.ext4` takes.
+//! Every disk of one size so shares its file system's UUID; nothing on the host names a box's
+//! disk by it (a disk is found by its path and mounted through its loop device).
+//!
 //! The file system's size is the hard bound: a write past it fails with `ENOSPC` in the box.
 //! Its pages are the box's memory only while cached, so memory and disk limits are independent.
 //! The loop device reads and writes the file with direct I/O (the host does not cache the disk a
@@ -94,20 +100,40 @@ impl Disks {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .map_err(BoxError::io(format!("setting the mode of {}", dir.display())))?;
         }
-        let file = self.file(&record.id);
-        let disk = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&file)
-            .map_err(BoxError::io(format!("creating {}", file.display())))?;
-        disk.set_len(size_bytes).map_err(BoxError::io(format!("sizing {}", file.display())))?;
-        drop(disk);
-        // No blocks reserved for root (the box's bound is the whole disk), inode tables and the
-        // journal left uninitialised (never read before written; the disk stays sparse).
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
-            .arg(&file))?;
+        let empty = self.empty_disk(size_bytes, &record.id)?;
+        copy_sparse(&empty, &self.file(&record.id))?;
         self.write_record(record)
+    }
+
+    /// The empty file system of `size_bytes` new disks are copied from, made now if this is the
+    /// first disk of that size (`id` names the box asking, for a file of its own while it is
+    /// made: two boxes may make it at once, and either result serves).
+    fn empty_disk(&self, size_bytes: u64, id: &BoxId) -> Result<PathBuf, BoxError> {
+        let empty = self.dir.join(format!(".empty-{size_bytes}.img"));
+        if fs::metadata(&empty).is_ok_and(|m| m.is_file() && m.len() == size_bytes) {
+            return Ok(empty);
+        }
+        let partial = self.dir.join(format!(".empty-{size_bytes}.{id}.partial"));
+        let made = (|| {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&partial)
+                .map_err(BoxError::io(format!("creating {}", partial.display())))?;
+            file.set_len(size_bytes).map_err(BoxError::io(format!("sizing {}", partial.display())))?;
+            // No blocks reserved for root (the box's bound is the whole disk), inode tables and
+            // the journal left uninitialised (never read before written; the disk stays sparse).
+            run(Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+                .arg(&partial))?;
+            // On disk before it has its name, so that a crash never leaves a torn one under it.
+            file.sync_all().map_err(BoxError::io(format!("writing {}", partial.display())))?;
+            fs::rename(&partial, &empty).map_err(BoxError::io(format!("placing {}", empty.display())))
+        })();
+        if made.is_err() {
+            let _ = fs::remove_file(&partial);
+        }
+        made.map(|()| empty)
     }
 
     pub(crate) fn write_record(&self, record: &DiskRecord) -> Result<(), BoxError> {
@@ -125,23 +151,26 @@ impl Disks {
     /// so the host's paths in it are its own.
     pub(crate) fn mount(&self, id: &BoxId, target: &Path, uid: u32) -> Result<(), BoxError> {
         let file = self.file(id);
-        let device = run(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&file))?;
-        let device = device.trim().to_owned();
+        let (device, held) = loop_device::attach(&file)?;
         let mounted = rustix::mount::mount(
-            device.as_str(),
+            &device,
             target,
             "ext4",
             MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOATIME,
             Some(c"noinit_itable"),
         );
-        // Detaching a mounted loop device only marks it: the kernel releases it when the file
-        // system is unmounted. Unmounted (a failed mount), it is released now.
-        let detached = run(Command::new("losetup").arg("--detach").arg(&device));
+        // The device clears itself when nothing holds it: once the file system is unmounted, or
+        // now if the mount failed.
+        drop(held);
         mounted.map_err(|e| BoxError::Io {
-            context: format!("mounting the disk {} ({device}) at {}", file.display(), target.display()),
+            context: format!(
+                "mounting the disk {} ({}) at {}",
+                file.display(),
+                device.display(),
+                target.display()
+            ),
             source: e.into(),
         })?;
-        detached?;
         for (name, owner, mode) in [("upper", uid, 0o755), ("work", 0, 0o700)] {
             let dir = target.join(name);
             match fs::symlink_metadata(&dir) {
@@ -200,6 +229,165 @@ impl Disks {
             Err(e) => Err(BoxError::Io { context: format!("removing the disk of box {id}"), source: e }),
         }
     }
+}
+
+/// Loop devices, set up with the kernel's own interface (`/dev/loop-control` and
+/// `LOOP_CONFIGURE`, Linux 5.8) rather than `losetup`: a box's start runs no process for its disk.
+mod loop_device {
+    use std::fs;
+    use std::os::fd::{AsRawFd as _, BorrowedFd};
+    use std::path::{Path, PathBuf};
+
+    use crate::error::BoxError;
+
+    /// `LOOP_CTL_GET_FREE` of `linux/loop.h`.
+    const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
+    /// `LOOP_CONFIGURE` of `linux/loop.h`.
+    const LOOP_CONFIGURE: libc::Ioctl = 0x4C0A;
+    /// `LO_FLAGS_AUTOCLEAR`: the device lets its file go when its last holder closes it.
+    const LO_FLAGS_AUTOCLEAR: u32 = 4;
+    /// `LO_FLAGS_DIRECT_IO`: the file is read and written past the host's page cache.
+    const LO_FLAGS_DIRECT_IO: u32 = 16;
+    /// How often another process may take the free device first before attaching gives up.
+    const TRIES: usize = 16;
+
+    /// `struct loop_info64` of `linux/loop.h`.
+    #[repr(C)]
+    struct LoopInfo64 {
+        device: u64,
+        inode: u64,
+        rdevice: u64,
+        offset: u64,
+        size_limit: u64,
+        number: u32,
+        encrypt_type: u32,
+        encrypt_key_size: u32,
+        flags: u32,
+        file_name: [u8; 64],
+        crypt_name: [u8; 64],
+        encrypt_key: [u8; 32],
+        init: [u64; 2],
+    }
+
+    /// `struct loop_config` of `linux/loop.h`.
+    #[repr(C)]
+    struct LoopConfig {
+        fd: u32,
+        block_size: u32,
+        info: LoopInfo64,
+        reserved: [u64; 8],
+    }
+
+    // The kernel's sizes: `struct loop_info64` is 232 bytes, `struct loop_config` 304.
+    const _: () = assert!(size_of::<LoopInfo64>() == 232 && size_of::<LoopConfig>() == 304);
+
+    /// Attaches `file` to a free loop device, with direct I/O and cleared automatically: its
+    /// path, and the open device, which holds it until dropped (mount it first).
+    pub(super) fn attach(file: &Path) -> Result<(PathBuf, fs::File), BoxError> {
+        let open = |path: &Path| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(BoxError::io(format!("opening {}", path.display())))
+        };
+        let backing = open(file)?;
+        let control = open(Path::new("/dev/loop-control"))?;
+        let fd = u32::try_from(backing.as_raw_fd())
+            .map_err(|_| BoxError::Start("a negative descriptor".into()))?;
+        for _ in 0..TRIES {
+            let number = ioctl(std::os::fd::AsFd::as_fd(&control), LOOP_CTL_GET_FREE, None)
+                .map_err(BoxError::io("asking /dev/loop-control for a free loop device"))?;
+            let path = PathBuf::from(format!("/dev/loop{number}"));
+            let device = open(&path)?;
+            let config = LoopConfig {
+                fd,
+                block_size: 0,
+                info: LoopInfo64 {
+                    device: 0,
+                    inode: 0,
+                    rdevice: 0,
+                    offset: 0,
+                    size_limit: 0,
+                    number: 0,
+                    encrypt_type: 0,
+                    encrypt_key_size: 0,
+                    flags: LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO,
+                    file_name: [0; 64],
+                    crypt_name: [0; 64],
+                    encrypt_key: [0; 32],
+                    init: [0; 2],
+                },
+                reserved: [0; 8],
+            };
+            match ioctl(std::os::fd::AsFd::as_fd(&device), LOOP_CONFIGURE, Some(&config)) {
+                Ok(_) => return Ok((path, device)),
+                // Another process took it between the two calls.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    return Err(BoxError::Io {
+                        context: format!("attaching {} to {}", file.display(), path.display()),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Err(BoxError::Start(format!("no loop device stayed free for {}", file.display())))
+    }
+
+    /// `ioctl(fd, request)` or `ioctl(fd, request, config)`: its non-negative result.
+    #[allow(unsafe_code)]
+    fn ioctl(fd: BorrowedFd<'_>, request: libc::Ioctl, config: Option<&LoopConfig>) -> std::io::Result<i32> {
+        // SAFETY: `fd` is an open descriptor borrowed for the call. The two requests made here
+        // are `LOOP_CTL_GET_FREE`, which takes no argument, and `LOOP_CONFIGURE`, which reads a
+        // `struct loop_config` through the pointer: `config` is one, laid out as the kernel's
+        // (`repr(C)`, the same fields in the same order), and lives across the call. The kernel
+        // writes no memory of this process for either.
+        let result = unsafe {
+            match config {
+                Some(config) => libc::ioctl(fd.as_raw_fd(), request, std::ptr::from_ref(config)),
+                None => libc::ioctl(fd.as_raw_fd(), request),
+            }
+        };
+        if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(result) }
+    }
+}
+
+/// Copies `from` to a new file `to`, holes kept: a reflink where the file system can share
+/// blocks, else each run of data copied in the kernel (`copy_file_range`) and the holes skipped.
+fn copy_sparse(from: &Path, to: &Path) -> Result<(), BoxError> {
+    use rustix::fs::SeekFrom;
+    let context = || format!("copying {} to {}", from.display(), to.display());
+    let source = fs::File::open(from).map_err(BoxError::io(context()))?;
+    let target =
+        fs::OpenOptions::new().write(true).create_new(true).open(to).map_err(BoxError::io(context()))?;
+    let len = source.metadata().map_err(BoxError::io(context()))?.len();
+    target.set_len(len).map_err(BoxError::io(context()))?;
+    if rustix::fs::ioctl_ficlone(&target, &source).is_ok() {
+        return Ok(());
+    }
+    let failed = |e: rustix::io::Errno| BoxError::Io { context: context(), source: e.into() };
+    let mut offset = 0;
+    while offset < len {
+        let mut data = match rustix::fs::seek(&source, SeekFrom::Data(offset)) {
+            Ok(data) => data,
+            // Only a hole is left.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(failed(e)),
+        };
+        let hole = rustix::fs::seek(&source, SeekFrom::Hole(data)).map_err(failed)?;
+        let mut at = data;
+        while data < hole {
+            let chunk = usize::try_from(hole - data).unwrap_or(usize::MAX);
+            match rustix::fs::copy_file_range(&source, Some(&mut data), &target, Some(&mut at), chunk) {
+                Ok(0) => return Err(BoxError::Start(format!("{}: the source ended early", context()))),
+                Ok(_) => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        offset = hole;
+    }
+    Ok(())
 }
 
 /// Runs a host tool to completion; its standard output, or why it failed.

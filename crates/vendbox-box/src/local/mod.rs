@@ -310,21 +310,49 @@ fn host_root_args(layer: &Path, args: &mut Vec<String>) {
 }
 
 impl LocalBackend {
-    async fn start(&self, spec: &BoxSpec, uid: u32) -> Result<(), BoxError> {
+    /// Starts box `spec` as host `uid`: its root (on `new_disk`, made first, for a new box of an
+    /// image; else on the disk it has), its network and its cgroup, then boxd.
+    async fn start(
+        &self,
+        spec: &BoxSpec,
+        uid: u32,
+        new_disk: Option<(disk::DiskRecord, u64)>,
+    ) -> Result<(), BoxError> {
         let instance = self.instance_dir();
         fs::create_dir_all(&instance).map_err(BoxError::io(format!("creating {}", instance.display())))?;
         fs::set_permissions(&instance, fs::Permissions::from_mode(0o711))
             .map_err(BoxError::io(format!("setting the mode of {}", instance.display())))?;
         let layer = self.layer_dir(&spec.id);
-        if spec.image == crate::image::HOST {
-            layer::create(&layer, u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024, uid)?;
-        } else {
-            let rootfs = self.images.rootfs(&spec.image).ok_or_else(|| {
-                BoxError::Unsupported(self.images.check(&spec.image).err().unwrap_or_default())
-            })?;
-            let (dir, disks, id) = (layer.clone(), self.disks.clone(), spec.id.clone());
-            blocking(move || layer::create_overlay(&dir, &rootfs, &disks, &id, uid)).await?;
-        }
+        // The network (host tools run one after another) and the root (a disk, mounts) need
+        // nothing of each other: they are made at once.
+        let network = async {
+            match &self.net {
+                Some(net) if spec.egress => net.attach(&spec.id, uid).await.map(Some),
+                _ => Ok(None),
+            }
+        };
+        let root = async {
+            if spec.image == crate::image::HOST {
+                let size = u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024;
+                let dir = layer.clone();
+                blocking(move || layer::create(&dir, size, uid)).await
+            } else {
+                let rootfs = self.images.rootfs(&spec.image).ok_or_else(|| {
+                    BoxError::Unsupported(self.images.check(&spec.image).err().unwrap_or_default())
+                })?;
+                let (dir, disks, id) = (layer.clone(), self.disks.clone(), spec.id.clone());
+                blocking(move || {
+                    if let Some((record, size)) = new_disk {
+                        disks.create(&record, size)?;
+                    }
+                    layer::create_overlay(&dir, &rootfs, &disks, &id, uid)
+                })
+                .await
+            }
+        };
+        let (netns, root) = tokio::join!(network, root);
+        root?;
+        let netns = netns?;
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
         self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
         // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts;
@@ -352,10 +380,6 @@ impl LocalBackend {
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(false);
-        let netns = match &self.net {
-            Some(net) if spec.egress => Some(net.attach(&spec.id, uid).await?),
-            _ => None,
-        };
         let mut child = net::spawn_in(netns.as_deref(), || command.spawn())
             .map_err(BoxError::io("starting bubblewrap"))?;
         let pid = child.id().unwrap_or_default();
@@ -477,13 +501,14 @@ impl LocalBackend {
             net::detach(&self.instance, id).await;
             layer::remove(&self.layer_dir(id))?;
             self.claim_this_uid(id, record.uid)?;
-            self.start(&spec, record.uid).await
+            self.start(&spec, record.uid, None).await
         };
         match result.await {
             Ok(()) => BoxStatus::Running,
             Err(e) => {
                 tracing::warn!(box_id = %id, error = %e, "a box could not be started again from its disk");
                 let _ = self.cgroups.destroy(&self.instance, id.as_str()).await;
+                net::detach(&self.instance, id).await;
                 let _ = layer::remove(&self.layer_dir(id));
                 BoxStatus::Gone
             }
@@ -526,22 +551,17 @@ impl Backend for LocalBackend {
             return Err(BoxError::Start(format!("box {} exists already", spec.id)));
         }
         let uid = self.claim_uid(&spec.id)?;
-        let made = async {
-            if spec.image != crate::image::HOST {
-                let record = disk::DiskRecord {
-                    id: spec.id.clone(),
-                    image: spec.image.clone(),
-                    uid,
-                    limits: spec.limits,
-                    egress: spec.egress,
-                };
-                let (disks, size) =
-                    (self.disks.clone(), u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024);
-                blocking(move || disks.create(&record, size)).await?;
-            }
-            self.start(spec, uid).await
-        };
-        match made.await {
+        let new_disk = (spec.image != crate::image::HOST).then(|| {
+            let record = disk::DiskRecord {
+                id: spec.id.clone(),
+                image: spec.image.clone(),
+                uid,
+                limits: spec.limits,
+                egress: spec.egress,
+            };
+            (record, u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024)
+        });
+        match self.start(spec, uid, new_disk).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 match self.destroy(&spec.id).await {

@@ -155,10 +155,11 @@ pub(crate) struct Network {
     resolvers: Vec<Ipv4Addr>,
     /// The `resolv.conf` every box of the instance reads (bound over its `/etc/resolv.conf`).
     resolv_conf: PathBuf,
-    /// Whether the policy table, forwarding and `resolv.conf` are in place: they are put there
-    /// by the first box with egress (or at start-up, when boxes with egress live), so that a
-    /// vendbox that never sells one changes nothing on the host.
-    installed: tokio::sync::Mutex<bool>,
+    /// The host's networks the policy table was made with, once it, forwarding and
+    /// `resolv.conf` are in place: they are put there by the first box with egress (or at
+    /// start-up, when boxes with egress live), so that a vendbox that never sells one changes
+    /// nothing on the host. Each box's own table refuses the same networks.
+    installed: tokio::sync::Mutex<Option<Vec<Prefix>>>,
 }
 
 /// The names and addresses of one box's link.
@@ -224,7 +225,7 @@ impl Network {
             instance: instance.to_owned(),
             resolvers,
             resolv_conf,
-            installed: tokio::sync::Mutex::new(false),
+            installed: tokio::sync::Mutex::new(None),
         };
         // The table is checked now (`nft -c` changes nothing), so that a host whose kernel or
         // nft cannot hold it says so at start-up rather than at a purchase.
@@ -240,11 +241,11 @@ impl Network {
     }
 
     /// Puts the policy table (replacing an earlier one), IPv4 forwarding and the boxes'
-    /// `resolv.conf` in place, once.
-    async fn install(&self) -> Result<(), BoxError> {
+    /// `resolv.conf` in place, once; the host's networks the table refuses.
+    async fn install(&self) -> Result<Vec<Prefix>, BoxError> {
         let mut installed = self.installed.lock().await;
-        if *installed {
-            return Ok(());
+        if let Some(attached) = installed.as_ref() {
+            return Ok(attached.clone());
         }
         let Some(dir) = self.resolv_conf.parent() else {
             return Err(BoxError::Start("the boxes' resolv.conf has no directory".into()));
@@ -260,10 +261,10 @@ impl Network {
         set_mode(&self.resolv_conf, 0o644)?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(BoxError::io("turning on IPv4 forwarding"))?;
-        let table = self.table(&attached_networks(&if_prefix(&self.instance)));
-        run_with_input("nft", &["-f", "-"], &table).await?;
-        *installed = true;
-        Ok(())
+        let attached = attached_networks(&if_prefix(&self.instance));
+        run_with_input("nft", &["-f", "-"], &self.table(&attached)).await?;
+        *installed = Some(attached.clone());
+        Ok(attached)
     }
 
     /// The instance's nftables table, whole: deleting and adding it in one transaction replaces
@@ -414,40 +415,55 @@ impl Network {
     }
 
     /// Makes box `id`'s network namespace and link; its path, for [`spawn_in`].
+    ///
+    /// One `ip` run makes the namespace and the link and sets up the host's end; then the box's
+    /// end, its policy table and the shaping of both ends, which need nothing of each other, are
+    /// set up at once (each host tool run costs a process).
     pub(crate) async fn attach(&self, id: &BoxId, uid: u32) -> Result<PathBuf, BoxError> {
         let link = self.link(id, uid)?;
-        self.install().await?;
+        let attached = self.install().await?;
         // Leftovers of an earlier box of the same id (a crash mid-way) would make this fail.
         detach(&self.instance, id).await;
         let Link { netns, host_if, gateway, address } = &link;
-        run("ip", &["netns", "add", netns]).await?;
         // The box's end is made in its namespace, as `eth0`: nothing is moved or renamed.
-        run("ip", &["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns]).await?;
+        // (`netns add` in a batch returns `ip` to the host's namespace for the next line.)
+        let host = format!(
+            "netns add {netns}\nlink add {host_if} type veth peer name eth0 netns {netns}\n\
+             addr add {gateway}/31 dev {host_if}\nlink set {host_if} up\n"
+        );
+        run_with_input("ip", &["-batch", "-"], &host).await?;
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"), "1");
         let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{host_if}/rp_filter"), "1");
-        let host = format!("addr add {gateway}/31 dev {host_if}\nlink set {host_if} up\n");
-        run_with_input("ip", &["-batch", "-"], &host).await?;
         let inside = format!(
             "addr add {address}/31 dev eth0\nlink set eth0 up\nlink set lo up\n\
              route add default via {gateway} dev eth0\n"
         );
-        run_with_input("ip", &["-n", netns, "-batch", "-"], &inside).await?;
         let path = Path::new(NETNS_DIR).join(netns);
-        let policy = self.box_table(&attached_networks(&if_prefix(&self.instance)));
-        inside_netns(&path, &policy).await?;
-        if self.config.bandwidth_mbit > 0 {
-            let rate = format!("{}mbit", self.config.bandwidth_mbit);
-            // A bucket of a few milliseconds at the rate, and never below a jumbo frame.
-            let burst = (u64::from(self.config.bandwidth_mbit) * 125_000 / 200).max(16 * 1024).to_string();
-            let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
-            let mut down = vec!["qdisc", "replace", "dev", host_if];
-            down.extend(tbf);
-            run("tc", &down).await?;
-            let mut up = vec!["-n", netns, "qdisc", "replace", "dev", "eth0"];
-            up.extend(tbf);
-            run("tc", &up).await?;
+        let policy = self.box_table(&attached);
+        let inside_args = ["-n", netns.as_str(), "-batch", "-"];
+        let (host_end, box_end) =
+            (["qdisc", "replace", "dev", host_if], ["-n", netns.as_str(), "qdisc", "replace", "dev", "eth0"]);
+        tokio::try_join!(
+            run_with_input("ip", &inside_args, &inside),
+            inside_netns(&path, &policy),
+            self.shape(&host_end),
+            self.shape(&box_end),
+        )?;
+        Ok(path)
+    }
+
+    /// Shapes a link's end to the bandwidth cap (`tc` with `args` before the queueing
+    /// discipline), when there is one.
+    async fn shape(&self, args: &[&str]) -> Result<(), BoxError> {
+        if self.config.bandwidth_mbit == 0 {
+            return Ok(());
         }
-        Ok(Path::new(NETNS_DIR).join(netns))
+        let rate = format!("{}mbit", self.config.bandwidth_mbit);
+        // A bucket of a few milliseconds at the rate, and never below a jumbo frame.
+        let burst = (u64::from(self.config.bandwidth_mbit) * 125_000 / 200).max(16 * 1024).to_string();
+        let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
+        let args: Vec<&str> = args.iter().copied().chain(tbf).collect();
+        run("tc", &args).await
     }
 
     /// The bubblewrap arguments of a box with egress: no network namespace of its own (it is
@@ -713,7 +729,7 @@ mod tests {
             instance: "abcdef012345".into(),
             resolvers: vec![Ipv4Addr::new(203, 0, 113, 53)],
             resolv_conf: PathBuf::from("/x"),
-            installed: tokio::sync::Mutex::new(false),
+            installed: tokio::sync::Mutex::new(None),
         };
         let t = network.table(&["192.0.2.0/24".parse().unwrap()]);
         for range in REFUSED_RANGES.iter().chain(&["198.51.100.0/24", "192.0.2.0/24", "10.200.0.0/14"]) {
