@@ -1,6 +1,7 @@
 //! Ports in: a server listening in a box answers through `/v1/boxes/{id}/ports/{port}/…` and by
-//! host name (`{port}-{id}.{ports_domain}`) with the box's token, WebSocket upgrades pass both
-//! ways, and another box's token is refused. Boxes here have no egress: the way in is boxd's
+//! host name (`{port}-{id}.{ports_domain}`) with the box's token, whatever the method (HEAD,
+//! OPTIONS and methods HTTP does not name pass as GET does), WebSocket upgrades pass both ways,
+//! and another box's token is refused. Boxes here have no egress: the way in is boxd's
 //! tunnel, not the box's network.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -67,6 +68,25 @@ while True:
     c.close()
 "#;
 
+/// A server on port 8003 that answers any method with the method and path it got.
+const ANY_METHOD: &str = r#"
+import http.server
+class Echo(http.server.BaseHTTPRequestHandler):
+    def __getattr__(self, name):
+        if not name.startswith("do_"):
+            raise AttributeError(name)
+        def answer():
+            body = ("%s %s\n" % (self.command, self.path)).encode()
+            self.send_response(200)
+            self.send_header("X-Method", self.command)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        return answer
+http.server.ThreadingHTTPServer(("127.0.0.1", 8003), Echo).serve_forever()
+"#;
+
 async fn get(host: &BoxHost, path: &str, token: Option<&str>, host_name: Option<&str>) -> (u16, String) {
     let mut request = host.http.get(host.url(path));
     if let Some(token) = token {
@@ -124,6 +144,39 @@ async fn a_server_in_a_box_answers_by_path_and_by_host_name_to_the_boxs_token_on
     // The bearer is not passed on to the box.
     let log = host.ok(&a, "cat /tmp/server.log").await;
     assert!(!log.contains(&a.token), "{log}");
+
+    // Every method passes, by path and by host name, with what it answers (HEAD: no body).
+    host.ok(&a, &format!("cat > /tmp/any.py <<'EOF'\n{ANY_METHOD}\nEOF")).await;
+    serve(&host, &a, "python3 /tmp/any.py", 8003).await;
+    let by_name = format!("8003-{}.{DOMAIN}", a.id);
+    for method in ["HEAD", "OPTIONS", "PROPFIND", "GET", "DELETE"] {
+        for (path, host_name) in [
+            (format!("/v1/boxes/{}/ports/8003/sub?q=1", a.id), None),
+            ("/sub?q=1".to_owned(), Some(&by_name)),
+        ] {
+            let mut request = host
+                .http
+                .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), host.url(&path))
+                .bearer_auth(&a.token);
+            if let Some(name) = host_name {
+                request = request.header("host", name);
+            }
+            let response = request.send().await.unwrap();
+            let (status, seen) = (response.status().as_u16(), response.headers().get("x-method").cloned());
+            let body = response.text().await.unwrap();
+            assert_eq!(status, 200, "{method} {path} ({host_name:?}): {body}");
+            assert_eq!(seen.as_ref().and_then(|v| v.to_str().ok()), Some(method), "{method} {path}");
+            let expected = if method == "HEAD" { String::new() } else { format!("{method} /sub?q=1\n") };
+            assert_eq!(body, expected, "{method} {path} ({host_name:?})");
+        }
+        // Without the box's token, refused like GET.
+        let request = host.http.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            host.url(&format!("/v1/boxes/{}/ports/8003/", a.id)),
+        );
+        let status = request.bearer_auth(&b.token).send().await.unwrap().status().as_u16();
+        assert!([401, 403].contains(&status), "{method} with another box's token: {status}");
+    }
 
     // A server whose answer is not a bounded HTTP head.
     host.ok(&a, &format!("cat > /tmp/huge.py <<'EOF'\n{HUGE_HEAD}\nEOF")).await;

@@ -43,19 +43,7 @@ pub fn routes() -> Routes {
             .routes(routes!(boxes::exec_stream))
             .routes(routes!(boxes::read_file, boxes::write_file))
             // A box's server answers at its own pace; bodies stream through, never gathered.
-            .routes(routes!(
-                ports::port_get,
-                ports::port_post,
-                ports::port_put,
-                ports::port_patch,
-                ports::port_delete
-            ))
-            .routes(routes!(
-                ports::port_get_path,
-                ports::port_post_path,
-                ports::port_put_path,
-                ports::port_patch_path,
-                ports::port_delete_path
-            )),
+            .routes(ports::at_root())
+            .routes(ports::below()),
     }
 }

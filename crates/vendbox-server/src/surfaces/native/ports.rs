@@ -1,6 +1,8 @@
 //! Ports in: HTTP and WebSocket (any HTTP/1.1 upgrade) to a server listening in a box, at
 //! `/v1/boxes/{id}/ports/{port}/…` and, when the operator sets `[server] ports_domain`, at
-//! `{port}-{id}.{ports_domain}`.
+//! `{port}-{id}.{ports_domain}`. Every method is forwarded: those HTTP names have an operation
+//! each (HEAD and OPTIONS included), and any other (WebDAV's `PROPFIND`, an extension's) goes
+//! through the same path's fallback ([`at_root`], [`below`]).
 //!
 //! The way in is boxd's TCP tunnel to the box's loopback (the one SSH `-L` uses), so it works
 //! the same with and without egress and the host never enters a box's network namespace. The
@@ -20,6 +22,8 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
+use utoipa_axum::router::UtoipaMethodRouter;
+use utoipa_axum::routes;
 use vendbox_core::Capability;
 
 use super::boxes::service;
@@ -94,6 +98,35 @@ operations! {
     put: port_put, port_put_path;
     patch: port_patch, port_patch_path;
     delete: port_delete, port_delete_path;
+    head: port_head, port_head_path;
+    options: port_options, port_options_path;
+}
+
+/// The operations at `/v1/boxes/{id}/ports/{port}/`, and any other method there.
+pub fn at_root() -> UtoipaMethodRouter<AppState> {
+    let (schemas, paths, methods) =
+        routes!(port_get, port_post, port_put, port_patch, port_delete, port_head, port_options);
+    let other = |State(state): State<AppState>, Path((id, port)): Path<(String, u16)>, request: Request| async move {
+        forward(&state, &id, port, request).await
+    };
+    (schemas, paths, methods.fallback(other))
+}
+
+/// The operations at `/v1/boxes/{id}/ports/{port}/{*path}`, and any other method there.
+pub fn below() -> UtoipaMethodRouter<AppState> {
+    let (schemas, paths, methods) = routes!(
+        port_get_path,
+        port_post_path,
+        port_put_path,
+        port_patch_path,
+        port_delete_path,
+        port_head_path,
+        port_options_path
+    );
+    let other = |State(state): State<AppState>,
+                 Path((id, port, _path)): Path<(String, u16, String)>,
+                 request: Request| async move { forward(&state, &id, port, request).await };
+    (schemas, paths, methods.fallback(other))
 }
 
 /// Sends `request` to port `port` of box `id` and answers with what it says.
