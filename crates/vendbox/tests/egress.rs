@@ -6,8 +6,8 @@
 //! This machine has no internet and its own network is out of bounds, so the test builds its
 //! own: a namespace standing in for the public internet (an HTTP server on 203.0.113.10 and a
 //! DNS server on 203.0.113.53 answering for `vendbox.test`) and one for a private network and
-//! cloud metadata (a server on 10.77.0.1 and 169.254.169.254), with host routes for exactly
-//! those prefixes into them. Before the first packet it checks that every address it will try
+//! cloud metadata (a server on 10.77.0.1 and 169.254.169.254, and on the unique local IPv6
+//! address fd77:7700::1), with host routes for exactly those prefixes into them. Before the first packet it checks that every address it will try
 //! routes into its own namespaces, so that a policy bug can only reach the test's servers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,6 +26,10 @@ const PUBLIC_DNS: &str = "203.0.113.53";
 /// The stand-ins for a private network and for cloud metadata.
 const PRIVATE: &str = "10.77.0.1";
 const METADATA: &str = "169.254.169.254";
+/// A unique local IPv6 address (fc00::/7) in the private namespace, and the host's end of that
+/// link: boxes have no IPv6, so it must stay out of their reach.
+const PRIVATE_V6: &str = "fd77:7700::1";
+const PRIVATE_V6_HOST: &str = "fd77:7700::2";
 /// The name the test's DNS server answers with `PUBLIC_WEB`.
 const NAME: &str = "web.vendbox.test";
 /// Each box's bandwidth in the test, Mbit/s.
@@ -133,6 +137,11 @@ impl World {
             for route in routes {
                 must(&format!("ip route add {route} dev {host_if}"));
             }
+            if *ns == private {
+                // Its IPv6 network is the link's own (fd77:7700::/64, a route of the link).
+                must(&format!("ip -n {ns} -6 addr add {PRIVATE_V6}/64 dev {inside} nodad"));
+                must(&format!("ip -6 addr add {PRIVATE_V6_HOST}/64 dev {host_if} nodad"));
+            }
         }
         // Before any packet: every address the test tries routes into its own namespaces.
         for (addr, dev) in [
@@ -148,6 +157,11 @@ impl World {
                 "{addr} does not route into the test's namespace: {route}"
             );
         }
+        let route = String::from_utf8_lossy(&sh(&format!("ip -6 route get {PRIVATE_V6}")).stdout).to_string();
+        assert!(
+            route.contains(&format!("dev {} ", world.private_if)) && !route.contains(" via "),
+            "{PRIVATE_V6} does not route into the test's namespace: {route}"
+        );
         world.serve(&inet, &private);
         world
     }
@@ -171,7 +185,8 @@ impl World {
                     "http.server",
                     "80",
                     "--bind",
-                    "0.0.0.0",
+                    // Both families (IPv4-mapped too): the private server answers on IPv6 too.
+                    "::",
                 ])
                 .current_dir(dir)
                 .stdout(Stdio::null())
@@ -203,6 +218,13 @@ impl World {
             });
             assert!(ready, "the test's server on {addr} did not start");
         }
+        // The private server answers on IPv6 from the host (a link of the test's own), so a box
+        // that cannot reach it is refused, not pointed at nothing.
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            sh(&format!("curl -sg -o /dev/null -m 1 http://[{PRIVATE_V6}]/")).status.success()
+        });
+        assert!(ready, "the test's server on {PRIVATE_V6} does not answer the host");
     }
 
     fn private_log(&self) -> String {
@@ -323,6 +345,19 @@ async fn a_box_reaches_the_public_internet_and_nothing_the_policy_refuses() {
         run(&host, &a, "ip -6 addr show dev eth0; ip addr add 10.200.99.9/32 dev eth0 2>&1; echo rc=$?")
             .await;
     assert!(!text.contains("inet6") && !text.contains("rc=0"), "{text}");
+    // No IPv6 route leaves the box: neither the host's ::1 (the box's ::1 is its own loopback)
+    // nor a unique local address that the host routes (into the test's private namespace).
+    let text = run(&host, &a, "ip -6 route show table all 2>&1").await;
+    assert!(!text.contains("default") && !text.contains("eth0"), "the box has an IPv6 route: {text}");
+    let listener6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let port6 = listener6.local_addr().unwrap().port();
+    listener6.set_nonblocking(true).unwrap();
+    for url in [format!("http://[::1]:{port6}/"), format!("http://[{PRIVATE_V6}]/secret6.txt")] {
+        let text = run(&host, &a, &format!("curl -sSg -m 3 {url} 2>&1; echo rc=$?")).await;
+        assert!(text.contains("rc=7"), "box a did not fail to connect to {url} at once: {text}");
+    }
+    assert!(listener6.accept().is_err(), "a box connected to the host's ::1");
+    assert!(!world.private_log().contains("secret6"), "the private server was reached over IPv6");
 
     // Fail closed: with the host's table flushed (a firewall reload), the box's own policy,
     // which it cannot change, still refuses.
