@@ -18,6 +18,7 @@ pub struct FakeBackend {
     boxes: Mutex<BTreeMap<BoxId, BoxSpec>>,
     destroyed: Mutex<Vec<BoxId>>,
     fail_next_create: Mutex<Option<String>>,
+    fail_next_destroy: Mutex<Option<String>>,
     create_takes: Mutex<std::time::Duration>,
     refuses: Option<String>,
     capacity: Usage,
@@ -32,6 +33,7 @@ impl FakeBackend {
             boxes: Mutex::default(),
             destroyed: Mutex::default(),
             fail_next_create: Mutex::default(),
+            fail_next_destroy: Mutex::default(),
             create_takes: Mutex::default(),
             refuses: None,
             capacity: Usage { boxes: usize::MAX, memory_mb: u64::MAX, pids: u64::MAX },
@@ -55,6 +57,11 @@ impl FakeBackend {
     /// The next `create` fails with [`BoxError::Start`] saying `why`, having made nothing.
     pub fn fail_next_create(&self, why: &str) {
         *lock(&self.fail_next_create) = Some(why.to_owned());
+    }
+
+    /// The next `destroy` fails with [`BoxError::Unreachable`] saying `why`, leaving the box.
+    pub fn fail_next_destroy(&self, why: &str) {
+        *lock(&self.fail_next_destroy) = Some(why.to_owned());
     }
 
     /// From now on a box exists as soon as `create` is called, but `create` returns only after
@@ -113,6 +120,9 @@ impl Backend for FakeBackend {
     }
 
     async fn destroy(&self, id: &BoxId) -> Result<(), BoxError> {
+        if let Some(why) = lock(&self.fail_next_destroy).take() {
+            return Err(BoxError::Unreachable(why));
+        }
         lock(&self.destroyed).push(id.clone());
         lock(&self.boxes).remove(id);
         Ok(())

@@ -21,7 +21,7 @@ use crate::boxes::{BoxExpiry, Boxes};
 use crate::config::{BackendKind, Config, FacilitatorKind};
 use crate::metrics::Metrics;
 use crate::purge::{NoncePurge, QuotePurge};
-use crate::settlement::SettlementWorker;
+use crate::settlement::{SettlementWorker, TopUpWorker};
 use crate::ssh::SshLeases;
 use crate::worker::{self, Worker};
 
@@ -130,6 +130,7 @@ impl Server {
         ];
         if let Some(settlement) = self.settlement {
             workers.push(Arc::new(settlement));
+            workers.push(Arc::new(TopUpWorker { accounts: self.state.accounts() }));
         }
         let mut reconciling = None;
         if let Ok(boxes) = &self.state.boxes {

@@ -1,13 +1,15 @@
 //! [`Accounts`]: what a wallet reads and does with its credits: top-ups (bounded by the
-//! operator's `[credits] topup_min`/`topup_max`, booked once per settled x402 payment), its
+//! operator's `[credits] topup_min`/`topup_max`, written down as pending before the x402
+//! payment settles and booked once it did, by the request or, when it died or failed after the
+//! money moved, by the settlement worker: once per payment either way), its
 //! balance and recent entries, its ledger by pages, and its payments (x402 by payer, credits by
 //! account: both are the payment's payer) by pages with totals per state.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use vendbox_core::{AccountAddress, CreditsPolicy, LedgerEntry, LedgerKind, Payment, PaymentId, Usdc};
-use vendbox_store::{Funds, PaymentTotal, Store, StoreError};
+use vendbox_core::{AccountAddress, CreditsPolicy, LedgerEntry, Payment, PaymentId, PaymentState, Usdc};
+use vendbox_store::{Funds, PaymentTotal, PendingTopUp, Store, StoreError};
 
 use crate::clock::{Clock, SystemClock};
 
@@ -84,6 +86,19 @@ impl Accounts {
         Ok(amount)
     }
 
+    /// Writes down the top-up `payment` buys, before the payment settles: if it then settles and
+    /// the top-up is not booked (the process died, the store failed), the settlement worker books
+    /// it ([`Accounts::book_owed_top_ups`]).
+    pub async fn pend_top_up(
+        &self,
+        account: &AccountAddress,
+        amount: Usdc,
+        payment: PaymentId,
+    ) -> Result<(), AccountError> {
+        let top_up = PendingTopUp { payment, account: account.clone(), amount };
+        Ok(self.store.pend_top_up(&top_up, self.clock.now()).await?)
+    }
+
     /// Books the top-up paid by `payment` (once, however often it is asked).
     pub async fn book_top_up(
         &self,
@@ -91,11 +106,23 @@ impl Accounts {
         amount: Usdc,
         payment: PaymentId,
     ) -> Result<LedgerEntry, AccountError> {
-        let entry = self
-            .store
-            .append_ledger(account, LedgerKind::TopUp, amount, &payment.to_string(), self.clock.now())
-            .await?;
-        Ok(entry)
+        let top_up = PendingTopUp { payment, account: account.clone(), amount };
+        Ok(self.store.book_top_up(&top_up, self.clock.now()).await?)
+    }
+
+    /// Books up to `limit` top-ups whose payment settled and that were not booked, and forgets
+    /// those whose payment was voided; whether there may be more.
+    pub async fn book_owed_top_ups(&self, limit: u32) -> Result<bool, AccountError> {
+        let unfinished = self.store.unfinished_top_ups(limit).await?;
+        for (top_up, state) in &unfinished {
+            if *state == PaymentState::Settled {
+                let entry = self.store.book_top_up(top_up, self.clock.now()).await?;
+                tracing::info!(payment = %top_up.payment, account = %top_up.account, entry = entry.id, "booked a top-up left unbooked");
+            } else {
+                self.store.drop_pending_top_up(top_up.payment).await?;
+            }
+        }
+        Ok(unfinished.len() == limit as usize)
     }
 
     /// The account's funds and its `recent` newest entries.

@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use vendbox_box::{Backend, BoxId, BoxSpec, BoxStatus, Limits, Usage};
 
 use vendbox_core::{
-    AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerEntry, LedgerKind, Offer, OfferId,
-    OfferKind, PaymentId, PaymentState, PriceRule, QuoteTerms, SecretToken, Usdc,
+    AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerEntry, Offer, OfferId, OfferKind,
+    PaymentId, PaymentState, PriceRule, QuoteTerms, SecretToken, Usdc,
 };
-use vendbox_store::{Store, StoreError};
+use vendbox_store::{LeaseRefund, Store, StoreError};
 
 use crate::access::SshKey;
 use crate::clock::{Clock, SystemClock};
@@ -240,27 +240,50 @@ impl Boxes {
         Ok(Provisioned { lease, tokens })
     }
 
-    /// Ends the lease at its owner's request and destroys its box.
+    /// Ends the lease at its owner's request and destroys its box. Unused time due back (see
+    /// [`Boxes::refund_due`]) is booked in the same transaction as the lease's end, so a crash
+    /// cannot end the one without the other.
     pub async fn terminate(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         if lease.state.is_terminal() {
             return Ok(lease.clone());
         }
-        let ended =
-            end_lease(&*self.store, &*self.backend, &*self.clock, lease.id, LeaseState::Terminated, None)
-                .await?;
-        if ended.state == LeaseState::Terminated
-            && let Err(e) = self.refund_unused(&ended).await
-        {
-            tracing::warn!(lease = %ended.id, error = %e, "the unused time of a terminated box was not refunded");
+        let current = self
+            .store
+            .get_lease(lease.id)
+            .await?
+            .ok_or_else(|| LeaseError::NotFound(lease.id.to_string()))?;
+        let refund = if current.state.is_terminal() {
+            None
+        } else {
+            // What is due is read before the end is written; a refund that cannot be worked out
+            // does not keep the owner from ending the lease.
+            self.refund_due(&current).await.unwrap_or_else(|e| {
+                tracing::warn!(lease = %current.id, error = %e, "the unused time of a terminated box cannot be refunded");
+                None
+            })
+        };
+        let (ended, entry) = end_read_lease(
+            &*self.store,
+            &*self.backend,
+            &*self.clock,
+            current,
+            LeaseState::Terminated,
+            None,
+            refund.as_ref(),
+        )
+        .await?;
+        if let (Some(entry), Some(refund)) = (entry, &refund) {
+            tracing::info!(lease = %ended.id, amount = %refund.amount, entry = entry.id, "unused time refunded as credits");
         }
         Ok(ended)
     }
 
-    /// Books a `refund` of `lease`'s unused whole minutes to its payer's credits, when refunds
-    /// are on and its offer is priced by time: the time part of its price for those minutes,
-    /// never more than the lease's payments came to (its purchase and its extensions). The
-    /// entry's reference is the lease, so a second call books nothing; `None` when nothing is due.
-    pub async fn refund_unused(&self, lease: &Lease) -> Result<Option<LedgerEntry>, LeaseError> {
+    /// The refund of `lease`'s unused whole minutes to its payer's credits if it ended now, when
+    /// refunds are on and its offer is priced by time: the time part of its price for those
+    /// minutes, never more than the lease's payments came to (its purchase and its extensions).
+    /// `None` when nothing is due. Booked with the lease's end, its reference the lease, so a
+    /// lease is refunded once.
+    pub async fn refund_due(&self, lease: &Lease) -> Result<Option<LeaseRefund>, LeaseError> {
         let Some(rule) = self.refunds.as_ref().and_then(|prices| prices.get(&lease.offer_id)) else {
             return Ok(None);
         };
@@ -276,7 +299,7 @@ impl Boxes {
         if payment.state != PaymentState::Settled {
             return Ok(None);
         }
-        let payer = AccountAddress::parse(&payment.replay_key.payer, "payer")
+        let account = AccountAddress::parse(&payment.replay_key.payer, "payer")
             .map_err(|e| LeaseError::Internal(format!("a lease's payer: {e}")))?;
         let paid =
             payment.amount.atomic().saturating_add(self.store.lease_renewal_paid(lease.id).await?.atomic());
@@ -285,13 +308,7 @@ impl Boxes {
         let unused = per_minute * u128::from(minutes)
             + per_month * u128::from(minutes) / u128::from(vendbox_core::offer::MINUTES_PER_MONTH);
         let amount = Usdc(u64::try_from(unused).unwrap_or(u64::MAX).min(paid));
-        if amount == Usdc::ZERO {
-            return Ok(None);
-        }
-        let entry =
-            self.store.append_ledger(&payer, LedgerKind::Refund, amount, &lease.id.to_string(), now).await?;
-        tracing::info!(lease = %lease.id, %amount, minutes, "unused time refunded as credits");
-        Ok(Some(entry))
+        Ok((amount != Usdc::ZERO).then_some(LeaseRefund { account, amount }))
     }
 
     /// Marks a lease failed and destroys whatever box it has.
@@ -501,13 +518,32 @@ pub(crate) async fn end_lease(
     state: LeaseState,
     reason: Option<&str>,
 ) -> Result<Lease, LeaseError> {
-    let mut lease = store.get_lease(id).await?.ok_or_else(|| LeaseError::NotFound(id.to_string()))?;
+    let lease = store.get_lease(id).await?.ok_or_else(|| LeaseError::NotFound(id.to_string()))?;
+    Ok(end_read_lease(store, backend, clock, lease, state, reason, None).await?.0)
+}
+
+/// As [`end_lease`], for a lease as just read, booking `refund` with its end (in one
+/// transaction); the lease as it ended (by this or another), and the refund entry if booked.
+async fn end_read_lease(
+    store: &dyn Store,
+    backend: &dyn Backend,
+    clock: &dyn Clock,
+    mut lease: Lease,
+    state: LeaseState,
+    reason: Option<&str>,
+    refund: Option<&LeaseRefund>,
+) -> Result<(Lease, Option<LedgerEntry>), LeaseError> {
+    let id = lease.id;
+    let mut entry = None;
     if !lease.state.is_terminal() {
         let expected = lease.state;
         lease.transition(state)?;
         lease.failure_reason = reason.map(str::to_owned);
-        match store.update_lease(&lease, expected, clock.now()).await {
-            Ok(()) => tracing::info!(lease = %id, state = state.as_str(), "lease ended"),
+        match store.end_lease_refunding(&lease, expected, clock.now(), refund).await {
+            Ok(booked) => {
+                entry = booked;
+                tracing::info!(lease = %id, state = state.as_str(), "lease ended");
+            }
             Err(StoreError::Conflict(_)) => {
                 lease = store.get_lease(id).await?.unwrap_or(lease);
             }
@@ -517,7 +553,7 @@ pub(crate) async fn end_lease(
     if let Some(box_id) = box_of(&lease) {
         backend.destroy(&box_id).await.map_err(|e| LeaseError::from_box(&e))?;
     }
-    Ok(lease)
+    Ok((lease, entry))
 }
 
 /// The box a lease has, as the backend names it (the store keeps its id as text).

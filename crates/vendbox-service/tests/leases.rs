@@ -279,8 +279,36 @@ async fn an_early_termination_refunds_unused_whole_minutes_once() {
     // Twice: nothing more, whether through terminate or the refund itself.
     w.boxes.terminate(&ended).await.unwrap();
     w.boxes.terminate(&made.lease).await.unwrap();
-    assert!(w.boxes.refund_unused(&ended).await.unwrap().is_some_and(|e| e.id == entries[0].id));
     assert_eq!(w.store.balance(&payer).await.unwrap(), vendbox_core::Usdc(6_000));
+}
+
+#[tokio::test]
+async fn the_refund_is_booked_with_the_end_of_the_lease_even_when_what_follows_fails() {
+    let mut w = world().await;
+    let offer = per_minute_offer();
+    w.boxes = std::mem::replace(&mut w.boxes, world().await.boxes).with_refunds(std::slice::from_ref(&offer));
+    let payer = vendbox_core::AccountAddress::parse(&format!("0x{:040x}", 9), "payer").unwrap();
+    let terms =
+        offer.quote(&QuoteParams { minutes: Some(10), actions: Some(1), ..QuoteParams::default() }).unwrap();
+    let paid = settled_payment(&w, payer.as_str(), 20_000).await;
+    let made = w.boxes.provision(&offer, &terms, Some(paid), &[], &[Capability::Root]).await.unwrap();
+    // The lease ends and then destroying its box fails (the refund used to be booked after it,
+    // and was lost with it, as with a crash there): the refund is there, with the end.
+    w.clock.advance(chrono::Duration::seconds(90));
+    w.backend.fail_next_destroy("boxd went away");
+    assert!(w.boxes.terminate(&made.lease).await.is_err());
+    let lease = w.store.get_lease(made.lease.id).await.unwrap().unwrap();
+    assert_eq!(lease.state, LeaseState::Terminated);
+    let entries = w.store.ledger(&payer, 10).await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].kind, vendbox_core::LedgerKind::Refund);
+    assert_eq!(entries[0].reference, made.lease.id.to_string());
+    assert_eq!(w.store.balance(&payer).await.unwrap(), vendbox_core::Usdc(8_000), "8 whole minutes unused");
+    // Terminated again (the box is destroyed this time): no second refund.
+    w.boxes.terminate(&lease).await.unwrap();
+    w.boxes.terminate(&made.lease).await.unwrap();
+    assert_eq!(w.store.ledger(&payer, 10).await.unwrap().len(), 1);
+    assert_eq!(w.store.balance(&payer).await.unwrap(), vendbox_core::Usdc(8_000));
 }
 
 #[tokio::test]

@@ -119,6 +119,27 @@ impl Funds {
     }
 }
 
+/// A top-up written down before its payment settles, so that a top-up whose money moved is
+/// booked even when the process dies (or the store fails) before booking it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTopUp {
+    /// The x402 payment that buys it (the `top_up` entry's reference).
+    pub payment: PaymentId,
+    /// Whose credits it adds to.
+    pub account: AccountAddress,
+    /// How much.
+    pub amount: Usdc,
+}
+
+/// Unused time given back as credits when a lease ends early, booked with the lease's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRefund {
+    /// The lease's payer.
+    pub account: AccountAddress,
+    /// How much.
+    pub amount: Usdc,
+}
+
 /// Credits set aside for one payment between its verification and its settlement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreditHold {
@@ -303,6 +324,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// state changed in the meantime.
     async fn update_lease(&self, lease: &Lease, expected: LeaseState, now: DateTime<Utc>) -> StoreResult<()>;
 
+    /// As [`Store::update_lease`], and in the same transaction books `refund` (a `refund` entry
+    /// whose reference is the lease, once): both happen or neither. The entry booked, if any.
+    async fn end_lease_refunding(
+        &self,
+        lease: &Lease,
+        expected: LeaseState,
+        now: DateTime<Utc>,
+        refund: Option<&LeaseRefund>,
+    ) -> StoreResult<Option<LedgerEntry>>;
+
     /// Spends one action of an active lease atomically; returns what is left (`None` for a lease
     /// without a budget). Fails with [`StoreError::ActionsExhausted`] at zero and
     /// [`StoreError::Conflict`] when the lease is not active or its window ended before `now`.
@@ -377,6 +408,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// other: each lease is returned by exactly one call, ever. Destroying the boxes is the
     /// caller's work.
     async fn end_due_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Lease>>;
+
+    /// Writes down a top-up before its payment settles (once per payment).
+    async fn pend_top_up(&self, top_up: &PendingTopUp, now: DateTime<Utc>) -> StoreResult<()>;
+
+    /// Books the `top_up` entry of `top_up` (once, however often it is asked) and, in the same
+    /// transaction, forgets it as pending.
+    async fn book_top_up(&self, top_up: &PendingTopUp, now: DateTime<Utc>) -> StoreResult<LedgerEntry>;
+
+    /// Up to `limit` pending top-ups whose payment is finished (settled: owed; voided: to drop),
+    /// oldest first, with their payment's state.
+    async fn unfinished_top_ups(&self, limit: u32) -> StoreResult<Vec<(PendingTopUp, PaymentState)>>;
+
+    /// Forgets a pending top-up (its payment was voided).
+    async fn drop_pending_top_up(&self, payment: PaymentId) -> StoreResult<()>;
 
     /// Books an entry in an account's ledger, creating the account on first use. A charge that
     /// would take the balance below zero fails with [`StoreError::InsufficientBalance`]. The same

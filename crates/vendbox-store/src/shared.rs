@@ -174,6 +174,16 @@ macro_rules! store_impl {
                 self.update_lease(l, expected, now).await
             }
 
+            async fn end_lease_refunding(
+                &self,
+                l: &vendbox_core::Lease,
+                expected: vendbox_core::LeaseState,
+                now: chrono::DateTime<chrono::Utc>,
+                refund: Option<&$crate::LeaseRefund>,
+            ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
+                self.end_lease_refunding(l, expected, now, refund).await
+            }
+
             async fn spend_lease_action(
                 &self,
                 id: vendbox_core::LeaseId,
@@ -280,6 +290,33 @@ macro_rules! store_impl {
                 limit: u32,
             ) -> $crate::StoreResult<Vec<vendbox_core::Lease>> {
                 self.end_due_leases(now, limit).await
+            }
+
+            async fn pend_top_up(
+                &self,
+                top_up: &$crate::PendingTopUp,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<()> {
+                self.pend_top_up(top_up, now).await
+            }
+
+            async fn book_top_up(
+                &self,
+                top_up: &$crate::PendingTopUp,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<vendbox_core::LedgerEntry> {
+                self.book_top_up(top_up, now).await
+            }
+
+            async fn unfinished_top_ups(
+                &self,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<($crate::PendingTopUp, vendbox_core::PaymentState)>> {
+                self.unfinished_top_ups(limit).await
+            }
+
+            async fn drop_pending_top_up(&self, payment: vendbox_core::PaymentId) -> $crate::StoreResult<()> {
+                self.drop_pending_top_up(payment).await
             }
 
             async fn append_ledger(

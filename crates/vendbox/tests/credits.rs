@@ -6,9 +6,13 @@
 //! purchase that would cross it; the account, its ledger and its payments are listed. A
 //! wallet-signed top-up goes through the x402 client's paid retry of the same signed request (its
 //! 402 gave the nonce back), and a third send of it is refused `nonce_reused`. The hundred locks
-//! also split across two hosts sharing PostgreSQL leave the one balance exactly right.
+//! also split across two hosts sharing PostgreSQL leave the one balance exactly right. A crash
+//! after a top-up's payment moved and before its credits were booked is repaired on restart,
+//! once; and a per-minute box bought with x402 and ended early refunds its unused minutes to the
+//! wallet's credits, once, the entry naming the lease.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod boxhost;
 mod shop;
 mod support;
 
@@ -334,4 +338,111 @@ async fn two_hosts_on_one_postgresql_spend_one_balance_exactly() {
     drop(other);
     drop(shop);
     schema.drop_schema().await;
+}
+
+/// The `top_up` entries of `key`'s account, and its balance.
+async fn top_ups(shop: &Shop, key: &str) -> (usize, Value) {
+    let (status, _, page) = send(shop, key, "GET", "/v1/account/ledger?limit=200", None).await;
+    assert_eq!(status, 200, "{page}");
+    let count = page["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "top_up").count();
+    let (_, _, account) = send(shop, key, "GET", "/v1/account", None).await;
+    (count, account["balance"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_a_top_up_was_paid_is_repaired_on_restart_once() {
+    if !signer_installed() || !shop::python_client_installed() {
+        return;
+    }
+    // The x402 transfer of the top-up goes through, then vendbox dies before booking the credits.
+    let Some(mut shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-after-settle=60")]).await else {
+        return;
+    };
+    let wallet = shop.payer().await;
+    let key = api_key(&shop, &wallet, json!({ "label": "crash" })).await;
+    let before = shop.balance(wallet.address()).await;
+    let body = json!({ "amount": "0.02" }).to_string();
+    let (url, header, payer) = (shop.url("/v1/account/topup"), format!("X-API-Key: {key}"), wallet.clone());
+    let client = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(shop::repo_root().join("tests/clients/pay_x402.py"))
+            .args([url.as_str(), "--method", "POST", "--json", &body, "--header", &header])
+            .env("VENDBOX_WALLET_KEY", payer.secret_hex())
+            .output()
+            .unwrap()
+    });
+    support::eventually(std::time::Duration::from_secs(30), "the top-up's transfer on chain", async || {
+        let paid = before - shop.balance(wallet.address()).await;
+        if paid == 20_000 { Ok(()) } else { Err(format!("paid {paid}")) }
+    })
+    .await;
+    let (count, balance) = top_ups(&shop, &key).await;
+    assert_eq!((count, balance), (0, json!("0.00")), "not booked before the crash");
+    shop.vendbox.crash();
+    let _ = client.await.unwrap();
+
+    // Restarted: the settlement worker finds the payment settled on chain, and the top-up is
+    // booked, once.
+    shop.vendbox = shop.serve(&[("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1")]);
+    support::eventually(
+        std::time::Duration::from_secs(40),
+        "the top-up booked after the restart",
+        async || {
+            let (count, balance) = top_ups(&shop, &key).await;
+            if count == 1 { Ok(balance) } else { Err(format!("{count} top-ups, balance {balance}")) }
+        },
+    )
+    .await;
+    // Two more rounds of the workers, and another restart: still once.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    shop.vendbox.crash();
+    shop.vendbox = shop.serve(&[("VENDBOX_PAYMENTS__SETTLE_GRACE_SECS", "1")]);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(top_ups(&shop, &key).await, (1, json!("0.02")));
+    assert_eq!(before - shop.balance(wallet.address()).await, 20_000, "paid once on chain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_minute_box_ended_early_refunds_its_unused_minutes_once() {
+    if !boxhost::boxes_supported() || !signer_installed() || !shop::python_client_installed() {
+        return;
+    }
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let wallet = shop.payer().await;
+    // 10 minutes at 0.04 and one action at 0.01: 0.41 USDC with x402.
+    let body = json!({ "offer": "h3retik-custom", "minutes": 10, "actions": 1 }).to_string();
+    let paid = shop.run_client_on(
+        "python3",
+        "pay_x402.py",
+        &wallet,
+        "/v1/boxes",
+        &["--method", "POST", "--json", &body],
+    );
+    assert_eq!(paid["status"], 201, "{paid}");
+    let (id, token) = (paid["body"]["id"].as_str().unwrap(), paid["body"]["token"].as_str().unwrap());
+    assert_eq!(shop::FUNDS - shop.balance(wallet.address()).await, 410_000);
+
+    let end = async || {
+        let response = reqwest::Client::new()
+            .delete(shop.url(&format!("/v1/boxes/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, ended) = end().await;
+    assert_eq!((status, &ended["state"]), (200, &json!("terminated")), "{ended}");
+    // Ended within its first minute: 9 whole minutes unused, their time part back as credits.
+    let key = api_key(&shop, &wallet, json!({ "label": "refund" })).await;
+    let (_, _, account) = send(&shop, &key, "GET", "/v1/account", None).await;
+    assert_eq!(account["balance"], "0.36", "{account}");
+    assert_eq!(account["recent"][0]["kind"], "refund", "{account}");
+    assert_eq!(account["recent"][0]["reference"], id, "the entry names the lease: {account}");
+    // Ended again: nothing more.
+    let _ = end().await;
+    let (_, _, account) = send(&shop, &key, "GET", "/v1/account", None).await;
+    assert_eq!(account["balance"], "0.36", "{account}");
+    assert_eq!(account["recent"].as_array().unwrap().len(), 1, "{account}");
 }

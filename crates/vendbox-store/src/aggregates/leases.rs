@@ -123,6 +123,62 @@ macro_rules! impl_leases {
                 }
             }
 
+            async fn end_lease_refunding(
+                &self,
+                l: &vendbox_core::Lease,
+                expected: vendbox_core::LeaseState,
+                now: chrono::DateTime<chrono::Utc>,
+                refund: Option<&$crate::LeaseRefund>,
+            ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
+                use $crate::shared::ms;
+                if expected != l.state {
+                    expected.checked_move(l.state)?;
+                }
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE leases SET state = $1, box_id = $2, expires_at = $3, actions_remaining = $4, \
+                     failure_reason = $5, updated_at = $6 WHERE id = $7 AND state = $8",
+                )
+                .bind(l.state.as_str())
+                .bind(l.box_id.as_deref())
+                .bind(l.expires_at.map(ms))
+                .bind(l.actions_remaining.map(i64::from))
+                .bind(l.failure_reason.as_deref())
+                .bind(ms(now))
+                .bind(l.id.to_string())
+                .bind(expected.as_str())
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return match self.get_lease(l.id).await? {
+                        None => Err($crate::StoreError::NotFound(format!("lease {}", l.id))),
+                        Some(stored) => Err($crate::StoreError::Conflict(format!(
+                            "lease {} is {}, not {}",
+                            l.id,
+                            stored.state.as_str(),
+                            expected.as_str()
+                        ))),
+                    };
+                }
+                let entry = match refund {
+                    Some(refund) => Some(
+                        Self::append_ledger_in(
+                            &mut tx,
+                            &refund.account,
+                            vendbox_core::LedgerKind::Refund,
+                            refund.amount,
+                            &l.id.to_string(),
+                            now,
+                        )
+                        .await?,
+                    ),
+                    None => None,
+                };
+                tx.commit().await?;
+                Ok(entry)
+            }
+
             async fn leases_in_states(
                 &self,
                 states: &[vendbox_core::LeaseState],

@@ -58,21 +58,29 @@ macro_rules! impl_ledger {
                 reference: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<vendbox_core::LedgerEntry> {
+                let mut tx = self.pool.begin().await?;
+                let entry = Self::append_ledger_in(&mut tx, account, kind, amount, reference, now).await?;
+                tx.commit().await?;
+                Ok(entry)
+            }
+
+            /// Books an entry inside the transaction `tx` (see `Store::append_ledger`): the one
+            /// already booked for `(account, kind, reference)` when there is one.
+            async fn append_ledger_in(
+                tx: &mut <$db as sqlx::Database>::Connection,
+                account: &vendbox_core::AccountAddress,
+                kind: vendbox_core::LedgerKind,
+                amount: vendbox_core::Usdc,
+                reference: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<vendbox_core::LedgerEntry> {
                 use sqlx::Row;
                 use $crate::shared::{atomic_to_sql, ms};
                 let magnitude = atomic_to_sql(amount.atomic())?;
                 let delta = if kind.is_credit() { magnitude } else { -magnitude };
-                let mut tx = self.pool.begin().await?;
                 // Writing the account row first takes its lock (a row lock on PostgreSQL, the write
                 // lock on SQLite), so concurrent bookings on one account are serialized.
-                sqlx::query(
-                    "INSERT INTO accounts (address, created_at, updated_at) VALUES ($1, $2, $2) \
-                     ON CONFLICT (address) DO UPDATE SET updated_at = excluded.updated_at",
-                )
-                .bind(account.as_str())
-                .bind(ms(now))
-                .execute(&mut *tx)
-                .await?;
+                Self::lock_account(&mut *tx, account, now).await?;
                 let existing = sqlx::query(
                     "SELECT * FROM ledger_entries WHERE account = $1 AND kind = $2 AND reference = $3",
                 )
@@ -82,7 +90,6 @@ macro_rules! impl_ledger {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if let Some(r) = existing {
-                    tx.rollback().await?;
                     return Self::ledger_from_row(&r);
                 }
                 let balance: i64 = sqlx::query($crate::aggregates::ledger::BALANCE_SQL)
@@ -94,7 +101,6 @@ macro_rules! impl_ledger {
                     .checked_add(delta)
                     .ok_or_else(|| $crate::StoreError::Corrupt(format!("balance of {account} overflows")))?;
                 if after < 0 {
-                    tx.rollback().await?;
                     return Err($crate::StoreError::InsufficientBalance {
                         balance: vendbox_core::Usdc(u64::try_from(balance).unwrap_or(0)),
                         needed: amount,
@@ -111,9 +117,92 @@ macro_rules! impl_ledger {
                 .bind(ms(now))
                 .fetch_one(&mut *tx)
                 .await?;
-                let entry = Self::ledger_from_row(&row)?;
+                Self::ledger_from_row(&row)
+            }
+
+            async fn pend_top_up(
+                &self,
+                top_up: &$crate::PendingTopUp,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO pending_top_ups (payment_id, account, amount_atomic, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING",
+                )
+                .bind(top_up.payment.to_string())
+                .bind(top_up.account.as_str())
+                .bind($crate::shared::atomic_to_sql(top_up.amount.atomic())?)
+                .bind($crate::shared::ms(now))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn book_top_up(
+                &self,
+                top_up: &$crate::PendingTopUp,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<vendbox_core::LedgerEntry> {
+                let mut tx = self.pool.begin().await?;
+                let entry = Self::append_ledger_in(
+                    &mut tx,
+                    &top_up.account,
+                    vendbox_core::LedgerKind::TopUp,
+                    top_up.amount,
+                    &top_up.payment.to_string(),
+                    now,
+                )
+                .await?;
+                sqlx::query("DELETE FROM pending_top_ups WHERE payment_id = $1")
+                    .bind(top_up.payment.to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(entry)
+            }
+
+            async fn unfinished_top_ups(
+                &self,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<($crate::PendingTopUp, vendbox_core::PaymentState)>> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT t.payment_id, t.account, t.amount_atomic, p.state FROM pending_top_ups t \
+                     JOIN payments p ON p.id = t.payment_id WHERE p.state <> $1 ORDER BY t.created_at LIMIT $2",
+                )
+                .bind(vendbox_core::PaymentState::Verified.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let corrupt = |e: String| $crate::StoreError::Corrupt(e);
+                        let id: String = r.try_get("payment_id")?;
+                        let top_up = $crate::PendingTopUp {
+                            payment: id.parse().map_err(|_| corrupt(format!("pending_top_ups.payment_id {id:?}")))?,
+                            account: vendbox_core::AccountAddress::parse(r.try_get("account")?, "pending_top_ups.account")
+                                .map_err(|e| corrupt(e.to_string()))?,
+                            amount: vendbox_core::Usdc($crate::shared::sql_to_u64(
+                                r.try_get("amount_atomic")?,
+                                "pending_top_ups.amount_atomic",
+                            )?),
+                        };
+                        let state = $crate::shared::parse_name(
+                            r.try_get("state")?,
+                            "payments.state",
+                            vendbox_core::PaymentState::from_name,
+                        )?;
+                        Ok((top_up, state))
+                    })
+                    .collect()
+            }
+
+            async fn drop_pending_top_up(&self, payment: vendbox_core::PaymentId) -> $crate::StoreResult<()> {
+                sqlx::query("DELETE FROM pending_top_ups WHERE payment_id = $1")
+                    .bind(payment.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn balance(

@@ -1,7 +1,8 @@
 //! `/v1/account…`: a wallet's credits, authenticated by its signature or one of its API keys
 //! (401 `auth_required` without). `POST /v1/account/topup` buys credits with x402 (any amount
 //! within the operator's `[credits] topup_min`/`topup_max`), booked as a `top_up` entry only
-//! once the payment settled; `GET /v1/account` shows the balance, what is held and the newest
+//! once the payment settled (by the top-up worker when the request could not book it); `GET
+//! /v1/account` shows the balance, what is held and the newest
 //! entries; `GET /v1/account/ledger` and `GET /v1/account/payments` page through the ledger and
 //! the wallet's payments (x402 and credits) with a `before` cursor.
 
@@ -252,8 +253,10 @@ pub async fn topup(
         let payment = payment.ok_or_else(|| ApiError::internal(&"a top-up without a payment"))?;
         let account = principal.account;
         let answer = TopUp { account: account.to_string(), amount, payment_id: payment };
-        // Booked only once the money moved (pay-on-success); the entry's reference is the
-        // payment, so booking it again changes nothing.
+        // Written down before the money moves, booked only once it moved (pay-on-success); if
+        // booking fails or the process dies in between, the top-up worker books it. The
+        // entry's reference is the payment, so booking it again changes nothing.
+        accounts.pend_top_up(&account, amount, payment).await.map_err(ApiError::from)?;
         Ok(Delivery::delivered(Json(answer)).after_settlement(async move {
             accounts.book_top_up(&account, amount, payment).await.map(|_| ()).map_err(ApiError::from)
         }))
