@@ -22,8 +22,11 @@ fi
 
 # The ecosystem's own x402 clients that the payment tests pay with, and anvil (the local chain):
 # Python x402 2.25.0, and @x402/fetch 2.27.0, x402-fetch 1.2.0 and anvil 1.7.1 from npm.
-if ! python3 -c 'import x402, httpx' >/dev/null 2>&1; then
-  say "installing the x402 Python client"
+# The official MPP clients the MPP tests pay with: pympp[evm] 0.16.0 (in requirements.txt) and
+# mppx 0.11.0 from npm, in a tree of its own (tests/clients/mpp): its optional peers conflict
+# with the x402 clients'.
+if ! python3 -c 'import x402, httpx, mpp.methods.evm.client' >/dev/null 2>&1; then
+  say "installing the x402 and MPP Python clients"
   python3 -m pip install --quiet -r tests/clients/requirements.txt
 fi
 if [ ! -x tests/clients/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
@@ -34,6 +37,10 @@ if [ ! -x tests/clients/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
   fi
   say "installing the x402 JavaScript clients and anvil"
   npm ci --prefix tests/clients --no-audit --no-fund --silent
+fi
+if [ ! -d tests/clients/mpp/node_modules/mppx ]; then
+  say "installing the MPP JavaScript client"
+  npm ci --prefix tests/clients/mpp --no-audit --no-fund --silent
 fi
 
 # Debian packages the tests call: bubblewrap (the local box backend's sandbox), OpenSSH's client

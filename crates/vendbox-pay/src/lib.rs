@@ -1,5 +1,6 @@
-//! vendbox-pay: x402 payments. The wire formats of protocol versions 1 and 2, the `exact` scheme
-//! on EVM chains (EIP-3009), and the facilitators that verify and settle payments.
+//! vendbox-pay: x402 and MPP payments. The wire formats of x402 protocol versions 1 and 2, the
+//! `exact` scheme on EVM chains (EIP-3009), MPP's "Payment" HTTP authentication scheme with its
+//! `evm` charge ([`mpp`]), and the facilitators that verify and settle payments.
 //!
 //! The server asks this crate three questions: what it accepts for a charge (`challenge`), whether
 //! a proof is good (`exact::check`, then `Facilitator::verify`), and to take or let go of the money
@@ -14,6 +15,7 @@ pub mod facilitator;
 pub mod fake;
 pub mod keys;
 pub mod method;
+pub mod mpp;
 pub mod network;
 pub mod reason;
 pub mod wire;

@@ -3,8 +3,8 @@
 //! (its [`Challenge`]), reads and checks a proof ([`PaymentMethod::check`], no I/O), verifies it
 //! where the money is ([`PaymentMethod::verify`]), takes the money ([`PaymentMethod::settle`]),
 //! and, after a crash, finds out whether a payment left half-done moved money
-//! ([`PaymentMethod::recover`]). x402's `exact` scheme ([`crate::x402::X402Exact`]) is the first;
-//! credits and MPP fit the same trait.
+//! ([`PaymentMethod::recover`]). x402's `exact` scheme ([`crate::x402::X402Exact`]) is the first,
+//! MPP's `evm` charge ([`crate::mpp::MppEvmCharge`]) the second; credits fit the same trait.
 //!
 //! Nothing here is HTTP: a [`Proof`] is the request's headers as the HTTP layer read them, and
 //! challenges and receipts are header pairs and a JSON body for it to render.
@@ -50,11 +50,14 @@ pub enum ChargeKind {
 /// The payment headers of one request, as the HTTP layer read them (names in lowercase). A
 /// value that is not text is kept as "unreadable", so that a method can refuse it by name.
 /// It also carries the request's authenticated [`Principal`], when the HTTP layer's
-/// authentication (a wallet signature or an API key) found one: no header can set it.
+/// authentication (a wallet signature or an API key) found one: no header can set it; and the
+/// SHA-256 of the request's body, when the HTTP layer read one, for methods that bind a
+/// challenge to the body it was issued for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Proof {
     fields: Vec<(String, Option<String>)>,
     principal: Option<Principal>,
+    body_sha256: Option<[u8; 32]>,
 }
 
 impl Proof {
@@ -91,6 +94,19 @@ impl Proof {
     /// Who the request was authenticated as, if anyone.
     pub fn principal(&self) -> Option<&Principal> {
         self.principal.as_ref()
+    }
+
+    /// The proof, of a request whose body has SHA-256 `digest` (set only by the HTTP layer,
+    /// which read the body).
+    #[must_use]
+    pub fn with_body_sha256(mut self, digest: [u8; 32]) -> Proof {
+        self.body_sha256 = Some(digest);
+        self
+    }
+
+    /// The SHA-256 of the request's body, when it had one and it was read.
+    pub fn body_sha256(&self) -> Option<&[u8; 32]> {
+        self.body_sha256.as_ref()
     }
 }
 
@@ -205,6 +221,14 @@ pub trait PaymentMethod: Send + Sync + fmt::Debug {
 
     /// What to ask for `charge`, saying why in `code` (and `message`, for people).
     fn challenge(&self, charge: &Charge, code: &str, message: &str) -> Challenge;
+
+    /// What to ask for `charge` of the request that came with `request` (for a method that
+    /// binds its challenge to the request, such as its body's digest). By default, the same
+    /// as [`PaymentMethod::challenge`].
+    fn challenge_for(&self, charge: &Charge, request: &Proof, code: &str, message: &str) -> Challenge {
+        let _ = request;
+        self.challenge(charge, code, message)
+    }
 
     /// Reads and checks `proof` against `charge` at `now`, with no I/O: the payment to reserve
     /// under `id`, or why not.

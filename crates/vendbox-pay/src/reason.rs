@@ -1,5 +1,5 @@
 //! Why a payment is refused, with the reason codes of the x402 specification so that every
-//! client can tell what went wrong.
+//! client can tell what went wrong (MPP's problem types are derived from them, `mpp::problem`).
 
 use std::fmt;
 
@@ -49,11 +49,23 @@ pub enum Reason {
     KeyDailyCap,
     /// The purchase would take the API key past its total cap.
     KeyTotalCap,
+    /// An MPP credential echoes a challenge vendbox did not issue for this request (its id is
+    /// not bound to its fields, or they name another realm, price, payee or route).
+    ChallengeInvalid,
+    /// An MPP credential echoes a challenge that has expired.
+    ChallengeExpired,
+    /// An MPP credential is not base64url JSON of the scheme's shape.
+    CredentialMalformed,
+    /// The request's body is not the one its MPP challenge was issued for (`digest`).
+    BodyDigest,
+    /// An MPP credential's authorization was not signed for the challenge it echoes (its
+    /// EIP-3009 nonce is not the challenge's hash).
+    ChallengeNonce,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 26] = [
         Reason::InsufficientFunds,
         Reason::ValidAfter,
         Reason::ValidBefore,
@@ -75,6 +87,11 @@ impl Reason {
         Reason::KeyScope,
         Reason::KeyDailyCap,
         Reason::KeyTotalCap,
+        Reason::ChallengeInvalid,
+        Reason::ChallengeExpired,
+        Reason::CredentialMalformed,
+        Reason::BodyDigest,
+        Reason::ChallengeNonce,
     ];
 
     /// The stable code.
@@ -101,6 +118,11 @@ impl Reason {
             Reason::KeyScope => "key_scope",
             Reason::KeyDailyCap => "key_daily_cap",
             Reason::KeyTotalCap => "key_total_cap",
+            Reason::ChallengeInvalid => "invalid_challenge",
+            Reason::ChallengeExpired => "challenge_expired",
+            Reason::CredentialMalformed => "malformed_credential",
+            Reason::BodyDigest => "body_digest_mismatch",
+            Reason::ChallengeNonce => "challenge_nonce_mismatch",
         }
     }
 

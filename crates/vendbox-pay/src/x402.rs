@@ -91,6 +91,16 @@ impl X402Exact {
         &self.acceptance
     }
 
+    /// The facilitator that verifies and settles its payments (MPP's `evm` charge shares it).
+    pub fn facilitator(&self) -> Arc<dyn Facilitator> {
+        self.facilitator.clone()
+    }
+
+    /// The chain payments a crash left half-done are recovered from, if any.
+    pub fn chain(&self) -> Option<&Chain> {
+        self.chain.as_ref()
+    }
+
     fn requirements(&self, charge: &Charge) -> Requirements {
         Requirements::new(self.acceptance.clone(), charge.clone())
     }

@@ -73,7 +73,13 @@ pub struct Authenticator {
 /// in the request's extensions (and, for the payment gate, in [`current_principal`]); a bad
 /// signature or key is a 401 with its code, before any handler runs. Any other request passes
 /// untouched: `Authorization: Bearer` without the `vbk_` prefix stays a lease's or lock's token.
+/// Every request's body is hashed as it is read, for the payment gate ([`crate::digest`]).
 pub async fn authenticate(State(auth): State<Authenticator>, request: Request, next: Next) -> Response {
+    let (request, digest) = crate::digest::hashing(request);
+    crate::digest::scope(digest, authenticated(auth, request, next)).await
+}
+
+async fn authenticated(auth: Authenticator, request: Request, next: Next) -> Response {
     let signed = [X_AUTH_ADDRESS, X_AUTH_CHAIN, X_AUTH_SIGNATURE, X_AUTH_TIMESTAMP, X_AUTH_NONCE]
         .iter()
         .any(|h| request.headers().contains_key(*h));

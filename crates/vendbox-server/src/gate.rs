@@ -1,8 +1,14 @@
 //! The payment gate's HTTP side. The gate itself is `vendbox_service::Payments` (no HTTP): this
 //! reads a request's payment proof from its headers, and renders what the gate answers: a 402
 //! carrying every payment method's challenge (for x402 the v1 JSON body, the same body in
-//! `X-Payment-Required`, and the v2 `PAYMENT-REQUIRED` header), a 400 for a proof that cannot be
-//! read, and a paid answer with its receipt headers and `Vendbox-Payment-Id`.
+//! `X-Payment-Required`, and the v2 `PAYMENT-REQUIRED` header; for MPP a `WWW-Authenticate`
+//! header per method), a 400 for a proof that cannot be read, and a paid answer with its receipt
+//! headers (on a 2xx answer only, with `Cache-Control: private`) and `Vendbox-Payment-Id`.
+//!
+//! The 402's body is the body of the first challenge that has one: the gate puts first the
+//! method that recognized the request's proof, so a refused MPP credential is answered with
+//! MPP's RFC 9457 problem (`application/problem+json`) and anything else with x402's v1 JSON,
+//! which x402 v1 clients read; MPP clients read the `WWW-Authenticate` headers either way.
 
 use std::future::Future;
 
@@ -19,12 +25,16 @@ use crate::error::ApiError;
 pub const PAYMENT_ID: HeaderName = HeaderName::from_static("vendbox-payment-id");
 
 /// The payment proof `headers` carry, for any method `payments` accepts, speaking for the
-/// principal the request was authenticated as (`auth::authenticate`), if any.
+/// principal the request was authenticated as (`auth::authenticate`), if any, with the digest
+/// of the body it was read with (`digest`), if it was read.
 pub fn proof(payments: &Payments, headers: &HeaderMap) -> Proof {
-    let proof = payments
+    let mut proof = payments
         .proof_headers()
         .filter_map(|name| headers.get(name).map(|value| (name, value.as_bytes())))
         .fold(Proof::none(), |proof, (name, value)| proof.with(name, value));
+    if let Some(digest) = crate::digest::current() {
+        proof = proof.with_body_sha256(digest);
+    }
     match crate::auth::current_principal() {
         Some(principal) => proof.with_principal(principal),
         None => proof,
@@ -72,12 +82,7 @@ pub fn respond<T, R: IntoResponse>(
         Ok(Paid { value, payment, receipt }) => {
             let mut response = answer(value).into_response();
             if let Some(receipt) = &receipt {
-                insert_all(response.headers_mut(), &receipt.headers);
-                insert(
-                    response.headers_mut(),
-                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                    "payment-response, x-payment-response, vendbox-receipt, vendbox-payment-id",
-                );
+                with_receipt(&mut response, receipt);
             }
             with_payment_id(response, payment)
         }
@@ -101,7 +106,7 @@ pub fn refusal(error: PayError<ApiError>) -> Response {
         PayError::Work { error, .. } => error.into_response(),
         PayError::AfterSettlement { error, receipt, .. } => {
             let mut response = error.into_response();
-            insert_all(response.headers_mut(), &receipt.headers);
+            with_receipt(&mut response, &receipt);
             response
         }
         PayError::Internal { message, .. } => ApiError::internal(&message).into_response(),
@@ -109,18 +114,30 @@ pub fn refusal(error: PayError<ApiError>) -> Response {
     with_payment_id(response, payment)
 }
 
-/// A 402 carrying `challenges`: each method's headers, and the body of the first method that
-/// has one (`{"message"}` otherwise).
+/// A 402 carrying `challenges`: each method's headers (a header several methods send is sent
+/// once per method), and the body of the first method that has one (`{"message"}` otherwise),
+/// as `application/problem+json` when it is an RFC 9457 problem (it has `type` and `status`).
 pub fn challenge(challenges: &[Challenge], message: &str) -> Response {
     let body = challenges
         .iter()
         .find_map(|c| c.body.clone())
         .unwrap_or_else(|| serde_json::json!({ "message": message }));
+    let problem = body.get("type").is_some_and(serde_json::Value::is_string)
+        && body.get("status").is_some_and(serde_json::Value::is_u64);
     let mut response = (StatusCode::PAYMENT_REQUIRED, Json(body)).into_response();
-    let mut exposed = Vec::new();
+    if problem {
+        insert(response.headers_mut(), header::CONTENT_TYPE, "application/problem+json");
+    }
+    let mut exposed: Vec<&str> = Vec::new();
     for c in challenges {
-        insert_all(response.headers_mut(), &c.headers);
-        exposed.extend(c.headers.iter().map(|(name, _)| *name));
+        for (name, value) in &c.headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                response.headers_mut().append(HeaderName::from_static(name), value);
+            }
+            if !exposed.contains(name) {
+                exposed.push(name);
+            }
+        }
     }
     insert(response.headers_mut(), header::ACCESS_CONTROL_EXPOSE_HEADERS, &exposed.join(", "));
     insert(response.headers_mut(), header::CACHE_CONTROL, "no-store");
@@ -137,6 +154,21 @@ impl Coded for ApiError {
     fn code(&self) -> &str {
         self.code
     }
+}
+
+/// Adds `receipt`'s headers to a 2xx `response` (receipts go with successful answers only),
+/// kept out of shared caches.
+fn with_receipt(response: &mut Response, receipt: &vendbox_pay::Receipt) {
+    if !response.status().is_success() {
+        return;
+    }
+    insert_all(response.headers_mut(), &receipt.headers);
+    insert(response.headers_mut(), header::CACHE_CONTROL, "private");
+    insert(
+        response.headers_mut(),
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        "payment-response, x-payment-response, payment-receipt, vendbox-receipt, vendbox-payment-id",
+    );
 }
 
 fn with_payment_id(mut response: Response, id: Option<PaymentId>) -> Response {

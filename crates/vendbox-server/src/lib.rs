@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod boxes;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod gate;
 pub mod json;

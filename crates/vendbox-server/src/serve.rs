@@ -13,6 +13,7 @@ use vendbox_store::Store;
 use std::str::FromStr;
 
 use vendbox_pay::Wallet;
+use vendbox_pay::mpp::{BindingSecret, MppEvmCharge};
 use vendbox_pay::x402::X402Exact;
 use vendbox_service::{Faults, Payments};
 
@@ -280,14 +281,47 @@ fn payments(
         }
     };
     tracing::info!(network = %network, asset = %asset, pay_to = %pay_to, "taking x402 payments");
+    let realm = realm_of(&public_url);
+    let mut mpp = MppEvmCharge::new(x402.acceptance().clone(), x402.facilitator(), mpp_secret()?, &realm);
+    if let Some(chain) = x402.chain() {
+        mpp = mpp.recovering_from(chain.clone());
+    }
+    tracing::info!(realm = %realm, "taking MPP payments (evm charge)");
     // x402 first: a request carrying an x402 payment pays with it, even when it also names an
-    // account; one naming only an account pays from its credits.
+    // account; one naming only an account pays from its credits. An MPP credential is an
+    // `Authorization: Payment` header, which no other method reads.
     let credits =
         vendbox_service::Credits::new(store.clone(), Arc::new(vendbox_service::SystemClock), &public_url);
-    let methods: Vec<Arc<dyn vendbox_pay::PaymentMethod>> = vec![Arc::new(x402), Arc::new(credits)];
+    let methods: Vec<Arc<dyn vendbox_pay::PaymentMethod>> =
+        vec![Arc::new(x402), Arc::new(mpp), Arc::new(credits)];
     let payments = Arc::new(Payments::new(methods, store, public_url).with_faults(Faults::from_env()));
     let worker = SettlementWorker { payments: payments.clone(), grace: p.settle_grace() };
     Ok((payments, Some(worker)))
+}
+
+/// The MPP challenge-binding secret: `VENDBOX_MPP_SECRET` (at least 32 bytes), or the file named
+/// by `VENDBOX_MPP_SECRET_FILE`. Without either, a random one: challenges are then refused after
+/// a restart and by other hosts, so several hosts behind one address must share one.
+fn mpp_secret() -> Result<BindingSecret, String> {
+    let text = match (std::env::var("VENDBOX_MPP_SECRET"), std::env::var("VENDBOX_MPP_SECRET_FILE")) {
+        (Ok(secret), _) => secret,
+        (Err(_), Ok(file)) => {
+            std::fs::read_to_string(&file).map_err(|e| format!("VENDBOX_MPP_SECRET_FILE {file}: {e}"))?
+        }
+        _ => {
+            tracing::warn!(
+                "VENDBOX_MPP_SECRET is not set: MPP challenges are bound with a random secret, which a restart forgets"
+            );
+            return Ok(BindingSecret::random());
+        }
+    };
+    BindingSecret::new(text.trim().as_bytes()).map_err(|e| format!("VENDBOX_MPP_SECRET: {e}"))
+}
+
+/// The MPP realm of a vendbox at `public_url`: its host (and port).
+fn realm_of(public_url: &str) -> String {
+    let authority = public_url.split_once("://").map_or(public_url, |(_, rest)| rest);
+    authority.split('/').next().unwrap_or(authority).to_owned()
 }
 
 /// What vendbox needs that never goes in a file it might share: keys and auth headers.

@@ -306,9 +306,11 @@ impl Payments {
         Ok(self.charge(amount, path, description)?.map(|charge| Charge { kind, ..charge }))
     }
 
-    /// Every method's challenge for `charge`.
-    pub fn challenges(&self, charge: &Charge, code: &str, message: &str) -> Vec<Challenge> {
-        self.methods.iter().map(|m| m.challenge(charge, code, message)).collect()
+    /// Every method's challenge for `charge`, for the request that came with `proof`: the
+    /// method that recognized the proof first (its body is the 402's), then the others in order.
+    pub fn challenges(&self, charge: &Charge, proof: &Proof, code: &str, message: &str) -> Vec<Challenge> {
+        let (first, rest): (Vec<_>, Vec<_>) = self.methods.iter().partition(|m| m.recognizes(proof));
+        first.into_iter().chain(rest).map(|m| m.challenge_for(charge, proof, code, message)).collect()
     }
 
     /// Runs `work` for a paid request: [`PayError::Required`] without proof, pay-on-success with
@@ -357,7 +359,7 @@ impl Payments {
                 Ok(Paid { value, payment: Some(id), receipt: None })
             }
             Ok(Delivery { value, delivered: true, undo, settled }) => {
-                match self.settle(method, admission, charge).await {
+                match self.settle(method, admission, charge, proof).await {
                     Ok(receipt) => match settled {
                         None => Ok(Paid { value, payment: Some(id), receipt: Some(receipt) }),
                         Some(then) => match then.await {
@@ -392,11 +394,11 @@ impl Payments {
         let Some(method) = self.methods.iter().find(|m| m.recognizes(proof)).cloned() else {
             let names: Vec<&str> = self.methods.iter().map(|m| m.name()).collect();
             let message = format!("pay this request with {}", names.join(" or "));
-            return Err(self.required(charge, "payment_required", &message, false, None));
+            return Err(self.required(charge, proof, "payment_required", &message, false, None));
         };
         let mut admission = method
             .check(proof, charge, PaymentId::new_random(), self.clock.now())
-            .map_err(|r| self.refused(charge, &r, None))?;
+            .map_err(|r| self.refused(charge, proof, &r, None))?;
         admission
             .payment
             .purchase
@@ -410,11 +412,11 @@ impl Payments {
             .map_err(PayError::Store)?
             .is_some()
         {
-            return Err(self.refused(charge, &replayed(), None));
+            return Err(self.refused(charge, proof, &replayed(), None));
         }
         match method.verify(&admission, charge).await {
             Ok(()) => {}
-            Err(AdmitError::Rejected(r)) => return Err(self.refused(charge, &r, None)),
+            Err(AdmitError::Rejected(r)) => return Err(self.refused(charge, proof, &r, None)),
             Err(AdmitError::Unavailable(m)) => {
                 tracing::warn!(method = method.name(), error = %m, "payment verification unavailable");
                 return Err(PayError::Unavailable(
@@ -427,7 +429,7 @@ impl Payments {
             Err(e) => {
                 method.release(&admission).await;
                 return Err(match e {
-                    StoreError::ReplayKeyTaken => self.refused(charge, &replayed(), None),
+                    StoreError::ReplayKeyTaken => self.refused(charge, proof, &replayed(), None),
                     e => PayError::Store(e),
                 });
             }
@@ -448,6 +450,7 @@ impl Payments {
         method: Arc<dyn PaymentMethod>,
         admission: vendbox_pay::Admission,
         charge: Charge,
+        proof: &Proof,
     ) -> Result<Receipt, PayError<E>> {
         let (store, clock, faults) = (self.store.clone(), self.clock.clone(), self.faults.clone());
         let id = admission.payment.id;
@@ -493,11 +496,11 @@ impl Payments {
                 tracing::warn!(payment = %id, error = %message, "settlement unconfirmed; delivering");
                 Ok(receipt)
             }
-            Err(SettleFailure::Refused(r)) => Err(self.refused(&charge, &r, Some(id))),
+            Err(SettleFailure::Refused(r)) => Err(self.refused(&charge, proof, &r, Some(id))),
             Err(SettleFailure::Failed(e)) => {
                 tracing::warn!(payment = %id, error = %e, "settlement failed; nothing was charged");
                 let message = format!("{e}; nothing was charged");
-                Err(self.required(&charge, "settlement_failed", &message, false, Some(id)))
+                Err(self.required(&charge, proof, "settlement_failed", &message, false, Some(id)))
             }
         }
     }
@@ -553,6 +556,7 @@ impl Payments {
     fn required<E>(
         &self,
         charge: &Charge,
+        proof: &Proof,
         code: &'static str,
         message: &str,
         malformed: bool,
@@ -562,15 +566,22 @@ impl Payments {
             code,
             message: message.to_owned(),
             malformed,
-            challenges: self.challenges(charge, code, message),
+            challenges: self.challenges(charge, proof, code, message),
             payment,
         }
     }
 
-    fn refused<E>(&self, charge: &Charge, rejection: &Rejection, payment: Option<PaymentId>) -> PayError<E> {
+    fn refused<E>(
+        &self,
+        charge: &Charge,
+        proof: &Proof,
+        rejection: &Rejection,
+        payment: Option<PaymentId>,
+    ) -> PayError<E> {
         tracing::info!(reason = rejection.reason.code(), message = %rejection.message, "payment refused");
         self.required(
             charge,
+            proof,
             rejection.reason.code(),
             &rejection.message,
             rejection.reason.is_malformed_request(),
