@@ -20,6 +20,12 @@
 //! `redis-server`, without which nothing can be compared and the bench fails; anvil for the paid
 //! rows and PostgreSQL at `VENDBOX_TEST_DATABASE_URL` or 127.0.0.1:5432/test for the PostgreSQL
 //! rows: those are skipped without them, and it says so).
+//!
+//! `VENDBOX_BENCH_PARTS` (comma-separated: durable, contended, paid) runs only those rows besides
+//! the baseline and price 0 (`paid` is x402 and credits, which are compared with price 0);
+//! `VENDBOX_BENCH_STORES` (sqlite, postgresql) only those stores. Both default to all. A credits
+//! run on SQLite alone: `VENDBOX_BENCH_PARTS=paid VENDBOX_BENCH_STORES=sqlite cargo bench -p
+//! vendbox --bench locks`.
 
 #![allow(
     clippy::unwrap_used,
@@ -441,20 +447,26 @@ async fn run() {
     let redis_memory = Redis::start(false)
         .expect("cannot measure the baseline: redis-server cannot be started (apt install redis-server)");
     let baseline = redis_cycle(&redis_memory).await;
-    let redis_durable = Redis::start(true).expect("redis-server with appendfsync always did not start");
-    compare("Redis, appendfsync always", &baseline, &redis_cycle(&redis_durable).await).await;
-    drop(redis_durable);
+    if chosen("VENDBOX_BENCH_PARTS", "durable") {
+        let redis_durable = Redis::start(true).expect("redis-server with appendfsync always did not start");
+        compare("Redis, appendfsync always", &baseline, &redis_cycle(&redis_durable).await).await;
+        drop(redis_durable);
+    }
 
-    let chain = chain().await;
-    if chain.is_none() {
+    let chain = if chosen("VENDBOX_BENCH_PARTS", "paid") { chain().await } else { None };
+    if chain.is_none() && chosen("VENDBOX_BENCH_PARTS", "paid") {
         println!("  paid rows skipped: anvil is not installed (scripts/setup.sh)");
     }
-    let schema = PostgresSchema::create().await;
+    let schema =
+        if chosen("VENDBOX_BENCH_STORES", "postgresql") { PostgresSchema::create().await } else { None };
     if schema.is_none() {
         println!("  PostgreSQL rows skipped: no PostgreSQL at the test URL");
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut stores = vec![("SQLite", None)];
+    let mut stores = Vec::new();
+    if chosen("VENDBOX_BENCH_STORES", "sqlite") {
+        stores.push(("SQLite", None));
+    }
     if let Some(schema) = &schema {
         stores.push(("PostgreSQL", Some(schema.url())));
     }
@@ -465,8 +477,10 @@ async fn run() {
         let free_label = label.clone();
         let free_cycle = vendbox_cycle(free.clone(), Pay::Free, &label).await;
         compare(&label, &baseline, &free_cycle).await;
-        let label = format!("vendbox, {CLIENTS} waiting on {CONTENDED_KEYS} keys, {store}");
-        compare(&label, &baseline, &contended_cycle(free, &label)).await;
+        if chosen("VENDBOX_BENCH_PARTS", "contended") {
+            let label = format!("vendbox, {CLIENTS} waiting on {CONTENDED_KEYS} keys, {store}");
+            compare(&label, &baseline, &contended_cycle(free, &label)).await;
+        }
         if let Some(chain) = &chain {
             let data = dir.path().join(format!("{store}-paid"));
             let paid = serve(config(&data, url.clone(), Some(chain)));
@@ -492,6 +506,12 @@ async fn run() {
     if let Some(schema) = schema {
         schema.drop_schema().await;
     }
+}
+
+/// Whether `name` is among the comma-separated names in the environment variable `var` (all are
+/// when it is not set).
+fn chosen(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |names| names.split(',').any(|n| n.trim().eq_ignore_ascii_case(name)))
 }
 
 fn main() {

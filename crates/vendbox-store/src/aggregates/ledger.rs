@@ -1,16 +1,18 @@
-//! Accounts and their ledgers: a balance is the sum of an account's entries, and a booking
+//! Accounts and their ledgers: a balance is the sum of an account's entries (kept on the
+//! account's row, which every entry updates in the statement that books it), and a booking
 //! writes the account row first, which serializes bookings per account. Credits spent on a
 //! purchase are held first (`credit_holds`): an account's available credit is its balance less
 //! its unexpired holds, a hold is placed only when that covers it (and the spending key's caps
 //! allow it), and settling books the charge and drops the hold in one transaction.
 
-/// An account's balance: the sum of its ledger.
+/// An account's balance: the sum of its ledger, kept on its row by the trigger
+/// `ledger_entries_add_to_balance` (migration 0009), so reading it does not grow with the ledger.
 pub(crate) const BALANCE_SQL: &str =
-    "SELECT CAST(COALESCE(SUM(delta_atomic), 0) AS BIGINT) AS balance FROM ledger_entries WHERE account = $1";
+    "SELECT CAST(COALESCE((SELECT balance_atomic FROM accounts WHERE address = $1), 0) AS BIGINT) AS balance";
 
 /// An account's balance and its unexpired holds (`$2`: now, in Unix milliseconds).
 pub(crate) const FUNDS_SQL: &str = "SELECT \
-     CAST((SELECT COALESCE(SUM(delta_atomic), 0) FROM ledger_entries WHERE account = $1) AS BIGINT) AS balance, \
+     CAST(COALESCE((SELECT balance_atomic FROM accounts WHERE address = $1), 0) AS BIGINT) AS balance, \
      CAST((SELECT COALESCE(SUM(amount_atomic), 0) FROM credit_holds WHERE account = $1 AND expires_at > $2) \
      AS BIGINT) AS held";
 
