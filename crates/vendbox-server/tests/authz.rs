@@ -148,6 +148,9 @@ fn table() -> Vec<(&'static str, &'static str, Rule)> {
         ("GET", "/instance/{rental_id}", lease(Rental, Root, Via::Query, Passes)),
         ("GET", "/api/health", Rule::Open(200)),
         ("POST", "/api/machines", Rule::Purchase),
+        ("POST", "/api/machine/mpp/orders/validate", Rule::Open(200)),
+        ("POST", "/api/machine/mpp/orders", Rule::Purchase),
+        ("GET", "/api/machine/mpp/orders/{order_id}", Rule::Open(404)),
         ("GET", "/api/machines/{machine_id}", lease(Machine, Read, Via::Bearer, Passes)),
         ("DELETE", "/api/machines/{machine_id}", lease(Machine, Terminate, Via::Bearer, Passes)),
         (
@@ -506,7 +509,7 @@ fn request(h: &Harness, template: &str, rule: Rule, kind: Kind) -> (String, Opti
     let body = match template {
         "/v1/quotes" => Some(json!({ "offer_id": "h3retik-micro" })),
         "/rent" => Some(json!({ "sku": "sandbox_1h" })),
-        "/api/machines" => Some(json!({
+        "/api/machines" | "/api/machine/mpp/orders/validate" | "/api/machine/mpp/orders" => Some(json!({
             "request_id": "6f1c7a43-5d7e-4f43-9d55-3a9b3c1f0e21",
             "product_id": "bare-linux-machine",
             "duration_minutes": 60,

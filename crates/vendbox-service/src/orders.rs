@@ -25,6 +25,12 @@ impl Boxes {
         Ok(self.store.finish_request(key, lease, answer).await?)
     }
 
+    /// What the request claimed as `key` left, without claiming it (see
+    /// [`vendbox_store::Store::request_claim`]).
+    pub async fn request_claim(&self, key: &str) -> Result<Option<(String, Option<String>)>, LeaseError> {
+        Ok(self.store.request_claim(key).await?)
+    }
+
     /// Lets a key whose request made nothing be sent again.
     pub async fn release_request(&self, key: &str) {
         if let Err(e) = self.store.release_request(key).await {

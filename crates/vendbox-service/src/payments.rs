@@ -273,6 +273,11 @@ impl Payments {
         self.methods.iter().flat_map(|m| m.proof_headers().iter().copied())
     }
 
+    /// The absolute URL of `path` on this vendbox, as charges name their resource.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url)
+    }
+
     /// The charge of `amount` for `path`; `None` when the amount is zero (free).
     pub fn charge(
         &self,

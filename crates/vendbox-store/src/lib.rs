@@ -396,6 +396,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Gives up a claim whose request made nothing, so that it can be sent again.
     async fn release_request(&self, request_id: &str) -> StoreResult<()>;
 
+    /// What the request claimed as `request_id` left, without claiming it: its body hash and
+    /// its answer (`None` while it runs); `None` when no request claimed it.
+    async fn request_claim(&self, request_id: &str) -> StoreResult<Option<(String, Option<String>)>>;
+
     /// Leases in any of `states`, oldest first.
     async fn leases_in_states(&self, states: &[LeaseState]) -> StoreResult<Vec<Lease>>;
 

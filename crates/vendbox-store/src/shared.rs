@@ -277,6 +277,13 @@ macro_rules! store_impl {
                 self.release_request(request_id).await
             }
 
+            async fn request_claim(
+                &self,
+                request_id: &str,
+            ) -> $crate::StoreResult<Option<(String, Option<String>)>> {
+                self.request_claim(request_id).await
+            }
+
             async fn leases_in_states(
                 &self,
                 states: &[vendbox_core::LeaseState],

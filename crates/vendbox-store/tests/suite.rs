@@ -270,6 +270,10 @@ async fn machine_leases_are_found_by_token_and_id_prefix_and_extend_by_compare_a
         Some(("h1".into(), Some("{\"ok\":true}".into())))
     );
     assert_eq!(store.claim_request("req-2", "h1", t0()).await.unwrap(), None);
+    // Read without claiming: what a request left, and nothing for one never sent.
+    assert_eq!(store.request_claim("req-2").await.unwrap(), Some(("h1".into(), None)));
+    assert_eq!(store.request_claim("req-1").await.unwrap().unwrap().1.as_deref(), Some("{\"ok\":true}"));
+    assert_eq!(store.request_claim("req-9").await.unwrap(), None);
     store.release_request("req-2").await.unwrap();
     assert_eq!(store.claim_request("req-2", "h1", t0()).await.unwrap(), None);
     // A claim left without an answer (a stop mid-request) is taken over once it is stale; an

@@ -1,10 +1,12 @@
 //! MPP, the "Payment" HTTP authentication scheme, end to end on a local chain: the official
 //! clients (pympp and mppx, their `evm` charge) pay a lock acquisition and the token balances move
 //! by exactly the price; every attack on a challenge or a credential is refused with the draft's
-//! problem type, and no money moves.
+//! problem type, and no money moves; a Storefront MPP order (validate, unpaid, paid) makes one
+//! order, one machine and one transfer however often its credential is sent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod boxhost;
 mod shop;
 mod support;
 
@@ -31,10 +33,16 @@ fn lock_body(owner: &str) -> Vec<u8> {
 
 /// `POST url` with `body` and, if given, `Authorization: auth`.
 async fn post(url: &str, body: &[u8], auth: Option<&str>) -> (u16, HeaderMap, Value) {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    post_with(url, body, &headers).await
+}
+
+/// `POST url` with `body` and `headers`.
+async fn post_with(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
     let mut request =
         reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_vec());
-    if let Some(auth) = auth {
-        request = request.header("authorization", auth);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let response = request.send().await.unwrap();
     let (status, headers) = (response.status().as_u16(), response.headers().clone());
@@ -239,4 +247,164 @@ async fn attacks_are_refused_with_the_drafts_problem_types_and_no_money_moves() 
         (FUNDS - 2 * LOCK_PRICE, payee_before + 2 * LOCK_PRICE),
         "two payments, each of exactly the price"
     );
+}
+
+/// A valid OpenSSH public key line.
+const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
+
+/// A 15-minute bare Linux machine: 0.25 + 0.01 × 15 USDC.
+const ORDER_PRICE: u64 = 400_000;
+
+fn order_body(request_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "request_id": request_id,
+        "product_id": "bare-linux-machine",
+        "duration_minutes": 15,
+        "ssh_public_key": SSH_KEY,
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storefront_order_is_one_order_one_machine_and_one_transfer() {
+    if !boxhost::boxes_supported() {
+        return;
+    }
+    let Some(shop) = open().await else { return };
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let payer = shop.payer().await;
+    let (_, payee_before) = balances(&shop, payer.address()).await;
+    let orders = shop.url("/api/machine/mpp/orders");
+    let body = order_body("0b6f6c1e-3c1a-4d8e-9a57-2f7d3c9e1a42");
+
+    // The quote, with no side effect.
+    let (status, _, valid) = post(&format!("{orders}/validate"), &body, None).await;
+    assert_eq!(status, 200, "{valid}");
+    assert_eq!(
+        (valid["protocol"].as_str(), valid["product_type"].as_str()),
+        (Some("mpp"), Some("machine_lease"))
+    );
+    assert_eq!(valid["methods"], json!(["evm"]));
+    let quote = &valid["quote"];
+    assert_eq!(
+        (quote["amount_cents"].as_u64(), quote["amount"].as_str()),
+        (Some(40), Some("0.40")),
+        "{valid}"
+    );
+    assert_eq!(
+        (quote["base_fee_cents"].as_u64(), quote["unit_price_cents_per_minute"].as_u64()),
+        (Some(25), Some(1))
+    );
+
+    // Unpaid: 402 with the challenges and the order, which nothing records yet.
+    let (status, headers, unpaid) = post(&orders, &body, None).await;
+    assert_eq!(status, 402, "{unpaid}");
+    let order_id = unpaid["order_id"].as_str().unwrap().to_owned();
+    assert!(order_id.starts_with("order_") && unpaid["status"] == "unpaid", "{unpaid}");
+    let challenge = mpp_challenge(&headers);
+    let (again, _, repeated) = post(&orders, &body, None).await;
+    assert_eq!((again, repeated["order_id"].as_str()), (402, Some(order_id.as_str())), "the same order");
+    let poll = |id: &str| reqwest::get(format!("{orders}/{id}"));
+    assert_eq!(poll(&order_id).await.unwrap().status(), 404, "an unpaid order leaves nothing behind");
+
+    // The paid retry, sent ten times at once with one credential.
+    let credential = pay(&payer, &challenge, NonceDerivation::Concatenated);
+    let answers =
+        futures_util::future::join_all((0..10).map(|_| post(&orders, &body, Some(&credential)))).await;
+    let made: Vec<_> = answers.iter().filter(|a| a.0 == 202 && a.2.get("machine").is_some()).collect();
+    assert_eq!(made.len(), 1, "one machine: {:?}", answers.iter().map(|a| (a.0, &a.2)).collect::<Vec<_>>());
+    let (_, paid_headers, paid) = made[0];
+    assert_paid("the order", &(202, paid_headers.clone(), paid.clone()));
+    assert_eq!(
+        (paid["order_id"].as_str(), paid["status"].as_str()),
+        (Some(order_id.as_str()), Some("settled"))
+    );
+    assert_eq!((paid["payment_status"].as_str(), paid["is_paid"].as_bool()), (Some("paid"), Some(true)));
+    assert!(paid["machine"]["management"]["terminate_token"].is_string(), "{paid}");
+    assert!(paid["machine"]["machine_id"].as_str().unwrap().starts_with("machine_"), "{paid}");
+    for (status, _, other) in answers.iter().filter(|a| a.2.get("machine").is_none()) {
+        let settled_again = *status == 202 && other["status"] == "settled";
+        let in_progress = *status == 400 && other["code"] == "request_in_progress";
+        let replayed = *status == 402 && other["type"] == format!("{PROBLEM_BASE}invalid-challenge");
+        assert!(settled_again || in_progress || replayed, "{status} {other}");
+    }
+    assert_eq!(
+        balances(&shop, payer.address()).await,
+        (FUNDS - ORDER_PRICE, payee_before + ORDER_PRICE),
+        "one transfer of exactly the price"
+    );
+    let polled: Value = poll(&order_id).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (polled["status"].as_str(), polled["is_paid"].as_bool()),
+        (Some("settled"), Some(true)),
+        "{polled}"
+    );
+    assert!(polled.get("machine").is_none(), "the tokens were shown once: {polled}");
+
+    // Idempotency-Key names the order instead of request_id.
+    let other = order_body("5d0e8a7c-1b2f-4c3d-8e9f-0a1b2c3d4e5f");
+    let keyed = [("idempotency-key", "agent-order-7")];
+    let (_, _, first) = post_with(&orders, &other, &keyed).await;
+    let (_, _, second) =
+        post_with(&orders, &order_body("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"), &keyed).await;
+    assert_eq!(first["order_id"], second["order_id"], "one key, one order");
+    assert_ne!(first["order_id"], json!(order_id));
+
+    // Every answer validates against the seed's own document.
+    let exchange = |method: &str, path: &str, status: u16, content_type: &str, body: &Value| json!({ "method": method, "path": path, "status": status, "content_type": content_type, "body": body });
+    let order_path = format!("/api/machine/mpp/orders/{order_id}");
+    let exchanges = [
+        exchange("POST", "/api/machine/mpp/orders/validate", 200, "application/json", &valid),
+        exchange("POST", "/api/machine/mpp/orders", 402, "application/json", &unpaid),
+        exchange("POST", "/api/machine/mpp/orders", 202, "application/json", paid),
+        exchange("GET", &order_path, 200, "application/json", &polled),
+    ];
+    assert_seed_valid(&exchanges);
+
+    // The official Python client pays an order too.
+    if std::process::Command::new("python3")
+        .args(["-c", "import mpp.methods.evm.client"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let buyer = shop.payer().await;
+        let (_, payee_before) = balances(&shop, buyer.address()).await;
+        let body = String::from_utf8(order_body("7e6d5c4b-3a29-4180-9f7e-6d5c4b3a2918")).unwrap();
+        let (asset, chain_id) = (shop.asset.to_string(), shop.anvil.chain_id.to_string());
+        let args = ["--method", "POST", "--json", &body, "--asset", &asset, "--chain-id", &chain_id];
+        let result = shop.run_client_on("python3", "pay_mpp.py", &buyer, "/api/machine/mpp/orders", &args);
+        assert_eq!(result["status"], 202, "{result}");
+        assert_eq!(result["body"]["status"], "settled", "{result}");
+        assert_eq!(result["receipt"]["status"], "success", "{result}");
+        assert_eq!(
+            balances(&shop, buyer.address()).await,
+            (FUNDS - ORDER_PRICE, payee_before + ORDER_PRICE),
+            "pympp: one transfer of exactly the price"
+        );
+    }
+}
+
+/// Checks `exchanges` with `tests/seeds/validate.py` against the Storefront's own document, when
+/// the validator can run.
+fn assert_seed_valid(exchanges: &[Value]) {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/seeds");
+    let ready = std::process::Command::new("python3")
+        .args(["-c", "import openapi_schema_validator, referencing"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        support::requirement_missing("python3 with openapi-schema-validator is not installed");
+        return;
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(exchanges).unwrap()).unwrap();
+    let output = std::process::Command::new("python3")
+        .arg(dir.join("validate.py"))
+        .arg(dir.join("agentic-compute-storefront.openapi.json"))
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["failures"], json!([]), "{report}");
+    assert_eq!(report["checked"], exchanges.len(), "{report}");
 }

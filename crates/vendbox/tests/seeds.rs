@@ -11,7 +11,8 @@
 //! skipped by the validator (each test asserts exactly which were skipped): H3RETIK's
 //! `GET /x402/sessions/{session_id}`, `POST /x402/sessions/{session_id}/exec`,
 //! `POST /x402/locks/release`, `POST /x402/locks/renew` and `GET /x402/locks/{key}`. The
-//! Storefront's MPP order paths (`/api/machine/mpp/orders…`) are not served yet.
+//! Storefront's MPP order paths (`/api/machine/mpp/orders…`) are checked against the seed in
+//! `tests/mpp.rs`, where they are paid with MPP.
 //!
 //! VpsAgent's document (`vpsagent.md`) is not a formal OpenAPI file; its fields, headers and
 //! statuses are pinned here in Rust. The validator's own refusals are tested without a chain.

@@ -7,7 +7,8 @@
 //!   and their ports;
 //! - `h3retik`: the H3RETIK Cloud API (`/x402/sessions/…`, `/x402/locks/…`);
 //! - `vpsagent`: the VpsAgent API (`/catalog`, `/rent`, `/rentals/…`, `/instance/…`);
-//! - `storefront`: the Agentic Compute Storefront API (`/api/…`);
+//! - `storefront`: the Agentic Compute Storefront API (`/api/…`), and `storefront_orders` its MPP
+//!   orders (`/api/machine/mpp/orders…`);
 //! - `x402compute`: the x402Compute API (`/compute/…`).
 
 use utoipa_axum::router::OpenApiRouter;
@@ -17,6 +18,7 @@ use crate::app::AppState;
 pub mod h3retik;
 pub mod native;
 pub mod storefront;
+pub mod storefront_orders;
 pub mod vpsagent;
 pub mod x402compute;
 
@@ -56,5 +58,6 @@ pub fn all() -> Routes {
         .merge(h3retik::routes())
         .merge(vpsagent::routes())
         .merge(storefront::routes())
+        .merge(storefront_orders::routes())
         .merge(x402compute::routes())
 }

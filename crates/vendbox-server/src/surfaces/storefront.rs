@@ -9,7 +9,7 @@
 //! `{"error": "<message>"}`, with vendbox's stable `code` (and the `field` at fault) beside it,
 //! and its status is one the seed uses (400, 401, 403, 404; 5xx for what the server cannot do
 //! now). The 402 of a paid call is the x402 body, unchanged: paying over x402 is vendbox's
-//! addition (the seed pays through MPP orders).
+//! addition (the seed pays through MPP orders, `storefront_orders`, which vendbox serves too).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -195,7 +195,7 @@ fn machine_id(lease: &Lease) -> String {
     format!("machine_{hex}")
 }
 
-fn machine(lease: &Lease, state: &AppState) -> Machine {
+pub(crate) fn machine(lease: &Lease, state: &AppState) -> Machine {
     let status = match lease.state {
         LeaseState::Pending | LeaseState::Provisioning => "provisioning",
         LeaseState::Active => "active",
@@ -274,11 +274,19 @@ pub async fn create(
     create_machine(&state, &headers, request).await
 }
 
-async fn create_machine(
-    state: &AppState,
-    headers: &HeaderMap,
-    request: CreateMachineRequest,
-) -> Result<Response, ApiError> {
+/// What a `CreateMachineRequest` buys, checked before any payment is asked for.
+pub(crate) struct Order {
+    /// The machine offer.
+    pub(crate) offer: vendbox_core::Offer,
+    /// Its duration.
+    pub(crate) params: QuoteParams,
+    /// The key to log in with.
+    pub(crate) key: SshKey,
+}
+
+/// Checks `request` (a UUID `request_id`, a product sold here, 15 to 360 minutes, an SSH key)
+/// and prices it, before any payment is asked for.
+pub(crate) fn order(state: &AppState, request: &CreateMachineRequest) -> Result<Order, ApiError> {
     if uuid::Uuid::parse_str(&request.request_id).is_err() || request.request_id.len() != 36 {
         return Err(bad("bad_request_id", "request_id", "`request_id` must be a UUID".into()));
     }
@@ -300,6 +308,15 @@ async fn create_machine(
     let key = SshKey::parse(&request.ssh_public_key, "ssh_public_key")?;
     let params = QuoteParams { minutes: Some(request.duration_minutes), ..QuoteParams::default() };
     offer.quote(&params)?;
+    Ok(Order { offer, params, key })
+}
+
+async fn create_machine(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: CreateMachineRequest,
+) -> Result<Response, ApiError> {
+    let Order { offer, params, key } = order(state, &request)?;
     let boxes = native::service(state)?;
     let body_hash = hex_sha256(&serde_json::to_vec(&request).unwrap_or_default());
     match boxes.claim_request(&request.request_id, &body_hash).await? {
@@ -359,7 +376,7 @@ async fn create_machine(
     }))
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut out, b| {
         use std::fmt::Write as _;
         let _ = write!(out, "{b:02x}");

@@ -51,6 +51,21 @@ macro_rules! impl_requests {
                 Ok(())
             }
 
+            async fn request_claim(
+                &self,
+                request_id: &str,
+            ) -> $crate::StoreResult<Option<(String, Option<String>)>> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT body_hash, response FROM lease_requests WHERE request_id = $1")
+                    .bind(request_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(row) => Some((row.try_get("body_hash")?, row.try_get("response")?)),
+                    None => None,
+                })
+            }
+
             async fn release_request(&self, request_id: &str) -> $crate::StoreResult<()> {
                 sqlx::query("DELETE FROM lease_requests WHERE request_id = $1 AND response IS NULL")
                     .bind(request_id)
