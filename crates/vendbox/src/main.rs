@@ -49,7 +49,7 @@ enum Command {
     /// Run vendbox on a local chain: start anvil (or use --rpc-url), deploy a test USDC, fund
     /// a fresh agent wallet, and serve with the built-in facilitator. Prints what an agent needs.
     Dev(dev::DevArgs),
-    /// Fetch a URL, paying its HTTP 402 with x402 from VENDBOX_WALLET_KEY, up to --max-price.
+    /// Fetch a URL, paying its HTTP 402 with x402 or MPP from VENDBOX_WALLET_KEY, up to --max-price.
     Fetch(fetch::FetchArgs),
     /// Open a box you bought over SSH: `vendbox ssh LEASE [COMMAND…]` (needs the lease's token
     /// in VENDBOX_LEASE_TOKEN or --token, and the key given at purchase).

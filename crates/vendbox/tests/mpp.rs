@@ -408,3 +408,26 @@ fn assert_seed_valid(exchanges: &[Value]) {
     assert_eq!(report["failures"], json!([]), "{report}");
     assert_eq!(report["checked"], exchanges.len(), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendbox_fetch_pays_with_mpp() {
+    let Some(shop) = open().await else { return };
+    let payer = shop.payer().await;
+    let (_, payee_before) = balances(&shop, payer.address()).await;
+    let body = String::from_utf8(lock_body("fetch")).unwrap();
+    let output = std::process::Command::new(support::BIN)
+        .args(["fetch", &shop.url("/v1/locks/mpp-fetch"), "-X", "POST", "-d", &body, "--pay", "mpp"])
+        .env("VENDBOX_WALLET_KEY", payer.secret_hex())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["acquired"], true, "{answer}");
+    assert!(stderr.contains("transaction 0x"), "{stderr}");
+    assert_eq!(
+        balances(&shop, payer.address()).await,
+        (FUNDS - LOCK_PRICE, payee_before + LOCK_PRICE),
+        "paid exactly the price, once"
+    );
+}
