@@ -10,6 +10,10 @@
 //!   pre-signed payments, each verified, reserved, settled on anvil and recorded, against the free
 //!   route at the same C: paid requests per second, p50 and p99, and the median of the first
 //!   500 payments against the last 500 (a settlement path that slows as it works shows there).
+//! - MPP against x402 on the same paid `GET /catalog`, C requests in flight (C = 1, 8, 32 by
+//!   default): MPP credentials (one challenge each, fetched and signed beforehand) against x402
+//!   payments, each verified, reserved, settled on anvil and recorded: requests per second, p50
+//!   and p99 of each, and MPP's rate as a share of x402's.
 //!
 //! Each pair runs warm-up rounds first and throws them away, then alternates baseline and subject
 //! in ABBA order (see `common/stats.rs`); every p99 comes from at least 100 samples.
@@ -18,7 +22,7 @@
 //! without it the bench fails rather than leave the gate unmeasured). For a quick run:
 //! `VENDBOX_BENCH_PAYMENTS=200` (payments per level, default 2,000),
 //! `VENDBOX_BENCH_CONCURRENCY=1,8,32` (the levels), `VENDBOX_BENCH_PARTS=throughput` (any of
-//! `signatures`, `gate`, `throughput`; all by default).
+//! `signatures`, `gate`, `throughput`, `mpp`; all by default).
 
 #![allow(
     clippy::unwrap_used,
@@ -34,6 +38,7 @@ use vendbox_core::Usdc;
 use vendbox_pay::client::{self, Challenge};
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
 use vendbox_pay::exact::{self, Acceptance, Charge, Requirements, SentPayment, unix_now as now};
+use vendbox_pay::mpp::client::{self as mpp, NonceDerivation};
 use vendbox_pay::{EvmAddress, Network, Wallet, wire};
 use vendbox_server::config::FacilitatorKind;
 use vendbox_server::{Config, Secrets, Server};
@@ -231,6 +236,25 @@ impl Shops {
     fn payments(&self, count: usize) -> Vec<(&'static str, String)> {
         (0..count).map(|_| self.challenge.pay(&self.payer, now()).unwrap()).collect()
     }
+    /// `count` MPP credentials for `GET /catalog`: a challenge each (one pays once), signed now.
+    async fn mpp_payments(&self, count: usize) -> Vec<(&'static str, String)> {
+        let http = reqwest::Client::new();
+        let mut credentials = Vec::with_capacity(count);
+        for _ in 0..count {
+            let response = http.get(&self.paid).send().await.unwrap();
+            let offer = response
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .flat_map(|v| mpp::parse_challenges(v.to_str().unwrap()).unwrap())
+                .next()
+                .expect("the 402 offers MPP");
+            let credential =
+                mpp::pay(&self.payer, &offer, "USDC", "2", NonceDerivation::Concatenated).unwrap();
+            credentials.push(("authorization", credential));
+        }
+        credentials
+    }
 }
 
 async fn gate_latency(shops: &Shops) {
@@ -371,6 +395,53 @@ async fn throughput() {
     }
 }
 
+/// MPP-paid against x402-paid requests per second on the same paid `GET /catalog`.
+async fn mpp_against_x402() {
+    let count = payments_per_level();
+    assert!(count >= 2, "VENDBOX_BENCH_PAYMENTS must be at least 2");
+    let edge = (count / 2).min(500);
+    let levels =
+        std::env::var("VENDBOX_BENCH_CONCURRENCY").map_or_else(|_| vec![1, 8, 32], |_| concurrency_levels());
+    let http = reqwest::Client::new();
+    println!(
+        "MPP against x402 on the same paid GET /catalog, {count} pre-signed payments of each per level \
+         (MPP: one challenge each, fetched beforehand; anvil with automine, built-in facilitator, SQLite; \
+         each level on a chain and vendboxes of its own):"
+    );
+    println!("  {:>4}  {:<5} {:>9}  {:>10}  {:>10}", "C", "side", "req/s", "p50", "p99");
+    for (round, concurrency) in levels.into_iter().enumerate() {
+        let shops = Shops::open().await;
+        let warm = (2 * concurrency).max(10);
+        let warm_x402 = shops.payments(warm).into_iter().map(Some).collect();
+        level(&http, &shops.paid, warm_x402, concurrency, warm / 2).await;
+        let warm_mpp = shops.mpp_payments(warm).await.into_iter().map(Some).collect();
+        level(&http, &shops.paid, warm_mpp, concurrency, warm / 2).await;
+
+        let x402_payments = shops.payments(count).into_iter().map(Some).collect();
+        let mpp_payments = shops.mpp_payments(count).await.into_iter().map(Some).collect();
+        let (x402, mpp) = if round % 2 == 0 {
+            let x402 = level(&http, &shops.paid, x402_payments, concurrency, edge).await;
+            (x402, level(&http, &shops.paid, mpp_payments, concurrency, edge).await)
+        } else {
+            let mpp = level(&http, &shops.paid, mpp_payments, concurrency, edge).await;
+            (level(&http, &shops.paid, x402_payments, concurrency, edge).await, mpp)
+        };
+        for (side, l) in [("x402", &x402), ("mpp", &mpp)] {
+            println!(
+                "  {concurrency:>4}  {side:<5} {:>9.1}  {}  {}",
+                l.rate,
+                stats::duration(l.all.median()),
+                l.all.p99().map_or_else(|| "        --".to_owned(), stats::duration),
+            );
+        }
+        println!(
+            "  {concurrency:>4}  MPP-paid requests per second: {:.2}% of x402's",
+            100.0 * stats::ratio(mpp.rate, x402.rate, "MPP against x402 requests per second")
+        );
+        shops.anvil.stop().await;
+    }
+}
+
 /// Which parts to run, from `VENDBOX_BENCH_PARTS` (default all).
 fn part(name: &str) -> bool {
     std::env::var("VENDBOX_BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|p| p.trim() == name))
@@ -380,7 +451,7 @@ fn main() {
     if part("signatures") {
         signature_checks();
     }
-    if part("gate") || part("throughput") {
+    if part("gate") || part("throughput") || part("mpp") {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
             if part("gate") {
                 let shops = Shops::open().await;
@@ -389,6 +460,9 @@ fn main() {
             }
             if part("throughput") {
                 throughput().await;
+            }
+            if part("mpp") {
+                mpp_against_x402().await;
             }
         });
     }
