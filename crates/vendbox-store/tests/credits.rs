@@ -5,14 +5,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use vendbox_core::{
     AccountAddress, LedgerKind, Payment, PaymentId, PaymentMethod, PaymentState, ReplayKey, Usdc,
 };
-use vendbox_store::testkit::PostgresSchema;
-use vendbox_store::{CreditHold, HoldRefusal, PaymentOutcome, SpendCaps, SqliteStore, Store, StoreError};
+use vendbox_store::{CreditHold, HoldRefusal, PaymentOutcome, SpendCaps, Store, StoreError};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
@@ -173,52 +174,7 @@ async fn payments_are_listed_by_payer_in_pages_with_totals(store: Arc<dyn Store>
     assert_eq!(of(PaymentState::Verified), None);
 }
 
-async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_file(&dir.path().join("vendbox.db")).await.unwrap();
-    case(Arc::new(store)).await;
-}
-
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let Some(schema) = PostgresSchema::create().await else { return };
-    let store: Arc<dyn Store> = Arc::new(schema.store().await.unwrap());
-    let outcome = tokio::spawn(case(store)).await;
-    schema.drop_schema().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_sqlite(super::$case).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_postgres(super::$case).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+common::suite!(
     holds_keep_credit_aside_until_settled_or_released,
     concurrent_holds_never_overspend,
     key_caps_count_charges_and_holds,

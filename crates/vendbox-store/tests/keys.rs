@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -12,8 +14,7 @@ use vendbox_core::{
     AccountAddress, Capability, KeyGrant, KeyScope, Lease, LeaseId, LeaseState, SecretToken, Usdc,
     generate_api_key,
 };
-use vendbox_store::testkit::PostgresSchema;
-use vendbox_store::{ApiKey, ComputeInstance, SqliteStore, Store};
+use vendbox_store::{ApiKey, ComputeInstance, Store};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
@@ -141,52 +142,7 @@ async fn an_instance_password_is_issued_once(store: Arc<dyn Store>) {
     );
 }
 
-async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_file(&dir.path().join("vendbox.db")).await.unwrap();
-    case(Arc::new(store)).await;
-}
-
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let Some(schema) = PostgresSchema::create().await else { return };
-    let store: Arc<dyn Store> = Arc::new(schema.store().await.unwrap());
-    let outcome = tokio::spawn(case(store)).await;
-    schema.drop_schema().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_sqlite(super::$case).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_postgres(super::$case).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+common::suite!(
     nonces_are_claimed_once_and_purged_after_their_window,
     api_keys_are_found_by_hash_until_revoked,
     an_instance_password_is_issued_once,

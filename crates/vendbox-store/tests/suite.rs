@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod common;
+
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
@@ -9,7 +11,6 @@ use vendbox_core::{
     AccountAddress, Capability, FencingToken, Lease, LeaseId, LeaseState, LedgerKind, LockKey, Offer,
     Payment, PaymentId, PaymentMethod, PaymentState, Quote, QuoteParams, ReplayKey, SecretToken, Usdc,
 };
-use vendbox_store::testkit::PostgresSchema;
 use vendbox_store::{
     LockAcquisition, LockRefusal, LockRelease, LockRenewal, PaymentOutcome, SqliteStore, Store, StoreError,
 };
@@ -536,64 +537,17 @@ async fn ping_answers_as(store: Arc<dyn Store>, backend: &str) {
     assert_eq!(store.backend(), backend);
 }
 
-/// Runs `case` on a fresh SQLite file.
-async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_file(&dir.path().join("data/vendbox.db")).await.unwrap();
-    case(Arc::new(store)).await;
-}
-
-/// Runs `case` in a fresh PostgreSQL schema, dropped afterwards even when the case panics.
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let Some(schema) = PostgresSchema::create().await else { return };
-    let store: Arc<dyn Store> = Arc::new(schema.store().await.unwrap());
-    let outcome = tokio::spawn(case(store)).await;
-    schema.drop_schema().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_sqlite(super::$case).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_postgres(super::$case).await;
-                }
-            )*
-        }
-    };
-}
-
 #[tokio::test]
 async fn sqlite_answers_its_ping_as_sqlite() {
-    on_sqlite(|store| ping_answers_as(store, "sqlite")).await;
+    common::on_sqlite(|store| ping_answers_as(store, "sqlite")).await;
 }
 
 #[tokio::test]
 async fn postgres_answers_its_ping_as_postgres() {
-    on_postgres(|store| async move { ping_answers_as(store, "postgres").await }).await;
+    common::on_postgres(|store| async move { ping_answers_as(store, "postgres").await }).await;
 }
 
-suite!(
+common::suite!(
     quotes_round_trip_and_expire,
     replay_keys_pay_once,
     concurrent_reservations_of_one_key_admit_one,
