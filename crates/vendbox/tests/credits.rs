@@ -30,19 +30,6 @@ fn signer_installed() -> bool {
     ok
 }
 
-/// The `X-Auth-*` headers `wallet` signs for `method path body` (`tests/clients/sign_auth.py`).
-fn sign(wallet: &Wallet, method: &str, path: &str, body: &str) -> Vec<(String, String)> {
-    let output = Command::new("python3")
-        .current_dir(shop::repo_root().join("tests/clients"))
-        .args(["sign_auth.py", method, path, body])
-        .env("VENDBOX_WALLET_KEY", wallet.secret_hex())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "sign_auth.py: {}", String::from_utf8_lossy(&output.stderr));
-    let headers: serde_json::Map<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
-    headers.into_iter().map(|(k, v)| (k, v.as_str().unwrap().to_owned())).collect()
-}
-
 /// A new API key of `wallet` with `grant` (scope and caps).
 async fn api_key(shop: &Shop, wallet: &Wallet, grant: Value) -> String {
     let body = grant.to_string();
@@ -50,7 +37,7 @@ async fn api_key(shop: &Shop, wallet: &Wallet, grant: Value) -> String {
         .post(shop.url("/compute/api-keys"))
         .header("content-type", "application/json")
         .body(body.clone());
-    for (name, value) in sign(wallet, "POST", "/compute/api-keys", &body) {
+    for (name, value) in shop::sign_auth(wallet, "POST", "/compute/api-keys", &body) {
         request = request.header(name, value);
     }
     let response = request.send().await.unwrap();
@@ -249,7 +236,7 @@ async fn a_wallet_signed_top_up_is_paid_by_the_x402_clients_retry_and_not_replay
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let wallet = shop.payer().await;
     let body = json!({ "amount": "0.02" }).to_string();
-    let signed = sign(&wallet, "POST", "/v1/account/topup", &body);
+    let signed = shop::sign_auth(&wallet, "POST", "/v1/account/topup", &body);
 
     // The official client sends the signed request, is answered 402, and re-sends it unchanged
     // (the same X-Auth-Nonce) with its payment: the 402 gave the nonce back.
@@ -280,7 +267,7 @@ async fn a_wallet_signed_top_up_is_paid_by_the_x402_clients_retry_and_not_replay
     // The account holds the one top-up.
     let path = "/v1/account";
     let mut request = reqwest::Client::new().get(shop.url(path));
-    for (name, value) in sign(&wallet, "GET", path, "") {
+    for (name, value) in shop::sign_auth(&wallet, "GET", path, "") {
         request = request.header(name, value);
     }
     let account: Value = request.send().await.unwrap().json().await.unwrap();

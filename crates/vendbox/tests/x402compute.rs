@@ -44,19 +44,6 @@ fn ready() -> bool {
         && shop::clients_installed("node_modules/x402-fetch")
 }
 
-/// The `X-Auth-*` headers `wallet` signs for `method path body` (`tests/clients/sign_auth.py`).
-fn sign(wallet: &Wallet, method: &str, path: &str, body: &str) -> Vec<(String, String)> {
-    let output = Command::new("python3")
-        .current_dir(shop::repo_root().join("tests/clients"))
-        .args(["sign_auth.py", method, path, body])
-        .env("VENDBOX_WALLET_KEY", wallet.secret_hex())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "sign_auth.py: {}", String::from_utf8_lossy(&output.stderr));
-    let headers: serde_json::Map<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
-    headers.into_iter().map(|(k, v)| (k, v.as_str().unwrap().to_owned())).collect()
-}
-
 /// Sends `method path` with `body` and `headers`: the status and the JSON answer.
 async fn send(
     shop: &Shop,
@@ -79,7 +66,7 @@ async fn send(
 
 /// Sends `method path` signed by `wallet`.
 async fn signed(shop: &Shop, wallet: &Wallet, method: &str, path: &str, body: &str) -> (u16, Value) {
-    send(shop, method, path, body, &sign(wallet, method, path, body)).await
+    send(shop, method, path, body, &shop::sign_auth(wallet, method, path, body)).await
 }
 
 /// Sends `method path` with API key `key`.

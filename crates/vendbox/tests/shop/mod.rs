@@ -229,3 +229,17 @@ pub fn python_client_installed() -> bool {
     }
     ok
 }
+
+/// The `X-Auth-*` headers `wallet` signs for `method path body`, made by the wallet library
+/// agents use (`tests/clients/sign_auth.py`, `eth_account`).
+pub fn sign_auth(wallet: &Wallet, method: &str, path: &str, body: &str) -> Vec<(String, String)> {
+    let output = std::process::Command::new("python3")
+        .current_dir(repo_root().join("tests/clients"))
+        .args(["sign_auth.py", method, path, body])
+        .env("VENDBOX_WALLET_KEY", wallet.secret_hex())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "sign_auth.py: {}", String::from_utf8_lossy(&output.stderr));
+    let headers: serde_json::Map<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
+    headers.into_iter().map(|(k, v)| (k, v.as_str().unwrap().to_owned())).collect()
+}
