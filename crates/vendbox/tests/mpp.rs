@@ -153,6 +153,16 @@ async fn attacks_are_refused_with_the_drafts_problem_types_and_no_money_moves() 
 
     // The same credential again.
     assert_refused("replayed", &post(&url("a"), &body, Some(&credential)).await, "invalid-challenge");
+    // The same challenge, paid by another wallet: a challenge is paid once, whoever pays it.
+    let other_payer = shop.payer().await;
+    let (other_before, _) = balances(&shop, other_payer.address()).await;
+    let second_wallet = pay(&other_payer, &honest, NonceDerivation::Concatenated);
+    assert_refused(
+        "paid by another wallet",
+        &post(&url("a"), &body, Some(&second_wallet)).await,
+        "invalid-challenge",
+    );
+    assert_eq!(balances(&shop, other_payer.address()).await.0, other_before, "the other wallet paid nothing");
 
     // A credential signed for one challenge, echoing another.
     let first = challenge(&url("b"), &body).await;
