@@ -66,6 +66,29 @@ pub enum Recovery {
     UsedElsewhere,
 }
 
+impl From<Recovery> for crate::method::Recovered {
+    /// What a payment method reports for an authorization the chain says this of.
+    fn from(found: Recovery) -> Self {
+        use crate::method::Recovered;
+        match found {
+            Recovery::Settled { transaction } => Recovered::Settled { reference: transaction },
+            Recovery::Cancelled { transaction } => Recovered::Voided {
+                reason: format!(
+                    "the payer cancelled the authorization on chain ({transaction}) before vendbox settled it; nothing was charged"
+                ),
+            },
+            Recovery::UsedElsewhere => {
+                Recovered::Settled { reference: "on chain (transaction not found in recent blocks)".into() }
+            }
+            Recovery::Unused => Recovered::Voided {
+                reason:
+                    "interrupted before settlement; the authorization was never used, so nothing was charged"
+                        .into(),
+            },
+        }
+    }
+}
+
 /// One EIP-3009 token on one chain.
 #[derive(Debug, Clone)]
 pub struct Chain {

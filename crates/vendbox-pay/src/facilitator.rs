@@ -353,3 +353,21 @@ impl Facilitator for RemoteFacilitator {
         }
     }
 }
+
+/// What a facilitator's settlement `result` means to a payment method, whose receipt for a
+/// transaction (empty when none is known) `receipt` makes.
+pub(crate) fn settlement(
+    result: Result<B256, SettleError>,
+    receipt: impl Fn(&str) -> crate::method::Receipt,
+) -> Result<crate::method::Receipt, crate::method::SettleFailure> {
+    use crate::method::SettleFailure;
+    match result {
+        Ok(tx) => Ok(receipt(&tx.to_string())),
+        Err(SettleError::Unconfirmed { transaction, message }) => {
+            let tx = transaction.map(|t| t.to_string()).unwrap_or_default();
+            Err(SettleFailure::Unconfirmed { receipt: receipt(&tx), message })
+        }
+        Err(SettleError::Refused(r)) => Err(SettleFailure::Refused(r)),
+        Err(e) => Err(SettleFailure::Failed(e.to_string())),
+    }
+}

@@ -13,9 +13,9 @@ use serde_json::json;
 use sha2::Digest as _;
 use vendbox_core::{Payment, PaymentId, PaymentState, ReplayKey};
 
-use crate::chain::{Chain, ChainError, Recovery, VerifyError};
+use crate::chain::{Chain, ChainError, VerifyError};
 use crate::exact::{self, Acceptance, CheckedPayment, Requirements, SentPayment, Version};
-use crate::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator, SettleError};
+use crate::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator};
 use crate::keys::Wallet;
 use crate::method::{
     Admission, AdmitError, Challenge, Charge, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
@@ -195,37 +195,14 @@ impl PaymentMethod for X402Exact {
 
     async fn settle(&self, admission: &Admission, _charge: &Charge) -> Result<Receipt, SettleFailure> {
         let ticket = Self::ticket(admission).map_err(SettleFailure::Failed)?;
-        match self.facilitator.settle(&ticket.checked, &ticket.requirements).await {
-            Ok(tx) => Ok(receipt(ticket, &tx.to_string())),
-            Err(SettleError::Unconfirmed { transaction, message }) => {
-                let tx = transaction.map(|t| t.to_string()).unwrap_or_default();
-                Err(SettleFailure::Unconfirmed { receipt: receipt(ticket, &tx), message })
-            }
-            Err(SettleError::Refused(r)) => Err(SettleFailure::Refused(r)),
-            Err(e) => Err(SettleFailure::Failed(e.to_string())),
-        }
+        let result = self.facilitator.settle(&ticket.checked, &ticket.requirements).await;
+        crate::facilitator::settlement(result, |tx| receipt(ticket, tx))
     }
 
     async fn recover(&self, payment: &Payment) -> Result<Recovered, String> {
         let key = &payment.replay_key;
         let chain = self.chain.as_ref().ok_or("no chain is configured to recover payments from")?;
-        let found = chain.recover(&key.payer, &key.nonce).await.map_err(|e| e.to_string())?;
-        Ok(match found {
-            Recovery::Settled { transaction } => Recovered::Settled { reference: transaction },
-            Recovery::Cancelled { transaction } => Recovered::Voided {
-                reason: format!(
-                    "the payer cancelled the authorization on chain ({transaction}) before vendbox settled it; nothing was charged"
-                ),
-            },
-            Recovery::UsedElsewhere => {
-                Recovered::Settled { reference: "on chain (transaction not found in recent blocks)".into() }
-            }
-            Recovery::Unused => Recovered::Voided {
-                reason:
-                    "interrupted before settlement; the authorization was never used, so nothing was charged"
-                        .into(),
-            },
-        })
+        Ok(chain.recover(&key.payer, &key.nonce).await.map_err(|e| e.to_string())?.into())
     }
 }
 

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use vendbox_core::{Payment, PaymentId, PaymentState, ReplayKey};
 
 use super::{AUTHORIZATION, BindingSecret, ChallengeFields, Credential, PAYMENT_RECEIPT, WWW_AUTHENTICATE};
-use crate::chain::{Chain, Recovery, VerifyError};
+use crate::chain::{Chain, VerifyError};
 use crate::exact::{self, Acceptance, CheckedPayment, Requirements, SentPayment};
-use crate::facilitator::{Facilitator, SettleError};
+use crate::facilitator::Facilitator;
 use crate::method::{
     Admission, AdmitError, Challenge, Charge, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
 };
@@ -313,15 +313,8 @@ impl PaymentMethod for MppEvmCharge {
 
     async fn settle(&self, admission: &Admission, _charge: &Charge) -> Result<Receipt, SettleFailure> {
         let ticket = Self::ticket(admission).map_err(SettleFailure::Failed)?;
-        match self.facilitator.settle(&ticket.checked, &ticket.requirements).await {
-            Ok(tx) => Ok(self.receipt(ticket, &tx.to_string())),
-            Err(SettleError::Unconfirmed { transaction, message }) => {
-                let tx = transaction.map(|t| t.to_string()).unwrap_or_default();
-                Err(SettleFailure::Unconfirmed { receipt: self.receipt(ticket, &tx), message })
-            }
-            Err(SettleError::Refused(r)) => Err(SettleFailure::Refused(r)),
-            Err(e) => Err(SettleFailure::Failed(e.to_string())),
-        }
+        let result = self.facilitator.settle(&ticket.checked, &ticket.requirements).await;
+        crate::facilitator::settlement(result, |tx| self.receipt(ticket, tx))
     }
 
     async fn recover(&self, payment: &Payment) -> Result<Recovered, String> {
@@ -332,22 +325,7 @@ impl PaymentMethod for MppEvmCharge {
         let (Some(from), Some(nonce)) = (field("from"), field("nonce")) else {
             return Err("the payment's record names no authorization".into());
         };
-        Ok(match chain.recover(&from, &nonce).await.map_err(|e| e.to_string())? {
-            Recovery::Settled { transaction } => Recovered::Settled { reference: transaction },
-            Recovery::Cancelled { transaction } => Recovered::Voided {
-                reason: format!(
-                    "the payer cancelled the authorization on chain ({transaction}) before vendbox settled it; nothing was charged"
-                ),
-            },
-            Recovery::UsedElsewhere => {
-                Recovered::Settled { reference: "on chain (transaction not found in recent blocks)".into() }
-            }
-            Recovery::Unused => Recovered::Voided {
-                reason:
-                    "interrupted before settlement; the authorization was never used, so nothing was charged"
-                        .into(),
-            },
-        })
+        Ok(chain.recover(&from, &nonce).await.map_err(|e| e.to_string())?.into())
     }
 }
 

@@ -91,10 +91,25 @@ macro_rules! impl_leases {
                 expected: vendbox_core::LeaseState,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<()> {
-                use $crate::shared::ms;
                 if expected != l.state {
                     expected.checked_move(l.state)?;
                 }
+                let mut conn = self.pool.acquire().await?;
+                if Self::write_lease(&mut conn, l, expected, now).await? {
+                    return Ok(());
+                }
+                drop(conn);
+                Err(self.lease_not_moved(l, expected).await)
+            }
+
+            /// Writes `l` over the stored lease if that is still `expected`; whether it was.
+            async fn write_lease(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                l: &vendbox_core::Lease,
+                expected: vendbox_core::LeaseState,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<bool> {
+                use $crate::shared::ms;
                 let done = sqlx::query(
                     "UPDATE leases SET state = $1, box_id = $2, expires_at = $3, actions_remaining = $4, \
                      failure_reason = $5, updated_at = $6 WHERE id = $7 AND state = $8",
@@ -107,19 +122,27 @@ macro_rules! impl_leases {
                 .bind(ms(now))
                 .bind(l.id.to_string())
                 .bind(expected.as_str())
-                .execute(&self.pool)
+                .execute(conn)
                 .await?;
-                if done.rows_affected() == 1 {
-                    return Ok(());
-                }
-                match self.get_lease(l.id).await? {
-                    None => Err($crate::StoreError::NotFound(format!("lease {}", l.id))),
-                    Some(now_stored) => Err($crate::StoreError::Conflict(format!(
+                Ok(done.rows_affected() == 1)
+            }
+
+            /// Why `l` was not written over a lease in state `expected`: it is gone, or in
+            /// another state.
+            async fn lease_not_moved(
+                &self,
+                l: &vendbox_core::Lease,
+                expected: vendbox_core::LeaseState,
+            ) -> $crate::StoreError {
+                match self.get_lease(l.id).await {
+                    Err(e) => e,
+                    Ok(None) => $crate::StoreError::NotFound(format!("lease {}", l.id)),
+                    Ok(Some(stored)) => $crate::StoreError::Conflict(format!(
                         "lease {} is {}, not {}",
                         l.id,
-                        now_stored.state.as_str(),
+                        stored.state.as_str(),
                         expected.as_str()
-                    ))),
+                    )),
                 }
             }
 
@@ -130,36 +153,13 @@ macro_rules! impl_leases {
                 now: chrono::DateTime<chrono::Utc>,
                 refund: Option<&$crate::LeaseRefund>,
             ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
-                use $crate::shared::ms;
                 if expected != l.state {
                     expected.checked_move(l.state)?;
                 }
                 let mut tx = self.pool.begin().await?;
-                let done = sqlx::query(
-                    "UPDATE leases SET state = $1, box_id = $2, expires_at = $3, actions_remaining = $4, \
-                     failure_reason = $5, updated_at = $6 WHERE id = $7 AND state = $8",
-                )
-                .bind(l.state.as_str())
-                .bind(l.box_id.as_deref())
-                .bind(l.expires_at.map(ms))
-                .bind(l.actions_remaining.map(i64::from))
-                .bind(l.failure_reason.as_deref())
-                .bind(ms(now))
-                .bind(l.id.to_string())
-                .bind(expected.as_str())
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() != 1 {
+                if !Self::write_lease(&mut tx, l, expected, now).await? {
                     tx.rollback().await?;
-                    return match self.get_lease(l.id).await? {
-                        None => Err($crate::StoreError::NotFound(format!("lease {}", l.id))),
-                        Some(stored) => Err($crate::StoreError::Conflict(format!(
-                            "lease {} is {}, not {}",
-                            l.id,
-                            stored.state.as_str(),
-                            expected.as_str()
-                        ))),
-                    };
+                    return Err(self.lease_not_moved(l, expected).await);
                 }
                 let entry = match refund {
                     Some(refund) => Some(
