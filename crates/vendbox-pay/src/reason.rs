@@ -61,11 +61,15 @@ pub enum Reason {
     /// An MPP credential's authorization was not signed for the challenge it echoes (its
     /// EIP-3009 nonce is not the challenge's hash).
     ChallengeNonce,
+    /// An MPP credential pays with a method or intent vendbox does not take (it takes the `evm`
+    /// method's `charge` intent): answered with 400, as the draft says, not with a 402 offering
+    /// terms vendbox could not accept.
+    MethodUnsupported,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::InsufficientFunds,
         Reason::ValidAfter,
         Reason::ValidBefore,
@@ -92,6 +96,7 @@ impl Reason {
         Reason::CredentialMalformed,
         Reason::BodyDigest,
         Reason::ChallengeNonce,
+        Reason::MethodUnsupported,
     ];
 
     /// The stable code.
@@ -123,6 +128,7 @@ impl Reason {
             Reason::CredentialMalformed => "malformed_credential",
             Reason::BodyDigest => "body_digest_mismatch",
             Reason::ChallengeNonce => "challenge_nonce_mismatch",
+            Reason::MethodUnsupported => "method_unsupported",
         }
     }
 
@@ -154,7 +160,10 @@ impl Reason {
 
     /// True when the header itself could not be read: answered with 400, not 402.
     pub fn is_malformed_request(self) -> bool {
-        matches!(self, Reason::HeaderEncoding | Reason::HeaderJson | Reason::HeaderTooLarge)
+        matches!(
+            self,
+            Reason::HeaderEncoding | Reason::HeaderJson | Reason::HeaderTooLarge | Reason::MethodUnsupported
+        )
     }
 }
 

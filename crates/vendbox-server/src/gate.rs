@@ -94,8 +94,19 @@ pub fn respond<T, R: IntoResponse>(
 pub fn refusal(error: PayError<ApiError>) -> Response {
     let payment = error.payment();
     let response = match error {
-        PayError::Required { code, message, malformed: true, .. } => {
-            ApiError::new(StatusCode::BAD_REQUEST, code, message).with_field("payment header").into_response()
+        PayError::Required { code, message, malformed: true, challenges, .. } => {
+            // A method that answers a bad proof with a 400 body of its own (an RFC 9457 problem)
+            // is answered in it; otherwise the API's coded error.
+            match challenges.iter().find_map(|c| c.body.clone().filter(is_bad_request_problem)) {
+                Some(problem) => {
+                    let mut response = (StatusCode::BAD_REQUEST, Json(problem)).into_response();
+                    insert(response.headers_mut(), header::CONTENT_TYPE, "application/problem+json");
+                    response
+                }
+                None => ApiError::new(StatusCode::BAD_REQUEST, code, message)
+                    .with_field("payment header")
+                    .into_response(),
+            }
         }
         PayError::Required { message, challenges, .. } => challenge(&challenges, &message),
         PayError::Unavailable(message) => {
@@ -112,6 +123,12 @@ pub fn refusal(error: PayError<ApiError>) -> Response {
         PayError::Internal { message, .. } => ApiError::internal(&message).into_response(),
     };
     with_payment_id(response, payment)
+}
+
+/// An RFC 9457 problem body with status 400.
+fn is_bad_request_problem(body: &serde_json::Value) -> bool {
+    body.get("type").is_some_and(serde_json::Value::is_string)
+        && body.get("status") == Some(&serde_json::json!(400))
 }
 
 /// A 402 carrying `challenges`: each method's headers (a header several methods send is sent

@@ -234,6 +234,19 @@ async fn attacks_are_refused_with_the_drafts_problem_types_and_no_money_moves() 
         "malformed-credential",
     );
 
+    // A method vendbox does not take (its challenge otherwise genuine): 400, not a 402 offering
+    // terms for it.
+    let mut tempo = client::credential(&payer, &first, "USDC", "2", NonceDerivation::Concatenated).unwrap();
+    tempo.challenge.method = "tempo".into();
+    tempo.challenge = tempo.challenge.clone().bound(&secret);
+    let (status, headers, problem) = post(&url("b"), &body, Some(&tempo.to_authorization())).await;
+    assert_eq!(status, 400, "another method: {problem}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(problem["type"], format!("{PROBLEM_BASE}method-unsupported"), "{problem}");
+    assert_eq!(problem["status"], 400);
+    assert!(problem["detail"].as_str().unwrap().contains("tempo"), "{problem}");
+    assert!(!headers.contains_key("payment-receipt"));
+
     assert_eq!(
         balances(&shop, payer.address()).await,
         (FUNDS - LOCK_PRICE, payee_before + LOCK_PRICE),
@@ -371,25 +384,36 @@ async fn a_storefront_order_is_one_order_one_machine_and_one_transfer() {
     ];
     assert_seed_valid(&exchanges);
 
-    // The official Python client pays an order too.
-    if std::process::Command::new("python3")
+    // The official clients pay an order too, each with its own request id.
+    let python = std::process::Command::new("python3")
         .args(["-c", "import mpp.methods.evm.client"])
         .status()
-        .is_ok_and(|s| s.success())
-    {
+        .is_ok_and(|s| s.success());
+    let node = shop::repo_root().join("tests/clients/mpp/node_modules/mppx").exists();
+    if !python || !node {
+        support::requirement_missing("the official MPP clients (pympp[evm], mppx) are not installed");
+        return;
+    }
+    let clients = [
+        ("python3", "pay_mpp.py", "pympp", "7e6d5c4b-3a29-4180-9f7e-6d5c4b3a2918"),
+        ("node", "pay_mpp.mjs", "mppx", "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98"),
+    ];
+    for (program, script, key, request_id) in clients {
         let buyer = shop.payer().await;
         let (_, payee_before) = balances(&shop, buyer.address()).await;
-        let body = String::from_utf8(order_body("7e6d5c4b-3a29-4180-9f7e-6d5c4b3a2918")).unwrap();
+        let body = String::from_utf8(order_body(request_id)).unwrap();
         let (asset, chain_id) = (shop.asset.to_string(), shop.anvil.chain_id.to_string());
         let args = ["--method", "POST", "--json", &body, "--asset", &asset, "--chain-id", &chain_id];
-        let result = shop.run_client_on("python3", "pay_mpp.py", &buyer, "/api/machine/mpp/orders", &args);
-        assert_eq!(result["status"], 202, "{result}");
-        assert_eq!(result["body"]["status"], "settled", "{result}");
-        assert_eq!(result["receipt"]["status"], "success", "{result}");
+        let result = shop.run_client_on(program, script, &buyer, "/api/machine/mpp/orders", &args);
+        assert_eq!(result["status"], 202, "{key}: {result}");
+        assert_eq!(result["body"]["status"], "settled", "{key}: {result}");
+        assert!(result["body"]["machine"]["machine_id"].is_string(), "{key}: {result}");
+        assert_eq!(result["receipt"]["status"], "success", "{key}: {result}");
+        assert_eq!(result["credential"]["challenge"]["method"], "evm", "{key} paid with MPP: {result}");
         assert_eq!(
             balances(&shop, buyer.address()).await,
             (FUNDS - ORDER_PRICE, payee_before + ORDER_PRICE),
-            "pympp: one transfer of exactly the price"
+            "{key}: one transfer of exactly the price"
         );
     }
 }

@@ -135,7 +135,14 @@ impl MppEvmCharge {
     ) -> Result<(), Rejection> {
         let invalid = |why: &str| Rejection::new(Reason::ChallengeInvalid, why.to_owned());
         if echo.method != METHOD || echo.intent != INTENT {
-            return Err(invalid("vendbox takes the evm method's charge intent"));
+            return Err(Rejection::new(
+                Reason::MethodUnsupported,
+                format!(
+                    "vendbox takes the {METHOD} method's {INTENT} intent, not {}/{}; pay the {METHOD} challenge \
+                     of a 402",
+                    echo.method, echo.intent
+                ),
+            ));
         }
         if !self.secret.verifies(&echo.id, echo) {
             return Err(invalid(

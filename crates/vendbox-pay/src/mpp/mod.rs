@@ -259,7 +259,8 @@ pub fn content_digest(sha256: &[u8; 32]) -> String {
 /// them: a challenge that is unknown, not this request's or already used is
 /// `invalid-challenge`; one that expired `payment-expired`; an unreadable credential
 /// `malformed-credential`; a wrong amount `payment-insufficient`; no credential
-/// `payment-required`; any other proof that does not hold `verification-failed`.
+/// `payment-required`; a method or intent vendbox does not take `method-unsupported` (a 400);
+/// any other proof that does not hold `verification-failed`.
 pub fn problem_type(code: &str) -> &'static str {
     match Reason::from_code(code) {
         None if code == "payment_required" => "payment-required",
@@ -275,26 +276,30 @@ pub fn problem_type(code: &str) -> &'static str {
             | Reason::HeaderTooLarge
             | Reason::Payload => "malformed-credential",
             Reason::Value => "payment-insufficient",
+            Reason::MethodUnsupported => "method-unsupported",
             _ => "verification-failed",
         },
     }
 }
 
-/// The RFC 9457 problem details of a 402 refusing with reason `code`.
+/// The RFC 9457 problem details of a refusal with reason `code`: a 402, or a 400 for a method
+/// vendbox does not take.
 pub fn problem(code: &str, detail: &str, challenge_id: Option<&str>) -> Value {
     let kind = problem_type(code);
+    let status = if kind == "method-unsupported" { 400 } else { 402 };
     let title = match kind {
         "payment-required" => "Payment Required",
         "invalid-challenge" => "Invalid Challenge",
         "payment-expired" => "Payment Expired",
         "malformed-credential" => "Malformed Credential",
         "payment-insufficient" => "Payment Insufficient",
+        "method-unsupported" => "Method Unsupported",
         _ => "Verification Failed",
     };
     let mut body = Map::new();
     body.insert("type".into(), json!(format!("{PROBLEM_BASE}{kind}")));
     body.insert("title".into(), json!(title));
-    body.insert("status".into(), json!(402));
+    body.insert("status".into(), json!(status));
     body.insert("detail".into(), json!(detail));
     body.insert("code".into(), json!(code));
     if let Some(id) = challenge_id {
@@ -406,5 +411,8 @@ mod tests {
         let p = problem("invalid_challenge", "no", Some("abc"));
         assert_eq!(p["type"], "https://paymentauth.org/problems/invalid-challenge");
         assert_eq!(p["status"], 402);
+        let p = problem(Reason::MethodUnsupported.code(), "no", None);
+        assert_eq!(p["type"], "https://paymentauth.org/problems/method-unsupported");
+        assert_eq!(p["status"], 400);
     }
 }
