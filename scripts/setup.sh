@@ -56,6 +56,10 @@ command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v umoci >/dev/null 2>&1 || missing+=(umoci)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+# SecretVM's image pulls: a local OCI registry (Debian's docker-registry) and a static busybox
+# for the test's image.
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+[ -x /bin/busybox ] || missing+=(busybox-static)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v lxcfs >/dev/null 2>&1 || missing+=(lxcfs)
 # Box egress: nftables (the policy), iproute2 (namespaces, links, tc); the egress tests' own

@@ -47,6 +47,8 @@ pub struct AppState {
     pub boxes: Result<Arc<Boxes>, Arc<str>>,
     /// Where the SSH gateway answers, when it runs.
     pub ssh: Option<SshEndpoint>,
+    /// SecretVM's agents and VMs.
+    pub vms: vendbox_service::Vms,
 }
 
 impl AppState {

@@ -1,5 +1,6 @@
 //! Boxes in the server: the lease services (`vendbox_service::Boxes`, which hold the rules),
-//! re-exported for the routes, and the worker that runs their expiry rounds and sweeps.
+//! re-exported for the routes, the worker that runs their expiry rounds and sweeps, and the
+//! one that charges SecretVM's VMs by the period and stops those their balance cannot pay.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,5 +60,32 @@ impl Worker for BoxExpiry {
             }
         }
         Ok(if ended > 0 { Next::Busy } else { Next::Idle(EXPIRY_INTERVAL) })
+    }
+}
+
+/// How often the VM billing worker looks for VMs whose period ended.
+pub const BILLING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The VM billing worker: charges each running SecretVM VM its next period from its owner's
+/// credits, and stops a VM whose balance cannot pay it.
+#[derive(Debug)]
+pub struct VmBilling {
+    /// The VMs.
+    pub vms: vendbox_service::Vms,
+}
+
+#[async_trait]
+impl Worker for VmBilling {
+    fn name(&self) -> &'static str {
+        "vm-billing"
+    }
+
+    async fn work(&self) -> WorkResult {
+        let looked = self.vms.bill_due().await.map_err(|e| e.to_string())?;
+        Ok(if looked >= vendbox_service::vms::BILLING_BATCH as usize {
+            Next::Busy
+        } else {
+            Next::Idle(BILLING_INTERVAL)
+        })
     }
 }

@@ -56,6 +56,34 @@ pub struct Config {
     /// Boxes' network egress and its policy.
     #[serde(default)]
     pub egress: vendbox_box::local::EgressConfig,
+    /// SecretVM's agent API: VMs' minimum balance, billing period and image registry.
+    #[serde(default)]
+    pub secretvm: SecretVmConfig,
+}
+
+/// `[secretvm]`: SecretVM's agent API (`/api/agent/…`, `/api/vm/create`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretVmConfig {
+    /// The least balance, in minor units (USDC atomic units), that may create a VM
+    /// (SecretVM's `AGENT_MIN_BALANCE`).
+    pub min_balance: u64,
+    /// A VM is charged by periods of this many seconds, one period ahead, at its type's
+    /// per-minute price prorated; it stops when its balance cannot pay the next one.
+    pub billing_period_secs: u64,
+    /// `host[:port]` of the OCI registry images missing from the image store are pulled from
+    /// (`nginx:alpine` is `REGISTRY/library/nginx:alpine`); without one, VMs run only images
+    /// already in the store.
+    pub registry: Option<String>,
+    /// Speak to the registry over plain HTTP or without verifying its certificate (a registry
+    /// on loopback).
+    pub registry_insecure: bool,
+}
+
+impl Default for SecretVmConfig {
+    fn default() -> Self {
+        Self { min_balance: 100, billing_period_secs: 60, registry: None, registry_insecure: false }
+    }
 }
 
 /// `[ssh]`: the gateway that lets `ssh root@host` reach a lease's box.

@@ -89,6 +89,23 @@ impl Server {
                 }
             }
         }
+        let vms = vendbox_service::Vms::new(
+            store.clone(),
+            boxes.clone(),
+            catalog.offers.clone(),
+            vendbox_service::VmSettings {
+                min_balance: vendbox_core::Usdc(config.secretvm.min_balance),
+                billing_period: std::time::Duration::from_secs(config.secretvm.billing_period_secs.max(1)),
+                window: std::time::Duration::from_secs(config.server.auth_window_secs),
+                domain: config.server.ports_domain.clone(),
+                public_url: config.public_url(),
+                registry: vendbox_service::vms::Registry {
+                    host: config.secretvm.registry.clone(),
+                    insecure: config.secretvm.registry_insecure,
+                },
+                data_dir: config.store.data_dir.clone(),
+            },
+        );
         let state = AppState {
             catalog: Arc::new(catalog),
             store,
@@ -97,6 +114,7 @@ impl Server {
             lock_waiters: Arc::default(),
             boxes,
             ssh,
+            vms,
         };
         let limits = Limits {
             request_timeout: config.server.request_timeout(),
@@ -136,6 +154,7 @@ impl Server {
         let mut reconciling = None;
         if let Ok(boxes) = &self.state.boxes {
             workers.push(Arc::new(BoxExpiry::new(boxes.clone())));
+            workers.push(Arc::new(crate::boxes::VmBilling { vms: self.state.vms.clone() }));
             reconciling = Some(tokio::spawn(reconcile(boxes.clone(), workers_stop.clone())));
         }
         let gateway = self.gateway.map(|gateway| tokio::spawn(gateway.run(workers_stop.clone())));

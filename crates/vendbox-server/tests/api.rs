@@ -37,6 +37,12 @@ fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
     let config = Config::load(None, []).unwrap();
     let payments =
         Arc::new(vendbox_service::Payments::unconfigured(store.clone(), "http://vendbox.test".into()));
+    let vms = vendbox_service::Vms::new(
+        store.clone(),
+        Err("no VMs in these tests".into()),
+        Vec::new(),
+        vendbox_service::VmSettings::default(),
+    );
     let state = AppState {
         catalog: Arc::new(config.catalog()),
         store,
@@ -45,6 +51,7 @@ fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
         lock_waiters: Arc::default(),
         boxes: Err("no boxes in these tests".into()),
         ssh: None,
+        vms,
     };
     router(state, limits)
 }

@@ -208,6 +208,12 @@ fn table() -> Vec<(&'static str, &'static str, Rule)> {
         ("POST", "/v1/account/topup", Rule::Open(401)),
         ("GET", "/v1/account/ledger", Rule::Open(401)),
         ("GET", "/v1/account/payments", Rule::Open(401)),
+        // SecretVM's agent API takes its own x-agent signature, never a lease's token: whatever
+        // token is sent, 401 `bad_agent_header` (tests/secretvm.rs checks signatures).
+        ("POST", "/api/agent/add-funds", Rule::Open(401)),
+        ("GET", "/api/agent/balance", Rule::Open(401)),
+        ("POST", "/api/vm/create", Rule::Open(401)),
+        ("GET", "/api/agent/vm/{id}", Rule::Open(401)),
     ]
     .into_iter()
     // Ports in: a box's server, with the box's root token.
@@ -368,6 +374,12 @@ async fn harness() -> Harness {
         assert!(std::time::Instant::now() < deadline, "a 1 ms grant never lapsed");
         tokio::task::yield_now().await;
     }
+    let vms = vendbox_service::Vms::new(
+        store.clone(),
+        Err("no VMs in these tests".into()),
+        Vec::new(),
+        vendbox_service::VmSettings::default(),
+    );
     let state = AppState {
         catalog: Arc::new(config.catalog()),
         boxes: Ok(Arc::new(Boxes::new(backend, store.clone()))),
@@ -376,6 +388,7 @@ async fn harness() -> Harness {
         payments: Arc::new(payments),
         lock_waiters: Arc::default(),
         ssh: None,
+        vms,
     };
     let router = router(state, Limits::default());
     let (status, quote) =
@@ -478,7 +491,12 @@ fn request(h: &Harness, template: &str, rule: Rule, kind: Kind) -> (String, Opti
             &match template {
                 t if t.starts_with("/v1/offers/") => "h3retik-micro".to_owned(),
                 t if t.starts_with("/v1/quotes/") => h.quote_id.clone(),
-                t if t.starts_with("/v1/payments/") || t.starts_with("/compute/") => uuid_like(),
+                t if t.starts_with("/v1/payments/")
+                    || t.starts_with("/compute/")
+                    || t.starts_with("/api/agent/") =>
+                {
+                    uuid_like()
+                }
                 _ => lease.map(|l| l.id.to_string()).unwrap_or_default(),
             },
         )

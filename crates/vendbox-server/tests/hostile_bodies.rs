@@ -187,6 +187,12 @@ fn harness(setup: Setup) -> Harness {
         }
     };
     let seeded = rt.block_on(seed(store.as_ref()));
+    let vms = vendbox_service::Vms::new(
+        store.clone(),
+        Err("no VMs in these tests".into()),
+        Vec::new(),
+        vendbox_service::VmSettings::default(),
+    );
     let state = AppState {
         catalog: Arc::new(config.catalog()),
         store,
@@ -195,6 +201,7 @@ fn harness(setup: Setup) -> Harness {
         lock_waiters: Arc::default(),
         boxes,
         ssh: None,
+        vms,
     };
     Harness { rt, router: router(state, Limits::default()), seeded, setup, _dir: dir }
 }

@@ -123,6 +123,12 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
     let boxes = Boxes::new(backend.clone(), store.clone());
     let capacity = config.boxes.capacity(boxes.capacity());
     let metrics = Arc::new(Metrics::new());
+    let vms = vendbox_service::Vms::new(
+        store.clone(),
+        Err("no VMs in these tests".into()),
+        Vec::new(),
+        vendbox_service::VmSettings::default(),
+    );
     let state = AppState {
         catalog: Arc::new(config.catalog()),
         store: store.clone(),
@@ -131,6 +137,7 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
         lock_waiters: Arc::default(),
         boxes: Ok(Arc::new(boxes.with_capacity(capacity))),
         ssh: None,
+        vms,
     };
     // As `Server::new` reads them.
     let limits = Limits {

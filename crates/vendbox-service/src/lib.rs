@@ -16,7 +16,9 @@
 //! - `payments.rs`: [`Payments`], the gate of paid work: any `vendbox_pay::PaymentMethod`,
 //!   pay-on-success, and recovery of payments a crash left half-done;
 //! - `credits.rs`: [`Credits`], prepaid credits as a payment method (holds, charges, key caps);
-//! - `accounts.rs`: [`Accounts`], top-ups, balances, ledgers and a wallet's payments.
+//! - `accounts.rs`: [`Accounts`], top-ups, balances, ledgers and a wallet's payments;
+//! - `vms/`: [`Vms`], SecretVM's agents (`x-agent` signatures) and VMs (docker-compose
+//!   workloads in a box, charged from credits by the period).
 
 mod access;
 pub mod accounts;
@@ -32,6 +34,7 @@ mod orders;
 pub mod payments;
 mod purchase;
 mod records;
+pub mod vms;
 
 pub use access::SshKey;
 pub use accounts::{AccountError, AccountSummary, Accounts, PaymentsPage};
@@ -48,3 +51,4 @@ pub use purchase::Extension;
 pub use records::{RecordError, Records};
 /// An API key as `Auth` lists it.
 pub use vendbox_store::ApiKey;
+pub use vms::{Agent, AgentRequest, NewVm, VmError, VmSettings, VmView, Vms};

@@ -253,6 +253,36 @@ pub struct ComputeInstance {
     pub created_at: DateTime<Utc>,
 }
 
+/// A SecretVM VM (the `secretvm` surface): a wallet's docker-compose workload, run in the box
+/// of its lease once launched, and charged from the wallet's credits per billing period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretVm {
+    /// Its id (a UUID).
+    pub id: String,
+    /// The wallet that made it, the only one that sees it.
+    pub owner: AccountAddress,
+    /// Its owner's name for it.
+    pub name: String,
+    /// The VM type asked for (an offer of the catalog).
+    pub vm_type: String,
+    /// `creating`, `running`, `stopped`, `failed` or `created` (made with `skip_launch`).
+    pub status: String,
+    /// Why it stopped or failed.
+    pub status_reason: Option<String>,
+    /// The lease of its box, once launched.
+    pub lease: Option<LeaseId>,
+    /// The port its domain serves (the first published port).
+    pub port: u16,
+    /// What it runs: the compose project and the options, as the service wrote them (JSON).
+    pub spec: String,
+    /// The end of the last billing period charged; `None` before the first.
+    pub billed_until: Option<DateTime<Utc>>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Everything vendbox keeps. One implementation per database; both pass the same test suite
 /// (`tests/suite.rs`).
 #[async_trait]
@@ -532,6 +562,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<ApiKey>>;
+
+    /// Records a SecretVM VM.
+    async fn insert_secret_vm(&self, vm: &SecretVm) -> StoreResult<()>;
+
+    /// The SecretVM VM `id`, whoever owns it.
+    async fn secret_vm(&self, id: &str) -> StoreResult<Option<SecretVm>>;
+
+    /// Writes `vm`'s status, reason, lease and billing over the row if its status is still
+    /// `expected_status` (compare-and-set); `false` when it changed meanwhile.
+    async fn update_secret_vm(&self, vm: &SecretVm, expected_status: &str) -> StoreResult<bool>;
+
+    /// Up to `limit` VMs in `status` whose billing period ended by `now`, oldest period first.
+    async fn secret_vms_billable(
+        &self,
+        status: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<SecretVm>>;
 
     /// Records an x402Compute instance.
     async fn insert_compute_instance(&self, instance: &ComputeInstance) -> StoreResult<()>;

@@ -63,6 +63,7 @@ macro_rules! store_impl {
         $crate::aggregates::requests::impl_requests!($store);
         $crate::aggregates::ledger::impl_ledger!($store, $db);
         $crate::aggregates::keys::impl_keys!($store, $db);
+        $crate::aggregates::vms::impl_vms!($store, $db);
         $crate::aggregates::locks::impl_locks!($store, $db, clock_ms = $clock);
 
         // Each method calls the inherent method of the same name, which method resolution picks
@@ -466,6 +467,31 @@ macro_rules! store_impl {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<Option<$crate::ApiKey>> {
                 self.revoke_api_key(account, id, now).await
+            }
+
+            async fn insert_secret_vm(&self, vm: &$crate::SecretVm) -> $crate::StoreResult<()> {
+                self.insert_secret_vm(vm).await
+            }
+
+            async fn secret_vm(&self, id: &str) -> $crate::StoreResult<Option<$crate::SecretVm>> {
+                self.secret_vm(id).await
+            }
+
+            async fn update_secret_vm(
+                &self,
+                vm: &$crate::SecretVm,
+                expected_status: &str,
+            ) -> $crate::StoreResult<bool> {
+                self.update_secret_vm(vm, expected_status).await
+            }
+
+            async fn secret_vms_billable(
+                &self,
+                status: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<$crate::SecretVm>> {
+                self.secret_vms_billable(status, now, limit).await
             }
 
             async fn insert_compute_instance(

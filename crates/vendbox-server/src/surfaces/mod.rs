@@ -9,7 +9,8 @@
 //! - `vpsagent`: the VpsAgent API (`/catalog`, `/rent`, `/rentals/…`, `/instance/…`);
 //! - `storefront`: the Agentic Compute Storefront API (`/api/…`), and `storefront_orders` its MPP
 //!   orders (`/api/machine/mpp/orders…`);
-//! - `x402compute`: the x402Compute API (`/compute/…`).
+//! - `x402compute`: the x402Compute API (`/compute/…`);
+//! - `secretvm`: SecretVM's agent API (`/api/agent/…`, `/api/vm/create`).
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -17,6 +18,7 @@ use crate::app::AppState;
 
 pub mod h3retik;
 pub mod native;
+pub mod secretvm;
 pub mod storefront;
 pub mod storefront_orders;
 pub mod vpsagent;
@@ -60,4 +62,5 @@ pub fn all() -> Routes {
         .merge(storefront::routes())
         .merge(storefront_orders::routes())
         .merge(x402compute::routes())
+        .merge(secretvm::routes())
 }

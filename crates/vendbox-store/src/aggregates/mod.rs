@@ -10,3 +10,4 @@ pub(crate) mod locks;
 pub(crate) mod payments;
 pub(crate) mod quotes;
 pub(crate) mod requests;
+pub(crate) mod vms;

@@ -9,6 +9,8 @@
 //! caller presents the box's root token as a bearer: a server in a box may be a shell or a
 //! notebook, so reaching it is as strong as running a command (read, extend and terminate
 //! tokens are refused). The token is not passed on to the box. Port traffic spends no action.
+//! The one exception is a running SecretVM VM's published port, reached by the VM's id
+//! (`{port}-{vm id}.{ports_domain}`, its `vmDomain`) without a token: a VM's page is public.
 //!
 //! What the box answers is hostile: its response head is read within [`HEAD_TIMEOUT`] and
 //! [`MAX_HEAD_BYTES`], hop-by-hop headers are dropped both ways, and bodies are streamed (the
@@ -132,7 +134,16 @@ pub fn below() -> UtoipaMethodRouter<AppState> {
 /// Sends `request` to port `port` of box `id` and answers with what it says.
 async fn forward(state: &AppState, id: &str, port: u16, mut request: Request) -> Result<Response, ApiError> {
     let boxes = service(state)?;
-    let lease = boxes.open(id, optional_bearer(request.headers()).as_ref(), Capability::Root).await?;
+    let bearer = optional_bearer(request.headers());
+    // A SecretVM VM's published port is public, as SecretVM's VM domains are (`id` is the VM's).
+    let public = match bearer {
+        None => state.vms.public_lease(id, port).await,
+        Some(_) => None,
+    };
+    let lease = match public {
+        Some(lease) => lease,
+        None => boxes.open(id, bearer.as_ref(), Capability::Root).await?,
+    };
     let boxd = boxes.boxd(&lease)?;
     if port == 0 {
         return Err(
