@@ -240,6 +240,15 @@ pub trait PaymentMethod: Send + Sync + fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<Admission, Rejection>;
 
+    /// Whether this method keeps the payment's record itself, where its money is: `verify`
+    /// reserves the admitted payment (its replay key fresh for each admission, so the gate
+    /// neither looks it up nor reserves it) and a successful `settle` records it settled, each in
+    /// the write that sets the money aside or takes it. False by default: the gate reserves and
+    /// records.
+    fn keeps_records(&self) -> bool {
+        false
+    }
+
     /// Asks where the money is whether the admitted payment can be taken.
     async fn verify(&self, admission: &Admission, charge: &Charge) -> Result<(), AdmitError>;
 

@@ -5,10 +5,13 @@
 //!
 //! Pay-on-success as with every method: `verify` holds the price if the account's available
 //! credit (balance less holds) covers it and the key's scope and caps allow it, atomically per
-//! account (`Store::place_hold`); `settle` books the `charge` entry (its reference: the payment
-//! id) and drops the hold in one transaction, and the receipt names the ledger entry; a void
-//! drops the hold (`release`); and recovery of a payment a crash left `verified` finds the charge
-//! (settled) or drops the hold (voided). No chain is asked anything.
+//! account, and reserves the payment in the same write (`Store::place_hold`); `settle` books the
+//! `charge` entry (its reference: the payment id), drops the hold and records the payment
+//! settled in one transaction (`Store::settle_hold`), and the receipt names the ledger entry; a
+//! void drops the hold (`release`); and recovery of a payment a crash left `verified` finds the
+//! charge (settled) or drops the hold (voided). No chain is asked anything. Both writes are
+//! group-committed with the store's lock operations, so a purchase paid with credits costs no
+//! fsync of its own.
 
 use std::sync::Arc;
 
@@ -132,6 +135,10 @@ impl PaymentMethod for Credits {
         payment.replay_key.chain == CREDITS_CHAIN && payment.replay_key.asset == CREDITS_ASSET
     }
 
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     fn asset(&self) -> String {
         CREDITS_ASSET.to_owned()
     }
@@ -206,7 +213,7 @@ impl PaymentMethod for Credits {
             expires_at: now + self.hold_ttl,
         };
         let key_id = principal.key_id().unwrap_or_default();
-        match self.store.place_hold(&hold, &caps, now).await {
+        match self.store.place_hold(&hold, &caps, Some(&admission.payment), now).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(HoldRefusal::Short { balance, held, needed })) => {
                 Err(AdmitError::Rejected(self.short(&principal.account, balance, held, needed)))
@@ -225,6 +232,10 @@ impl PaymentMethod for Credits {
                     "API key {key_id} has a total cap of {cap} and spent {spent}; this costs {}",
                     charge.amount
                 ),
+            ))),
+            Err(StoreError::ReplayKeyTaken) => Err(AdmitError::Rejected(Rejection::new(
+                Reason::Replayed,
+                "this payment was reserved before; send the request again",
             ))),
             Err(e) => Err(AdmitError::Unavailable(format!("the credits could not be held: {e}"))),
         }
@@ -248,7 +259,9 @@ impl PaymentMethod for Credits {
             payer: account.clone(),
             network: CREDITS_CHAIN.into(),
         };
-        match self.store.settle_hold(id, self.clock.now()).await {
+        let principal = Credits::principal(admission)
+            .ok_or_else(|| SettleFailure::Failed("a credits admission without its account".into()))?;
+        match self.store.settle_hold(&principal.account, id, self.clock.now()).await {
             Ok(Some(entry)) => Ok(receipt(entry.id.to_string())),
             Ok(None) => Err(SettleFailure::Failed(
                 "the credits held for this payment were let go before it could settle".into(),

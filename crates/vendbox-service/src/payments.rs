@@ -410,12 +410,13 @@ impl Payments {
             .get_or_insert_with(|| format!("{} ({})", charge.description, charge.resource));
         // A replay key already taken here is refused before any call to where the money is
         // (the reservation below still decides a race).
-        if self
-            .store
-            .payment_by_replay_key(&admission.payment.replay_key)
-            .await
-            .map_err(PayError::Store)?
-            .is_some()
+        if !method.keeps_records()
+            && self
+                .store
+                .payment_by_replay_key(&admission.payment.replay_key)
+                .await
+                .map_err(PayError::Store)?
+                .is_some()
         {
             return Err(self.refused(charge, proof, &replayed(), None));
         }
@@ -429,7 +430,12 @@ impl Payments {
                 ));
             }
         }
-        match self.store.reserve_payment(&admission.payment).await {
+        let reserved = if method.keeps_records() {
+            Ok(())
+        } else {
+            self.store.reserve_payment(&admission.payment).await
+        };
+        match reserved {
             Ok(()) => {}
             Err(e) => {
                 method.release(&admission).await;
@@ -473,6 +479,8 @@ impl Payments {
                 tokio::time::sleep(pause).await;
             }
             let outcome = match &result {
+                // Recorded with the settlement itself.
+                Ok(_) if method.keeps_records() => None,
                 Ok(receipt) => Some(PaymentOutcome::Settled { settlement_ref: receipt.reference.clone() }),
                 Err(SettleFailure::Unconfirmed { .. }) => None,
                 Err(e) => Some(PaymentOutcome::Voided { reason: format!("settlement failed: {e}") }),

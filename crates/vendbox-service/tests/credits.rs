@@ -188,11 +188,11 @@ async fn recovery_finds_the_charge_or_drops_the_hold() {
         let admission = credits
             .check(&signed(&a), &charge, vendbox_core::PaymentId::new_random(), clock.now_ms())
             .unwrap();
+        // Verification holds the credits and reserves the payment, in one write.
         credits.verify(&admission, &charge).await.unwrap();
-        store.reserve_payment(&admission.payment).await.unwrap();
         left.push((admission, charge));
     }
-    let booked = store.settle_hold(left[0].0.payment.id, clock.now()).await.unwrap().unwrap();
+    let booked = store.settle_hold(&a, left[0].0.payment.id, clock.now()).await.unwrap().unwrap();
     assert_eq!(store.funds(&a, clock.now()).await.unwrap().held, Usdc(100));
     clock.advance(chrono::Duration::minutes(5));
     payments.finish_interrupted(Duration::from_mins(1), 10).await.unwrap();

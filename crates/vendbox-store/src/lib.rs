@@ -488,19 +488,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Holds `hold.amount` of the account's credits for `hold.payment` if its available credit
     /// covers it and the spending key's `caps` allow it, atomically per account (the account row
-    /// is written first, as a booking does). A refusal changes nothing.
+    /// is written first, as a booking does), and reserves `reserve` (the payment the hold is
+    /// for, as [`Store::reserve_payment`] does) in the same transaction. A refusal changes
+    /// nothing else than the account row's `updated_at`; [`StoreError::ReplayKeyTaken`] leaves no
+    /// hold. Group-committed with the lock operations (see `aggregates/locks.rs`).
     async fn place_hold(
         &self,
         hold: &CreditHold,
         caps: &SpendCaps,
+        reserve: Option<&Payment>,
         now: DateTime<Utc>,
     ) -> StoreResult<Result<(), HoldRefusal>>;
 
-    /// Books the `charge` of the hold for `payment` (its reference: the payment id; the key's id
-    /// kept with it) and drops the hold, in one transaction. `None` when there is no hold (it was
-    /// released, recovered or settled before); [`StoreError::InsufficientBalance`] (and the hold
-    /// kept) should the balance no longer cover it.
-    async fn settle_hold(&self, payment: PaymentId, now: DateTime<Utc>) -> StoreResult<Option<LedgerEntry>>;
+    /// Books the `charge` of `account`'s hold for `payment` (its reference: the payment id; the
+    /// key's id kept with it), drops the hold, and records the payment `settled` with the entry's
+    /// id as its reference if it is `verified`, in one transaction (group-committed with the lock
+    /// operations). `None` when there is no hold (it was released, recovered or settled before);
+    /// [`StoreError::InsufficientBalance`] (and the hold kept) should the balance no longer cover
+    /// it.
+    async fn settle_hold(
+        &self,
+        account: &AccountAddress,
+        payment: PaymentId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<LedgerEntry>>;
 
     /// Drops the hold for `payment`, if any; says whether there was one.
     async fn release_hold(&self, payment: PaymentId) -> StoreResult<bool>;

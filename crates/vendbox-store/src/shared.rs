@@ -374,17 +374,19 @@ macro_rules! store_impl {
                 &self,
                 hold: &$crate::CreditHold,
                 caps: &$crate::SpendCaps,
+                reserve: Option<&vendbox_core::Payment>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<Result<(), $crate::HoldRefusal>> {
-                self.place_hold(hold, caps, now).await
+                self.place_hold(hold, caps, reserve, now).await
             }
 
             async fn settle_hold(
                 &self,
+                account: &vendbox_core::AccountAddress,
                 payment: vendbox_core::PaymentId,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
-                self.settle_hold(payment, now).await
+                self.settle_hold(account, payment, now).await
             }
 
             async fn release_hold(&self, payment: vendbox_core::PaymentId) -> $crate::StoreResult<bool> {

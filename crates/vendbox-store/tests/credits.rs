@@ -36,32 +36,32 @@ fn hold(account: &AccountAddress, key: Option<&str>, atomic: u64) -> CreditHold 
 async fn holds_keep_credit_aside_until_settled_or_released(store: Arc<dyn Store>) {
     let a = account(1);
     let none = SpendCaps::none(t0());
-    let short = store.place_hold(&hold(&a, None, 1), &none, t0()).await.unwrap();
+    let short = store.place_hold(&hold(&a, None, 1), &none, None, t0()).await.unwrap();
     assert_eq!(short, Err(HoldRefusal::Short { balance: Usdc(0), held: Usdc(0), needed: Usdc(1) }));
     store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000), "top-1", t0()).await.unwrap();
     let first = hold(&a, None, 600);
-    store.place_hold(&first, &none, t0()).await.unwrap().unwrap();
+    store.place_hold(&first, &none, None, t0()).await.unwrap().unwrap();
     let funds = store.funds(&a, t0()).await.unwrap();
     assert_eq!((funds.balance, funds.held, funds.available()), (Usdc(1_000), Usdc(600), Usdc(400)));
-    let second = store.place_hold(&hold(&a, None, 401), &none, t0()).await.unwrap();
+    let second = store.place_hold(&hold(&a, None, 401), &none, None, t0()).await.unwrap();
     assert_eq!(second, Err(HoldRefusal::Short { balance: Usdc(1_000), held: Usdc(600), needed: Usdc(401) }));
     // An expired hold no longer counts.
     let later = t0() + Duration::hours(2);
     assert_eq!(store.funds(&a, later).await.unwrap().available(), Usdc(1_000));
 
-    let charge = store.settle_hold(first.payment, t0()).await.unwrap().unwrap();
+    let charge = store.settle_hold(&first.account, first.payment, t0()).await.unwrap().unwrap();
     assert_eq!((charge.kind, charge.delta_atomic), (LedgerKind::Charge, -600));
     assert_eq!(charge.reference, first.payment.to_string());
-    assert_eq!(store.settle_hold(first.payment, t0()).await.unwrap(), None, "settled once");
+    assert_eq!(store.settle_hold(&first.account, first.payment, t0()).await.unwrap(), None, "settled once");
     let funds = store.funds(&a, t0()).await.unwrap();
     assert_eq!((funds.balance, funds.held), (Usdc(400), Usdc(0)));
 
     let released = hold(&a, None, 400);
-    store.place_hold(&released, &none, t0()).await.unwrap().unwrap();
+    store.place_hold(&released, &none, None, t0()).await.unwrap().unwrap();
     assert!(store.release_hold(released.payment).await.unwrap());
     assert!(!store.release_hold(released.payment).await.unwrap());
     assert_eq!(
-        store.settle_hold(released.payment, t0()).await.unwrap(),
+        store.settle_hold(&released.account, released.payment, t0()).await.unwrap(),
         None,
         "a released hold is not charged"
     );
@@ -69,7 +69,7 @@ async fn holds_keep_credit_aside_until_settled_or_released(store: Arc<dyn Store>
 
     // Recovery: a charge booked is found; no charge drops the hold.
     let crashed = hold(&a, None, 100);
-    store.place_hold(&crashed, &none, t0()).await.unwrap().unwrap();
+    store.place_hold(&crashed, &none, None, t0()).await.unwrap().unwrap();
     assert_eq!(store.recover_hold(&a, crashed.payment, t0()).await.unwrap(), None);
     assert_eq!(store.funds(&a, t0()).await.unwrap().held, Usdc(0));
     assert_eq!(store.recover_hold(&a, first.payment, t0()).await.unwrap(), Some(charge));
@@ -83,9 +83,9 @@ async fn concurrent_holds_never_overspend(store: Arc<dyn Store>) {
         let (store, a) = (store.clone(), a.clone());
         tasks.push(tokio::spawn(async move {
             let h = hold(&a, None, 300);
-            let placed = store.place_hold(&h, &SpendCaps::none(t0()), t0()).await.unwrap();
+            let placed = store.place_hold(&h, &SpendCaps::none(t0()), None, t0()).await.unwrap();
             if placed.is_ok() {
-                store.settle_hold(h.payment, t0()).await.unwrap().unwrap();
+                store.settle_hold(&h.account, h.payment, t0()).await.unwrap().unwrap();
             }
             placed.is_ok()
         }));
@@ -104,29 +104,29 @@ async fn key_caps_count_charges_and_holds(store: Arc<dyn Store>) {
     let caps =
         SpendCaps { daily: Some(Usdc(10_000)), since: t0() - Duration::hours(12), total: Some(Usdc(15_000)) };
     let h = hold(&a, Some("key-1"), 6_000);
-    store.place_hold(&h, &caps, t0()).await.unwrap().unwrap();
+    store.place_hold(&h, &caps, None, t0()).await.unwrap().unwrap();
     // Held counts against the cap.
-    let over = store.place_hold(&hold(&a, Some("key-1"), 5_000), &caps, t0()).await.unwrap();
+    let over = store.place_hold(&hold(&a, Some("key-1"), 5_000), &caps, None, t0()).await.unwrap();
     assert_eq!(over, Err(HoldRefusal::DailyCap { cap: Usdc(10_000), spent: Usdc(6_000) }));
     // Another key of the same wallet has caps of its own.
-    store.place_hold(&hold(&a, Some("key-2"), 5_000), &caps, t0()).await.unwrap().unwrap();
-    store.settle_hold(h.payment, t0()).await.unwrap().unwrap();
-    store.place_hold(&hold(&a, Some("key-1"), 4_000), &caps, t0()).await.unwrap().unwrap();
+    store.place_hold(&hold(&a, Some("key-2"), 5_000), &caps, None, t0()).await.unwrap().unwrap();
+    store.settle_hold(&h.account, h.payment, t0()).await.unwrap().unwrap();
+    store.place_hold(&hold(&a, Some("key-1"), 4_000), &caps, None, t0()).await.unwrap().unwrap();
     // A new day: the daily cap starts again, the total does not.
     let tomorrow = SpendCaps { since: t0() + Duration::hours(12), ..caps };
-    let total = store.place_hold(&hold(&a, Some("key-1"), 5_001), &tomorrow, t0()).await.unwrap();
+    let total = store.place_hold(&hold(&a, Some("key-1"), 5_001), &tomorrow, None, t0()).await.unwrap();
     assert_eq!(total, Err(HoldRefusal::TotalCap { cap: Usdc(15_000), spent: Usdc(10_000) }));
-    store.place_hold(&hold(&a, Some("key-1"), 5_000), &tomorrow, t0()).await.unwrap().unwrap();
+    store.place_hold(&hold(&a, Some("key-1"), 5_000), &tomorrow, None, t0()).await.unwrap().unwrap();
 }
 
 async fn a_settlement_never_overdraws(store: Arc<dyn Store>) {
     let a = account(4);
     store.append_ledger(&a, LedgerKind::TopUp, Usdc(500), "top", t0()).await.unwrap();
     let h = hold(&a, None, 500);
-    store.place_hold(&h, &SpendCaps::none(t0()), t0()).await.unwrap().unwrap();
+    store.place_hold(&h, &SpendCaps::none(t0()), None, t0()).await.unwrap().unwrap();
     // Spent elsewhere meanwhile (a booking that ignores holds).
     store.append_ledger(&a, LedgerKind::Charge, Usdc(100), "elsewhere", t0()).await.unwrap();
-    let refused = store.settle_hold(h.payment, t0()).await;
+    let refused = store.settle_hold(&h.account, h.payment, t0()).await;
     assert!(matches!(refused, Err(StoreError::InsufficientBalance { .. })), "{refused:?}");
     assert_eq!(store.balance(&a).await.unwrap(), Usdc(400));
 }
@@ -174,7 +174,65 @@ async fn payments_are_listed_by_payer_in_pages_with_totals(store: Arc<dyn Store>
     assert_eq!(of(PaymentState::Verified), None);
 }
 
+/// A hold reserves its payment in the same write, a refused hold reserves nothing, and the
+/// charge records the payment settled with the ledger entry as its reference; many at once,
+/// group-committed with lock operations on the same writer, keep every account exact.
+async fn a_hold_reserves_its_payment_and_its_charge_settles_it(store: Arc<dyn Store>) {
+    let a = account(7);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000), "top", t0()).await.unwrap();
+    let none = SpendCaps::none(t0());
+
+    let short = hold(&a, None, 2_000);
+    let mut p = payment(&a, 1, t0());
+    p.id = short.payment;
+    assert!(store.place_hold(&short, &none, Some(&p), t0()).await.unwrap().is_err());
+    assert!(store.get_payment(p.id).await.unwrap().is_none(), "a refused hold reserves nothing");
+
+    let h = hold(&a, None, 300);
+    let mut p = payment(&a, 2, t0());
+    p.id = h.payment;
+    store.place_hold(&h, &none, Some(&p), t0()).await.unwrap().unwrap();
+    assert_eq!(store.get_payment(p.id).await.unwrap().unwrap().state, PaymentState::Verified);
+    // The same replay key again: refused, and no second hold.
+    let again = hold(&a, None, 300);
+    let mut replay = p.clone();
+    replay.id = again.payment;
+    let taken = store.place_hold(&again, &none, Some(&replay), t0()).await;
+    assert!(matches!(taken, Err(StoreError::ReplayKeyTaken)), "{taken:?}");
+    assert_eq!(store.funds(&a, t0()).await.unwrap().held, Usdc(300), "the replay left no hold");
+
+    let entry = store.settle_hold(&a, h.payment, t0()).await.unwrap().unwrap();
+    let settled = store.get_payment(p.id).await.unwrap().unwrap();
+    assert_eq!((settled.state, settled.settlement_ref), (PaymentState::Settled, Some(entry.id.to_string())));
+
+    // 50 holds, charges and lock grants at once, on two accounts.
+    let b = account(8);
+    store.append_ledger(&b, LedgerKind::TopUp, Usdc(1_000), "top", t0()).await.unwrap();
+    let mut work = tokio::task::JoinSet::new();
+    for n in 0..50u32 {
+        let store = store.clone();
+        let who = if n % 2 == 0 { a.clone() } else { b.clone() };
+        work.spawn(async move {
+            let h = hold(&who, None, 10);
+            let mut p = payment(&who, 100 + n, t0());
+            p.id = h.payment;
+            store.place_hold(&h, &SpendCaps::none(t0()), Some(&p), t0()).await.unwrap().unwrap();
+            let key = vendbox_core::LockKey::parse(&format!("paid-{n}")).unwrap();
+            let release = vendbox_core::SecretToken::generate().hash();
+            store.acquire_lock(&key, None, None, std::time::Duration::from_mins(1), &release).await.unwrap();
+            store.settle_hold(&who, h.payment, t0()).await.unwrap().unwrap();
+        });
+    }
+    while let Some(done) = work.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc(1_000 - 300 - 250));
+    assert_eq!(store.balance(&b).await.unwrap(), Usdc(1_000 - 250));
+    assert_eq!(store.funds(&a, t0()).await.unwrap().held, Usdc(0));
+}
+
 common::suite!(
+    a_hold_reserves_its_payment_and_its_charge_settles_it,
     holds_keep_credit_aside_until_settled_or_released,
     concurrent_holds_never_overspend,
     key_caps_count_charges_and_holds,

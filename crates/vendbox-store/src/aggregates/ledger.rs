@@ -289,13 +289,35 @@ macro_rules! impl_ledger {
                 &self,
                 hold: &$crate::CreditHold,
                 caps: &$crate::SpendCaps,
+                reserve: Option<&vendbox_core::Payment>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<Result<(), $crate::HoldRefusal>> {
+                let (hold, caps, reserve) = (hold.clone(), *caps, reserve.cloned().map(Box::new));
+                self.locks
+                    .run(&hold.account.as_str().to_owned(), |reply| $crate::aggregates::locks::Op::Hold {
+                        hold,
+                        caps,
+                        reserve,
+                        now,
+                        reply,
+                    })
+                    .await
+            }
+
+            /// [`Store::place_hold`] within `tx`: a refusal writes nothing but the account row
+            /// (which it takes the lock of first); an error (a replay key taken) leaves `tx` to
+            /// be rolled back.
+            async fn place_hold_in(
+                tx: &mut <$db as sqlx::Database>::Connection,
+                hold: &$crate::CreditHold,
+                caps: &$crate::SpendCaps,
+                reserve: Option<&vendbox_core::Payment>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<Result<(), $crate::HoldRefusal>> {
                 use sqlx::Row;
                 use $crate::shared::{atomic_to_sql, ms, sql_to_u64};
                 let usdc = |v: i64, what: &str| sql_to_u64(v, what).map(vendbox_core::Usdc);
-                let mut tx = self.pool.begin().await?;
-                Self::lock_account(&mut tx, &hold.account, now).await?;
+                Self::lock_account(&mut *tx, &hold.account, now).await?;
                 let funds = sqlx::query($crate::aggregates::ledger::FUNDS_SQL)
                     .bind(hold.account.as_str())
                     .bind(ms(now))
@@ -304,7 +326,6 @@ macro_rules! impl_ledger {
                 let balance = usdc(funds.try_get("balance")?, "balance")?;
                 let held = usdc(funds.try_get("held")?, "held")?;
                 if balance.atomic().saturating_sub(held.atomic()) < hold.amount.atomic() {
-                    tx.rollback().await?;
                     return Ok(Err($crate::HoldRefusal::Short { balance, held, needed: hold.amount }));
                 }
                 if let Some(key) = hold.key_id.as_deref().filter(|_| caps.daily.is_some() || caps.total.is_some()) {
@@ -327,9 +348,11 @@ macro_rules! impl_ledger {
                         _ => None,
                     };
                     if let Some(refusal) = refusal {
-                        tx.rollback().await?;
                         return Ok(Err(refusal));
                     }
+                }
+                if let Some(payment) = reserve {
+                    Self::reserve_payment_in(&mut *tx, payment).await?;
                 }
                 sqlx::query(
                     "INSERT INTO credit_holds (payment_id, account, key_id, amount_atomic, created_at, expires_at) \
@@ -343,45 +366,70 @@ macro_rules! impl_ledger {
                 .bind(ms(hold.expires_at))
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
                 Ok(Ok(()))
             }
 
             async fn settle_hold(
                 &self,
+                account: &vendbox_core::AccountAddress,
                 payment: vendbox_core::PaymentId,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<Option<vendbox_core::LedgerEntry>> {
+                let account = account.clone();
+                self.locks
+                    .run(&account.as_str().to_owned(), |reply| $crate::aggregates::locks::Op::Charge {
+                        account,
+                        payment,
+                        now,
+                        reply,
+                    })
+                    .await?
+            }
+
+            /// [`Store::settle_hold`] within `tx`. The outer error fails the transaction; the
+            /// inner one is the charge's refusal (the balance no longer covers it), which writes
+            /// nothing but the account row.
+            async fn settle_hold_in(
+                tx: &mut <$db as sqlx::Database>::Connection,
+                account: &vendbox_core::AccountAddress,
+                payment: vendbox_core::PaymentId,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<$crate::StoreResult<Option<vendbox_core::LedgerEntry>>> {
                 use sqlx::Row;
-                let mut tx = self.pool.begin().await?;
-                // Deleting the hold claims it: a release or a recovery of the same payment finds
-                // nothing to drop, and this finds nothing to book after them.
+                // The account's lock first, as every booking takes it.
+                Self::lock_account(&mut *tx, account, now).await?;
                 let Some(hold) = sqlx::query(
-                    "DELETE FROM credit_holds WHERE payment_id = $1 RETURNING account, key_id, amount_atomic",
+                    "SELECT key_id, amount_atomic FROM credit_holds WHERE payment_id = $1 AND account = $2",
                 )
                 .bind(payment.to_string())
+                .bind(account.as_str())
                 .fetch_optional(&mut *tx)
                 .await?
                 else {
-                    tx.rollback().await?;
-                    return Ok(None);
+                    return Ok(Ok(None));
                 };
-                let account = vendbox_core::AccountAddress::parse(hold.try_get("account")?, "credit_holds.account")
-                    .map_err(|e| $crate::StoreError::Corrupt(e.to_string()))?;
                 let key_id: Option<String> = hold.try_get("key_id")?;
                 let amount: i64 = hold.try_get("amount_atomic")?;
-                Self::lock_account(&mut tx, &account, now).await?;
                 let balance: i64 = sqlx::query($crate::aggregates::ledger::BALANCE_SQL)
                     .bind(account.as_str())
                     .fetch_one(&mut *tx)
                     .await?
                     .try_get("balance")?;
                 if balance < amount {
-                    tx.rollback().await?;
-                    return Err($crate::StoreError::InsufficientBalance {
+                    return Ok(Err($crate::StoreError::InsufficientBalance {
                         balance: vendbox_core::Usdc(u64::try_from(balance).unwrap_or(0)),
                         needed: vendbox_core::Usdc($crate::shared::sql_to_u64(amount, "amount")?),
-                    });
+                    }));
+                }
+                // Deleting the hold claims it: a release or a recovery of the same payment finds
+                // nothing to drop, and this finds nothing to book after them (one of another
+                // connection that dropped it since it was read leaves nothing to claim).
+                let claimed = sqlx::query("DELETE FROM credit_holds WHERE payment_id = $1")
+                    .bind(payment.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                if claimed.rows_affected() == 0 {
+                    return Ok(Ok(None));
                 }
                 let row = sqlx::query(
                     "INSERT INTO ledger_entries (account, kind, delta_atomic, reference, created_at, key_id) \
@@ -396,8 +444,19 @@ macro_rules! impl_ledger {
                 .fetch_one(&mut *tx)
                 .await?;
                 let entry = Self::ledger_from_row(&row)?;
-                tx.commit().await?;
-                Ok(Some(entry))
+                // The payment is settled by the charge, in the same transaction.
+                sqlx::query(
+                    "UPDATE payments SET state = $1, settlement_ref = $2, updated_at = $3 \
+                     WHERE id = $4 AND state = $5",
+                )
+                .bind(vendbox_core::PaymentState::Settled.as_str())
+                .bind(entry.id.to_string())
+                .bind($crate::shared::ms(now))
+                .bind(payment.to_string())
+                .bind(vendbox_core::PaymentState::Verified.as_str())
+                .execute(&mut *tx)
+                .await?;
+                Ok(Ok(Some(entry)))
             }
 
             async fn release_hold(&self, payment: vendbox_core::PaymentId) -> $crate::StoreResult<bool> {

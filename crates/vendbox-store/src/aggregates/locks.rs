@@ -13,6 +13,12 @@
 //! in one order and cannot deadlock. If a batch fails, each of its operations is applied again
 //! alone, so one bad operation cannot fail its neighbours.
 //!
+//! **Credits share the writer.** A credit hold (with the reservation of the payment it is for)
+//! and the charge of a hold are applied by the same writers, in the same batches, keyed by
+//! their account, so that paying for a lock with credits costs fsyncs shared with everyone
+//! else's rather than two of its own. A batch takes the rows of lock keys first and then those of
+//! accounts, each in key order.
+//!
 //! **Refusals share the batch.** An acquisition of a held key goes to the writer like any other:
 //! its statement changes nothing, so a batch of refusals alone commits without writing, and one
 //! among grants shares their fsync. (Answering it from a read before queueing was tried: on
@@ -22,10 +28,13 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use vendbox_core::{LockKey, TokenHash};
+use vendbox_core::{AccountAddress, LedgerEntry, LockKey, Payment, PaymentId, TokenHash};
 
-use crate::{LockAcquisition, LockRelease, LockRenewal, StoreError, StoreResult};
+use crate::{
+    CreditHold, HoldRefusal, LockAcquisition, LockRelease, LockRenewal, SpendCaps, StoreError, StoreResult,
+};
 
 /// A lock TTL in milliseconds, as the SQL adds it to the clock.
 pub(crate) fn ttl_ms(ttl: std::time::Duration) -> Result<i64, StoreError> {
@@ -59,6 +68,22 @@ pub(crate) enum Op {
     },
     /// Release the grant of `release` on `key`.
     Release { key: LockKey, release: TokenHash, reply: oneshot::Sender<StoreResult<LockRelease>> },
+    /// Hold credits, and reserve the payment they are for (`Store::place_hold`).
+    Hold {
+        hold: CreditHold,
+        caps: SpendCaps,
+        reserve: Option<Box<Payment>>,
+        now: DateTime<Utc>,
+        reply: oneshot::Sender<StoreResult<Result<(), HoldRefusal>>>,
+    },
+    /// Charge the hold of `payment` (`Store::settle_hold`); the inner error is the charge's
+    /// own refusal, which does not fail the batch.
+    Charge {
+        account: AccountAddress,
+        payment: PaymentId,
+        now: DateTime<Utc>,
+        reply: oneshot::Sender<StoreResult<StoreResult<Option<LedgerEntry>>>>,
+    },
 }
 
 /// What one operation came to, inside a batch not yet committed.
@@ -67,13 +92,18 @@ pub(crate) enum Answer {
     Acquired(LockAcquisition),
     Renewed(LockRenewal),
     Released(LockRelease),
+    Held(Result<(), HoldRefusal>),
+    Charged(StoreResult<Option<LedgerEntry>>),
 }
 
 impl Op {
-    /// The key it is about.
-    pub(crate) fn key(&self) -> &LockKey {
+    /// The row it is about, as its place in the order a batch takes rows in: lock keys (0)
+    /// before accounts (1), each by name.
+    pub(crate) fn order(&self) -> (u8, &str) {
         match self {
-            Op::Acquire { key, .. } | Op::Renew { key, .. } | Op::Release { key, .. } => key,
+            Op::Acquire { key, .. } | Op::Renew { key, .. } | Op::Release { key, .. } => (0, key.as_str()),
+            Op::Hold { hold, .. } => (1, hold.account.as_str()),
+            Op::Charge { account, .. } => (1, account.as_str()),
         }
     }
 
@@ -90,6 +120,14 @@ impl Op {
             }),
             Op::Release { reply, .. } => deliver(reply, answer, |a| match a {
                 Answer::Released(a) => Some(a),
+                _ => None,
+            }),
+            Op::Hold { reply, .. } => deliver(reply, answer, |a| match a {
+                Answer::Held(a) => Some(a),
+                _ => None,
+            }),
+            Op::Charge { reply, .. } => deliver(reply, answer, |a| match a {
+                Answer::Charged(a) => Some(a),
                 _ => None,
             }),
         }
@@ -132,11 +170,11 @@ impl Queue {
         (Queue { ops: senders.into(), released }, receivers)
     }
 
-    /// Queues the operation on `key` that `make` builds around its reply, and waits for the
-    /// answer.
+    /// Queues the operation on row `key` (a lock key, or an account) that `make` builds around
+    /// its reply, and waits for the answer.
     pub(crate) async fn run<T>(
         &self,
-        key: &LockKey,
+        key: &str,
         make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op,
     ) -> StoreResult<T> {
         let (reply, answer) = oneshot::channel();
@@ -146,7 +184,7 @@ impl Queue {
             writers => {
                 use std::hash::{Hash as _, Hasher as _};
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                key.as_str().hash(&mut hasher);
+                key.hash(&mut hasher);
                 usize::try_from(hasher.finish() % writers as u64).unwrap_or(0)
             }
         };
@@ -236,7 +274,7 @@ macro_rules! impl_locks {
                             // In key order (each key's operations keeping their order), so that
                             // batches of several writers or hosts take row locks in one order and
                             // cannot deadlock.
-                            batch.sort_by(|a, b| a.key().as_str().cmp(b.key().as_str()));
+                            batch.sort_by(|a, b| a.order().cmp(&b.order()));
                             let keys = Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
                             // On PostgreSQL the database announces them, to every host.
                             if Self::RELEASES_ANNOUNCED_BY_DATABASE {
@@ -323,6 +361,12 @@ macro_rules! impl_locks {
                                     .await?;
                             }
                             Answer::Released(released)
+                        }
+                        Op::Hold { hold, caps, reserve, now, .. } => {
+                            Answer::Held(Self::place_hold_in(&mut tx, hold, caps, reserve.as_deref(), *now).await?)
+                        }
+                        Op::Charge { account, payment, now, .. } => {
+                            Answer::Charged(Self::settle_hold_in(&mut tx, account, *payment, *now).await?)
                         }
                     });
                 }
@@ -462,7 +506,7 @@ macro_rules! impl_locks {
                 let (key, owner, release) = (key.clone(), owner.map(str::to_owned), *release);
                 let metadata = metadata.map(serde_json::Value::to_string);
                 self.locks
-                    .run(&key.clone(), |reply| $crate::aggregates::locks::Op::Acquire { key, owner, metadata, ttl_ms, release, reply })
+                    .run(&key.as_str().to_owned(), |reply| $crate::aggregates::locks::Op::Acquire { key, owner, metadata, ttl_ms, release, reply })
                     .await
             }
 
@@ -474,7 +518,7 @@ macro_rules! impl_locks {
             ) -> $crate::StoreResult<$crate::LockRenewal> {
                 let ttl_ms = ttl.map($crate::aggregates::locks::ttl_ms).transpose()?;
                 let (key, release) = (key.clone(), *release);
-                self.locks.run(&key.clone(), |reply| $crate::aggregates::locks::Op::Renew { key, release, ttl_ms, reply }).await
+                self.locks.run(&key.as_str().to_owned(), |reply| $crate::aggregates::locks::Op::Renew { key, release, ttl_ms, reply }).await
             }
 
             async fn release_lock(
@@ -483,7 +527,7 @@ macro_rules! impl_locks {
                 release: &vendbox_core::TokenHash,
             ) -> $crate::StoreResult<$crate::LockRelease> {
                 let (key, release) = (key.clone(), *release);
-                self.locks.run(&key.clone(), |reply| $crate::aggregates::locks::Op::Release { key, release, reply }).await
+                self.locks.run(&key.as_str().to_owned(), |reply| $crate::aggregates::locks::Op::Release { key, release, reply }).await
             }
 
             async fn lock_held_by(

@@ -34,6 +34,15 @@ macro_rules! impl_payments {
             }
 
             async fn reserve_payment(&self, p: &vendbox_core::Payment) -> $crate::StoreResult<()> {
+                let mut conn = self.pool.acquire().await?;
+                Self::reserve_payment_in(&mut conn, p).await
+            }
+
+            /// [`Store::reserve_payment`] on `conn` (within a transaction or not).
+            async fn reserve_payment_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                p: &vendbox_core::Payment,
+            ) -> $crate::StoreResult<()> {
                 use $crate::shared::{atomic_to_sql, ms};
                 if p.state != vendbox_core::PaymentState::Verified {
                     return Err($crate::StoreError::Conflict("a payment is reserved in the verified state".into()));
@@ -56,7 +65,7 @@ macro_rules! impl_payments {
                 .bind(ms(p.created_at))
                 .bind(ms(p.updated_at))
                 .bind(p.purchase.as_deref())
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await;
                 match result {
                     Ok(_) => Ok(()),
