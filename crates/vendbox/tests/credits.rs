@@ -433,3 +433,67 @@ async fn a_per_minute_box_ended_early_refunds_its_unused_minutes_once() {
     assert_eq!(account["balance"], "0.36", "{account}");
     assert_eq!(account["recent"].as_array().unwrap().len(), 1, "{account}");
 }
+
+/// x402Compute's plan, made to boot the host's userland (no image to build).
+const COMPUTE_CATALOG: &str = r#"
+[[offers]]
+id = "x402compute-vc2-1c-1gb"
+images = ["host"]
+default_image = "host"
+resources = { vcpu = 1, memory_mb = 512, disk_gb = 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_is_provisioned_with_an_api_key_and_extended_with_a_signature_from_credits() {
+    if !boxhost::boxes_supported() || !signer_installed() || !shop::python_client_installed() {
+        return;
+    }
+    let Some(mut shop) = Shop::open(84532, &[]).await else { return };
+    std::fs::write(shop.dir.path().join("vendbox.toml"), COMPUTE_CATALOG).unwrap();
+    shop.vendbox = shop.serve(&[]);
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let wallet = shop.payer().await;
+    let key = api_key(&shop, &wallet, json!({ "label": "machines" })).await;
+    let topped = top_up(&shop, &wallet, &key, "1.00");
+    assert_eq!(topped["status"], 200, "{topped}");
+    let height = block_number(&shop).await;
+    // 6 USD a month by the minute: 1 hour is 0.008334, 2 hours 0.016667.
+    let (one_hour, two_hours) = (8_334_u64, 16_667_u64);
+
+    // Provisioned with the API key: paid from credits, the receipt names the ledger entry.
+    let order = json!({ "plan": "vc2-1c-1gb", "prepaid_hours": 1, "label": "credits" });
+    let (status, headers, made) = send(&shop, &key, "POST", "/compute/provision", Some(order)).await;
+    assert_eq!((status, &made["success"]), (200, &json!(true)), "{made}");
+    let receipt: Value = serde_json::from_str(headers["vendbox-receipt"].to_str().unwrap()).unwrap();
+    assert_eq!((receipt["method"].as_str(), receipt["amount"].as_str()), (Some("credits"), Some("0.008334 USDC")));
+    let id = made["order"]["id"].as_str().unwrap().to_owned();
+    let (status, _, got) = send(&shop, &key, "GET", &format!("/compute/instances/{id}"), None).await;
+    assert_eq!((status, got["instance"]["status"].as_str()), (200, Some("active")), "{got}");
+
+    // Extended with the wallet's signature alone: paid from the same credits.
+    let path = format!("/compute/instances/{id}/extend");
+    let body = json!({ "extend_hours": 2 }).to_string();
+    let mut request = reqwest::Client::new()
+        .post(shop.url(&path))
+        .header("content-type", "application/json")
+        .body(body.clone());
+    for (name, value) in shop::sign_auth(&wallet, "POST", &path, &body) {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let paid_with = response.headers().get("vendbox-receipt").map(|v| v.to_str().unwrap().to_owned());
+    let extended: Value = response.json().await.unwrap();
+    assert_eq!((status, extended["extended_hours"].as_u64()), (200, Some(2)), "{extended}");
+    assert!(paid_with.is_some_and(|r| r.contains("\"credits\"")), "paid with credits: {extended}");
+
+    // The balance went down by exactly both prices, two charges in the ledger, and the chain
+    // saw no transaction.
+    let (_, _, account) = send(&shop, &key, "GET", "/v1/account", None).await;
+    assert_eq!(1_000_000 - one_hour - two_hours, 974_999);
+    assert_eq!(account["balance"], "0.974999", "{account}");
+    let charges: Vec<&Value> =
+        account["recent"].as_array().unwrap().iter().filter(|e| e["kind"] == "charge").collect();
+    assert_eq!(charges.len(), 2, "{account}");
+    assert_eq!(block_number(&shop).await, height, "credits sent nothing to the chain");
+}
