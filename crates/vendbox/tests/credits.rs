@@ -465,7 +465,10 @@ async fn a_machine_is_provisioned_with_an_api_key_and_extended_with_a_signature_
     let (status, headers, made) = send(&shop, &key, "POST", "/compute/provision", Some(order)).await;
     assert_eq!((status, &made["success"]), (200, &json!(true)), "{made}");
     let receipt: Value = serde_json::from_str(headers["vendbox-receipt"].to_str().unwrap()).unwrap();
-    assert_eq!((receipt["method"].as_str(), receipt["amount"].as_str()), (Some("credits"), Some("0.008334 USDC")));
+    assert_eq!(
+        (receipt["method"].as_str(), receipt["amount"].as_str()),
+        (Some("credits"), Some("0.008334 USDC"))
+    );
     let id = made["order"]["id"].as_str().unwrap().to_owned();
     let (status, _, got) = send(&shop, &key, "GET", &format!("/compute/instances/{id}"), None).await;
     assert_eq!((status, got["instance"]["status"].as_str()), (200, Some("active")), "{got}");
