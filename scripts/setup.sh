@@ -25,8 +25,9 @@ fi
 # The official MPP clients the MPP tests pay with: pympp[evm] 0.16.0 (in requirements.txt) and
 # mppx 0.11.0 from npm, in a tree of its own (tests/clients/mpp): its optional peers conflict
 # with the x402 clients'.
-if ! python3 -c 'import x402, httpx, mpp.methods.evm.client' >/dev/null 2>&1; then
-  say "installing the x402 and MPP Python clients"
+# The stock E2B Python SDK, e2b 2.63.0 (requirements.txt), that tests/e2b.rs drives.
+if ! python3 -c 'import x402, httpx, mpp.methods.evm.client, e2b' >/dev/null 2>&1; then
+  say "installing the x402, MPP and E2B Python clients"
   python3 -m pip install --quiet -r tests/clients/requirements.txt
 fi
 if [ ! -x tests/clients/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
@@ -42,6 +43,12 @@ if [ ! -d tests/clients/mpp/node_modules/mppx ]; then
   say "installing the MPP JavaScript client"
   npm ci --prefix tests/clients/mpp --no-audit --no-fund --silent
 fi
+# The stock E2B JavaScript SDK, e2b 2.51.0, that tests/e2b.rs drives, in a tree of its own.
+if [ ! -d tests/clients/e2b/node_modules/e2b ]; then
+  say "installing the E2B JavaScript SDK"
+  npm ci --prefix tests/clients/e2b --no-audit --no-fund --silent
+fi
+
 
 # Debian packages the tests call: bubblewrap (the local box backend's sandbox), OpenSSH's client
 # tools (ssh, scp, sftp drive the SSH gateway) and socat (the SFTP test's transport).

@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::wire::{
-    EntryInfo, Event, MoveRequest, RunRequest, RunResult, StartRequest, TCP_CONNECT_TIMEOUT, TCP_UPGRADE,
-    WriteResult,
+    EntryInfo, Event, MoveRequest, ProcessList, RunRequest, RunResult, StartRequest, TCP_CONNECT_TIMEOUT,
+    TCP_UPGRADE, WriteResult,
 };
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -359,6 +359,11 @@ impl BoxdClient {
             .timeout_ms
             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms) + RUN_GRACE);
         Ok(ExecStream { body: response.into_body(), buffer: Vec::new(), deadline })
+    }
+
+    /// The processes boxd started that still run.
+    pub async fn processes(&self) -> Result<ProcessList, BoxError> {
+        self.call(Method::GET, "/process", None::<&()>).await
     }
 
     /// Writes `data` to the process's stdin (or its terminal).

@@ -223,7 +223,30 @@ fn table() -> Vec<(&'static str, &'static str, Rule)> {
                 .map(|method| (method, path, lease(Box, Root, Via::Bearer, gone)))
         },
     ))
+    .chain(e2b_table())
     .collect()
+}
+
+/// E2B's control plane takes an API key (`E2B_API_KEY`), never a lease's token: whatever token
+/// is sent, E2B's 401 (tests/e2b.rs drives it with the stock SDKs).
+fn e2b_table() -> Vec<(&'static str, &'static str, Rule)> {
+    vec![
+        ("POST", "/sandboxes", Rule::Open(401)),
+        ("GET", "/sandboxes", Rule::Open(401)),
+        ("POST", "/v2/sandboxes", Rule::Open(401)),
+        ("GET", "/v2/sandboxes", Rule::Open(401)),
+        ("GET", "/sandboxes/{id}", Rule::Open(401)),
+        ("DELETE", "/sandboxes/{id}", Rule::Open(401)),
+        ("POST", "/sandboxes/{id}/timeout", Rule::Open(401)),
+        ("POST", "/sandboxes/{id}/connect", Rule::Open(401)),
+        ("POST", "/v2/sandboxes/{id}/connect", Rule::Open(401)),
+        ("POST", "/sandboxes/{id}/refreshes", Rule::Open(401)),
+        ("POST", "/sandboxes/{id}/pause", Rule::Open(401)),
+        ("POST", "/sandboxes/{id}/resume", Rule::Open(401)),
+        ("POST", "/sandboxes/{id}/fork", Rule::Open(401)),
+        ("POST", "/sandboxes/{id}/snapshots", Rule::Open(401)),
+        ("PUT", "/sandboxes/{id}/network", Rule::Open(401)),
+    ]
 }
 
 /// The answer `rule` asks for when `kind` is presented.
@@ -497,6 +520,7 @@ fn request(h: &Harness, template: &str, rule: Rule, kind: Kind) -> (String, Opti
                 {
                     uuid_like()
                 }
+                t if t.contains("/sandboxes/") => uuid_like(),
                 _ => lease.map(|l| l.id.to_string()).unwrap_or_default(),
             },
         )

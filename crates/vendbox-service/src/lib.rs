@@ -17,6 +17,7 @@
 //!   pay-on-success, and recovery of payments a crash left half-done;
 //! - `credits.rs`: [`Credits`], prepaid credits as a payment method (holds, charges, key caps);
 //! - `accounts.rs`: [`Accounts`], top-ups, balances, ledgers and a wallet's payments;
+//! - `e2b.rs`: [`Sandboxes`], E2B's sandboxes (templates, owners, timeouts, envd access);
 //! - `vms/`: [`Vms`], SecretVM's agents (`x-agent` signatures) and VMs (docker-compose
 //!   workloads in a box, charged from credits by the period).
 
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod clock;
 pub mod compute;
 pub mod credits;
+pub mod e2b;
 mod error;
 mod exec;
 mod leases;
@@ -42,6 +44,7 @@ pub use auth::{Auth, AuthError, NewKey, SignedRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compute::{Compute, ComputeError, ComputeInstance, ComputeOrder};
 pub use credits::Credits;
+pub use e2b::{E2bError, E2bOrder, E2bSandbox, Sandboxes};
 pub use error::LeaseError;
 pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
 pub use leases::{Boxes, EXPIRY_BATCH, Provisioned, Reconciled};

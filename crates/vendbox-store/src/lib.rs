@@ -230,6 +230,23 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// An E2B sandbox: a lease with a box, owned by the account whose API key made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct E2bSandbox {
+    /// The lease (its id is the sandbox's id).
+    pub lease: LeaseId,
+    /// The account that made it, the only one that sees it.
+    pub owner: AccountAddress,
+    /// The template asked for.
+    pub template: String,
+    /// The owner's metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Environment variables every process in it starts with.
+    pub env_vars: std::collections::BTreeMap<String, String>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+}
+
 /// An x402Compute instance: a lease with a box, owned by the wallet that paid for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComputeInstance {
@@ -610,6 +627,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         root: &TokenHash,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Records an E2B sandbox.
+    async fn insert_e2b_sandbox(&self, sandbox: &E2bSandbox) -> StoreResult<()>;
+
+    /// The E2B sandbox of `lease`, whoever owns it.
+    async fn e2b_sandbox(&self, lease: LeaseId) -> StoreResult<Option<E2bSandbox>>;
+
+    /// Makes `root` the root token of E2B sandbox `lease` (its envd access token), in place of
+    /// the one it had; `false` when `lease` is no E2B sandbox.
+    async fn replace_e2b_access_token(&self, lease: LeaseId, root: &TokenHash) -> StoreResult<bool>;
+
+    /// `owner`'s E2B sandboxes, newest first (ended ones too).
+    async fn e2b_sandboxes_of(&self, owner: &AccountAddress) -> StoreResult<Vec<E2bSandbox>>;
 
     /// Grants `key` for `ttl` to the holder of the release token whose hash is `release`, unless
     /// an unexpired grant exists. Each grant gets a fencing token one higher than the key's last,

@@ -63,6 +63,7 @@ macro_rules! store_impl {
         $crate::aggregates::requests::impl_requests!($store);
         $crate::aggregates::ledger::impl_ledger!($store, $db);
         $crate::aggregates::keys::impl_keys!($store, $db);
+        $crate::aggregates::e2b::impl_e2b!($store, $db);
         $crate::aggregates::vms::impl_vms!($store, $db);
         $crate::aggregates::locks::impl_locks!($store, $db, clock_ms = $clock);
 
@@ -524,6 +525,32 @@ macro_rules! store_impl {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<bool> {
                 self.issue_instance_password(lease, root, now).await
+            }
+
+            async fn insert_e2b_sandbox(&self, sandbox: &$crate::E2bSandbox) -> $crate::StoreResult<()> {
+                self.insert_e2b_sandbox(sandbox).await
+            }
+
+            async fn e2b_sandbox(
+                &self,
+                lease: vendbox_core::LeaseId,
+            ) -> $crate::StoreResult<Option<$crate::E2bSandbox>> {
+                self.e2b_sandbox(lease).await
+            }
+
+            async fn e2b_sandboxes_of(
+                &self,
+                owner: &vendbox_core::AccountAddress,
+            ) -> $crate::StoreResult<Vec<$crate::E2bSandbox>> {
+                self.e2b_sandboxes_of(owner).await
+            }
+
+            async fn replace_e2b_access_token(
+                &self,
+                lease: vendbox_core::LeaseId,
+                root: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<bool> {
+                self.replace_e2b_access_token(lease, root).await
             }
 
             async fn acquire_lock(

@@ -3,6 +3,8 @@
 //! lists its operations once, in its `routes()`, which both routes and documents them
 //! (utoipa-axum's `routes!`); `app::operations` gathers them under the layers they need.
 //!
+//! - `e2b`: E2B's control plane (`/sandboxes…`) and envd (by `E2b-Sandbox-Id`), for the
+//!   stock `e2b` SDKs;
 //! - `native`: vendbox's own API (`/v1/…`, `/healthz`): offers, quotes, payments, locks, boxes
 //!   and their ports;
 //! - `h3retik`: the H3RETIK Cloud API (`/x402/sessions/…`, `/x402/locks/…`);
@@ -16,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
+pub mod e2b;
 pub mod h3retik;
 pub mod native;
 pub mod secretvm;
@@ -57,6 +60,7 @@ impl Routes {
 /// Every surface's operations.
 pub fn all() -> Routes {
     native::routes()
+        .merge(e2b::routes())
         .merge(h3retik::routes())
         .merge(vpsagent::routes())
         .merge(storefront::routes())

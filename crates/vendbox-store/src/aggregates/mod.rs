@@ -3,6 +3,7 @@
 //! where its statements read it, the SQL of the database's clock); [`crate::shared::store_impl!`]
 //! stamps them all out for each backend and implements [`crate::Store`] by calling them.
 
+pub(crate) mod e2b;
 pub(crate) mod keys;
 pub(crate) mod leases;
 pub(crate) mod ledger;
