@@ -12,6 +12,10 @@
 //!   successful `ssh … true` against the same sshd session: median and p90 only, since each
 //!   round makes a box and opens two sessions and this pair runs fewer rounds than a p99 needs
 //!   (the output says so);
+//! - E2B: the stock `e2b` Python SDK's `Sandbox.create` and first `commands.run` (`true`),
+//!   timed by the SDK's process (`tests/clients/e2b_bench.py`, one round per request), against
+//!   vendbox's native create and first exec of a box of the same size and image, alternated;
+//!   skipped, saying so, without the `e2b` package;
 //! - idle density: how many idle boxes this host holds (up to `VENDBOX_BENCH_BOXES`, default
 //!   500, or as many as vendbox sells before it answers `sold_out`) and the memory each costs:
 //!   MemAvailable before and after, and the boxes' memory cgroups' own accounting, now and at
@@ -30,7 +34,7 @@
 //! program is also each box's PID 1 (`boxes boxd --listen-stdin`), as the vendbox binary is in
 //! production. Needs root and bubblewrap (and openssh-server for the SSH rows, which are skipped
 //! without it, saying so). Run: `cargo bench -p vendbox --bench boxes`; `VENDBOX_BENCH_PARTS`
-//! (comma-separated: create, image, exec, ssh, density) runs only those parts;
+//! (comma-separated: create, image, exec, e2b, ssh, density) runs only those parts;
 //! `VENDBOX_BENCH_DENSITY_IMAGE=debian-12` makes the idle boxes of that image (and measures their
 //! disks).
 
@@ -68,6 +72,9 @@ const SSH_SESSIONS: Rounds = Rounds { warm_up: 5, measured: 100 };
 /// half a second on two busy cores), so this pair runs fewer rounds than a p99 needs, to keep
 /// the run to a few minutes: median and p90 only.
 const SSH_FIRST: Rounds = Rounds { warm_up: 2, measured: 20 };
+/// Native create + first exec against the E2B SDK's create + first run (each round also starts
+/// and ends a box on each side).
+const E2B_CREATES: Rounds = Rounds { warm_up: 3, measured: 40 };
 /// Create + first exec rounds from the debian-12 image.
 const IMAGE_CREATES: Rounds = Rounds { warm_up: 5, measured: 100 };
 /// Width of the row labels.
@@ -84,9 +91,9 @@ fn rows(baseline_label: &str, baseline: &Summary, subject_label: &str, subject: 
     stats::ratio_row("  ratio to the baseline", LABEL_WIDTH, subject, baseline);
 }
 
-/// A vendbox selling a free small box, on a runtime of its own thread; its URL and the SSH
-/// gateway's address.
-fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr) {
+/// A vendbox selling a free small box (also as its E2B sandbox), on a runtime of its own thread;
+/// its URL, the SSH gateway's address and an API key for the E2B SDK.
+fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr, String) {
     let mut config = Config::load(None, Vec::new()).unwrap();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.ssh.listen = "127.0.0.1:0".parse().unwrap();
@@ -97,6 +104,12 @@ fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr) {
     config.boxes.memory_overcommit = 1000.0;
     let debian = config.store.data_dir.join("images/debian-12/image.json").is_file();
     for offer in &mut config.offers {
+        if offer.id.as_str() == "e2b-sandbox" {
+            offer.price = vendbox_core::PriceRule::default();
+            offer.resources.memory_mb = 256;
+            offer.resources.disk_gb = 1;
+            offer.resources.vcpu = 1;
+        }
         if offer.id.as_str() == "h3retik-custom" {
             if debian {
                 offer.images = vec!["host".into(), "debian-12".into()];
@@ -112,9 +125,23 @@ fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr) {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
             let store = vendbox_store::open(None, &config.store.data_dir).await.unwrap();
-            let server = Server::bind(&config, store, Secrets::default()).await.unwrap();
-            tx.send((format!("http://{}", server.local_addr().unwrap()), server.ssh_addr().unwrap()))
+            let owner = vendbox_core::Principal::wallet(
+                vendbox_core::AccountAddress::parse("0x00000000000000000000000000000000000e2b00", "owner")
+                    .unwrap(),
+            );
+            let new = vendbox_service::NewKey {
+                label: Some("e2b bench".into()),
+                scope: vendbox_core::KeyScope::All,
+                daily_cap: None,
+                total_cap: None,
+            };
+            let (key, _) = vendbox_service::Auth::new(store.clone(), Duration::from_mins(5))
+                .create_key(&owner, new)
+                .await
                 .unwrap();
+            let server = Server::bind(&config, store, Secrets::default()).await.unwrap();
+            let url = format!("http://{}", server.local_addr().unwrap());
+            tx.send((url, server.ssh_addr().unwrap(), key.expose().to_owned())).unwrap();
             server.run(std::future::pending()).await.unwrap();
         });
     });
@@ -349,7 +376,7 @@ fn backend(data_dir: &Path) -> LocalBackend {
 }
 
 async fn run(dir: &Path, data_dir: &Path) {
-    let (url, ssh_addr) = serve(data_dir.to_owned());
+    let (url, ssh_addr, e2b_key) = serve(data_dir.to_owned());
     let client = &Client { http: reqwest::Client::new(), base: url };
     println!(
         "boxes on this host ({} CPUs); each pair alternates baseline and subject in ABBA order after \
@@ -373,6 +400,9 @@ async fn run(dir: &Path, data_dir: &Path) {
     }
     if part("exec") {
         exec_pair(client).await;
+    }
+    if part("e2b") {
+        e2b_pair(client, &e2b_key).await;
     }
     if part("ssh") {
         ssh(client, ssh_addr, dir).await;
@@ -416,6 +446,63 @@ async fn create_pair(client: &Client, image: Option<&str>) {
     };
     rows("bare `bwrap … /bin/true` spawn (baseline)", &bare, &subject, &create);
     stats::explain_missing(&create, "this pair ran fewer rounds");
+}
+
+/// Create + first exec through vendbox's native API against the stock E2B SDK's
+/// `Sandbox.create` + first `commands.run`, of boxes of the same size and image. The SDK runs in
+/// a Python process of its own that times each round itself (from the call to the answer) when
+/// asked for one, so interpreter start-up is not counted and the pair alternates.
+async fn e2b_pair(client: &Client, key: &str) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let ok = Command::new("python3").args(["-c", "import e2b"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        println!(
+            "E2B rows skipped: the e2b Python package is not installed (tests/clients/requirements.txt)"
+        );
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/e2b_bench.py");
+    let mut sdk = Command::new("python3")
+        .arg(script)
+        .env("E2B_API_URL", &client.base)
+        .env("E2B_SANDBOX_URL", &client.base)
+        .env("E2B_API_KEY", key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = std::sync::Mutex::new((sdk.stdin.take().unwrap(), BufReader::new(sdk.stdout.take().unwrap())));
+    let times = stats::alternate_async(
+        E2B_CREATES,
+        || async {
+            let started = Instant::now();
+            let b = client.buy().await;
+            client.exec_true(&b).await;
+            let elapsed = started.elapsed();
+            client.end(&b).await;
+            elapsed
+        },
+        || async {
+            // The SDK's process runs the round; vendbox serves it on a runtime of its own.
+            let mut pipe = pipe.lock().unwrap();
+            let (input, output) = &mut *pipe;
+            writeln!(input, "round").unwrap();
+            let mut line = String::new();
+            output.read_line(&mut line).unwrap();
+            let ms: f64 =
+                line.trim().parse().unwrap_or_else(|_| panic!("the E2B SDK round failed: {line:?}"));
+            Duration::from_secs_f64(ms / 1000.0)
+        },
+    )
+    .await;
+    drop(pipe);
+    let _ = sdk.wait();
+    rows(
+        "create box + first exec, native API (baseline)",
+        &Summary::of("native creations", times.baseline),
+        "E2B SDK Sandbox.create + first commands.run",
+        &Summary::of("E2B SDK creations", times.subject),
+    );
 }
 
 /// Exec round trips on one box against `GET /healthz`.
