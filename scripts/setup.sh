@@ -49,7 +49,6 @@ if [ ! -d tests/clients/e2b/node_modules/e2b ]; then
   npm ci --prefix tests/clients/e2b --no-audit --no-fund --silent
 fi
 
-
 # Debian packages the tests call: bubblewrap (the local box backend's sandbox), OpenSSH's client
 # tools (ssh, scp, sftp drive the SSH gateway) and socat (the SFTP test's transport).
 missing=()
