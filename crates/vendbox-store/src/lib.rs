@@ -609,6 +609,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> StoreResult<Vec<SecretVm>>;
 
+    /// Up to `limit` VMs in `status` that have not changed since `updated_before`, oldest first.
+    async fn secret_vms_stale(
+        &self,
+        status: &str,
+        updated_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<SecretVm>>;
+
     /// Records an x402Compute instance.
     async fn insert_compute_instance(&self, instance: &ComputeInstance) -> StoreResult<()>;
 

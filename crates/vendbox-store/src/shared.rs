@@ -497,6 +497,15 @@ macro_rules! store_impl {
                 self.secret_vms_billable(status, now, limit).await
             }
 
+            async fn secret_vms_stale(
+                &self,
+                status: &str,
+                updated_before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<$crate::SecretVm>> {
+                self.secret_vms_stale(status, updated_before, limit).await
+            }
+
             async fn insert_compute_instance(
                 &self,
                 instance: &$crate::ComputeInstance,

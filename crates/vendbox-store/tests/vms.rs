@@ -1,7 +1,7 @@
 //! SecretVM's VMs, on SQLite and on PostgreSQL: a VM is found by its id; its status changes only
 //! over the status it had (compare-and-set); the billing round finds the running VMs whose
-//! period ended, oldest first; and a period's charge, booked under the VM and the period's
-//! start, is booked once and never takes the balance below zero.
+//! period ended, oldest first, and the launches left unfinished; and a period's charge, booked
+//! under the VM and the period's start, is booked once and never takes the balance below zero.
 
 #![allow(clippy::unwrap_used)]
 
@@ -61,6 +61,14 @@ async fn vms_change_status_over_the_one_they_had(store: Arc<dyn Store>) {
         (read.status.as_str(), read.status_reason.as_deref()),
         ("stopped", Some("the balance ran out"))
     );
+
+    // A launch cut off: `creating` and unchanged since before the limit.
+    let mut d = vm("d", &owner, None);
+    "creating".clone_into(&mut d.status);
+    store.insert_secret_vm(&d).await.unwrap();
+    let stale = store.secret_vms_stale("creating", t0() + Duration::minutes(30), 10).await.unwrap();
+    assert_eq!(stale.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["d"]);
+    assert!(store.secret_vms_stale("creating", t0(), 10).await.unwrap().is_empty());
 
     // A period is charged once, and never below zero.
     store.append_ledger(&owner, LedgerKind::TopUp, Usdc(150), "p-1", t0()).await.unwrap();

@@ -49,6 +49,10 @@ const HASH_NONCE_PREFIX: &str = "x-agent:";
 /// VMs one billing round charges at most (the worker goes again at once when it charged a batch).
 pub const BILLING_BATCH: u32 = 64;
 
+/// A VM still `creating` after this long lost its launch (the vendbox making it stopped): the
+/// billing round fails it and ends its box, if one was made.
+pub const LAUNCH_LIMIT: Duration = Duration::minutes(30);
+
 /// The statuses of a VM.
 pub mod status {
     /// Being made: its image pulled, its box made, its services started.
@@ -555,6 +559,9 @@ impl Vms {
             .await
             .map_err(|e| e.to_string())?;
         vm.lease = Some(made.lease.id);
+        // Written at once, so that a launch cut off from here on leaves a box that can be found.
+        vm.updated_at = self.clock.now();
+        self.store.update_secret_vm(vm, status::CREATING).await.map_err(|e| e.to_string())?;
         let client = boxes.boxd(&made.lease).map_err(|e| e.to_string())?;
         for (name, script) in scripts {
             let request = RunRequest {
@@ -617,10 +624,21 @@ impl Vms {
         Ok(full)
     }
 
-    /// One billing round: charges every running VM whose period ended, and stops those the
-    /// balance cannot pay; how many VMs it looked at.
+    /// One billing round: fails VMs whose launch was cut off ([`LAUNCH_LIMIT`]), charges every
+    /// running VM whose period ended, and stops those the balance cannot pay; how many running
+    /// VMs it looked at.
     pub async fn bill_due(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
+        for mut vm in self.store.secret_vms_stale(status::CREATING, now - LAUNCH_LIMIT, BILLING_BATCH).await?
+        {
+            status::FAILED.clone_into(&mut vm.status);
+            vm.status_reason =
+                Some("its launch was cut off (the vendbox making it stopped); nothing was charged".into());
+            vm.updated_at = now;
+            if self.store.update_secret_vm(&vm, status::CREATING).await? {
+                self.take_down(&vm).await;
+            }
+        }
         let due = self.store.secret_vms_billable(status::RUNNING, now, BILLING_BATCH).await?;
         for mut vm in due.iter().cloned() {
             let Ok(offer) = self.vm_type(&vm.vm_type).cloned() else {

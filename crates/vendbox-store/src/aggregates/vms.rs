@@ -100,6 +100,23 @@ macro_rules! impl_vms {
                 .await?;
                 rows.iter().map(Self::vm_from_row).collect()
             }
+
+            async fn secret_vms_stale(
+                &self,
+                status: &str,
+                updated_before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> $crate::StoreResult<Vec<$crate::SecretVm>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM secretvm_vms WHERE status = $1 AND updated_at < $2 ORDER BY updated_at LIMIT $3",
+                )
+                .bind(status)
+                .bind($crate::shared::ms(updated_before))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::vm_from_row).collect()
+            }
         }
     };
 }
