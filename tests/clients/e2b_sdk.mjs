@@ -15,7 +15,9 @@ const seen = {};
 const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 const text = (data) => new TextDecoder().decode(data);
 
+let started = Date.now();
 const sbx = await Sandbox.create("base", { timeoutMs: 300_000, metadata: { job: "e2b-test" }, envs: { GREETING: "hello" } });
+seen.create_seconds = (Date.now() - started) / 1000;
 seen.sandbox_id = sbx.sandboxId;
 seen.listed = (await Sandbox.list().nextItems()).map((s) => s.sandboxId);
 seen.metadata = (await sbx.getInfo()).metadata;
@@ -52,7 +54,7 @@ try {
   seen.killed_exit = e instanceof CommandExitError ? e.exitCode : String(e);
 }
 
-let started = Date.now();
+started = Date.now();
 const long = await sbx.commands.run("sleep 30; echo slept", { timeoutMs: 90_000 });
 seen.long = { stdout: long.stdout, seconds: (Date.now() - started) / 1000 };
 

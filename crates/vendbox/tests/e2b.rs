@@ -74,7 +74,7 @@ async fn balance(shop: &Shop, key: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_stock_python_sdk_runs_a_sandbox_paid_by_credits() {
+async fn the_stock_sdks_run_a_sandbox_paid_by_credits() {
     if !ready() {
         return;
     }
@@ -149,6 +149,7 @@ fn sdk(shop: &Shop, key: &str, program: &str, script: &str) -> String {
     let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let id = seen["sandbox_id"].as_str().unwrap().to_owned();
     let id = id.as_str();
+    eprintln!("{script}: sandbox {id}, made in {} s", seen["create_seconds"]);
 
     assert!(seen["listed"].as_array().unwrap().iter().any(|s| s == id), "{seen}");
     assert_eq!(seen["metadata"], json!({ "job": "e2b-test" }));
