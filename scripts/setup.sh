@@ -25,9 +25,10 @@ fi
 # The official MPP clients the MPP tests pay with: pympp[evm] 0.16.0 (in requirements.txt) and
 # mppx 0.11.0 from npm, in a tree of its own (tests/clients/mpp): its optional peers conflict
 # with the x402 clients'.
-# The stock E2B Python SDK, e2b 2.63.0 (requirements.txt), that tests/e2b.rs drives.
-if ! python3 -c 'import x402, httpx, mpp.methods.evm.client, e2b' >/dev/null 2>&1; then
-  say "installing the x402, MPP and E2B Python clients"
+# The stock E2B Python SDK, e2b 2.63.0 (requirements.txt), that tests/e2b.rs drives, and the
+# official MCP Python SDK, mcp 2.3.0, that tests/mcp.rs drives.
+if ! python3 -c 'import x402, httpx, mpp.methods.evm.client, e2b, mcp' >/dev/null 2>&1; then
+  say "installing the x402, MPP, E2B and MCP Python clients"
   python3 -m pip install --quiet -r tests/clients/requirements.txt
 fi
 if [ ! -x tests/clients/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \

@@ -152,22 +152,47 @@ pub fn operations(limits: Limits) -> OpenApiRouter<AppState> {
     api.merge(waits).merge(long)
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API: every surface's operations, `/openapi.json`, `/metrics`, and what calls
+/// them in process: `/discovery/resources` (x402 Bazaar) and `/mcp` (the MCP tools).
 pub fn router(state: AppState, limits: Limits) -> Router {
-    let authenticator = crate::auth::Authenticator {
-        auth: vendbox_service::Auth::new(state.store.clone(), limits.auth_window),
-        max_body_bytes: limits.max_body_bytes,
-    };
     let (api, doc) = operations(limits).split_for_parts();
-    let document = Bytes::from(serde_json::to_vec(&openapi::versioned(doc)).unwrap_or_default());
+    let (document, declarations) = described(doc);
     let api = api
         .route("/openapi.json", get(move || std::future::ready(openapi::serve(document.clone()))))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(declarations, crate::discovery::declare_on_402));
+    let api = layered(api, &state, limits);
+    // What calls the rest of the router in process: the Bazaar listing and the MCP tools.
+    let discovery = layered(crate::discovery::route(api.clone(), state.catalog.clone()), &state, limits);
+    let mcp = layered(surfaces::mcp::route(api.clone()), &state, limits);
+    let index = layered(crate::index::route(state.catalog.clone(), state.ssh.is_some()), &state, limits);
+    api.merge(index).merge(discovery).merge(mcp)
+}
 
-    api.layer(
+/// The OpenAPI document as served, and the Bazaar declarations read from it: the same for every
+/// router of this build, so made once.
+fn described(doc: utoipa::openapi::OpenApi) -> (Bytes, Arc<crate::discovery::Declarations>) {
+    static DESCRIBED: std::sync::OnceLock<(Bytes, Arc<crate::discovery::Declarations>)> =
+        std::sync::OnceLock::new();
+    DESCRIBED
+        .get_or_init(|| {
+            let doc = serde_json::to_value(openapi::versioned(doc)).unwrap_or_default();
+            let declarations = Arc::new(crate::discovery::Declarations::from_openapi(&doc));
+            (Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()), declarations)
+        })
+        .clone()
+}
+
+/// `routes` under the layers every request passes.
+fn layered(routes: Router, state: &AppState, limits: Limits) -> Router {
+    let authenticator = crate::auth::Authenticator {
+        auth: vendbox_service::Auth::new(state.store.clone(), limits.auth_window),
+        max_body_bytes: limits.max_body_bytes,
+    };
+    routes.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -176,7 +201,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
                 tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
             })
             .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
-            .layer(middleware::from_fn_with_state(state, record_metrics))
+            .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
             .layer(middleware::from_fn(storefront::dialect))
             .layer(middleware::from_fn(code_plain_refusals))
             .layer(middleware::from_fn_with_state(

@@ -13,7 +13,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 #[openapi(
     info(
         title = "vendbox",
-        description = "Self-hosted storefront that sells sandboxes, machines and locks to AI agents, paid per request over HTTP 402 in USDC.",
+        description = "Self-hosted storefront that sells sandboxes, machines and locks to AI agents, paid per request over HTTP 402 in USDC (x402, MPP) or from prepaid credits. Use the native API: `GET /v1/offers` (what is sold), `POST /v1/boxes` (buy a box or machine), `/v1/boxes/{id}/exec` and `/files` (use it), `POST /v1/locks/{key}` (a lock), `/v1/account` (credits). Tags marked `x-vendbox-surface: seed` are other services' APIs served path for path for their existing clients. `GET /` and `/llms.txt` say the same in short; `/mcp` serves the same operations as MCP tools.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -38,9 +38,34 @@ pub struct ApiDoc;
 #[derive(Debug)]
 struct ReleaseTokenScheme;
 
+/// The tags of the seed-compatible surfaces: the APIs vendbox serves path for path so that
+/// their clients work unchanged. A new integration uses the native API.
+pub const SEED_TAGS: [&str; 5] = ["vpsagent", "h3retik", "storefront", "x402compute", "secretvm"];
+
+/// Marks each tag `x-vendbox-surface: seed` (with a sentence saying so) or `native`.
+fn mark_surfaces(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::extensions::ExtensionsBuilder;
+    for tag in doc.tags.iter_mut().flatten() {
+        let seed = SEED_TAGS.contains(&tag.name.as_str());
+        let surface = if seed { "seed" } else { "native" };
+        let extensions = ExtensionsBuilder::new().add("x-vendbox-surface", surface).build();
+        match &mut tag.extensions {
+            Some(existing) => existing.merge(extensions),
+            None => tag.extensions = Some(extensions),
+        }
+        if seed {
+            let said = tag.description.take().unwrap_or_default();
+            tag.description = Some(format!(
+                "Seed-compatible surface, for that API's existing clients: {said}. New integrations use the native API (`catalog`, `boxes`, `locks`, `account`)."
+            ));
+        }
+    }
+}
+
 impl utoipa::Modify for ReleaseTokenScheme {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        mark_surfaces(doc);
         let components = doc.components.get_or_insert_with(Default::default);
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
         scheme.description = Some("The `release_token` an acquisition returned".into());

@@ -118,6 +118,7 @@ enum Rule {
 }
 
 /// Every operation, with what it asks. Keep one row per (method, path) of `/openapi.json`.
+#[allow(clippy::too_many_lines)]
 fn table() -> Vec<(&'static str, &'static str, Rule)> {
     use Capability::{Extend, Read, Root, Terminate};
     use Family::{Box, Machine, Rental};
@@ -187,6 +188,18 @@ fn table() -> Vec<(&'static str, &'static str, Rule)> {
         ("POST", "/v1/boxes/{id}/exec/stream", lease(Box, Root, Via::Bearer, gone)),
         ("GET", "/v1/boxes/{id}/files", lease(Box, Root, Via::Bearer, gone)),
         ("PUT", "/v1/boxes/{id}/files", lease(Box, Root, Via::Bearer, gone)),
+        ("GET", "/v1/boxes/{id}/dir", lease(Box, Root, Via::Bearer, gone)),
+        (
+            "POST",
+            "/v1/boxes/{id}/extend",
+            Rule::Lease {
+                family: Box,
+                wanted: Extend,
+                via: Via::Bearer,
+                ended: Refused(409, "not_active"),
+                paid: true,
+            },
+        ),
         // x402Compute's management takes a wallet signature or an API key, never a lease's
         // token: whatever token is sent, 401 `auth_required` (tests/accounts_auth.rs and
         // tests/x402compute.rs check signatures and keys).
@@ -530,7 +543,7 @@ fn request(h: &Harness, template: &str, rule: Rule, kind: Kind) -> (String, Opti
         .replace("{key}", key)
         .replace("{port}", "8000")
         .replace("{*path}", "index.html");
-    if template.ends_with("/files") {
+    if template.ends_with("/files") || template.ends_with("/dir") {
         path.push_str("?path=/root/authz.txt");
     }
     if via == Via::Query
@@ -566,6 +579,7 @@ fn request(h: &Harness, template: &str, rule: Rule, kind: Kind) -> (String, Opti
         "/v1/boxes" => Some(json!({ "offer": "h3retik-custom", "minutes": 30, "actions": 10 })),
         "/compute/provision" => Some(json!({ "plan": "vc2-1c-1gb", "prepaid_hours": 1 })),
         "/compute/instances/{id}/extend" => Some(json!({ "extend_hours": 1 })),
+        "/v1/boxes/{id}/extend" => Some(json!({ "minutes": 30 })),
         t if t.ends_with("/exec") || t.ends_with("/exec/stream") => Some(json!({ "command": "true" })),
         t if t.ends_with("/files") => Some(json!("text")),
         _ => None,

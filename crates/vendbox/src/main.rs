@@ -1,11 +1,13 @@
 //! The `vendbox` binary: `serve` runs the storefront; `dev` runs it on a local chain with test
 //! USDC and a funded agent wallet; `fetch` is an x402-paying HTTP client; `ssh` opens a bought box;
-//! `image` builds and lists the images boxes are made from; `version` says which
-//! build this is. Inside every box the same program runs as `vendbox boxd`, the box's PID 1.
+//! `image` builds and lists the images boxes are made from; `mcp` serves the MCP tools over
+//! stdio; `version` says which build this is. Inside every box the same program runs as
+//! `vendbox boxd`, the box's PID 1.
 
 mod dev;
 mod fetch;
 mod image;
+mod mcp;
 mod ssh;
 
 use std::net::SocketAddr;
@@ -56,6 +58,9 @@ enum Command {
     Ssh(ssh::SshArgs),
     /// Build, import, list and remove the images boxes are made from (`debian-12`…).
     Image(image::ImageArgs),
+    /// Serve vendbox's MCP tools over stdio (for an agent's MCP client): buy boxes and locks,
+    /// run commands, move files, paid from VENDBOX_API_KEY's credits or VENDBOX_WALLET_KEY.
+    Mcp(mcp::McpArgs),
     /// Print the version.
     Version,
     /// Run as PID 1 of a box (started by vendbox inside each box; not for people).
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
         Command::Fetch(args) => run_async(fetch::run(args)),
         Command::Ssh(args) => run_async(ssh::run(args)),
         Command::Image(args) => image::run(args),
+        Command::Mcp(args) => run_async(mcp::run(args)),
         Command::Boxd(args) => {
             let listen = match args.socket {
                 Some(path) => boxd::Listen::Path(path),

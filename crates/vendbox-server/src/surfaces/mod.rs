@@ -12,7 +12,8 @@
 //! - `storefront`: the Agentic Compute Storefront API (`/api/…`), and `storefront_orders` its MPP
 //!   orders (`/api/machine/mpp/orders…`);
 //! - `x402compute`: the x402Compute API (`/compute/…`);
-//! - `secretvm`: SecretVM's agent API (`/api/agent/…`, `/api/vm/create`).
+//! - `secretvm`: SecretVM's agent API (`/api/agent/…`, `/api/vm/create`);
+//! - `mcp`: the MCP tools over the native API, at `/mcp` and for `vendbox mcp` (stdio).
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -20,6 +21,7 @@ use crate::app::AppState;
 
 pub mod e2b;
 pub mod h3retik;
+pub mod mcp;
 pub mod native;
 pub mod secretvm;
 pub mod storefront;

@@ -503,7 +503,7 @@ pub async fn write_file(
 }
 
 /// boxd's file errors as API errors with boxd's code.
-fn file_error(error: vendbox_box::BoxError) -> ApiError {
+pub(crate) fn file_error(error: vendbox_box::BoxError) -> ApiError {
     match error {
         vendbox_box::BoxError::Boxd { status, code, message } if status < 500 => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);

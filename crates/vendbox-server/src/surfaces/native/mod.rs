@@ -1,5 +1,5 @@
 //! vendbox's own API, one module per resource: `health`, `account`, `offers`, `quotes`, `payments`, `locks`,
-//! `boxes` (and a box's `ports`). The seed surfaces reuse its purchase (`boxes::buy`) and lock
+//! `boxes` (and a box's `extend`, `dirs` and `ports`). The seed surfaces reuse its purchase (`boxes::buy`) and lock
 //! rules.
 
 use utoipa_axum::router::OpenApiRouter;
@@ -9,6 +9,8 @@ use super::Routes;
 
 pub mod account;
 pub mod boxes;
+pub mod dirs;
+pub mod extend;
 pub mod health;
 pub mod locks;
 pub mod offers;
@@ -32,6 +34,7 @@ pub fn routes() -> Routes {
             .routes(routes!(payments::get))
             .routes(routes!(locks::native_renew))
             .routes(routes!(boxes::create))
+            .routes(routes!(extend::extend))
             .routes(routes!(boxes::get, boxes::terminate)),
         waits: OpenApiRouter::new().routes(routes!(
             locks::native_get,
@@ -42,6 +45,7 @@ pub fn routes() -> Routes {
             .routes(routes!(boxes::exec))
             .routes(routes!(boxes::exec_stream))
             .routes(routes!(boxes::read_file, boxes::write_file))
+            .routes(routes!(dirs::list))
             // A box's server answers at its own pace; bodies stream through, never gathered.
             .routes(ports::at_root())
             .routes(ports::below()),

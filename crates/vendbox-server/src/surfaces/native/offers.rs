@@ -1,6 +1,7 @@
 //! `GET /v1/offers` and `GET /v1/offers/{id}`: the catalog, with prices in USDC.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -58,12 +59,16 @@ pub struct OfferView {
     /// offers that sell no box.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
+    /// What a purchase includes, in plain words: compute, network, image, SSH, commands and
+    /// time (for a box), or what a lock or call gives.
+    pub includes: BTreeMap<&'static str, String>,
     /// Surface-specific names (a VpsAgent `sku`, a plan `type`).
     pub labels: BTreeMap<String, String>,
 }
 
 impl OfferView {
-    fn of(offer: &Offer) -> Self {
+    /// The view of `offer` on a vendbox whose SSH gateway runs (`ssh`) or not.
+    pub fn of(offer: &Offer, ssh: bool) -> Self {
         let mut always = offer.clone();
         always.available = true;
         let fixed = always.quote(&QuoteParams::default()).ok().map(|t| t.price);
@@ -87,9 +92,87 @@ impl OfferView {
             unavailable_reason: offer.unavailable_reason.clone(),
             egress: matches!(offer.kind, vendbox_core::OfferKind::Sandbox | vendbox_core::OfferKind::Machine)
                 .then(|| offer.includes_egress()),
+            includes: includes(offer, ssh),
             labels: offer.labels.clone(),
         }
     }
+}
+
+/// What buying `offer` gives, in words an agent can act on.
+fn includes(offer: &Offer, ssh: bool) -> BTreeMap<&'static str, String> {
+    let mut out = BTreeMap::new();
+    match offer.kind {
+        OfferKind::Sandbox | OfferKind::Machine => {
+            let r = &offer.resources;
+            let mut compute = format!("{} vCPU, {} MiB memory, {} GB disk", r.vcpu, r.memory_mb, r.disk_gb);
+            if let Some(gpu) = &r.gpu {
+                let _ = write!(compute, ", GPU: {}", serde_json::to_string(gpu).unwrap_or_default());
+            }
+            out.insert("compute", compute);
+            out.insert(
+                "network",
+                if offer.includes_egress() {
+                    "outbound internet access".to_owned()
+                } else {
+                    "no network access (the box has only its own loopback); its servers are reachable through ports in".to_owned()
+                },
+            );
+            let image = offer.default_image.clone().unwrap_or_else(|| "host".to_owned());
+            out.insert(
+                "image",
+                if offer.images.len() > 1 {
+                    format!("{image} by default; also {}", offer.images.join(", "))
+                } else {
+                    image
+                },
+            );
+            out.insert(
+                "ssh",
+                if ssh {
+                    "yes: give `ssh_public_key` when buying, then use the box's `ssh_command`".to_owned()
+                } else {
+                    "no: this vendbox runs no SSH gateway (use exec and files)".to_owned()
+                },
+            );
+            out.insert(
+                "actions",
+                match offer.actions {
+                    ActionRule::Unlimited => "unlimited commands".to_owned(),
+                    ActionRule::Fixed { actions } => format!("{actions} commands (one action each)"),
+                    ActionRule::Range { min, max } => {
+                        format!("{min} to {max} commands, chosen at purchase (`actions`)")
+                    }
+                },
+            );
+            out.insert(
+                "duration",
+                match offer.duration {
+                    DurationRule::Fixed { minutes } => format!("{minutes} minutes; cannot be extended"),
+                    DurationRule::Range { min_minutes, max_minutes, step_minutes } => format!(
+                        "{min_minutes} to {max_minutes} minutes in steps of {step_minutes}, chosen at purchase (`minutes`); extendable; unused whole minutes refunded as credits when ended early"
+                    ),
+                    DurationRule::None => "until ended".to_owned(),
+                },
+            );
+            out.insert("buy", "POST /v1/boxes (or the buy_box MCP tool)".to_owned());
+        }
+        OfferKind::Lock => {
+            if offer.id.as_str() == vendbox_service::locks::RENEW {
+                out.insert("lock", "more time for a lock you hold, from now".to_owned());
+                out.insert("buy", "POST /v1/locks/{key}/renew (or the renew_lock MCP tool)".to_owned());
+            } else {
+                out.insert(
+                    "lock",
+                    "a TTL lock on one key with a release token and a fencing token".to_owned(),
+                );
+                out.insert("buy", "POST /v1/locks/{key} (or the acquire_lock MCP tool)".to_owned());
+            }
+        }
+        OfferKind::Discovery => {
+            out.insert("call", "one paid API call".to_owned());
+        }
+    }
+    out
 }
 
 /// The list of offers.
@@ -138,7 +221,7 @@ pub async fn list(
         .iter()
         .filter(|o| filter.kind.is_none_or(|k| o.kind == k))
         .filter(|o| filter.surface.as_deref().is_none_or(|s| o.surface == s))
-        .map(OfferView::of)
+        .map(|o| OfferView::of(o, state.ssh.is_some()))
         .collect();
     Ok(Json(OfferList { count: offers.len(), offers, credits: state.catalog.credits }))
 }
@@ -157,5 +240,5 @@ pub async fn list(
 )]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<OfferView>, ApiError> {
     let offer = state.catalog.offer(&id).map_err(|e| ApiError::not_found("unknown_offer", e.to_string()))?;
-    Ok(Json(OfferView::of(offer)))
+    Ok(Json(OfferView::of(offer, state.ssh.is_some())))
 }
