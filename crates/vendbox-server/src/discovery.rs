@@ -180,7 +180,8 @@ fn object_schema(schema: Value) -> Value {
 }
 
 /// `schema` with every `#/components/schemas/…` reference replaced by what it names, and
-/// without descriptions and examples (the declaration travels in headers, and payers echo it).
+/// without descriptions, examples and patterns (the declaration travels in headers, payers echo
+/// it, and its own examples must pass it).
 fn inline(doc: &Value, schema: &Value, depth: usize) -> Value {
     if depth > MAX_DEPTH {
         return json!({});
@@ -194,7 +195,9 @@ fn inline(doc: &Value, schema: &Value, depth: usize) -> Value {
                     .map_or_else(|| json!({}), |s| inline(doc, s, depth + 1));
             }
             map.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "description" | "example" | "examples" | "title"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "description" | "example" | "examples" | "title" | "pattern")
+                })
                 .map(|(k, v)| {
                     let v = if k == "properties" {
                         Value::Object(
@@ -225,7 +228,17 @@ fn example(schema: &Value) -> Value {
     if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
         return first.clone();
     }
-    for key in ["oneOf", "anyOf", "allOf"] {
+    if let Some(parts) = schema["allOf"].as_array() {
+        // Every part must hold: the parts' objects, merged.
+        let mut merged = Map::new();
+        for part in parts {
+            if let Value::Object(fields) = example(part) {
+                merged.extend(fields);
+            }
+        }
+        return Value::Object(merged);
+    }
+    for key in ["oneOf", "anyOf"] {
         if let Some(first) = schema[key].as_array().and_then(|e| e.first()) {
             return example(first);
         }
@@ -370,7 +383,10 @@ fn probes(catalog: &Catalog) -> Vec<(Method, String, Option<Value>)> {
                 }
                 probes.push((Method::POST, "/v1/boxes".to_owned(), Some(body)));
             }
-            OfferKind::Lock if offer.id.as_str() == vendbox_service::locks::ACQUIRE => {
+            OfferKind::Lock
+                if offer.labels.get("operation").map(String::as_str)
+                    == Some(vendbox_service::locks::ACQUIRE) =>
+            {
                 probes.push((Method::POST, "/v1/locks/example-key".to_owned(), Some(json!({}))));
             }
             OfferKind::Discovery if offer.surface == "vpsagent" => {

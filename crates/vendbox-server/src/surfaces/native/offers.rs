@@ -157,7 +157,7 @@ fn includes(offer: &Offer, ssh: bool) -> BTreeMap<&'static str, String> {
             out.insert("buy", "POST /v1/boxes (or the buy_box MCP tool)".to_owned());
         }
         OfferKind::Lock => {
-            if offer.id.as_str() == vendbox_service::locks::RENEW {
+            if offer.labels.get("operation").map(String::as_str) == Some(vendbox_service::locks::RENEW) {
                 out.insert("lock", "more time for a lock you hold, from now".to_owned());
                 out.insert("buy", "POST /v1/locks/{key}/renew (or the renew_lock MCP tool)".to_owned());
             } else {
