@@ -248,6 +248,10 @@ impl LocalBackend {
     fn bwrap_args(&self, layer: &Path, spec: &BoxSpec) -> Vec<String> {
         let mut args: Vec<String> = NAMESPACES.into_iter().map(String::from).collect();
         args.extend(["--hostname", "box", "--new-session", "--as-pid-1"].into_iter().map(String::from));
+        // bubblewrap drops every capability; the box's root keeps one, to bind ports below 1024
+        // (a web server on port 80) in a network namespace of the box's own user namespace. It
+        // means nothing anywhere else (an egress box's namespace opens those ports by sysctl).
+        args.extend(["--cap-add", "CAP_NET_BIND_SERVICE"].into_iter().map(String::from));
         if spec.image == crate::image::HOST {
             host_root_args(layer, &mut args);
         } else {

@@ -515,8 +515,10 @@ impl super::LocalBackend {
     }
 }
 
-/// Inside namespace `netns`: IPv6 off on `eth0`, ICMP echo sockets for the box's users, and
-/// the box's own policy table (`nft -f`). The sysctls are written by a thread that entered
+/// Inside namespace `netns`: IPv6 off on `eth0`, ICMP echo sockets for the box's users, every
+/// port open to them (the namespace belongs to the host's user namespace, so the box's root
+/// lacks `CAP_NET_BIND_SERVICE` in it, and a web server on port 80 must still bind; the
+/// namespace is the box's alone), and the box's own policy table (`nft -f`). The sysctls are written by a thread that entered
 /// the namespace (`/proc/sys/net` shows the calling thread's), and `nft` is born in it: no
 /// `ip netns exec`, which costs a mount namespace and a process per step.
 async fn inside_netns(netns: &Path, policy: &str) -> Result<(), BoxError> {
@@ -529,6 +531,7 @@ async fn inside_netns(netns: &Path, policy: &str) -> Result<(), BoxError> {
     let mut child = spawn_in(Some(netns), || {
         std::fs::write("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1")?;
         std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")?;
+        std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
         tokio::process::Command::new("nft")
             .args(["-f", "-"])
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
