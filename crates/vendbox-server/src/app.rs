@@ -192,6 +192,7 @@ fn layered(routes: Router, state: &AppState, limits: Limits) -> Router {
         auth: vendbox_service::Auth::new(state.store.clone(), limits.auth_window),
         max_body_bytes: limits.max_body_bytes,
     };
+    let envd = surfaces::e2b::envd::router(state.clone(), limits.max_file_bytes);
     routes.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -211,6 +212,9 @@ fn layered(routes: Router, state: &AppState, limits: Limits) -> Router {
             .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::internal(&"a handler panicked").into_response()
             }))
+            // envd's requests (`front::in_front` marked them) under every layer above, not
+            // `authenticate`'s: envd checks its own token.
+            .layer(middleware::from_fn_with_state(envd, surfaces::e2b::front::to_envd))
             .layer(middleware::from_fn_with_state(authenticator, crate::auth::authenticate))
             ,
     )
@@ -252,10 +256,15 @@ async fn code_plain_refusals(request: Request, next: Next) -> Response {
 }
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = surfaces::e2b::front::metrics_route(&request).map_or_else(
+        || {
+            request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
+        },
+        str::to_owned,
+    );
     let method = request.method().to_string();
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state.metrics);

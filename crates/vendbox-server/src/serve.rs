@@ -168,12 +168,7 @@ impl Server {
             router(self.state.clone(), self.limits),
             self.ports_domain.clone(),
         );
-        let app = crate::surfaces::e2b::front::in_front(
-            app,
-            self.state,
-            self.ports_domain,
-            self.limits.max_file_bytes,
-        );
+        let app = crate::surfaces::e2b::front::in_front(app, self.ports_domain);
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;

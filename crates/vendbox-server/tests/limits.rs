@@ -340,6 +340,102 @@ async fn an_address_at_its_cap_is_served_and_one_request_more_is_too_many_reques
     server.abort();
 }
 
+/// An envd request (E2B's in-sandbox API) from 127.0.0.1 for sandbox `id`, by the
+/// `E2b-Sandbox-Id` header or by its `49983-{id}` host name, that stays in flight until the
+/// stream is dropped: its body never finishes arriving.
+async fn held_envd(addr: SocketAddr, id: &str, by_host: bool) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = if by_host {
+        format!("POST /filesystem.Filesystem/Stat HTTP/1.1\r\nhost: 49983-{id}.{E2B_DOMAIN}\r\n")
+    } else {
+        format!("POST /filesystem.Filesystem/Stat HTTP/1.1\r\nhost: vendbox.test\r\ne2b-sandbox-id: {id}\r\n")
+    };
+    let rest = "content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"path\"";
+    stream.write_all(format!("{head}{rest}").as_bytes()).await.unwrap();
+    stream
+}
+
+/// The ports domain of the envd test.
+const E2B_DOMAIN: &str = "e2b.vendbox.test";
+
+/// An envd `Stat` of sandbox `id` on a connection of its own, by the `E2b-Sandbox-Id` header or
+/// by its `49983-{id}` host name.
+fn envd_stat(id: &str, by_host: bool) -> String {
+    let target = if by_host {
+        format!("host: 49983-{id}.{E2B_DOMAIN}\r\n")
+    } else {
+        format!("host: vendbox.test\r\ne2b-sandbox-id: {id}\r\n")
+    };
+    format!(
+        "POST /filesystem.Filesystem/Stat HTTP/1.1\r\n{target}content-type: application/json\r\n\
+         content-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    )
+}
+
+#[tokio::test]
+async fn envd_requests_are_under_the_same_per_address_cap_and_layers_as_the_api() {
+    let shop = shop("[server]\nmax_requests_per_peer = 2\n").await;
+    // Served as `Server::run` serves it: E2B's sandbox requests picked out in front.
+    let app =
+        vendbox_server::surfaces::native::ports::by_host_name(shop.router.clone(), Some(E2B_DOMAIN.into()));
+    let app = vendbox_server::surfaces::e2b::front::in_front(app, Some(E2B_DOMAIN.into()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Two envd requests in flight, one by header and one by host name: counted as in flight by
+    // the metrics, and the address is at its cap.
+    let first = held_envd(addr, "sbx-a", false).await;
+    in_flight(&shop, 1).await;
+    let second = held_envd(addr, "sbx-b", true).await;
+    in_flight(&shop, 2).await;
+
+    // A third envd request is refused as the API refuses, and so is any API request.
+    let (status, body) = http(addr, [127, 0, 0, 1], &envd_stat("sbx-c", false)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_requests")), "envd: {body}");
+    let (status, body) = http(addr, [127, 0, 0, 1], HEALTH).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_requests")), "api: {body}");
+
+    // Another address reaches envd both ways, which answers in its own (Connect) terms, with a
+    // request id.
+    for by_host in [false, true] {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        stream.write_all(envd_stat("sbx-c", by_host).as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let raw = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(!raw.starts_with("http/1.1 429") && !raw.starts_with("http/1.1 2"), "{raw}");
+        assert!(raw.contains("\r\nx-request-id: "), "envd's answer has no request id: {raw}");
+        let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert!(body["code"].is_string() && body.get("error").is_none(), "not envd's answer: {body}");
+    }
+
+    // Places are given back when envd's clients go away.
+    drop(first);
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http(addr, [127, 0, 0, 1], &envd_stat("sbx-d", true)).await;
+        if status != 429 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the places of envd requests whose clients left were not given back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The metrics name envd's routes, with the RPC method kept out of the labels.
+    let metrics = shop.metrics.render();
+    assert!(metrics.contains("route=\"envd /filesystem.Filesystem/{method}\""), "{metrics}");
+    assert!(!metrics.contains("/filesystem.Filesystem/Stat"), "{metrics}");
+    server.abort();
+}
+
 /// `POST /x402/locks/acquire` of `key`, with a payment header when given.
 fn acquire_paid(key: &str, payment: Option<(&str, &str)>) -> Request<Body> {
     let mut request = Request::post(ACQUIRE).header(header::CONTENT_TYPE, "application/json");

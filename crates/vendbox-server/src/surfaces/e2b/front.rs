@@ -5,9 +5,15 @@
 //! through the port proxy (`/v1/boxes/{id}/ports/{port}/…`) with the sandbox's token (the
 //! `e2b-traffic-access-token` or `X-Access-Token` header) as the proxy's bearer. Every other
 //! request goes on unchanged, with the ports domain handed to the control plane's handlers.
+//!
+//! [`in_front`] only marks an envd request (a [`SandboxTarget`] in its extensions); the API's
+//! router hands it to envd with [`to_envd`], a layer inside its own, so an envd request passes
+//! the request id, tracing, metrics, the per-address cap and the panic catcher like any other,
+//! but not the request timeout (envd's Connect streams last as long as their process) nor
+//! `authenticate` (envd's token is checked by envd).
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -16,7 +22,6 @@ use tower::ServiceExt as _;
 use super::ENVD_PORT;
 use super::envd::{ACCESS_TOKEN, SandboxTarget};
 use super::sandboxes::SandboxDomain;
-use crate::app::AppState;
 
 /// The header naming the sandbox.
 const SANDBOX_ID: HeaderName = HeaderName::from_static("e2b-sandbox-id");
@@ -25,19 +30,44 @@ const SANDBOX_PORT: HeaderName = HeaderName::from_static("e2b-sandbox-port");
 /// The header E2B's proxy reads a sandbox's traffic token from.
 const TRAFFIC_TOKEN: HeaderName = HeaderName::from_static("e2b-traffic-access-token");
 
-/// `app` with sandbox requests taken out in front of it.
-pub fn in_front(app: Router, state: AppState, domain: Option<String>, max_file_bytes: usize) -> Router {
+/// `app` (the API's [`router`](crate::app::router)) with sandbox requests picked out in front of
+/// it: envd's marked for [`to_envd`], other ports' sent to the port proxy.
+pub fn in_front(app: Router, domain: Option<String>) -> Router {
     let domain = domain.map(|d| d.trim_start_matches('.').to_ascii_lowercase()).filter(|d| !d.is_empty());
-    let envd = envd_router(state, max_file_bytes);
     app.layer(middleware::from_fn(move |request: Request, next: Next| {
-        let envd = envd.clone();
         let domain = domain.clone();
-        async move { route(request, next, envd, domain).await }
+        async move { route(request, next, domain).await }
     }))
 }
 
-fn envd_router(state: AppState, max_file_bytes: usize) -> Router {
-    super::envd::router(state, max_file_bytes)
+/// The layer of the API's router that serves an envd request ([`in_front`] marked it) with
+/// `envd` ([`super::envd::router`]) instead of the API's routes.
+pub async fn to_envd(State(envd): State<Router>, request: Request, next: Next) -> Response {
+    if request.extensions().get::<SandboxTarget>().is_none() {
+        return next.run(request).await;
+    }
+    match envd.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The route an envd request is counted under in the metrics (`None` for any other request):
+/// envd's routes, with the RPC method as a placeholder, so that no client can make new labels.
+pub fn metrics_route(request: &Request) -> Option<&'static str> {
+    request.extensions().get::<SandboxTarget>()?;
+    let path = request.uri().path();
+    Some(if path.starts_with("/process.Process/") {
+        "envd /process.Process/{method}"
+    } else if path.starts_with("/filesystem.Filesystem/") {
+        "envd /filesystem.Filesystem/{method}"
+    } else if path == "/files" {
+        "envd /files"
+    } else if path == "/health" {
+        "envd /health"
+    } else {
+        "envd unmatched"
+    })
 }
 
 /// The sandbox and port a request is for: by its headers, or by its host name.
@@ -62,17 +92,15 @@ fn target(request: &Request, domain: Option<&str>) -> Option<(String, u16, bool)
     Some((id.to_owned(), port.parse().ok()?, false))
 }
 
-async fn route(mut request: Request, next: Next, envd: Router, domain: Option<String>) -> Response {
+async fn route(mut request: Request, next: Next, domain: Option<String>) -> Response {
     request.extensions_mut().insert(SandboxDomain(domain.clone()));
     let Some((id, port, by_header)) = target(&request, domain.as_deref()) else {
         return next.run(request).await;
     };
     if port == ENVD_PORT {
+        // Served by `to_envd`, under the API's layers.
         request.extensions_mut().insert(SandboxTarget(id));
-        return match envd.oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
+        return next.run(request).await;
     }
     // Another port: the port proxy, with the sandbox's token as its bearer.
     let token = request.headers().get(TRAFFIC_TOKEN).or_else(|| request.headers().get(ACCESS_TOKEN)).cloned();

@@ -284,6 +284,10 @@ pub fn by_host_name(app: Router, domain: Option<String>) -> Router {
 }
 
 fn rewrite_host(mut request: Request, domain: &str) -> Request {
+    if request.extensions().get::<crate::surfaces::e2b::envd::SandboxTarget>().is_some() {
+        // An E2B sandbox's envd, by its `49983-{id}` host name: served by envd, not the proxy.
+        return request;
+    }
     let host = request
         .headers()
         .get(header::HOST)
