@@ -115,6 +115,17 @@ while time.monotonic() < deadline and body is None:
         time.sleep(0.3)
 seen["served"] = body
 
+# Connect: another handle, with an access token of its own; every earlier handle keeps working
+# (a timeout shorter than what is left buys nothing).
+second = Sandbox.connect(sbx.sandbox_id, timeout=60)
+seen["connected"] = second.sandbox_id
+seen["second_run"] = second.commands.run("echo from-second").stdout
+seen["first_after_connect"] = sbx.commands.run("echo from-first").stdout
+third = Sandbox.connect(sbx.sandbox_id, timeout=60)
+seen["third_run"] = third.commands.run("echo from-third").stdout
+seen["second_after_third"] = second.commands.run("echo second-again").stdout
+seen["first_after_third"] = sbx.commands.run("echo first-again").stdout
+
 # Timeout, then kill.
 sbx.set_timeout(120)
 seen["end_after_set_timeout"] = sbx.get_info().end_at.isoformat()

@@ -181,19 +181,35 @@ impl Sandboxes {
         }
     }
 
-    /// The sandbox `id` and its lease, opened by its envd access token (the lease's root
-    /// token), for the in-box API; refused like any lease opened by a token.
+    /// The sandbox `id` and its lease, opened by an envd access token (the lease's root token,
+    /// or one a connect handed out), for the in-box API; refused like any lease opened by a
+    /// token.
     pub async fn open(&self, id: &str, token: Option<&SecretToken>) -> Result<(E2bSandbox, Lease), E2bError> {
-        let lease = self.boxes.open(id, token, Capability::Root).await?;
+        let lease = match self.boxes.open(id, token, Capability::Root).await {
+            Ok(lease) => lease,
+            Err(LeaseError::BadToken(wanted)) => {
+                // Not the root token: one a connect handed out, perhaps.
+                let issued = match (id.parse::<LeaseId>(), token) {
+                    (Ok(lease), Some(token)) => {
+                        self.boxes.store.is_e2b_access_token(lease, &token.hash()).await?.then_some(lease)
+                    }
+                    _ => None,
+                };
+                let Some(issued) = issued else { return Err(LeaseError::BadToken(wanted).into()) };
+                self.boxes.lease(issued).await?.ok_or(LeaseError::BadToken(wanted))?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let sandbox = self.boxes.store.e2b_sandbox(lease.id).await?;
         Ok((sandbox.ok_or_else(|| E2bError::NotFound(id.to_owned()))?, lease))
     }
 
-    /// A new envd access token for `owner`'s sandbox `id` (E2B's connect hands one out): it
-    /// replaces the sandbox's root token, so earlier holders lose access.
-    pub async fn reissue_access_token(&self, lease: &Lease) -> Result<SecretToken, E2bError> {
+    /// A new envd access token for sandbox `lease` (E2B's connect hands one out). It is added to
+    /// the sandbox's tokens, so that earlier handles keep working (E2B's connect keeps its
+    /// token, and vendbox keeps only tokens' hashes, so it cannot hand the same one out again).
+    pub async fn issue_access_token(&self, lease: &Lease) -> Result<SecretToken, E2bError> {
         let token = SecretToken::generate();
-        if !self.boxes.store.replace_e2b_access_token(lease.id, &token.hash()).await? {
+        if !self.boxes.store.add_e2b_access_token(lease.id, &token.hash(), self.boxes.clock.now()).await? {
             return Err(E2bError::NotFound(lease.id.to_string()));
         }
         Ok(token)

@@ -24,6 +24,10 @@ use vendbox_core::{
 
 pub use error::StoreError;
 
+/// How many envd access tokens an E2B sandbox keeps besides its root token (one per connect,
+/// the newest): beyond this many connects, the oldest handle's token stops working.
+pub const E2B_ACCESS_TOKENS_KEPT: usize = 64;
+
 /// How long a request id claimed without an answer stays claimed (a request that ran longer was
 /// cut off by a stop).
 pub const STALE_REQUEST_CLAIM: chrono::Duration = chrono::Duration::minutes(10);
@@ -642,9 +646,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The E2B sandbox of `lease`, whoever owns it.
     async fn e2b_sandbox(&self, lease: LeaseId) -> StoreResult<Option<E2bSandbox>>;
 
-    /// Makes `root` the root token of E2B sandbox `lease` (its envd access token), in place of
-    /// the one it had; `false` when `lease` is no E2B sandbox.
-    async fn replace_e2b_access_token(&self, lease: LeaseId, root: &TokenHash) -> StoreResult<bool>;
+    /// Adds `token` to the envd access tokens of E2B sandbox `lease` (besides its lease's root
+    /// token), keeping its newest [`E2B_ACCESS_TOKENS_KEPT`]; `false` when `lease` is no E2B
+    /// sandbox.
+    async fn add_e2b_access_token(
+        &self,
+        lease: LeaseId,
+        token: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Whether `token` is one of the envd access tokens [`Store::add_e2b_access_token`] added to
+    /// E2B sandbox `lease`.
+    async fn is_e2b_access_token(&self, lease: LeaseId, token: &TokenHash) -> StoreResult<bool>;
 
     /// `owner`'s E2B sandboxes, newest first (ended ones too).
     async fn e2b_sandboxes_of(&self, owner: &AccountAddress) -> StoreResult<Vec<E2bSandbox>>;

@@ -554,12 +554,21 @@ macro_rules! store_impl {
                 self.e2b_sandboxes_of(owner).await
             }
 
-            async fn replace_e2b_access_token(
+            async fn add_e2b_access_token(
                 &self,
                 lease: vendbox_core::LeaseId,
-                root: &vendbox_core::TokenHash,
+                token: &vendbox_core::TokenHash,
+                now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<bool> {
-                self.replace_e2b_access_token(lease, root).await
+                self.add_e2b_access_token(lease, token, now).await
+            }
+
+            async fn is_e2b_access_token(
+                &self,
+                lease: vendbox_core::LeaseId,
+                token: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<bool> {
+                self.is_e2b_access_token(lease, token).await
             }
 
             async fn acquire_lock(

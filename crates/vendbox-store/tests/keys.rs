@@ -1,12 +1,14 @@
 //! Authentication's records, on SQLite and on PostgreSQL: a signed request's nonce is claimed
 //! once (also when many claim it at once) and purged after its window; an API key is found by
 //! its hash until revoked and keeps its scope and caps; an instance's one-time password is
-//! issued once, never for an instance given an SSH key, and replaces the lease's root token.
+//! issued once, never for an instance given an SSH key, and replaces the lease's root token; an
+//! E2B sandbox's connect adds an access token, and the newest are kept.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -14,7 +16,7 @@ use vendbox_core::{
     AccountAddress, Capability, KeyGrant, KeyScope, Lease, LeaseId, LeaseState, SecretToken, Usdc,
     generate_api_key,
 };
-use vendbox_store::{ApiKey, ComputeInstance, Store};
+use vendbox_store::{ApiKey, ComputeInstance, E2bSandbox, Store};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
@@ -142,8 +144,64 @@ async fn an_instance_password_is_issued_once(store: Arc<dyn Store>) {
     );
 }
 
+async fn an_e2b_connect_adds_an_access_token_and_keeps_the_newest(store: Arc<dyn Store>) {
+    let lease = Lease {
+        id: LeaseId::new_random(),
+        offer_id: "e2b-sandbox".parse().unwrap(),
+        quote_id: None,
+        payment_id: None,
+        state: LeaseState::Active,
+        region: None,
+        image: None,
+        box_id: Some("box".into()),
+        created_at: t0(),
+        expires_at: Some(t0() + Duration::hours(1)),
+        actions_remaining: None,
+        failure_reason: None,
+    };
+    let root = SecretToken::generate();
+    store.insert_lease(&lease, &[(Capability::Root, root.hash())]).await.unwrap();
+    // No E2B sandbox of the lease yet: no token is added.
+    let early = SecretToken::generate();
+    assert!(!store.add_e2b_access_token(lease.id, &early.hash(), t0()).await.unwrap());
+    assert!(!store.is_e2b_access_token(lease.id, &early.hash()).await.unwrap());
+    let sandbox = E2bSandbox {
+        lease: lease.id,
+        owner: account(7),
+        template: "base".into(),
+        metadata: BTreeMap::new(),
+        env_vars: BTreeMap::new(),
+        created_at: t0(),
+    };
+    store.insert_e2b_sandbox(&sandbox).await.unwrap();
+
+    // Each connect's token is added; the root token and every earlier one stay.
+    let tokens: Vec<SecretToken> =
+        (0..=vendbox_store::E2B_ACCESS_TOKENS_KEPT).map(|_| SecretToken::generate()).collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let at = t0() + Duration::seconds(i64::try_from(i).unwrap());
+        assert!(store.add_e2b_access_token(lease.id, &token.hash(), at).await.unwrap());
+        if i == 1 {
+            assert!(store.is_e2b_access_token(lease.id, &tokens[0].hash()).await.unwrap());
+            assert!(store.is_e2b_access_token(lease.id, &tokens[1].hash()).await.unwrap());
+        }
+    }
+    assert_eq!(store.lease_for_token(&root.hash()).await.unwrap(), Some((lease.id, Capability::Root)));
+    assert!(
+        !store.is_e2b_access_token(lease.id, &root.hash()).await.unwrap(),
+        "the root token is the lease's"
+    );
+    // Past the cap, the oldest goes and the newest stay; another lease's sandbox has none.
+    assert!(!store.is_e2b_access_token(lease.id, &tokens[0].hash()).await.unwrap());
+    for token in &tokens[1..] {
+        assert!(store.is_e2b_access_token(lease.id, &token.hash()).await.unwrap());
+    }
+    assert!(!store.is_e2b_access_token(LeaseId::new_random(), &tokens[1].hash()).await.unwrap());
+}
+
 common::suite!(
     nonces_are_claimed_once_and_purged_after_their_window,
     api_keys_are_found_by_hash_until_revoked,
     an_instance_password_is_issued_once,
+    an_e2b_connect_adds_an_access_token_and_keeps_the_newest,
 );

@@ -4,10 +4,11 @@
 //! key whose credits were topped up with the official x402 client on a local chain. Each creates
 //! a sandbox (template, timeout, metadata, envs), runs commands (foreground with callbacks,
 //! background + wait, stdin, kill, 30 seconds), reads and writes files, watches a directory,
-//! drives a PTY, reaches a server in the box by `get_host`, sets the timeout and kills it; the
-//! key's credits go down by exactly each sandbox's price (less the unused minutes a kill refunds,
-//! as for any box ended early). The control plane's refusals are E2B's: an unknown template is
-//! 404, a killed sandbox is 404.
+//! drives a PTY, reaches a server in the box by `get_host`, connects more handles (Python: each
+//! earlier handle keeps running commands after a connect), sets the timeout and kills it; the key's
+//! credits go down by exactly each sandbox's price (less the unused minutes a kill refunds, as for
+//! any box ended early). The control plane's refusals are E2B's: an unknown template is 404, a
+//! killed sandbox is 404.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod boxhost;
@@ -178,6 +179,16 @@ fn sdk(shop: &Shop, key: &str, program: &str, script: &str) -> String {
     assert!(pty.contains("24 80") && pty.contains("pty-42") && pty.contains("30 100"), "{pty:?}");
     assert_eq!(seen["host"], format!("8000-{id}.{DOMAIN}"));
     assert_eq!(seen["served"], "served-from-box\n", "{seen}");
+    if script == "e2b_sdk.py" {
+        // A second `Sandbox.connect` handle and the original one both run commands, before and
+        // after a third connect: a connect adds an access token, it does not replace one.
+        assert_eq!(seen["connected"], id, "{seen}");
+        assert_eq!(seen["second_run"], "from-second\n", "{seen}");
+        assert_eq!(seen["first_after_connect"], "from-first\n", "{seen}");
+        assert_eq!(seen["third_run"], "from-third\n", "{seen}");
+        assert_eq!(seen["second_after_third"], "second-again\n", "{seen}");
+        assert_eq!(seen["first_after_third"], "first-again\n", "{seen}");
+    }
     assert_eq!(seen["running_before_kill"], true);
     assert!(!seen["listed_after_kill"].as_array().unwrap().iter().any(|s| s == id), "{seen}");
     id.to_owned()

@@ -57,20 +57,46 @@ macro_rules! impl_e2b {
                 row.as_ref().map(Self::e2b_sandbox_from_row).transpose()
             }
 
-            async fn replace_e2b_access_token(
+            async fn add_e2b_access_token(
                 &self,
                 lease: vendbox_core::LeaseId,
-                root: &vendbox_core::TokenHash,
+                token: &vendbox_core::TokenHash,
+                now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<bool> {
                 let done = sqlx::query(
-                    "UPDATE lease_tokens SET token_hash = $2 WHERE lease_id = $1 AND capability = 'root' \
-                     AND EXISTS (SELECT 1 FROM e2b_sandboxes WHERE lease_id = $1)",
+                    "INSERT INTO e2b_access_tokens (lease_id, token_hash, created_at) \
+                     SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM e2b_sandboxes WHERE lease_id = $1)",
                 )
                 .bind(lease.to_string())
-                .bind(root.to_hex())
+                .bind(token.to_hex())
+                .bind($crate::shared::ms(now))
+                .execute(&self.pool)
+                .await?;
+                // The newest ones are kept, so that a client connecting again and again cannot
+                // grow the table without end.
+                sqlx::query(
+                    "DELETE FROM e2b_access_tokens WHERE lease_id = $1 AND token_hash NOT IN \
+                     (SELECT token_hash FROM e2b_access_tokens WHERE lease_id = $1 \
+                      ORDER BY created_at DESC, token_hash LIMIT $2)",
+                )
+                .bind(lease.to_string())
+                .bind(i64::try_from($crate::E2B_ACCESS_TOKENS_KEPT).unwrap_or(i64::MAX))
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn is_e2b_access_token(
+                &self,
+                lease: vendbox_core::LeaseId,
+                token: &vendbox_core::TokenHash,
+            ) -> $crate::StoreResult<bool> {
+                let row = sqlx::query("SELECT 1 FROM e2b_access_tokens WHERE lease_id = $1 AND token_hash = $2")
+                    .bind(lease.to_string())
+                    .bind(token.to_hex())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.is_some())
             }
 
             async fn e2b_sandboxes_of(

@@ -508,7 +508,7 @@ async fn connect_to(
             return Ok(refused);
         }
     }
-    let token = service.reissue_access_token(&lease).await.map_err(ApiError::from)?;
+    let token = service.issue_access_token(&lease).await.map_err(ApiError::from)?;
     let token = token.expose().to_owned();
     let domain = domain.map(|d| d.0).unwrap_or_default();
     Ok((StatusCode::OK, Json(view(&sandbox, lease.id.to_string(), token, &domain))).into_response())
