@@ -459,7 +459,7 @@ async fn run() {
     }
     let schema =
         if chosen("VENDBOX_BENCH_STORES", "postgresql") { PostgresSchema::create().await } else { None };
-    if schema.is_none() {
+    if schema.is_none() && chosen("VENDBOX_BENCH_STORES", "postgresql") {
         println!("  PostgreSQL rows skipped: no PostgreSQL at the test URL");
     }
     let dir = tempfile::tempdir().unwrap();
