@@ -164,11 +164,15 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
         .layer(middleware::from_fn_with_state(declarations, crate::discovery::declare_on_402));
-    let api = layered(api, &state, limits);
+    // One count of each address's requests in flight, whichever of the routers below serves them.
+    let load = crate::peers::PeerLoad::new(limits.max_requests_per_peer);
+    let api = layered(api, &state, limits, &load);
     // What calls the rest of the router in process: the Bazaar listing and the MCP tools.
-    let discovery = layered(crate::discovery::route(api.clone(), state.catalog.clone()), &state, limits);
-    let mcp = layered(surfaces::mcp::route(api.clone()), &state, limits);
-    let index = layered(crate::index::route(state.catalog.clone(), state.ssh.is_some()), &state, limits);
+    let discovery =
+        layered(crate::discovery::route(api.clone(), state.catalog.clone()), &state, limits, &load);
+    let mcp = layered(surfaces::mcp::route(api.clone()), &state, limits, &load);
+    let index =
+        layered(crate::index::route(state.catalog.clone(), state.ssh.is_some()), &state, limits, &load);
     api.merge(index).merge(discovery).merge(mcp)
 }
 
@@ -187,7 +191,7 @@ fn described(doc: utoipa::openapi::OpenApi) -> (Bytes, Arc<crate::discovery::Dec
 }
 
 /// `routes` under the layers every request passes.
-fn layered(routes: Router, state: &AppState, limits: Limits) -> Router {
+fn layered(routes: Router, state: &AppState, limits: Limits, load: &Arc<crate::peers::PeerLoad>) -> Router {
     let authenticator = crate::auth::Authenticator {
         auth: vendbox_service::Auth::new(state.store.clone(), limits.auth_window),
         max_body_bytes: limits.max_body_bytes,
@@ -205,10 +209,7 @@ fn layered(routes: Router, state: &AppState, limits: Limits) -> Router {
             .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
             .layer(middleware::from_fn(storefront::dialect))
             .layer(middleware::from_fn(code_plain_refusals))
-            .layer(middleware::from_fn_with_state(
-                crate::peers::PeerLoad::new(limits.max_requests_per_peer),
-                crate::peers::cap,
-            ))
+            .layer(middleware::from_fn_with_state(load.clone(), crate::peers::cap))
             .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::internal(&"a handler panicked").into_response()
             }))
