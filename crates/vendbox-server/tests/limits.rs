@@ -396,6 +396,17 @@ async fn envd_requests_are_under_the_same_per_address_cap_and_layers_as_the_api(
     assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_requests")), "envd: {body}");
     let (status, body) = http(addr, [127, 0, 0, 1], HEALTH).await;
     assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_requests")), "api: {body}");
+    // One count for the whole API: the index, the Bazaar listing and the MCP endpoint (routers
+    // of their own) refuse the address too.
+    for path in ["/", "/discovery/resources", "/mcp"] {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: vendbox.test\r\nconnection: close\r\n\r\n");
+        let (status, body) = http(addr, [127, 0, 0, 1], &request).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (429, Some("too_many_requests")),
+            "{path}: {body}"
+        );
+    }
 
     // Another address reaches envd both ways, which answers in its own (Connect) terms, with a
     // request id.
