@@ -1,9 +1,10 @@
 #!/usr/bin/env node
-// Compiles VendboxUSDC.sol with solc-js (pinned in package.json) through the
-// standard JSON interface and writes the committed artifact VendboxUSDC.json.
+// Compiles each contract (VendboxUSDC.sol, VendboxMulticall.sol) with solc-js (pinned in
+// package.json) through the standard JSON interface and writes its committed artifact
+// (VendboxUSDC.json, VendboxMulticall.json).
 //
-//   node contracts/build.mjs           rebuild VendboxUSDC.json
-//   node contracts/build.mjs --check   rebuild in memory; exit 1 if the committed file differs
+//   node contracts/build.mjs           rebuild the artifacts
+//   node contracts/build.mjs --check   rebuild in memory; exit 1 if a committed file differs
 //
 // The output depends only on the source, the settings below and the compiler
 // version, so a rebuild is byte-for-byte identical.
@@ -15,14 +16,16 @@ import { fileURLToPath } from 'node:url';
 import solc from 'solc';
 
 const COMPILER_VERSION = '0.8.26';
-const CONTRACT = 'VendboxUSDC';
-const SOURCE_NAME = `${CONTRACT}.sol`;
 const EVM_VERSION = 'cancun';
 const OPTIMIZER = { enabled: true, runs: 200 };
+// Each contract, and whether its artifact also carries the runtime code (what `anvil_setCode`
+// puts at an address: the multicall is placed at Multicall3's canonical address that way).
+const CONTRACTS = [
+  { name: 'VendboxUSDC', runtime: false },
+  { name: 'VendboxMulticall', runtime: true },
+];
 
 const here = dirname(fileURLToPath(import.meta.url));
-const sourcePath = join(here, SOURCE_NAME);
-const artifactPath = join(here, `${CONTRACT}.json`);
 
 function fail(message) {
   console.error(`build.mjs: ${message}`);
@@ -41,51 +44,66 @@ if (!loaded.startsWith(`${COMPILER_VERSION}+`)) {
   fail(`expected solc ${COMPILER_VERSION}, found ${loaded}; run: npm install --prefix contracts`);
 }
 
-const source = readFileSync(sourcePath, 'utf8');
-const input = {
-  language: 'Solidity',
-  sources: { [SOURCE_NAME]: { content: source } },
-  settings: {
-    optimizer: OPTIMIZER,
+let stale = false;
+for (const { name, runtime } of CONTRACTS) {
+  const sourceName = `${name}.sol`;
+  const sourcePath = join(here, sourceName);
+  const artifactPath = join(here, `${name}.json`);
+  const source = readFileSync(sourcePath, 'utf8');
+  const selection = ['abi', 'evm.bytecode.object'].concat(runtime ? ['evm.deployedBytecode.object'] : []);
+  const input = {
+    language: 'Solidity',
+    sources: { [sourceName]: { content: source } },
+    settings: {
+      optimizer: OPTIMIZER,
+      evmVersion: EVM_VERSION,
+      outputSelection: { [sourceName]: { [name]: selection } },
+    },
+  };
+
+  const output = JSON.parse(solc.compile(JSON.stringify(input)));
+  const diagnostics = output.errors ?? [];
+  for (const d of diagnostics) {
+    console.error(d.formattedMessage ?? d.message);
+  }
+  if (diagnostics.some((d) => d.severity === 'error')) {
+    fail(`compilation of ${sourceName} failed`);
+  }
+
+  const compiled = output.contracts?.[sourceName]?.[name];
+  if (!compiled || !compiled.evm?.bytecode?.object) {
+    fail(`no bytecode for ${name} in the compiler output`);
+  }
+
+  const artifact = {
+    contractName: name,
+    compiler: `solc-${COMPILER_VERSION}`,
     evmVersion: EVM_VERSION,
-    outputSelection: { [SOURCE_NAME]: { [CONTRACT]: ['abi', 'evm.bytecode.object'] } },
-  },
-};
-
-const output = JSON.parse(solc.compile(JSON.stringify(input)));
-const diagnostics = output.errors ?? [];
-for (const d of diagnostics) {
-  console.error(d.formattedMessage ?? d.message);
-}
-if (diagnostics.some((d) => d.severity === 'error')) {
-  fail('compilation failed');
-}
-
-const compiled = output.contracts?.[SOURCE_NAME]?.[CONTRACT];
-if (!compiled || !compiled.evm?.bytecode?.object) {
-  fail(`no bytecode for ${CONTRACT} in the compiler output`);
-}
-
-const artifact = {
-  contractName: CONTRACT,
-  compiler: `solc-${COMPILER_VERSION}`,
-  evmVersion: EVM_VERSION,
-  optimizer: OPTIMIZER,
-  sourceSha256: createHash('sha256').update(readFileSync(sourcePath)).digest('hex'),
-  abi: compiled.abi,
-  bytecode: `0x${compiled.evm.bytecode.object}`,
-};
-const text = `${JSON.stringify(artifact, null, 2)}\n`;
-
-if (check) {
-  if (!existsSync(artifactPath)) {
-    fail(`${CONTRACT}.json is missing; run contracts/build.sh`);
+    optimizer: OPTIMIZER,
+    sourceSha256: createHash('sha256').update(readFileSync(sourcePath)).digest('hex'),
+    abi: compiled.abi,
+    bytecode: `0x${compiled.evm.bytecode.object}`,
+  };
+  if (runtime) {
+    artifact.deployedBytecode = `0x${compiled.evm.deployedBytecode.object}`;
   }
-  if (readFileSync(artifactPath, 'utf8') !== text) {
-    fail(`${CONTRACT}.json is out of date with ${SOURCE_NAME}; run contracts/build.sh and commit the result`);
+  const text = `${JSON.stringify(artifact, null, 2)}\n`;
+
+  if (check) {
+    if (!existsSync(artifactPath)) {
+      console.error(`build.mjs: ${name}.json is missing; run contracts/build.sh`);
+      stale = true;
+    } else if (readFileSync(artifactPath, 'utf8') !== text) {
+      console.error(`build.mjs: ${name}.json is out of date with ${sourceName}; run contracts/build.sh and commit the result`);
+      stale = true;
+    } else {
+      console.log(`${name}.json is up to date`);
+    }
+  } else {
+    writeFileSync(artifactPath, text);
+    console.log(`wrote ${name}.json (${(artifact.bytecode.length - 2) / 2} bytes of creation code)`);
   }
-  console.log(`${CONTRACT}.json is up to date`);
-} else {
-  writeFileSync(artifactPath, text);
-  console.log(`wrote ${CONTRACT}.json (${(artifact.bytecode.length - 2) / 2} bytes of creation code)`);
+}
+if (stale) {
+  process.exit(1);
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild (or, with --check, verify) contracts/VendboxUSDC.json from VendboxUSDC.sol.
+# Rebuild (or, with --check, verify) contracts/VendboxUSDC.json and VendboxMulticall.json from their .sol files.
 # Runnable from anywhere; needs node and npm.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -19,6 +19,13 @@ use crate::keys::{EvmAddress, Wallet};
 /// The token's compiled artifact: `{"abi": …, "bytecode": "0x…"}`.
 pub const TOKEN_ARTIFACT: &str = include_str!("../../../contracts/VendboxUSDC.json");
 
+/// The multicall's compiled artifact, with the runtime code put at Multicall3's address.
+pub const MULTICALL_ARTIFACT: &str = include_str!("../../../contracts/VendboxMulticall.json");
+
+/// Multicall3's canonical address (the same on every public chain that has it).
+pub const MULTICALL3: alloy::primitives::Address =
+    alloy::primitives::address!("cA11bde05977b3631167028862bE2a173976CA11");
+
 /// The first of anvil's well-known development keys (public; funded with test ether on every
 /// anvil chain, worthless anywhere else).
 pub const ANVIL_KEY_0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
@@ -163,6 +170,24 @@ pub async fn deploy_token(
         .ok_or_else(|| ChainError("the deployment created no contract".into()).into())
 }
 
+/// Puts vendbox's `aggregate3` contract (`contracts/VendboxMulticall.sol`, Multicall3's ABI) at
+/// Multicall3's canonical address on an anvil chain, where public chains have Multicall3, so
+/// that batched settlement works here as it does there.
+pub async fn place_multicall(rpc_url: &str) -> Result<EvmAddress, DevChainError> {
+    let artifact: serde_json::Value = serde_json::from_str(MULTICALL_ARTIFACT)
+        .map_err(|e| ChainError(format!("multicall artifact: {e}")))?;
+    let code = artifact["deployedBytecode"]
+        .as_str()
+        .ok_or_else(|| ChainError("multicall artifact has no runtime code".into()))?;
+    let url = rpc_url.parse().map_err(|e| ChainError(format!("RPC URL {rpc_url:?}: {e}")))?;
+    let provider = ProviderBuilder::new().connect_http(url);
+    let () = provider
+        .raw_request::<_, ()>("anvil_setCode".into(), (MULTICALL3, code))
+        .await
+        .map_err(|e| ChainError(format!("anvil_setCode: {e}")))?;
+    Ok(MULTICALL3.into())
+}
+
 /// Mints `amount` atomic units of the token at `asset` to `to` (the test token lets anyone mint).
 pub async fn mint(
     rpc_url: &str,
@@ -201,25 +226,40 @@ pub async fn cancel_authorization(
     payer: &Wallet,
     nonce: &str,
 ) -> Result<(), DevChainError> {
-    use alloy::signers::SignerSync as _;
-    use alloy::sol_types::SolStruct as _;
-    let nonce: alloy::primitives::B256 =
-        nonce.parse().map_err(|e| ChainError(format!("nonce `{nonce}`: {e}")))?;
-    let payer = payer.signer();
-    let cancel = CancelAuthorization { authorizer: payer.address(), nonce };
-    let hash = cancel.eip712_signing_hash(&domain.eip712());
-    let signature = payer.sign_hash_sync(&hash).map_err(|e| ChainError(e.to_string()))?;
-    let v = if signature.v() { 28 } else { 27 };
     let provider = signing_provider(rpc_url, sender)?;
-    let receipt = Eip3009Token::new(domain.verifying_contract, &provider)
-        .cancelAuthorization(payer.address(), nonce, v, signature.r().into(), signature.s().into())
-        .send()
+    let receipt = provider
+        .send_transaction(cancellation(domain, payer, nonce)?)
         .await
         .map_err(|e| ChainError(e.to_string()))?
         .get_receipt()
         .await
         .map_err(|e| ChainError(e.to_string()))?;
     if receipt.status() { Ok(()) } else { Err(ChainError("the cancellation reverted".into()).into()) }
+}
+
+/// The transaction (to the token of `domain`, signed by `payer`, sent by anyone) that cancels
+/// `payer`'s authorization with `nonce`; gas and fees left to the sender.
+pub fn cancellation(
+    domain: &crate::eip3009::TokenDomain,
+    payer: &Wallet,
+    nonce: &str,
+) -> Result<TransactionRequest, ChainError> {
+    use alloy::signers::SignerSync as _;
+    use alloy::sol_types::{SolCall as _, SolStruct as _};
+    let nonce: alloy::primitives::B256 =
+        nonce.parse().map_err(|e| ChainError(format!("nonce `{nonce}`: {e}")))?;
+    let payer = payer.signer();
+    let cancel = CancelAuthorization { authorizer: payer.address(), nonce };
+    let hash = cancel.eip712_signing_hash(&domain.eip712());
+    let signature = payer.sign_hash_sync(&hash).map_err(|e| ChainError(e.to_string()))?;
+    let call = Eip3009Token::cancelAuthorizationCall {
+        authorizer: payer.address(),
+        nonce,
+        v: if signature.v() { 28 } else { 27 },
+        r: signature.r().into(),
+        s: signature.s().into(),
+    };
+    Ok(TransactionRequest::default().to(domain.verifying_contract).input(call.abi_encode().into()))
 }
 
 /// Sends `wei` of the chain's native coin from `sender` to `to` (gas money for a new signer).

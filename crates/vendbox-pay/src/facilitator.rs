@@ -3,11 +3,13 @@
 //! service over HTTP (`/verify`, `/settle`, `/supported`).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256};
 use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,11 +19,13 @@ use crate::exact::{CheckedPayment, Requirements, Version};
 use crate::keys::{EvmAddress, Wallet};
 use crate::reason::{Reason, Rejection};
 
+mod batch;
 mod receipts;
 mod sender;
 
+use batch::Batches;
 use receipts::Receipts;
-use sender::{Confirmation, SendError, Sender};
+use sender::{Confirmation, InFlight, SendError, Sender};
 
 /// Why a settlement did not take the money.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,9 +68,19 @@ pub trait Facilitator: Send + Sync + fmt::Debug {
 
 /// Settles on chain itself, with the operator's key, at the chain's speed: settlements are sent
 /// one after another without waiting for earlier receipts (the account nonce is kept here, see
-/// [`sender`]), and their receipts come from one watcher of new blocks (see [`receipts`]).
+/// [`sender`]), and their receipts come from one watcher of new blocks (see [`receipts`]). With
+/// [`BuiltinFacilitator::batching`], settlements that wait together go out as one Multicall3
+/// transaction (see [`batch`]).
 #[derive(Debug)]
 pub struct BuiltinFacilitator {
+    settler: Arc<Settler>,
+    /// Where settlements queue when they are batched.
+    batches: Option<Batches>,
+}
+
+/// What sends and confirms settlements, shared with the batching task.
+#[derive(Debug)]
+struct Settler {
     /// The token.
     chain: Chain,
     /// Who sends the settlement transactions (and pays their gas).
@@ -101,28 +115,126 @@ impl BuiltinFacilitator {
         let sender = signer.address();
         let provider = ProviderBuilder::new().disable_recommended_fillers().connect_http(url).erased();
         let receipts = Receipts::new(provider.clone(), interval);
-        Ok(Self {
+        let settler = Settler {
             chain: Chain::with_provider(provider.clone(), asset.get()),
             sender,
             transactions: Sender::new(provider, EthereumWallet::from(signer), sender, receipts),
             receipt_timeout: Duration::from_mins(1),
-        })
+        };
+        Ok(Self { settler: Arc::new(settler), batches: None })
+    }
+
+    /// The same facilitator, settling up to `most` authorizations in one transaction through the
+    /// Multicall3 (`aggregate3`) contract at `multicall`: those that wait while a transaction is
+    /// being sent go together in the next one, and one that fails there fails alone. `most` of 0
+    /// or 1 settles each payment in a transaction of its own.
+    #[must_use]
+    pub fn batching(mut self, multicall: EvmAddress, most: usize) -> Self {
+        self.batches = (most > 1).then(|| Batches::new(multicall.get(), most));
+        self
     }
 
     /// The address that sends settlements.
     pub fn sender(&self) -> EvmAddress {
-        self.sender.into()
+        self.settler.sender.into()
     }
 
     /// The chain it settles on.
     pub fn chain(&self) -> &Chain {
-        &self.chain
+        &self.settler.chain
+    }
+
+    /// Whether the chain has a contract at the batching address (true when not batching).
+    pub async fn check_batching(&self) -> Result<bool, ChainError> {
+        let Some(batches) = &self.batches else { return Ok(true) };
+        let code = self
+            .settler
+            .chain
+            .provider()
+            .get_code_at(batches.multicall())
+            .await
+            .map_err(|e| ChainError(e.to_string()))?;
+        Ok(!code.is_empty())
+    }
+}
+
+impl Settler {
+    /// A refusal of the node or of a dry run, as a settlement error: the payer's fault when the
+    /// transfer would revert, a failure to send otherwise.
+    fn not_sent(e: &dyn fmt::Display) -> SettleError {
+        match classify_revert(&e.to_string()) {
+            VerifyError::Rejected(r) => SettleError::Refused(r),
+            VerifyError::Unavailable(m) => SettleError::NotSent(m),
+        }
+    }
+
+    /// Signs and sends `request` (whose gas the node estimates, with a margin) with the next
+    /// nonce; the estimate is also the last dry run, so what would revert is not sent.
+    async fn send(&self, request: TransactionRequest) -> Result<InFlight, SettleError> {
+        let provider = self.chain.provider();
+        let (gas, fees) = tokio::join!(provider.estimate_gas(request.clone()), self.transactions.fees());
+        let gas = gas.map_err(|e| Self::not_sent(&e))?;
+        let (max_fee, priority_fee) = fees.map_err(|e| Self::not_sent(&e))?;
+        // A margin: an earlier settlement still in flight may change what this one touches.
+        let request =
+            request.gas_limit(gas + gas / 5).max_fee_per_gas(max_fee).max_priority_fee_per_gas(priority_fee);
+        self.transactions.send(request).await.map_err(|e| match e {
+            SendError::NotSent(message) => Self::not_sent(&message),
+            SendError::Unknown { hash, message } => {
+                SettleError::Unconfirmed { transaction: Some(hash), message }
+            }
+        })
+    }
+
+    /// Sends the transfer of `payment` alone.
+    async fn send_one(&self, payment: &CheckedPayment) -> Result<InFlight, SettleError> {
+        let sent = self.send(transfer_request(self.chain.asset().get(), payment).from(self.sender)).await?;
+        tracing::info!(transaction = %sent.hash, nonce = sent.nonce, payer = %payment.payer(), "settlement sent");
+        Ok(sent)
+    }
+
+    /// What became of `payment`'s transfer, sent alone as `sent`: `None` when another transaction
+    /// took its nonce and the authorization is still unused, so that it may be sent again.
+    async fn finish_one(
+        &self,
+        payment: &CheckedPayment,
+        mut sent: InFlight,
+    ) -> Option<Result<B256, SettleError>> {
+        let hash = sent.hash;
+        match self.transactions.confirm(&mut sent, self.receipt_timeout).await {
+            Confirmation::Mined(receipt) if receipt.status() => Some(Ok(hash)),
+            Confirmation::Mined(_) => Some(Err(SettleError::Reverted(hash))),
+            Confirmation::TimedOut => Some(Err(self.timed_out(hash))),
+            Confirmation::Replaced => {
+                tracing::warn!(transaction = %hash, "another transaction took the settlement's nonce");
+                self.after_replacement(payment).await
+            }
+        }
+    }
+
+    fn timed_out(&self, hash: B256) -> SettleError {
+        SettleError::Unconfirmed {
+            transaction: Some(hash),
+            message: format!("no receipt within {:?}", self.receipt_timeout),
+        }
+    }
+
+    /// Sends `payment`'s transfer alone, again while another transaction takes its nonce.
+    async fn settle_one(&self, payment: &CheckedPayment) -> Result<B256, SettleError> {
+        for _ in 0..RESENDS {
+            let sent = self.send_one(payment).await?;
+            if let Some(outcome) = self.finish_one(payment, sent).await {
+                return outcome;
+            }
+        }
+        Err(gave_up())
     }
 
     /// What the chain says of `payment`'s authorization once the settlement sent for it can no
-    /// longer be mined (another transaction took its nonce): settled by some transaction,
-    /// cancelled by the payer, or free to be sent again (`None`). Anything less certain is
-    /// unconfirmed, and the settlement worker asks the chain again later.
+    /// longer be mined (another transaction took its nonce), or once the transaction that
+    /// carried it left it out: settled by some transaction, cancelled by the payer, or free to be
+    /// sent again (`None`). Anything less certain is unconfirmed, and the settlement worker asks
+    /// the chain again later.
     async fn after_replacement(&self, payment: &CheckedPayment) -> Option<Result<B256, SettleError>> {
         let (from, nonce) = (payment.authorization.from, payment.authorization.nonce);
         let unconfirmed =
@@ -150,6 +262,11 @@ impl BuiltinFacilitator {
     }
 }
 
+/// The error of a settlement whose nonce was taken [`RESENDS`] times.
+fn gave_up() -> SettleError {
+    SettleError::NotSent("the settlement's nonce was taken by other transactions again and again".into())
+}
+
 #[async_trait]
 impl Facilitator for BuiltinFacilitator {
     fn kind(&self) -> &'static str {
@@ -158,14 +275,15 @@ impl Facilitator for BuiltinFacilitator {
 
     async fn verify(&self, payment: &CheckedPayment, requirements: &Requirements) -> Result<(), VerifyError> {
         let auth = &payment.authorization;
-        if self.chain.asset().get() != requirements.acceptance.asset {
+        let chain = &self.settler.chain;
+        if chain.asset().get() != requirements.acceptance.asset {
             return Err(VerifyError::Unavailable("the facilitator serves another token".into()));
         }
         // The dry run refuses an empty wallet (and every other revert) with its reason; the
         // authorization state is asked alongside, so that a used nonce is named as such.
         let (used, dry_run) = tokio::join!(
-            self.chain.authorization_state(auth.from, auth.nonce),
-            self.chain.simulate(payment, self.sender)
+            chain.authorization_state(auth.from, auth.nonce),
+            chain.simulate(payment, self.settler.sender)
         );
         if used? {
             return Err(Rejection::new(
@@ -182,48 +300,10 @@ impl Facilitator for BuiltinFacilitator {
         payment: &CheckedPayment,
         _requirements: &Requirements,
     ) -> Result<B256, SettleError> {
-        let not_sent = |e: &dyn fmt::Display| match classify_revert(&e.to_string()) {
-            VerifyError::Rejected(r) => SettleError::Refused(r),
-            VerifyError::Unavailable(m) => SettleError::NotSent(m),
-        };
-        let provider = self.chain.provider();
-        // The gas estimate is also the last dry run: a transfer that would revert is not sent.
-        let request = transfer_request(self.chain.asset().get(), payment).from(self.sender);
-        let (gas, fees) = tokio::join!(provider.estimate_gas(request.clone()), self.transactions.fees());
-        let gas = gas.map_err(|e| not_sent(&e))?;
-        let (max_fee, priority_fee) = fees.map_err(|e| not_sent(&e))?;
-        // A margin: an earlier settlement still in flight may change what this one touches.
-        let request =
-            request.gas_limit(gas + gas / 5).max_fee_per_gas(max_fee).max_priority_fee_per_gas(priority_fee);
-        for _ in 0..RESENDS {
-            let mut sent = self.transactions.send(request.clone()).await.map_err(|e| match e {
-                SendError::NotSent(message) => not_sent(&message),
-                SendError::Unknown { hash, message } => {
-                    SettleError::Unconfirmed { transaction: Some(hash), message }
-                }
-            })?;
-            let hash = sent.hash;
-            tracing::info!(transaction = %hash, nonce = sent.nonce, payer = %payment.payer(), "settlement sent");
-            match self.transactions.confirm(&mut sent, self.receipt_timeout).await {
-                Confirmation::Mined { succeeded: true } => return Ok(hash),
-                Confirmation::Mined { succeeded: false } => return Err(SettleError::Reverted(hash)),
-                Confirmation::TimedOut => {
-                    return Err(SettleError::Unconfirmed {
-                        transaction: Some(hash),
-                        message: format!("no receipt within {:?}", self.receipt_timeout),
-                    });
-                }
-                Confirmation::Replaced => {
-                    tracing::warn!(transaction = %hash, "another transaction took the settlement's nonce");
-                    if let Some(outcome) = self.after_replacement(payment).await {
-                        return outcome;
-                    }
-                }
-            }
+        match &self.batches {
+            Some(batches) => batches.settle(&self.settler, payment).await,
+            None => self.settler.settle_one(payment).await,
         }
-        Err(SettleError::NotSent(
-            "the settlement's nonce was taken by other transactions again and again".into(),
-        ))
     }
 }
 

@@ -21,6 +21,12 @@ struct World {
 }
 
 async fn world() -> Option<World> {
+    world_batching(1).await
+}
+
+/// A world whose facilitator settles up to `most` payments in one transaction, through the
+/// multicall placed at Multicall3's address.
+async fn world_batching(most: usize) -> Option<World> {
     let Some(binary) = devchain::find_anvil(&[]) else {
         requirement_missing("anvil is not installed");
         return None;
@@ -32,7 +38,12 @@ async fn world() -> Option<World> {
     devchain::mint(&anvil.rpc_url, &deployer, asset, payer.address(), 1_000_000).await.unwrap();
     let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
     let settler = Wallet::from_str(ANVIL_KEY_1).unwrap();
-    let facilitator = BuiltinFacilitator::new(&anvil.rpc_url, asset, &settler).unwrap();
+    let mut facilitator = BuiltinFacilitator::new(&anvil.rpc_url, asset, &settler).unwrap();
+    if most > 1 {
+        let multicall = devchain::place_multicall(&anvil.rpc_url).await.unwrap();
+        facilitator = facilitator.batching(multicall, most);
+        assert!(facilitator.check_batching().await.unwrap());
+    }
     let requirements = Requirements::new(
         Acceptance::new(Network::new(31337), asset, "USDC", "2", EvmAddress::repeat_byte(0x42), 120),
         Charge {
@@ -234,6 +245,146 @@ async fn a_settlement_whose_nonce_another_transaction_took_is_sent_anew_and_sett
     );
     assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), 990_000, "charged once");
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 10_000);
+}
+
+/// The receipt of `tx`: its gas and logs.
+async fn receipt(w: &World, tx: alloy::primitives::B256) -> serde_json::Value {
+    rpc(w, "eth_getTransactionReceipt", serde_json::json!([tx.to_string()])).await
+}
+
+#[tokio::test]
+async fn settlements_waiting_together_share_a_transaction_and_each_moves_its_price() {
+    let Some(w) = world_batching(10).await else { return };
+    let payee = w.requirements.acceptance.pay_to();
+    // Twenty-five at once: they queue before the batching task runs (one thread), so they go
+    // out as batches of 10, 10 and 5.
+    let payments: Vec<_> = (0..25).map(|_| pay(&w, &w.payer)).collect();
+    let results =
+        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)))
+            .await;
+    let hashes: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    let transactions: std::collections::HashSet<_> = hashes.iter().copied().collect();
+    assert_eq!(transactions.len(), 3, "25 payments in batches of at most 10");
+    for (payment, tx) in payments.iter().zip(&hashes) {
+        let auth = payment.authorization;
+        assert_eq!(
+            w.chain.settlement_of(auth.from.into(), &auth.nonce.to_string()).await.unwrap(),
+            Some(tx.to_string()),
+            "each payment is named by the transaction that moved its money"
+        );
+    }
+    assert_eq!(w.chain.balance_of(payee).await.unwrap(), 250_000);
+    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), 750_000);
+    // A batch is one transaction to the multicall, cheaper per payment than a transfer alone.
+    let single = pay(&w, &w.payer);
+    let alone = w.facilitator.settle(&single, &w.requirements).await.unwrap();
+    let gas = |r: &serde_json::Value| {
+        u64::from_str_radix(r["gasUsed"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let alone = receipt(&w, alone).await;
+    assert_eq!(alone["to"].as_str().unwrap().to_lowercase(), w.chain.asset().to_string().to_lowercase());
+    let batch = receipt(&w, hashes[0]).await;
+    assert_eq!(batch["to"].as_str().unwrap().to_lowercase(), devchain::MULTICALL3.to_string().to_lowercase());
+    assert!(gas(&batch) / 10 < gas(&alone), "batched {} for 10, alone {}", gas(&batch), gas(&alone));
+}
+
+#[tokio::test]
+async fn a_batch_leaves_out_a_transfer_that_would_fail_and_settles_the_rest() {
+    let Some(w) = world_batching(10).await else { return };
+    let empty = Wallet::random();
+    let mut payments: Vec<_> = (0..4).map(|_| pay(&w, &w.payer)).collect();
+    payments.insert(2, pay(&w, &empty));
+    let results =
+        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)))
+            .await;
+    match &results[2] {
+        Err(vendbox_pay::facilitator::SettleError::Refused(r)) => {
+            assert_eq!(r.reason, Reason::InsufficientFunds);
+        }
+        other => panic!("the empty wallet's transfer is refused with its reason, got {other:?}"),
+    }
+    let settled: std::collections::HashSet<_> =
+        results.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, r)| *r.as_ref().unwrap()).collect();
+    assert_eq!(settled.len(), 1, "the four others went out together");
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
+}
+
+#[tokio::test]
+async fn a_transfer_that_fails_inside_a_mined_batch_fails_alone() {
+    let Some(w) = world_batching(10).await else { return };
+    rpc(&w, "evm_setAutomine", serde_json::json!([false])).await;
+    let payments: Vec<_> = (0..5).map(|_| pay(&w, &w.payer)).collect();
+    let settling =
+        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)));
+    let cancel = async {
+        // The batch passed its dry run and waits in the pool. The payer of the third payment
+        // cancels that authorization with a higher fee, so the cancellation is mined first in
+        // the same block and the batch's third call reverts there.
+        wait_until_pooled(&w, 1).await;
+        let nonce = payments[2].authorization.nonce.to_string();
+        let request = devchain::cancellation(&w.requirements.acceptance.domain(), &w.payer, &nonce).unwrap();
+        let gwei = 1_000_000_000u128;
+        let request =
+            request.gas_limit(200_000).max_fee_per_gas(1_000 * gwei).max_priority_fee_per_gas(500 * gwei);
+        let provider = alloy::providers::ProviderBuilder::new()
+            .wallet(alloy::network::EthereumWallet::from(PrivateKeySigner::from_str(ANVIL_KEY_0).unwrap()))
+            .connect_http(w.anvil.rpc_url.parse().unwrap());
+        let _pending = alloy::providers::Provider::send_transaction(&provider, request).await.unwrap();
+        wait_until_pooled(&w, 2).await;
+        rpc(&w, "evm_mine", serde_json::json!([])).await;
+        rpc(&w, "evm_setAutomine", serde_json::json!([true])).await;
+    };
+    let (results, ()) = tokio::join!(settling, cancel);
+    match &results[2] {
+        Err(vendbox_pay::facilitator::SettleError::Refused(r)) => assert_eq!(r.reason, Reason::NonceUsed),
+        other => panic!("the cancelled authorization's settlement is refused, got {other:?}"),
+    }
+    let settled: std::collections::HashSet<_> =
+        results.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, r)| *r.as_ref().unwrap()).collect();
+    assert_eq!(settled.len(), 1, "the four others settled in the one batch");
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
+    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), 960_000, "charged for four");
+}
+
+#[tokio::test]
+async fn a_batch_whose_nonce_another_transaction_took_is_sent_anew_and_each_settles_once() {
+    let Some(w) = world_batching(10).await else { return };
+    rpc(&w, "evm_setAutomine", serde_json::json!([false])).await;
+    let payments: Vec<_> = (0..6).map(|_| pay(&w, &w.payer)).collect();
+    let settling =
+        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)));
+    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+    let replace = async {
+        wait_until_pooled(&w, 1).await;
+        let provider = alloy::providers::ProviderBuilder::new()
+            .wallet(alloy::network::EthereumWallet::from(settler.clone()))
+            .connect_http(w.anvil.rpc_url.parse().unwrap());
+        let nonce = alloy::providers::Provider::get_transaction_count(&provider, settler.address())
+            .latest()
+            .await
+            .unwrap();
+        let gwei = 1_000_000_000u128;
+        let replacement = alloy::rpc::types::TransactionRequest::default()
+            .to(settler.address())
+            .nonce(nonce)
+            .gas_limit(21_000)
+            .max_fee_per_gas(1_000 * gwei)
+            .max_priority_fee_per_gas(500 * gwei);
+        let _pending = alloy::providers::Provider::send_transaction(&provider, replacement).await.unwrap();
+        assert_eq!(pooled(&w).await, (1, 0), "the replacement took the batch's place");
+        rpc(&w, "evm_mine", serde_json::json!([])).await;
+        rpc(&w, "evm_setAutomine", serde_json::json!([true])).await;
+    };
+    let (results, ()) = tokio::join!(settling, replace);
+    for (payment, result) in payments.iter().zip(results) {
+        let auth = payment.authorization;
+        assert_eq!(
+            w.chain.settlement_of(auth.from.into(), &auth.nonce.to_string()).await.unwrap(),
+            Some(result.unwrap().to_string())
+        );
+    }
+    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), 940_000, "each charged once");
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 60_000);
 }
 
 /// Called when a test's requirement is missing: the test fails, naming it, unless

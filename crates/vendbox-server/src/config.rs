@@ -237,6 +237,14 @@ pub struct PaymentsConfig {
     /// A payment left `verified` this long (a crash between reserve and settle) is finished by
     /// the settlement worker: settled if its transfer is on chain, voided otherwise.
     pub settle_grace_secs: u64,
+    /// The built-in facilitator settles up to this many authorizations in one transaction
+    /// through Multicall3's `aggregate3` at `multicall` (those that wait while a transaction is
+    /// being sent go together; one whose transfer fails there fails alone). 1, the default, sends
+    /// a transaction per payment.
+    pub settle_batch: usize,
+    /// Multicall3's address: public chains have it at its canonical address, the default, and
+    /// `vendbox dev` puts one there on its local chain.
+    pub multicall: String,
 }
 
 impl Default for PaymentsConfig {
@@ -252,9 +260,17 @@ impl Default for PaymentsConfig {
             facilitator: FacilitatorKind::Remote,
             facilitator_url: "https://x402.org/facilitator".into(),
             settle_grace_secs: 300,
+            settle_batch: 1,
+            multicall: MULTICALL3.into(),
         }
     }
 }
+
+/// Multicall3's canonical address, the same on every public EVM chain that has it.
+pub const MULTICALL3: &str = "0xcA11bde05977b3631167028862bE2a173976CA11";
+
+/// The most authorizations one settlement transaction may carry.
+const MOST_BATCHED: usize = 200;
 
 impl PaymentsConfig {
     /// What vendbox accepts, or `None` while no payee is set. Errors name the key.
@@ -276,6 +292,23 @@ impl PaymentsConfig {
             address("pay_to", pay_to)?,
             self.max_timeout_seconds,
         )))
+    }
+
+    /// How the built-in facilitator batches settlements: `None` for one transaction per
+    /// payment, or Multicall3's address and the most a transaction carries. Errors name the key.
+    pub fn batching(&self) -> Result<Option<(EvmAddress, usize)>, (String, String)> {
+        match self.settle_batch {
+            0 => Err(("payments.settle_batch".into(), "must be at least 1".into())),
+            1 => Ok(None),
+            n if n > MOST_BATCHED => {
+                Err(("payments.settle_batch".into(), format!("must be at most {MOST_BATCHED}")))
+            }
+            n => {
+                let multicall =
+                    self.multicall.parse::<EvmAddress>().map_err(|e| ("payments.multicall".into(), e))?;
+                Ok(Some((multicall, n)))
+            }
+        }
     }
 
     /// The settlement grace period.
@@ -483,12 +516,14 @@ impl Config {
             key,
             problem,
         })?;
-        config.payments.acceptance().map_err(|(key, problem)| {
+        let payments_key = |(key, problem): (String, String)| {
             let origin = env_keys
                 .get(&key)
                 .map_or_else(|| file_name.clone(), |var| format!("environment variable {var}"));
             ConfigError::Key { origin, key, problem }
-        })?;
+        };
+        config.payments.acceptance().map_err(payments_key)?;
+        config.payments.batching().map_err(payments_key)?;
         Ok(config)
     }
 }
@@ -698,6 +733,25 @@ mod tests {
         let err = load_text("", &[("VENDBOX_SERVER__REQUEST_TIMEOUT_SECS", "soon")]).unwrap_err().to_string();
         assert!(err.contains("VENDBOX_SERVER__REQUEST_TIMEOUT_SECS"), "{err}");
         assert!(err.contains("server.request_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn settlement_batches_are_bounded_and_name_their_multicall() {
+        let defaults = Config::load(None, []).unwrap();
+        assert_eq!(defaults.payments.batching(), Ok(None), "a transaction per payment by default");
+        let config = load_text("[payments]\nsettle_batch = 50\n", &[]).unwrap();
+        let (multicall, most) = config.payments.batching().unwrap().unwrap();
+        assert_eq!((multicall.to_string().to_lowercase(), most), (MULTICALL3.to_lowercase(), 50));
+        for (text, key, problem) in [
+            ("[payments]\nsettle_batch = 0\n", "payments.settle_batch", "at least 1"),
+            ("[payments]\nsettle_batch = 201\n", "payments.settle_batch", "at most 200"),
+            ("[payments]\nsettle_batch = 2\nmulticall = \"0x12\"\n", "payments.multicall", ""),
+        ] {
+            let err = load_text(text, &[]).unwrap_err();
+            let ConfigError::Key { key: got_key, problem: got, .. } = &err else { panic!("{err}") };
+            assert_eq!(got_key, key, "{err}");
+            assert!(got.contains(problem), "{err}");
+        }
     }
 
     #[test]

@@ -12,9 +12,10 @@ use vendbox_store::Store;
 
 use std::str::FromStr;
 
-use vendbox_pay::Wallet;
+use vendbox_pay::facilitator::BuiltinFacilitator;
 use vendbox_pay::mpp::{BindingSecret, MppEvmCharge};
 use vendbox_pay::x402::X402Exact;
+use vendbox_pay::{EvmAddress, Wallet};
 use vendbox_service::{Faults, Payments};
 
 use crate::app::{AppState, Limits, SshEndpoint, router};
@@ -49,7 +50,7 @@ impl Server {
             None => format!("http://{}", listener.local_addr()?),
         };
         let (payments, settlement) =
-            payments(config, store.clone(), public_url, secrets).map_err(std::io::Error::other)?;
+            payments(config, store.clone(), public_url, secrets).await.map_err(std::io::Error::other)?;
         let (boxes, no_egress) = boxes(config, store.clone()).await.map_err(std::io::Error::other)?;
         let gateway = match &boxes {
             Ok(boxes) if config.ssh.enabled => {
@@ -274,8 +275,28 @@ async fn reconcile(boxes: Arc<Boxes>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Refuses to start when the chain answers and has no contract at the batching address (a
+/// chain that does not answer now is not a reason to stay down: settlements wait for it).
+async fn check_multicall(facilitator: &BuiltinFacilitator, multicall: EvmAddress) -> Result<(), String> {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), facilitator.check_batching()).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(format!(
+            "payments.multicall: the chain has no contract at {multicall}; deploy Multicall3 there, \
+             name where it is, or set payments.settle_batch = 1"
+        )),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not check payments.multicall on the chain");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("the chain did not answer whether payments.multicall holds a contract");
+            Ok(())
+        }
+    }
+}
+
 /// The payment gate and settlement worker of `config`; an error names what is missing.
-fn payments(
+async fn payments(
     config: &Config,
     store: Arc<dyn Store>,
     public_url: String,
@@ -294,7 +315,22 @@ fn payments(
                 "payments.facilitator = \"builtin\" needs the settlement key in VENDBOX_SIGNER_KEY or VENDBOX_SIGNER_KEY_FILE",
             )?;
             tracing::info!(sender = %signer.address(), rpc = %p.rpc_url, "built-in facilitator settles on chain");
-            X402Exact::builtin(acceptance, &p.rpc_url, &signer).map_err(chain_error)?
+            let mut facilitator =
+                BuiltinFacilitator::new(&p.rpc_url, acceptance.asset(), &signer).map_err(chain_error)?;
+            if let Some((multicall, most)) =
+                p.batching().map_err(|(key, problem)| format!("{key}: {problem}"))?
+            {
+                facilitator = facilitator.batching(multicall, most);
+                check_multicall(&facilitator, multicall).await?;
+                tracing::info!(%multicall, most, "settlements are batched through Multicall3");
+            }
+            let chain = facilitator.chain().clone();
+            X402Exact::new(acceptance, Arc::new(facilitator)).recovering_from(chain)
+        }
+        FacilitatorKind::Remote if p.settle_batch > 1 => {
+            return Err("payments.settle_batch: batches are made by the built-in facilitator only \
+                        (payments.facilitator = \"builtin\")"
+                .into());
         }
         FacilitatorKind::Remote => {
             tracing::info!(url = %p.facilitator_url, "remote facilitator settles");

@@ -38,6 +38,22 @@ pub(crate) struct DevArgs {
     json: bool,
 }
 
+/// Waits for the chain, deploys the test token and puts Multicall3 where public chains have it
+/// (batched settlement, `payments.settle_batch`, uses it): the chain id, the token, Multicall3.
+async fn prepare_chain(rpc_url: &str, operator: &Wallet) -> anyhow::Result<(u64, EvmAddress, EvmAddress)> {
+    let chain = vendbox_pay::chain::Chain::connect(rpc_url, EvmAddress::ZERO)?;
+    let chain_id =
+        chain.wait_ready(std::time::Duration::from_secs(10)).await.context("the chain does not answer")?;
+    let asset =
+        devchain::deploy_token(rpc_url, operator, "USDC", "2").await.context("deploying test USDC")?;
+    // A chain that is not anvil keeps whatever it has at the canonical address.
+    let multicall = devchain::place_multicall(rpc_url).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not place Multicall3 on the chain; batched settlement needs one");
+        devchain::MULTICALL3.into()
+    });
+    Ok((chain_id, asset, multicall))
+}
+
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let _anvil;
     let rpc_url = if let Some(url) = &args.rpc_url {
@@ -49,11 +65,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         url
     };
     let operator = Wallet::from_str(ANVIL_KEY_0).map_err(|e| anyhow::anyhow!("the development key: {e}"))?;
-    let chain = vendbox_pay::chain::Chain::connect(&rpc_url, EvmAddress::ZERO)?;
-    let chain_id =
-        chain.wait_ready(std::time::Duration::from_secs(10)).await.context("the chain does not answer")?;
-    let asset =
-        devchain::deploy_token(&rpc_url, &operator, "USDC", "2").await.context("deploying test USDC")?;
+    let (chain_id, asset, multicall) = prepare_chain(&rpc_url, &operator).await?;
     let agent = Wallet::random();
     let payee = Wallet::random().address();
     let funds = AGENT_FUNDS_USDC * 1_000_000;
@@ -84,6 +96,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     p.pay_to = Some(payee.to_string());
     p.rpc_url.clone_from(&rpc_url);
     p.facilitator = FacilitatorKind::Builtin;
+    p.multicall = multicall.to_string();
     let secrets = Secrets { signer: Some(operator), facilitator_auth: None };
     let server = crate::start(&config, secrets, "vendbox dev").await?;
     let url = format!("http://{}", server.local_addr()?);

@@ -17,7 +17,7 @@ use tokio::io::AsyncBufReadExt as _;
 use vendbox_core::PaymentState;
 use vendbox_pay::chain::Chain;
 use vendbox_pay::client::{self, Challenge};
-use vendbox_pay::devchain::ANVIL_KEY_1;
+use vendbox_pay::devchain::{self, ANVIL_KEY_1};
 use vendbox_pay::facilitator::Facilitator as _;
 use vendbox_pay::wire::{self, PaymentPayloadV1, PaymentPayloadV2, SettlementResponse};
 use vendbox_pay::{EvmAddress, Wallet};
@@ -893,14 +893,94 @@ async fn pool(shop: &Shop) -> (u64, u64) {
 }
 
 #[tokio::test]
+async fn batched_settlement_without_a_multicall_on_the_chain_stops_start_up_naming_the_key() {
+    let Some(shop) = Shop::open(31337, &[]).await else { return };
+    let nowhere = Wallet::random().address().to_string();
+    let env = [
+        ("VENDBOX_PAYMENTS__SETTLE_BATCH", "10"),
+        ("VENDBOX_PAYMENTS__MULTICALL", nowhere.as_str()),
+        ("VENDBOX_PAYMENTS__NETWORK", "eip155:31337"),
+        ("VENDBOX_PAYMENTS__ASSET", &shop.asset.to_string()),
+        ("VENDBOX_PAYMENTS__PAY_TO", &shop.pay_to.to_string()),
+        ("VENDBOX_PAYMENTS__RPC_URL", shop.anvil.rpc_url.as_str()),
+        ("VENDBOX_PAYMENTS__FACILITATOR", "builtin"),
+        ("VENDBOX_SIGNER_KEY", devchain::ANVIL_KEY_0),
+    ];
+    let mut child = std::process::Command::new(support::BIN)
+        .current_dir(shop.dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "refused"])
+        .env_remove("VENDBOX_DATABASE_URL")
+        .env("VENDBOX_SSH__LISTEN", "127.0.0.1:0")
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vendbox started with settle_batch and no contract at payments.multicall");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    let said = stderr.to_lowercase();
+    assert!(said.contains("payments.multicall") && said.contains(&nowhere.to_lowercase()), "{stderr}");
+}
+
+/// Settlements waiting in the chain's pool (a batch counts its calls), and the transactions
+/// that carry them.
+async fn settlements_pooled(shop: &Shop) -> (u64, u64) {
+    let content = anvil_rpc(shop, "txpool_content", serde_json::json!([])).await;
+    let (mut settlements, mut transactions) = (0, 0);
+    for by_nonce in content["pending"].as_object().into_iter().flat_map(|senders| senders.values()) {
+        for tx in by_nonce.as_object().unwrap().values() {
+            transactions += 1;
+            let to = tx["to"].as_str().unwrap_or_default();
+            let input = hex::decode(tx["input"].as_str().unwrap().trim_start_matches("0x")).unwrap();
+            settlements += if to.eq_ignore_ascii_case(&devchain::MULTICALL3.to_string()) {
+                // aggregate3(Call3[]): the selector, the array's offset, then its length.
+                u64::from_be_bytes(input[60..68].try_into().unwrap())
+            } else {
+                1
+            };
+        }
+    }
+    (settlements, transactions)
+}
+
+#[tokio::test]
 async fn a_crash_with_fifty_settlements_in_flight_settles_each_once_or_voids_it() {
-    let Some(mut shop) = Shop::open(31337, &[]).await else { return };
+    crash_with_fifty_settlements_in_flight(1).await;
+}
+
+#[tokio::test]
+async fn a_crash_with_fifty_batched_settlements_in_flight_settles_each_once_or_voids_it() {
+    crash_with_fifty_settlements_in_flight(10).await;
+}
+
+/// Kills vendbox (settling up to `batch` payments a transaction) with fifty settlements in the
+/// pool and later payments still being verified, reserved or sent; after a restart, each is
+/// settled once with the transfer that used its authorization, or voided with it unused.
+async fn crash_with_fifty_settlements_in_flight(batch: usize) {
+    let most = batch.to_string();
+    let env = [("VENDBOX_PAYMENTS__SETTLE_BATCH", most.as_str())];
+    let Some(mut shop) = Shop::open(31337, &env).await else { return };
     let payer = shop.payer().await;
     let challenge = shop.challenge().await;
     let headers: Vec<_> = (0..80).map(|_| v2_header(&v2_payment(&challenge, &payer, |_| {}))).collect();
     // Blocks come only when the test mines one: the settlements vendbox sends pile up in the
-    // pool, sent and not mined. The payments come one every 15 ms, so that when the fiftieth
-    // settlement is in the pool later payments are still being verified, reserved or sent.
+    // pool, sent and not mined. The payments come one every 15 ms (3 ms when batched, so that
+    // several wait while a batch is sent), so that when the fiftieth settlement is in the pool
+    // later payments are still being verified, reserved or sent.
+    let every = if batch > 1 { 3 } else { 15 };
     anvil_rpc(&shop, "evm_setAutomine", serde_json::json!([false])).await;
     let http = reqwest::Client::new();
     let requests: Vec<_> = (0u64..)
@@ -908,14 +988,24 @@ async fn a_crash_with_fifty_settlements_in_flight_settles_each_once_or_voids_it(
         .map(|(i, (name, value))| {
             let request = http.get(shop.url("/catalog")).header(*name, value);
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(15 * i)).await;
+                tokio::time::sleep(Duration::from_millis(every * i)).await;
                 request.send().await
             })
         })
         .collect();
-    wait_for("fifty settlements in the pool", Duration::from_mins(1), async || pool(&shop).await.0 >= 50)
-        .await;
+    wait_for("fifty settlements in the pool", Duration::from_mins(1), async || {
+        settlements_pooled(&shop).await.0 >= 50
+    })
+    .await;
     shop.vendbox.crash();
+    let (settlements, transactions) = settlements_pooled(&shop).await;
+    eprintln!("at the crash: {settlements} settlements in {transactions} transactions");
+    if batch > 1 {
+        assert!(
+            transactions < settlements,
+            "batched: {settlements} settlements in {transactions} transactions"
+        );
+    }
     for request in requests {
         assert!(request.await.unwrap().is_err(), "nothing was mined, so nothing was answered");
     }
@@ -925,7 +1015,7 @@ async fn a_crash_with_fifty_settlements_in_flight_settles_each_once_or_voids_it(
     anvil_rpc(&shop, "evm_mine", serde_json::json!([])).await;
     assert_eq!(pool(&shop).await, (0, 0));
 
-    let payments = restart_and_settle(&mut shop, &[], None).await;
+    let payments = restart_and_settle(&mut shop, &env, None).await;
     assert!(payments.len() >= 50, "{} reserved", payments.len());
     let mut settled = 0;
     for payment in &payments {

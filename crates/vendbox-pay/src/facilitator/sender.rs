@@ -69,8 +69,8 @@ pub(super) enum SendError {
 /// What became of a transaction waited for.
 #[derive(Debug)]
 pub(super) enum Confirmation {
-    /// In a block; `succeeded` is false when it reverted.
-    Mined { succeeded: bool },
+    /// In a block, with its receipt (whose status is false when it reverted).
+    Mined(Box<TransactionReceipt>),
     /// Another transaction took its nonce: it can never be mined.
     Replaced,
     /// Not mined within the time given.
@@ -87,8 +87,8 @@ enum Refusal {
     Other,
 }
 
-fn mined(receipt: &TransactionReceipt) -> Confirmation {
-    Confirmation::Mined { succeeded: receipt.status() }
+fn mined(receipt: TransactionReceipt) -> Confirmation {
+    Confirmation::Mined(Box::new(receipt))
 }
 
 fn refusal(message: &str) -> Refusal {
@@ -219,11 +219,11 @@ impl Sender {
         loop {
             let check = tokio::time::Instant::now() + CHECK_EVERY;
             tokio::select! {
-                Some(receipt) = sent.watch.receipt() => return mined(&receipt),
+                Some(receipt) = sent.watch.receipt() => return mined(receipt),
                 () = tokio::time::sleep_until(check.min(deadline)) => {}
             }
             if let Ok(Some(receipt)) = self.provider.get_transaction_receipt(sent.hash).await {
-                return mined(&receipt);
+                return mined(receipt);
             }
             if let Ok(used) = self.provider.get_transaction_count(self.address).latest().await
                 && used > sent.nonce
@@ -233,7 +233,7 @@ impl Sender {
                 // for again after a moment before the transaction is taken for replaced.
                 tokio::time::sleep(RECEIPT_LAG).await;
                 match self.provider.get_transaction_receipt(sent.hash).await {
-                    Ok(Some(receipt)) => return mined(&receipt),
+                    Ok(Some(receipt)) => return mined(receipt),
                     Ok(None) => return Confirmation::Replaced,
                     Err(_) => {}
                 }

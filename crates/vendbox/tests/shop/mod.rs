@@ -47,6 +47,8 @@ impl Shop {
         let anvil = Anvil::start(&anvil_binary()?, chain_id).await.unwrap();
         let deployer = Wallet::from_str(ANVIL_KEY_1).unwrap();
         let asset = devchain::deploy_token(&anvil.rpc_url, &deployer, "USDC", "2").await.unwrap();
+        // Where public chains have Multicall3, for shops that batch settlements.
+        devchain::place_multicall(&anvil.rpc_url).await.unwrap();
         let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
         let pay_to = Wallet::random().address();
         let dir = tempfile::tempdir().unwrap();
