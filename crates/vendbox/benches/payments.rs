@@ -14,6 +14,11 @@
 //!   default): MPP credentials (one challenge each, fetched and signed beforehand) against x402
 //!   payments, each verified, reserved, settled on anvil and recorded: requests per second, p50
 //!   and p99 of each, and MPP's rate as a share of x402's.
+//! - batched settlement against a transaction per payment on the same paid `GET /catalog`, C in
+//!   flight: requests per second, p50, p99 and the settlement transactions each side sent, and
+//!   the batched side's rate against the single side's;
+//! - gas per payment from real receipts: a transaction per payment against batches of up to 10
+//!   and 50 (one `aggregate3` transaction each), and each as a ratio of the single transfer's.
 //!
 //! Each pair runs warm-up rounds first and throws them away, then alternates baseline and subject
 //! in ABBA order (see `common/stats.rs`); every p99 comes from at least 100 samples.
@@ -22,7 +27,7 @@
 //! without it the bench fails rather than leave the gate unmeasured). For a quick run:
 //! `VENDBOX_BENCH_PAYMENTS=200` (payments per level, default 2,000),
 //! `VENDBOX_BENCH_CONCURRENCY=1,8,32` (the levels), `VENDBOX_BENCH_PARTS=throughput` (any of
-//! `signatures`, `gate`, `throughput`, `mpp`; all by default).
+//! `signatures`, `gate`, `throughput`, `mpp`, `batched`, `gas`; all by default).
 
 #![allow(
     clippy::unwrap_used,
@@ -198,6 +203,11 @@ struct Shops {
 
 impl Shops {
     async fn open() -> Shops {
+        Shops::open_with(1).await
+    }
+
+    /// Shops whose paid vendbox settles up to `settle_batch` payments in one transaction.
+    async fn open_with(settle_batch: usize) -> Shops {
         let binary = devchain::find_anvil(&[])
             .expect("cannot measure the payment gate: anvil is not installed (scripts/setup.sh installs it)");
         let anvil = Anvil::start(&binary, 31337).await.unwrap();
@@ -205,6 +215,7 @@ impl Shops {
         let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
         let payer = Wallet::random();
         devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), 1_000_000_000_000).await.unwrap();
+        devchain::place_multicall(&anvil.rpc_url).await.unwrap();
 
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut config = Config::load(None, Vec::new()).unwrap();
@@ -216,6 +227,7 @@ impl Shops {
         p.pay_to = Some(Wallet::random().address().to_string());
         p.rpc_url.clone_from(&anvil.rpc_url);
         p.facilitator = FacilitatorKind::Builtin;
+        p.settle_batch = settle_batch;
         config.store.data_dir = dirs.0.path().to_owned();
         let paid = format!("{}/catalog", serve(&config).await);
         config.store.data_dir = dirs.1.path().to_owned();
@@ -442,6 +454,130 @@ async fn mpp_against_x402() {
     }
 }
 
+/// Paid throughput with each payment settled in a transaction of its own against settlements
+/// batched (up to 50 a transaction), on the same paid `GET /catalog`, each on a chain of its own.
+async fn batched_against_single() {
+    let count = payments_per_level();
+    assert!(count >= 2, "VENDBOX_BENCH_PAYMENTS must be at least 2");
+    let edge = (count / 2).min(500);
+    let http = reqwest::Client::new();
+    println!(
+        "batched settlement against a transaction per payment on paid GET /catalog, {count} \
+         pre-signed payments per side and level (anvil with automine, built-in facilitator, \
+         SQLite; each side on a chain and vendbox of its own):"
+    );
+    println!(
+        "  {:>4}  {:<8} {:>9}  {:>10}  {:>10}  {:>12}",
+        "C", "side", "req/s", "p50", "p99", "transactions"
+    );
+    for (round, concurrency) in concurrency_levels().into_iter().enumerate() {
+        let mut sides = Vec::new();
+        let order: [usize; 2] = if round % 2 == 0 { [1, BATCH] } else { [BATCH, 1] };
+        for most in order {
+            let shops = Shops::open_with(most).await;
+            let warm = (2 * concurrency).max(10);
+            let warm_paid = shops.payments(warm).into_iter().map(Some).collect();
+            level(&http, &shops.paid, warm_paid, concurrency, warm / 2).await;
+            let before = block_number(&shops.anvil.rpc_url).await;
+            let payments = shops.payments(count).into_iter().map(Some).collect();
+            let measured = level(&http, &shops.paid, payments, concurrency, edge).await;
+            // anvil mines a block per transaction: the blocks are the settlement transactions.
+            let transactions = block_number(&shops.anvil.rpc_url).await - before;
+            sides.push((most, measured, transactions));
+            shops.anvil.stop().await;
+        }
+        sides.sort_by_key(|(most, _, _)| *most);
+        for (most, l, transactions) in &sides {
+            let side = if *most == 1 { "single" } else { "batched" };
+            println!(
+                "  {concurrency:>4}  {side:<8} {:>9.1}  {}  {}  {transactions:>12}",
+                l.rate,
+                stats::duration(l.all.median()),
+                l.all.p99().map_or_else(|| "        --".to_owned(), stats::duration),
+            );
+        }
+        println!(
+            "  {concurrency:>4}  batched requests per second: {:.2}x a transaction per payment",
+            stats::ratio(sides[1].1.rate, sides[0].1.rate, "batched against single requests per second")
+        );
+    }
+}
+
+/// The most a batch holds in the batched throughput rows.
+const BATCH: usize = 50;
+
+async fn block_number(rpc_url: &str) -> u64 {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []});
+    let answer: serde_json::Value =
+        reqwest::Client::new().post(rpc_url).json(&body).send().await.unwrap().json().await.unwrap();
+    u64::from_str_radix(answer["result"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// Gas per payment from real receipts: a transaction per payment against batches of 10 and 50
+/// through Multicall3 (`aggregate3`), on one anvil chain.
+async fn gas_per_payment() {
+    use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator};
+    const PAYMENTS: usize = 100;
+    let binary = devchain::find_anvil(&[])
+        .expect("cannot measure settlement gas: anvil is not installed (scripts/setup.sh installs it)");
+    let anvil = Anvil::start(&binary, 31337).await.unwrap();
+    let minter = Wallet::from_str(ANVIL_KEY_1).unwrap();
+    let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
+    let multicall = devchain::place_multicall(&anvil.rpc_url).await.unwrap();
+    let payer = Wallet::random();
+    devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), 1_000_000_000_000).await.unwrap();
+    let mut r = requirements();
+    r.acceptance =
+        Acceptance::new(Network::new(31337), asset, "USDC", "2", EvmAddress::repeat_byte(0xbb), 300);
+    let settler = Wallet::from_str(ANVIL_KEY_0).unwrap();
+    let http = reqwest::Client::new();
+    println!(
+        "settlement gas per payment, from the receipts of {PAYMENTS} payments per row (anvil, \
+         built-in facilitator; a batch is one aggregate3 transaction, every call allowed to fail):"
+    );
+    println!("  {:<34} {:>12} {:>16} {:>10}", "settled", "transactions", "gas per payment", "ratio");
+    let mut single_gas = None;
+    for most in [1, 10, 50] {
+        let facilitator =
+            BuiltinFacilitator::new(&anvil.rpc_url, asset, &settler).unwrap().batching(multicall, most);
+        let payments: Vec<_> = (0..PAYMENTS)
+            .map(|_| {
+                let header = client::pay_v2(&payer, &r.v2(), &r.resource(), now()).unwrap();
+                exact::check(SentPayment::V2(wire::decode_header(&header).unwrap()), &r, now()).unwrap()
+            })
+            .collect();
+        // Queued together, so that batches fill: each batch takes the `most` that wait.
+        let hashes: Vec<_> =
+            futures_util::future::join_all(payments.iter().map(|p| facilitator.settle(p, &r)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let transactions: std::collections::BTreeSet<_> = hashes.iter().copied().collect();
+        let mut gas = 0u64;
+        for tx in &transactions {
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionReceipt", "params": [tx.to_string()]});
+            let receipt: serde_json::Value =
+                http.post(&anvil.rpc_url).json(&body).send().await.unwrap().json().await.unwrap();
+            let used = receipt["result"]["gasUsed"].as_str().expect("a receipt with gasUsed");
+            gas += u64::from_str_radix(used.trim_start_matches("0x"), 16).unwrap();
+        }
+        let per_payment = gas as f64 / PAYMENTS as f64;
+        let baseline = *single_gas.get_or_insert(per_payment);
+        let label = if most == 1 {
+            "a transaction per payment".to_owned()
+        } else {
+            format!("in batches of up to {most}")
+        };
+        println!(
+            "  {label:<34} {:>12} {per_payment:>16.0} {:>9.3}x",
+            transactions.len(),
+            stats::ratio(per_payment, baseline, "gas per payment against a transaction per payment")
+        );
+    }
+    anvil.stop().await;
+}
+
 /// Which parts to run, from `VENDBOX_BENCH_PARTS` (default all).
 fn part(name: &str) -> bool {
     std::env::var("VENDBOX_BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|p| p.trim() == name))
@@ -451,7 +587,15 @@ fn main() {
     if part("signatures") {
         signature_checks();
     }
-    if part("gate") || part("throughput") || part("mpp") {
+    if part("gas") {
+        // One thread: the payments queued together are all waiting when a batch is made.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(gas_per_payment());
+    }
+    if part("gate") || part("throughput") || part("mpp") || part("batched") {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
             if part("gate") {
                 let shops = Shops::open().await;
@@ -463,6 +607,9 @@ fn main() {
             }
             if part("mpp") {
                 mpp_against_x402().await;
+            }
+            if part("batched") {
+                batched_against_single().await;
             }
         });
     }
