@@ -136,6 +136,10 @@ impl Backend for FakeBackend {
         Ok(lock(&self.boxes).values().fold(Usage::default(), |sum, spec| sum.plus(Usage::of(spec.limits))))
     }
 
+    fn pods(&self) -> bool {
+        true
+    }
+
     fn capacity(&self) -> Usage {
         self.capacity
     }

@@ -81,6 +81,61 @@ pub struct BoxSpec {
     pub limits: Limits,
     /// Whether it may reach the internet; without it the box has only its own loopback.
     pub egress: bool,
+    /// The pod it belongs to, if any (only for a backend whose [`Backend::pods`] says so).
+    pub pod: Option<Pod>,
+}
+
+/// A box's place in a pod: boxes of one owner that share one network namespace (they reach
+/// each other on 127.0.0.1) and named volumes kept on the disk of the pod's first box, as the
+/// containers of a Kubernetes pod or a compose project do. Nothing outside the pod shares them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    /// The pod's first box, made before the others and destroyed after them: the pod's network
+    /// namespace and volumes are its. The first box names itself here.
+    pub first: BoxId,
+    /// The named volumes this box mounts: each a directory on the first box's disk, shared by
+    /// every box of the pod that names it.
+    pub volumes: Vec<Volume>,
+}
+
+/// A named volume of a pod as one box mounts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Its name: 1-64 of `[A-Za-z0-9_.-]`, not starting with `.`.
+    pub name: String,
+    /// Where the box sees it: an absolute path without `..`, outside `/proc`, `/dev`, `/sys`.
+    pub path: String,
+}
+
+impl Volume {
+    /// Why this volume cannot be mounted, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && !self.name.starts_with('.')
+            && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !name_ok {
+            return Err(format!(
+                "volume name `{}` must be 1-64 of letters, digits, `_`, `.`, `-`",
+                self.name
+            ));
+        }
+        let path = std::path::Path::new(&self.path);
+        let plain = path.is_absolute()
+            && self.path.len() <= 1024
+            && !self.path.contains('\0')
+            && path
+                .components()
+                .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+        let top = path.components().nth(1).map(|c| c.as_os_str().to_string_lossy().into_owned());
+        match top.as_deref() {
+            _ if !plain => Err(format!("volume path `{}` is not a plain absolute path", self.path)),
+            None | Some("proc" | "dev" | "sys" | ".boxd") => {
+                Err(format!("volume path `{}` is not one a volume can be mounted at", self.path))
+            }
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 /// What a backend knows of a box.
@@ -121,6 +176,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// limits are unknown count as boxes only.
     async fn usage(&self) -> Result<Usage, BoxError> {
         Ok(Usage { boxes: self.list().await?.len(), ..Usage::default() })
+    }
+
+    /// Whether it makes pods: boxes whose spec names a [`Pod`] share the first box's network
+    /// namespace and mount its volumes. A backend that cannot refuses such a spec.
+    fn pods(&self) -> bool {
+        false
     }
 
     /// What the host can give boxes in all (memory after a reserve for the host, pids).
@@ -176,6 +237,32 @@ impl Usage {
             Some("processes")
         } else {
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Volume;
+
+    #[test]
+    fn a_volume_is_a_plain_name_at_a_plain_absolute_path() {
+        let volume = |name: &str, path: &str| Volume { name: name.into(), path: path.into() }.check();
+        assert!(volume("data", "/srv/data").is_ok());
+        assert!(volume("db_1.x-y", "/var/lib/db").is_ok());
+        for (name, path) in [
+            ("", "/d"),
+            (".hidden", "/d"),
+            ("a/b", "/d"),
+            ("data", "relative"),
+            ("data", "/"),
+            ("data", "/srv/../etc"),
+            ("data", "/proc/x"),
+            ("data", "/dev"),
+            ("data", "/sys/fs"),
+            ("data", "/.boxd"),
+        ] {
+            assert!(volume(name, path).is_err(), "{name} {path}");
         }
     }
 }

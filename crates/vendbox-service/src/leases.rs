@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use std::collections::HashMap;
-use vendbox_box::{Backend, BoxId, BoxSpec, BoxStatus, Limits, Usage};
+use vendbox_box::{Backend, BoxId, BoxSpec, BoxStatus, Limits, Pod, Usage, Volume};
 
 use vendbox_core::{
     AccountAddress, Capability, Lease, LeaseId, LeaseState, LedgerEntry, Offer, OfferId, OfferKind,
@@ -68,6 +68,15 @@ impl Drop for Making {
         let mut making = self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *making = making.minus(self.usage);
     }
+}
+
+/// Where a box being made stands in a pod (see [`vendbox_box::Pod`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPlace {
+    /// The box of the pod's first lease; `None`: the box being made is the first.
+    pub first: Option<BoxId>,
+    /// The pod's named volumes this box mounts.
+    pub volumes: Vec<Volume>,
 }
 
 /// A lease just made, with the token that opens it (shown once).
@@ -163,6 +172,27 @@ impl Boxes {
         ssh_keys: &[SshKey],
         capabilities: &[Capability],
     ) -> Result<Provisioned, LeaseError> {
+        self.provision_in(offer, terms, payment_id, ssh_keys, capabilities, None).await
+    }
+
+    /// [`Boxes::provision`], the box taking `pod`'s place in a pod (sharing the first box's
+    /// network and its volumes) when one is given; refused where the backend makes no pods.
+    /// The caller keeps a pod to one owner's boxes.
+    pub async fn provision_in(
+        &self,
+        offer: &Offer,
+        terms: &QuoteTerms,
+        payment_id: Option<PaymentId>,
+        ssh_keys: &[SshKey],
+        capabilities: &[Capability],
+        pod: Option<PodPlace>,
+    ) -> Result<Provisioned, LeaseError> {
+        if pod.is_some() && !self.backend.pods() {
+            return Err(LeaseError::NotCharged(Box::new(LeaseError::Unavailable(format!(
+                "this vendbox's {} backend makes no pods (boxes sharing a network)",
+                self.backend.name()
+            )))));
+        }
         if !matches!(offer.kind, OfferKind::Sandbox | OfferKind::Machine) {
             return Err(LeaseError::NotABox(offer.id.to_string()));
         }
@@ -201,10 +231,11 @@ impl Boxes {
             self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
         }
         let spec = BoxSpec {
-            id: box_id,
+            id: box_id.clone(),
             image: terms.image.clone().unwrap_or_else(|| "host".into()),
             limits: limits_of(offer),
             egress: offer.includes_egress(),
+            pod: pod.map(|p| Pod { first: p.first.unwrap_or_else(|| box_id.clone()), volumes: p.volumes }),
         };
         let held = match self.hold(spec.limits).await {
             Ok(held) => held,

@@ -47,7 +47,7 @@ pub use credits::Credits;
 pub use e2b::{E2bError, E2bOrder, E2bSandbox, Sandboxes};
 pub use error::LeaseError;
 pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
-pub use leases::{Boxes, EXPIRY_BATCH, Provisioned, Reconciled};
+pub use leases::{Boxes, EXPIRY_BATCH, PodPlace, Provisioned, Reconciled};
 pub use locks::{LockError, LockWaiters, Locks};
 pub use payments::{Coded, Delivery, Faults, Paid, PayError, Payments, RecoverError, Unconfigured};
 pub use purchase::Extension;

@@ -190,6 +190,7 @@ async fn a_restart_keeps_paid_boxes_destroys_orphans_and_fails_lost_ones() {
         image: "host".into(),
         limits: vendbox_box::Limits { vcpu: 1, memory_mb: 128, disk_mb: 64, pids: 64 },
         egress: false,
+        pod: None,
     };
     backend.create(&spec).await.unwrap();
     assert!(!backend.pids(&orphan).is_empty());

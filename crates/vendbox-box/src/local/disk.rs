@@ -35,6 +35,9 @@ pub(crate) struct DiskRecord {
     pub(crate) uid: u32,
     pub(crate) limits: Limits,
     pub(crate) egress: bool,
+    /// Its pod, if it is in one (absent in records of older vendbox versions).
+    #[serde(default)]
+    pub(crate) pod: Option<crate::Pod>,
 }
 
 /// The disks of one data directory (`<data>/boxes`, root's alone).

@@ -29,6 +29,13 @@ const NAMESPACE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A user namespace mapping uid and gid 0 to `uid`, as an open `/proc/PID/ns/user`.
 pub(crate) fn namespace_for(uid: u32) -> Result<OwnedFd, BoxError> {
+    namespace_mapping(0, uid)
+}
+
+/// A user namespace mapping uid and gid `inside` to `outside`: through a mount idmapped with
+/// it, files owned by host uid `inside` appear owned by `outside` (a pod's volume, owned by its
+/// first box's uid, as another box of the pod sees it).
+pub(crate) fn namespace_mapping(inside: u32, outside: u32) -> Result<OwnedFd, BoxError> {
     let mut helper = Command::new("unshare")
         .args(["--user", "--", "sleep", "30"])
         .env_clear()
@@ -52,7 +59,7 @@ pub(crate) fn namespace_for(uid: u32) -> Result<OwnedFd, BoxError> {
             std::thread::sleep(Duration::from_micros(200));
         }
         for map in ["uid_map", "gid_map"] {
-            fs::write(format!("/proc/{pid}/{map}"), format!("0 {uid} 1\n"))
+            fs::write(format!("/proc/{pid}/{map}"), format!("{inside} {outside} 1\n"))
                 .map_err(BoxError::io(format!("writing the idmapping helper's {map}")))?;
         }
         let ns = fs::File::open(format!("/proc/{pid}/ns/user"))
@@ -64,8 +71,9 @@ pub(crate) fn namespace_for(uid: u32) -> Result<OwnedFd, BoxError> {
     result
 }
 
-/// Mounts `source` again at `target`, with files owned by host uid 0 shown as owned by the
-/// namespace's uid (`namespace_for`); read-only when `read_only`. Always `nosuid` and `nodev`.
+/// Mounts `source` again at `target`, with files shown as owned per the namespace's mapping
+/// (`namespace_for`: host uid 0 as the box's uid); read-only when `read_only`. Always `nosuid`
+/// and `nodev`. `source`'s last component is not followed if it is a symbolic link.
 pub(crate) fn bind(
     source: &Path,
     target: &Path,
@@ -75,7 +83,9 @@ pub(crate) fn bind(
     let tree = rustix::mount::open_tree(
         rustix::fs::CWD,
         source,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|e| BoxError::Io {
         context: format!("cloning the mount of {}", source.display()),

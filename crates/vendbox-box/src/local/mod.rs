@@ -10,12 +10,16 @@
 //! PID 1 and answers on a Unix socket in the layer. Boxes outlive the vendbox process that made
 //! them, so a restarted vendbox finds them again ([`Backend::list`]), and image boxes outlive a
 //! reboot on their disks.
+//!
+//! Boxes may form pods ([`pod`]): a box whose spec names a pod is born in the network namespace
+//! of the pod's first box and mounts the pod's named volumes from that box's disk.
 
 mod cgroup;
 mod disk;
 mod idmap;
 mod layer;
 mod net;
+mod pod;
 mod seccomp;
 
 use std::fs;
@@ -268,6 +272,11 @@ impl LocalBackend {
                 args.extend(["--ro-bind".into(), host_str(&lxcfs.join(file)), format!("/proc/{file}")]);
             }
         }
+        if let Some(pod) = &spec.pod {
+            // Born in the pod's namespace, which the host made (see `start`).
+            args.retain(|a| a != "--unshare-net");
+            pod::bwrap_args(layer, &pod.volumes, &mut args);
+        }
         args.extend(["--ro-bind".into(), host_str(&self.boxd_exe), "/.boxd".into()]);
         args.extend(["--setenv".into(), "HOME".into(), "/root".into()]);
         if let (true, Some(net)) = (spec.egress, &self.net) {
@@ -314,6 +323,42 @@ fn host_root_args(layer: &Path, args: &mut Vec<String>) {
 }
 
 impl LocalBackend {
+    /// The network namespace box `spec` is born in, when the host makes or picks one: its pod's
+    /// (the first box's, made with it), or its own with egress; `None`: bubblewrap's own.
+    async fn network(&self, spec: &BoxSpec, uid: u32) -> Result<Option<PathBuf>, BoxError> {
+        match (&spec.pod, &self.net) {
+            (Some(pod), _) if pod.first != spec.id => {
+                let path = net::namespace_of(&self.instance, &pod.first);
+                if path.exists() {
+                    Ok(Some(path))
+                } else {
+                    Err(BoxError::Start(format!(
+                        "the network of pod {} is gone: its first box does not run",
+                        pod.first
+                    )))
+                }
+            }
+            (_, Some(net)) if spec.egress => net.attach(&spec.id, uid).await.map(Some),
+            (Some(_), _) => net::loopback_namespace(&self.instance, &spec.id).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Mounts `pod`'s volumes in the layer of box `spec` (root: host `uid`), from the disk of the
+    /// pod's first box.
+    async fn mount_volumes(&self, spec: &BoxSpec, pod: &crate::Pod, uid: u32) -> Result<(), BoxError> {
+        let first_uid = if pod.first == spec.id {
+            uid
+        } else {
+            self.disks.record(&pod.first).map(|r| r.uid).ok_or_else(|| {
+                BoxError::Start(format!("the pod's first box {} has no disk for volumes", pod.first))
+            })?
+        };
+        let (first_layer, dir, volumes) =
+            (self.layer_dir(&pod.first), self.layer_dir(&spec.id), pod.volumes.clone());
+        blocking(move || pod::mount_volumes(&first_layer, first_uid, &dir, uid, &volumes)).await
+    }
+
     /// Starts box `spec` as host `uid`: its root (on `new_disk`, made first, for a new box of an
     /// image; else on the disk it has), its network and its cgroup, then boxd.
     async fn start(
@@ -329,12 +374,7 @@ impl LocalBackend {
         let layer = self.layer_dir(&spec.id);
         // The network (host tools run one after another) and the root (a disk, mounts) need
         // nothing of each other: they are made at once.
-        let network = async {
-            match &self.net {
-                Some(net) if spec.egress => net.attach(&spec.id, uid).await.map(Some),
-                _ => Ok(None),
-            }
-        };
+        let network = self.network(spec, uid);
         let root = async {
             if spec.image == crate::image::HOST {
                 let size = u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024;
@@ -357,6 +397,9 @@ impl LocalBackend {
         let (netns, root) = tokio::join!(network, root);
         root?;
         let netns = netns?;
+        if let Some(pod) = spec.pod.as_ref().filter(|p| !p.volumes.is_empty()) {
+            self.mount_volumes(spec, pod, uid).await?;
+        }
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
         self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
         // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts;
@@ -488,6 +531,14 @@ impl LocalBackend {
     /// whose PID 1 died): what its last run left is cleared, its uid claimed again, and a fresh
     /// boxd started on the same root. Processes do not survive; files on its disk do.
     async fn revive(&self, id: &BoxId) -> BoxStatus {
+        // Another box of a pod needs the first box running: its network and its volumes' disk.
+        let first = self.disks.record(id).and_then(|r| r.pod).map(|p| p.first).filter(|first| first != id);
+        if let Some(first) = first
+            && !matches!(self.status(&first).await, Ok(BoxStatus::Running))
+        {
+            tracing::warn!(box_id = %id, pod = %first, "the first box of this box's pod does not run");
+            return BoxStatus::Gone;
+        }
         let _one_at_a_time = self.reviving.lock().await;
         if self.layer_dir(id).exists() && self.boxd(id).health().await.is_ok() {
             return BoxStatus::Running;
@@ -499,10 +550,15 @@ impl LocalBackend {
             image: record.image.clone(),
             limits: record.limits,
             egress: record.egress,
+            pod: record.pod.clone(),
         };
+        // The pod's first box keeps the namespace its pod's other boxes may still be in.
+        let keeps_network = record.pod.as_ref().is_some_and(|p| p.first == *id) && !record.egress;
         let result = async {
             self.cgroups.destroy(&self.instance, id.as_str()).await?;
-            net::detach(&self.instance, id).await;
+            if !keeps_network {
+                net::detach(&self.instance, id).await;
+            }
             layer::remove(&self.layer_dir(id))?;
             self.claim_this_uid(id, record.uid)?;
             self.start(&spec, record.uid, None).await
@@ -525,6 +581,29 @@ impl LocalBackend {
     pub fn with_disk_grace(mut self, grace: Duration) -> LocalBackend {
         self.disk_grace = grace;
         self
+    }
+
+    /// Why box `spec` cannot join `pod`, if it cannot: its volumes must be plain, and live on
+    /// the first box's disk (a box of the `host` image has none); another box joins only a
+    /// first box that runs.
+    fn check_pod(&self, spec: &BoxSpec, pod: &crate::Pod) -> Result<(), BoxError> {
+        for volume in &pod.volumes {
+            volume.check().map_err(BoxError::Unsupported)?;
+        }
+        let first_has_disk = if pod.first == spec.id {
+            spec.image != crate::image::HOST
+        } else {
+            if !self.layer_dir(&pod.first).exists() {
+                return Err(BoxError::Start(format!("the pod's first box {} does not run", pod.first)));
+            }
+            self.disks.record(&pod.first).is_some()
+        };
+        if !pod.volumes.is_empty() && !first_has_disk {
+            return Err(BoxError::Unsupported(
+                "a pod's volumes live on its first box's disk, and a box of the `host` image has none".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The images this backend makes boxes from.
@@ -551,6 +630,9 @@ impl Backend for LocalBackend {
             ));
         }
         self.images.check(&spec.image).map_err(BoxError::Unsupported)?;
+        if let Some(pod) = &spec.pod {
+            self.check_pod(spec, pod)?;
+        }
         if self.layer_dir(&spec.id).exists() || self.disks.record(&spec.id).is_some() {
             return Err(BoxError::Start(format!("box {} exists already", spec.id)));
         }
@@ -562,6 +644,7 @@ impl Backend for LocalBackend {
                 uid,
                 limits: spec.limits,
                 egress: spec.egress,
+                pod: spec.pod.clone(),
             };
             (record, u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024)
         });
@@ -655,6 +738,10 @@ impl Backend for LocalBackend {
             });
         }
         Ok(usage)
+    }
+
+    fn pods(&self) -> bool {
+        true
     }
 
     fn capacity(&self) -> crate::Usage {

@@ -556,6 +556,37 @@ async fn inside_netns(netns: &Path, policy: &str) -> Result<(), BoxError> {
     }
 }
 
+/// Where box `id`'s network namespace is when the host made one for it (egress, or a pod's
+/// first box): `/run/netns/vendbox-<instance>-<id>`.
+pub(crate) fn namespace_of(instance: &str, id: &BoxId) -> PathBuf {
+    Path::new(NETNS_DIR).join(link_names(instance, id).0)
+}
+
+/// The network namespace of pod box `id` without egress, made now unless it exists (the pod's
+/// first box started again keeps the namespace its pod's other boxes are in): the host's, with
+/// only loopback, up, so that the pod's boxes reach each other on 127.0.0.1 and nothing else.
+/// As with egress, the box's root has no `CAP_NET_ADMIN` in it, and ports below 1024 are opened
+/// to it by sysctl (a web server on port 80).
+pub(crate) async fn loopback_namespace(instance: &str, id: &BoxId) -> Result<PathBuf, BoxError> {
+    let path = namespace_of(instance, id);
+    if !path.exists() {
+        let name = link_names(instance, id).0;
+        run("ip", &["netns", "add", &name]).await?;
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]).await?;
+    }
+    let here = std::fs::metadata("/proc/thread-self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let there = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    if here.is_err() || there.is_err() || here.ok() == there.ok() {
+        return Err(BoxError::Start(format!("{} is not a network namespace of its own", path.display())));
+    }
+    spawn_in(Some(&path), || {
+        std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")?;
+        std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+    })
+    .map_err(BoxError::io("setting up a pod's network namespace"))?;
+    Ok(path)
+}
+
 /// Removes box `id`'s link and network namespace, if it has them.
 pub(crate) async fn detach(instance: &str, id: &BoxId) {
     let (netns, host_if, peer_if) = link_names(instance, id);
