@@ -621,6 +621,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> StoreResult<Vec<SecretVm>>;
 
+    /// Records that VM `vm_id`'s service `service`, the `position`th in start order, runs in the
+    /// box of `lease` (once; writing the same position again changes nothing).
+    async fn add_secret_vm_box(
+        &self,
+        vm_id: &str,
+        position: u32,
+        service: &str,
+        lease: LeaseId,
+    ) -> StoreResult<()>;
+
+    /// The boxes of VM `vm_id`: (service, lease) in start order.
+    async fn secret_vm_boxes(&self, vm_id: &str) -> StoreResult<Vec<(String, LeaseId)>>;
+
     /// Records an x402Compute instance.
     async fn insert_compute_instance(&self, instance: &ComputeInstance) -> StoreResult<()>;
 

@@ -506,6 +506,23 @@ macro_rules! store_impl {
                 self.secret_vms_stale(status, updated_before, limit).await
             }
 
+            async fn add_secret_vm_box(
+                &self,
+                vm_id: &str,
+                position: u32,
+                service: &str,
+                lease: vendbox_core::LeaseId,
+            ) -> $crate::StoreResult<()> {
+                self.add_secret_vm_box(vm_id, position, service, lease).await
+            }
+
+            async fn secret_vm_boxes(
+                &self,
+                vm_id: &str,
+            ) -> $crate::StoreResult<Vec<(String, vendbox_core::LeaseId)>> {
+                self.secret_vm_boxes(vm_id).await
+            }
+
             async fn insert_compute_instance(
                 &self,
                 instance: &$crate::ComputeInstance,

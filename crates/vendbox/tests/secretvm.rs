@@ -14,6 +14,11 @@
 //!   status reaches `running` and its `vmDomain` serves the page through the port proxy; another
 //!   wallet's status request is 404; the balance runs out, the VM stops within a minute with the
 //!   reason in its status, and the balance is exactly zero, never below.
+//! - `a_vm_of_two_images_shares_its_network_and_a_volume_with_nothing_else`: a VM is a pod, one
+//!   box per service from its own image (both pulled from the registry): `web` fetches `api`'s
+//!   page by service name from `api`'s loopback and reads a file `api` wrote into a named volume
+//!   mounted in both, and the VM's domain serves what only `api` could have made; a box of
+//!   another VM reaches neither `api`'s port nor its name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod boxhost;
@@ -262,9 +267,22 @@ fn must(program: &str, args: &[&str]) {
 /// static busybox as `/bin/sh` and its tools, and a page; its config runs busybox's `httpd` on
 /// port 80 and exposes it, as nginx's image does.
 fn web_image(dir: &Path) -> PathBuf {
-    let layout = dir.join("web");
-    let bundle = dir.join("web-bundle");
-    let image = format!("{}:alpine", layout.display());
+    busybox_image(
+        dir,
+        "web",
+        "alpine",
+        &[("www/index.html", PAGE)],
+        &["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"],
+    )
+}
+
+/// An OCI layout at `dir/name` (tag `tag`): the host's C library and loader (for boxd), a
+/// static busybox as `/bin/sh` and its tools, and `files`; its config runs `cmd` and exposes
+/// port 80.
+fn busybox_image(dir: &Path, name: &str, tag: &str, files: &[(&str, &str)], cmd: &[&str]) -> PathBuf {
+    let layout = dir.join(name);
+    let bundle = dir.join(format!("{name}-bundle"));
+    let image = format!("{}:{tag}", layout.display());
     must("umoci", &["init", "--layout", layout.to_str().unwrap()]);
     must("umoci", &["new", "--image", &image]);
     must("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
@@ -284,10 +302,14 @@ fn web_image(dir: &Path) -> PathBuf {
     }
     must("cp", &["-L", "/lib64/ld-linux-x86-64.so.2", rootfs.join("lib64").to_str().unwrap()]);
     must("cp", &["-L", "/bin/busybox", rootfs.join("bin/busybox").to_str().unwrap()]);
-    for applet in ["sh", "mkdir", "sleep", "httpd", "cat"] {
+    for applet in ["sh", "mkdir", "sleep", "httpd", "cat", "wget"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
-    std::fs::write(rootfs.join("www/index.html"), PAGE).unwrap();
+    for (path, text) in files {
+        let path = rootfs.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
     must("umoci", &["repack", "--image", &image, bundle.to_str().unwrap()]);
     let mut config = vec![
         "config",
@@ -298,8 +320,8 @@ fn web_image(dir: &Path) -> PathBuf {
         "--config.env",
         "PATH=/bin",
     ];
-    for word in ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"] {
-        config.extend(["--config.cmd", word]);
+    for word in cmd {
+        config.extend(["--config.cmd", *word]);
     }
     must("umoci", &config);
     layout
@@ -408,5 +430,144 @@ async fn a_compose_vm_runs_from_the_registry_and_stops_when_its_balance_runs_out
     tokio::time::sleep(Duration::from_secs(5)).await;
     let balance = agent(&shop, &payer, &["get", "/api/agent/balance"], &[]);
     assert_eq!(balance["body"]["balance"], "0", "nothing charged after the stop: {balance}");
+    drop(registry);
+}
+
+/// Pushes OCI layout `layout`'s `tag` to `registry` as `reference` (`library/web:1`).
+fn push(registry: &Registry, layout: &Path, tag: &str, reference: &str) {
+    must(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{}/{reference}", registry.address),
+        ],
+    );
+}
+
+/// The page at `domain` once it answers 200, or the last answer after 30 s.
+async fn page_when_up(shop: &Shop, domain: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let served = page(shop, domain).await;
+        if served.0 == 200 || Instant::now() > deadline {
+            return served;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Creates a VM named `name` from compose file `compose` as `wallet` (topping up `amount` first
+/// if the balance is short) and waits until it is no longer `creating`; its id and last status.
+fn create_and_wait(
+    shop: &Shop,
+    wallet: &Wallet,
+    name: &str,
+    compose: &Path,
+    amount: &str,
+) -> (String, Value) {
+    let flow = agent(
+        shop,
+        wallet,
+        &["flow"],
+        &[
+            ("AGENT_VM_NAME", name),
+            ("AMOUNT_USDC", amount),
+            ("AGENT_COMPOSE_FILE", compose.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(flow["create"]["status"], 200, "{flow}");
+    let id = flow["create"]["body"]["id"].as_str().unwrap().to_owned();
+    let status = poll(shop, wallet, &id, Duration::from_mins(3), |v| v["body"]["status"] != "creating");
+    (id, status)
+}
+
+#[tokio::test]
+async fn a_vm_of_two_images_shares_its_network_and_a_volume_with_nothing_else() {
+    if !(python_ready()
+        && shop::python_client_installed()
+        && boxhost::boxes_supported()
+        && ["umoci", "skopeo", "docker-registry", "busybox"].iter().all(|t| have(t)))
+    {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let registry = Registry::start(work.path());
+    // Two images: the web image (busybox's httpd on port 80), and an "api" image with a marker
+    // file of its own, whose httpd serves /api on 127.0.0.1:8080.
+    let web = web_image(work.path());
+    push(&registry, &web, "alpine", "library/nginx:alpine");
+    let marker = "the api image's own marker";
+    let api = busybox_image(
+        work.path(),
+        "api",
+        "1",
+        &[("api/marker", marker)],
+        &["/bin/busybox", "httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/api"],
+    );
+    push(&registry, &api, "1", "library/api:1");
+    let env = [
+        ("VENDBOX_SECRETVM__REGISTRY", registry.address.as_str()),
+        ("VENDBOX_SECRETVM__REGISTRY_INSECURE", "true"),
+        ("VENDBOX_SERVER__PORTS_DOMAIN", DOMAIN),
+    ];
+    let Some(shop) = open_shop(&env).await else { return };
+    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let payer = shop.payer().await;
+
+    // `api` (started first: `web` depends on it) serves a page made of its image's marker and
+    // its environment on its loopback only, and writes a file into the volume; `web` fetches
+    // the page by the service's name and reads the file (mounted elsewhere in it), and serves
+    // both on port 80, the VM's domain.
+    let token = format!(
+        "w{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
+    let api_command = "echo \"network: $(cat /api/marker) $API_WORD\" > /api/net.txt; \
+                       echo \"volume: $API_WORD\" > /data/vol.txt; \
+                       exec httpd -f -p 127.0.0.1:8080 -h /api";
+    let web_command = "until wget -q -O /tmp/net.txt http://api:8080/net.txt; do sleep 0.2; done; \
+                       until [ -s /shared/vol.txt ]; do sleep 0.2; done; \
+                       cat /tmp/net.txt /shared/vol.txt > /www/index.html; \
+                       exec httpd -f -p 80 -h /www";
+    let q = |text: &str| serde_json::to_string(text).unwrap();
+    let compose = format!(
+        "services:\n  web:\n    image: nginx:alpine\n    depends_on: [api]\n    ports: [\"80:80\"]\n    \
+         volumes: [\"shared:/shared\"]\n    command: [\"/bin/sh\", \"-c\", {}]\n  api:\n    image: api:1\n    \
+         environment:\n      API_WORD: {token}\n    volumes: [\"shared:/data\"]\n    \
+         command: [\"/bin/sh\", \"-c\", {}]\nvolumes:\n  shared: {{}}\n",
+        q(web_command),
+        q(api_command)
+    );
+    let pod_file = work.path().join("pod.yml");
+    std::fs::write(&pod_file, compose).unwrap();
+    let (id, status) = create_and_wait(&shop, &payer, "pod", &pod_file, "0.2");
+    assert_eq!(status["body"]["status"], "running", "{status}");
+    for image in ["nginx-alpine", "api-1"] {
+        assert!(shop.dir.path().join("state/images").join(image).join("rootfs").is_dir(), "{image} pulled");
+    }
+    let served = page_when_up(&shop, &format!("80-{id}.{DOMAIN}")).await;
+    assert_eq!(served, (200, format!("network: {marker} {token}\nvolume: {token}\n")));
+
+    // Another VM's box reaches nothing of it: not api's port on its own loopback, not `api`.
+    let probe_command = "for url in http://127.0.0.1:8080/net.txt http://api:8080/net.txt; do \
+                         if wget -q -T 2 -O /tmp/got \"$url\"; then echo reached; else echo isolated; fi; \
+                         done > /www/index.html; exec httpd -f -p 80 -h /www";
+    let probe = format!(
+        "services:\n  probe:\n    image: nginx:alpine\n    command: [\"/bin/sh\", \"-c\", {}]\n",
+        q(probe_command)
+    );
+    let probe_file = work.path().join("probe.yml");
+    std::fs::write(&probe_file, probe).unwrap();
+    let (other, status) = create_and_wait(&shop, &payer, "probe", &probe_file, "0.2");
+    assert_eq!(status["body"]["status"], "running", "{status}");
+    assert_eq!(
+        page_when_up(&shop, &format!("80-{other}.{DOMAIN}")).await,
+        (200, "isolated\nisolated\n".to_owned())
+    );
+    // The pod still serves its page.
+    assert_eq!(page(&shop, &format!("80-{id}.{DOMAIN}")).await.0, 200);
     drop(registry);
 }

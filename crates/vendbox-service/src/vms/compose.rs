@@ -3,9 +3,10 @@
 //! `serde_norway` (a maintained fork of `serde_yaml`); keys outside the subset are refused by
 //! name rather than ignored, so a workload never runs other than as written.
 //!
-//! What runs is a shell script per service ([`Service::script`]): its environment, its working
-//! directory, and the command under a loop that keeps the restart policy, started in the
-//! background of the VM's box.
+//! What runs is a shell script per service ([`Service::script`]): the services' names for
+//! 127.0.0.1 in `/etc/hosts` (they share one network), its environment, its working directory,
+//! and the command under a loop that keeps the restart policy, started in the background of the
+//! service's box.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -369,11 +370,17 @@ impl Service {
         Ok(argv)
     }
 
-    /// The shell script that starts this service in the background of its box: its volumes'
-    /// directories made, its environment (the image's, the compose file's, then `extra`), its
-    /// working directory, and its command in a loop that keeps the restart policy; output to
-    /// `/var/log/vendbox-vm/<service>.log`.
-    pub fn script(&self, image: &ImageDefaults, extra: &BTreeMap<String, String>) -> Result<String, String> {
+    /// The shell script that starts this service in the background of its box: the names of
+    /// the VM's services (`names`, checked by [`Compose::parse`]) for 127.0.0.1 in `/etc/hosts`,
+    /// its volumes' directories made, its environment (the image's, the compose file's, then
+    /// `extra`), its working directory, and its command in a loop that keeps the restart policy;
+    /// output to `/var/log/vendbox-vm/<service>.log`.
+    pub fn script(
+        &self,
+        image: &ImageDefaults,
+        extra: &BTreeMap<String, String>,
+        names: &[String],
+    ) -> Result<String, String> {
         let argv = self.argv(image)?;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for item in &image.env {
@@ -401,7 +408,12 @@ impl Service {
         };
         inner.push_str(&looped);
         let log = format!("/var/log/vendbox-vm/{}.log", self.name);
-        let mut script = String::from("mkdir -p /var/log/vendbox-vm");
+        let mut script = String::new();
+        if !names.is_empty() {
+            let line = format!("127.0.0.1 {}\n", names.join(" "));
+            let _ = writeln!(script, "printf '%s' {} >>/etc/hosts 2>/dev/null", sh_quote(&line));
+        }
+        script.push_str("mkdir -p /var/log/vendbox-vm");
         for (_, path) in &self.volumes {
             let _ = write!(script, " {}", sh_quote(path));
         }
@@ -486,7 +498,8 @@ volumes:
             working_dir: Some("/www".into()),
         };
         let extra: BTreeMap<String, String> = [("SECRET".to_owned(), "s".to_owned())].into_iter().collect();
-        let script = compose.services[0].script(&image, &extra).unwrap();
+        let script = compose.services[0].script(&image, &extra, &["app".to_owned()]).unwrap();
+        assert!(script.starts_with("printf '%s' '127.0.0.1 app\n' >>/etc/hosts"), "{script}");
         assert!(script.contains("GREETING='\\''it'\\''\\'\\'''\\''s'\\''"), "{script}");
         assert!(script.contains("while :; do '\\''/bin/busybox'\\'' '\\''httpd'\\''"), "{script}");
         assert!(script.contains("export SECRET="), "{script}");

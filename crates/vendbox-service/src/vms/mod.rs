@@ -3,13 +3,18 @@
 //! docker-compose workload ([`compose`]) in a box, charged from the balance by the billing
 //! period and stopped, with the reason in its status, when the balance cannot pay the next one.
 //!
-//! **What a VM is here.** One box per VM (one lease of the VM type's offer) whose root is the
-//! image of its services; every service runs as a background process of that box, started in
-//! `depends_on` order by a shell loop that keeps its restart policy. The services therefore share
-//! one network namespace and one disk, as a pod does, but not one image each: a compose file
-//! whose services name different images is refused (`compose_unsupported`) rather than run other
-//! than written. Named volumes are directories on the VM's disk. There is no TEE and no
-//! attestation: a VM is a box on the operator's host, and its status says so.
+//! **What a VM is here.** A pod of boxes (`vendbox_box::Pod`): one box per compose service, each
+//! a lease of the VM type's offer with the service's own image as its root, made in `depends_on`
+//! order. The first service's box is the pod's first box: every other box of the VM is born in
+//! its network namespace (services reach each other on 127.0.0.1, and by service name through
+//! `/etc/hosts`), and named volumes are directories on its disk, mounted into each service that
+//! names them. Nothing outside the VM shares its network or volumes. In each box the service's
+//! command runs in the background under a shell loop that keeps its restart policy. The VM is
+//! `running` once every service was started; one that cannot be (its image, its box, its start)
+//! fails the VM with a reason naming it, and every box made is taken back. The VM's leases are
+//! kept in the store (`secretvm_vm_boxes`, in start order), so billing, stopping and a restarted
+//! vendbox reach all of them. There is no TEE and no attestation: a VM is a pod of boxes on the
+//! operator's host, and its status says so.
 //!
 //! **Money.** A VM is made only when the wallet's available credit is at least the minimum
 //! balance (`AGENT_MIN_BALANCE`, 100 minor units by default). It is charged one billing period
@@ -30,13 +35,14 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use vendbox_box::image::ImageStore;
 use vendbox_box::wire::{ProcessSpec, RunRequest};
-use vendbox_core::{AccountAddress, Capability, LedgerKind, Offer, OfferKind, QuoteTerms, Usdc};
+use vendbox_box::{BoxId, Volume};
+use vendbox_core::{AccountAddress, Capability, LeaseId, LedgerKind, Offer, OfferKind, QuoteTerms, Usdc};
 use vendbox_store::{SecretVm, Store, StoreError};
 
 use crate::clock::{Clock, SystemClock};
-use crate::leases::Boxes;
+use crate::leases::{Boxes, PodPlace};
 pub use agent::{FileMeta, create_signing_body, request_hash};
-use compose::Compose;
+use compose::{Compose, ImageDefaults};
 pub use registry::Registry;
 
 /// What a VM's status says of attestation, always.
@@ -415,14 +421,11 @@ impl Vms {
         };
         let skip_launch = flag("skip_launch");
         let compose = Compose::parse(&new.compose).map_err(VmError::Compose)?;
-        if let Some(other) = compose.services.iter().find(|s| s.image != compose.services[0].image) {
-            return Err(VmError::Compose(format!(
-                "service `{}` runs image `{}` and service `{}` image `{}`: a VM here is one box whose services share one image",
-                compose.services[0].name, compose.services[0].image, other.name, other.image
-            )));
-        }
         for s in &compose.services {
             registry::Reference::parse(&s.image).map_err(VmError::Compose)?;
+            for volume in volumes_of(s) {
+                volume.check().map_err(|e| VmError::Compose(format!("service `{}`: {e}", s.name)))?;
+            }
         }
         let mut extra_env = BTreeMap::new();
         for f in ["environment", "secrets_plaintext"] {
@@ -530,40 +533,50 @@ impl Vms {
 
     async fn bring_up(&self, vm: &mut SecretVm, spec: &Spec, offer: &Offer) -> Result<(), String> {
         let boxes = self.boxes.as_ref().map_err(ToString::to_string)?.clone();
-        let image = spec.compose.services[0].image.clone();
-        let registry = self.settings.registry.clone();
-        let data_dir = self.settings.data_dir.clone();
-        let (store_name, defaults) = tokio::task::spawn_blocking(move || {
-            let defaults_dir = data_dir.join("secretvm").join("images");
-            std::fs::create_dir_all(&defaults_dir)
-                .map_err(|e| format!("making {}: {e}", defaults_dir.display()))?;
-            registry.ensure(&ImageStore::of_data_dir(&data_dir), &defaults_dir, &image)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        let scripts: Vec<(String, String)> = spec
-            .compose
-            .services
-            .iter()
-            .map(|s| s.script(&defaults, &spec.extra_env).map(|script| (s.name.clone(), script)))
-            .collect::<Result<_, _>>()?;
-        let terms = QuoteTerms {
-            minutes: None,
-            actions: None,
-            region: None,
-            image: Some(store_name),
-            price: Usdc::ZERO,
-        };
-        let made = boxes
-            .provision(offer, &terms, None, &[], &[Capability::Root])
-            .await
-            .map_err(|e| e.to_string())?;
-        vm.lease = Some(made.lease.id);
-        // Written at once, so that a launch cut off from here on leaves a box that can be found.
-        vm.updated_at = self.clock.now();
-        self.store.update_secret_vm(vm, status::CREATING).await.map_err(|e| e.to_string())?;
-        let client = boxes.boxd(&made.lease).map_err(|e| e.to_string())?;
-        for (name, script) in scripts {
+        // Every image first (pulled when missing): a VM one of whose images cannot be had makes
+        // no box at all.
+        let mut images: BTreeMap<String, (String, ImageDefaults)> = BTreeMap::new();
+        for service in &spec.compose.services {
+            if !images.contains_key(&service.image) {
+                let image = self
+                    .image(&service.image)
+                    .await
+                    .map_err(|e| format!("service `{}`: {e}", service.name))?;
+                images.insert(service.image.clone(), image);
+            }
+        }
+        let names: Vec<String> = spec.compose.services.iter().map(|s| s.name.clone()).collect();
+        let mut first: Option<BoxId> = None;
+        for (position, service) in spec.compose.services.iter().enumerate() {
+            let name = &service.name;
+            let (store_name, defaults) = &images[&service.image];
+            let script = service.script(defaults, &spec.extra_env, &names)?;
+            let terms = QuoteTerms {
+                minutes: None,
+                actions: None,
+                region: None,
+                image: Some(store_name.clone()),
+                price: Usdc::ZERO,
+            };
+            let place = PodPlace { first: first.clone(), volumes: volumes_of(service) };
+            let made = boxes
+                .provision_in(offer, &terms, None, &[], &[Capability::Root], Some(place))
+                .await
+                .map_err(|e| format!("service `{name}`: its box could not be made: {e}"))?;
+            // Written at once, so that a launch cut off from here on leaves boxes that can be found.
+            let position = u32::try_from(position).unwrap_or(u32::MAX);
+            self.store
+                .add_secret_vm_box(&vm.id, position, name, made.lease.id)
+                .await
+                .map_err(|e| format!("service `{name}`: its box could not be recorded: {e}"))?;
+            if first.is_none() {
+                let box_id = made.lease.box_id.as_deref().and_then(|id| BoxId::new(id).ok());
+                first = Some(box_id.ok_or_else(|| format!("service `{name}`: its lease names no box"))?);
+                vm.lease = Some(made.lease.id);
+                vm.updated_at = self.clock.now();
+                self.store.update_secret_vm(vm, status::CREATING).await.map_err(|e| e.to_string())?;
+            }
+            let client = boxes.boxd(&made.lease).map_err(|e| e.to_string())?;
             let request = RunRequest {
                 process: ProcessSpec {
                     cmd: "/bin/sh".into(),
@@ -590,6 +603,31 @@ impl Vms {
             return Err(vm.status_reason.clone().unwrap_or_default());
         }
         Ok(())
+    }
+
+    /// Image `image` in the image store (pulled from the registry when missing): its store
+    /// name and what it says to run.
+    async fn image(&self, image: &str) -> Result<(String, ImageDefaults), String> {
+        let (registry, data_dir, image) =
+            (self.settings.registry.clone(), self.settings.data_dir.clone(), image.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let defaults_dir = data_dir.join("secretvm").join("images");
+            std::fs::create_dir_all(&defaults_dir)
+                .map_err(|e| format!("making {}: {e}", defaults_dir.display()))?;
+            registry.ensure(&ImageStore::of_data_dir(&data_dir), &defaults_dir, &image)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// The leases of `vm`'s boxes as (service, lease), in start order (the pod's first box
+    /// first); a VM recorded before VMs had a box per service has only `vm.lease`.
+    async fn leases(&self, vm: &SecretVm) -> Result<Vec<(String, LeaseId)>, StoreError> {
+        let mut leases = self.store.secret_vm_boxes(&vm.id).await?;
+        if let Some(lease) = vm.lease.filter(|l| !leases.iter().any(|(_, known)| known == l)) {
+            leases.insert(0, ("vm".to_owned(), lease));
+        }
+        Ok(leases)
     }
 
     /// Charges `vm` the period starting at `from` (at its type's per-minute price, prorated),
@@ -668,34 +706,58 @@ impl Vms {
         Ok(due.len())
     }
 
-    /// Why the running VM's box is no longer there, if it is not (its lease ended or is missing).
+    /// Why the running VM's boxes are no longer all there, if they are not (a lease ended or is
+    /// missing), naming the service.
     async fn box_gone(&self, vm: &SecretVm) -> Option<String> {
         let boxes = self.boxes.as_ref().ok()?;
-        let Some(lease) = vm.lease else { return Some("its box is gone".into()) };
-        match boxes.lease(lease).await {
-            Ok(Some(lease)) if lease.state.is_terminal() => Some(format!(
-                "its box ended ({}){}",
-                lease.state.as_str(),
-                lease.failure_reason.map(|r| format!(": {r}")).unwrap_or_default()
-            )),
-            Ok(Some(_)) | Err(_) => None,
-            Ok(None) => Some("its box is gone".into()),
+        let leases = self.leases(vm).await.ok()?;
+        if leases.is_empty() {
+            return Some("its boxes are gone".into());
         }
+        for (service, lease) in leases {
+            match boxes.lease(lease).await {
+                Ok(Some(lease)) if lease.state.is_terminal() => {
+                    return Some(format!(
+                        "the box of service `{service}` ended ({}){}",
+                        lease.state.as_str(),
+                        lease.failure_reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    ));
+                }
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => return Some(format!("the box of service `{service}` is gone")),
+            }
+        }
+        None
     }
 
-    /// Ends the VM's box, if it has one.
+    /// Ends every box of the VM, the pod's first box last (the others are in its network and
+    /// mount its volumes).
     async fn take_down(&self, vm: &SecretVm) {
-        let (Ok(boxes), Some(lease)) = (&self.boxes, vm.lease) else { return };
-        match boxes.lease(lease).await {
-            Ok(Some(lease)) => {
-                if let Err(e) = boxes.terminate(&lease).await {
-                    tracing::warn!(vm = %vm.id, error = %e, "a VM's box could not be ended; the sweep will");
-                }
+        let Ok(boxes) = &self.boxes else { return };
+        let leases = match self.leases(vm).await {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::warn!(vm = %vm.id, error = %e, "a VM's boxes could not be read; the sweep will end them");
+                return;
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(vm = %vm.id, error = %e, "a VM's lease could not be read"),
+        };
+        for (service, lease) in leases.into_iter().rev() {
+            match boxes.lease(lease).await {
+                Ok(Some(lease)) => {
+                    if let Err(e) = boxes.terminate(&lease).await {
+                        tracing::warn!(vm = %vm.id, service, error = %e, "a VM's box could not be ended; the sweep will");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(vm = %vm.id, service, error = %e, "a VM's lease could not be read"),
+            }
         }
     }
+}
+
+/// The named volumes service `service` mounts.
+fn volumes_of(service: &compose::Service) -> Vec<Volume> {
+    service.volumes.iter().map(|(name, path)| Volume { name: name.clone(), path: path.clone() }).collect()
 }
 
 /// Refuses the seed's options vendbox cannot honour, each with a sentence naming it.

@@ -1,4 +1,4 @@
-//! SecretVM's VMs (migration 0011): one row per VM, its status changed by compare-and-set on
+//! SecretVM's VMs (migrations 0011 and 0014): one row per VM and one per box of it, its status changed by compare-and-set on
 //! the status it had, so a launch finishing and a billing round stopping it cannot both win.
 
 /// Writes the VM methods of `$store`, whose `pool` is a pool of database `$db`.
@@ -116,6 +116,48 @@ macro_rules! impl_vms {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(Self::vm_from_row).collect()
+            }
+
+            async fn add_secret_vm_box(
+                &self,
+                vm_id: &str,
+                position: u32,
+                service: &str,
+                lease: vendbox_core::LeaseId,
+            ) -> $crate::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO secretvm_vm_boxes (vm_id, position, service, lease_id) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (vm_id, position) DO NOTHING",
+                )
+                .bind(vm_id)
+                .bind(i64::from(position))
+                .bind(service)
+                .bind(lease.to_string())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn secret_vm_boxes(
+                &self,
+                vm_id: &str,
+            ) -> $crate::StoreResult<Vec<(String, vendbox_core::LeaseId)>> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT service, lease_id FROM secretvm_vm_boxes WHERE vm_id = $1 ORDER BY position",
+                )
+                .bind(vm_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let lease: String = r.try_get("lease_id")?;
+                        Ok((
+                            r.try_get("service")?,
+                            $crate::shared::parse_text(&lease, "secretvm_vm_boxes.lease_id")?,
+                        ))
+                    })
+                    .collect()
             }
         }
     };
