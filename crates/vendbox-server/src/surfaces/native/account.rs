@@ -238,25 +238,69 @@ pub async fn topup(
     headers: HeaderMap,
     ApiJson(request): ApiJson<TopUpRequest>,
 ) -> Response {
+    let sale = CreditSale { resource: "/v1/account/topup", what: "credits top-up", amount_field: None };
+    sell_credits(
+        &state,
+        &headers,
+        principal.account,
+        request.amount,
+        sale,
+        move |account, amount, payment| async move {
+            Ok(TopUp { account: account.to_string(), amount, payment_id: payment })
+        },
+    )
+    .await
+}
+
+/// What a surface's sale of credits is called and where it is sold.
+pub(crate) struct CreditSale {
+    /// The route that sells them, for the payment's resource.
+    pub resource: &'static str,
+    /// What the charge is called in its description ("credits top-up").
+    pub what: &'static str,
+    /// The request's field that holds the amount, named in a refusal of it.
+    pub amount_field: Option<&'static str>,
+}
+
+/// Sells `requested` credits to `account` for a payment through the gate: the amount is checked
+/// against `[credits]`, the top-up is written down before the money moves and booked once it
+/// moved (pay-on-success; should booking fail or the process die in between, the top-up worker
+/// books it, and the entry's reference is the payment, so booking it again changes nothing).
+/// `answer` makes the surface's answer from the account, the amount and the payment.
+pub(crate) async fn sell_credits<T, A, W>(
+    state: &AppState,
+    headers: &HeaderMap,
+    account: vendbox_core::AccountAddress,
+    requested: Usdc,
+    sale: CreditSale,
+    answer: A,
+) -> Response
+where
+    T: Serialize,
+    A: FnOnce(vendbox_core::AccountAddress, Usdc, PaymentId) -> W,
+    W: Future<Output = Result<T, ApiError>>,
+{
     let accounts = state.accounts();
-    let amount = match accounts.top_up_amount(request.amount) {
+    let amount = match accounts.top_up_amount(requested) {
         Ok(amount) => amount,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            let error = ApiError::from(e);
+            let error = match sale.amount_field {
+                Some(field) => error.with_field(field),
+                None => error,
+            };
+            return error.into_response();
+        }
     };
-    let description = format!("credits top-up of {amount} for {}", principal.account);
-    let charge = match state.payments.charge_for(ChargeKind::TopUp, amount, "/v1/account/topup", &description)
-    {
+    let description = format!("{} of {amount} for {account}", sale.what);
+    let charge = match state.payments.charge_for(ChargeKind::TopUp, amount, sale.resource, &description) {
         Ok(charge) => charge,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    gate::pay(&state.payments, &headers, charge, move |payment| async move {
+    gate::pay(&state.payments, headers, charge, move |payment| async move {
         let payment = payment.ok_or_else(|| ApiError::internal(&"a top-up without a payment"))?;
-        let account = principal.account;
-        let answer = TopUp { account: account.to_string(), amount, payment_id: payment };
-        // Written down before the money moves, booked only once it moved (pay-on-success); if
-        // booking fails or the process dies in between, the top-up worker books it. The
-        // entry's reference is the payment, so booking it again changes nothing.
         accounts.pend_top_up(&account, amount, payment).await.map_err(ApiError::from)?;
+        let answer = answer(account.clone(), amount, payment).await?;
         Ok(Delivery::delivered(Json(answer)).after_settlement(async move {
             accounts.book_top_up(&account, amount, payment).await.map(|_| ()).map_err(ApiError::from)
         }))

@@ -18,15 +18,14 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use vendbox_core::{AccountAddress, Usdc};
-use vendbox_pay::ChargeKind;
 use vendbox_service::vms::compose::MAX_COMPOSE_BYTES;
 use vendbox_service::vms::{FileMeta, NO_ATTESTATION, create_signing_body};
-use vendbox_service::{Agent, AgentRequest, Delivery, NewVm, VmError, VmView};
+use vendbox_service::{Agent, AgentRequest, NewVm, VmError, VmView};
 
 use super::Routes;
+use super::native::account::{CreditSale, sell_credits};
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::gate;
 
 /// The form field of the compose file.
 const COMPOSE_FIELD: &str = "dockercompose";
@@ -203,30 +202,19 @@ fn amount(body: &str, query: AmountQuery) -> Result<Usdc, ApiError> {
 /// Buys `amount` of credits for `account` through the payment gate (x402 only: credits cannot
 /// buy credits), booked once the payment settled, as `/v1/account/topup` does.
 async fn top_up(state: &AppState, headers: &HeaderMap, account: AccountAddress, amount: Usdc) -> Response {
-    let accounts = state.accounts();
-    let amount = match accounts.top_up_amount(amount) {
-        Ok(amount) => amount,
-        Err(e) => return ApiError::from(e).with_field("amount_usdc").into_response(),
+    let sale = CreditSale {
+        resource: "/api/agent/add-funds",
+        what: "SecretVM agent funds",
+        amount_field: Some("amount_usdc"),
     };
-    let description = format!("SecretVM agent funds of {amount} for {account}");
-    let charge =
-        match state.payments.charge_for(ChargeKind::TopUp, amount, "/api/agent/add-funds", &description) {
-            Ok(charge) => charge,
-            Err(e) => return ApiError::from(e).into_response(),
-        };
     let vms = state.vms.clone();
-    gate::pay(&state.payments, headers, charge, move |payment| async move {
-        let payment = payment.ok_or_else(|| ApiError::internal(&"a top-up without a payment"))?;
-        accounts.pend_top_up(&account, amount, payment).await.map_err(ApiError::from)?;
+    sell_credits(state, headers, account, amount, sale, move |account, amount, _| async move {
         // The balance it will be once booked (booked after settlement, or by the top-up worker).
         let before = vms.balance(&account).await?;
-        let answer = FundsAdded {
+        Ok(FundsAdded {
             balance: before.atomic().saturating_add(amount.atomic()).to_string(),
             payment_method: "x402".into(),
-        };
-        Ok(Delivery::delivered(Json(answer)).after_settlement(async move {
-            accounts.book_top_up(&account, amount, payment).await.map(|_| ()).map_err(ApiError::from)
-        }))
+        })
     })
     .await
 }
