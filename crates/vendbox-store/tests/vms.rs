@@ -2,6 +2,7 @@
 //! over the status it had (compare-and-set); the billing round finds the running VMs whose
 //! period ended, oldest first, and the launches left unfinished; and a period's charge, booked
 //! under the VM and the period's start, is booked once and never takes the balance below zero.
+//! A VM's boxes (one lease per compose service) are read back in start order, each recorded once.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,7 @@ mod common;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use vendbox_core::{AccountAddress, LedgerKind, Usdc};
+use vendbox_core::{AccountAddress, LeaseId, LedgerKind, Usdc};
 use vendbox_store::{SecretVm, Store, StoreError};
 
 fn t0() -> DateTime<Utc> {
@@ -83,4 +84,22 @@ async fn vms_change_status_over_the_one_they_had(store: Arc<dyn Store>) {
     assert_eq!(store.balance(&owner).await.unwrap(), Usdc::ZERO);
 }
 
-common::suite!(vms_change_status_over_the_one_they_had);
+async fn a_vms_boxes_come_back_in_start_order(store: Arc<dyn Store>) {
+    let owner = account(2);
+    store.insert_secret_vm(&vm("pod", &owner, None)).await.unwrap();
+    store.insert_secret_vm(&vm("other", &owner, None)).await.unwrap();
+    let (api, web, theirs) = (LeaseId::new_random(), LeaseId::new_random(), LeaseId::new_random());
+    assert!(store.secret_vm_boxes("pod").await.unwrap().is_empty());
+    store.add_secret_vm_box("pod", 1, "web", web).await.unwrap();
+    store.add_secret_vm_box("pod", 0, "api", api).await.unwrap();
+    store.add_secret_vm_box("other", 0, "app", theirs).await.unwrap();
+    // Written again (a retried step): the first record stands.
+    store.add_secret_vm_box("pod", 0, "api", LeaseId::new_random()).await.unwrap();
+    assert_eq!(
+        store.secret_vm_boxes("pod").await.unwrap(),
+        [("api".to_owned(), api), ("web".to_owned(), web)]
+    );
+    assert_eq!(store.secret_vm_boxes("other").await.unwrap(), [("app".to_owned(), theirs)]);
+}
+
+common::suite!(vms_change_status_over_the_one_they_had, a_vms_boxes_come_back_in_start_order);
