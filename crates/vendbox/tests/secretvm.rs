@@ -18,7 +18,9 @@
 //!   box per service from its own image (both pulled from the registry): `web` fetches `api`'s
 //!   page by service name from `api`'s loopback and reads a file `api` wrote into a named volume
 //!   mounted in both, and the VM's domain serves what only `api` could have made; a box of
-//!   another VM reaches neither `api`'s port nor its name.
+//!   another VM reaches neither `api`'s port nor its name; a VM one of whose images cannot be
+//!   had fails naming that service; and a vendbox killed and started again finds every box of
+//!   the pod (billing rounds keep it running, its page is still served).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod boxhost;
@@ -512,8 +514,10 @@ async fn a_vm_of_two_images_shares_its_network_and_a_volume_with_nothing_else() 
         ("VENDBOX_SECRETVM__REGISTRY", registry.address.as_str()),
         ("VENDBOX_SECRETVM__REGISTRY_INSECURE", "true"),
         ("VENDBOX_SERVER__PORTS_DOMAIN", DOMAIN),
+        // Billing rounds every 2 s check that every box of a running VM is still there.
+        ("VENDBOX_SECRETVM__BILLING_PERIOD_SECS", "2"),
     ];
-    let Some(shop) = open_shop(&env).await else { return };
+    let Some(mut shop) = open_shop(&env).await else { return };
     let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
     let payer = shop.payer().await;
 
@@ -548,8 +552,16 @@ async fn a_vm_of_two_images_shares_its_network_and_a_volume_with_nothing_else() 
     for image in ["nginx-alpine", "api-1"] {
         assert!(shop.dir.path().join("state/images").join(image).join("rootfs").is_dir(), "{image} pulled");
     }
-    let served = page_when_up(&shop, &format!("80-{id}.{DOMAIN}")).await;
-    assert_eq!(served, (200, format!("network: {marker} {token}\nvolume: {token}\n")));
+    // One box per service, each on its own image.
+    let mut images: Vec<String> = std::fs::read_dir(shop.dir.path().join("state/boxes"))
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.unwrap().path().join("box.json")).ok())
+        .map(|record| serde_json::from_slice::<Value>(&record).unwrap()["image"].as_str().unwrap().to_owned())
+        .collect();
+    images.sort();
+    assert_eq!(images, ["api-1", "nginx-alpine"]);
+    let expected = (200, format!("network: {marker} {token}\nvolume: {token}\n"));
+    assert_eq!(page_when_up(&shop, &format!("80-{id}.{DOMAIN}")).await, expected);
 
     // Another VM's box reaches nothing of it: not api's port on its own loopback, not `api`.
     let probe_command = "for url in http://127.0.0.1:8080/net.txt http://api:8080/net.txt; do \
@@ -567,7 +579,25 @@ async fn a_vm_of_two_images_shares_its_network_and_a_volume_with_nothing_else() 
         page_when_up(&shop, &format!("80-{other}.{DOMAIN}")).await,
         (200, "isolated\nisolated\n".to_owned())
     );
-    // The pod still serves its page.
-    assert_eq!(page(&shop, &format!("80-{id}.{DOMAIN}")).await.0, 200);
+
+    // A service that cannot be had fails its VM with a reason naming it.
+    let ghost_file = work.path().join("ghost.yml");
+    std::fs::write(
+        &ghost_file,
+        "services:\n  web:\n    image: nginx:alpine\n    depends_on: [ghost]\n  ghost:\n    image: ghost:1\n",
+    )
+    .unwrap();
+    let (_, status) = create_and_wait(&shop, &payer, "ghost", &ghost_file, "0.2");
+    assert_eq!(status["body"]["status"], "failed", "{status}");
+    assert!(status["body"]["status_reason"].as_str().unwrap().contains("service `ghost`"), "{status}");
+
+    // vendbox killed and started again finds every box of the pod: billing rounds (every 2 s)
+    // still see them all, and the page still comes from web's box through api's network.
+    shop.vendbox.crash();
+    shop.vendbox = shop.serve(&env);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = agent(&shop, &payer, &["get", &format!("/api/agent/vm/{id}")], &[]);
+    assert_eq!(status["body"]["status"], "running", "{status}");
+    assert_eq!(page_when_up(&shop, &format!("80-{id}.{DOMAIN}")).await, expected);
     drop(registry);
 }
