@@ -147,6 +147,32 @@ async fn wait_until_pooled(w: &World, ready: u64) {
     }
 }
 
+/// Once a settlement waits in the pool, the operator's key sends something else with the same
+/// nonce and a higher fee, which takes its place and is mined instead; then blocks come again as
+/// transactions do.
+async fn replace_the_pooled_settlement(w: &World) {
+    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
+    wait_until_pooled(w, 1).await;
+    let provider = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(settler.clone()))
+        .connect_http(w.anvil.rpc_url.parse().unwrap());
+    let nonce = alloy::providers::Provider::get_transaction_count(&provider, settler.address())
+        .latest()
+        .await
+        .unwrap();
+    let gwei = 1_000_000_000u128;
+    let replacement = alloy::rpc::types::TransactionRequest::default()
+        .to(settler.address())
+        .nonce(nonce)
+        .gas_limit(21_000)
+        .max_fee_per_gas(1_000 * gwei)
+        .max_priority_fee_per_gas(500 * gwei);
+    let _pending = alloy::providers::Provider::send_transaction(&provider, replacement).await.unwrap();
+    assert_eq!(pooled(w).await, (1, 0), "the replacement took the settlement's place");
+    rpc(w, "evm_mine", serde_json::json!([])).await;
+    rpc(w, "evm_setAutomine", serde_json::json!([true])).await;
+}
+
 #[tokio::test]
 async fn settlements_are_sent_without_waiting_for_earlier_receipts() {
     let Some(w) = world().await else { return };
@@ -212,30 +238,9 @@ async fn a_settlement_whose_nonce_another_transaction_took_is_sent_anew_and_sett
     let Some(w) = world().await else { return };
     rpc(&w, "evm_setAutomine", serde_json::json!([false])).await;
     let payment = pay(&w, &w.payer);
-    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
-    let replace = async {
-        wait_until_pooled(&w, 1).await;
-        // The operator's key sends something else with the same nonce and a higher fee: it
-        // replaces the settlement in the pool, and is mined instead.
-        let provider = alloy::providers::ProviderBuilder::new()
-            .wallet(alloy::network::EthereumWallet::from(settler.clone()))
-            .connect_http(w.anvil.rpc_url.parse().unwrap());
-        let nonce = alloy::providers::Provider::get_transaction_count(&provider, settler.address())
-            .latest()
-            .await
-            .unwrap();
-        let gwei = 1_000_000_000u128;
-        let replacement = alloy::rpc::types::TransactionRequest::default()
-            .to(settler.address())
-            .nonce(nonce)
-            .gas_limit(21_000)
-            .max_fee_per_gas(1_000 * gwei)
-            .max_priority_fee_per_gas(500 * gwei);
-        let _pending = alloy::providers::Provider::send_transaction(&provider, replacement).await.unwrap();
-        assert_eq!(pooled(&w).await, (1, 0), "the replacement took the settlement's place");
-        rpc(&w, "evm_mine", serde_json::json!([])).await;
-        rpc(&w, "evm_setAutomine", serde_json::json!([true])).await;
-    };
+    // The operator's key sends something else with the same nonce and a higher fee: it replaces
+    // the settlement in the pool, and is mined instead.
+    let replace = replace_the_pooled_settlement(&w);
     let (result, ()) = tokio::join!(w.facilitator.settle(&payment, &w.requirements), replace);
     let tx = result.unwrap();
     let auth = payment.authorization;
@@ -353,28 +358,7 @@ async fn a_batch_whose_nonce_another_transaction_took_is_sent_anew_and_each_sett
     let payments: Vec<_> = (0..6).map(|_| pay(&w, &w.payer)).collect();
     let settling =
         futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)));
-    let settler = PrivateKeySigner::from_str(ANVIL_KEY_1).unwrap();
-    let replace = async {
-        wait_until_pooled(&w, 1).await;
-        let provider = alloy::providers::ProviderBuilder::new()
-            .wallet(alloy::network::EthereumWallet::from(settler.clone()))
-            .connect_http(w.anvil.rpc_url.parse().unwrap());
-        let nonce = alloy::providers::Provider::get_transaction_count(&provider, settler.address())
-            .latest()
-            .await
-            .unwrap();
-        let gwei = 1_000_000_000u128;
-        let replacement = alloy::rpc::types::TransactionRequest::default()
-            .to(settler.address())
-            .nonce(nonce)
-            .gas_limit(21_000)
-            .max_fee_per_gas(1_000 * gwei)
-            .max_priority_fee_per_gas(500 * gwei);
-        let _pending = alloy::providers::Provider::send_transaction(&provider, replacement).await.unwrap();
-        assert_eq!(pooled(&w).await, (1, 0), "the replacement took the batch's place");
-        rpc(&w, "evm_mine", serde_json::json!([])).await;
-        rpc(&w, "evm_setAutomine", serde_json::json!([true])).await;
-    };
+    let replace = replace_the_pooled_settlement(&w);
     let (results, ()) = tokio::join!(settling, replace);
     for (payment, result) in payments.iter().zip(results) {
         let auth = payment.authorization;
