@@ -102,6 +102,25 @@ pub struct ImageStore {
     dir: PathBuf,
 }
 
+/// Changes to an image store's directory, while this lives ([`ImageStore::watch`]).
+#[derive(Debug)]
+pub struct ImageChanges {
+    /// The inotify watch; dropping it ends the watch (and its thread).
+    _watcher: notify::RecommendedWatcher,
+    /// Marked changed by every event; changes while nobody looked count as one.
+    changed: tokio::sync::watch::Receiver<()>,
+}
+
+impl ImageChanges {
+    /// Returns once the directory changed since the last call (at once if it did meanwhile).
+    pub async fn changed(&mut self) {
+        if self.changed.changed().await.is_err() {
+            // The watcher's end is gone: nothing will be told again.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Whether `name` can name an image: 1-64 characters of `[a-z0-9._-]`, starting with a letter
 /// or digit.
 pub fn valid_name(name: &str) -> bool {
@@ -165,6 +184,30 @@ impl ImageStore {
         Err(format!("this host has no image `{name}`; its operator can make it with {how}"))
     }
 
+    /// Tells of every change to the store's directory from now on (an image placed by its one
+    /// rename, one taken away by its rename before deletion), through inotify: whoever follows
+    /// the store looks again when told, rather than looking on every request. Creates the
+    /// directory if it is missing, so that there is one to watch.
+    pub fn watch(&self) -> Result<ImageChanges, BoxError> {
+        self.create_dir()?;
+        let (tell, changed) = tokio::sync::watch::channel(());
+        // Any event in the directory, or an error (events may have been lost), means "look
+        // again"; what is there is read from the directory itself, not from the event.
+        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            tell.send_replace(());
+        })
+        .map_err(|e| BoxError::Image(format!("watching {}: {e}", self.dir.display())))?;
+        notify::Watcher::watch(&mut watcher, &self.dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| BoxError::Image(format!("watching {}: {e}", self.dir.display())))?;
+        Ok(ImageChanges { _watcher: watcher, changed })
+    }
+
+    fn create_dir(&self) -> Result<(), BoxError> {
+        fs::create_dir_all(&self.dir).map_err(BoxError::io(format!("creating {}", self.dir.display())))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))
+            .map_err(BoxError::io(format!("setting the mode of {}", self.dir.display())))
+    }
+
     fn prepare(&self, name: &str) -> Result<PathBuf, BoxError> {
         if !valid_name(name) || name == HOST {
             return Err(BoxError::Image(format!(
@@ -176,9 +219,7 @@ impl ImageStore {
                 "image `{name}` exists; remove it first with `vendbox image rm {name}`"
             )));
         }
-        fs::create_dir_all(&self.dir).map_err(BoxError::io(format!("creating {}", self.dir.display())))?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))
-            .map_err(BoxError::io(format!("setting the mode of {}", self.dir.display())))?;
+        self.create_dir()?;
         let partial = self.dir.join(format!(".partial-{name}-{}", std::process::id()));
         remove_tree(&partial)?;
         fs::create_dir(&partial).map_err(BoxError::io(format!("creating {}", partial.display())))?;

@@ -18,7 +18,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
-use vendbox_core::Catalog;
+use vendbox_service::LiveCatalog;
 use vendbox_store::Store;
 
 use crate::boxes::Boxes;
@@ -33,8 +33,9 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Offers for sale, fixed at start-up.
-    pub catalog: Arc<Catalog>,
+    /// Offers for sale as this host can make them now (they follow its image store): a handler
+    /// takes one snapshot (`catalog.now()`) and judges its whole request by it.
+    pub catalog: LiveCatalog,
     /// Persistent state.
     pub store: Arc<dyn Store>,
     /// Prometheus metrics.
@@ -54,12 +55,12 @@ pub struct AppState {
 impl AppState {
     /// Quotes, payments and the store's health, as the services keep them.
     pub fn records(&self) -> vendbox_service::Records {
-        vendbox_service::Records::new(self.store.clone(), self.catalog.clone())
+        vendbox_service::Records::new(self.store.clone(), self.catalog.now())
     }
 
     /// Accounts and their credits, under the catalog's credits policy.
     pub fn accounts(&self) -> vendbox_service::Accounts {
-        vendbox_service::Accounts::new(self.store.clone(), self.catalog.credits)
+        vendbox_service::Accounts::new(self.store.clone(), self.catalog.now().credits)
     }
 
     /// API keys, for managing them (the signature window plays no part there: `authenticate`
@@ -70,7 +71,7 @@ impl AppState {
 
     /// The lock services, over this vendbox's store and catalog.
     pub fn locks(&self) -> vendbox_service::Locks {
-        vendbox_service::Locks::new(self.store.clone(), self.catalog.clone())
+        vendbox_service::Locks::new(self.store.clone(), self.catalog.now())
             .with_waiters(self.lock_waiters.clone())
     }
 }

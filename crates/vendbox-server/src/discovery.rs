@@ -25,6 +25,7 @@ use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
 use vendbox_core::{ActionRule, Catalog, DurationRule, OfferKind};
 use vendbox_pay::wire;
+use vendbox_service::LiveCatalog;
 
 use crate::error::ApiError;
 
@@ -356,12 +357,13 @@ pub struct ListQuery {
     pub extensions: Option<String>,
 }
 
-/// `GET /discovery/resources` over `api` (the rest of the router), listing what `catalog` sells.
-pub fn route(api: Router, catalog: Arc<Catalog>) -> Router {
+/// `GET /discovery/resources` over `api` (the rest of the router), listing what `catalog` sells
+/// when asked.
+pub fn route(api: Router, catalog: LiveCatalog) -> Router {
     Router::new().route(
         RESOURCES,
         get(move |Query(query): Query<ListQuery>| {
-            let (api, catalog) = (api.clone(), catalog.clone());
+            let (api, catalog) = (api.clone(), catalog.now());
             async move { Json(list(&api, &catalog, &query).await) }
         }),
     )

@@ -2,8 +2,6 @@
 //! each job, where the documents are) and `GET /llms.txt` says in one page how an agent buys and
 //! uses a box, a machine and a lock here.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::Router;
 use axum::http::header;
@@ -11,11 +9,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
 use vendbox_core::{Catalog, OfferKind};
+use vendbox_service::LiveCatalog;
 
-/// `GET /` and `GET /llms.txt` for `catalog`.
-pub fn route(catalog: Arc<Catalog>, ssh: bool) -> Router {
-    let index = Arc::new(index(&catalog, ssh));
-    Router::new().route("/", get(move || std::future::ready(Json(index.as_ref().clone())))).route(
+/// `GET /` and `GET /llms.txt` for `catalog` as it is when asked.
+pub fn route(catalog: LiveCatalog, ssh: bool) -> Router {
+    Router::new().route("/", get(move || std::future::ready(Json(index(&catalog.now(), ssh))))).route(
         "/llms.txt",
         get(|| {
             std::future::ready(

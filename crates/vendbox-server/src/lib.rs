@@ -12,6 +12,7 @@ pub mod gate;
 pub mod index;
 pub mod json;
 pub mod metrics;
+pub mod offers_now;
 pub mod openapi;
 pub mod peers;
 pub mod purge;

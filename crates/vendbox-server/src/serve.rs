@@ -38,6 +38,9 @@ pub struct Server {
     gateway: Option<Gateway>,
     /// `[server] ports_domain`: box host names served as their ports.
     ports_domain: Option<String>,
+    /// How the catalog is fitted to the image store, and the store's changes, when it follows
+    /// them.
+    following: Option<(crate::offers_now::CatalogFit, vendbox_box::image::ImageChanges)>,
 }
 
 impl Server {
@@ -75,25 +78,29 @@ impl Server {
             }),
             None => None,
         };
-        let mut catalog = config.catalog();
-        if boxes.is_ok() {
-            // An offer naming an image this host has not built is refused before any payment
-            // and listed as unavailable, with the reason (`vendbox image build …`).
-            let images = vendbox_box::image::ImageStore::of_data_dir(&config.store.data_dir);
-            for change in catalog.fit_to_images(|image| images.check(image)) {
-                tracing::warn!("{change}");
+        // The catalog follows the image store while vendbox runs: watched first, then fitted, so
+        // that an image placed in between is not missed.
+        let images =
+            boxes.is_ok().then(|| vendbox_box::image::ImageStore::of_data_dir(&config.store.data_dir));
+        let image_changes = match images.as_ref().map(vendbox_box::image::ImageStore::watch) {
+            Some(Ok(changes)) => Some(changes),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "offers follow the image store only at start-up");
+                None
             }
-            // Likewise an offer whose boxes include egress, when this host cannot give it.
-            if let Some(reason) = &no_egress {
-                for change in catalog.fit_to_egress(reason) {
-                    tracing::warn!("{change}");
-                }
-            }
+            None => None,
+        };
+        let fit = crate::offers_now::CatalogFit::new(config.catalog(), images, no_egress);
+        let (catalog, changes) = fit.fitted();
+        for change in changes {
+            tracing::warn!("{change}");
         }
+        let catalog = vendbox_service::LiveCatalog::new(catalog);
+        let following = image_changes.map(|changes| (fit, changes));
         let vms = vendbox_service::Vms::new(
             store.clone(),
             boxes.clone(),
-            catalog.offers.clone(),
+            catalog.clone(),
             vendbox_service::VmSettings {
                 min_balance: vendbox_core::Usdc(config.secretvm.min_balance),
                 billing_period: std::time::Duration::from_secs(config.secretvm.billing_period_secs.max(1)),
@@ -108,7 +115,7 @@ impl Server {
             },
         );
         let state = AppState {
-            catalog: Arc::new(catalog),
+            catalog,
             store,
             metrics: Arc::new(Metrics::new()),
             payments,
@@ -126,7 +133,7 @@ impl Server {
         };
         let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
         let ports_domain = config.server.ports_domain.clone();
-        Ok(Server { listener, state, limits, grace, settlement, gateway, ports_domain })
+        Ok(Server { listener, state, limits, grace, settlement, gateway, ports_domain, following })
     }
 
     /// The address it listens on (useful with port 0).
@@ -159,6 +166,14 @@ impl Server {
             reconciling = Some(tokio::spawn(reconcile(boxes.clone(), workers_stop.clone())));
         }
         let gateway = self.gateway.map(|gateway| tokio::spawn(gateway.run(workers_stop.clone())));
+        let following = self.following.map(|(fit, changes)| {
+            tokio::spawn(crate::offers_now::follow(
+                self.state.catalog.clone(),
+                fit,
+                changes,
+                workers_stop.clone(),
+            ))
+        });
         let handles: Vec<_> = workers
             .into_iter()
             .map(|w| tokio::spawn(worker::run(w, self.state.metrics.clone(), workers_stop.clone())))
@@ -188,7 +203,7 @@ impl Server {
             }
         };
         let _ = stop_workers.send(true);
-        for h in handles.into_iter().chain(gateway).chain(reconciling) {
+        for h in handles.into_iter().chain(gateway).chain(reconciling).chain(following) {
             let _ = h.await;
         }
         result

@@ -414,11 +414,11 @@ async fn harness() -> Harness {
     let vms = vendbox_service::Vms::new(
         store.clone(),
         Err("no VMs in these tests".into()),
-        Vec::new(),
+        vendbox_service::LiveCatalog::default(),
         vendbox_service::VmSettings::default(),
     );
     let state = AppState {
-        catalog: Arc::new(config.catalog()),
+        catalog: config.catalog().into(),
         boxes: Ok(Arc::new(Boxes::new(backend, store.clone()))),
         store,
         metrics: Arc::default(),

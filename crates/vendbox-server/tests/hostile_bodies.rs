@@ -190,11 +190,11 @@ fn harness(setup: Setup) -> Harness {
     let vms = vendbox_service::Vms::new(
         store.clone(),
         Err("no VMs in these tests".into()),
-        Vec::new(),
+        vendbox_service::LiveCatalog::default(),
         vendbox_service::VmSettings::default(),
     );
     let state = AppState {
-        catalog: Arc::new(config.catalog()),
+        catalog: config.catalog().into(),
         store,
         metrics: Arc::default(),
         payments: Arc::new(gate),

@@ -126,11 +126,11 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
     let vms = vendbox_service::Vms::new(
         store.clone(),
         Err("no VMs in these tests".into()),
-        Vec::new(),
+        vendbox_service::LiveCatalog::default(),
         vendbox_service::VmSettings::default(),
     );
     let state = AppState {
-        catalog: Arc::new(config.catalog()),
+        catalog: config.catalog().into(),
         store: store.clone(),
         metrics: metrics.clone(),
         payments: Arc::new(gate),

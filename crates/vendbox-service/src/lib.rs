@@ -11,6 +11,7 @@
 //!   API keys with scopes and caps;
 //! - `purchase.rs`: extensions and renewals;
 //! - `orders.rs`: idempotency claims;
+//! - `catalog.rs`: [`LiveCatalog`], the catalog as this host sells it now;
 //! - `records.rs`: [`Records`], quotes, payments and the store's health;
 //! - `locks.rs`: [`Locks`], TTL locks with fencing tokens, priced by the catalog;
 //! - `payments.rs`: [`Payments`], the gate of paid work: any `vendbox_pay::PaymentMethod`,
@@ -24,6 +25,7 @@
 mod access;
 pub mod accounts;
 pub mod auth;
+mod catalog;
 pub mod clock;
 pub mod compute;
 pub mod credits;
@@ -41,6 +43,7 @@ pub mod vms;
 pub use access::SshKey;
 pub use accounts::{AccountError, AccountSummary, Accounts, PaymentsPage};
 pub use auth::{Auth, AuthError, NewKey, SignedRequest};
+pub use catalog::LiveCatalog;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compute::{Compute, ComputeError, ComputeInstance, ComputeOrder};
 pub use credits::Credits;

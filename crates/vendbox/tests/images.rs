@@ -502,22 +502,27 @@ fn must(program: &str, args: &[&str]) {
     assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The host's C library, loader and shell in `rootfs`: enough for boxd and `sh`.
+fn tiny_userland(rootfs: &Path) {
+    for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc", "root", "tmp", "proc", "dev"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
+        let target = rootfs.join("lib/x86_64-linux-gnu");
+        must("cp", &["-L", &format!("/lib/x86_64-linux-gnu/{lib}"), target.to_str().unwrap()]);
+    }
+    must("cp", &["-L", "/lib64/ld-linux-x86-64.so.2", rootfs.join("lib64").to_str().unwrap()]);
+    for program in ["sh", "cat", "ls"] {
+        must("cp", &["-L", &format!("/bin/{program}"), rootfs.join("bin").to_str().unwrap()]);
+    }
+}
+
 /// An OCI image layout at `dir/oci` (tag `t`) of two layers: a tiny userland (the host's C
 /// library, loader and shell, enough for boxd and `sh`) with `/etc/kept` and `/etc/doomed`,
 /// then a layer that deletes `/etc/doomed` (a whiteout) and adds `/etc/added`.
 fn build_oci_layout(dir: &Path) -> PathBuf {
     let layout = oci_layout_of(dir, "oci", |rootfs| {
-        for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc", "root", "tmp", "proc", "dev"] {
-            std::fs::create_dir_all(rootfs.join(dir)).unwrap();
-        }
-        for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
-            let target = rootfs.join("lib/x86_64-linux-gnu");
-            must("cp", &["-L", &format!("/lib/x86_64-linux-gnu/{lib}"), target.to_str().unwrap()]);
-        }
-        must("cp", &["-L", "/lib64/ld-linux-x86-64.so.2", rootfs.join("lib64").to_str().unwrap()]);
-        for program in ["sh", "cat", "ls"] {
-            must("cp", &["-L", &format!("/bin/{program}"), rootfs.join("bin").to_str().unwrap()]);
-        }
+        tiny_userland(rootfs);
         std::fs::write(rootfs.join("etc/kept"), "kept\n").unwrap();
         std::fs::write(rootfs.join("etc/doomed"), "doomed\n").unwrap();
     });
@@ -607,6 +612,116 @@ async fn oci_layouts_and_docker_archives_are_imported_with_their_whiteouts() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(!host.data_dir().join("images").join(image).exists());
     }
+}
+
+#[tokio::test]
+async fn an_image_imported_while_vendbox_runs_is_sold_without_a_restart_and_one_removed_is_not() {
+    if !boxhost::boxes_supported() {
+        return;
+    }
+    if Command::new("sh").args(["-c", "command -v umoci"]).output().map_or(true, |o| !o.status.success()) {
+        support::requirement_missing("image imports need `umoci`");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let layout = oci_layout_of(work.path(), "live", |rootfs| {
+        tiny_userland(rootfs);
+        std::fs::write(rootfs.join("etc/live"), "from the live image\n").unwrap();
+    });
+    let catalog = r#"
+[[images]]
+id = "live-test"
+name = "An image made while vendbox runs"
+
+[[offers]]
+id = "live-box"
+kind = "sandbox"
+title = "A box of an image made later"
+resources = { vcpu = 1, memory_mb = 128, disk_gb = 1 }
+duration = { rule = "range", min_minutes = 1, max_minutes = 60 }
+actions = { rule = "unlimited" }
+images = ["live-test"]
+default_image = "live-test"
+price = {}
+"#;
+    let Some(host) = BoxHost::start_with_catalog(catalog) else { return };
+    let offer = || async {
+        let offers: serde_json::Value =
+            host.http.get(host.url("/v1/offers")).send().await.unwrap().json().await.unwrap();
+        offers["offers"].as_array().unwrap().iter().find(|o| o["id"] == "live-box").unwrap().clone()
+    };
+    let sandboxes = || async {
+        let index: serde_json::Value =
+            host.http.get(host.url("/")).send().await.unwrap().json().await.unwrap();
+        index["sells"]["sandbox"]["offers"].as_u64().unwrap()
+    };
+    // Until the image comes, the offer says why it is not for sale, and is refused.
+    let wait_for = |available: bool| {
+        let offer = &offer;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let now = offer().await;
+                if now["available"] == available {
+                    return now;
+                }
+                assert!(std::time::Instant::now() < deadline, "within 10 s the offer is still {now}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let missing = offer().await;
+    assert_eq!(missing["available"], false, "{missing}");
+    assert!(
+        missing["unavailable_reason"]
+            .as_str()
+            .unwrap()
+            .contains("vendbox image import FILE --name live-test"),
+        "{missing}"
+    );
+    let without = sandboxes().await;
+    let (status, body) = host.post("/v1/boxes", None, &json!({ "offer": "live-box", "minutes": 5 })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("offer_unavailable")), "{body}");
+
+    // The operator imports it with vendbox running: the offer is for sale without a restart.
+    let pid = host.vendbox.as_ref().unwrap().child.id();
+    let out = Command::new(support::BIN)
+        .args(["image", "import"])
+        .arg(&layout)
+        .args(["--name", "live-test", "--data-dir"])
+        .arg(host.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "importing: {}", String::from_utf8_lossy(&out.stderr));
+    let sold = wait_for(true).await;
+    assert!(sold.get("unavailable_reason").is_none(), "{sold}");
+    assert_eq!(sandboxes().await, without + 1);
+    let b = buy(&host, "live-box").await;
+    assert_eq!(host.ok(&b, "cat /etc/live").await, "from the live image\n");
+
+    // An image a box stands on is not removed, and stays for sale.
+    let rm = || {
+        Command::new(support::BIN)
+            .args(["image", "rm", "live-test", "--data-dir"])
+            .arg(host.data_dir())
+            .output()
+            .unwrap()
+    };
+    let out = rm();
+    assert!(!out.status.success(), "the image was removed from under box {}", b.id);
+    assert_eq!(offer().await["available"], true);
+    assert_eq!(host.ok(&b, "cat /etc/live").await, "from the live image\n");
+    // Once the box is gone, it is removed, and the offer is no longer for sale.
+    assert_eq!(host.end(&b).await.0, 200);
+    let out = rm();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = wait_for(false).await;
+    assert!(gone["unavailable_reason"].as_str().unwrap().contains("no image `live-test`"), "{gone}");
+    assert_eq!(sandboxes().await, without);
+    let (status, body) = host.post("/v1/boxes", None, &json!({ "offer": "live-box", "minutes": 5 })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("offer_unavailable")), "{body}");
+    // The same vendbox all along.
+    assert_eq!(host.vendbox.as_ref().unwrap().child.id(), pid);
 }
 
 /// An OCI layout at `dir/<name>` (tag `t`) of one layer whose root `fill` makes.

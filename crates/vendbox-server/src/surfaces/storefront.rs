@@ -204,6 +204,7 @@ pub(crate) fn machine(lease: &Lease, state: &AppState) -> Machine {
     };
     let product = state
         .catalog
+        .now()
         .offer(lease.offer_id.as_str())
         .ok()
         .and_then(|o| o.labels.get("product_id").cloned())
@@ -243,6 +244,7 @@ pub fn routes() -> Routes {
 pub async fn health(State(state): State<AppState>) -> Json<StorefrontHealth> {
     let products = state
         .catalog
+        .now()
         .offers
         .iter()
         .filter(|o| o.available && o.kind == OfferKind::Machine)
@@ -292,6 +294,7 @@ pub(crate) fn order(state: &AppState, request: &CreateMachineRequest) -> Result<
     }
     let offer = state
         .catalog
+        .now()
         .labelled("product_id", &request.product_id)
         .find(|o| o.kind == OfferKind::Machine)
         .ok_or_else(|| {
@@ -486,7 +489,7 @@ async fn extend_machine(
             "`additional_minutes` must be at least 1".into(),
         ));
     }
-    let offer = state.catalog.offer(lease.offer_id.as_str())?.clone();
+    let offer = state.catalog.now().offer(lease.offer_id.as_str())?.clone();
     // One extension adds at most what the offer sells at once.
     if let vendbox_core::DurationRule::Range { max_minutes, .. } = offer.duration
         && minutes > max_minutes

@@ -39,6 +39,7 @@ use vendbox_box::{BoxId, Volume};
 use vendbox_core::{AccountAddress, Capability, LeaseId, LedgerKind, Offer, OfferKind, QuoteTerms, Usdc};
 use vendbox_store::{SecretVm, Store, StoreError};
 
+use crate::catalog::LiveCatalog;
 use crate::clock::{Clock, SystemClock};
 use crate::leases::{Boxes, PodPlace};
 pub use agent::{FileMeta, create_signing_body, request_hash};
@@ -279,31 +280,22 @@ pub struct VmView {
 pub struct Vms {
     store: Arc<dyn Store>,
     boxes: Result<Arc<Boxes>, Arc<str>>,
-    offers: Arc<Vec<Offer>>,
+    /// The VM types: the catalog's box offers, as they are sold now.
+    catalog: LiveCatalog,
     settings: Arc<VmSettings>,
     clock: Arc<dyn Clock>,
 }
 
 impl Vms {
-    /// VMs kept in `store`, run in `boxes` (or why there are none), of the VM types `offers`
-    /// (the catalog's box offers; a `vmTypeId` is an offer id).
+    /// VMs kept in `store`, run in `boxes` (or why there are none), of the VM types `catalog`
+    /// sells now (its box offers; a `vmTypeId` is an offer id).
     pub fn new(
         store: Arc<dyn Store>,
         boxes: Result<Arc<Boxes>, Arc<str>>,
-        offers: Vec<Offer>,
+        catalog: LiveCatalog,
         settings: VmSettings,
     ) -> Vms {
-        let offers = offers
-            .into_iter()
-            .filter(|o| matches!(o.kind, OfferKind::Sandbox | OfferKind::Machine))
-            .collect();
-        Vms {
-            store,
-            boxes,
-            offers: Arc::new(offers),
-            settings: Arc::new(settings),
-            clock: Arc::new(SystemClock),
-        }
+        Vms { store, boxes, catalog, settings: Arc::new(settings), clock: Arc::new(SystemClock) }
     }
 
     /// The same, telling time by `clock`.
@@ -386,17 +378,16 @@ impl Vms {
         Ok(self.store.funds(account, self.clock.now()).await?.balance)
     }
 
-    /// The VM type `id`.
-    fn vm_type(&self, id: &str) -> Result<&Offer, VmError> {
-        self.offers
-            .iter()
-            .find(|o| o.id.as_str() == id && o.available)
-            .ok_or_else(|| VmError::UnknownVmType(id.to_owned()))
+    /// The VM type `id`, as a VM is made of it now: a box offer of the catalog, available.
+    fn vm_type(&self, id: &str) -> Result<Offer, VmError> {
+        self.priced_type(id).filter(|o| o.available).ok_or_else(|| VmError::UnknownVmType(id.to_owned()))
     }
 
-    /// The VM types: the catalog's box offers.
-    pub fn vm_types(&self) -> &[Offer] {
-        &self.offers
+    /// The VM type `id` as its running VMs are charged: whether or not a VM can be made of it
+    /// now (an image its default names gone since, say), a VM running already still pays.
+    fn priced_type(&self, id: &str) -> Option<Offer> {
+        let catalog = self.catalog.now();
+        catalog.offer(id).ok().filter(|o| matches!(o.kind, OfferKind::Sandbox | OfferKind::Machine)).cloned()
     }
 
     /// Makes a VM for `owner` from `new`: checks the fields, the compose file and the balance,
@@ -414,7 +405,7 @@ impl Vms {
         }
         let vm_type =
             field("vmTypeId").ok_or_else(|| invalid("vmTypeId", "`vmTypeId` is required".into()))?;
-        let offer = self.vm_type(vm_type)?.clone();
+        let offer = self.vm_type(vm_type)?;
         refuse_unsupported(&new.fields)?;
         let flag = |f: &str| {
             field(f).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
@@ -679,7 +670,7 @@ impl Vms {
         }
         let due = self.store.secret_vms_billable(status::RUNNING, now, BILLING_BATCH).await?;
         for mut vm in due.iter().cloned() {
-            let Ok(offer) = self.vm_type(&vm.vm_type).cloned() else {
+            let Some(offer) = self.priced_type(&vm.vm_type) else {
                 tracing::warn!(vm = %vm.id, vm_type = %vm.vm_type, "a running VM's type is gone; it is not charged");
                 continue;
             };

@@ -157,13 +157,15 @@ pub struct ListQuery {
 
 /// The offer E2B sandboxes are sold as: the catalog's available offer of surface `e2b`.
 fn offer(state: &AppState) -> Result<Offer, ApiError> {
-    state.catalog.offers.iter().find(|o| o.surface == SURFACE && o.available).cloned().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "e2b_unavailable",
-            "this vendbox sells no E2B sandboxes (no available offer of surface `e2b` in its catalog)",
-        )
-    })
+    state.catalog.now().offers.iter().find(|o| o.surface == SURFACE && o.available).cloned().ok_or_else(
+        || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "e2b_unavailable",
+                "this vendbox sells no E2B sandboxes (no available offer of surface `e2b` in its catalog)",
+            )
+        },
+    )
 }
 
 fn sandboxes(state: &AppState) -> Result<Sandboxes, ApiError> {
@@ -195,7 +197,7 @@ fn view(sandbox: &E2bSandbox, lease_id: String, token: String, domain: &SandboxD
 }
 
 fn detail(state: &AppState, sandbox: &E2bSandbox, lease: &Lease) -> SandboxDetail {
-    let resources = state.catalog.offer(lease.offer_id.as_str()).map(|o| o.resources.clone()).ok();
+    let resources = state.catalog.now().offer(lease.offer_id.as_str()).map(|o| o.resources.clone()).ok();
     SandboxDetail {
         template_id: sandbox.template.clone(),
         alias: sandbox.template.clone(),
@@ -426,7 +428,8 @@ async fn retime(
         service.shorten(&lease, until.min(expires_at)).await.map_err(ApiError::from)?;
         return Ok(None);
     }
-    let offer = state.catalog.offer(lease.offer_id.as_str())?;
+    let catalog = state.catalog.now();
+    let offer = catalog.offer(lease.offer_id.as_str())?;
     let price = offer.price.price(minutes, 0)?;
     let extension = service.boxes().extension(&lease, minutes)?;
     let result =

@@ -121,6 +121,7 @@ async fn sell(
 fn package_offer(state: &AppState, package: &str) -> Result<String, ApiError> {
     state
         .catalog
+        .now()
         .labelled("package", package)
         .find(|o| o.kind == OfferKind::Sandbox && o.surface == "h3retik")
         .map(|o| o.id.to_string())
@@ -189,7 +190,8 @@ pub async fn custom(
             .with_field(field));
         }
     }
-    let offer = state.catalog.offer(CUSTOM_OFFER).map_err(|_| {
+    let catalog = state.catalog.now();
+    let offer = catalog.offer(CUSTOM_OFFER).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_package",

@@ -324,7 +324,7 @@ pub async fn get(
     Authenticated(principal): Authenticated,
 ) -> Result<Json<AccountView>, ApiError> {
     let summary = state.accounts().summary(&principal.account, RECENT).await?;
-    let policy = state.catalog.credits;
+    let policy = state.catalog.now().credits;
     Ok(Json(AccountView {
         account: principal.account.to_string(),
         balance: summary.funds.balance,

@@ -241,7 +241,8 @@ pub(crate) async fn buy(
 ) -> Result<Bought, ApiError> {
     let Access { ssh_keys, capabilities } = access;
     let boxes = service(state)?;
-    let offer = state.catalog.offer(offer_id).map_err(|e| ApiError::from(e).with_field("offer"))?.clone();
+    let offer =
+        state.catalog.now().offer(offer_id).map_err(|e| ApiError::from(e).with_field("offer"))?.clone();
     let terms = offer.quote(params)?;
     // Before any payment is asked for: a box the host cannot hold is not sold.
     boxes.admit(&offer).await?;

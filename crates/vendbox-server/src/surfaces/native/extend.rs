@@ -54,7 +54,7 @@ pub async fn extend(
 ) -> Result<Response, ApiError> {
     let boxes = service(&state)?;
     let lease = boxes.open(&id, optional_bearer(&headers).as_ref(), Capability::Extend).await?;
-    let offer = state.catalog.offer(lease.offer_id.as_str())?.clone();
+    let offer = state.catalog.now().offer(lease.offer_id.as_str())?.clone();
     let DurationRule::Range { max_minutes: most, .. } = offer.duration else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

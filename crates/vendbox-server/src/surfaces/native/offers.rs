@@ -215,15 +215,15 @@ pub async fn list(
 ) -> Result<Json<OfferList>, ApiError> {
     let Query(filter) =
         filter.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let offers: Vec<OfferView> = state
-        .catalog
+    let catalog = state.catalog.now();
+    let offers: Vec<OfferView> = catalog
         .offers
         .iter()
         .filter(|o| filter.kind.is_none_or(|k| o.kind == k))
         .filter(|o| filter.surface.as_deref().is_none_or(|s| o.surface == s))
         .map(|o| OfferView::of(o, state.ssh.is_some()))
         .collect();
-    Ok(Json(OfferList { count: offers.len(), offers, credits: state.catalog.credits }))
+    Ok(Json(OfferList { count: offers.len(), offers, credits: catalog.credits }))
 }
 
 /// One offer.
@@ -239,6 +239,7 @@ pub async fn list(
     )
 )]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<OfferView>, ApiError> {
-    let offer = state.catalog.offer(&id).map_err(|e| ApiError::not_found("unknown_offer", e.to_string()))?;
+    let catalog = state.catalog.now();
+    let offer = catalog.offer(&id).map_err(|e| ApiError::not_found("unknown_offer", e.to_string()))?;
     Ok(Json(OfferView::of(offer, state.ssh.is_some())))
 }

@@ -67,10 +67,11 @@ pub struct SpecFloor {
     )
 )]
 pub async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let offer = state.catalog.offer(CATALOG_OFFER)?;
+    let catalog = state.catalog.now();
+    let offer = catalog.offer(CATALOG_OFFER)?;
     let price = offer.price.price(0, 0)?;
     let charge = state.payments.charge(price, "/catalog", &offer.title)?;
-    let skus = skus(&state.catalog);
+    let skus = skus(&catalog);
     let response =
         crate::gate::pay_on_success(&state.payments, &headers, charge, async move { Ok(Json(skus)) }).await;
     Ok(with_receipt(response))

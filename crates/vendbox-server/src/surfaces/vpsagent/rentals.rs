@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use vendbox_core::{Capability, Lease, LeaseState, Offer, OfferKind, QuoteParams, SecretToken};
+use vendbox_core::{Capability, Catalog, Lease, LeaseState, Offer, OfferKind, QuoteParams, SecretToken};
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -155,8 +155,8 @@ fn rental_status(lease: &Lease) -> &'static str {
 
 /// The offer of a VpsAgent SKU: 400 for a SKU the seed does not name, 503 for one this vendbox
 /// does not sell.
-fn sku_offer<'a>(state: &'a AppState, sku: &str) -> Result<&'a Offer, ApiError> {
-    let offer = state.catalog.labelled("sku", sku).find(|o| o.surface == "vpsagent").ok_or_else(|| {
+fn sku_offer<'a>(catalog: &'a Catalog, sku: &str) -> Result<&'a Offer, ApiError> {
+    let offer = catalog.labelled("sku", sku).find(|o| o.surface == "vpsagent").ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "unknown_sku", format!("`{sku}` is not a SKU (GET /catalog)"))
             .with_field("sku")
     })?;
@@ -192,7 +192,8 @@ pub async fn rent(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RentBody>,
 ) -> Result<Response, ApiError> {
-    let offer = sku_offer(&state, &body.sku)?;
+    let catalog = state.catalog.now();
+    let offer = sku_offer(&catalog, &body.sku)?;
     let params = QuoteParams { region: region(offer, body.region.as_deref()), ..QuoteParams::default() };
     let sku = body.sku.clone();
     let ssh = state.ssh.clone();
@@ -228,7 +229,8 @@ pub async fn get(
 ) -> Result<Json<RentalStatus>, ApiError> {
     let boxes = native::service(&state)?;
     let lease = rental(&state, &id).await?;
-    let offer = state.catalog.offer(lease.offer_id.as_str()).ok();
+    let catalog = state.catalog.now();
+    let offer = catalog.offer(lease.offer_id.as_str()).ok();
     let (renewal_count, last_renewal) = boxes.renewals(lease.id).await?;
     Ok(Json(RentalStatus {
         rental_id: lease.id.to_string(),
@@ -289,7 +291,7 @@ pub async fn renew(
         )
         .with_field("periods"));
     }
-    let offer = state.catalog.offer(lease.offer_id.as_str())?.clone();
+    let offer = state.catalog.now().offer(lease.offer_id.as_str())?.clone();
     let terms = offer.quote(&QuoteParams::default())?;
     let minutes = terms.minutes.unwrap_or(0).saturating_mul(periods);
     let price = terms.price.checked_mul(u64::from(periods)).ok_or(vendbox_core::CoreError::PriceOverflow)?;

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use vendbox_core::{Lease, LeaseState, Offer, QuoteParams};
+use vendbox_core::{Catalog, Lease, LeaseState, Offer, QuoteParams};
 use vendbox_pay::ChargeKind;
 use vendbox_service::{
     Compute, ComputeError, ComputeInstance, ComputeOrder, Delivery, Paid, PayError, SshKey,
@@ -249,8 +249,8 @@ fn hours(asked: Option<u32>, field: &str) -> Result<u32, ApiError> {
 }
 
 /// The offer of plan `plan`: 400 for a plan vendbox does not list, 503 for one it cannot make.
-fn plan_offer<'a>(state: &'a AppState, plan: &str) -> Result<&'a Offer, ApiError> {
-    let offer = plans::plan_offers(&state.catalog).find(|o| o.labels.get("plan").is_some_and(|p| p == plan));
+fn plan_offer<'a>(catalog: &'a Catalog, plan: &str) -> Result<&'a Offer, ApiError> {
+    let offer = plans::plan_offers(catalog).find(|o| o.labels.get("plan").is_some_and(|p| p == plan));
     let offer = offer.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -291,12 +291,12 @@ pub async fn provision(
 ) -> Result<Response, ApiError> {
     let request: ProvisionBody = json::parse(&body)?;
     check_network(request.network.as_deref())?;
-    let offer = plan_offer(&state, &request.plan)?.clone();
+    let catalog = state.catalog.now();
+    let offer = plan_offer(&catalog, &request.plan)?.clone();
     let image = match request.os_id {
         None => None,
         Some(id) => Some(
-            state
-                .catalog
+            catalog
                 .images
                 .iter()
                 .find(|i| i.os_id.is_some_and(|o| i64::from(o) == id))
@@ -427,7 +427,8 @@ pub async fn extend(
     check_network(request.network.as_deref())?;
     let minutes = hours(request.extend_hours, "extend_hours")?;
     let (instance, lease) = compute(&state)?.instance(&principal.account, &id).await.map_err(refused)?;
-    let offer = state.catalog.offer(lease.offer_id.as_str())?;
+    let catalog = state.catalog.now();
+    let offer = catalog.offer(lease.offer_id.as_str())?;
     let price = offer.price.price(minutes, 0)?;
     let boxes = native::service(&state)?;
     let extension = boxes.extension(&lease, minutes)?;

@@ -147,7 +147,7 @@ fn plan(offer: &Offer) -> Option<Plan> {
     params(PlanQuery), responses((status = 200, body = Plans)))]
 pub async fn plans(State(state): State<AppState>, Query(query): Query<PlanQuery>) -> Json<Plans> {
     let wanted = query.kind.map(|k| k.trim().to_ascii_lowercase()).filter(|k| !k.is_empty());
-    let plans: Vec<Plan> = plan_offers(&state.catalog)
+    let plans: Vec<Plan> = plan_offers(&state.catalog.now())
         .filter(|o| {
             wanted.as_ref().is_none_or(|w| o.labels.get("type").is_some_and(|t| t.eq_ignore_ascii_case(w)))
         })
@@ -160,10 +160,10 @@ pub async fn plans(State(state): State<AppState>, Query(query): Query<PlanQuery>
 #[utoipa::path(get, path = "/compute/regions", operation_id = "listComputeRegions", tag = "x402compute",
     responses((status = 200, body = Regions)))]
 pub async fn regions(State(state): State<AppState>) -> Json<Regions> {
+    let catalog = state.catalog.now();
     let used: std::collections::BTreeSet<&str> =
-        plan_offers(&state.catalog).flat_map(|o| o.regions.iter().map(String::as_str)).collect();
-    let regions = state
-        .catalog
+        plan_offers(&catalog).flat_map(|o| o.regions.iter().map(String::as_str)).collect();
+    let regions = catalog
         .regions
         .iter()
         .filter(|r| used.contains(r.id.as_str()))
@@ -181,12 +181,12 @@ pub async fn regions(State(state): State<AppState>) -> Json<Regions> {
 #[utoipa::path(get, path = "/compute/os", operation_id = "listComputeOs", tag = "x402compute",
     responses((status = 200, body = OsList)))]
 pub async fn os(State(state): State<AppState>) -> Json<OsList> {
-    let sold: std::collections::BTreeSet<&str> = plan_offers(&state.catalog)
+    let catalog = state.catalog.now();
+    let sold: std::collections::BTreeSet<&str> = plan_offers(&catalog)
         .filter(|o| o.available)
         .flat_map(|o| o.images.iter().map(String::as_str))
         .collect();
-    let os_options = state
-        .catalog
+    let os_options = catalog
         .images
         .iter()
         .filter(|i| sold.contains(i.id.as_str()))
