@@ -475,6 +475,222 @@ async fn the_operators_allow_and_deny_lists_apply() {
     drop(world);
 }
 
+/// Runs `line` in box `id` of `backend`; its stdout (the line must exit 0).
+async fn run_in(backend: &vendbox_box::local::LocalBackend, id: &vendbox_box::BoxId, line: &str) -> String {
+    use vendbox_box::Backend as _;
+    let request = vendbox_box::wire::RunRequest {
+        process: vendbox_box::wire::ProcessSpec {
+            cmd: line.to_owned(),
+            shell: true,
+            timeout_ms: Some(30_000),
+            ..Default::default()
+        },
+        max_output_bytes: 64 * 1024,
+    };
+    let out = backend.boxd(id).run(&request).await.unwrap();
+    assert_eq!(out.exit_code, Some(0), "{line} in {id}: {out:?}");
+    out.stdout
+}
+
+/// Whether a `curl` from box `id` to `url` got an HTTP answer.
+async fn reaches_from(
+    backend: &vendbox_box::local::LocalBackend,
+    id: &vendbox_box::BoxId,
+    url: &str,
+) -> bool {
+    let line = format!("curl -s -o /dev/null -w '%{{http_code}}' -m 3 {url}; echo \" rc=$?\"");
+    !run_in(backend, id, &line).await.starts_with("000")
+}
+
+/// A pod with egress, made through the local backend's pod API (as `Vms` makes a SecretVM VM's
+/// boxes, one spec per service, the first box naming itself): every box of the pod shares the
+/// first box's egress namespace, reaches the public internet (by address and by name) and the
+/// others on 127.0.0.1; private and metadata addresses, the host and a box outside the pod stay
+/// refused, from the second box as from the first, and the pod's boxes cannot change its network.
+#[tokio::test]
+async fn a_pod_with_egress_reaches_the_internet_from_each_box_and_nothing_the_policy_refuses() {
+    use vendbox_box::{Backend as _, BoxId, BoxSpec, Limits, Pod};
+    if !supported() {
+        return;
+    }
+    let world = World::build();
+    let data = tempfile::tempdir().unwrap();
+    // Destroys the boxes and removes the instance's links, namespaces and table, also on failure.
+    let _cleanup = boxhost::Cleanup(data.path().to_path_buf());
+    let mut backend = boxhost::backend_for(data.path());
+    let egress = vendbox_box::local::EgressConfig {
+        resolvers: vec![PUBLIC_DNS.parse().unwrap()],
+        ..vendbox_box::local::EgressConfig::default()
+    };
+    backend.enable_egress(egress).await.unwrap();
+    let (first, second, outside) =
+        (BoxId::new("pod-web").unwrap(), BoxId::new("pod-api").unwrap(), BoxId::new("lone").unwrap());
+    let spec = |id: &BoxId, pod: Option<&BoxId>| BoxSpec {
+        id: id.clone(),
+        image: "host".into(),
+        limits: Limits { vcpu: 1, memory_mb: 256, disk_mb: 64, pids: 128 },
+        egress: true,
+        pod: pod.map(|first| Pod { first: first.clone(), volumes: Vec::new() }),
+    };
+    backend.create(&spec(&first, Some(&first))).await.unwrap();
+    backend.create(&spec(&second, Some(&first))).await.unwrap();
+    backend.create(&spec(&outside, None)).await.unwrap();
+
+    // Each box of the pod reaches the public internet, by address and through the resolver.
+    for id in [&second, &first] {
+        let text = run_in(&backend, id, &format!("curl -sS -m 5 http://{PUBLIC_WEB}/hello.txt")).await;
+        assert_eq!(text, "hello from the public internet\n", "{id}");
+        assert_eq!(run_in(&backend, id, "cat /etc/resolv.conf").await, format!("nameserver {PUBLIC_DNS}\n"));
+        let text = run_in(&backend, id, &format!("curl -sS -m 5 http://{NAME}/hello.txt")).await;
+        assert_eq!(text, "hello from the public internet\n", "{id}");
+    }
+    // One network: the same address, and each reaches the other's server on loopback.
+    let address = |id: BoxId| {
+        let backend = &backend;
+        async move {
+            let text = run_in(backend, &id, "ip -4 -o addr show dev eth0; ip -4 route show default").await;
+            let address = text.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap();
+            let gateway = text.split_whitespace().skip_while(|w| *w != "via").nth(1).unwrap();
+            (address.split('/').next().unwrap().to_owned(), gateway.to_owned())
+        }
+    };
+    let (pod_addr, gateway) = address(first.clone()).await;
+    assert_eq!(address(second.clone()).await.0, pod_addr);
+    let (outside_addr, _) = address(outside.clone()).await;
+    for (id, port) in [(&first, 8080), (&second, 8081), (&outside, 8082)] {
+        run_in(
+            &backend,
+            id,
+            &format!("cd /tmp && (nohup python3 -m http.server {port} >/dev/null 2>&1 &); sleep 1"),
+        )
+        .await;
+    }
+    assert!(reaches_from(&backend, &second, "http://127.0.0.1:8080/").await, "api does not reach web");
+    assert!(reaches_from(&backend, &first, "http://127.0.0.1:8081/").await, "web does not reach api");
+    assert!(reaches_from(&backend, &outside, "http://127.0.0.1:8082/").await);
+
+    // Refused from either box of the pod: private and metadata addresses, the host (its end of
+    // the link, vendbox's kind of port), the box outside the pod; and that box cannot reach the
+    // pod, nor the pod's loopback.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    for id in [&second, &first] {
+        for url in [
+            format!("http://{PRIVATE}/secret.txt"),
+            format!("http://{METADATA}/latest/meta-data/"),
+            format!("http://{gateway}:{host_port}/"),
+            format!("http://{outside_addr}:8082/"),
+        ] {
+            assert!(!reaches_from(&backend, id, &url).await, "{id} reached {url}");
+        }
+    }
+    for url in [
+        format!("http://{pod_addr}:8080/"),
+        format!("http://{pod_addr}:8081/"),
+        "http://127.0.0.1:8080/".into(),
+    ] {
+        assert!(!reaches_from(&backend, &outside, &url).await, "the box outside the pod reached {url}");
+    }
+    assert!(listener.accept().is_err(), "a box connected to a host service");
+    let log = world.private_log();
+    assert!(
+        !log.contains("secret.txt") && !log.contains("meta-data"),
+        "the private server was reached: {log}"
+    );
+    // No box of the pod owns its network: the second box can change it no more than the first.
+    for id in [&second, &first] {
+        let text = run_in(&backend, id, "ip addr add 10.200.99.9/32 dev eth0 2>&1; echo rc=$?").await;
+        assert!(!text.contains("rc=0"), "{id}: {text}");
+    }
+
+    // The pod's other box goes first and leaves the network to the first; then the first takes
+    // it with it.
+    backend.destroy(&second).await.unwrap();
+    let text = run_in(&backend, &first, &format!("curl -sS -m 5 http://{PUBLIC_WEB}/hello.txt")).await;
+    assert_eq!(text, "hello from the public internet\n");
+    for id in [&first, &outside] {
+        backend.destroy(id).await.unwrap();
+    }
+    for id in [&first, &second, &outside] {
+        assert!(backend.leaves_traces(id).is_empty(), "{id}: {:?}", backend.leaves_traces(id));
+    }
+}
+
+/// The network namespace box `id`'s processes run in (`net:[inode]`), seen from the host.
+fn netns_of(backend: &vendbox_box::local::LocalBackend, id: &vendbox_box::BoxId) -> String {
+    let spaces: std::collections::BTreeSet<String> = backend
+        .pids(id)
+        .iter()
+        .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(spaces.len(), 1, "box {id}'s processes are in {spaces:?}");
+    spaces.into_iter().next().unwrap()
+}
+
+/// A pod's first box with egress whose processes die (its boxd killed; after a host reboot all
+/// would be gone) is started again from its disk into the pod's network, which its other boxes
+/// are still in: the pod stays one network with its link to the internet.
+#[tokio::test]
+async fn a_pods_first_box_started_again_keeps_the_pods_network_with_egress() {
+    use vendbox_box::{Backend as _, BoxId, BoxSpec, BoxStatus, Limits, Pod};
+    if !supported() {
+        return;
+    }
+    if !sh("command -v umoci").status.success() {
+        support::requirement_missing("a box started again from its disk needs an image, made with `umoci`");
+        return;
+    }
+    let world = World::build();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = boxhost::Cleanup(data.path().to_path_buf());
+    // The first box needs a disk to be started again from: an image box (a tiny one).
+    let layout = support::oci_layout_of(data.path(), "tiny-layout", support::tiny_userland);
+    let out = Command::new(support::BIN)
+        .args(["image", "import"])
+        .arg(&layout)
+        .args(["--name", "tiny", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "importing: {}", String::from_utf8_lossy(&out.stderr));
+    let mut backend = boxhost::backend_for(data.path());
+    let egress = vendbox_box::local::EgressConfig {
+        resolvers: vec![PUBLIC_DNS.parse().unwrap()],
+        ..vendbox_box::local::EgressConfig::default()
+    };
+    backend.enable_egress(egress).await.unwrap();
+    let (first, second) = (BoxId::new("pod-first").unwrap(), BoxId::new("pod-second").unwrap());
+    let spec = |id: &BoxId, image: &str| BoxSpec {
+        id: id.clone(),
+        image: image.into(),
+        limits: Limits { vcpu: 1, memory_mb: 256, disk_mb: 64, pids: 128 },
+        egress: true,
+        pod: Some(Pod { first: first.clone(), volumes: Vec::new() }),
+    };
+    backend.create(&spec(&first, "tiny")).await.unwrap();
+    backend.create(&spec(&second, "host")).await.unwrap();
+    let pod_netns = netns_of(&backend, &second);
+    assert_eq!(netns_of(&backend, &first), pod_netns);
+    let hello = format!("curl -sS -m 5 http://{PUBLIC_WEB}/hello.txt");
+    assert_eq!(run_in(&backend, &second, &hello).await, "hello from the public internet\n");
+
+    for pid in backend.pids(&first) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !backend.pids(&first).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first box's processes outlived SIGKILL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backend.status(&first).await.unwrap(), BoxStatus::Running);
+    assert_eq!(netns_of(&backend, &first), pod_netns, "the first box came back in another network");
+    assert_eq!(run_in(&backend, &second, &hello).await, "hello from the public internet\n");
+    assert!(!reaches_from(&backend, &second, &format!("http://{PRIVATE}/secret.txt")).await);
+    drop(world);
+}
+
 /// Removes a namespace the test made, when dropped.
 struct NetnsGuard(String);
 

@@ -496,33 +496,12 @@ async fn a_box_sees_its_own_memory_limit_and_cpus() {
     assert!(out.ends_with("\n1\n"), "{out}");
 }
 
-/// Runs a host tool that must succeed.
-fn must(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The host's C library, loader and shell in `rootfs`: enough for boxd and `sh`.
-fn tiny_userland(rootfs: &Path) {
-    for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc", "root", "tmp", "proc", "dev"] {
-        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
-    }
-    for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
-        let target = rootfs.join("lib/x86_64-linux-gnu");
-        must("cp", &["-L", &format!("/lib/x86_64-linux-gnu/{lib}"), target.to_str().unwrap()]);
-    }
-    must("cp", &["-L", "/lib64/ld-linux-x86-64.so.2", rootfs.join("lib64").to_str().unwrap()]);
-    for program in ["sh", "cat", "ls"] {
-        must("cp", &["-L", &format!("/bin/{program}"), rootfs.join("bin").to_str().unwrap()]);
-    }
-}
-
 /// An OCI image layout at `dir/oci` (tag `t`) of two layers: a tiny userland (the host's C
 /// library, loader and shell, enough for boxd and `sh`) with `/etc/kept` and `/etc/doomed`,
 /// then a layer that deletes `/etc/doomed` (a whiteout) and adds `/etc/added`.
 fn build_oci_layout(dir: &Path) -> PathBuf {
-    let layout = oci_layout_of(dir, "oci", |rootfs| {
-        tiny_userland(rootfs);
+    let layout = support::oci_layout_of(dir, "oci", |rootfs| {
+        support::tiny_userland(rootfs);
         std::fs::write(rootfs.join("etc/kept"), "kept\n").unwrap();
         std::fs::write(rootfs.join("etc/doomed"), "doomed\n").unwrap();
     });
@@ -530,7 +509,10 @@ fn build_oci_layout(dir: &Path) -> PathBuf {
     let bundle = dir.join("oci-bundle");
     std::fs::remove_file(bundle.join("rootfs/etc/doomed")).unwrap();
     std::fs::write(bundle.join("rootfs/etc/added"), "added\n").unwrap();
-    must("umoci", &["repack", "--image", &format!("{}:t", layout.display()), bundle.to_str().unwrap()]);
+    support::must(
+        "umoci",
+        &["repack", "--image", &format!("{}:t", layout.display()), bundle.to_str().unwrap()],
+    );
     layout
 }
 
@@ -552,7 +534,7 @@ async fn oci_layouts_and_docker_archives_are_imported_with_their_whiteouts() {
     let work = tempfile::tempdir().unwrap();
     let layout = build_oci_layout(work.path());
     let docker = work.path().join("docker.tar");
-    must(
+    support::must(
         "skopeo",
         &[
             "copy",
@@ -624,8 +606,8 @@ async fn an_image_imported_while_vendbox_runs_is_sold_without_a_restart_and_one_
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let layout = oci_layout_of(work.path(), "live", |rootfs| {
-        tiny_userland(rootfs);
+    let layout = support::oci_layout_of(work.path(), "live", |rootfs| {
+        support::tiny_userland(rootfs);
         std::fs::write(rootfs.join("etc/live"), "from the live image\n").unwrap();
     });
     let catalog = r#"
@@ -724,19 +706,6 @@ price = {}
     assert_eq!(host.vendbox.as_ref().unwrap().child.id(), pid);
 }
 
-/// An OCI layout at `dir/<name>` (tag `t`) of one layer whose root `fill` makes.
-fn oci_layout_of(dir: &Path, name: &str, fill: impl FnOnce(&Path)) -> PathBuf {
-    let layout = dir.join(name);
-    let bundle = dir.join(format!("{name}-bundle"));
-    let image = format!("{}:t", layout.display());
-    must("umoci", &["init", "--layout", layout.to_str().unwrap()]);
-    must("umoci", &["new", "--image", &image]);
-    must("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
-    fill(&bundle.join("rootfs"));
-    must("umoci", &["repack", "--image", &image, bundle.to_str().unwrap()]);
-    layout
-}
-
 #[test]
 fn an_imported_image_cannot_make_vendbox_write_outside_it() {
     if Command::new("sh").args(["-c", "command -v umoci"]).output().map_or(true, |o| !o.status.success()) {
@@ -759,7 +728,7 @@ fn an_imported_image_cannot_make_vendbox_write_outside_it() {
     };
 
     // An image whose /etc is a link to a host directory: refused, and the directory untouched.
-    let etc_link = oci_layout_of(work.path(), "etc-link", |rootfs| {
+    let etc_link = support::oci_layout_of(work.path(), "etc-link", |rootfs| {
         std::os::unix::fs::symlink(&victim, rootfs.join("etc")).unwrap();
     });
     let out = import(&etc_link, "etc-link");
@@ -773,7 +742,7 @@ fn an_imported_image_cannot_make_vendbox_write_outside_it() {
     assert!(!state.join("images/etc-link").exists());
 
     // Files vendbox writes that are links to the host: replaced, never followed.
-    let file_links = oci_layout_of(work.path(), "file-links", |rootfs| {
+    let file_links = support::oci_layout_of(work.path(), "file-links", |rootfs| {
         std::fs::create_dir_all(rootfs.join("etc/apt")).unwrap();
         for name in ["hostname", "hosts", "resolv.conf", "pip.conf"] {
             std::os::unix::fs::symlink(victim.join(name), rootfs.join("etc").join(name)).unwrap();
@@ -784,7 +753,7 @@ fn an_imported_image_cannot_make_vendbox_write_outside_it() {
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "vendbox wrote through a link of the image");
     // The apt directory that is a link makes the import fail; the rest were replaced in place.
     assert!(!out.status.success());
-    let hostname = oci_layout_of(work.path(), "hostname-link", |rootfs| {
+    let hostname = support::oci_layout_of(work.path(), "hostname-link", |rootfs| {
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
         std::os::unix::fs::symlink(victim.join("hostname"), rootfs.join("etc/hostname")).unwrap();
     });

@@ -324,8 +324,10 @@ fn host_root_args(layer: &Path, args: &mut Vec<String>) {
 
 impl LocalBackend {
     /// The network namespace box `spec` is born in, when the host makes or picks one: its pod's
-    /// (the first box's, made with it), or its own with egress; `None`: bubblewrap's own.
-    async fn network(&self, spec: &BoxSpec, uid: u32) -> Result<Option<PathBuf>, BoxError> {
+    /// (the first box's, made with it), or its own with egress; `None`: bubblewrap's own. A pod's
+    /// first box started `again` keeps the namespace its pod's other boxes are still in (with
+    /// egress, while its link is there too: after a reboot neither is).
+    async fn network(&self, spec: &BoxSpec, uid: u32, again: bool) -> Result<Option<PathBuf>, BoxError> {
         match (&spec.pod, &self.net) {
             (Some(pod), _) if pod.first != spec.id => {
                 let path = net::namespace_of(&self.instance, &pod.first);
@@ -337,6 +339,9 @@ impl LocalBackend {
                         pod.first
                     )))
                 }
+            }
+            (Some(_), Some(net)) if spec.egress && again && net.attached(&spec.id).await? => {
+                Ok(Some(net::namespace_of(&self.instance, &spec.id)))
             }
             (_, Some(net)) if spec.egress => net.attach(&spec.id, uid).await.map(Some),
             (Some(_), _) => net::loopback_namespace(&self.instance, &spec.id).await.map(Some),
@@ -360,12 +365,14 @@ impl LocalBackend {
     }
 
     /// Starts box `spec` as host `uid`: its root (on `new_disk`, made first, for a new box of an
-    /// image; else on the disk it has), its network and its cgroup, then boxd.
+    /// image; else on the disk it has), its network and its cgroup, then boxd. `again`: the box
+    /// is started again from its disk (see `revive`).
     async fn start(
         &self,
         spec: &BoxSpec,
         uid: u32,
         new_disk: Option<(disk::DiskRecord, u64)>,
+        again: bool,
     ) -> Result<(), BoxError> {
         let instance = self.instance_dir();
         fs::create_dir_all(&instance).map_err(BoxError::io(format!("creating {}", instance.display())))?;
@@ -374,7 +381,7 @@ impl LocalBackend {
         let layer = self.layer_dir(&spec.id);
         // The network (host tools run one after another) and the root (a disk, mounts) need
         // nothing of each other: they are made at once.
-        let network = self.network(spec, uid);
+        let network = self.network(spec, uid, again);
         let root = async {
             if spec.image == crate::image::HOST {
                 let size = u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024;
@@ -552,8 +559,9 @@ impl LocalBackend {
             egress: record.egress,
             pod: record.pod.clone(),
         };
-        // The pod's first box keeps the namespace its pod's other boxes may still be in.
-        let keeps_network = record.pod.as_ref().is_some_and(|p| p.first == *id) && !record.egress;
+        // The pod's first box keeps the namespace its pod's other boxes may still be in, with
+        // or without egress (`network`).
+        let keeps_network = record.pod.as_ref().is_some_and(|p| p.first == *id);
         let result = async {
             self.cgroups.destroy(&self.instance, id.as_str()).await?;
             if !keeps_network {
@@ -561,7 +569,7 @@ impl LocalBackend {
             }
             layer::remove(&self.layer_dir(id))?;
             self.claim_this_uid(id, record.uid)?;
-            self.start(&spec, record.uid, None).await
+            self.start(&spec, record.uid, None, true).await
         };
         match result.await {
             Ok(()) => BoxStatus::Running,
@@ -648,7 +656,7 @@ impl Backend for LocalBackend {
             };
             (record, u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024)
         });
-        match self.start(spec, uid, new_disk).await {
+        match self.start(spec, uid, new_disk, false).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 match self.destroy(&spec.id).await {

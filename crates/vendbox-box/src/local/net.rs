@@ -414,6 +414,20 @@ impl Network {
         Ok(Link { netns, host_if, gateway, address })
     }
 
+    /// Whether box `id`'s network namespace and its link are still in place (a pod's first box
+    /// started again while its pod's other boxes are in them), the instance's policy put back
+    /// if it was removed. A namespace without its link is not: [`Network::attach`] makes both
+    /// anew.
+    pub(crate) async fn attached(&self, id: &BoxId) -> Result<bool, BoxError> {
+        let (netns, host_if, _) = link_names(&self.instance, id);
+        if !(Path::new(NETNS_DIR).join(netns).exists() && Path::new("/sys/class/net").join(host_if).exists())
+        {
+            return Ok(false);
+        }
+        self.install().await?;
+        Ok(true)
+    }
+
     /// Makes box `id`'s network namespace and link; its path, for [`spawn_in`].
     ///
     /// One `ip` run makes the namespace and the link and sets up the host's end; then the box's

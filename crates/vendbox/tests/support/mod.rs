@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -147,4 +147,38 @@ impl Drop for Vendbox {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs a host tool that must succeed.
+pub fn must(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The host's C library, loader and shell in `rootfs`: enough for boxd and `sh`.
+pub fn tiny_userland(rootfs: &Path) {
+    for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc", "root", "tmp", "proc", "dev"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
+        let target = rootfs.join("lib/x86_64-linux-gnu");
+        must("cp", &["-L", &format!("/lib/x86_64-linux-gnu/{lib}"), target.to_str().unwrap()]);
+    }
+    must("cp", &["-L", "/lib64/ld-linux-x86-64.so.2", rootfs.join("lib64").to_str().unwrap()]);
+    for program in ["sh", "cat", "ls"] {
+        must("cp", &["-L", &format!("/bin/{program}"), rootfs.join("bin").to_str().unwrap()]);
+    }
+}
+
+/// An OCI layout at `dir/<name>` (tag `t`) of one layer whose root `fill` makes.
+pub fn oci_layout_of(dir: &Path, name: &str, fill: impl FnOnce(&Path)) -> PathBuf {
+    let layout = dir.join(name);
+    let bundle = dir.join(format!("{name}-bundle"));
+    let image = format!("{}:t", layout.display());
+    must("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    must("umoci", &["new", "--image", &image]);
+    must("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
+    fill(&bundle.join("rootfs"));
+    must("umoci", &["repack", "--image", &image, bundle.to_str().unwrap()]);
+    layout
 }
