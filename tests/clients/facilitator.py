@@ -226,6 +226,12 @@ def make_handler(facilitator: Any, stats: Stats, auth: str | None, quiet: bool):
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a client that opens dozens of connections at once
+    # (a resource server under load) sees some of them reset.
+    request_queue_size = 128
+
+
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
 
@@ -251,7 +257,7 @@ def main(argv: list[str]) -> int:
 
     stats = Stats()
     handler = make_handler(facilitator, stats, args.require_auth, args.quiet)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    server = Server(("127.0.0.1", args.port), handler)
     server.daemon_threads = True
 
     def stop(_signum: int, _frame: Any) -> None:

@@ -19,6 +19,15 @@
 //!   the batched side's rate against the single side's;
 //! - gas per payment from real receipts: a transaction per payment against batches of up to 10
 //!   and 50 (one `aggregate3` transaction each), and each as a ratio of the single transfer's.
+//! - vendbox against the official Python reference stack on the same paid `GET /catalog`
+//!   (0.01 USDC), C requests in flight (C = 8, 32 by default): the same pre-signed payments and
+//!   client code on both, each side on a fresh anvil chain. The reference is
+//!   `tests/clients/reference_server.py`, started and stopped (by pid) here: x402 2.25.0's FastAPI
+//!   middleware and `x402ResourceServer` under uvicorn, settling through `HTTPFacilitatorClient`
+//!   with the official facilitator (`x402FacilitatorSync`, in `tests/clients/facilitator.py`).
+//!   Paid requests per second, p50 and p99 of each, and vendbox's rate as a multiple of the
+//!   reference's. After each side the payee's and the payer's token balances must have moved by
+//!   the price times every paid answer, or the bench fails.
 //!
 //! Each pair runs warm-up rounds first and throws them away, then alternates baseline and subject
 //! in ABBA order (see `common/stats.rs`); every p99 comes from at least 100 samples.
@@ -27,7 +36,10 @@
 //! without it the bench fails rather than leave the gate unmeasured). For a quick run:
 //! `VENDBOX_BENCH_PAYMENTS=200` (payments per level, default 2,000),
 //! `VENDBOX_BENCH_CONCURRENCY=1,8,32` (the levels), `VENDBOX_BENCH_PARTS=throughput` (any of
-//! `signatures`, `gate`, `throughput`, `mpp`, `batched`, `gas`; all by default).
+//! `signatures`, `gate`, `throughput`, `mpp`, `batched`, `gas`, `reference`; all by default),
+//! `VENDBOX_BENCH_REFERENCE_PAYMENTS=100` (payments per level to the reference stack, default
+//! 200 and at most `VENDBOX_BENCH_PAYMENTS`). The `reference` part needs python3 with
+//! `tests/clients/requirements.txt` installed (`scripts/setup.sh` does).
 
 #![allow(
     clippy::unwrap_used,
@@ -37,7 +49,7 @@
 )]
 
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vendbox_core::Usdc;
 use vendbox_pay::client::{self, Challenge};
@@ -59,6 +71,8 @@ const SIGNATURES: Rounds = Rounds { warm_up: 300, measured: 3000 };
 const REQUESTS: Rounds = Rounds { warm_up: 20, measured: 200 };
 /// Width of the row labels.
 const LABEL_WIDTH: usize = 48;
+/// What each payer is minted, in atomic units.
+const PAYER_FUNDS: u64 = 1_000_000_000_000;
 
 fn requirements() -> Requirements {
     Requirements::new(
@@ -167,12 +181,19 @@ fn signature_checks() {
 }
 
 async fn serve(config: &Config) -> String {
+    serve_until(config, std::future::pending()).await.0
+}
+
+/// A vendbox serving `config` until `shutdown` resolves: its base URL, and its task.
+async fn serve_until(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
     let store = vendbox_store::open(None, &config.store.data_dir).await.unwrap();
     let secrets = Secrets { signer: Some(Wallet::from_str(ANVIL_KEY_0).unwrap()), facilitator_auth: None };
     let server = Server::bind(config, store, secrets).await.unwrap();
     let url = format!("http://{}", server.local_addr().unwrap());
-    tokio::spawn(server.run(std::future::pending()));
-    url
+    (url, tokio::spawn(server.run(shutdown)))
 }
 
 /// `GET url`, with a payment header when given; panics unless it answers 200.
@@ -183,8 +204,60 @@ async fn get_catalog(http: &reqwest::Client, url: &str, payment: Option<(&'stati
     }
     let response = request.send().await.unwrap();
     let status = response.status();
+    // What a refused payment says about itself: x402 v2 puts the reason in these headers.
+    let said: Vec<String> = [wire::PAYMENT_REQUIRED, wire::PAYMENT_RESPONSE]
+        .into_iter()
+        .filter_map(|name| {
+            let value = response.headers().get(name)?.to_str().ok()?;
+            let decoded = wire::decode_header::<serde_json::Value>(value).ok()?;
+            Some(format!("{name}: {decoded}"))
+        })
+        .collect();
     let body = response.bytes().await.unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(status, 200, "GET {url}: {} {}", String::from_utf8_lossy(&body), said.join("; "));
+}
+
+/// A fresh anvil with the token ("USDC", "2") deployed, a payer holding a million of it, and
+/// Multicall3 at its canonical address.
+async fn token_chain() -> (Anvil, EvmAddress, Wallet) {
+    let binary = devchain::find_anvil(&[])
+        .expect("cannot measure the payment gate: anvil is not installed (scripts/setup.sh installs it)");
+    let anvil = Anvil::start(&binary, 31337).await.unwrap();
+    let minter = Wallet::from_str(ANVIL_KEY_1).unwrap();
+    let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
+    let payer = Wallet::random();
+    devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), PAYER_FUNDS).await.unwrap();
+    devchain::place_multicall(&anvil.rpc_url).await.unwrap();
+    (anvil, asset, payer)
+}
+
+/// vendbox on `anvil`'s token with the built-in facilitator, paid to `pay_to`, its data in `dir`.
+fn vendbox_config(anvil: &Anvil, asset: EvmAddress, pay_to: EvmAddress, dir: &std::path::Path) -> Config {
+    let mut config = Config::load(None, Vec::new()).unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.ssh.listen = "127.0.0.1:0".parse().unwrap();
+    let p = &mut config.payments;
+    p.network = format!("eip155:{}", anvil.chain_id);
+    p.asset = asset.to_string();
+    p.pay_to = Some(pay_to.to_string());
+    p.rpc_url.clone_from(&anvil.rpc_url);
+    p.facilitator = FacilitatorKind::Builtin;
+    dir.clone_into(&mut config.store.data_dir);
+    config
+}
+
+/// The x402 challenge of the 402 that `GET url` answers without a payment.
+async fn challenge(url: &str) -> Challenge {
+    let response = reqwest::get(url).await.unwrap();
+    assert_eq!(response.status(), 402, "GET {url} without a payment");
+    let header = response
+        .headers()
+        .get(wire::PAYMENT_REQUIRED)
+        .unwrap_or_else(|| panic!("GET {url}: the 402 has no {} header", wire::PAYMENT_REQUIRED))
+        .to_str()
+        .unwrap()
+        .to_owned();
+    Challenge::read(Some(&header), &response.bytes().await.unwrap()).unwrap()
 }
 
 /// anvil with the token, a funded payer, and two vendboxes selling `GET /catalog` on it: one at
@@ -208,27 +281,10 @@ impl Shops {
 
     /// Shops whose paid vendbox settles up to `settle_batch` payments in one transaction.
     async fn open_with(settle_batch: usize) -> Shops {
-        let binary = devchain::find_anvil(&[])
-            .expect("cannot measure the payment gate: anvil is not installed (scripts/setup.sh installs it)");
-        let anvil = Anvil::start(&binary, 31337).await.unwrap();
-        let minter = Wallet::from_str(ANVIL_KEY_1).unwrap();
-        let asset = devchain::deploy_token(&anvil.rpc_url, &minter, "USDC", "2").await.unwrap();
-        let payer = Wallet::random();
-        devchain::mint(&anvil.rpc_url, &minter, asset, payer.address(), 1_000_000_000_000).await.unwrap();
-        devchain::place_multicall(&anvil.rpc_url).await.unwrap();
-
+        let (anvil, asset, payer) = token_chain().await;
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut config = Config::load(None, Vec::new()).unwrap();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.ssh.listen = "127.0.0.1:0".parse().unwrap();
-        let p = &mut config.payments;
-        p.network = "eip155:31337".into();
-        p.asset = asset.to_string();
-        p.pay_to = Some(Wallet::random().address().to_string());
-        p.rpc_url.clone_from(&anvil.rpc_url);
-        p.facilitator = FacilitatorKind::Builtin;
-        p.settle_batch = settle_batch;
-        config.store.data_dir = dirs.0.path().to_owned();
+        let mut config = vendbox_config(&anvil, asset, Wallet::random().address(), dirs.0.path());
+        config.payments.settle_batch = settle_batch;
         let paid = format!("{}/catalog", serve(&config).await);
         config.store.data_dir = dirs.1.path().to_owned();
         for offer in &mut config.offers {
@@ -237,10 +293,7 @@ impl Shops {
             }
         }
         let free = format!("{}/catalog", serve(&config).await);
-
-        let response = reqwest::get(&paid).await.unwrap();
-        let header = response.headers().get(wire::PAYMENT_REQUIRED).unwrap().to_str().unwrap().to_owned();
-        let challenge = Challenge::read(Some(&header), &response.bytes().await.unwrap()).unwrap();
+        let challenge = challenge(&paid).await;
         Shops { anvil, paid, free, challenge, payer, _dirs: dirs }
     }
 
@@ -578,6 +631,268 @@ async fn gas_per_payment() {
     anvil.stop().await;
 }
 
+/// The price of `GET /catalog` on both stacks of the `reference` part: 0.01 USDC.
+const CATALOG_PRICE: u64 = 10_000;
+/// The official Python stack, as a bench helper.
+const REFERENCE_SERVER: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/clients/reference_server.py");
+/// How long the reference server may take to say it listens.
+const REFERENCE_START: Duration = Duration::from_secs(90);
+/// How long, after a level, the payee's balance may take to show every paid answer.
+const SETTLED_WITHIN: Duration = Duration::from_mins(1);
+/// How long a stack may take to stop.
+const STOPPED_WITHIN: Duration = Duration::from_secs(30);
+
+/// One stack selling `GET /catalog` at [`CATALOG_PRICE`] on an anvil chain of its own: vendbox,
+/// or the official Python reference stack. The harness that pays them is the same.
+struct Stack {
+    /// Its name in the output.
+    name: &'static str,
+    anvil: Anvil,
+    /// `GET /catalog`.
+    url: String,
+    challenge: Challenge,
+    payer: Wallet,
+    /// The token, read for the balances that must have moved.
+    token: vendbox_pay::chain::Chain,
+    /// Who is paid.
+    pay_to: EvmAddress,
+    /// What serves it: vendbox in this process, or the reference server's process.
+    server: StackServer,
+}
+
+/// What serves a [`Stack`], stopped after it is measured.
+enum StackServer {
+    /// vendbox's task, the sender that stops it, and its data directory (removed when dropped).
+    Vendbox(
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        tokio::sync::oneshot::Sender<()>,
+        tempfile::TempDir,
+    ),
+    /// The reference server's process, stopped by its pid.
+    Reference(tokio::process::Child),
+}
+
+impl Stack {
+    /// vendbox with its built-in facilitator and SQLite, on a fresh chain.
+    async fn vendbox() -> Stack {
+        let (anvil, asset, payer) = token_chain().await;
+        let pay_to = Wallet::random().address();
+        let dir = tempfile::tempdir().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = vendbox_config(&anvil, asset, pay_to, dir.path());
+        let (url, task) = serve_until(&config, async move {
+            let _ = stopped.await;
+        })
+        .await;
+        let server = StackServer::Vendbox(task, stop, dir);
+        Stack::ready("vendbox", anvil, format!("{url}/catalog"), payer, asset, pay_to, server).await
+    }
+
+    /// `tests/clients/reference_server.py` (x402's FastAPI middleware, `x402ResourceServer`, the
+    /// official facilitator), on a fresh chain; its facilitator pays the gas with anvil's first key.
+    async fn reference() -> Stack {
+        use tokio::io::AsyncBufReadExt as _;
+        let (anvil, asset, payer) = token_chain().await;
+        let pay_to = Wallet::random().address();
+        let mut process = tokio::process::Command::new("python3")
+            .arg(REFERENCE_SERVER)
+            .args(["--rpc-url", &anvil.rpc_url, "--key", ANVIL_KEY_0])
+            .args(["--network", &format!("eip155:{}", anvil.chain_id)])
+            .args(["--asset", &asset.to_string(), "--pay-to", &pay_to.to_string()])
+            .args(["--price", &CATALOG_PRICE.to_string(), "--name", "USDC", "--version", "2"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot start the reference stack: python3 is missing (scripts/setup.sh installs it)");
+        let mut lines = tokio::io::BufReader::new(process.stdout.take().unwrap()).lines();
+        let url = tokio::time::timeout(REFERENCE_START, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.trim().strip_prefix("reference server listening on ") {
+                    return Some(url.to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!(
+                "cannot measure the reference stack: {REFERENCE_SERVER} did not say it listens within \
+                 {REFERENCE_START:?} (its errors are above; `pip install -r tests/clients/requirements.txt` \
+                 installs what it needs)"
+            )
+        });
+        let server = StackServer::Reference(process);
+        Stack::ready("reference", anvil, format!("{url}/catalog"), payer, asset, pay_to, server).await
+    }
+
+    async fn ready(
+        name: &'static str,
+        anvil: Anvil,
+        url: String,
+        payer: Wallet,
+        asset: EvmAddress,
+        pay_to: EvmAddress,
+        server: StackServer,
+    ) -> Stack {
+        let challenge = challenge(&url).await;
+        assert_eq!(
+            challenge.price(),
+            Some((CATALOG_PRICE, format!("eip155:{}", anvil.chain_id))),
+            "{name}: GET /catalog should cost {CATALOG_PRICE} on the bench's chain"
+        );
+        let token = vendbox_pay::chain::Chain::connect(&anvil.rpc_url, asset).unwrap();
+        Stack { name, anvil, url, challenge, payer, token, pay_to, server }
+    }
+
+    /// `count` payments for `GET /catalog`, signed now.
+    fn payments(&self, count: usize) -> Vec<Option<(&'static str, String)>> {
+        (0..count).map(|_| Some(self.challenge.pay(&self.payer, now()).unwrap())).collect()
+    }
+
+    /// Panics unless, within [`SETTLED_WITHIN`], exactly `answers` × the price moved on chain from
+    /// the payer to the payee: every paid answer was settled, once.
+    async fn check_settled(&self, answers: usize) {
+        let moved = answers as u64 * CATALOG_PRICE;
+        let deadline = Instant::now() + SETTLED_WITHIN;
+        loop {
+            let paid = self.token.balance_of(self.pay_to).await.unwrap();
+            let spent = PAYER_FUNDS - self.token.balance_of(self.payer.address()).await.unwrap();
+            assert!(
+                paid <= moved && spent <= moved,
+                "{}: {answers} paid answers at {CATALOG_PRICE} should move {moved} on chain, but the \
+                 payee received {paid} and the payer spent {spent}",
+                self.name
+            );
+            if paid == moved && spent == moved {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {answers} paid answers at {CATALOG_PRICE} should move {moved} on chain, but after \
+                 {SETTLED_WITHIN:?} the payee has received {paid} and the payer spent {spent}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops what serves it (vendbox's task; the reference server by SIGTERM to its pid, which
+    /// stops its facilitator), then anvil.
+    async fn stop(self) {
+        match self.server {
+            StackServer::Vendbox(task, stop, _dir) => {
+                let _ = stop.send(());
+                let stopped = tokio::time::timeout(STOPPED_WITHIN, task).await;
+                stopped.expect("vendbox did not stop").unwrap().unwrap();
+            }
+            StackServer::Reference(mut process) => {
+                let pid = process.id().unwrap().to_string();
+                std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+                let Ok(status) = tokio::time::timeout(STOPPED_WITHIN, process.wait()).await else {
+                    process.kill().await.unwrap();
+                    panic!(
+                        "the reference server (pid {pid}) did not stop within {STOPPED_WITHIN:?} of SIGTERM"
+                    );
+                };
+                assert!(status.unwrap().success(), "the reference server (pid {pid}) failed on SIGTERM");
+            }
+        }
+        self.anvil.stop().await;
+    }
+
+    /// Warm-up (thrown away), then `count` pre-signed payments with `concurrency` in flight; checks
+    /// that every paid answer was settled on chain.
+    async fn measure(self, count: usize, concurrency: usize) -> Level {
+        let http = reqwest::Client::new();
+        let warm = (2 * concurrency).max(10);
+        level(&http, &self.url, self.payments(warm), concurrency, warm / 2).await;
+        let measured = level(&http, &self.url, self.payments(count), concurrency, count / 2).await;
+        drop(http);
+        self.check_settled(warm + count).await;
+        self.stop().await;
+        measured
+    }
+}
+
+/// Payments per level for the reference stack, from `VENDBOX_BENCH_REFERENCE_PAYMENTS` (default
+/// 200, and never more than vendbox gets): it is slow, and 100 already hold a p99.
+fn reference_payments_per_level() -> usize {
+    std::env::var("VENDBOX_BENCH_REFERENCE_PAYMENTS")
+        .map_or(200, |v| v.parse().expect("VENDBOX_BENCH_REFERENCE_PAYMENTS: a count"))
+        .min(payments_per_level())
+}
+
+/// vendbox against the official Python reference stack, the same harness on both.
+async fn against_reference() {
+    let count = payments_per_level();
+    let reference_count = reference_payments_per_level();
+    assert!(reference_count >= 2, "VENDBOX_BENCH_REFERENCE_PAYMENTS must be at least 2");
+    let levels =
+        std::env::var("VENDBOX_BENCH_CONCURRENCY").map_or_else(|_| vec![8, 32], |_| concurrency_levels());
+    println!(
+        "vendbox against the official Python reference stack on paid GET /catalog (0.01 USDC), the same \
+         harness on both (pre-signed v2 payments, C in flight), each side on a fresh anvil chain with \
+         automine: vendbox with its built-in facilitator (a transaction per payment) and SQLite, {count} \
+         payments per level; the \
+         reference: x402 2.25.0's FastAPI middleware and x402ResourceServer under uvicorn (one worker), \
+         settling through HTTPFacilitatorClient with the official facilitator (x402FacilitatorSync over \
+         web3, tests/clients/facilitator.py), {reference_count} payments per level{}; both after a \
+         warm-up of max(2C, 10) payments, and both checked on chain (the payee received and the payer \
+         spent the price times every paid answer):",
+        if reference_count < count { " (fewer: it is slow)" } else { "" }
+    );
+    println!("  {:>4}  {:<9} {:>6} {:>9}  {:>10}  {:>10}", "C", "stack", "n", "paid/s", "p50", "p99");
+    for (round, concurrency) in levels.into_iter().enumerate() {
+        // Alternate which side runs first, so that neither always runs on a quieter machine.
+        let (ours, reference) = if round % 2 == 0 {
+            let ours = Stack::vendbox().await.measure(count, concurrency).await;
+            (ours, Stack::reference().await.measure(reference_count, concurrency).await)
+        } else {
+            let reference = Stack::reference().await.measure(reference_count, concurrency).await;
+            (Stack::vendbox().await.measure(count, concurrency).await, reference)
+        };
+        for (side, l) in [("vendbox", &ours), ("reference", &reference)] {
+            println!(
+                "  {concurrency:>4}  {side:<9} {:>6} {:>9.1}  {}  {}",
+                l.all.count(),
+                l.rate,
+                stats::duration(l.all.median()),
+                l.all.p99().map_or_else(|| "        --".to_owned(), stats::duration),
+            );
+            stats::explain_missing(
+                &l.all,
+                "raise VENDBOX_BENCH_PAYMENTS or VENDBOX_BENCH_REFERENCE_PAYMENTS",
+            );
+        }
+        let p99 = match (ours.all.p99(), reference.all.p99()) {
+            (Some(ours), Some(reference)) => format!(
+                ", p99 {:.1}x lower",
+                stats::ratio(reference.as_secs_f64(), ours.as_secs_f64(), "the p99 ratio")
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  {concurrency:>4}  vendbox/reference: {:.1}x the paid requests per second (issue 19 asks \
+             20x), p50 {:.1}x lower{p99}",
+            stats::ratio(
+                ours.rate,
+                reference.rate,
+                "vendbox against the reference's paid requests per second"
+            ),
+            stats::ratio(
+                reference.all.median().as_secs_f64(),
+                ours.all.median().as_secs_f64(),
+                "the p50 ratio"
+            ),
+        );
+    }
+}
+
 /// Which parts to run, from `VENDBOX_BENCH_PARTS` (default all).
 fn part(name: &str) -> bool {
     std::env::var("VENDBOX_BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|p| p.trim() == name))
@@ -595,7 +910,7 @@ fn main() {
             .unwrap()
             .block_on(gas_per_payment());
     }
-    if part("gate") || part("throughput") || part("mpp") || part("batched") {
+    if part("gate") || part("throughput") || part("mpp") || part("batched") || part("reference") {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
             if part("gate") {
                 let shops = Shops::open().await;
@@ -610,6 +925,9 @@ fn main() {
             }
             if part("batched") {
                 batched_against_single().await;
+            }
+            if part("reference") {
+                against_reference().await;
             }
         });
     }
