@@ -34,8 +34,11 @@ macro_rules! impl_payments {
             }
 
             async fn reserve_payment(&self, p: &vendbox_core::Payment) -> $crate::StoreResult<()> {
-                let mut conn = self.pool.acquire().await?;
-                Self::reserve_payment_in(&mut conn, p).await
+                // Group-committed with the other writes that wait (see `aggregates::locks`).
+                let payment = Box::new(p.clone());
+                self.locks
+                    .run(&p.replay_key.payer, |reply| $crate::aggregates::locks::Op::Reserve { payment, reply })
+                    .await
             }
 
             /// [`Store::reserve_payment`] on `conn` (within a transaction or not).
@@ -80,6 +83,18 @@ macro_rules! impl_payments {
                 }
             }
 
+            /// [`Store::get_payment`] on `conn`.
+            async fn payment_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: vendbox_core::PaymentId,
+            ) -> $crate::StoreResult<Option<vendbox_core::Payment>> {
+                let row = sqlx::query("SELECT * FROM payments WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                row.as_ref().map(Self::payment_from_row).transpose()
+            }
+
             async fn get_payment(&self, id: vendbox_core::PaymentId) -> $crate::StoreResult<Option<vendbox_core::Payment>> {
                 let row = sqlx::query("SELECT * FROM payments WHERE id = $1")
                     .bind(id.to_string())
@@ -118,6 +133,20 @@ macro_rules! impl_payments {
                 outcome: &$crate::PaymentOutcome,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::StoreResult<vendbox_core::Payment> {
+                // Group-committed with the other writes that wait (see `aggregates::locks`).
+                let outcome = outcome.clone();
+                self.locks
+                    .run(&id.to_string(), |reply| $crate::aggregates::locks::Op::Finish { id, outcome, now, reply })
+                    .await
+            }
+
+            /// [`Store::finish_payment`] on `conn` (within a transaction or not).
+            async fn finish_payment_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: vendbox_core::PaymentId,
+                outcome: &$crate::PaymentOutcome,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::StoreResult<vendbox_core::Payment> {
                 let (state, settlement_ref, void_reason) = match outcome {
                     $crate::PaymentOutcome::Settled { settlement_ref } => {
                         (vendbox_core::PaymentState::Settled, Some(settlement_ref.as_str()), None)
@@ -136,11 +165,11 @@ macro_rules! impl_payments {
                 .bind($crate::shared::ms(now))
                 .bind(id.to_string())
                 .bind(vendbox_core::PaymentState::Verified.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await?;
                 match row {
                     Some(r) => Self::payment_from_row(&r),
-                    None => match self.get_payment(id).await? {
+                    None => match Self::payment_in(&mut *conn, id).await? {
                         None => Err($crate::StoreError::NotFound(format!("payment {id}"))),
                         Some(p) => Err(match p.state.checked_move(state) {
                             Err(rule) => $crate::StoreError::Rule(rule),
