@@ -40,6 +40,8 @@
 //! `VENDBOX_BENCH_REFERENCE_PAYMENTS=100` (payments per level to the reference stack, default
 //! 200 and at most `VENDBOX_BENCH_PAYMENTS`). The `reference` part needs python3 with
 //! `tests/clients/requirements.txt` installed (`scripts/setup.sh` does).
+//! `VENDBOX_BENCH_SETTLE_BATCH=50` has the vendboxes of the `gate`, `throughput`, `mpp` and
+//! `reference` parts settle up to 50 payments a transaction (`payments.settle_batch`).
 
 #![allow(
     clippy::unwrap_used,
@@ -242,8 +244,16 @@ fn vendbox_config(anvil: &Anvil, asset: EvmAddress, pay_to: EvmAddress, dir: &st
     p.pay_to = Some(pay_to.to_string());
     p.rpc_url.clone_from(&anvil.rpc_url);
     p.facilitator = FacilitatorKind::Builtin;
+    p.settle_batch = settle_batch();
     dir.clone_into(&mut config.store.data_dir);
     config
+}
+
+/// The most one settlement transaction holds, from `VENDBOX_BENCH_SETTLE_BATCH` (default 1: a
+/// transaction per payment, vendbox's default).
+fn settle_batch() -> usize {
+    std::env::var("VENDBOX_BENCH_SETTLE_BATCH")
+        .map_or(1, |v| v.parse().expect("VENDBOX_BENCH_SETTLE_BATCH: the most a settlement batch holds"))
 }
 
 /// The x402 challenge of the 402 that `GET url` answers without a payment.
@@ -275,8 +285,9 @@ struct Shops {
 }
 
 impl Shops {
+    /// Shops settling as `VENDBOX_BENCH_SETTLE_BATCH` says.
     async fn open() -> Shops {
-        Shops::open_with(1).await
+        Shops::open_with(settle_batch()).await
     }
 
     /// Shops whose paid vendbox settles up to `settle_batch` payments in one transaction.
