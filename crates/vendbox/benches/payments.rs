@@ -848,13 +848,16 @@ async fn against_reference() {
     println!(
         "vendbox against the official Python reference stack on paid GET /catalog (0.01 USDC), the same \
          harness on both (pre-signed v2 payments, C in flight), each side on a fresh anvil chain with \
-         automine: vendbox with its built-in facilitator (a transaction per payment) and SQLite, {count} \
-         payments per level; the \
+         automine: vendbox with its built-in facilitator ({}) and SQLite, {count} payments per level; the \
          reference: x402 2.25.0's FastAPI middleware and x402ResourceServer under uvicorn (one worker), \
          settling through HTTPFacilitatorClient with the official facilitator (x402FacilitatorSync over \
          web3, tests/clients/facilitator.py), {reference_count} payments per level{}; both after a \
          warm-up of max(2C, 10) payments, and both checked on chain (the payee received and the payer \
          spent the price times every paid answer):",
+        match settle_batch() {
+            1 => "a transaction per payment".to_owned(),
+            most => format!("settlements batched, up to {most} a transaction"),
+        },
         if reference_count < count { " (fewer: it is slow)" } else { "" }
     );
     println!("  {:>4}  {:<9} {:>6} {:>9}  {:>10}  {:>10}", "C", "stack", "n", "paid/s", "p50", "p99");
