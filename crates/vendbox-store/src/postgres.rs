@@ -80,10 +80,14 @@ impl PostgresStore {
 // inside the row they changed, after any wait for that row's lock, so that a grant never starts
 // before the release or expiry it follows. Rows a worker picks are locked as they are picked, and
 // rows another host holds are skipped: several hosts divide a batch instead of racing for it.
+// The rows of a shared lock statement come from `jsonb_to_recordset` over its JSON array, and a
+// batch locks its keys' rows in key order with `FOR UPDATE OF locks` before it changes them.
 store_impl!(
     PostgresStore,
     sqlx::Postgres,
     "postgres",
     clock_ms = "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
-    skip_locked = "FOR UPDATE SKIP LOCKED"
+    skip_locked = "FOR UPDATE SKIP LOCKED",
+    rows = "jsonb_to_recordset($1::jsonb) AS r(k text, o text, h text, t bigint, m text)",
+    lock_rows = "FOR UPDATE OF locks"
 );

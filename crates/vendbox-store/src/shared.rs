@@ -55,7 +55,9 @@ macro_rules! store_impl {
         $db:ty,
         $backend:literal,
         clock_ms = $clock:literal,
-        skip_locked = $skip_locked:literal
+        skip_locked = $skip_locked:literal,
+        rows = $rows:literal,
+        lock_rows = $lock_rows:literal
     ) => {
         $crate::aggregates::quotes::impl_quotes!($store, $db);
         $crate::aggregates::payments::impl_payments!($store, $db);
@@ -65,7 +67,13 @@ macro_rules! store_impl {
         $crate::aggregates::keys::impl_keys!($store, $db);
         $crate::aggregates::e2b::impl_e2b!($store, $db);
         $crate::aggregates::vms::impl_vms!($store, $db);
-        $crate::aggregates::locks::impl_locks!($store, $db, clock_ms = $clock);
+        $crate::aggregates::locks::impl_locks!(
+            $store,
+            $db,
+            clock_ms = $clock,
+            rows = $rows,
+            lock_rows = $lock_rows
+        );
 
         // Each method calls the inherent method of the same name, which method resolution picks
         // before the trait's (the inherent methods are private to the backend's module, so

@@ -62,6 +62,8 @@ impl SqliteStore {
     }
 }
 
+// The rows of a shared lock statement come from `json_each` over its JSON array, and need no
+// locking clause: the one writer holds the database's write lock for the whole batch.
 // The database clock: Unix milliseconds, stable within one statement. Writers take turns, so a
 // statement's clock is also read after every earlier write, and a statement that picks rows and
 // changes them holds them alone without a locking clause (SQLite has none).
@@ -70,5 +72,8 @@ store_impl!(
     sqlx::Sqlite,
     "sqlite",
     clock_ms = "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
-    skip_locked = ""
+    skip_locked = "",
+    rows = "(SELECT value ->> 'k' AS k, value ->> 'o' AS o, value ->> 'h' AS h, value ->> 't' AS t, \
+            value ->> 'm' AS m FROM json_each($1)) AS r",
+    lock_rows = ""
 );

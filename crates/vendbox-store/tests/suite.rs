@@ -531,6 +531,86 @@ async fn concurrent_acquisitions_grant_exactly_one(store: Arc<dyn Store>) {
     assert_eq!(granted[0].fencing_token, FencingToken(1));
 }
 
+/// Operations that arrive together share a batch, and in it shared statements (one for the
+/// acquisitions of distinct keys, one for the releases): each is answered as it would be alone,
+/// and a key's second operation in a batch sees its first.
+async fn batched_operations_are_answered_as_one_at_a_time(store: Arc<dyn Store>) {
+    let (alice, bob) = (SecretToken::generate(), SecretToken::generate());
+    let LockAcquisition::Acquired(held) =
+        store.acquire_lock(&key("batch-held"), Some("alice"), None, LONG, &alice.hash()).await.unwrap()
+    else {
+        panic!("a fresh key is free")
+    };
+    let fresh: Vec<_> = (0..16).map(|i| (key(&format!("batch-{i}")), SecretToken::generate())).collect();
+    let mut grants = Vec::new();
+    for (k, token) in &fresh {
+        let (store, k, hash) = (store.clone(), k.clone(), token.hash());
+        grants
+            .push(tokio::spawn(async move { store.acquire_lock(&k, Some("many"), None, LONG, &hash).await }));
+    }
+    let refused = {
+        let (store, hash) = (store.clone(), bob.hash());
+        tokio::spawn(
+            async move { store.acquire_lock(&key("batch-held"), Some("bob"), None, LONG, &hash).await },
+        )
+    };
+    let stranger = {
+        let (store, hash) = (store.clone(), bob.hash());
+        tokio::spawn(async move { store.release_lock(&key("batch-held"), &hash).await })
+    };
+    let twins: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            let token = SecretToken::generate();
+            tokio::spawn(async move {
+                store.acquire_lock(&key("batch-twin"), None, None, LONG, &token.hash()).await
+            })
+        })
+        .collect();
+    for (grant, (k, _)) in grants.into_iter().zip(&fresh) {
+        let LockAcquisition::Acquired(lock) = grant.await.unwrap().unwrap() else { panic!("{k:?} is free") };
+        assert_eq!(
+            (&lock.key, lock.fencing_token, lock.owner.as_deref()),
+            (k, FencingToken(1), Some("many"))
+        );
+    }
+    assert_eq!(refused.await.unwrap().unwrap(), LockAcquisition::Held(held.clone()));
+    assert_eq!(stranger.await.unwrap().unwrap(), LockRelease::Refused(LockRefusal::NotHolder));
+    let mut twins_granted = 0;
+    for twin in twins {
+        match twin.await.unwrap().unwrap() {
+            LockAcquisition::Acquired(lock) => {
+                twins_granted += 1;
+                assert_eq!(lock.fencing_token, FencingToken(1));
+            }
+            LockAcquisition::Held(lock) => assert_eq!(lock.fencing_token, FencingToken(1)),
+        }
+    }
+    assert_eq!(twins_granted, 1, "one of two acquisitions of one key in a batch is granted");
+    // Every release twice at once: the first releases, the second is answered as the first.
+    let mut releases = Vec::new();
+    for (k, token) in fresh.iter().chain(fresh.iter()) {
+        let (store, k, hash) = (store.clone(), k.clone(), token.hash());
+        releases.push(tokio::spawn(async move { store.release_lock(&k, &hash).await }));
+    }
+    let (mut first, mut again) = (0, 0);
+    for release in releases {
+        match release.await.unwrap().unwrap() {
+            LockRelease::Released(lock) => {
+                first += 1;
+                assert!(lock.released_at.is_some());
+            }
+            LockRelease::AlreadyReleased(_) => again += 1,
+            LockRelease::Refused(why) => panic!("a release by the holder was refused: {why:?}"),
+        }
+    }
+    assert_eq!((first, again), (fresh.len(), fresh.len()));
+    for (k, _) in &fresh {
+        assert_eq!(store.get_lock(k).await.unwrap(), None);
+    }
+    assert_eq!(store.get_lock(&key("batch-held")).await.unwrap(), Some(held));
+}
+
 /// A store that answers its ping and names its own backend, not the other one.
 async fn ping_answers_as(store: Arc<dyn Store>, backend: &str) {
     store.ping().await.unwrap();
@@ -561,6 +641,7 @@ common::suite!(
     locks_grant_one_holder_and_fence_each_grant,
     lapsed_locks_pass_on_and_stale_holders_touch_nothing,
     concurrent_acquisitions_grant_exactly_one,
+    batched_operations_are_answered_as_one_at_a_time,
 );
 
 #[tokio::test]

@@ -13,6 +13,17 @@
 //! in one order and cannot deadlock. If a batch fails, each of its operations is applied again
 //! alone, so one bad operation cannot fail its neighbours.
 //!
+//! **Shared statements.** A batch is cut into rounds, the first operation of each row, then the
+//! second of each row that has two, and so on; the acquisitions of one round (distinct keys) are
+//! one `INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` over rows read from a JSON array
+//! (`rows`), and its releases one `UPDATE … RETURNING`, so a batch costs a few statements rather
+//! than one or two per operation (on SQLite each statement is a round trip to the connection's
+//! thread, on PostgreSQL to the server). What a shared statement leaves unanswered (a refusal the
+//! release must tell apart, a holder that lapsed between two statements) and every other
+//! operation goes alone, as before. On PostgreSQL, a batch with shared statements first locks
+//! the rows of all its lock keys with one `SELECT … ORDER BY key FOR UPDATE` (`lock_rows`): a
+//! statement over many rows takes their locks in no set order, so this keeps the key order.
+//!
 //! **Credits share the writer.** A credit hold (with the reservation of the payment it is for)
 //! and the charge of a hold are applied by the same writers, in the same batches, keyed by
 //! their account, so that paying for a lock with credits costs fsyncs shared with everyone
@@ -132,6 +143,14 @@ impl Op {
         }
     }
 
+    /// The lock key it is about, if it is a lock operation.
+    pub(crate) fn lock_key(&self) -> Option<&LockKey> {
+        match self {
+            Op::Acquire { key, .. } | Op::Renew { key, .. } | Op::Release { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     /// Sends `answer` to the caller (who may have hung up: then nobody hears it).
     pub(crate) fn answer(self, answer: StoreResult<Answer>) {
         match self {
@@ -178,6 +197,65 @@ fn deliver<T>(
         pick(a).ok_or_else(|| StoreError::Corrupt("a lock operation got another operation's answer".into()))
     });
     let _ = reply.send(answer);
+}
+
+/// The operations of a batch that may share statements: the `n`th operation of each row of the
+/// batch (which is in row order), so that no row appears twice in one round and a row's later
+/// operations see its earlier ones by coming in a later round.
+#[derive(Debug, Default)]
+pub(crate) struct Round {
+    /// Every operation of the round, by its place in the batch.
+    pub(crate) members: Vec<usize>,
+    /// Its acquisitions.
+    pub(crate) acquires: Vec<usize>,
+    /// Its releases.
+    pub(crate) releases: Vec<usize>,
+}
+
+impl Round {
+    /// The rounds of `ops`, sorted by [`Op::order`].
+    pub(crate) fn all(ops: &[Op]) -> Vec<Round> {
+        let mut rounds: Vec<Round> = Vec::new();
+        let mut nth = 0;
+        for (i, op) in ops.iter().enumerate() {
+            nth = if i > 0 && ops[i - 1].order() == op.order() { nth + 1 } else { 0 };
+            if rounds.len() <= nth {
+                rounds.push(Round::default());
+            }
+            let round = &mut rounds[nth];
+            round.members.push(i);
+            match op {
+                Op::Acquire { .. } => round.acquires.push(i),
+                Op::Release { .. } => round.releases.push(i),
+                _ => {}
+            }
+        }
+        rounds
+    }
+
+    /// Whether some of its operations go in one statement together.
+    pub(crate) fn has_shared_statements(&self) -> bool {
+        self.acquires.len() > 1 || self.releases.len() > 1
+    }
+}
+
+/// The operations `members` of `ops` as the JSON array of objects a shared statement reads its
+/// rows from (the store's `rows` SQL): `k` the row's key, and for an acquisition `o` its owner,
+/// `t` its TTL in milliseconds and `m` its metadata, and `h` the release token's hash.
+pub(crate) fn rows_json(ops: &[Op], members: impl Iterator<Item = usize>) -> String {
+    use serde_json::{Value, json};
+    let rows: Vec<Value> = members
+        .map(|i| match &ops[i] {
+            Op::Acquire { key, owner, metadata, ttl_ms, release, .. } => json!({
+                "k": key.as_str(), "o": owner, "h": release.to_hex(), "t": ttl_ms, "m": metadata,
+            }),
+            Op::Release { key, release, .. } | Op::Renew { key, release, .. } => {
+                json!({ "k": key.as_str(), "h": release.to_hex() })
+            }
+            op => json!({ "k": op.order().1 }),
+        })
+        .collect();
+    Value::from(rows).to_string()
 }
 
 /// The PostgreSQL notification channel a committed release is announced on, to every host.
@@ -261,9 +339,11 @@ impl WeakQueue {
 
 /// Writes the lock methods of `$store`, whose `pool` is a pool of database `$db` and whose
 /// `locks` is its [`Queue`]; `$clock` is the SQL that reads the database's clock in Unix
-/// milliseconds when it is evaluated.
+/// milliseconds when it is evaluated; `$rows` a `FROM` item `r (k, o, h, t, m)` of the rows of
+/// the JSON array bound as `$1` (see [`rows_json`]); `$lock_rows` the locking clause that locks
+/// the rows a `SELECT` returns, in its order (empty where one writer at a time needs none).
 macro_rules! impl_locks {
-    ($store:ty, $db:ty, clock_ms = $clock:literal) => {
+    ($store:ty, $db:ty, clock_ms = $clock:literal, rows = $rows:literal, lock_rows = $lock_rows:literal) => {
         impl $store {
             fn lock_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Lock> {
                 use sqlx::Row;
@@ -369,49 +449,181 @@ macro_rules! impl_locks {
                 pool: &sqlx::Pool<$db>,
                 ops: &[$crate::aggregates::locks::Op],
             ) -> $crate::StoreResult<Vec<$crate::aggregates::locks::Answer>> {
-                use $crate::aggregates::locks::{Answer, Op};
+                use $crate::aggregates::locks::{Answer, Round};
                 let mut tx = pool.begin().await?;
-                let mut answers = Vec::with_capacity(ops.len());
-                for op in ops {
-                    answers.push(match op {
-                        Op::Acquire { key, owner, metadata, ttl_ms, release, .. } => Answer::Acquired(
-                            Self::acquire_lock_in(&mut tx, key, owner.as_deref(), metadata.as_deref(), *ttl_ms, release)
-                                .await?,
-                        ),
-                        Op::Renew { key, release, ttl_ms, .. } => {
-                            Answer::Renewed(Self::renew_lock_in(&mut tx, key, release, *ttl_ms).await?)
+                let mut answers: Vec<Option<Answer>> = ops.iter().map(|_| None).collect();
+                let rounds = Round::all(ops);
+                // On PostgreSQL the rows of every key the batch will change in one statement are
+                // locked first, in key order: one statement locks its rows in no set order.
+                if !$lock_rows.is_empty() && rounds.iter().any(Round::has_shared_statements) {
+                    let keys = $crate::aggregates::locks::rows_json(ops, (0..ops.len()).filter(|&i| ops[i].lock_key().is_some()));
+                    sqlx::query(concat!(
+                        "SELECT key FROM locks WHERE key IN (SELECT r.k FROM ", $rows, ") ORDER BY key ", $lock_rows
+                    ))
+                    .bind(keys)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for round in &rounds {
+                    if round.acquires.len() > 1 {
+                        Self::acquire_locks_in(&mut tx, ops, &round.acquires, &mut answers).await?;
+                    }
+                    if round.releases.len() > 1 {
+                        Self::release_locks_in(&mut tx, ops, &round.releases, &mut answers).await?;
+                    }
+                    for &i in &round.members {
+                        if answers[i].is_some() {
+                            continue;
                         }
-                        Op::Release { key, release, .. } => {
-                            let released = Self::release_lock_in(&mut tx, key, release).await?;
-                            // Delivered to every listening host once (and only if) this commits.
-                            if Self::RELEASES_ANNOUNCED_BY_DATABASE
-                                && matches!(released, $crate::LockRelease::Released(_))
-                            {
-                                sqlx::query("SELECT pg_notify($1, $2)")
-                                    .bind($crate::aggregates::locks::RELEASED_CHANNEL)
-                                    .bind(key.as_str())
-                                    .execute(&mut *tx)
-                                    .await?;
-                            }
-                            Answer::Released(released)
-                        }
-                        Op::Hold { hold, caps, reserve, now, .. } => {
-                            Answer::Held(Self::place_hold_in(&mut tx, hold, caps, reserve.as_deref(), *now).await?)
-                        }
-                        Op::Charge { account, payment, now, .. } => {
-                            Answer::Charged(Self::settle_hold_in(&mut tx, account, *payment, *now).await?)
-                        }
-                        Op::Reserve { payment, .. } => {
-                            Self::reserve_payment_in(&mut tx, payment).await?;
-                            Answer::Reserved
-                        }
-                        Op::Finish { id, outcome, now, .. } => {
-                            Answer::Finished(Box::new(Self::finish_payment_in(&mut tx, *id, outcome, *now).await?))
-                        }
-                    });
+                        answers[i] = Some(Self::apply_lock_op_in(&mut tx, &ops[i]).await?);
+                    }
                 }
                 tx.commit().await?;
-                Ok(answers)
+                answers
+                    .into_iter()
+                    .map(|a| a.ok_or_else(|| $crate::StoreError::Corrupt("a lock operation got no answer".into())))
+                    .collect()
+            }
+
+            /// Applies one operation of a batch alone.
+            async fn apply_lock_op_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                op: &$crate::aggregates::locks::Op,
+            ) -> $crate::StoreResult<$crate::aggregates::locks::Answer> {
+                use $crate::aggregates::locks::{Answer, Op};
+                Ok(match op {
+                    Op::Acquire { key, owner, metadata, ttl_ms, release, .. } => Answer::Acquired(
+                        Self::acquire_lock_in(&mut *conn, key, owner.as_deref(), metadata.as_deref(), *ttl_ms, release)
+                            .await?,
+                    ),
+                    Op::Renew { key, release, ttl_ms, .. } => {
+                        Answer::Renewed(Self::renew_lock_in(&mut *conn, key, release, *ttl_ms).await?)
+                    }
+                    Op::Release { key, release, .. } => {
+                        let released = Self::release_lock_in(&mut *conn, key, release).await?;
+                        if matches!(released, $crate::LockRelease::Released(_)) {
+                            Self::announce_releases_in(&mut *conn, &[key.as_str()]).await?;
+                        }
+                        Answer::Released(released)
+                    }
+                    Op::Hold { hold, caps, reserve, now, .. } => {
+                        Answer::Held(Self::place_hold_in(&mut *conn, hold, caps, reserve.as_deref(), *now).await?)
+                    }
+                    Op::Charge { account, payment, now, .. } => {
+                        Answer::Charged(Self::settle_hold_in(&mut *conn, account, *payment, *now).await?)
+                    }
+                    Op::Reserve { payment, .. } => {
+                        Self::reserve_payment_in(&mut *conn, payment).await?;
+                        Answer::Reserved
+                    }
+                    Op::Finish { id, outcome, now, .. } => {
+                        Answer::Finished(Box::new(Self::finish_payment_in(&mut *conn, *id, outcome, *now).await?))
+                    }
+                })
+            }
+
+            /// On PostgreSQL, tells every listening host that `keys` were released, once (and
+            /// only if) the transaction commits; on SQLite the writer does after the commit.
+            async fn announce_releases_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                keys: &[&str],
+            ) -> $crate::StoreResult<()> {
+                if !Self::RELEASES_ANNOUNCED_BY_DATABASE || keys.is_empty() {
+                    return Ok(());
+                }
+                let keys = serde_json::Value::from(keys.iter().map(|k| serde_json::json!({ "k": k })).collect::<Vec<_>>());
+                sqlx::query(concat!("SELECT pg_notify($2, r.k) FROM ", $rows))
+                    .bind(keys.to_string())
+                    .bind($crate::aggregates::locks::RELEASED_CHANNEL)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            /// Grants the keys of the acquisitions `members` of `ops` (distinct keys) in one
+            /// statement, reads the holders of those it could not grant in one more, and
+            /// leaves any whose holder lapsed in between for the one-at-a-time path.
+            async fn acquire_locks_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ops: &[$crate::aggregates::locks::Op],
+                members: &[usize],
+                answers: &mut [Option<$crate::aggregates::locks::Answer>],
+            ) -> $crate::StoreResult<()> {
+                use $crate::aggregates::locks::Answer;
+                let rows = $crate::aggregates::locks::rows_json(ops, members.iter().copied());
+                let granted = sqlx::query(concat!(
+                    "INSERT INTO locks (key, fencing_token, owner, release_token_hash, acquired_at, expires_at, \
+                     ttl_ms, released_at, metadata) \
+                     SELECT r.k, 1, r.o, r.h, ", $clock, ", ", $clock, " + r.t, r.t, CAST(NULL AS BIGINT), r.m FROM ", $rows, " WHERE true \
+                     ON CONFLICT (key) DO UPDATE SET fencing_token = locks.fencing_token + 1, \
+                     owner = excluded.owner, release_token_hash = excluded.release_token_hash, \
+                     acquired_at = ", $clock, ", expires_at = ", $clock, " + excluded.ttl_ms, \
+                     ttl_ms = excluded.ttl_ms, released_at = NULL, metadata = excluded.metadata \
+                     WHERE locks.release_token_hash IS NULL OR locks.released_at IS NOT NULL \
+                     OR locks.expires_at <= ", $clock, " \
+                     RETURNING *"
+                ))
+                .bind(&rows)
+                .fetch_all(&mut *conn)
+                .await?;
+                let mut found = std::collections::HashMap::with_capacity(members.len());
+                for row in &granted {
+                    let lock = Self::lock_from_row(row)?;
+                    found.insert(lock.key.as_str().to_owned(), $crate::LockAcquisition::Acquired(lock));
+                }
+                if found.len() < members.len() {
+                    let held = sqlx::query(concat!(
+                        "SELECT * FROM locks WHERE key IN (SELECT r.k FROM ", $rows, ") \
+                         AND release_token_hash IS NOT NULL AND released_at IS NULL AND expires_at > ", $clock
+                    ))
+                    .bind(&rows)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    for row in &held {
+                        let lock = Self::lock_from_row(row)?;
+                        found.entry(lock.key.as_str().to_owned()).or_insert($crate::LockAcquisition::Held(lock));
+                    }
+                }
+                for &i in members {
+                    if let Some(answer) = ops[i].lock_key().and_then(|k| found.remove(k.as_str())) {
+                        answers[i] = Some(Answer::Acquired(answer));
+                    }
+                }
+                Ok(())
+            }
+
+            /// Releases the grants of the releases `members` of `ops` (distinct keys) in one
+            /// statement; those it did not release (refused, or released before) are left for
+            /// the one-at-a-time path, which tells them apart.
+            async fn release_locks_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ops: &[$crate::aggregates::locks::Op],
+                members: &[usize],
+                answers: &mut [Option<$crate::aggregates::locks::Answer>],
+            ) -> $crate::StoreResult<()> {
+                use $crate::aggregates::locks::Answer;
+                let rows = $crate::aggregates::locks::rows_json(ops, members.iter().copied());
+                let released = sqlx::query(concat!(
+                    "UPDATE locks SET released_at = ", $clock, " \
+                     WHERE (key, release_token_hash) IN (SELECT r.k, r.h FROM ", $rows, ") \
+                     AND released_at IS NULL AND expires_at > ", $clock, " RETURNING *"
+                ))
+                .bind(&rows)
+                .fetch_all(&mut *conn)
+                .await?;
+                let mut found = std::collections::HashMap::with_capacity(members.len());
+                for row in &released {
+                    let lock = Self::lock_from_row(row)?;
+                    found.insert(lock.key.as_str().to_owned(), lock);
+                }
+                let keys: Vec<&str> = found.keys().map(String::as_str).collect();
+                Self::announce_releases_in(&mut *conn, &keys).await?;
+                for &i in members {
+                    if let Some(lock) = ops[i].lock_key().and_then(|k| found.remove(k.as_str())) {
+                        answers[i] = Some(Answer::Released($crate::LockRelease::Released(lock)));
+                    }
+                }
+                Ok(())
             }
 
             /// The grant on `key` made with `release`, as the store has it now (released,
