@@ -81,7 +81,9 @@ impl PostgresStore {
 // before the release or expiry it follows. Rows a worker picks are locked as they are picked, and
 // rows another host holds are skipped: several hosts divide a batch instead of racing for it.
 // The rows of a shared lock statement come from `jsonb_to_recordset` over its JSON array, and a
-// batch locks its keys' rows in key order with `FOR UPDATE OF locks` before it changes them.
+// batch locks its keys' rows in key order with `FOR UPDATE OF locks` before it changes them. A
+// release notifies `RELEASED_CHANNEL` (`aggregates::locks`) from its own `RETURNING`, in the
+// statement that releases rather than a round trip of its own, delivered only if it commits.
 store_impl!(
     PostgresStore,
     sqlx::Postgres,
@@ -89,5 +91,6 @@ store_impl!(
     clock_ms = "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
     skip_locked = "FOR UPDATE SKIP LOCKED",
     rows = "jsonb_to_recordset($1::jsonb) AS r(k text, o text, h text, t bigint, m text)",
-    lock_rows = "FOR UPDATE OF locks"
+    lock_rows = "FOR UPDATE OF locks",
+    notify_released = ", pg_notify('vendbox_lock_released', key)::text AS notified"
 );

@@ -57,7 +57,8 @@ macro_rules! store_impl {
         clock_ms = $clock:literal,
         skip_locked = $skip_locked:literal,
         rows = $rows:literal,
-        lock_rows = $lock_rows:literal
+        lock_rows = $lock_rows:literal,
+        notify_released = $notify:literal
     ) => {
         $crate::aggregates::quotes::impl_quotes!($store, $db);
         $crate::aggregates::payments::impl_payments!($store, $db);
@@ -72,7 +73,8 @@ macro_rules! store_impl {
             $db,
             clock_ms = $clock,
             rows = $rows,
-            lock_rows = $lock_rows
+            lock_rows = $lock_rows,
+            notify_released = $notify
         );
 
         // Each method calls the inherent method of the same name, which method resolution picks

@@ -55,7 +55,13 @@ impl SqliteStore {
         // the pool instead, the lock benchmark's throughput is the same and its p99 less than
         // half. No deferred transaction can meet another in a busy upgrade, and `:memory:` is one
         // database (each connection to it would be its own).
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        // Not pinged before each use: the connection is this process's own, and a ping is one
+        // more round trip to its thread before every batch of the lock writer.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
         MIGRATOR.run(&pool).await?;
         let locks = Self::spawn_lock_writer(pool.clone());
         Ok(Self { pool, locks })
@@ -75,5 +81,6 @@ store_impl!(
     skip_locked = "",
     rows = "(SELECT value ->> 'k' AS k, value ->> 'o' AS o, value ->> 'h' AS h, value ->> 't' AS t, \
             value ->> 'm' AS m FROM json_each($1)) AS r",
-    lock_rows = ""
+    lock_rows = "",
+    notify_released = ""
 );

@@ -258,6 +258,64 @@ pub(crate) fn rows_json(ops: &[Op], members: impl Iterator<Item = usize>) -> Str
     Value::from(rows).to_string()
 }
 
+/// The longest a writer waits for the callers of its last batch to come back before it starts
+/// a smaller one (`VENDBOX_LOCK_GATHER_US` overrides it, for measuring; 0 never waits).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How a writer fills its next batch. Callers answered by a batch come back (their next
+/// operation) a turnaround later, while the writer has already started a batch with the few
+/// that arrived meanwhile: they then wait for that batch's commit before theirs starts, and
+/// batches alternate between many and few operations, each paying a whole commit (an fsync).
+/// So when fewer operations wait than the last batch had, the writer waits for the rest a
+/// little: at most half the last batch's time (what a second commit would cost them), and at
+/// most [`GATHER`]. At rest (one caller, or none back yet) this waits at most once per drop in
+/// load; nothing is answered earlier or later than its commit either way.
+#[derive(Debug)]
+pub(crate) struct Gathering {
+    /// Operations in the last batch.
+    last: usize,
+    /// When the batch being applied started.
+    started: std::time::Instant,
+    /// How long the last batch took, from its start to its commit.
+    took: std::time::Duration,
+    /// The most it waits.
+    limit: std::time::Duration,
+}
+
+impl Default for Gathering {
+    fn default() -> Self {
+        let limit = std::env::var("VENDBOX_LOCK_GATHER_US")
+            .ok()
+            .and_then(|us| us.parse().ok())
+            .map_or(GATHER, std::time::Duration::from_micros);
+        Gathering { last: 0, started: std::time::Instant::now(), took: std::time::Duration::ZERO, limit }
+    }
+}
+
+impl Gathering {
+    /// Adds to `batch` what arrives on `ops` while the wait lasts; notes the batch's start.
+    pub(crate) async fn gather(&mut self, ops: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
+        let wait = self.limit.min(self.took / 2);
+        if batch.len() < self.last && !wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + wait;
+            while batch.len() < self.last.min(BATCH) {
+                let room = BATCH - batch.len();
+                match tokio::time::timeout_at(deadline, ops.recv_many(batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        self.last = batch.len();
+        self.started = std::time::Instant::now();
+    }
+
+    /// Notes that the batch committed (or failed).
+    pub(crate) fn committed(&mut self) {
+        self.took = self.started.elapsed();
+    }
+}
+
 /// The PostgreSQL notification channel a committed release is announced on, to every host.
 pub(crate) const RELEASED_CHANNEL: &str = "vendbox_lock_released";
 
@@ -341,9 +399,18 @@ impl WeakQueue {
 /// `locks` is its [`Queue`]; `$clock` is the SQL that reads the database's clock in Unix
 /// milliseconds when it is evaluated; `$rows` a `FROM` item `r (k, o, h, t, m)` of the rows of
 /// the JSON array bound as `$1` (see [`rows_json`]); `$lock_rows` the locking clause that locks
-/// the rows a `SELECT` returns, in its order (empty where one writer at a time needs none).
+/// the rows a `SELECT` returns, in its order (empty where one writer at a time needs none);
+/// `$notify` what a release's `RETURNING` adds to announce the released key to every host once
+/// the transaction commits (empty where the writer announces its own releases).
 macro_rules! impl_locks {
-    ($store:ty, $db:ty, clock_ms = $clock:literal, rows = $rows:literal, lock_rows = $lock_rows:literal) => {
+    (
+        $store:ty,
+        $db:ty,
+        clock_ms = $clock:literal,
+        rows = $rows:literal,
+        lock_rows = $lock_rows:literal,
+        notify_released = $notify:literal
+    ) => {
         impl $store {
             fn lock_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Lock> {
                 use sqlx::Row;
@@ -383,12 +450,15 @@ macro_rules! impl_locks {
                     let pool = pool.clone();
                     tokio::spawn(async move {
                         let mut batch = Vec::with_capacity($crate::aggregates::locks::BATCH);
+                        let mut gathering = $crate::aggregates::locks::Gathering::default();
                         while ops.recv_many(&mut batch, $crate::aggregates::locks::BATCH).await > 0 {
+                            gathering.gather(&mut ops, &mut batch).await;
                             // In key order (each key's operations keeping their order), so that
                             // batches of several writers or hosts take row locks in one order and
                             // cannot deadlock.
                             batch.sort_by_cached_key($crate::aggregates::locks::Op::order);
                             let keys = Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
+                            gathering.committed();
                             // On PostgreSQL the database announces them, to every host.
                             if Self::RELEASES_ANNOUNCED_BY_DATABASE {
                                 continue;
@@ -500,11 +570,7 @@ macro_rules! impl_locks {
                         Answer::Renewed(Self::renew_lock_in(&mut *conn, key, release, *ttl_ms).await?)
                     }
                     Op::Release { key, release, .. } => {
-                        let released = Self::release_lock_in(&mut *conn, key, release).await?;
-                        if matches!(released, $crate::LockRelease::Released(_)) {
-                            Self::announce_releases_in(&mut *conn, &[key.as_str()]).await?;
-                        }
-                        Answer::Released(released)
+                        Answer::Released(Self::release_lock_in(&mut *conn, key, release).await?)
                     }
                     Op::Hold { hold, caps, reserve, now, .. } => {
                         Answer::Held(Self::place_hold_in(&mut *conn, hold, caps, reserve.as_deref(), *now).await?)
@@ -520,24 +586,6 @@ macro_rules! impl_locks {
                         Answer::Finished(Box::new(Self::finish_payment_in(&mut *conn, *id, outcome, *now).await?))
                     }
                 })
-            }
-
-            /// On PostgreSQL, tells every listening host that `keys` were released, once (and
-            /// only if) the transaction commits; on SQLite the writer does after the commit.
-            async fn announce_releases_in(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                keys: &[&str],
-            ) -> $crate::StoreResult<()> {
-                if !Self::RELEASES_ANNOUNCED_BY_DATABASE || keys.is_empty() {
-                    return Ok(());
-                }
-                let keys = serde_json::Value::from(keys.iter().map(|k| serde_json::json!({ "k": k })).collect::<Vec<_>>());
-                sqlx::query(concat!("SELECT pg_notify($2, r.k) FROM ", $rows))
-                    .bind(keys.to_string())
-                    .bind($crate::aggregates::locks::RELEASED_CHANNEL)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
             }
 
             /// Grants the keys of the acquisitions `members` of `ops` (distinct keys) in one
@@ -606,7 +654,7 @@ macro_rules! impl_locks {
                 let released = sqlx::query(concat!(
                     "UPDATE locks SET released_at = ", $clock, " \
                      WHERE (key, release_token_hash) IN (SELECT r.k, r.h FROM ", $rows, ") \
-                     AND released_at IS NULL AND expires_at > ", $clock, " RETURNING *"
+                     AND released_at IS NULL AND expires_at > ", $clock, " RETURNING *", $notify
                 ))
                 .bind(&rows)
                 .fetch_all(&mut *conn)
@@ -616,8 +664,6 @@ macro_rules! impl_locks {
                     let lock = Self::lock_from_row(row)?;
                     found.insert(lock.key.as_str().to_owned(), lock);
                 }
-                let keys: Vec<&str> = found.keys().map(String::as_str).collect();
-                Self::announce_releases_in(&mut *conn, &keys).await?;
                 for &i in members {
                     if let Some(lock) = ops[i].lock_key().and_then(|k| found.remove(k.as_str())) {
                         answers[i] = Some(Answer::Released($crate::LockRelease::Released(lock)));
@@ -730,7 +776,7 @@ macro_rules! impl_locks {
                 let row = sqlx::query(concat!(
                     "UPDATE locks SET released_at = ", $clock, " \
                      WHERE key = $1 AND release_token_hash = $2 AND released_at IS NULL AND expires_at > ", $clock,
-                    " RETURNING *"
+                    " RETURNING *", $notify
                 ))
                 .bind(key.as_str())
                 .bind(release.to_hex())
