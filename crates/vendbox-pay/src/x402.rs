@@ -16,7 +16,6 @@ use vendbox_core::{Payment, PaymentId, PaymentState, ReplayKey};
 use crate::chain::{Chain, ChainError, VerifyError};
 use crate::exact::{self, Acceptance, CheckedPayment, Requirements, SentPayment, Version};
 use crate::facilitator::{BuiltinFacilitator, Facilitator, RemoteFacilitator};
-use crate::keys::Wallet;
 use crate::method::{
     Admission, AdmitError, Challenge, Charge, PaymentMethod, Proof, Receipt, Recovered, SettleFailure,
 };
@@ -58,12 +57,11 @@ impl X402Exact {
         X402Exact { acceptance, facilitator, chain: None, refused: Mutex::default() }
     }
 
-    /// Payments settled by vendbox itself on the chain at `rpc_url`, sent by `wallet` (which
-    /// pays their gas), and recovered from that chain after a crash.
-    pub fn builtin(acceptance: Acceptance, rpc_url: &str, wallet: &Wallet) -> Result<X402Exact, ChainError> {
-        let facilitator = BuiltinFacilitator::new(rpc_url, acceptance.asset(), wallet)?;
-        let chain = Chain::connect(rpc_url, acceptance.asset())?;
-        Ok(X402Exact::new(acceptance, Arc::new(facilitator)).recovering_from(chain))
+    /// Payments settled by vendbox itself through `facilitator` (which sends with the operator's
+    /// key and pays the gas), and recovered from its chain after a crash.
+    pub fn builtin(acceptance: Acceptance, facilitator: BuiltinFacilitator) -> X402Exact {
+        let chain = facilitator.chain().clone();
+        X402Exact::new(acceptance, Arc::new(facilitator)).recovering_from(chain)
     }
 
     /// Payments verified and settled by the facilitator at `url` (sending `auth` as a header),

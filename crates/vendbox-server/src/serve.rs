@@ -339,8 +339,7 @@ async fn payments(
                 check_multicall(&facilitator, multicall).await?;
                 tracing::info!(%multicall, most, "settlements are batched through Multicall3");
             }
-            let chain = facilitator.chain().clone();
-            X402Exact::new(acceptance, Arc::new(facilitator)).recovering_from(chain)
+            X402Exact::builtin(acceptance, facilitator)
         }
         FacilitatorKind::Remote if p.settle_batch > 1 => {
             return Err("payments.settle_batch: batches are made by the built-in facilitator only \

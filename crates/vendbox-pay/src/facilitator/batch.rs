@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Confirmation, InFlight, RESENDS, SettleError, Settler, gave_up};
-use crate::chain::{Eip3009Token, VerifyError, classify_revert, transfer_request};
+use crate::chain::{Eip3009Token, transfer_request};
 use crate::exact::CheckedPayment;
 
 sol! {
@@ -128,11 +128,11 @@ impl Batcher {
     /// Dry-runs `items` together, answers those that would fail, sends the rest, and leaves the
     /// receipt to a task of its own.
     async fn send(self: &Arc<Self>, items: Vec<Item>, again: &mpsc::WeakUnboundedSender<Item>) {
-        let items = self.dry_run(items).await;
+        let mut items = self.dry_run(items).await;
         match items.len() {
             0 => {}
             1 => {
-                let item = items.into_iter().next().expect("one item");
+                let Some(item) = items.pop() else { return };
                 match self.settler.send_one(&item.payment).await {
                     Ok(sent) => {
                         let this = self.clone();
@@ -225,10 +225,7 @@ impl Batcher {
             }
             let reason = alloy::sol_types::decode_revert_reason(&result.returnData)
                 .unwrap_or_else(|| "the transfer reverts".into());
-            let error = match classify_revert(&format!("execution reverted: {reason}")) {
-                VerifyError::Rejected(r) => SettleError::Refused(r),
-                VerifyError::Unavailable(m) => SettleError::NotSent(m),
-            };
+            let error = Settler::not_sent(&format!("execution reverted: {reason}"));
             item.answer(Err(error));
         }
         kept

@@ -113,6 +113,27 @@ pub(crate) enum Op {
     },
 }
 
+/// The row an operation is about, ordered as a batch takes rows: lock keys, then accounts, then
+/// new payments (by payer and nonce), then payments by id, each by name.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Row<'a> {
+    Lock(&'a str),
+    Account(&'a str),
+    Reservation(&'a str, &'a str),
+    Payment(PaymentId),
+}
+
+impl Row<'_> {
+    /// The row's key as text.
+    fn name(&self) -> String {
+        match self {
+            Row::Lock(key) | Row::Account(key) => (*key).to_owned(),
+            Row::Reservation(payer, nonce) => format!("{payer}{nonce}"),
+            Row::Payment(id) => id.to_string(),
+        }
+    }
+}
+
 /// What one operation came to, inside a batch not yet committed.
 #[derive(Debug)]
 pub(crate) enum Answer {
@@ -126,20 +147,18 @@ pub(crate) enum Answer {
 }
 
 impl Op {
-    /// The row it is about, as its place in the order a batch takes rows in: lock keys (0)
-    /// before accounts (1) before payments (2: reservations by payer and nonce, which are new
-    /// rows, then endings by id), each by name.
-    pub(crate) fn order(&self) -> (u8, String) {
+    /// The row it is about, as its place in the order a batch takes rows in (see [`Row`]).
+    pub(crate) fn order(&self) -> Row<'_> {
         match self {
             Op::Acquire { key, .. } | Op::Renew { key, .. } | Op::Release { key, .. } => {
-                (0, key.as_str().to_owned())
+                Row::Lock(key.as_str())
             }
-            Op::Hold { hold, .. } => (1, hold.account.as_str().to_owned()),
-            Op::Charge { account, .. } => (1, account.as_str().to_owned()),
+            Op::Hold { hold, .. } => Row::Account(hold.account.as_str()),
+            Op::Charge { account, .. } => Row::Account(account.as_str()),
             Op::Reserve { payment, .. } => {
-                (2, format!("a{}{}", payment.replay_key.payer, payment.replay_key.nonce))
+                Row::Reservation(&payment.replay_key.payer, &payment.replay_key.nonce)
             }
-            Op::Finish { id, .. } => (2, format!("b{id}")),
+            Op::Finish { id, .. } => Row::Payment(*id),
         }
     }
 
@@ -252,7 +271,7 @@ pub(crate) fn rows_json(ops: &[Op], members: impl Iterator<Item = usize>) -> Str
             Op::Release { key, release, .. } | Op::Renew { key, release, .. } => {
                 json!({ "k": key.as_str(), "h": release.to_hex() })
             }
-            op => json!({ "k": op.order().1 }),
+            op => json!({ "k": op.order().name() }),
         })
         .collect();
     Value::from(rows).to_string()
@@ -456,7 +475,7 @@ macro_rules! impl_locks {
                             // In key order (each key's operations keeping their order), so that
                             // batches of several writers or hosts take row locks in one order and
                             // cannot deadlock.
-                            batch.sort_by_cached_key($crate::aggregates::locks::Op::order);
+                            batch.sort_by(|a, b| a.order().cmp(&b.order()));
                             let keys = Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
                             gathering.committed();
                             // On PostgreSQL the database announces them, to every host.
