@@ -35,6 +35,7 @@
 //! production. Needs root and bubblewrap (and openssh-server for the SSH rows, which are skipped
 //! without it, saying so). Run: `cargo bench -p vendbox --bench boxes`; `VENDBOX_BENCH_PARTS`
 //! (comma-separated: create, image, exec, e2b, ssh, density) runs only those parts;
+//! `VENDBOX_BENCH_LOG` (a tracing filter, e.g. `vendbox_box=debug`) logs each box's start phases;
 //! `VENDBOX_BENCH_DENSITY_IMAGE=debian-12` makes the idle boxes of that image (and measures their
 //! disks).
 
@@ -762,6 +763,10 @@ fn main() {
         };
         boxd::run(boxd::RunOptions { listen }).unwrap();
         return;
+    }
+    // `VENDBOX_BENCH_LOG=vendbox_box=debug` prints where each box's start spent its time.
+    if let Ok(filter) = std::env::var("VENDBOX_BENCH_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("state");

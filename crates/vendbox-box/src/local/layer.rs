@@ -49,10 +49,10 @@ pub(crate) const HOST_ETC: [&str; 16] = [
 pub(crate) const OVERLAY_ROOT: &str = "root";
 
 /// How much of the tmpfs an image box's layer takes: boxd's socket, the records and the log.
-const IMAGE_LAYER_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const IMAGE_LAYER_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Mounts the layer of an image box at `dir`: the image's `rootfs`, idmapped to `uid` and
-/// read-only, at `lower`; the box's disk at `disk`; and the overlay of the two at
+/// Fills the layer of an image box at `dir` (its top mounted by [`mount_top`] with
+/// [`IMAGE_LAYER_BYTES`]): the image's `rootfs`, idmapped to `uid` and read-only, at `lower`; the box's disk at `disk`; and the overlay of the two at
 /// [`OVERLAY_ROOT`]. Every directory the host names here is one the box cannot reach: the box
 /// sees only the overlay, never `lower`, `disk` or the disk's top directory.
 pub(crate) fn create_overlay(
@@ -62,7 +62,6 @@ pub(crate) fn create_overlay(
     id: &crate::BoxId,
     uid: u32,
 ) -> Result<(), BoxError> {
-    mount_top(dir, IMAGE_LAYER_BYTES)?;
     for (name, mode) in [("lower", 0o700), ("disk", 0o700), (OVERLAY_ROOT, 0o755)] {
         mkdir(&dir.join(name), mode)?;
     }
@@ -90,8 +89,9 @@ pub(crate) fn create_overlay(
     })
 }
 
-/// Mounts the layer's tmpfs at `dir`, mode 0711.
-fn mount_top(dir: &Path, size_bytes: u64) -> Result<(), BoxError> {
+/// Mounts the layer's tmpfs at `dir`, mode 0711: the top a box's layer is made in, where the
+/// host binds boxd's socket before the rest of the layer is there.
+pub(crate) fn mount_top(dir: &Path, size_bytes: u64) -> Result<(), BoxError> {
     fs::create_dir_all(dir).map_err(BoxError::io(format!("creating {}", dir.display())))?;
     // 0711: the box's uid passes through to its directories; it cannot list the top, where
     // the host keeps boxd's socket, the box's record and its log.
@@ -106,9 +106,9 @@ fn mount_top(dir: &Path, size_bytes: u64) -> Result<(), BoxError> {
     .map_err(|e| BoxError::Io { context: format!("mounting a tmpfs at {}", dir.display()), source: e.into() })
 }
 
-/// Mounts and fills the layer at `dir` for a box of the `host` image whose root is host `uid`.
-pub(crate) fn create(dir: &Path, size_bytes: u64, uid: u32) -> Result<(), BoxError> {
-    mount_top(dir, size_bytes)?;
+/// Fills the layer at `dir` (its top mounted by [`mount_top`] with the box's disk bound) for a
+/// box of the `host` image whose root is host `uid`.
+pub(crate) fn create(dir: &Path, uid: u32) -> Result<(), BoxError> {
     let etc = dir.join("etc");
     mkdir(&etc, 0o755)?;
     let files = [

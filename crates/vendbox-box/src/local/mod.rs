@@ -66,6 +66,9 @@ pub const NAMESPACES: [&str; 10] = [
 /// listening socket).
 const SECCOMP_FD: i32 = 3;
 
+/// The descriptor a held bubblewrap reads the box's arguments from (see [`Held`]).
+const ARGS_FD: i32 = 4;
+
 /// How long a box may take to answer before its creation fails.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -248,7 +251,8 @@ impl LocalBackend {
         let _ = fs::remove_file(self.config.run_root.join("uids").join(uid.to_string()));
     }
 
-    /// The bubblewrap command line for a box.
+    /// bubblewrap's arguments for a box (what a held bubblewrap reads, see [`Held`]); boxd's
+    /// command follows them on bubblewrap's command line.
     fn bwrap_args(&self, layer: &Path, spec: &BoxSpec) -> Vec<String> {
         let mut args: Vec<String> = NAMESPACES.into_iter().map(String::from).collect();
         args.extend(["--hostname", "box", "--new-session", "--as-pid-1"].into_iter().map(String::from));
@@ -283,9 +287,6 @@ impl LocalBackend {
             net.bwrap_args(&mut args);
         }
         args.extend(["--seccomp".into(), SECCOMP_FD.to_string()]);
-        args.push("/.boxd".into());
-        args.extend(self.config.boxd.iter().skip(1).cloned());
-        args.push("--listen-stdin".into());
         args
     }
 }
@@ -326,13 +327,14 @@ impl LocalBackend {
     /// The network namespace box `spec` is born in, when the host makes or picks one: its pod's
     /// (the first box's, made with it), or its own with egress; `None`: bubblewrap's own. A pod's
     /// first box started `again` keeps the namespace its pod's other boxes are still in (with
-    /// egress, while its link is there too: after a reboot neither is).
-    async fn network(&self, spec: &BoxSpec, uid: u32, again: bool) -> Result<Option<PathBuf>, BoxError> {
+    /// egress, while its link is there too: after a reboot neither is). `true` with it: the
+    /// namespace was made now, empty, and needs its link ([`net::Network::connect`]).
+    async fn network(&self, spec: &BoxSpec, again: bool) -> Result<(Option<PathBuf>, bool), BoxError> {
         match (&spec.pod, &self.net) {
             (Some(pod), _) if pod.first != spec.id => {
                 let path = net::namespace_of(&self.instance, &pod.first);
                 if path.exists() {
-                    Ok(Some(path))
+                    Ok((Some(path), false))
                 } else {
                     Err(BoxError::Start(format!(
                         "the network of pod {} is gone: its first box does not run",
@@ -341,11 +343,15 @@ impl LocalBackend {
                 }
             }
             (Some(_), Some(net)) if spec.egress && again && net.attached(&spec.id).await? => {
-                Ok(Some(net::namespace_of(&self.instance, &spec.id)))
+                Ok((Some(net::namespace_of(&self.instance, &spec.id)), false))
             }
-            (_, Some(net)) if spec.egress => net.attach(&spec.id, uid).await.map(Some),
-            (Some(_), _) => net::loopback_namespace(&self.instance, &spec.id).await.map(Some),
-            _ => Ok(None),
+            (_, Some(net)) if spec.egress => {
+                net.make_namespace(&spec.id).await.map(|path| (Some(path), true))
+            }
+            (Some(_), _) => {
+                net::loopback_namespace(&self.instance, &spec.id).await.map(|path| (Some(path), false))
+            }
+            _ => Ok((None, false)),
         }
     }
 
@@ -367,6 +373,14 @@ impl LocalBackend {
     /// Starts box `spec` as host `uid`: its root (on `new_disk`, made first, for a new box of an
     /// image; else on the disk it has), its network and its cgroup, then boxd. `again`: the box
     /// is started again from its disk (see `revive`).
+    ///
+    /// bubblewrap is started early, held before it does anything: it reads its arguments from a
+    /// pipe (`--args`), and blocks there until the host writes them. While it waits it is moved
+    /// into the box's cgroups, the root is made, and an egress box's link is made in the
+    /// namespace it waits in, all at once. On cgroup v1 a process's first move waits for an RCU
+    /// grace period (about 10 ms); here that wait overlaps the root's disk and mounts and the
+    /// network's host tools. Everything bubblewrap makes is born in the box's cgroups, so nothing
+    /// is ever outside them and nothing is moved after it runs.
     async fn start(
         &self,
         spec: &BoxSpec,
@@ -374,82 +388,70 @@ impl LocalBackend {
         new_disk: Option<(disk::DiskRecord, u64)>,
         again: bool,
     ) -> Result<(), BoxError> {
+        let begun = Instant::now();
         let instance = self.instance_dir();
         fs::create_dir_all(&instance).map_err(BoxError::io(format!("creating {}", instance.display())))?;
         fs::set_permissions(&instance, fs::Permissions::from_mode(0o711))
             .map_err(BoxError::io(format!("setting the mode of {}", instance.display())))?;
         let layer = self.layer_dir(&spec.id);
-        // The network (host tools run one after another) and the root (a disk, mounts) need
-        // nothing of each other: they are made at once.
-        let network = self.network(spec, uid, again);
+        let host = spec.image == crate::image::HOST;
+        // The layer's top first: boxd's socket is bound there, in a root-owned directory no box
+        // mounts, and handed to bubblewrap (then boxd) as its standard input.
+        let top_bytes = if host {
+            u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024
+        } else {
+            layer::IMAGE_LAYER_BYTES
+        };
+        layer::mount_top(&layer, top_bytes)?;
+        let listener = layer::bind_socket(&layer)?;
+        // The network (host tools run one after another), the root (a disk, mounts) and the held
+        // bubblewrap (its cgroups) need nothing of each other but bubblewrap's network namespace:
+        // they are made at once.
         let root = async {
-            if spec.image == crate::image::HOST {
-                let size = u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024;
-                let dir = layer.clone();
-                blocking(move || layer::create(&dir, size, uid)).await
-            } else {
-                let rootfs = self.images.rootfs(&spec.image).ok_or_else(|| {
-                    BoxError::Unsupported(self.images.check(&spec.image).err().unwrap_or_default())
-                })?;
-                let (dir, disks, id) = (layer.clone(), self.disks.clone(), spec.id.clone());
-                blocking(move || {
-                    if let Some((record, size)) = new_disk {
-                        disks.create(&record, size)?;
-                    }
-                    layer::create_overlay(&dir, &rootfs, &disks, &id, uid)
-                })
-                .await
+            let started = Instant::now();
+            self.make_root(spec, uid, &layer, new_disk).await?;
+            Ok::<_, BoxError>(started.elapsed())
+        };
+        let held = async {
+            let started = Instant::now();
+            let (netns, connect) = self.network(spec, again).await?;
+            let namespace = started.elapsed();
+            // An egress box's link is made while its bubblewrap waits in the (empty) namespace.
+            let link = async {
+                if let (true, Some(net)) = (connect, &self.net) {
+                    net.connect(&spec.id, uid).await?;
+                }
+                Ok::<_, BoxError>(started.elapsed())
+            };
+            let held = async {
+                let held = self.hold_bubblewrap(spec, uid, &layer, netns.as_deref(), listener).await;
+                (held, started.elapsed())
+            };
+            match tokio::join!(link, held) {
+                (Ok(link), (Ok(held), cgroup)) => Ok((held, namespace, link, cgroup)),
+                (Err(e), (Ok(mut held), _)) => {
+                    held.kill().await;
+                    Err(e)
+                }
+                (_, (Err(e), _)) => Err(e),
             }
         };
-        let (netns, root) = tokio::join!(network, root);
-        root?;
-        let netns = netns?;
-        if let Some(pod) = spec.pod.as_ref().filter(|p| !p.volumes.is_empty()) {
-            self.mount_volumes(spec, pod, uid).await?;
+        let (root, held) = tokio::join!(root, held);
+        let (root, (mut held, namespace, link, cgroup)) = match (root, held) {
+            (Ok(root), Ok(held)) => (root, held),
+            (Err(e), Ok((mut held, ..))) => {
+                held.kill().await;
+                return Err(e);
+            }
+            (_, Err(e)) => return Err(e),
+        };
+        let ready = begun.elapsed();
+        // The box's root is there: bubblewrap gets its arguments and makes the box.
+        if let Err(e) = held.release(&self.bwrap_args(&layer, spec)) {
+            held.kill().await;
+            return Err(e);
         }
-        let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
-        self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
-        // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts;
-        // bubblewrap reads it from `SECCOMP_FD` and closes that before it starts boxd.
-        let (seccomp, mut filter) =
-            std::io::pipe().map_err(BoxError::io("making a pipe for the seccomp filter"))?;
-        filter.write_all(&self.seccomp).map_err(BoxError::io("writing the seccomp filter"))?;
-        drop(filter);
-        // boxd's socket is bound here, in the layer's root-owned top directory that no box
-        // mounts, and handed to boxd as its standard input: nothing in a box can replace it.
-        let listener = layer::bind_socket(&layer)?;
-        let log =
-            fs::File::create(layer.join("bwrap.log")).map_err(BoxError::io("creating the box's log"))?;
-        let mut command = tokio::process::Command::new(&self.bwrap);
-        command
-            .args(self.bwrap_args(&layer, spec))
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .uid(uid)
-            .gid(uid)
-            .process_group(0)
-            .fd_mappings(vec![FdMapping { parent_fd: OwnedFd::from(seccomp), child_fd: SECCOMP_FD }])
-            .map_err(|e| BoxError::Start(format!("handing bubblewrap its seccomp filter: {e}")))?
-            .stdin(Stdio::from(OwnedFd::from(listener)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(false);
-        let mut child = net::spawn_in(netns.as_deref(), || command.spawn())
-            .map_err(BoxError::io("starting bubblewrap"))?;
-        let pid = child.id().unwrap_or_default();
-        self.write_record(&BoxRecord {
-            id: spec.id.clone(),
-            uid,
-            pid: Some(pid),
-            limits: Some(spec.limits),
-        })?;
-        // Put the monitor in the box's cgroup at once; its child (boxd) is moved as soon as it
-        // exists. boxd runs nothing of the box's before the host has asked it to, and the host
-        // asks only after this.
-        for file in &procs {
-            fs::write(file, pid.to_string())
-                .map_err(BoxError::io(format!("moving the box into {}", file.display())))?;
-        }
+        let mut child = held.child;
         let client = self.boxd(&spec.id);
         let started = Instant::now();
         loop {
@@ -465,17 +467,161 @@ impl LocalBackend {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        for child_pid in children_of(pid) {
-            for file in &procs {
-                fs::write(file, child_pid.to_string())
-                    .map_err(BoxError::io(format!("moving boxd into {}", file.display())))?;
-            }
-        }
+        tracing::debug!(
+            box_id = %spec.id,
+            namespace_ms = namespace.as_secs_f64() * 1e3,
+            link_ms = link.as_secs_f64() * 1e3,
+            held_ms = cgroup.as_secs_f64() * 1e3,
+            root_ms = root.as_secs_f64() * 1e3,
+            ready_ms = ready.as_secs_f64() * 1e3,
+            boxd_ms = started.elapsed().as_secs_f64() * 1e3,
+            "box started"
+        );
         // Reap the monitor when the box ends; after a vendbox restart init does.
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
         Ok(())
+    }
+
+    /// Makes box `spec`'s root in its layer (whose top is mounted): the `host` image's private
+    /// /etc and writable directories, or an image's overlay on the box's disk (`new_disk`, made
+    /// first for a new box); then its pod's volumes.
+    async fn make_root(
+        &self,
+        spec: &BoxSpec,
+        uid: u32,
+        layer: &Path,
+        new_disk: Option<(disk::DiskRecord, u64)>,
+    ) -> Result<(), BoxError> {
+        if spec.image == crate::image::HOST {
+            let dir = layer.to_owned();
+            blocking(move || layer::create(&dir, uid)).await?;
+        } else {
+            let rootfs = self.images.rootfs(&spec.image).ok_or_else(|| {
+                BoxError::Unsupported(self.images.check(&spec.image).err().unwrap_or_default())
+            })?;
+            let (dir, disks, id) = (layer.to_owned(), self.disks.clone(), spec.id.clone());
+            blocking(move || {
+                if let Some((record, size)) = new_disk {
+                    disks.create(&record, size)?;
+                }
+                layer::create_overlay(&dir, &rootfs, &disks, &id, uid)
+            })
+            .await?;
+        }
+        if let Some(pod) = spec.pod.as_ref().filter(|p| !p.volumes.is_empty()) {
+            self.mount_volumes(spec, pod, uid).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts bubblewrap for box `spec` as host `uid` in `netns` (its own when `None`), held
+    /// before its first step (see [`Held`]), and moves it into the box's cgroups, made here.
+    async fn hold_bubblewrap(
+        &self,
+        spec: &BoxSpec,
+        uid: u32,
+        layer: &Path,
+        netns: Option<&Path>,
+        listener: std::os::unix::net::UnixListener,
+    ) -> Result<Held, BoxError> {
+        let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
+        self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
+        // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts;
+        // bubblewrap reads it from `SECCOMP_FD` and closes that before it starts boxd.
+        let (seccomp, mut filter) =
+            std::io::pipe().map_err(BoxError::io("making a pipe for the seccomp filter"))?;
+        filter.write_all(&self.seccomp).map_err(BoxError::io("writing the seccomp filter"))?;
+        drop(filter);
+        let (args, release) =
+            std::io::pipe().map_err(BoxError::io("making a pipe for bubblewrap's arguments"))?;
+        let log =
+            fs::File::create(layer.join("bwrap.log")).map_err(BoxError::io("creating the box's log"))?;
+        let mut command = tokio::process::Command::new(&self.bwrap);
+        command
+            .args(["--args".to_owned(), ARGS_FD.to_string()])
+            .args(self.boxd_command())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .uid(uid)
+            .gid(uid)
+            .process_group(0)
+            .fd_mappings(vec![
+                FdMapping { parent_fd: OwnedFd::from(seccomp), child_fd: SECCOMP_FD },
+                FdMapping { parent_fd: OwnedFd::from(args), child_fd: ARGS_FD },
+            ])
+            .map_err(|e| BoxError::Start(format!("handing bubblewrap its seccomp filter: {e}")))?
+            .stdin(Stdio::from(OwnedFd::from(listener)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(false);
+        let child = net::spawn_in(netns, || command.spawn()).map_err(BoxError::io("starting bubblewrap"))?;
+        let mut held = Held { child, release: Some(release) };
+        let pid = held.child.id().unwrap_or_default();
+        let moved = async {
+            self.write_record(&BoxRecord {
+                id: spec.id.clone(),
+                uid,
+                pid: Some(pid),
+                limits: Some(spec.limits),
+            })?;
+            // bubblewrap waits for its arguments, so it has made nothing yet: once it is in the
+            // box's cgroups, whatever it starts is born there.
+            blocking(move || {
+                for file in &procs {
+                    fs::write(file, pid.to_string())
+                        .map_err(BoxError::io(format!("moving the box into {}", file.display())))?;
+                }
+                Ok(())
+            })
+            .await
+        };
+        match moved.await {
+            Ok(()) => Ok(held),
+            Err(e) => {
+                held.kill().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// boxd's command line in the box, after bubblewrap's own arguments.
+    fn boxd_command(&self) -> Vec<String> {
+        let mut command = vec!["/.boxd".to_owned()];
+        command.extend(self.config.boxd.iter().skip(1).cloned());
+        command.push("--listen-stdin".into());
+        command
+    }
+}
+
+/// A bubblewrap started for a box and held before its first step: it reads its arguments (every
+/// namespace, mount and limit of the box) from `release`, and blocks there until they are written
+/// and the pipe is closed. Without them it makes nothing and runs nothing.
+struct Held {
+    child: tokio::process::Child,
+    release: Option<std::io::PipeWriter>,
+}
+
+impl Held {
+    /// Hands bubblewrap its arguments (NUL-terminated, as `--args` reads them) and lets it go.
+    fn release(&mut self, args: &[String]) -> Result<(), BoxError> {
+        let mut bytes = Vec::with_capacity(args.iter().map(|a| a.len() + 1).sum());
+        for arg in args {
+            bytes.extend_from_slice(arg.as_bytes());
+            bytes.push(0);
+        }
+        // Closing the pipe (dropping it) is what lets bubblewrap go on: it reads to the end. The
+        // arguments are a few KiB, within a pipe's buffer, and bubblewrap reads them at once.
+        let mut pipe =
+            self.release.take().ok_or_else(|| BoxError::Start("bubblewrap was let go already".into()))?;
+        pipe.write_all(&bytes).map_err(BoxError::io("handing bubblewrap the box's arguments"))
+    }
+
+    /// Kills the held bubblewrap (before it made anything) and reaps it.
+    async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 }
 

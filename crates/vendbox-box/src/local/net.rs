@@ -428,21 +428,29 @@ impl Network {
         Ok(true)
     }
 
-    /// Makes box `id`'s network namespace and link; its path, for [`spawn_in`].
-    ///
-    /// One `ip` run makes the namespace and the link and sets up the host's end; then the box's
-    /// end, its policy table and the shaping of both ends, which need nothing of each other, are
-    /// set up at once (each host tool run costs a process).
-    pub(crate) async fn attach(&self, id: &BoxId, uid: u32) -> Result<PathBuf, BoxError> {
-        let link = self.link(id, uid)?;
-        let attached = self.install().await?;
+    /// Makes box `id`'s network namespace, empty (its link comes with [`Network::connect`]); its
+    /// path, for [`spawn_in`]. Made in this process (see [`add_namespace`]), so that a box's
+    /// bubblewrap can be started in it while its link is still being made.
+    pub(crate) async fn make_namespace(&self, id: &BoxId) -> Result<PathBuf, BoxError> {
         // Leftovers of an earlier box of the same id (a crash mid-way) would make this fail.
         detach(&self.instance, id).await;
+        let name = link_names(&self.instance, id).0;
+        tokio::task::spawn_blocking(move || add_namespace(&name))
+            .await
+            .map_err(|e| BoxError::Start(format!("making a network namespace: {e}")))?
+    }
+
+    /// Links box `id`'s namespace (made by [`Network::make_namespace`]) to the host, as host
+    /// `uid`'s box: the link and the host's end first, then the box's end, its policy table and
+    /// the shaping of both ends, which need nothing of each other, at once (each host tool run
+    /// costs a process).
+    pub(crate) async fn connect(&self, id: &BoxId, uid: u32) -> Result<(), BoxError> {
+        let link = self.link(id, uid)?;
+        let attached = self.install().await?;
         let Link { netns, host_if, gateway, address } = &link;
         // The box's end is made in its namespace, as `eth0`: nothing is moved or renamed.
-        // (`netns add` in a batch returns `ip` to the host's namespace for the next line.)
         let host = format!(
-            "netns add {netns}\nlink add {host_if} type veth peer name eth0 netns {netns}\n\
+            "link add {host_if} type veth peer name eth0 netns {netns}\n\
              addr add {gateway}/31 dev {host_if}\nlink set {host_if} up\n"
         );
         run_with_input("ip", &["-batch", "-"], &host).await?;
@@ -454,30 +462,28 @@ impl Network {
         );
         let path = Path::new(NETNS_DIR).join(netns);
         let policy = self.box_table(&attached);
-        let inside_args = ["-n", netns.as_str(), "-batch", "-"];
-        let (host_end, box_end) =
-            (["qdisc", "replace", "dev", host_if], ["-n", netns.as_str(), "qdisc", "replace", "dev", "eth0"]);
         tokio::try_join!(
-            run_with_input("ip", &inside_args, &inside),
+            run_in(Some(&path), "ip", &["-batch", "-"], &inside),
             inside_netns(&path, &policy),
-            self.shape(&host_end),
-            self.shape(&box_end),
+            self.shape(None, host_if),
+            self.shape(Some(&path), "eth0"),
         )?;
-        Ok(path)
+        Ok(())
     }
 
-    /// Shapes a link's end to the bandwidth cap (`tc` with `args` before the queueing
-    /// discipline), when there is one.
-    async fn shape(&self, args: &[&str]) -> Result<(), BoxError> {
+    /// Shapes link end `dev` in namespace `netns` (the host's when `None`) to the bandwidth cap,
+    /// when there is one.
+    async fn shape(&self, netns: Option<&Path>, dev: &str) -> Result<(), BoxError> {
         if self.config.bandwidth_mbit == 0 {
             return Ok(());
         }
         let rate = format!("{}mbit", self.config.bandwidth_mbit);
         // A bucket of a few milliseconds at the rate, and never below a jumbo frame.
         let burst = (u64::from(self.config.bandwidth_mbit) * 125_000 / 200).max(16 * 1024).to_string();
-        let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
-        let args: Vec<&str> = args.iter().copied().chain(tbf).collect();
-        run("tc", &args).await
+        let args = [
+            "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms",
+        ];
+        run_in(netns, "tc", &args, "").await
     }
 
     /// The bubblewrap arguments of a box with egress: no network namespace of its own (it is
@@ -570,6 +576,64 @@ async fn inside_netns(netns: &Path, policy: &str) -> Result<(), BoxError> {
     }
 }
 
+/// Makes the network namespace `name` under [`NETNS_DIR`], as `ip netns add` does, without
+/// starting a process: a thread of its own leaves this process's namespace for a new one, which a
+/// bind mount of the thread's `/proc/thread-self/ns/net` keeps after the thread has ended.
+fn add_namespace(name: &str) -> Result<PathBuf, BoxError> {
+    share_namespace_dir()?;
+    let path = Path::new(NETNS_DIR).join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(BoxError::io(format!("creating {}", path.display())))?;
+    let made = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> std::io::Result<()> {
+                // SAFETY: only the network namespace is unshared, on a thread that does nothing
+                // else and ends here; no file descriptor table is unshared (`FILES`), so no
+                // thread can lose sight of a descriptor.
+                #[allow(unsafe_code)]
+                unsafe {
+                    rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)?;
+                }
+                rustix::mount::mount_bind("/proc/thread-self/ns/net", &path)?;
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the thread making the namespace panicked")))
+    });
+    match made {
+        Ok(()) => Ok(path),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(BoxError::Io { context: format!("making the network namespace {name}"), source: e })
+        }
+    }
+}
+
+/// Makes [`NETNS_DIR`] a shared mount (a bind mount of itself first if it is none), as
+/// `ip netns add` does, so that a namespace mounted there shows in every mount namespace.
+fn share_namespace_dir() -> Result<(), BoxError> {
+    use rustix::mount::MountPropagationFlags as P;
+    static SHARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SHARED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(NETNS_DIR).map_err(BoxError::io(format!("creating {NETNS_DIR}")))?;
+    let shared = match rustix::mount::mount_change(NETNS_DIR, P::SHARED | P::REC) {
+        Err(rustix::io::Errno::INVAL) => rustix::mount::mount_bind(NETNS_DIR, NETNS_DIR)
+            .and_then(|()| rustix::mount::mount_change(NETNS_DIR, P::SHARED | P::REC)),
+        other => other,
+    };
+    shared.map_err(|e| BoxError::Io {
+        context: format!("sharing the mounts of {NETNS_DIR}"),
+        source: e.into(),
+    })?;
+    SHARED.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 /// Where box `id`'s network namespace is when the host made one for it (egress, or a pod's
 /// first box): `/run/netns/vendbox-<instance>-<id>`.
 pub(crate) fn namespace_of(instance: &str, id: &BoxId) -> PathBuf {
@@ -585,8 +649,10 @@ pub(crate) async fn loopback_namespace(instance: &str, id: &BoxId) -> Result<Pat
     let path = namespace_of(instance, id);
     if !path.exists() {
         let name = link_names(instance, id).0;
-        run("ip", &["netns", "add", &name]).await?;
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]).await?;
+        tokio::task::spawn_blocking(move || add_namespace(&name))
+            .await
+            .map_err(|e| BoxError::Start(format!("making a network namespace: {e}")))??;
+        run_in(Some(&path), "ip", &["link", "set", "lo", "up"], "").await?;
     }
     let here = std::fs::metadata("/proc/thread-self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let there = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -716,16 +782,24 @@ async fn run(program: &str, args: &[&str]) -> Result<(), BoxError> {
 
 /// Runs a host networking tool and fails with its error output.
 async fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), BoxError> {
+    run_in(None, program, args, input).await
+}
+
+/// Runs a host networking tool born in network namespace `netns` (the host's when `None`; no
+/// `ip -n`, which switches mount namespaces and remounts `/sys` in each run) and fails with its
+/// error output.
+async fn run_in(netns: Option<&Path>, program: &str, args: &[&str], input: &str) -> Result<(), BoxError> {
     use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(BoxError::io(format!("starting {program}")))?;
+        .kill_on_drop(true);
+    let mut child =
+        spawn_in(netns, || command.spawn()).map_err(BoxError::io(format!("starting {program}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(input.as_bytes()).await.map_err(BoxError::io(format!("writing to {program}")))?;
     }
