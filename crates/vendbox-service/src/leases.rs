@@ -223,13 +223,6 @@ impl Boxes {
             failure_reason: None,
         };
         let hashes: Vec<_> = tokens.iter().map(|(c, t)| (*c, t.hash())).collect();
-        self.store.insert_lease(&lease, &hashes).await?;
-        // From here on, a purchase dropped before it finished (a client that hung up, a request
-        // timeout) fails its lease and destroys whatever was made of its box.
-        let mut unfinished = Unfinished::new(self, lease.id);
-        for key in ssh_keys {
-            self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
-        }
         let spec = BoxSpec {
             id: box_id.clone(),
             image: terms.image.clone().unwrap_or_else(|| "host".into()),
@@ -237,8 +230,31 @@ impl Boxes {
             egress: offer.includes_egress(),
             pod: pod.map(|p| Pod { first: p.first.unwrap_or_else(|| box_id.clone()), volumes: p.volumes }),
         };
-        let held = match self.hold(spec.limits).await {
-            Ok(held) => held,
+        // From here on, a purchase dropped before it finished (a client that hung up, a request
+        // timeout) fails its lease and destroys whatever was made of its box.
+        let mut unfinished = Unfinished::new(self, lease.id, box_id.clone());
+        // The lease is written down while its box is made: neither needs the other, and each
+        // waits for the disk. Nothing is acknowledged or charged before both are done; a crash
+        // between them leaves a box without a lease, which a restart's reconciliation destroys
+        // as it destroys the box of a lease left `provisioning`.
+        let record = async {
+            self.store.insert_lease(&lease, &hashes).await?;
+            for key in ssh_keys {
+                self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
+            }
+            Ok::<_, LeaseError>(())
+        };
+        let making = async {
+            let held = self.hold(spec.limits).await?;
+            let created = self.backend.create(&spec).await;
+            drop(held);
+            Ok::<_, LeaseError>(created)
+        };
+        let (recorded, made) = tokio::join!(record, making);
+        // Without its lease written down, the purchase ends here; `unfinished` destroys the box.
+        recorded?;
+        let created = match made {
+            Ok(created) => created,
             Err(e) => {
                 unfinished.disarm();
                 let e = LeaseError::NotCharged(Box::new(e));
@@ -246,8 +262,6 @@ impl Boxes {
                 return Err(e);
             }
         };
-        let created = self.backend.create(&spec).await;
-        drop(held);
         if let Err(e) = created {
             unfinished.disarm();
             tracing::warn!(lease = %lease.id, error = %e, "a box could not be made");
@@ -484,16 +498,18 @@ struct Unfinished {
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
     id: LeaseId,
+    box_id: BoxId,
     armed: bool,
 }
 
 impl Unfinished {
-    fn new(boxes: &Boxes, id: LeaseId) -> Unfinished {
+    fn new(boxes: &Boxes, id: LeaseId, box_id: BoxId) -> Unfinished {
         Unfinished {
             store: boxes.store.clone(),
             backend: boxes.backend.clone(),
             clock: boxes.clock.clone(),
             id,
+            box_id,
             armed: true,
         }
     }
@@ -509,8 +525,8 @@ impl Drop for Unfinished {
         if !self.armed {
             return;
         }
-        let (store, backend, clock, id) =
-            (self.store.clone(), self.backend.clone(), self.clock.clone(), self.id);
+        let (store, backend, clock, id, box_id) =
+            (self.store.clone(), self.backend.clone(), self.clock.clone(), self.id, self.box_id.clone());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(lease = %id, "a purchase was cut off with no runtime to clean up; reconciliation will");
             return;
@@ -518,8 +534,15 @@ impl Drop for Unfinished {
         runtime.spawn(async move {
             let reason = "the purchase was cut off before the box was ready; nothing was charged";
             tracing::warn!(lease = %id, "{reason}");
-            if let Err(e) = end_lease(&*store, &*backend, &*clock, id, LeaseState::Failed, Some(reason)).await
-            {
+            let cleaned =
+                match end_lease(&*store, &*backend, &*clock, id, LeaseState::Failed, Some(reason)).await {
+                    // The lease was never written down (its box was made at the same time).
+                    Err(LeaseError::NotFound(_)) => {
+                        backend.destroy(&box_id).await.map_err(|e| LeaseError::from_box(&e))
+                    }
+                    ended => ended.map(drop),
+                };
+            if let Err(e) = cleaned {
                 tracing::warn!(lease = %id, error = %e, "could not clean up a purchase that was cut off");
             }
         });

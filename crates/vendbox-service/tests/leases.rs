@@ -224,6 +224,34 @@ async fn a_purchase_cut_off_while_its_box_is_made_leaves_no_lease_and_no_box() {
     assert_eq!(w.backend.destroyed().len(), 1);
 }
 
+#[tokio::test]
+async fn a_purchase_whose_lease_cannot_be_written_down_leaves_no_box() {
+    let w = world().await;
+    // The lease is written down while its box is made. A second connection to the store's file
+    // makes that write fail, as a full or broken disk would.
+    let file = w._dir.path().join("vendbox.db");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display())).await.unwrap();
+    sqlx::query("CREATE TRIGGER refuse_leases BEFORE INSERT ON leases BEGIN SELECT RAISE(ABORT, 'the disk is full'); END")
+        .execute(&db)
+        .await
+        .unwrap();
+    // The write fails while the box is still being made.
+    w.backend.create_takes(std::time::Duration::from_millis(300));
+    let refused =
+        w.boxes.provision(&offer(), &terms(5, 1), None, &[], &[Capability::Root]).await.unwrap_err();
+    assert!(refused.to_string().contains("the disk is full"), "{refused}");
+    // The box made meanwhile is destroyed (in a task of its own: wait for it, bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !w.backend.boxes().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "left behind: {:?}", w.backend.boxes());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(w.backend.destroyed().len(), 1);
+    let states = [LeaseState::Provisioning, LeaseState::Active, LeaseState::Failed];
+    assert!(w.store.leases_in_states(&states).await.unwrap().is_empty());
+    db.close().await;
+}
+
 /// A settled x402 payment of `amount` by `payer`, as the gate leaves one.
 async fn settled_payment(w: &World, payer: &str, amount: u64) -> vendbox_core::PaymentId {
     use vendbox_core::{Payment, PaymentId, PaymentMethod, PaymentState, ReplayKey, Usdc};
