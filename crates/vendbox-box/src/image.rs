@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Read};
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -383,23 +383,68 @@ impl ImageStore {
         }
     }
 
-    /// Removes image `name`, unless a box in `users` still stands on it.
-    pub fn remove(&self, name: &str, users: &[String]) -> Result<(), BoxError> {
-        if self.info(name).is_none() {
-            return Err(BoxError::Image(format!("there is no image `{name}`")));
-        }
-        if !users.is_empty() {
-            return Err(BoxError::Image(format!(
-                "image `{name}` is the root of {} box(es) ({}); it can be removed once they are gone",
-                users.len(),
-                users.join(", ")
-            )));
-        }
-        // Out of sight in one rename, then deleted.
+    /// Removes image `name`, unless a box stands on it: `users` names the boxes whose records
+    /// name it. It is asked while no box is being made ([`ImageStore::hold`]), so a box made at
+    /// the same time either has its record by then (and the image stays) or finds the image
+    /// gone before it mounts it (and is refused before it is charged).
+    pub fn remove(&self, name: &str, users: impl FnOnce() -> Vec<String>) -> Result<(), BoxError> {
         let doomed = self.dir.join(format!(".removing-{name}-{}", std::process::id()));
-        fs::rename(self.dir.join(name), &doomed).map_err(BoxError::io(format!("removing image `{name}`")))?;
+        {
+            let _alone = self.lock(rustix::fs::FlockOperation::LockExclusive)?;
+            if self.info(name).is_none() {
+                return Err(BoxError::Image(format!("there is no image `{name}`")));
+            }
+            let users = users();
+            if !users.is_empty() {
+                return Err(BoxError::Image(format!(
+                    "image `{name}` is the root of {} box(es) ({}); it can be removed once they are gone",
+                    users.len(),
+                    users.join(", ")
+                )));
+            }
+            // Out of sight in one rename; deleted after the store is let go.
+            fs::rename(self.dir.join(name), &doomed)
+                .map_err(BoxError::io(format!("removing image `{name}`")))?;
+        }
         remove_tree(&doomed)
     }
+
+    /// Holds every image of the store against removal while the hold lives: a box being made
+    /// takes one before it looks for its image and keeps it until its disk's record names the
+    /// image, which [`ImageStore::remove`] then sees. Holds are shared (boxes are made at once);
+    /// a removal waits for them, and they for it (it takes milliseconds: a check and a rename).
+    /// The lock is `<data>/images.lock`, beside the store rather than in it, so that taking it
+    /// is no event for the store's watchers; it works across processes (`vendbox image rm`).
+    ///
+    /// # Errors
+    /// The lock file cannot be opened or locked.
+    pub fn hold(&self) -> Result<ImagesHeld, BoxError> {
+        self.lock(rustix::fs::FlockOperation::LockShared).map(|file| ImagesHeld { _lock: file })
+    }
+
+    fn lock(&self, how: rustix::fs::FlockOperation) -> Result<fs::File, BoxError> {
+        let path = self.dir.with_extension("lock");
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(BoxError::io(format!("creating {}", parent.display())))?;
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(BoxError::io(format!("opening {}", path.display())))?;
+        rustix::fs::flock(&file, how)
+            .map_err(|e| BoxError::Io { context: format!("locking {}", path.display()), source: e.into() })?;
+        Ok(file)
+    }
+}
+
+/// A hold on an image store against removal ([`ImageStore::hold`]); let go when dropped.
+#[derive(Debug)]
+pub struct ImagesHeld {
+    _lock: fs::File,
 }
 
 /// What makes a file system tree a good root for boxes: a name for the machine, apt allowed to
@@ -581,6 +626,36 @@ mod tests {
         assert!(store.check("debian-12").unwrap_err().contains("vendbox image build debian-12"));
         assert!(store.check("ubuntu-24.04").unwrap_err().contains("vendbox image import"));
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn an_image_is_not_removed_while_a_box_of_it_is_being_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::of_data_dir(dir.path());
+        let image = dir.path().join("images/tiny");
+        fs::create_dir_all(image.join("rootfs/etc")).unwrap();
+        let info =
+            ImageInfo { name: "tiny".into(), source: "test".into(), recipe: None, created_at: 0, bytes: 0 };
+        fs::write(image.join("image.json"), serde_json::to_vec(&info).unwrap()).unwrap();
+        // A box is being made: it holds the store, and has no record yet.
+        let making = store.hold().unwrap();
+        let record = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let removal = std::thread::spawn({
+            let (store, record) = (ImageStore::of_data_dir(dir.path()), record.clone());
+            move || store.remove("tiny", || record.lock().unwrap().clone())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!removal.is_finished(), "the image was removed while a box of it was being made");
+        assert!(store.rootfs("tiny").is_some());
+        // The box's record names the image before the box lets the store go.
+        record.lock().unwrap().push("box-1".into());
+        drop(making);
+        let refused = removal.join().unwrap().unwrap_err().to_string();
+        assert!(refused.contains("is the root of 1 box(es) (box-1)"), "{refused}");
+        assert!(store.rootfs("tiny").is_some());
+        // With no box on it, it goes.
+        store.remove("tiny", Vec::new).unwrap();
+        assert!(store.rootfs("tiny").is_none());
     }
 
     #[test]

@@ -114,8 +114,7 @@ pub(crate) fn run(args: ImageArgs) -> anyhow::Result<()> {
             }
         }
         ImageCommand::Rm { name } => {
-            let users = vendbox_box::local::boxes_on_image(&data_dir, &name);
-            store.remove(&name, &users)?;
+            store.remove(&name, || vendbox_box::local::boxes_on_image(&data_dir, &name))?;
             println!("removed image {name}");
         }
     }

@@ -783,6 +783,9 @@ impl Backend for LocalBackend {
                 "this vendbox gives boxes no network egress ([egress])".into(),
             ));
         }
+        // No image is removed while a box of it is being made, before the box's disk record
+        // names it (`ImageStore::remove` looks for such records).
+        let _image = if spec.image == crate::image::HOST { None } else { Some(self.images.hold()?) };
         self.images.check(&spec.image).map_err(BoxError::Unsupported)?;
         if let Some(pod) = &spec.pod {
             self.check_pod(spec, pod)?;
