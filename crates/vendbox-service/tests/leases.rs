@@ -17,7 +17,7 @@ struct World {
     backend: Arc<FakeBackend>,
     store: Arc<dyn Store>,
     clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn world_with(capacity: Option<Usage>) -> World {
@@ -31,7 +31,7 @@ async fn world_with(capacity: Option<Usage>) -> World {
     let backend = Arc::new(backend);
     let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 0).unwrap()));
     let boxes = Boxes::new(backend.clone(), store.clone()).with_clock(clock.clone());
-    World { boxes, backend, store, clock, _dir: dir }
+    World { boxes, backend, store, clock, dir }
 }
 
 async fn world() -> World {
@@ -229,7 +229,7 @@ async fn a_purchase_whose_lease_cannot_be_written_down_leaves_no_box() {
     let w = world().await;
     // The lease is written down while its box is made. A second connection to the store's file
     // makes that write fail, as a full or broken disk would.
-    let file = w._dir.path().join("vendbox.db");
+    let file = w.dir.path().join("vendbox.db");
     let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display())).await.unwrap();
     sqlx::query("CREATE TRIGGER refuse_leases BEFORE INSERT ON leases BEGIN SELECT RAISE(ABORT, 'the disk is full'); END")
         .execute(&db)
