@@ -318,6 +318,31 @@ macro_rules! impl_ledger {
                 use $crate::shared::{atomic_to_sql, ms, sql_to_u64};
                 let usdc = |v: i64, what: &str| sql_to_u64(v, what).map(vendbox_core::Usdc);
                 Self::lock_account(&mut *tx, &hold.account, now).await?;
+                if hold.key_id.is_none() || (caps.daily.is_none() && caps.total.is_none()) {
+                    // Without caps to sum, one statement places the hold where the balance less
+                    // the unexpired holds covers it; a refusal reads the funds to say why.
+                    let placed = sqlx::query(
+                        "INSERT INTO credit_holds (payment_id, account, key_id, amount_atomic, created_at, expires_at) \
+                         SELECT $1, $2, $3, $4, $5, $6 WHERE \
+                         COALESCE((SELECT balance_atomic FROM accounts WHERE address = $2), 0) \
+                         - (SELECT COALESCE(SUM(amount_atomic), 0) FROM credit_holds WHERE account = $2 AND expires_at > $5) \
+                         >= $4",
+                    )
+                    .bind(hold.payment.to_string())
+                    .bind(hold.account.as_str())
+                    .bind(hold.key_id.as_deref())
+                    .bind(atomic_to_sql(hold.amount.atomic())?)
+                    .bind(ms(now))
+                    .bind(ms(hold.expires_at))
+                    .execute(&mut *tx)
+                    .await?;
+                    if placed.rows_affected() == 1 {
+                        if let Some(payment) = reserve {
+                            Self::reserve_payment_in(&mut *tx, payment).await?;
+                        }
+                        return Ok(Ok(()));
+                    }
+                }
                 let funds = sqlx::query($crate::aggregates::ledger::FUNDS_SQL)
                     .bind(hold.account.as_str())
                     .bind(ms(now))
@@ -398,39 +423,48 @@ macro_rules! impl_ledger {
                 use sqlx::Row;
                 // The account's lock first, as every booking takes it.
                 Self::lock_account(&mut *tx, account, now).await?;
-                let Some(hold) = sqlx::query(
-                    "SELECT key_id, amount_atomic FROM credit_holds WHERE payment_id = $1 AND account = $2",
+                // Deleting the hold claims it, where the balance covers it: a release or a
+                // recovery of the same payment finds nothing to drop, and this finds nothing to
+                // book after them. One statement where the charge goes through.
+                let claimed = sqlx::query(
+                    "DELETE FROM credit_holds WHERE payment_id = $1 AND account = $2 \
+                     AND amount_atomic <= COALESCE((SELECT balance_atomic FROM accounts WHERE address = $2), 0) \
+                     RETURNING key_id, amount_atomic",
                 )
                 .bind(payment.to_string())
                 .bind(account.as_str())
                 .fetch_optional(&mut *tx)
-                .await?
-                else {
-                    return Ok(Ok(None));
-                };
-                let key_id: Option<String> = hold.try_get("key_id")?;
-                let amount: i64 = hold.try_get("amount_atomic")?;
-                let balance: i64 = sqlx::query($crate::aggregates::ledger::BALANCE_SQL)
-                    .bind(account.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("balance")?;
-                if balance < amount {
+                .await?;
+                let Some(hold) = claimed else {
+                    // No hold (released, recovered or charged before), or a balance short of it.
+                    let hold: Option<i64> =
+                        sqlx::query("SELECT amount_atomic FROM credit_holds WHERE payment_id = $1 AND account = $2")
+                            .bind(payment.to_string())
+                            .bind(account.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .map(|row| row.try_get("amount_atomic"))
+                            .transpose()?;
+                    let Some(amount) = hold else {
+                        return Ok(Ok(None));
+                    };
+                    let balance: i64 = sqlx::query($crate::aggregates::ledger::BALANCE_SQL)
+                        .bind(account.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("balance")?;
+                    if balance >= amount {
+                        // Claimed by another connection since (it holds the account's lock
+                        // to book, so this is for robustness): nothing to book.
+                        return Ok(Ok(None));
+                    }
                     return Ok(Err($crate::StoreError::InsufficientBalance {
                         balance: vendbox_core::Usdc(u64::try_from(balance).unwrap_or(0)),
                         needed: vendbox_core::Usdc($crate::shared::sql_to_u64(amount, "amount")?),
                     }));
-                }
-                // Deleting the hold claims it: a release or a recovery of the same payment finds
-                // nothing to drop, and this finds nothing to book after them (one of another
-                // connection that dropped it since it was read leaves nothing to claim).
-                let claimed = sqlx::query("DELETE FROM credit_holds WHERE payment_id = $1")
-                    .bind(payment.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                if claimed.rows_affected() == 0 {
-                    return Ok(Ok(None));
-                }
+                };
+                let key_id: Option<String> = hold.try_get("key_id")?;
+                let amount: i64 = hold.try_get("amount_atomic")?;
                 let row = sqlx::query(
                     "INSERT INTO ledger_entries (account, kind, delta_atomic, reference, created_at, key_id) \
                      VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
