@@ -13,6 +13,8 @@ use crate::shared::store_impl;
 pub struct PostgresStore {
     /// Connections to the database.
     pool: PgPool,
+    /// The same pool: PostgreSQL's readers never wait for writers.
+    reads: PgPool,
     /// The lock writer's queue (group commit).
     locks: crate::aggregates::locks::Queue,
 }
@@ -20,12 +22,18 @@ pub struct PostgresStore {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl PostgresStore {
-    /// Writers per host, each with its own batches (a key always goes to the same one): a batch
-    /// waits on round trips more than on the disk, so several overlap.
-    const LOCK_WRITERS: usize = 4;
+    /// Writers per host, each with its own batches (a key always goes to the same one). One: on
+    /// the 2-core host of the lock benchmark, one writer with bigger batches ran 1.1-1.2x the
+    /// cycles of 2 or 4 overlapping ones, with a lower p99 (`VENDBOX_LOCK_WRITERS` overrides it,
+    /// for measuring on other hosts).
+    const LOCK_WRITERS: usize = 1;
 
     /// Releases are announced by `NOTIFY` in their batch's transaction, so every host hears of
     /// them once they commit (`listen_for_releases`).
+    /// Each writer keeps a connection of its own between batches, opened on its thread's runtime:
+    /// no pool ping before a batch, and its socket is served by the writers' runtime.
+    const LOCK_WRITER_OWNS_CONNECTION: bool = true;
+
     const RELEASES_ANNOUNCED_BY_DATABASE: bool = true;
 
     /// Connects to `url` and brings the schema up to date (sqlx holds an advisory lock while
@@ -42,9 +50,9 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let locks = Self::spawn_lock_writer(pool.clone());
+        let locks = Self::spawn_lock_writer(pool.clone())?;
         Self::listen_for_releases(&pool, &locks).await?;
-        Ok(Self { pool, locks })
+        Ok(Self { reads: pool.clone(), pool, locks })
     }
 
     /// Hears the releases every host announces (`NOTIFY` in the batch that released) and passes

@@ -16,9 +16,17 @@ use crate::shared::store_impl;
 pub struct SqliteStore {
     /// Connections to the one file; SQLite serializes writers, WAL lets readers run alongside.
     pool: SqlitePool,
+    /// Connections for the reads on a request's path (an API key, a replay key, a lock's
+    /// holder): in WAL mode they read the last commit without waiting for the one connection
+    /// that the lock writer holds through each batch and its fsync. The same pool as `pool` for
+    /// an in-memory database, which a second connection would not see.
+    reads: SqlitePool,
     /// The lock writer's queue (group commit).
     locks: crate::aggregates::locks::Queue,
 }
+
+/// Connections of the read pool.
+const READERS: u32 = 4;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -27,6 +35,10 @@ impl SqliteStore {
     const LOCK_WRITERS: usize = 1;
 
     /// One host: the lock writer announces its own releases.
+    /// The writer takes the pool's one connection for each batch: a connection of its own would
+    /// be a second writer to the file, waiting in SQLite's busy handler.
+    const LOCK_WRITER_OWNS_CONNECTION: bool = false;
+
     const RELEASES_ANNOUNCED_BY_DATABASE: bool = false;
 
     /// Opens (creating if needed) the database file at `path`, and its directory.
@@ -34,15 +46,17 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        Self::open_with(SqliteConnectOptions::new().filename(path)).await
+        Self::open_with(SqliteConnectOptions::new().filename(path), true).await
     }
 
     /// Opens a `sqlite:` URL (`sqlite:///var/lib/vendbox/vendbox.db`, `sqlite::memory:`).
     pub async fn open_url(url: &str) -> StoreResult<Self> {
-        Self::open_with(SqliteConnectOptions::from_str(url)?).await
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        Self::open_with(SqliteConnectOptions::from_str(url)?, !in_memory).await
     }
 
-    async fn open_with(options: SqliteConnectOptions) -> StoreResult<Self> {
+    /// Opens the database of `options`; with a pool of its own for reads when `separate_reads`.
+    async fn open_with(options: SqliteConnectOptions, separate_reads: bool) -> StoreResult<Self> {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -60,11 +74,22 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let locks = Self::spawn_lock_writer(pool.clone());
-        Ok(Self { pool, locks })
+        // Readers never take the write lock: in WAL mode each read sees the last commit, so a
+        // read that starts after an acknowledged write sees it.
+        let reads = if separate_reads {
+            SqlitePoolOptions::new()
+                .max_connections(READERS)
+                .test_before_acquire(false)
+                .connect_with(options)
+                .await?
+        } else {
+            pool.clone()
+        };
+        let locks = Self::spawn_lock_writer(pool.clone())?;
+        Ok(Self { pool, reads, locks })
     }
 }
 

@@ -151,7 +151,7 @@ macro_rules! impl_keys {
             ) -> $crate::StoreResult<Option<$crate::ApiKey>> {
                 let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = $1")
                     .bind(hash.to_hex())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.reads)
                     .await?;
                 row.as_ref().map(Self::api_key_from_row).transpose()
             }

@@ -2,8 +2,8 @@
 //! judge expiry by the database's clock (`$clock`), so hosts with skewed clocks cannot disagree.
 //!
 //! **Group commit.** Grants, renewals and releases do not each take a transaction of their own:
-//! they queue for the store's writers (one on SQLite, four on PostgreSQL, where a batch waits on
-//! round trips more than on the disk; a key always goes to the same writer), and a writer applies
+//! they queue for the store's writers (one per host, on a thread of their own; on PostgreSQL
+//! `VENDBOX_LOCK_WRITERS` can make several, a key always going to the same one), and a writer applies
 //! every operation waiting at that moment, each key's in arrival order, in one transaction, and
 //! answers each caller only once that transaction has committed (one fsync for the batch).
 //! Nothing is acknowledged before it is durable, and a batch cut off by a crash is rolled back
@@ -349,6 +349,19 @@ pub(crate) struct Queue {
     released: broadcast::Sender<LockKey>,
 }
 
+/// How many writers a store with `default` writers runs: `VENDBOX_LOCK_WRITERS` overrides it
+/// where the store can have `several` (PostgreSQL), for measuring; elsewhere one.
+pub(crate) fn writers(default: usize, several: bool) -> usize {
+    if !several {
+        return 1;
+    }
+    std::env::var("VENDBOX_LOCK_WRITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(default)
+}
+
 impl Queue {
     /// A queue to `writers` writers, and each writer's end of it.
     pub(crate) fn new(writers: usize) -> (Queue, Vec<mpsc::Receiver<Op>>) {
@@ -458,25 +471,32 @@ macro_rules! impl_locks {
                 })
             }
 
-            /// Starts the lock writer over `pool` (see the module's documentation): the queue to
-            /// it. The writer stops when the last clone of the queue is dropped.
-            fn spawn_lock_writer(pool: sqlx::Pool<$db>) -> $crate::aggregates::locks::Queue {
-                let (queue, writers) = $crate::aggregates::locks::Queue::new(Self::LOCK_WRITERS);
-                for mut ops in writers {
+            /// Starts the lock writers over `pool` (see the module's documentation): the queue to
+            /// them. They run on a thread of their own, on a runtime of their own, so that each
+            /// statement's answer reaches its writer at once rather than after every request
+            /// task queued on the server's runtime (a batch of many statements waited out that
+            /// queue once per statement). They stop when the last clone of the queue is dropped,
+            /// and the thread with them.
+            fn spawn_lock_writer(pool: sqlx::Pool<$db>) -> $crate::StoreResult<$crate::aggregates::locks::Queue> {
+                let (queue, receivers) =
+                    $crate::aggregates::locks::Queue::new($crate::aggregates::locks::writers(Self::LOCK_WRITERS, Self::LOCK_WRITER_OWNS_CONNECTION));
+                let mut writers = Vec::with_capacity(receivers.len());
+                for mut ops in receivers {
                     // The writer announces releases through a weak handle: the writer stops once
                     // every store that queues to it is gone.
                     let released = queue.weak();
                     let pool = pool.clone();
-                    tokio::spawn(async move {
+                    writers.push(async move {
                         let mut batch = Vec::with_capacity($crate::aggregates::locks::BATCH);
                         let mut gathering = $crate::aggregates::locks::Gathering::default();
+                        let mut own = None;
                         while ops.recv_many(&mut batch, $crate::aggregates::locks::BATCH).await > 0 {
                             gathering.gather(&mut ops, &mut batch).await;
                             // In key order (each key's operations keeping their order), so that
                             // batches of several writers or hosts take row locks in one order and
                             // cannot deadlock.
                             batch.sort_by(|a, b| a.order().cmp(&b.order()));
-                            let keys = Self::apply_lock_batch(&pool, std::mem::take(&mut batch)).await;
+                            let keys = Self::apply_lock_batch(&pool, &mut own, std::mem::take(&mut batch)).await;
                             gathering.committed();
                             // On PostgreSQL the database announces them, to every host.
                             if Self::RELEASES_ANNOUNCED_BY_DATABASE {
@@ -490,13 +510,23 @@ macro_rules! impl_locks {
                         }
                     });
                 }
-                queue
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                std::thread::Builder::new().name("vendbox-lock-writer".into()).spawn(move || {
+                    runtime.block_on(async move {
+                        let writers: Vec<_> = writers.into_iter().map(tokio::spawn).collect();
+                        for writer in writers {
+                            let _ = writer.await;
+                        }
+                    });
+                })?;
+                Ok(queue)
             }
 
             /// Applies `ops` in one transaction and answers each once it committed; if the batch
             /// fails, applies each alone. The keys it released.
             async fn apply_lock_batch(
                 pool: &sqlx::Pool<$db>,
+                own: &mut Option<<$db as sqlx::Database>::Connection>,
                 ops: Vec<$crate::aggregates::locks::Op>,
             ) -> Vec<vendbox_core::LockKey> {
                 use $crate::aggregates::locks::Answer;
@@ -506,7 +536,7 @@ macro_rules! impl_locks {
                         released.push(lock.key.clone());
                     }
                 };
-                match Self::try_lock_batch(pool, &ops).await {
+                match Self::try_lock_batch(pool, own, &ops).await {
                     Ok(answers) => {
                         for (op, answer) in ops.into_iter().zip(answers) {
                             let answer = Ok(answer);
@@ -522,7 +552,7 @@ macro_rules! impl_locks {
                     Err(e) => {
                         tracing::warn!(error = %e, operations = ops.len(), "a batch of lock operations failed; applying each alone");
                         for op in ops {
-                            let answer = Self::try_lock_batch(pool, std::slice::from_ref(&op)).await;
+                            let answer = Self::try_lock_batch(pool, own, std::slice::from_ref(&op)).await;
                             let answer = answer.and_then(|mut a| {
                                 a.pop().ok_or_else(|| $crate::StoreError::Corrupt("a lock operation got no answer".into()))
                             });
@@ -534,12 +564,41 @@ macro_rules! impl_locks {
                 released
             }
 
+            /// Applies `ops` in one transaction on the writer's connection: its own (`own`,
+            /// opened when missing and dropped after a failure of the connection itself) where
+            /// the store says so, the pool's otherwise.
             async fn try_lock_batch(
                 pool: &sqlx::Pool<$db>,
+                own: &mut Option<<$db as sqlx::Database>::Connection>,
+                ops: &[$crate::aggregates::locks::Op],
+            ) -> $crate::StoreResult<Vec<$crate::aggregates::locks::Answer>> {
+                if !Self::LOCK_WRITER_OWNS_CONNECTION {
+                    let mut conn = pool.acquire().await?;
+                    return Self::lock_batch_on(&mut conn, ops).await;
+                }
+                if own.is_none() {
+                    *own = Some(sqlx::ConnectOptions::connect(&*pool.connect_options()).await?);
+                }
+                let Some(conn) = own.as_mut() else {
+                    return Err($crate::StoreError::Corrupt("the lock writer has no connection".into()));
+                };
+                let result = Self::lock_batch_on(conn, ops).await;
+                // A refusal of the database leaves the connection usable (the transaction is
+                // rolled back on its next use); anything else (I/O, protocol) may not.
+                if let Err($crate::StoreError::Database(e)) = &result
+                    && !matches!(e, sqlx::Error::Database(_))
+                {
+                    *own = None;
+                }
+                result
+            }
+
+            async fn lock_batch_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
                 ops: &[$crate::aggregates::locks::Op],
             ) -> $crate::StoreResult<Vec<$crate::aggregates::locks::Answer>> {
                 use $crate::aggregates::locks::{Answer, Round};
-                let mut tx = pool.begin().await?;
+                let mut tx = sqlx::Connection::begin(conn).await?;
                 let mut answers: Vec<Option<Answer>> = ops.iter().map(|_| None).collect();
                 let rounds = Round::all(ops);
                 // On PostgreSQL the rows of every key the batch will change in one statement are
@@ -852,7 +911,7 @@ macro_rules! impl_locks {
                 key: &vendbox_core::LockKey,
                 release: &vendbox_core::TokenHash,
             ) -> $crate::StoreResult<Result<vendbox_core::Lock, $crate::LockRefusal>> {
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = self.reads.acquire().await?;
                 let row = sqlx::query(concat!(
                     "SELECT * FROM locks WHERE key = $1 AND release_token_hash = $2 \
                      AND released_at IS NULL AND expires_at > ", $clock
@@ -873,7 +932,7 @@ macro_rules! impl_locks {
             }
 
             async fn get_lock(&self, key: &vendbox_core::LockKey) -> $crate::StoreResult<Option<vendbox_core::Lock>> {
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = self.reads.acquire().await?;
                 Self::get_lock_in(&mut conn, key).await
             }
         }

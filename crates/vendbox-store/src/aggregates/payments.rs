@@ -114,7 +114,7 @@ macro_rules! impl_payments {
                 .bind(&key.asset)
                 .bind(&key.payer)
                 .bind(&key.nonce)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reads)
                 .await?;
                 match row {
                     None => Ok(None),
