@@ -305,19 +305,22 @@ macro_rules! impl_ledger {
             }
 
             /// [`Store::place_hold`] within `tx`: a refusal writes nothing but the account row
-            /// (which it takes the lock of first); an error (a replay key taken) leaves `tx` to
-            /// be rolled back.
+            /// (which it takes the lock of first, unless `tx` already holds it: `locked`); an
+            /// error (a replay key taken) leaves `tx` to be rolled back.
             async fn place_hold_in(
                 tx: &mut <$db as sqlx::Database>::Connection,
                 hold: &$crate::CreditHold,
                 caps: &$crate::SpendCaps,
                 reserve: Option<&vendbox_core::Payment>,
                 now: chrono::DateTime<chrono::Utc>,
+                locked: bool,
             ) -> $crate::StoreResult<Result<(), $crate::HoldRefusal>> {
                 use sqlx::Row;
                 use $crate::shared::{atomic_to_sql, ms, sql_to_u64};
                 let usdc = |v: i64, what: &str| sql_to_u64(v, what).map(vendbox_core::Usdc);
-                Self::lock_account(&mut *tx, &hold.account, now).await?;
+                if !locked {
+                    Self::lock_account(&mut *tx, &hold.account, now).await?;
+                }
                 if hold.key_id.is_none() || (caps.daily.is_none() && caps.total.is_none()) {
                     // Without caps to sum, one statement places the hold where the balance less
                     // the unexpired holds covers it; a refusal reads the funds to say why.
@@ -411,18 +414,21 @@ macro_rules! impl_ledger {
                     .await?
             }
 
-            /// [`Store::settle_hold`] within `tx`. The outer error fails the transaction; the
-            /// inner one is the charge's refusal (the balance no longer covers it), which writes
-            /// nothing but the account row.
+            /// [`Store::settle_hold`] within `tx` (`locked`: it already holds the account's
+            /// lock). The outer error fails the transaction; the inner one is the charge's
+            /// refusal (the balance no longer covers it), which writes nothing but the account row.
             async fn settle_hold_in(
                 tx: &mut <$db as sqlx::Database>::Connection,
                 account: &vendbox_core::AccountAddress,
                 payment: vendbox_core::PaymentId,
                 now: chrono::DateTime<chrono::Utc>,
+                locked: bool,
             ) -> $crate::StoreResult<$crate::StoreResult<Option<vendbox_core::LedgerEntry>>> {
                 use sqlx::Row;
                 // The account's lock first, as every booking takes it.
-                Self::lock_account(&mut *tx, account, now).await?;
+                if !locked {
+                    Self::lock_account(&mut *tx, account, now).await?;
+                }
                 // Deleting the hold claims it, where the balance covers it: a release or a
                 // recovery of the same payment finds nothing to drop, and this finds nothing to
                 // book after them. One statement where the charge goes through.

@@ -28,7 +28,8 @@
 //! and the charge of a hold are applied by the same writers, in the same batches, keyed by
 //! their account, so that paying for a lock with credits costs fsyncs shared with everyone
 //! else's rather than two of its own. A batch takes the rows of lock keys first and then those of
-//! accounts, each in key order.
+//! accounts, each in key order, and an account's row lock once: its later holds and charges in
+//! the batch find it taken.
 //!
 //! **Payments share the writer.** Reserving a payment and recording how it ended (settled or
 //! voided) are applied by the same writers, keyed by payer and by payment, so that a paid request
@@ -600,6 +601,9 @@ macro_rules! impl_locks {
                 use $crate::aggregates::locks::{Answer, Round};
                 let mut tx = sqlx::Connection::begin(conn).await?;
                 let mut answers: Vec<Option<Answer>> = ops.iter().map(|_| None).collect();
+                // Accounts whose row lock this transaction took: their later operations in the
+                // batch need not take it again.
+                let mut locked = std::collections::HashSet::new();
                 let rounds = Round::all(ops);
                 // On PostgreSQL the rows of every key the batch will change in one statement are
                 // locked first, in key order: one statement locks its rows in no set order.
@@ -623,7 +627,7 @@ macro_rules! impl_locks {
                         if answers[i].is_some() {
                             continue;
                         }
-                        answers[i] = Some(Self::apply_lock_op_in(&mut tx, &ops[i]).await?);
+                        answers[i] = Some(Self::apply_lock_op_in(&mut tx, &ops[i], &mut locked).await?);
                     }
                 }
                 tx.commit().await?;
@@ -633,10 +637,12 @@ macro_rules! impl_locks {
                     .collect()
             }
 
-            /// Applies one operation of a batch alone.
-            async fn apply_lock_op_in(
+            /// Applies one operation of a batch alone; `locked` holds the accounts whose row
+            /// lock the batch's transaction took already, and gains the one it takes.
+            async fn apply_lock_op_in<'o>(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                op: &$crate::aggregates::locks::Op,
+                op: &'o $crate::aggregates::locks::Op,
+                locked: &mut std::collections::HashSet<&'o str>,
             ) -> $crate::StoreResult<$crate::aggregates::locks::Answer> {
                 use $crate::aggregates::locks::{Answer, Op};
                 Ok(match op {
@@ -651,10 +657,12 @@ macro_rules! impl_locks {
                         Answer::Released(Self::release_lock_in(&mut *conn, key, release).await?)
                     }
                     Op::Hold { hold, caps, reserve, now, .. } => {
-                        Answer::Held(Self::place_hold_in(&mut *conn, hold, caps, reserve.as_deref(), *now).await?)
+                        let was = !locked.insert(hold.account.as_str());
+                        Answer::Held(Self::place_hold_in(&mut *conn, hold, caps, reserve.as_deref(), *now, was).await?)
                     }
                     Op::Charge { account, payment, now, .. } => {
-                        Answer::Charged(Self::settle_hold_in(&mut *conn, account, *payment, *now).await?)
+                        let was = !locked.insert(account.as_str());
+                        Answer::Charged(Self::settle_hold_in(&mut *conn, account, *payment, *now, was).await?)
                     }
                     Op::Reserve { payment, .. } => {
                         Self::reserve_payment_in(&mut *conn, payment).await?;
