@@ -188,6 +188,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn capacity(&self) -> Usage {
         Usage { boxes: usize::MAX, memory_mb: u64::MAX, pids: u64::MAX }
     }
+
+    /// Stops and removes what the backend runs beside its boxes (the local backend's warm
+    /// slots), when vendbox stops. Boxes stay.
+    async fn close(&self) {}
 }
 
 /// Boxes and the sums of their limits: what a backend's boxes hold, or what a host can hold.

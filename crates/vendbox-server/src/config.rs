@@ -169,6 +169,9 @@ pub struct BoxesConfig {
     pub memory_overcommit: f64,
     /// How long a box's disk is kept after its lease ends, in seconds (0: deleted at once).
     pub disk_grace_secs: u64,
+    /// How many box starts of each kind (with and without egress) the local backend keeps made
+    /// ahead of a purchase, once such a box was bought (0: every box starts cold).
+    pub warm: usize,
 }
 
 impl BoxesConfig {
@@ -196,6 +199,7 @@ impl Default for BoxesConfig {
             memory_mb: 0,
             memory_overcommit: 1.0,
             disk_grace_secs: 0,
+            warm: vendbox_box::local::DEFAULT_WARM,
         }
     }
 }

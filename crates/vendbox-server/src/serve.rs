@@ -206,6 +206,9 @@ impl Server {
         for h in handles.into_iter().chain(gateway).chain(reconciling).chain(following) {
             let _ = h.await;
         }
+        if let Ok(boxes) = &self.state.boxes {
+            boxes.close().await;
+        }
         result
     }
 }
@@ -226,7 +229,9 @@ async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<(BoxService, Op
     let local =
         LocalConfig { data_dir: config.store.data_dir.clone(), boxd, run_root: config.boxes.run_dir.clone() };
     let backend = match LocalBackend::new(local) {
-        Ok(backend) => backend.with_disk_grace(std::time::Duration::from_secs(config.boxes.disk_grace_secs)),
+        Ok(backend) => backend
+            .with_disk_grace(std::time::Duration::from_secs(config.boxes.disk_grace_secs))
+            .with_warm(config.boxes.warm),
         Err(e) => {
             tracing::warn!(error = %e, "boxes are not for sale on this host");
             return Ok((Err(e.to_string().into()), None));
@@ -246,6 +251,7 @@ async fn boxes(config: &Config, store: Arc<dyn Store>) -> Result<(BoxService, Op
             "this host gives boxes no network egress: {why}; or set [egress] enabled = false to sell boxes without it"
         ));
     }
+    backend.remove_stale_slots().await;
     let mut boxes = Boxes::new(Arc::new(backend), store);
     let catalog = config.catalog();
     if catalog.credits.refund_unused {

@@ -162,6 +162,12 @@ impl Boxes {
         self.backend.name()
     }
 
+    /// Stops what the backend runs beside the boxes (see [`vendbox_box::Backend::close`]), when
+    /// vendbox stops; the boxes stay.
+    pub async fn close(&self) {
+        self.backend.close().await;
+    }
+
     /// Makes a box for `offer` on `terms` and returns its active lease. On failure the lease is
     /// left `failed` with the reason, and the error says nothing was charged.
     pub async fn provision(

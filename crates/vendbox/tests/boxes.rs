@@ -314,3 +314,54 @@ async fn a_box_whose_payment_does_not_settle_is_destroyed() {
     let id = backend.list().await.unwrap();
     assert!(id.is_empty(), "the unpaid box is destroyed before the answer: {id:?}");
 }
+
+/// Warm slots (a box's start made ahead) are no boxes and outlive no vendbox: those of a vendbox
+/// killed with SIGKILL are removed by the next one when it starts its own, their uids given
+/// back, while the boxes themselves stay; a vendbox stopped with SIGTERM leaves none.
+#[tokio::test]
+async fn warm_slots_do_not_outlive_the_vendbox_that_made_them() {
+    let Some(mut host) = BoxHost::start() else { return };
+    let looker = host.backend().with_warm(0);
+    let first = host.buy("test-box", 30).await;
+    support::eventually(Duration::from_secs(30), "a warm slot", async || {
+        let names = looker.warm_leftovers();
+        if names.is_empty() { Err("none".to_owned()) } else { Ok(names) }
+    })
+    .await;
+
+    host.crash();
+    // A crash leaves its slots until the next vendbox.
+    let old = looker.warm_leftovers();
+    assert!(!old.is_empty());
+    host.restart();
+    // The next vendbox's first purchase starts its pool, which removes the dead one's slots.
+    let second = host.buy("test-box", 30).await;
+    let new = support::eventually(Duration::from_secs(30), "the dead vendbox's slots to go", async || {
+        let names = looker.warm_leftovers();
+        if names.iter().any(|n| old.contains(n)) || names.is_empty() {
+            Err(format!("{names:?}"))
+        } else {
+            Ok(names)
+        }
+    })
+    .await;
+    let claims: Vec<String> = std::fs::read_dir("/run/vendbox/uids")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect();
+    for name in &old {
+        assert!(!claims.iter().any(|c| c.ends_with(&format!("/{name}"))), "{name}'s uid is still claimed");
+    }
+    for b in [&first, &second] {
+        assert_eq!(host.ok(b, "echo up").await, "up\n");
+    }
+
+    // SIGTERM: vendbox stops, and takes its slots with it.
+    let vendbox = host.vendbox.as_mut().unwrap();
+    vendbox.signal("-TERM");
+    let _ = vendbox.wait(Duration::from_secs(30));
+    let left = looker.warm_leftovers();
+    assert!(left.iter().all(|n| !new.contains(n)), "slots {left:?} outlived vendbox");
+    host.vendbox = None;
+}

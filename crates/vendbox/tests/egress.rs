@@ -706,3 +706,130 @@ fn instance_of(data_dir: &Path) -> String {
     let dir: PathBuf = std::fs::canonicalize(data_dir).unwrap();
     hex::encode(&sha2::Sha256::digest(dir.to_string_lossy().as_bytes())[..6])
 }
+
+/// Waits up to 30 s for `backend` to hold `count` warm slots; their names and pids.
+async fn warm_slots(backend: &vendbox_box::local::LocalBackend, count: usize) -> Vec<(String, u32)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let slots = backend.warm_slots();
+        if slots.len() >= count {
+            return slots;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} warm slots after 30 s: {slots:?}", slots.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether anything named after warm slot `name` is on the host: a mount, a network namespace,
+/// a cgroup, a uid claim.
+fn slot_traces(name: &str) -> Vec<String> {
+    let mut traces = Vec::new();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    traces.extend(mountinfo.lines().filter(|l| l.contains(name)).map(|l| format!("mount {l}")));
+    for dir in ["/run/netns", "/run/vendbox/uids"] {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.contains(name) || text.ends_with(&format!("/{name}")) {
+                traces.push(format!("{dir}/{file}"));
+            }
+        }
+    }
+    for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().filter_map(Result::ok) {
+        for instance in std::fs::read_dir(controller.path().join("vendbox")).into_iter().flatten().flatten() {
+            if instance.path().join(name).exists() {
+                traces.push(instance.path().join(name).display().to_string());
+            }
+        }
+    }
+    traces
+}
+
+/// Warm slots (the slow half of a box's start, made ahead): a box bought while a slot of its
+/// kind is ready starts from it, keeping the slot's held bubblewrap as its outermost process,
+/// and is then the box it would have been cold: its own limits (not the slot's), its disk
+/// bound, its cgroups, namespace and link named after it, egress reaching the internet and
+/// nothing the policy refuses; a box without egress has no network. Ended, it leaves nothing;
+/// and a closed pool leaves nothing of its slots on the host.
+#[tokio::test]
+async fn a_box_started_from_a_warm_slot_is_the_box_it_would_have_been_cold() {
+    use vendbox_box::{Backend as _, BoxId, BoxSpec, Limits};
+    if !supported() {
+        return;
+    }
+    let world = World::build();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = boxhost::Cleanup(data.path().to_path_buf());
+    let mut backend = boxhost::backend_for(data.path()).with_warm(1);
+    let egress = vendbox_box::local::EgressConfig {
+        resolvers: vec![PUBLIC_DNS.parse().unwrap()],
+        ..vendbox_box::local::EgressConfig::default()
+    };
+    backend.enable_egress(egress).await.unwrap();
+    let spec = |id: &str, egress: bool, limits: Limits| BoxSpec {
+        id: BoxId::new(id).unwrap(),
+        image: "host".into(),
+        limits,
+        egress,
+        pod: None,
+    };
+    let first = Limits { vcpu: 1, memory_mb: 256, disk_mb: 64, pids: 128 };
+    let other = Limits { vcpu: 1, memory_mb: 384, disk_mb: 48, pids: 96 };
+
+    // The first box of each kind starts cold; a slot of its kind is made after it.
+    let cold = spec("cold-out", true, first);
+    backend.create(&cold).await.unwrap();
+    let slots = warm_slots(&backend, 1).await;
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    let (slot, slot_pid) = slots[0].clone();
+
+    let warm = spec("warm-out", true, other);
+    backend.create(&warm).await.unwrap();
+    assert!(
+        backend.pids(&warm.id).contains(&i32::try_from(slot_pid).unwrap()),
+        "box {} did not start from slot {slot} (pid {slot_pid}): its pids are {:?}",
+        warm.id,
+        backend.pids(&warm.id)
+    );
+    // Its own limits, written over the slot's.
+    assert_eq!(backend.pids_limit(&warm.id).map(|(max, _)| max), Some(96));
+    assert_eq!(run_in(&backend, &warm.id, "df -B1M --output=size /root | tail -1").await.trim(), "48");
+    // Its network is named after it, and its policy is the box's.
+    let traces = backend.leaves_traces(&warm.id);
+    assert!(traces.iter().any(|t| t.starts_with("the network namespace")), "{traces:?}");
+    assert!(traces.iter().any(|t| t.starts_with("the interface")), "{traces:?}");
+    let text = run_in(&backend, &warm.id, &format!("curl -sS -m 5 http://{NAME}/hello.txt")).await;
+    assert_eq!(text, "hello from the public internet\n");
+    for url in [format!("http://{PRIVATE}/secret.txt"), format!("http://{METADATA}/latest/meta-data/")] {
+        assert!(!reaches_from(&backend, &warm.id, &url).await, "the warm box reached {url}");
+    }
+    assert!(!world.private_log().contains("secret.txt"), "the private server was reached");
+    // Nothing is left under the slot's name.
+    assert!(slot_traces(&slot).is_empty(), "slot {slot}: {:?}", slot_traces(&slot));
+
+    // Without egress: a slot of that kind, and a box from it with no network but loopback.
+    let offline = spec("cold-off", false, first);
+    backend.create(&offline).await.unwrap();
+    let slots = warm_slots(&backend, 2).await;
+    let warm_offline = spec("warm-off", false, other);
+    backend.create(&warm_offline).await.unwrap();
+    let pids = backend.pids(&warm_offline.id);
+    let started_warm = slots.iter().any(|(_, pid)| pids.contains(&i32::try_from(*pid).unwrap()));
+    assert!(started_warm, "the box without egress did not start warm: {pids:?}, slots {slots:?}");
+    let links = run_in(&backend, &warm_offline.id, "tail -n +3 /proc/net/dev | cut -d: -f1").await;
+    assert_eq!(links.split_whitespace().collect::<Vec<_>>(), ["lo"]);
+
+    for b in [&cold, &warm, &offline, &warm_offline] {
+        backend.destroy(&b.id).await.unwrap();
+        assert!(backend.leaves_traces(&b.id).is_empty(), "{}: {:?}", b.id, backend.leaves_traces(&b.id));
+    }
+    // Closed (as when vendbox stops), the pool leaves nothing of its slots.
+    let slots = warm_slots(&backend, 2).await;
+    backend.close().await;
+    assert!(backend.warm_slots().is_empty());
+    for (name, pid) in slots {
+        assert!(slot_traces(&name).is_empty(), "slot {name}: {:?}", slot_traces(&name));
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "slot {name}'s bubblewrap {pid} still runs");
+    }
+    assert!(backend.warm_leftovers().is_empty(), "{:?}", backend.warm_leftovers());
+}

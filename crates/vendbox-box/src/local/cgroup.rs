@@ -127,6 +127,14 @@ impl Hierarchies {
         box_name: &str,
         limits: Limits,
     ) -> Result<Vec<PathBuf>, BoxError> {
+        let procs = self.make(instance, box_name)?;
+        self.limit(instance, box_name, limits)?;
+        Ok(procs)
+    }
+
+    /// Creates the directories of cgroup `box_name` (a box's, or a warm slot's), without limits;
+    /// returns the `cgroup.procs` files a process writes its pid into to join it.
+    pub(crate) fn make(&self, instance: &str, box_name: &str) -> Result<Vec<PathBuf>, BoxError> {
         let relative = Self::instance_path(instance).join(box_name);
         for (root, v2) in self.dirs(Path::new("")) {
             if v2 {
@@ -138,17 +146,55 @@ impl Hierarchies {
             fs::create_dir_all(&dir).map_err(BoxError::io(format!("creating cgroup {}", dir.display())))?;
             procs.push(dir.join("cgroup.procs"));
         }
+        Ok(procs)
+    }
+
+    /// Whether a cgroup can be renamed here: cgroup v1 renames a directory within its parent;
+    /// v2 renames none.
+    pub(crate) fn renames(&self) -> bool {
+        self.places.iter().all(|(_, _, v2)| !v2)
+    }
+
+    /// Renames cgroup `from` (a warm slot's) to `to` (its box's), in every hierarchy.
+    pub(crate) fn rename(&self, instance: &str, from: &str, to: &str) -> Result<(), BoxError> {
+        let parent = Self::instance_path(instance);
+        for (dir, _) in self.dirs(&parent.join(from)) {
+            let target = dir.with_file_name(to);
+            fs::rename(&dir, &target).map_err(BoxError::io(format!(
+                "renaming cgroup {} to {}",
+                dir.display(),
+                target.display()
+            )))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the limits of cgroup `box_name` (made by [`Hierarchies::make`]) to `limits`.
+    pub(crate) fn limit(&self, instance: &str, box_name: &str, limits: Limits) -> Result<(), BoxError> {
+        let relative = Self::instance_path(instance).join(box_name);
         let memory = u64::from(limits.memory_mb) * 1024 * 1024;
         let quota = u64::from(limits.vcpu.max(1)) * CPU_PERIOD_US;
         for (controller, root, v2) in &self.places {
             let dir = root.join(&relative);
             let writes: Vec<(&str, String)> = match (*controller, *v2) {
                 ("memory", true) => vec![("memory.max", memory.to_string()), ("memory.swap.max", "0".into())],
-                ("memory", false) => vec![
-                    ("memory.limit_in_bytes", memory.to_string()),
-                    ("memory.memsw.limit_in_bytes", memory.to_string()),
-                    ("memory.swappiness", "0".into()),
-                ],
+                ("memory", false) => {
+                    // v1 keeps memory's limit at or below memory and swap's: a limit raised
+                    // (a warm slot's, given to a bigger box) raises that one first.
+                    let now = fs::read_to_string(dir.join("memory.limit_in_bytes"))
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(u64::MAX);
+                    let mut writes = vec![
+                        ("memory.limit_in_bytes", memory.to_string()),
+                        ("memory.memsw.limit_in_bytes", memory.to_string()),
+                        ("memory.swappiness", "0".into()),
+                    ];
+                    if memory > now {
+                        writes.swap(0, 1);
+                    }
+                    writes
+                }
                 ("pids", _) => vec![("pids.max", limits.pids.to_string())],
                 ("cpuset", v2) => {
                     if !v2 {
@@ -185,7 +231,7 @@ impl Hierarchies {
                 }
             }
         }
-        Ok(procs)
+        Ok(())
     }
 
     fn v2_controllers(&self) -> Vec<&'static str> {

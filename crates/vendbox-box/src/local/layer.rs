@@ -55,17 +55,23 @@ pub(crate) const IMAGE_LAYER_BYTES: u64 = 4 * 1024 * 1024;
 /// [`IMAGE_LAYER_BYTES`]): the image's `rootfs`, idmapped to `uid` and read-only, at `lower`; the box's disk at `disk`; and the overlay of the two at
 /// [`OVERLAY_ROOT`]. Every directory the host names here is one the box cannot reach: the box
 /// sees only the overlay, never `lower`, `disk` or the disk's top directory.
+/// `namespace`: a user namespace mapping root to `uid` made ahead ([`super::idmap::namespace_for`]),
+/// or `None` to make it now.
 pub(crate) fn create_overlay(
     dir: &Path,
     rootfs: &Path,
     disks: &super::disk::Disks,
     id: &crate::BoxId,
     uid: u32,
+    namespace: Option<std::os::fd::OwnedFd>,
 ) -> Result<(), BoxError> {
     for (name, mode) in [("lower", 0o700), ("disk", 0o700), (OVERLAY_ROOT, 0o755)] {
         mkdir(&dir.join(name), mode)?;
     }
-    let namespace = super::idmap::namespace_for(uid)?;
+    let namespace = match namespace {
+        Some(namespace) => namespace,
+        None => super::idmap::namespace_for(uid)?,
+    };
     super::idmap::bind(rootfs, &dir.join("lower"), std::os::fd::AsFd::as_fd(&namespace), true)?;
     disks.mount(id, &dir.join("disk"), uid)?;
     let options = format!(
@@ -104,6 +110,32 @@ pub(crate) fn mount_top(dir: &Path, size_bytes: u64) -> Result<(), BoxError> {
         Some(options.as_c_str()),
     )
     .map_err(|e| BoxError::Io { context: format!("mounting a tmpfs at {}", dir.display()), source: e.into() })
+}
+
+/// Mounts the layer top mounted at `from` (a warm slot's) at `to` (its box's) instead, and
+/// removes `from`: a bind mount of the same file system, so boxd's socket, the log and every
+/// descriptor open on them stay as they are (a bind, not a move, works under a shared mount too).
+pub(crate) fn move_top(from: &Path, to: &Path) -> Result<(), BoxError> {
+    fs::create_dir(to).map_err(BoxError::io(format!("creating {}", to.display())))?;
+    rustix::mount::mount_bind(from, to).map_err(|e| BoxError::Io {
+        context: format!("mounting {} at {}", from.display(), to.display()),
+        source: e.into(),
+    })?;
+    while is_mount_point(from) {
+        rustix::mount::unmount(from, UnmountFlags::DETACH).map_err(|e| BoxError::Io {
+            context: format!("unmounting {}", from.display()),
+            source: e.into(),
+        })?;
+    }
+    fs::remove_dir(from).map_err(BoxError::io(format!("removing {}", from.display())))
+}
+
+/// Sets the size of the layer top mounted at `dir` to `size_bytes` (a `host` box's disk bound).
+pub(crate) fn resize_top(dir: &Path, size_bytes: u64) -> Result<(), BoxError> {
+    let options = std::ffi::CString::new(format!("size={size_bytes}")).unwrap_or_default();
+    rustix::mount::mount_remount(dir, MountFlags::NOSUID | MountFlags::NODEV, options.as_c_str()).map_err(
+        |e| BoxError::Io { context: format!("resizing the tmpfs at {}", dir.display()), source: e.into() },
+    )
 }
 
 /// Fills the layer at `dir` (its top mounted by [`mount_top`] with the box's disk bound) for a

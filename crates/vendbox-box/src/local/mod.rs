@@ -21,6 +21,7 @@ mod layer;
 mod net;
 mod pod;
 mod seccomp;
+mod warm;
 
 use std::fs;
 use std::io::{ErrorKind, Write as _};
@@ -28,6 +29,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -41,6 +43,7 @@ use crate::{Backend, BoxId, BoxSpec, BoxStatus};
 
 pub use net::{EgressConfig, Prefix, REFUSED_RANGES};
 pub use seccomp::{DENIED as DENIED_SYSCALLS, DENIED_SOCKET_FAMILIES};
+pub use warm::DEFAULT_WARM;
 
 /// First host uid handed to a box's root; boxes take uids from `[UID_BASE, UID_BASE + UID_COUNT)`.
 pub const UID_BASE: u32 = 2_000_000;
@@ -104,18 +107,19 @@ pub struct LocalBackend {
     config: LocalConfig,
     instance: String,
     cgroups: cgroup::Hierarchies,
-    bwrap: PathBuf,
+    /// Starts held bubblewraps (shared with the warm slots' maker).
+    spawner: Arc<Spawner>,
     boxd_exe: PathBuf,
     /// lxcfs's view of `/proc` (`/var/lib/lxcfs/proc`), when the host runs it: a box reads its
     /// own limits in `/proc/meminfo` (`free`), `/proc/cpuinfo`, `/proc/stat`, `/proc/uptime`….
     lxcfs: Option<PathBuf>,
-    /// The seccomp program, handed to bubblewrap through a pipe on its stdin.
-    seccomp: Vec<u8>,
     /// Each box's limits, as made here or read once from its record (for [`Backend::usage`],
     /// which every purchase asks: its records are not read again each time).
     limits: std::sync::Mutex<std::collections::HashMap<BoxId, crate::Limits>>,
     /// Network egress, when the operator gives it ([`LocalBackend::enable_egress`]).
-    net: Option<net::Network>,
+    net: Option<Arc<net::Network>>,
+    /// Boxes' starts made ahead of their purchase ([`warm`]).
+    warm: warm::Warm,
     /// The images boxes are made from (`<data>/images`).
     images: crate::image::ImageStore,
     /// The disks of image boxes (`<data>/boxes`).
@@ -147,21 +151,24 @@ impl LocalBackend {
             fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
                 .map_err(BoxError::io(format!("setting the mode of {}", dir.display())))?;
         }
-        let seccomp = seccomp::filter();
         let exe =
             config.boxd.first().ok_or_else(|| BoxError::Unsupported("no boxd program configured".into()))?;
         let boxd_exe = reachable_copy(Path::new(exe), &config.run_root)?;
+        let mut boxd = vec!["/.boxd".to_owned()];
+        boxd.extend(config.boxd.iter().skip(1).cloned());
+        boxd.push("--listen-stdin".into());
+        let spawner = Arc::new(Spawner { bwrap, boxd, seccomp: seccomp::filter() });
         tracing::info!(cgroups = %cgroups.describe(), instance, "local box backend ready");
         let backend = LocalBackend {
             config,
             instance,
             cgroups,
-            bwrap,
+            spawner,
             boxd_exe,
             lxcfs: lxcfs_proc(),
-            seccomp,
             limits: std::sync::Mutex::default(),
             net: None,
+            warm: warm::Warm::new(warm::DEFAULT_WARM),
             images: crate::image::ImageStore::of_data_dir(&data_dir),
             disks: disk::Disks::of_data_dir(&data_dir),
             disk_grace: Duration::ZERO,
@@ -200,23 +207,7 @@ impl LocalBackend {
 
     /// Claims a free uid for a box: a marker file per uid, created exclusively.
     fn claim_uid(&self, id: &BoxId) -> Result<u32, BoxError> {
-        let start =
-            u32::from_le_bytes(Sha256::digest(id.as_str().as_bytes())[..4].try_into().unwrap_or([0; 4]));
-        let dir = self.config.run_root.join("uids");
-        for step in 0..UID_COUNT {
-            let uid = UID_BASE + (start.wrapping_add(step) % UID_COUNT);
-            let marker = dir.join(uid.to_string());
-            match fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
-                Ok(_) => {
-                    let owner = format!("{}/{}", self.instance, id);
-                    fs::write(&marker, owner).map_err(BoxError::io("claiming a uid"))?;
-                    return Ok(uid);
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(BoxError::Io { context: "claiming a uid".into(), source: e }),
-            }
-        }
-        Err(BoxError::Unsupported("every box uid of this host is in use".into()))
+        claim_uid(&self.config.run_root, &self.instance, id.as_str())
     }
 
     /// Claims `uid` for box `id` again (a box started again from its disk, whose files that uid
@@ -346,7 +337,7 @@ impl LocalBackend {
                 Ok((Some(net::namespace_of(&self.instance, &spec.id)), false))
             }
             (_, Some(net)) if spec.egress => {
-                net.make_namespace(&spec.id).await.map(|path| (Some(path), true))
+                net.make_namespace(spec.id.as_str()).await.map(|path| (Some(path), true))
             }
             (Some(_), _) => {
                 net::loopback_namespace(&self.instance, &spec.id).await.map(|path| (Some(path), false))
@@ -389,10 +380,7 @@ impl LocalBackend {
         again: bool,
     ) -> Result<(), BoxError> {
         let begun = Instant::now();
-        let instance = self.instance_dir();
-        fs::create_dir_all(&instance).map_err(BoxError::io(format!("creating {}", instance.display())))?;
-        fs::set_permissions(&instance, fs::Permissions::from_mode(0o711))
-            .map_err(BoxError::io(format!("setting the mode of {}", instance.display())))?;
+        instance_dir_ready(&self.instance_dir())?;
         let layer = self.layer_dir(&spec.id);
         let host = spec.image == crate::image::HOST;
         // The layer's top first: boxd's socket is bound there, in a root-owned directory no box
@@ -409,7 +397,7 @@ impl LocalBackend {
         // they are made at once.
         let root = async {
             let started = Instant::now();
-            self.make_root(spec, uid, &layer, new_disk).await?;
+            self.make_root(spec, uid, &layer, new_disk, None).await?;
             Ok::<_, BoxError>(started.elapsed())
         };
         let held = async {
@@ -419,7 +407,7 @@ impl LocalBackend {
             // An egress box's link is made while its bubblewrap waits in the (empty) namespace.
             let link = async {
                 if let (true, Some(net)) = (connect, &self.net) {
-                    net.connect(&spec.id, uid).await?;
+                    net.connect(spec.id.as_str(), uid).await?;
                 }
                 Ok::<_, BoxError>(started.elapsed())
             };
@@ -437,7 +425,7 @@ impl LocalBackend {
             }
         };
         let (root, held) = tokio::join!(root, held);
-        let (root, (mut held, namespace, link, cgroup)) = match (root, held) {
+        let (root, (held, namespace, link, cgroup)) = match (root, held) {
             (Ok(root), Ok(held)) => (root, held),
             (Err(e), Ok((mut held, ..))) => {
                 held.kill().await;
@@ -446,12 +434,127 @@ impl LocalBackend {
             (_, Err(e)) => return Err(e),
         };
         let ready = begun.elapsed();
-        // The box's root is there: bubblewrap gets its arguments and makes the box.
-        if let Err(e) = held.release(&self.bwrap_args(&layer, spec)) {
+        let boxd = self.run_held(spec, &layer, held).await?;
+        tracing::debug!(
+            box_id = %spec.id,
+            namespace_ms = namespace.as_secs_f64() * 1e3,
+            link_ms = link.as_secs_f64() * 1e3,
+            held_ms = cgroup.as_secs_f64() * 1e3,
+            root_ms = root.as_secs_f64() * 1e3,
+            ready_ms = ready.as_secs_f64() * 1e3,
+            boxd_ms = boxd.as_secs_f64() * 1e3,
+            "box started"
+        );
+        Ok(())
+    }
+
+    /// Starts box `spec` from warm `slot` (see [`warm`]): the slot's names become the box's, the
+    /// box's limits are written, its root is made (on `new_disk` for a box of an image) while an
+    /// egress box's network is renamed, and the slot's bubblewrap is let go.
+    async fn start_warm(
+        &self,
+        spec: &BoxSpec,
+        slot: warm::Slot,
+        new_disk: Option<(disk::DiskRecord, u64)>,
+    ) -> Result<(), BoxError> {
+        let begun = Instant::now();
+        let warm::Slot { name, uid, egress, mut held, idmap, layer: slot_layer } = slot;
+        let layer = self.layer_dir(&spec.id);
+        let pid = held.child.id().unwrap_or_default();
+        // The names first, the record with them: from here on, a failure is cleaned up as any
+        // box's is (`destroy`), and what is still the slot's by name as a slot's.
+        let named = (|| {
+            layer::move_top(&slot_layer, &layer)?;
+            self.write_record(&BoxRecord {
+                id: spec.id.clone(),
+                uid,
+                pid: Some(pid),
+                limits: Some(spec.limits),
+            })?;
+            let marker = self.config.run_root.join("uids").join(uid.to_string());
+            fs::write(&marker, format!("{}/{}", self.instance, spec.id))
+                .map_err(BoxError::io("claiming a uid"))?;
+            self.cgroups.rename(&self.instance, &name, spec.id.as_str())?;
+            self.cgroups.limit(&self.instance, spec.id.as_str(), spec.limits)?;
+            if spec.image == crate::image::HOST {
+                layer::resize_top(&layer, u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024)?;
+            }
+            Ok::<_, BoxError>(())
+        })();
+        let renamed = begun.elapsed();
+        let made = match named {
+            Ok(()) => {
+                let network = async {
+                    match (egress, &self.net) {
+                        (true, Some(net)) => net.rename(&name, &spec.id).await,
+                        _ => Ok(()),
+                    }
+                };
+                let root = self.make_root(spec, uid, &layer, new_disk, Some(idmap));
+                tokio::try_join!(network, root).map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = made {
             held.kill().await;
+            self.maker().remove(&name).await;
             return Err(e);
         }
-        let mut child = held.child;
+        let ready = begun.elapsed();
+        let boxd = self.run_held(spec, &layer, held).await?;
+        tracing::debug!(
+            box_id = %spec.id,
+            slot = name,
+            renamed_ms = renamed.as_secs_f64() * 1e3,
+            ready_ms = ready.as_secs_f64() * 1e3,
+            boxd_ms = boxd.as_secs_f64() * 1e3,
+            "box started warm"
+        );
+        Ok(())
+    }
+
+    /// What makes and removes this backend's warm slots.
+    fn maker(&self) -> warm::Maker {
+        warm::Maker {
+            instance: self.instance.clone(),
+            instance_dir: self.instance_dir(),
+            run_root: self.config.run_root.clone(),
+            cgroups: self.cgroups.clone(),
+            spawner: Arc::clone(&self.spawner),
+            net: self.net.clone(),
+        }
+    }
+
+    /// Removes what the warm slots of a vendbox that is gone (a crash) left on the host; for
+    /// start-up.
+    pub async fn remove_stale_slots(&self) {
+        self.maker().remove_stale().await;
+    }
+
+    /// The warm slots ready to start a box from: each one's name and its held bubblewrap's pid
+    /// (a box started from one keeps that process as its outermost).
+    pub fn warm_slots(&self) -> Vec<(String, u32)> {
+        self.warm.ready()
+    }
+
+    /// The names of every warm slot of this data directory that has anything on the host, made
+    /// by this vendbox or by another that ran on the same data directory.
+    pub fn warm_leftovers(&self) -> Vec<String> {
+        self.maker().names()
+    }
+
+    /// Keeps `size` warm slots of each kind of box (with and without egress) ready to start
+    /// from, once such a box was bought (0: every box starts cold). See [`warm`].
+    #[must_use]
+    pub fn with_warm(mut self, size: usize) -> LocalBackend {
+        self.warm.set_size(size);
+        self
+    }
+
+    /// Lets `held` go with box `spec`'s arguments (its root is made in `layer`) and waits for
+    /// boxd to answer; how long that took.
+    async fn run_held(&self, spec: &BoxSpec, layer: &Path, held: Held) -> Result<Duration, BoxError> {
+        let mut child = held.release(&self.bwrap_args(layer, spec)).await?;
         let client = self.boxd(&spec.id);
         let started = Instant::now();
         loop {
@@ -467,21 +570,12 @@ impl LocalBackend {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        tracing::debug!(
-            box_id = %spec.id,
-            namespace_ms = namespace.as_secs_f64() * 1e3,
-            link_ms = link.as_secs_f64() * 1e3,
-            held_ms = cgroup.as_secs_f64() * 1e3,
-            root_ms = root.as_secs_f64() * 1e3,
-            ready_ms = ready.as_secs_f64() * 1e3,
-            boxd_ms = started.elapsed().as_secs_f64() * 1e3,
-            "box started"
-        );
+        let boxd = started.elapsed();
         // Reap the monitor when the box ends; after a vendbox restart init does.
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
-        Ok(())
+        Ok(boxd)
     }
 
     /// Makes box `spec`'s root in its layer (whose top is mounted): the `host` image's private
@@ -493,6 +587,7 @@ impl LocalBackend {
         uid: u32,
         layer: &Path,
         new_disk: Option<(disk::DiskRecord, u64)>,
+        idmap: Option<OwnedFd>,
     ) -> Result<(), BoxError> {
         if spec.image == crate::image::HOST {
             let dir = layer.to_owned();
@@ -506,7 +601,7 @@ impl LocalBackend {
                 if let Some((record, size)) = new_disk {
                     disks.create(&record, size)?;
                 }
-                layer::create_overlay(&dir, &rootfs, &disks, &id, uid)
+                layer::create_overlay(&dir, &rootfs, &disks, &id, uid, idmap)
             })
             .await?;
         }
@@ -528,6 +623,70 @@ impl LocalBackend {
     ) -> Result<Held, BoxError> {
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
         self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
+        let mut held = self.spawner.spawn(uid, layer, netns, listener)?;
+        let pid = held.child.id().unwrap_or_default();
+        let moved = async {
+            self.write_record(&BoxRecord {
+                id: spec.id.clone(),
+                uid,
+                pid: Some(pid),
+                limits: Some(spec.limits),
+            })?;
+            // bubblewrap waits for its arguments, so it has made nothing yet: once it is in the
+            // box's cgroups, whatever it starts is born there.
+            join_cgroups(procs, pid).await
+        };
+        match moved.await {
+            Ok(()) => Ok(held),
+            Err(e) => {
+                held.kill().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Makes the directory of an instance's layers, root's and only traversable by others (a box's
+/// uid passes through it to its own layer).
+fn instance_dir_ready(dir: &Path) -> Result<(), BoxError> {
+    fs::create_dir_all(dir).map_err(BoxError::io(format!("creating {}", dir.display())))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o711))
+        .map_err(BoxError::io(format!("setting the mode of {}", dir.display())))
+}
+
+/// Moves process `pid` into the cgroups whose `cgroup.procs` files are `procs`.
+async fn join_cgroups(procs: Vec<PathBuf>, pid: u32) -> Result<(), BoxError> {
+    blocking(move || {
+        for file in &procs {
+            fs::write(file, pid.to_string())
+                .map_err(BoxError::io(format!("moving the box into {}", file.display())))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// What starts a box's bubblewrap, held (see [`Held`]).
+#[derive(Debug)]
+struct Spawner {
+    bwrap: PathBuf,
+    /// boxd's command line in the box, after bubblewrap's own arguments.
+    boxd: Vec<String>,
+    /// The seccomp program, handed to bubblewrap through a pipe.
+    seccomp: Vec<u8>,
+}
+
+impl Spawner {
+    /// Starts bubblewrap as host `uid` in `netns` (its own when `None`), held before its first
+    /// step; boxd will listen on `listener` (bubblewrap's standard input), and bubblewrap's
+    /// errors go to the log in `layer`.
+    fn spawn(
+        &self,
+        uid: u32,
+        layer: &Path,
+        netns: Option<&Path>,
+        listener: std::os::unix::net::UnixListener,
+    ) -> Result<Held, BoxError> {
         // The filter fits in a pipe's buffer, so it is written whole before bubblewrap starts;
         // bubblewrap reads it from `SECCOMP_FD` and closes that before it starts boxd.
         let (seccomp, mut filter) =
@@ -541,7 +700,7 @@ impl LocalBackend {
         let mut command = tokio::process::Command::new(&self.bwrap);
         command
             .args(["--args".to_owned(), ARGS_FD.to_string()])
-            .args(self.boxd_command())
+            .args(&self.boxd)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .uid(uid)
@@ -557,41 +716,7 @@ impl LocalBackend {
             .stderr(Stdio::from(log))
             .kill_on_drop(false);
         let child = net::spawn_in(netns, || command.spawn()).map_err(BoxError::io("starting bubblewrap"))?;
-        let mut held = Held { child, release: Some(release) };
-        let pid = held.child.id().unwrap_or_default();
-        let moved = async {
-            self.write_record(&BoxRecord {
-                id: spec.id.clone(),
-                uid,
-                pid: Some(pid),
-                limits: Some(spec.limits),
-            })?;
-            // bubblewrap waits for its arguments, so it has made nothing yet: once it is in the
-            // box's cgroups, whatever it starts is born there.
-            blocking(move || {
-                for file in &procs {
-                    fs::write(file, pid.to_string())
-                        .map_err(BoxError::io(format!("moving the box into {}", file.display())))?;
-                }
-                Ok(())
-            })
-            .await
-        };
-        match moved.await {
-            Ok(()) => Ok(held),
-            Err(e) => {
-                held.kill().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// boxd's command line in the box, after bubblewrap's own arguments.
-    fn boxd_command(&self) -> Vec<String> {
-        let mut command = vec!["/.boxd".to_owned()];
-        command.extend(self.config.boxd.iter().skip(1).cloned());
-        command.push("--listen-stdin".into());
-        command
+        Ok(Held { child, release })
     }
 }
 
@@ -600,12 +725,13 @@ impl LocalBackend {
 /// and the pipe is closed. Without them it makes nothing and runs nothing.
 struct Held {
     child: tokio::process::Child,
-    release: Option<std::io::PipeWriter>,
+    release: std::io::PipeWriter,
 }
 
 impl Held {
-    /// Hands bubblewrap its arguments (NUL-terminated, as `--args` reads them) and lets it go.
-    fn release(&mut self, args: &[String]) -> Result<(), BoxError> {
+    /// Hands bubblewrap its arguments (NUL-terminated, as `--args` reads them) and lets it go;
+    /// bubblewrap, or the error (bubblewrap killed).
+    async fn release(self, args: &[String]) -> Result<tokio::process::Child, BoxError> {
         let mut bytes = Vec::with_capacity(args.iter().map(|a| a.len() + 1).sum());
         for arg in args {
             bytes.extend_from_slice(arg.as_bytes());
@@ -613,9 +739,17 @@ impl Held {
         }
         // Closing the pipe (dropping it) is what lets bubblewrap go on: it reads to the end. The
         // arguments are a few KiB, within a pipe's buffer, and bubblewrap reads them at once.
-        let mut pipe =
-            self.release.take().ok_or_else(|| BoxError::Start("bubblewrap was let go already".into()))?;
-        pipe.write_all(&bytes).map_err(BoxError::io("handing bubblewrap the box's arguments"))
+        let Held { mut child, mut release } = self;
+        let written = release.write_all(&bytes);
+        drop(release);
+        match written {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                Err(BoxError::Io { context: "handing bubblewrap the box's arguments".into(), source: e })
+            }
+        }
     }
 
     /// Kills the held bubblewrap (before it made anything) and reaps it.
@@ -629,6 +763,8 @@ impl LocalBackend {
     /// Destroys every box of this instance and removes the instance's directories and cgroups,
     /// as if it had never run (for tests and for retiring a data directory).
     pub async fn remove_all(&self) -> Result<(), BoxError> {
+        self.warm.close().await;
+        self.maker().remove_all().await;
         for id in self.list().await? {
             self.destroy(&id).await?;
         }
@@ -711,7 +847,7 @@ impl LocalBackend {
         let result = async {
             self.cgroups.destroy(&self.instance, id.as_str()).await?;
             if !keeps_network {
-                net::detach(&self.instance, id).await;
+                net::detach(&self.instance, id.as_str()).await;
             }
             layer::remove(&self.layer_dir(id))?;
             self.claim_this_uid(id, record.uid)?;
@@ -722,7 +858,7 @@ impl LocalBackend {
             Err(e) => {
                 tracing::warn!(box_id = %id, error = %e, "a box could not be started again from its disk");
                 let _ = self.cgroups.destroy(&self.instance, id.as_str()).await;
-                net::detach(&self.instance, id).await;
+                net::detach(&self.instance, id.as_str()).await;
                 let _ = layer::remove(&self.layer_dir(id));
                 BoxStatus::Gone
             }
@@ -793,19 +929,41 @@ impl Backend for LocalBackend {
         if self.layer_dir(&spec.id).exists() || self.disks.record(&spec.id).is_some() {
             return Err(BoxError::Start(format!("box {} exists already", spec.id)));
         }
+        // A box in a pod joins its pod's network, and a cgroup is renamed only on cgroup v1:
+        // those start cold.
+        let slot = if spec.pod.is_none() && self.cgroups.renames() {
+            self.warm.take(|| self.maker(), spec.egress, spec.limits)
+        } else {
+            None
+        };
+        let new_disk = |uid: u32| {
+            (spec.image != crate::image::HOST).then(|| {
+                let record = disk::DiskRecord {
+                    id: spec.id.clone(),
+                    image: spec.image.clone(),
+                    uid,
+                    limits: spec.limits,
+                    egress: spec.egress,
+                    pod: spec.pod.clone(),
+                };
+                (record, u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024)
+            })
+        };
+        if let Some(slot) = slot {
+            let uid = slot.uid;
+            match self.start_warm(spec, slot, new_disk(uid)).await {
+                Ok(()) => return Ok(()),
+                // A slot is only a head start: without it the box starts cold, as it would have
+                // (what the slot made of the box goes first).
+                Err(e) => {
+                    tracing::warn!(box_id = %spec.id, error = %e, "a warm slot failed; the box starts cold");
+                    self.destroy(&spec.id).await?;
+                }
+            }
+        }
         let uid = self.claim_uid(&spec.id)?;
-        let new_disk = (spec.image != crate::image::HOST).then(|| {
-            let record = disk::DiskRecord {
-                id: spec.id.clone(),
-                image: spec.image.clone(),
-                uid,
-                limits: spec.limits,
-                egress: spec.egress,
-                pod: spec.pod.clone(),
-            };
-            (record, u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024)
-        });
-        match self.start(spec, uid, new_disk, false).await {
+        let started = self.start(spec, uid, new_disk(uid), false).await;
+        match started {
             Ok(()) => Ok(()),
             Err(e) => {
                 match self.destroy(&spec.id).await {
@@ -857,7 +1015,7 @@ impl Backend for LocalBackend {
             }
         }
         self.cgroups.destroy(&self.instance, id.as_str()).await?;
-        net::detach(&self.instance, id).await;
+        net::detach(&self.instance, id.as_str()).await;
         layer::remove(&self.layer_dir(id))?;
         let disk_uid = self.disks.record(id).map(|r| r.uid);
         if self.disk_grace.is_zero() {
@@ -905,6 +1063,10 @@ impl Backend for LocalBackend {
         host_capacity()
     }
 
+    async fn close(&self) {
+        self.warm.close().await;
+    }
+
     async fn list(&self) -> Result<Vec<BoxId>, BoxError> {
         let mut names = self.cgroups.list(&self.instance);
         if let Ok(entries) = fs::read_dir(self.instance_dir()) {
@@ -923,6 +1085,26 @@ impl Backend for LocalBackend {
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// Claims a free uid for `name` (a box's id or a warm slot's name) of `instance`: a marker file
+/// per uid under `run_root`, created exclusively, naming its owner.
+fn claim_uid(run_root: &Path, instance: &str, name: &str) -> Result<u32, BoxError> {
+    let start = u32::from_le_bytes(Sha256::digest(name.as_bytes())[..4].try_into().unwrap_or([0; 4]));
+    let dir = run_root.join("uids");
+    for step in 0..UID_COUNT {
+        let uid = UID_BASE + (start.wrapping_add(step) % UID_COUNT);
+        let marker = dir.join(uid.to_string());
+        match fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
+            Ok(_) => {
+                fs::write(&marker, format!("{instance}/{name}")).map_err(BoxError::io("claiming a uid"))?;
+                return Ok(uid);
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(BoxError::Io { context: "claiming a uid".into(), source: e }),
+        }
+    }
+    Err(BoxError::Unsupported("every box uid of this host is in use".into()))
 }
 
 fn unix_now() -> u64 {

@@ -187,10 +187,12 @@ fn table_name(instance: &str) -> String {
     format!("vendbox_{instance}")
 }
 
-fn link_names(instance: &str, id: &BoxId) -> (String, String, String) {
-    let hash = hex::encode(&Sha256::digest(id.as_str().as_bytes())[..4]);
+/// The names of the network of `name` (a box's id, or a warm slot's name): its namespace, the
+/// host's end of its link, and the name the box's end had in older versions.
+fn link_names(instance: &str, name: &str) -> (String, String, String) {
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
     let prefix = if_prefix(instance);
-    (format!("{}{}", netns_prefix(instance), id), format!("{prefix}x{hash}"), format!("{prefix}y{hash}"))
+    (format!("{}{}", netns_prefix(instance), name), format!("{prefix}x{hash}"), format!("{prefix}y{hash}"))
 }
 
 impl Network {
@@ -400,8 +402,8 @@ impl Network {
         t.join("\n") + "\n"
     }
 
-    fn link(&self, id: &BoxId, uid: u32) -> Result<Link, BoxError> {
-        let (netns, host_if, _) = link_names(&self.instance, id);
+    fn link(&self, name: &str, uid: u32) -> Result<Link, BoxError> {
+        let (netns, host_if, _) = link_names(&self.instance, name);
         let index = u64::from(uid.saturating_sub(super::UID_BASE));
         let (Some(gateway), Some(address)) =
             (self.config.subnet.nth(index * 2), self.config.subnet.nth(index * 2 + 1))
@@ -419,7 +421,7 @@ impl Network {
     /// if it was removed. A namespace without its link is not: [`Network::attach`] makes both
     /// anew.
     pub(crate) async fn attached(&self, id: &BoxId) -> Result<bool, BoxError> {
-        let (netns, host_if, _) = link_names(&self.instance, id);
+        let (netns, host_if, _) = link_names(&self.instance, id.as_str());
         if !(Path::new(NETNS_DIR).join(netns).exists() && Path::new("/sys/class/net").join(host_if).exists())
         {
             return Ok(false);
@@ -428,24 +430,22 @@ impl Network {
         Ok(true)
     }
 
-    /// Makes box `id`'s network namespace, empty (its link comes with [`Network::connect`]); its
-    /// path, for [`spawn_in`]. Made in this process (see [`add_namespace`]), so that a box's
-    /// bubblewrap can be started in it while its link is still being made.
-    pub(crate) async fn make_namespace(&self, id: &BoxId) -> Result<PathBuf, BoxError> {
+    /// Makes the network namespace of `name` (a box's id or a warm slot's name), empty (its link
+    /// comes with [`Network::connect`]); its path, for [`spawn_in`]. Made in this process (see
+    /// [`add_namespace`]), so that a box's bubblewrap can be started in it while its link is
+    /// still being made.
+    pub(crate) async fn make_namespace(&self, name: &str) -> Result<PathBuf, BoxError> {
         // Leftovers of an earlier box of the same id (a crash mid-way) would make this fail.
-        detach(&self.instance, id).await;
-        let name = link_names(&self.instance, id).0;
-        tokio::task::spawn_blocking(move || add_namespace(&name))
-            .await
-            .map_err(|e| BoxError::Start(format!("making a network namespace: {e}")))?
+        detach(&self.instance, name).await;
+        add_namespace_now(link_names(&self.instance, name).0).await
     }
 
     /// Links box `id`'s namespace (made by [`Network::make_namespace`]) to the host, as host
     /// `uid`'s box: the link and the host's end first, then the box's end, its policy table and
     /// the shaping of both ends, which need nothing of each other, at once (each host tool run
     /// costs a process).
-    pub(crate) async fn connect(&self, id: &BoxId, uid: u32) -> Result<(), BoxError> {
-        let link = self.link(id, uid)?;
+    pub(crate) async fn connect(&self, name: &str, uid: u32) -> Result<(), BoxError> {
+        let link = self.link(name, uid)?;
         let attached = self.install().await?;
         let Link { netns, host_if, gateway, address } = &link;
         // The box's end is made in its namespace, as `eth0`: nothing is moved or renamed.
@@ -469,6 +469,24 @@ impl Network {
             self.shape(Some(&path), "eth0"),
         )?;
         Ok(())
+    }
+
+    /// Gives the network of warm slot `from` (its namespace and link, made by
+    /// [`Network::make_namespace`] and [`Network::connect`]) to box `to`: the namespace is
+    /// mounted under the box's name instead of the slot's, and the host's end of the link is
+    /// renamed (down, renamed, up: the kernel renames no interface that is up). The box's end,
+    /// its policy table and the shaping of both ends stay as they are.
+    pub(crate) async fn rename(&self, from: &str, to: &BoxId) -> Result<(), BoxError> {
+        let (old_ns, old_if, _) = link_names(&self.instance, from);
+        let (new_ns, new_if, _) = link_names(&self.instance, to.as_str());
+        let (old, new) = (Path::new(NETNS_DIR).join(old_ns), Path::new(NETNS_DIR).join(new_ns));
+        tokio::task::spawn_blocking(move || move_namespace(&old, &new))
+            .await
+            .map_err(|e| BoxError::Start(format!("renaming a network namespace: {e}")))??;
+        let batch = format!(
+            "link set dev {old_if} down\nlink set dev {old_if} name {new_if}\nlink set dev {new_if} up\n"
+        );
+        run_with_input("ip", &["-batch", "-"], &batch).await
     }
 
     /// Shapes link end `dev` in namespace `netns` (the host's when `None`) to the bandwidth cap,
@@ -506,10 +524,10 @@ impl Network {
         for name in names {
             let Some(id) = name.strip_prefix(&prefix).and_then(|id| BoxId::new(id).ok()) else { continue };
             if live(&id) {
-                kept.push(link_names(&self.instance, &id).1);
+                kept.push(link_names(&self.instance, id.as_str()).1);
             } else {
                 tracing::info!(box_id = %id, "removing the network of a box that is gone");
-                detach(&self.instance, &id).await;
+                detach(&self.instance, id.as_str()).await;
             }
         }
         let if_prefix = if_prefix(&self.instance);
@@ -530,7 +548,7 @@ impl super::LocalBackend {
     pub async fn enable_egress(&mut self, config: EgressConfig) -> Result<(), BoxError> {
         let live = |id: &BoxId| self.layer_dir(id).exists();
         let network = Network::start(config, &self.instance, &self.config.run_root, &live).await?;
-        self.net = Some(network);
+        self.net = Some(std::sync::Arc::new(network));
         Ok(())
     }
 }
@@ -612,6 +630,43 @@ fn add_namespace(name: &str) -> Result<PathBuf, BoxError> {
     }
 }
 
+/// Mounts the network namespace mounted at `old` at `new` instead.
+fn move_namespace(old: &Path, new: &Path) -> Result<(), BoxError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(new)
+        .map_err(BoxError::io(format!("creating {}", new.display())))?;
+    if let Err(e) = rustix::mount::mount_bind(old, new) {
+        let _ = std::fs::remove_file(new);
+        return Err(BoxError::Io {
+            context: format!("mounting {} at {}", old.display(), new.display()),
+            source: e.into(),
+        });
+    }
+    rustix::mount::unmount(old, rustix::mount::UnmountFlags::DETACH)
+        .map_err(|e| BoxError::Io { context: format!("unmounting {}", old.display()), source: e.into() })?;
+    std::fs::remove_file(old).map_err(BoxError::io(format!("removing {}", old.display())))
+}
+
+/// The names (after the instance's prefix) of the network namespaces of `instance` whose name
+/// starts with `prefix`.
+pub(crate) fn namespaces_named(instance: &str, prefix: &str) -> Vec<String> {
+    let ours = netns_prefix(instance);
+    entries(Path::new(NETNS_DIR))
+        .into_iter()
+        .filter_map(|name| name.strip_prefix(&ours).map(str::to_owned))
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+/// [`add_namespace`] on a thread that may block.
+async fn add_namespace_now(name: String) -> Result<PathBuf, BoxError> {
+    tokio::task::spawn_blocking(move || add_namespace(&name))
+        .await
+        .map_err(|e| BoxError::Start(format!("making a network namespace: {e}")))?
+}
+
 /// Makes [`NETNS_DIR`] a shared mount (a bind mount of itself first if it is none), as
 /// `ip netns add` does, so that a namespace mounted there shows in every mount namespace.
 fn share_namespace_dir() -> Result<(), BoxError> {
@@ -637,7 +692,7 @@ fn share_namespace_dir() -> Result<(), BoxError> {
 /// Where box `id`'s network namespace is when the host made one for it (egress, or a pod's
 /// first box): `/run/netns/vendbox-<instance>-<id>`.
 pub(crate) fn namespace_of(instance: &str, id: &BoxId) -> PathBuf {
-    Path::new(NETNS_DIR).join(link_names(instance, id).0)
+    Path::new(NETNS_DIR).join(link_names(instance, id.as_str()).0)
 }
 
 /// The network namespace of pod box `id` without egress, made now unless it exists (the pod's
@@ -648,10 +703,7 @@ pub(crate) fn namespace_of(instance: &str, id: &BoxId) -> PathBuf {
 pub(crate) async fn loopback_namespace(instance: &str, id: &BoxId) -> Result<PathBuf, BoxError> {
     let path = namespace_of(instance, id);
     if !path.exists() {
-        let name = link_names(instance, id).0;
-        tokio::task::spawn_blocking(move || add_namespace(&name))
-            .await
-            .map_err(|e| BoxError::Start(format!("making a network namespace: {e}")))??;
+        add_namespace_now(link_names(instance, id.as_str()).0).await?;
         run_in(Some(&path), "ip", &["link", "set", "lo", "up"], "").await?;
     }
     let here = std::fs::metadata("/proc/thread-self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -667,9 +719,10 @@ pub(crate) async fn loopback_namespace(instance: &str, id: &BoxId) -> Result<Pat
     Ok(path)
 }
 
-/// Removes box `id`'s link and network namespace, if it has them.
-pub(crate) async fn detach(instance: &str, id: &BoxId) {
-    let (netns, host_if, peer_if) = link_names(instance, id);
+/// Removes the link and network namespace of `name` (a box's id or a warm slot's name), if it
+/// has them.
+pub(crate) async fn detach(instance: &str, name: &str) {
+    let (netns, host_if, peer_if) = link_names(instance, name);
     for dev in [&host_if, &peer_if] {
         if Path::new("/sys/class/net").join(dev).exists() {
             let _ = run("ip", &["link", "del", dev]).await;
@@ -678,7 +731,7 @@ pub(crate) async fn detach(instance: &str, id: &BoxId) {
     if Path::new(NETNS_DIR).join(&netns).exists()
         && let Err(e) = run("ip", &["netns", "del", &netns]).await
     {
-        tracing::warn!(box_id = %id, error = %e, "removing a box's network namespace");
+        tracing::warn!(box_id = name, error = %e, "removing a box's network namespace");
     }
 }
 
@@ -692,7 +745,7 @@ pub(crate) async fn remove_instance(instance: &str, run_root: &Path) {
 
 /// What of box `id`'s network remains on the host.
 pub(crate) fn traces(instance: &str, id: &BoxId) -> Vec<String> {
-    let (netns, host_if, peer_if) = link_names(instance, id);
+    let (netns, host_if, peer_if) = link_names(instance, id.as_str());
     let mut traces = Vec::new();
     if Path::new(NETNS_DIR).join(&netns).exists() {
         traces.push(format!("the network namespace {netns}"));
@@ -834,7 +887,7 @@ mod tests {
     #[test]
     fn link_names_fit_interface_names() {
         let id = BoxId::new("a-very-long-box-id-0123456789abcdef0123456789abcdef").unwrap();
-        let (_, host, peer) = link_names("0123456789ab", &id);
+        let (_, host, peer) = link_names("0123456789ab", id.as_str());
         assert!(host.len() <= 15 && peer.len() <= 15, "{host} {peer}");
         assert!(host.starts_with(&if_prefix("0123456789ab")));
     }
