@@ -24,6 +24,9 @@
 //!   in (`/proc/<pid>/cgroup`, with the pids the backend finds in the box's cgroups), under that
 //!   hierarchy's mount point.
 //!
+//! vendbox serves with its default `[boxes] warm` (box starts made ahead of a purchase);
+//! `VENDBOX_BENCH_WARM=0` makes every box start cold.
+//!
 //! Every pair runs warm-up rounds first and throws them away, then alternates baseline and
 //! subject in ABBA order (see `common/stats.rs`); every row says how many samples it holds, and
 //! a p99 is printed only from at least 100. A figure that cannot be measured (a cgroup file
@@ -103,6 +106,10 @@ fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr, String) {
     // The density rows measure how many idle boxes the host holds, past what admission control
     // would sell by their memory limits.
     config.boxes.memory_overcommit = 1000.0;
+    // `VENDBOX_BENCH_WARM=0`: every box starts cold (no warm slots), to compare.
+    if let Some(warm) = std::env::var("VENDBOX_BENCH_WARM").ok().and_then(|w| w.parse().ok()) {
+        config.boxes.warm = warm;
+    }
     let debian = config.store.data_dir.join("images/debian-12/image.json").is_file();
     for offer in &mut config.offers {
         if offer.id.as_str() == "e2b-sandbox" {

@@ -789,3 +789,62 @@ async fn a_disk_is_kept_for_the_operator_grace_after_its_lease_ends_then_deleted
     })
     .await;
 }
+
+/// The warm slots' disks (see `vendbox_box::local`'s `warm`), made ahead with the size of the
+/// last image box's: a box of that size starts on a fresh one of its own (the slot's disk
+/// becomes the box's, empty of what any other box wrote, its root idmapped to the box), and a
+/// box of another size gets a disk of its own size, not the slot's.
+#[tokio::test]
+async fn a_box_from_a_warm_slot_gets_a_fresh_disk_of_its_own_size() {
+    let Some(host) = debian_host() else { return };
+    let boxes_dir = host.data_dir().join("boxes");
+    let slot_disks = || -> Vec<(String, u64)> {
+        std::fs::read_dir(&boxes_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("_warm"))
+            .filter_map(|name| {
+                let len = std::fs::metadata(boxes_dir.join(&name).join("disk.img")).ok()?.len();
+                Some((name, len))
+            })
+            .collect()
+    };
+    let a = buy(&host, "test-debian-small").await;
+    host.ok(&a, "echo from-a > /root/a && echo from-a > /usr/local/bin/a").await;
+    let ready = support::eventually(Duration::from_secs(30), "a warm slot with a disk", async || {
+        let disks = slot_disks();
+        if disks.is_empty() { Err("none".to_owned()) } else { Ok(disks) }
+    })
+    .await;
+    assert!(ready.iter().all(|(_, len)| *len == 1024 * 1024 * 1024), "{ready:?}");
+
+    let b = buy(&host, "test-debian-small").await;
+    let now: Vec<String> = slot_disks().into_iter().map(|(name, _)| name).collect();
+    assert!(
+        ready.iter().any(|(name, _)| !now.contains(name)),
+        "no slot's disk was handed to the box: before {ready:?}, now {now:?}"
+    );
+    let b_disk = boxes_dir.join(&b.id).join("disk.img");
+    assert_eq!(std::fs::metadata(&b_disk).unwrap().len(), 1024 * 1024 * 1024);
+    let out = host
+        .ok(
+            &b,
+            "ls /root/a /usr/local/bin/a 2>&1 | wc -l; stat -c %u /root /usr; echo b > /root/b; cat /root/b",
+        )
+        .await;
+    assert_eq!(out, "2\n0\n0\nb\n", "box b's disk is not fresh, or not its own");
+
+    // Another size: a disk of its own size, not the slot's.
+    let c = buy(&host, "test-debian").await;
+    let c_disk = boxes_dir.join(&c.id).join("disk.img");
+    assert_eq!(std::fs::metadata(&c_disk).unwrap().len(), 4 * 1024 * 1024 * 1024);
+    let size: u64 = host.ok(&c, "df -B1M --output=size /root | tail -1").await.trim().parse().unwrap();
+    assert!((3500..=4096).contains(&size), "box c's disk holds {size} MiB");
+    assert_eq!(host.ok(&c, "ls /root").await, "");
+    for b in [&a, &b, &c] {
+        assert_eq!(host.end(b).await.0, 200);
+        host.assert_gone_within(&b.id, Duration::from_secs(10));
+    }
+}

@@ -103,7 +103,7 @@ impl Disks {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .map_err(BoxError::io(format!("setting the mode of {}", dir.display())))?;
         }
-        let empty = self.empty_disk(size_bytes, &record.id)?;
+        let empty = self.empty_disk(size_bytes, record.id.as_str())?;
         copy_sparse(&empty, &self.file(&record.id))?;
         self.write_record(record)
     }
@@ -111,7 +111,7 @@ impl Disks {
     /// The empty file system of `size_bytes` new disks are copied from, made now if this is the
     /// first disk of that size (`id` names the box asking, for a file of its own while it is
     /// made: two boxes may make it at once, and either result serves).
-    fn empty_disk(&self, size_bytes: u64, id: &BoxId) -> Result<PathBuf, BoxError> {
+    fn empty_disk(&self, size_bytes: u64, id: &str) -> Result<PathBuf, BoxError> {
         let empty = self.dir.join(format!(".empty-{size_bytes}.img"));
         if fs::metadata(&empty).is_ok_and(|m| m.is_file() && m.len() == size_bytes) {
             return Ok(empty);
@@ -153,7 +153,56 @@ impl Disks {
     /// The disk's top directory is never shown to the box (only `upper` is, through the overlay),
     /// so the host's paths in it are its own.
     pub(crate) fn mount(&self, id: &BoxId, target: &Path, uid: u32) -> Result<(), BoxError> {
-        let file = self.file(id);
+        Self::mount_file(&self.file(id), id.as_str(), target, uid)
+    }
+
+    /// Makes an empty disk of `size_bytes` for warm slot `name` (`boxes/<name>/disk.img`, with
+    /// no record: no box has it yet) and mounts it at `target` as [`Disks::mount`] does.
+    pub(crate) fn prepare(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        target: &Path,
+        uid: u32,
+    ) -> Result<(), BoxError> {
+        let dir = self.dir.join(name);
+        for dir in [&self.dir, &dir] {
+            match fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(BoxError::Io { context: format!("creating {}", dir.display()), source: e });
+                }
+            }
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(BoxError::io(format!("setting the mode of {}", dir.display())))?;
+        }
+        let empty = self.empty_disk(size_bytes, name)?;
+        let file = dir.join("disk.img");
+        copy_sparse(&empty, &file)?;
+        fs::create_dir(target).map_err(BoxError::io(format!("creating {}", target.display())))?;
+        Self::mount_file(&file, name, target, uid)
+    }
+
+    /// Gives warm slot `name`'s disk (mounted, see [`Disks::prepare`]) to box `record.id`, and
+    /// writes the box's record beside it.
+    pub(crate) fn hand_over(&self, name: &str, record: &DiskRecord) -> Result<(), BoxError> {
+        let (from, to) = (self.dir.join(name), self.box_dir(&record.id));
+        fs::rename(&from, &to).map_err(BoxError::io(format!(
+            "giving {} to box {}",
+            from.display(),
+            record.id
+        )))?;
+        self.write_record(record)
+    }
+
+    /// Deletes warm slot `name`'s disk (unmounted). Idempotent.
+    pub(crate) fn remove_prepared(&self, name: &str) {
+        let _ = fs::remove_dir_all(self.dir.join(name));
+    }
+
+    fn mount_file(file: &Path, id: &str, target: &Path, uid: u32) -> Result<(), BoxError> {
+        let file = file.to_owned();
         let (device, held) = loop_device::attach(&file)?;
         let mounted = rustix::mount::mount(
             &device,

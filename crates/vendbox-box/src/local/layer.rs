@@ -56,7 +56,7 @@ pub(crate) const IMAGE_LAYER_BYTES: u64 = 4 * 1024 * 1024;
 /// [`OVERLAY_ROOT`]. Every directory the host names here is one the box cannot reach: the box
 /// sees only the overlay, never `lower`, `disk` or the disk's top directory.
 /// `namespace`: a user namespace mapping root to `uid` made ahead ([`super::idmap::namespace_for`]),
-/// or `None` to make it now.
+/// or `None` to make it now. `disk_mounted`: the box's disk is at `disk` already (a warm slot's).
 pub(crate) fn create_overlay(
     dir: &Path,
     rootfs: &Path,
@@ -64,6 +64,7 @@ pub(crate) fn create_overlay(
     id: &crate::BoxId,
     uid: u32,
     namespace: Option<std::os::fd::OwnedFd>,
+    disk_mounted: bool,
 ) -> Result<(), BoxError> {
     for (name, mode) in [("lower", 0o700), ("disk", 0o700), (OVERLAY_ROOT, 0o755)] {
         mkdir(&dir.join(name), mode)?;
@@ -73,7 +74,9 @@ pub(crate) fn create_overlay(
         None => super::idmap::namespace_for(uid)?,
     };
     super::idmap::bind(rootfs, &dir.join("lower"), std::os::fd::AsFd::as_fd(&namespace), true)?;
-    disks.mount(id, &dir.join("disk"), uid)?;
+    if !disk_mounted {
+        disks.mount(id, &dir.join("disk"), uid)?;
+    }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         dir.join("lower").display(),
@@ -112,12 +115,13 @@ pub(crate) fn mount_top(dir: &Path, size_bytes: u64) -> Result<(), BoxError> {
     .map_err(|e| BoxError::Io { context: format!("mounting a tmpfs at {}", dir.display()), source: e.into() })
 }
 
-/// Mounts the layer top mounted at `from` (a warm slot's) at `to` (its box's) instead, and
-/// removes `from`: a bind mount of the same file system, so boxd's socket, the log and every
-/// descriptor open on them stay as they are (a bind, not a move, works under a shared mount too).
+/// Mounts the layer top mounted at `from` (a warm slot's) at `to` (its box's) instead, with what
+/// is mounted in it (a slot's disk), and removes `from`: a bind mount of the same file systems,
+/// so boxd's socket, the log and every descriptor open on them stay as they are (a bind, not a
+/// move, works under a shared mount too).
 pub(crate) fn move_top(from: &Path, to: &Path) -> Result<(), BoxError> {
     fs::create_dir(to).map_err(BoxError::io(format!("creating {}", to.display())))?;
-    rustix::mount::mount_bind(from, to).map_err(|e| BoxError::Io {
+    rustix::mount::mount_bind_recursive(from, to).map_err(|e| BoxError::Io {
         context: format!("mounting {} at {}", from.display(), to.display()),
         source: e.into(),
     })?;
@@ -128,6 +132,14 @@ pub(crate) fn move_top(from: &Path, to: &Path) -> Result<(), BoxError> {
         })?;
     }
     fs::remove_dir(from).map_err(BoxError::io(format!("removing {}", from.display())))
+}
+
+/// Unmounts the disk a warm slot mounted in layer `dir` for a box that has none (or another).
+pub(crate) fn remove_disk(dir: &Path) -> Result<(), BoxError> {
+    let disk = dir.join("disk");
+    rustix::mount::unmount(&disk, UnmountFlags::DETACH)
+        .map_err(|e| BoxError::Io { context: format!("unmounting {}", disk.display()), source: e.into() })?;
+    fs::remove_dir(&disk).map_err(BoxError::io(format!("removing {}", disk.display())))
 }
 
 /// Sets the size of the layer top mounted at `dir` to `size_bytes` (a `host` box's disk bound).

@@ -205,6 +205,11 @@ impl LocalBackend {
         fs::write(&path, text).map_err(BoxError::io(format!("writing {}", path.display())))
     }
 
+    /// Writes box `spec`'s record: its uid, and its monitor's pid once it has one.
+    fn record_box(&self, spec: &BoxSpec, uid: u32, pid: Option<u32>) -> Result<(), BoxError> {
+        self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid, limits: Some(spec.limits) })
+    }
+
     /// Claims a free uid for a box: a marker file per uid, created exclusively.
     fn claim_uid(&self, id: &BoxId) -> Result<u32, BoxError> {
         claim_uid(&self.config.run_root, &self.instance, id.as_str())
@@ -397,7 +402,7 @@ impl LocalBackend {
         // they are made at once.
         let root = async {
             let started = Instant::now();
-            self.make_root(spec, uid, &layer, new_disk, None).await?;
+            self.make_root(spec, uid, &layer, new_disk, None, None).await?;
             Ok::<_, BoxError>(started.elapsed())
         };
         let held = async {
@@ -458,19 +463,17 @@ impl LocalBackend {
         new_disk: Option<(disk::DiskRecord, u64)>,
     ) -> Result<(), BoxError> {
         let begun = Instant::now();
-        let warm::Slot { name, uid, egress, mut held, idmap, layer: slot_layer } = slot;
+        let warm::Slot { name, uid, egress, mut held, idmap, layer: slot_layer, disk } = slot;
+        // The slot's disk serves a box of an image whose disk has its size; for any other box it
+        // goes (unmounted at once; its blocks are freed with its file).
+        let premade = disk.is_some() && disk == new_disk.as_ref().map(|(_, size)| *size);
         let layer = self.layer_dir(&spec.id);
         let pid = held.child.id().unwrap_or_default();
         // The names first, the record with them: from here on, a failure is cleaned up as any
         // box's is (`destroy`), and what is still the slot's by name as a slot's.
         let named = (|| {
             layer::move_top(&slot_layer, &layer)?;
-            self.write_record(&BoxRecord {
-                id: spec.id.clone(),
-                uid,
-                pid: Some(pid),
-                limits: Some(spec.limits),
-            })?;
+            self.record_box(spec, uid, Some(pid))?;
             let marker = self.config.run_root.join("uids").join(uid.to_string());
             fs::write(&marker, format!("{}/{}", self.instance, spec.id))
                 .map_err(BoxError::io("claiming a uid"))?;
@@ -479,19 +482,17 @@ impl LocalBackend {
             if spec.image == crate::image::HOST {
                 layer::resize_top(&layer, u64::from(spec.limits.disk_mb.max(16)) * 1024 * 1024)?;
             }
+            if disk.is_some() && !premade {
+                layer::remove_disk(&layer)?;
+                self.disks.remove_prepared(&name);
+            }
             Ok::<_, BoxError>(())
         })();
         let renamed = begun.elapsed();
         let made = match named {
             Ok(()) => {
-                let network = async {
-                    match (egress, &self.net) {
-                        (true, Some(net)) => net.rename(&name, &spec.id).await,
-                        _ => Ok(()),
-                    }
-                };
-                let root = self.make_root(spec, uid, &layer, new_disk, Some(idmap));
-                tokio::try_join!(network, root).map(|_| ())
+                let premade = premade.then_some(name.as_str());
+                self.make_root(spec, uid, &layer, new_disk, Some(idmap), premade).await
             }
             Err(e) => Err(e),
         };
@@ -501,7 +502,23 @@ impl LocalBackend {
             return Err(e);
         }
         let ready = begun.elapsed();
-        let boxd = self.run_held(spec, &layer, held).await?;
+        // The network's names are the host's bookkeeping: the box's link works under either. So
+        // they change while boxd starts (the host's end of the link is down a moment, before the
+        // box answers), and the box is handed over once both are done.
+        let network = async {
+            match (egress, &self.net) {
+                (true, Some(net)) => net.rename(&name, &spec.id).await,
+                _ => Ok(()),
+            }
+        };
+        let (boxd, network) = tokio::join!(self.run_held(spec, &layer, held), network);
+        let boxd = match (boxd, network) {
+            (Ok(boxd), Ok(())) => boxd,
+            (Err(e), _) | (_, Err(e)) => {
+                self.maker().remove(&name).await;
+                return Err(e);
+            }
+        };
         tracing::debug!(
             box_id = %spec.id,
             slot = name,
@@ -522,6 +539,7 @@ impl LocalBackend {
             cgroups: self.cgroups.clone(),
             spawner: Arc::clone(&self.spawner),
             net: self.net.clone(),
+            disks: self.disks.clone(),
         }
     }
 
@@ -588,6 +606,7 @@ impl LocalBackend {
         layer: &Path,
         new_disk: Option<(disk::DiskRecord, u64)>,
         idmap: Option<OwnedFd>,
+        premade: Option<&str>,
     ) -> Result<(), BoxError> {
         if spec.image == crate::image::HOST {
             let dir = layer.to_owned();
@@ -597,11 +616,14 @@ impl LocalBackend {
                 BoxError::Unsupported(self.images.check(&spec.image).err().unwrap_or_default())
             })?;
             let (dir, disks, id) = (layer.to_owned(), self.disks.clone(), spec.id.clone());
+            let premade = premade.map(str::to_owned);
             blocking(move || {
-                if let Some((record, size)) = new_disk {
-                    disks.create(&record, size)?;
+                match (new_disk, &premade) {
+                    (Some((record, _)), Some(slot)) => disks.hand_over(slot, &record)?,
+                    (Some((record, size)), None) => disks.create(&record, size)?,
+                    (None, _) => {}
                 }
-                layer::create_overlay(&dir, &rootfs, &disks, &id, uid, idmap)
+                layer::create_overlay(&dir, &rootfs, &disks, &id, uid, idmap, premade.is_some())
             })
             .await?;
         }
@@ -622,16 +644,11 @@ impl LocalBackend {
         listener: std::os::unix::net::UnixListener,
     ) -> Result<Held, BoxError> {
         let procs = self.cgroups.create(&self.instance, spec.id.as_str(), spec.limits)?;
-        self.write_record(&BoxRecord { id: spec.id.clone(), uid, pid: None, limits: Some(spec.limits) })?;
+        self.record_box(spec, uid, None)?;
         let mut held = self.spawner.spawn(uid, layer, netns, listener)?;
         let pid = held.child.id().unwrap_or_default();
         let moved = async {
-            self.write_record(&BoxRecord {
-                id: spec.id.clone(),
-                uid,
-                pid: Some(pid),
-                limits: Some(spec.limits),
-            })?;
+            self.record_box(spec, uid, Some(pid))?;
             // bubblewrap waits for its arguments, so it has made nothing yet: once it is in the
             // box's cgroups, whatever it starts is born there.
             join_cgroups(procs, pid).await
@@ -932,7 +949,8 @@ impl Backend for LocalBackend {
         // A box in a pod joins its pod's network, and a cgroup is renamed only on cgroup v1:
         // those start cold.
         let slot = if spec.pod.is_none() && self.cgroups.renames() {
-            self.warm.take(|| self.maker(), spec.egress, spec.limits)
+            let disk = (spec.image != crate::image::HOST).then(|| disk_bytes(spec.limits));
+            self.warm.take(|| self.maker(), spec.egress, warm::Want { limits: spec.limits, disk })
         } else {
             None
         };
@@ -946,7 +964,7 @@ impl Backend for LocalBackend {
                     egress: spec.egress,
                     pod: spec.pod.clone(),
                 };
-                (record, u64::from(spec.limits.disk_mb.max(64)) * 1024 * 1024)
+                (record, disk_bytes(spec.limits))
             })
         };
         if let Some(slot) = slot {
@@ -1105,6 +1123,11 @@ fn claim_uid(run_root: &Path, instance: &str, name: &str) -> Result<u32, BoxErro
         }
     }
     Err(BoxError::Unsupported("every box uid of this host is in use".into()))
+}
+
+/// The size of a box's disk: its limit, and at least 64 MiB.
+fn disk_bytes(limits: crate::Limits) -> u64 {
+    u64::from(limits.disk_mb.max(64)) * 1024 * 1024
 }
 
 fn unix_now() -> u64 {

@@ -57,6 +57,17 @@ pub(crate) struct Slot {
     pub(crate) idmap: OwnedFd,
     /// The layer's top (mounted), where boxd's socket is bound.
     pub(crate) layer: PathBuf,
+    /// The size of the empty disk mounted at the layer's `disk` (see [`super::disk::Disks::prepare`]),
+    /// when the last box of this kind had one.
+    pub(crate) disk: Option<u64>,
+}
+
+/// What a slot of one kind is made with: the last box of that kind's limits, and its disk's size
+/// when it had one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Want {
+    pub(crate) limits: Limits,
+    pub(crate) disk: Option<u64>,
 }
 
 /// What makes and removes slots.
@@ -68,17 +79,18 @@ pub(crate) struct Maker {
     pub(crate) cgroups: Hierarchies,
     pub(crate) spawner: Arc<Spawner>,
     pub(crate) net: Option<Arc<net::Network>>,
+    pub(crate) disks: super::disk::Disks,
 }
 
 impl Maker {
-    /// Makes a slot with egress or without, its cgroups limited as `limits`.
-    async fn make(&self, egress: bool, limits: Limits) -> Result<Slot, BoxError> {
+    /// Makes a slot with egress or without, as `want` says.
+    async fn make(&self, egress: bool, want: Want) -> Result<Slot, BoxError> {
         static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("{SLOT_PREFIX}{:x}-{made:x}", std::process::id());
         let uid = super::claim_uid(&self.run_root, &self.instance, &name)?;
-        match self.fill(&name, uid, egress, limits).await {
-            Ok((held, idmap, layer)) => Ok(Slot { name, uid, egress, held, idmap, layer }),
+        match self.fill(&name, uid, egress, want).await {
+            Ok((held, idmap, layer)) => Ok(Slot { name, uid, egress, held, idmap, layer, disk: want.disk }),
             Err(e) => {
                 self.remove(&name).await;
                 Err(e)
@@ -91,7 +103,7 @@ impl Maker {
         name: &str,
         uid: u32,
         egress: bool,
-        limits: Limits,
+        want: Want,
     ) -> Result<(Held, OwnedFd, PathBuf), BoxError> {
         super::instance_dir_ready(&self.instance_dir)?;
         let layer = self.instance_dir.join(name);
@@ -114,7 +126,7 @@ impl Maker {
             }
         };
         let held = async {
-            let procs = self.cgroups.create(&self.instance, name, limits)?;
+            let procs = self.cgroups.create(&self.instance, name, want.limits)?;
             let mut held = self.spawner.spawn(uid, &layer, netns.as_deref(), listener)?;
             let pid = held.child.id().unwrap_or_default();
             match super::join_cgroups(procs, pid).await {
@@ -125,10 +137,18 @@ impl Maker {
                 }
             }
         };
+        // The idmapping, and the disk a box of an image mounts (its file system's first mount
+        // reads its metadata: the longest step of such a box's root).
         let idmap = async {
-            tokio::task::spawn_blocking(move || super::idmap::namespace_for(uid))
-                .await
-                .map_err(|e| BoxError::Start(format!("making an idmapping: {e}")))?
+            let (disks, disk, slot) = (self.disks.clone(), layer.join("disk"), name.to_owned());
+            tokio::task::spawn_blocking(move || {
+                if let Some(size) = want.disk {
+                    disks.prepare(&slot, size, &disk, uid)?;
+                }
+                super::idmap::namespace_for(uid)
+            })
+            .await
+            .map_err(|e| BoxError::Start(format!("making an idmapping: {e}")))?
         };
         let (link, held, idmap) = tokio::join!(link, held, idmap);
         match (link, held, idmap) {
@@ -152,6 +172,7 @@ impl Maker {
         if let Err(e) = layer::remove(&self.instance_dir.join(name)) {
             tracing::warn!(slot = name, error = %e, "removing a warm slot's layer");
         }
+        self.disks.remove_prepared(name);
         release_uids_of(&self.run_root, &format!("{}/{name}", self.instance));
     }
 
@@ -216,7 +237,7 @@ struct State {
     slots: Vec<Slot>,
     /// The limits of the last box of each kind (index: with egress), for the kinds kept warm:
     /// a kind is kept from its first purchase on, so a vendbox that sells no box makes none.
-    wanted: [Option<Limits>; 2],
+    wanted: [Option<Want>; 2],
     closed: bool,
 }
 
@@ -241,12 +262,12 @@ impl Pool {
             return Next::Stop;
         }
         let short = [false, true].into_iter().find_map(|egress| {
-            let limits = state.wanted[usize::from(egress)]?;
+            let want = state.wanted[usize::from(egress)]?;
             let ready = state.slots.iter().filter(|s| s.egress == egress).count();
-            (ready < self.size).then_some((egress, limits))
+            (ready < self.size).then_some((egress, want))
         });
         match short {
-            Some((egress, limits)) => Next::Make { egress, limits },
+            Some((egress, want)) => Next::Make { egress, want },
             None => Next::Wait,
         }
     }
@@ -254,15 +275,15 @@ impl Pool {
     async fn refill(self: Arc<Pool>) {
         self.maker.remove_stale().await;
         loop {
-            let (egress, limits) = match self.next() {
+            let (egress, want) = match self.next() {
                 Next::Stop => return,
                 Next::Wait => {
                     self.wake.notified().await;
                     continue;
                 }
-                Next::Make { egress, limits } => (egress, limits),
+                Next::Make { egress, want } => (egress, want),
             };
-            match self.maker.make(egress, limits).await {
+            match self.maker.make(egress, want).await {
                 Ok(slot) => {
                     let closed = {
                         let mut state = self.state();
@@ -293,7 +314,7 @@ enum Next {
     /// Every kind wanted has its slots: wait for a purchase.
     Wait,
     /// Make a slot of this kind.
-    Make { egress: bool, limits: Limits },
+    Make { egress: bool, want: Want },
 }
 
 /// Kills a slot's bubblewrap and removes the rest of it.
@@ -327,9 +348,9 @@ impl Warm {
         self.size = size;
     }
 
-    /// A slot for a box of `egress` with `limits`, if one is ready; the pool starts (with
+    /// A slot for a box of `egress` like `want`, if one is ready; the pool starts (with
     /// `maker`) on the first call and keeps slots of this kind from now on.
-    pub(crate) fn take(&self, maker: impl FnOnce() -> Maker, egress: bool, limits: Limits) -> Option<Slot> {
+    pub(crate) fn take(&self, maker: impl FnOnce() -> Maker, egress: bool, want: Want) -> Option<Slot> {
         if self.size == 0 {
             return None;
         }
@@ -350,7 +371,7 @@ impl Warm {
             if state.closed {
                 return None;
             }
-            state.wanted[usize::from(egress)] = Some(limits);
+            state.wanted[usize::from(egress)] = Some(want);
             let at = state.slots.iter().position(|s| s.egress == egress);
             at.map(|at| state.slots.swap_remove(at))
         };
