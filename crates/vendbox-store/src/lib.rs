@@ -205,6 +205,53 @@ pub enum HoldRefusal {
     },
 }
 
+/// A credits payment taken in the same transaction as the lock grant it pays for
+/// ([`Store::acquire_lock_paid`]): nothing is held, reserved or left `verified` in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditSpend {
+    /// The payment as admitted (`verified`, its amount the price): recorded `settled` with the
+    /// charge's ledger entry as its reference, or `voided` with `void_reason` when nothing is
+    /// charged, in the grant's transaction; not recorded at all when refused.
+    pub payment: Payment,
+    /// Whose credits.
+    pub account: AccountAddress,
+    /// The API key spending them, if one did (its caps count the charge).
+    pub key_id: Option<String>,
+    /// The key's caps.
+    pub caps: SpendCaps,
+    /// Whether an acquisition that finds the key held is charged too (the acquire offer's
+    /// `charge_when_held`).
+    pub charge_when_held: bool,
+    /// Why the payment is voided when the key is held and nothing is charged.
+    pub void_reason: String,
+    /// When it is spent: the time of the charge and of the payment's record, and at which
+    /// unexpired holds are judged.
+    pub now: DateTime<Utc>,
+}
+
+/// The answer to a lock acquisition paid with credits in its own transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PaidAcquisition {
+    /// The caller holds the key now; the payment is settled by this `charge` entry.
+    Acquired {
+        /// The grant.
+        lock: Lock,
+        /// The charge booked for it.
+        charge: LedgerEntry,
+    },
+    /// Someone else holds the key: their grant; the charge when finding it held is charged
+    /// ([`CreditSpend::charge_when_held`]), else `None` and the payment is voided.
+    Held {
+        /// The holder's grant, without its release token.
+        holder: Lock,
+        /// The charge, when finding the key held is charged.
+        charge: Option<LedgerEntry>,
+    },
+    /// The credits (balance less unexpired holds) or the key's caps do not cover the price:
+    /// nothing was granted, charged or recorded.
+    Refused(HoldRefusal),
+}
+
 /// The payments of one payer in one state: how many, and their sum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PaymentTotal {
@@ -687,6 +734,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         ttl: std::time::Duration,
         release: &TokenHash,
     ) -> StoreResult<LockAcquisition>;
+
+    /// As [`Store::acquire_lock`], paid from credits in the same transaction: under the
+    /// account's lock, the available credit (balance less unexpired holds) and the spending key's
+    /// caps must cover `spend.payment.amount`, or nothing is written
+    /// ([`PaidAcquisition::Refused`]); then the key is granted if free, and the charge booked
+    /// and the payment recorded settled if it was (or if it was held and
+    /// `spend.charge_when_held`), else the payment recorded voided. One operation of the
+    /// group-committed lock writer (see `aggregates/locks.rs`), answered once it committed.
+    async fn acquire_lock_paid(
+        &self,
+        key: &LockKey,
+        owner: Option<&str>,
+        metadata: Option<&serde_json::Value>,
+        ttl: std::time::Duration,
+        release: &TokenHash,
+        spend: &CreditSpend,
+    ) -> StoreResult<PaidAcquisition>;
 
     /// Moves the expiry of the unexpired grant held with `release` to `ttl` from now (the
     /// grant's own TTL when `None`). A lapsed, released or superseded grant is refused, and then

@@ -609,6 +609,18 @@ macro_rules! store_impl {
                 self.acquire_lock(key, owner, metadata, ttl, release).await
             }
 
+            async fn acquire_lock_paid(
+                &self,
+                key: &vendbox_core::LockKey,
+                owner: Option<&str>,
+                metadata: Option<&serde_json::Value>,
+                ttl: std::time::Duration,
+                release: &vendbox_core::TokenHash,
+                spend: &$crate::CreditSpend,
+            ) -> $crate::StoreResult<$crate::PaidAcquisition> {
+                self.acquire_lock_paid(key, owner, metadata, ttl, release, spend).await
+            }
+
             async fn renew_lock(
                 &self,
                 key: &vendbox_core::LockKey,

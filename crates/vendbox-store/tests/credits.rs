@@ -1,19 +1,27 @@
 //! Credit holds, on SQLite and on PostgreSQL: a hold is placed only when the available credit
 //! (balance less unexpired holds) and the spending key's caps allow it, also when many are asked
 //! at once; settling books the charge and drops the hold once; a release or a recovery drops it;
-//! and a payer's payments are listed newest first, by pages, with totals per state.
+//! and a payer's payments are listed newest first, by pages, with totals per state. A lock
+//! acquisition paid from credits charges in its grant's transaction, only a grant, never beyond
+//! the credits or a key's cap, also many at once and from two hosts.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use vendbox_core::{
-    AccountAddress, LedgerKind, Payment, PaymentId, PaymentMethod, PaymentState, ReplayKey, Usdc,
+    AccountAddress, LedgerKind, LockKey, Payment, PaymentId, PaymentMethod, PaymentState, ReplayKey,
+    SecretToken, Usdc,
 };
-use vendbox_store::{CreditHold, HoldRefusal, PaymentOutcome, SpendCaps, Store, StoreError};
+use vendbox_store::testkit::PostgresSchema;
+use vendbox_store::{
+    CreditHold, CreditSpend, Funds, HoldRefusal, PaidAcquisition, PaymentOutcome, SpendCaps, Store,
+    StoreError,
+};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
@@ -231,7 +239,194 @@ async fn a_hold_reserves_its_payment_and_its_charge_settles_it(store: Arc<dyn St
     assert_eq!(store.funds(&a, t0()).await.unwrap().held, Usdc(0));
 }
 
+/// What a lock acquisition paid from `account`'s credits at `atomic` spends.
+fn spend(account: &AccountAddress, key: Option<&str>, caps: SpendCaps, atomic: u64) -> CreditSpend {
+    let id = PaymentId::new_random();
+    let mut payment = payment(account, 0, t0());
+    payment.id = id;
+    payment.replay_key = ReplayKey::new("credits", "usdc", account.as_str(), &id.to_string());
+    payment.amount = Usdc(atomic);
+    CreditSpend {
+        payment,
+        account: account.clone(),
+        key_id: key.map(str::to_owned),
+        caps,
+        charge_when_held: false,
+        void_reason: "the key was held; nothing was charged".into(),
+        now: t0(),
+    }
+}
+
+/// Acquires `key` for a minute, paid by `spend`.
+async fn acquire_paid(store: &dyn Store, key: &str, spend: &CreditSpend) -> PaidAcquisition {
+    let key = LockKey::parse(key).unwrap();
+    let release = SecretToken::generate().hash();
+    store.acquire_lock_paid(&key, Some("me"), None, StdDuration::from_mins(1), &release, spend).await.unwrap()
+}
+
+/// A paid acquisition charges only a grant, in its own transaction: the charge and the settled
+/// payment name each other; a held key charges nothing (its payment voided) unless finding it
+/// held is charged; credits short of the price (balance less holds) or a key's cap refuse with
+/// nothing granted, charged or recorded.
+async fn a_paid_acquisition_charges_a_grant_and_nothing_else(store: Arc<dyn Store>) {
+    let a = account(9);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000), "top", t0()).await.unwrap();
+    let none = SpendCaps::none(t0());
+
+    let first = spend(&a, None, none, 300);
+    let PaidAcquisition::Acquired { lock, charge } = acquire_paid(store.as_ref(), "paid:one", &first).await
+    else {
+        panic!("not granted")
+    };
+    assert_eq!((lock.fencing_token.0, charge.delta_atomic), (1, -300));
+    assert_eq!(
+        (charge.kind, charge.reference.as_str()),
+        (LedgerKind::Charge, first.payment.id.to_string().as_str())
+    );
+    let settled = store.get_payment(first.payment.id).await.unwrap().unwrap();
+    assert_eq!((settled.state, settled.settlement_ref), (PaymentState::Settled, Some(charge.id.to_string())));
+    assert_eq!(store.funds(&a, t0()).await.unwrap(), Funds { balance: Usdc(700), held: Usdc(0) });
+
+    // Held: nothing charged, the payment voided, the holder untouched.
+    let again = spend(&a, None, none, 300);
+    let held = acquire_paid(store.as_ref(), "paid:one", &again).await;
+    assert_eq!(held, PaidAcquisition::Held { holder: lock.clone(), charge: None });
+    let voided = store.get_payment(again.payment.id).await.unwrap().unwrap();
+    assert_eq!(voided.state, PaymentState::Voided);
+    assert_eq!(voided.void_reason.as_deref(), Some("the key was held; nothing was charged"));
+    assert_eq!(store.funds(&a, t0()).await.unwrap(), Funds { balance: Usdc(700), held: Usdc(0) });
+    // ... unless finding it held is charged.
+    let charged = CreditSpend { charge_when_held: true, ..spend(&a, None, none, 300) };
+    let PaidAcquisition::Held { charge: Some(entry), .. } =
+        acquire_paid(store.as_ref(), "paid:one", &charged).await
+    else {
+        panic!("finding the key held was not charged")
+    };
+    assert_eq!(entry.delta_atomic, -300);
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc(400));
+
+    // Short, counting what is held for other purchases: nothing granted, charged or recorded.
+    let h = hold(&a, None, 300);
+    store.place_hold(&h, &none, None, t0()).await.unwrap().unwrap();
+    let short = spend(&a, None, none, 200);
+    assert_eq!(
+        acquire_paid(store.as_ref(), "paid:two", &short).await,
+        PaidAcquisition::Refused(HoldRefusal::Short {
+            balance: Usdc(400),
+            held: Usdc(300),
+            needed: Usdc(200)
+        })
+    );
+    assert!(store.get_payment(short.payment.id).await.unwrap().is_none(), "a refusal records no payment");
+    assert!(store.get_lock(&LockKey::parse("paid:two").unwrap()).await.unwrap().is_none(), "nor a grant");
+    assert!(store.release_hold(h.payment).await.unwrap());
+
+    // A key's cap counts its charges and holds.
+    let caps = SpendCaps { daily: Some(Usdc(250)), since: t0() - Duration::hours(1), total: None };
+    let PaidAcquisition::Acquired { .. } =
+        acquire_paid(store.as_ref(), "paid:three", &spend(&a, Some("key-9"), caps, 200)).await
+    else {
+        panic!("under the cap")
+    };
+    assert_eq!(
+        acquire_paid(store.as_ref(), "paid:four", &spend(&a, Some("key-9"), caps, 100)).await,
+        PaidAcquisition::Refused(HoldRefusal::DailyCap { cap: Usdc(250), spent: Usdc(200) })
+    );
+    assert!(store.get_lock(&LockKey::parse("paid:four").unwrap()).await.unwrap().is_none());
+    assert_eq!(store.balance(&a).await.unwrap(), Usdc(200));
+}
+
+/// Many paid acquisitions at once, in the lock writer's batches with holds and charges of the
+/// same account and with free locks: exactly what the balance covers is granted and charged,
+/// each charge with its settled payment, and a refused one holds no key.
+async fn concurrent_paid_acquisitions_never_overspend(store: Arc<dyn Store>) {
+    let a = account(10);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(1_000), "top", t0()).await.unwrap();
+    let mut work = tokio::task::JoinSet::new();
+    for n in 0..60u32 {
+        let (store, a) = (store.clone(), a.clone());
+        work.spawn(async move {
+            match n % 3 {
+                // A purchase held and charged through the gate's two writes.
+                0 => {
+                    let h = hold(&a, None, 50);
+                    let placed = store.place_hold(&h, &SpendCaps::none(t0()), None, t0()).await.unwrap();
+                    if placed.is_ok() {
+                        store.settle_hold(&a, h.payment, t0()).await.unwrap().unwrap();
+                    }
+                    (None, u64::from(placed.is_ok()) * 50)
+                }
+                // A free lock.
+                1 => {
+                    let key = LockKey::parse(&format!("free:{n}")).unwrap();
+                    let release = SecretToken::generate().hash();
+                    store.acquire_lock(&key, None, None, StdDuration::from_mins(1), &release).await.unwrap();
+                    (None, 0)
+                }
+                _ => {
+                    let s = spend(&a, None, SpendCaps::none(t0()), 100);
+                    let key = format!("paid:{n}");
+                    match acquire_paid(store.as_ref(), &key, &s).await {
+                        PaidAcquisition::Acquired { charge, .. } => {
+                            let p = store.get_payment(s.payment.id).await.unwrap().unwrap();
+                            assert_eq!(p.settlement_ref, Some(charge.id.to_string()));
+                            (None, 100)
+                        }
+                        PaidAcquisition::Refused(HoldRefusal::Short { .. }) => (Some(key), 0),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        });
+    }
+    let mut spent = 0;
+    let mut refused = Vec::new();
+    while let Some(done) = work.join_next().await {
+        let (key, amount) = done.unwrap();
+        spent += amount;
+        refused.extend(key);
+    }
+    assert!(!refused.is_empty(), "the balance covers 10 to 20 of the 40 purchases");
+    assert_eq!(spent, 1_000, "every credit spent, none twice");
+    assert_eq!(store.funds(&a, t0()).await.unwrap(), Funds { balance: Usdc(0), held: Usdc(0) });
+    for key in refused {
+        assert!(store.get_lock(&LockKey::parse(&key).unwrap()).await.unwrap().is_none(), "{key} was granted");
+    }
+}
+
+/// Two hosts (two stores, each with its own lock writer) on one PostgreSQL database spend one
+/// account's credits with paid acquisitions at once: exactly the balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_paying_for_locks_spend_one_balance_exactly() {
+    let Some(schema) = PostgresSchema::create().await else { return };
+    let hosts: [Arc<dyn Store>; 2] =
+        [Arc::new(schema.store().await.unwrap()), Arc::new(schema.store().await.unwrap())];
+    let a = account(11);
+    hosts[0].append_ledger(&a, LedgerKind::TopUp, Usdc(2_000), "top", t0()).await.unwrap();
+    let mut work = tokio::task::JoinSet::new();
+    for n in 0..50 {
+        let (store, a) = (hosts[n % 2].clone(), a.clone());
+        work.spawn(async move {
+            let s = spend(&a, None, SpendCaps::none(t0()), 100);
+            matches!(
+                acquire_paid(store.as_ref(), &format!("two:{n}"), &s).await,
+                PaidAcquisition::Acquired { .. }
+            )
+        });
+    }
+    let mut granted = 0;
+    while let Some(done) = work.join_next().await {
+        granted += usize::from(done.unwrap());
+    }
+    let balance = hosts[1].balance(&a).await.unwrap();
+    drop(hosts);
+    schema.drop_schema().await;
+    assert_eq!((granted, balance), (20, Usdc(0)));
+}
+
 common::suite!(
+    a_paid_acquisition_charges_a_grant_and_nothing_else,
+    concurrent_paid_acquisitions_never_overspend,
     a_hold_reserves_its_payment_and_its_charge_settles_it,
     holds_keep_credit_aside_until_settled_or_released,
     concurrent_holds_never_overspend,

@@ -9,11 +9,12 @@
 //! Nothing is acknowledged before it is durable, and a batch cut off by a crash is rolled back
 //! whole, so no caller was told of it. Within a batch each statement sees the ones before it, so
 //! two grants of one key in one batch are one grant and one refusal, as they would be one after
-//! the other. A batch runs in key order, so batches of several writers or hosts take row locks
-//! in one order and cannot deadlock. If a batch fails, each of its operations is applied again
-//! alone, so one bad operation cannot fail its neighbours.
+//! the other. A batch takes its rows in one order, accounts, then lock keys, then payments, each
+//! by name, so batches of several writers or hosts take row locks in one order and cannot
+//! deadlock. If a batch fails, each of its operations is applied again alone, so one bad
+//! operation cannot fail its neighbours.
 //!
-//! **Shared statements.** A batch is cut into rounds, the first operation of each row, then the
+//! **Shared statements.** A batch's lock operations are cut into rounds, the first operation of each row, then the
 //! second of each row that has two, and so on; the acquisitions of one round (distinct keys) are
 //! one `INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` over rows read from a JSON array
 //! (`rows`), and its releases one `UPDATE … RETURNING`, so a batch costs a few statements rather
@@ -27,9 +28,19 @@
 //! **Credits share the writer.** A credit hold (with the reservation of the payment it is for)
 //! and the charge of a hold are applied by the same writers, in the same batches, keyed by
 //! their account, so that paying for a lock with credits costs fsyncs shared with everyone
-//! else's rather than two of its own. A batch takes the rows of lock keys first and then those of
-//! accounts, each in key order, and an account's row lock once: its later holds and charges in
-//! the batch find it taken.
+//! else's rather than two of its own. A batch takes an account's row lock once: its later holds,
+//! charges and paid acquisitions in the batch find it taken.
+//!
+//! **Paid acquisitions.** A lock acquisition paid from credits (`Store::acquire_lock_paid`) is
+//! one operation rather than a hold, a grant and a charge: with the accounts, under the
+//! account's lock, its credits (balance less unexpired holds, less what the batch's earlier paid
+//! acquisitions will charge, read once per account and batch: [`Spending`]) and its key's caps
+//! must cover the price, or it is refused with nothing written; then it is granted with the other
+//! acquisitions of its key's round (in a shared statement with them), and once the grants are
+//! known its charge is booked and its payment recorded settled (or voided, for a key found held)
+//! in new rows only. So a credit-paid lock costs the writer two operations, acquire and release,
+//! as a free one does, and no payment is ever left `verified` by it: a crash before the commit
+//! leaves nothing, after it everything.
 //!
 //! **Payments share the writer.** Reserving a payment and recording how it ended (settled or
 //! voided) are applied by the same writers, keyed by payer and by payment, so that a paid request
@@ -51,8 +62,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use vendbox_core::{AccountAddress, LedgerEntry, LockKey, Payment, PaymentId, TokenHash};
 
 use crate::{
-    CreditHold, HoldRefusal, LockAcquisition, LockRelease, LockRenewal, PaymentOutcome, SpendCaps,
-    StoreError, StoreResult,
+    CreditHold, CreditSpend, HoldRefusal, LockAcquisition, LockRelease, LockRenewal, PaidAcquisition,
+    PaymentOutcome, SpendCaps, StoreError, StoreResult,
 };
 
 /// A lock TTL in milliseconds, as the SQL adds it to the clock.
@@ -77,6 +88,16 @@ pub(crate) enum Op {
         ttl_ms: i64,
         release: TokenHash,
         reply: oneshot::Sender<StoreResult<LockAcquisition>>,
+    },
+    /// Grant `key` paid from credits, in the same transaction (`Store::acquire_lock_paid`).
+    AcquirePaid {
+        key: LockKey,
+        owner: Option<String>,
+        metadata: Option<String>,
+        ttl_ms: i64,
+        release: TokenHash,
+        spend: Box<CreditSpend>,
+        reply: oneshot::Sender<StoreResult<PaidAcquisition>>,
     },
     /// Renew the grant of `release` on `key`.
     Renew {
@@ -114,12 +135,13 @@ pub(crate) enum Op {
     },
 }
 
-/// The row an operation is about, ordered as a batch takes rows: lock keys, then accounts, then
-/// new payments (by payer and nonce), then payments by id, each by name.
+/// The row an operation is about, ordered as a batch takes rows: accounts, then lock keys, then
+/// new payments (by payer and nonce), then payments by id, each by name. (A paid acquisition is
+/// about its lock key, and takes its account's row with the accounts.)
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Row<'a> {
-    Lock(&'a str),
     Account(&'a str),
+    Lock(&'a str),
     Reservation(&'a str, &'a str),
     Payment(PaymentId),
 }
@@ -139,6 +161,7 @@ impl Row<'_> {
 #[derive(Debug)]
 pub(crate) enum Answer {
     Acquired(LockAcquisition),
+    PaidAcquired(PaidAcquisition),
     Renewed(LockRenewal),
     Released(LockRelease),
     Held(Result<(), HoldRefusal>),
@@ -151,9 +174,10 @@ impl Op {
     /// The row it is about, as its place in the order a batch takes rows in (see [`Row`]).
     pub(crate) fn order(&self) -> Row<'_> {
         match self {
-            Op::Acquire { key, .. } | Op::Renew { key, .. } | Op::Release { key, .. } => {
-                Row::Lock(key.as_str())
-            }
+            Op::Acquire { key, .. }
+            | Op::AcquirePaid { key, .. }
+            | Op::Renew { key, .. }
+            | Op::Release { key, .. } => Row::Lock(key.as_str()),
             Op::Hold { hold, .. } => Row::Account(hold.account.as_str()),
             Op::Charge { account, .. } => Row::Account(account.as_str()),
             Op::Reserve { payment, .. } => {
@@ -166,7 +190,10 @@ impl Op {
     /// The lock key it is about, if it is a lock operation.
     pub(crate) fn lock_key(&self) -> Option<&LockKey> {
         match self {
-            Op::Acquire { key, .. } | Op::Renew { key, .. } | Op::Release { key, .. } => Some(key),
+            Op::Acquire { key, .. }
+            | Op::AcquirePaid { key, .. }
+            | Op::Renew { key, .. }
+            | Op::Release { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -176,6 +203,10 @@ impl Op {
         match self {
             Op::Acquire { reply, .. } => deliver(reply, answer, |a| match a {
                 Answer::Acquired(a) => Some(a),
+                _ => None,
+            }),
+            Op::AcquirePaid { reply, .. } => deliver(reply, answer, |a| match a {
+                Answer::PaidAcquired(a) => Some(a),
                 _ => None,
             }),
             Op::Renew { reply, .. } => deliver(reply, answer, |a| match a {
@@ -233,19 +264,21 @@ pub(crate) struct Round {
 }
 
 impl Round {
-    /// The rounds of `ops`, sorted by [`Op::order`].
-    pub(crate) fn all(ops: &[Op]) -> Vec<Round> {
+    /// The rounds of the operations `within` of `ops`, sorted by [`Op::order`].
+    pub(crate) fn of(ops: &[Op], within: std::ops::Range<usize>) -> Vec<Round> {
         let mut rounds: Vec<Round> = Vec::new();
         let mut nth = 0;
-        for (i, op) in ops.iter().enumerate() {
-            nth = if i > 0 && ops[i - 1].order() == op.order() { nth + 1 } else { 0 };
+        let first = within.start;
+        for i in within {
+            let op = &ops[i];
+            nth = if i > first && ops[i - 1].order() == op.order() { nth + 1 } else { 0 };
             if rounds.len() <= nth {
                 rounds.push(Round::default());
             }
             let round = &mut rounds[nth];
             round.members.push(i);
             match op {
-                Op::Acquire { .. } => round.acquires.push(i),
+                Op::Acquire { .. } | Op::AcquirePaid { .. } => round.acquires.push(i),
                 Op::Release { .. } => round.releases.push(i),
                 _ => {}
             }
@@ -259,6 +292,94 @@ impl Round {
     }
 }
 
+/// Where the operations on rows of one kind (`kind` says which) lie in `ops`, which is sorted by
+/// [`Op::order`]; an empty range where there are none.
+pub(crate) fn rows_of(ops: &[Op], kind: impl Fn(&Row<'_>) -> bool) -> std::ops::Range<usize> {
+    let start = ops.iter().position(|op| kind(&op.order())).unwrap_or(ops.len());
+    let end = start + ops[start..].iter().take_while(|op| kind(&op.order())).count();
+    start..end
+}
+
+/// What a batch knows of the credits its paid acquisitions spend, read under each account's
+/// lock: each account's balance and what is held from it, and each capped key's spending, as
+/// read once per batch, plus what the batch's paid acquisitions before will charge (counted as
+/// held until the grants are known and the charges booked). So paid acquisitions of one
+/// account in one batch cover each other as holds would, without a write each.
+#[derive(Debug, Default)]
+pub(crate) struct Spending {
+    /// Per account: its balance, and what is held from it or spent by this batch.
+    funds: std::collections::HashMap<String, (u64, u64)>,
+    /// Per capped key: spent (and held) since its day started, and in all.
+    keys: std::collections::HashMap<String, (u64, u64)>,
+}
+
+impl Spending {
+    /// Whether `account`'s funds were read in this batch.
+    pub(crate) fn knows_account(&self, account: &str) -> bool {
+        self.funds.contains_key(account)
+    }
+
+    /// Notes `account`'s balance and holds, as read under its lock.
+    pub(crate) fn note_account(&mut self, account: &str, balance: u64, held: u64) {
+        self.funds.insert(account.to_owned(), (balance, held));
+    }
+
+    /// The key whose caps `spend` must fit, if it has caps.
+    pub(crate) fn capped_key(spend: &CreditSpend) -> Option<&str> {
+        spend.key_id.as_deref().filter(|_| spend.caps.daily.is_some() || spend.caps.total.is_some())
+    }
+
+    /// Whether `key`'s spending was read in this batch.
+    pub(crate) fn knows_key(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// Notes what `key` spent (and holds) since its day started and in all.
+    pub(crate) fn note_key(&mut self, key: &str, today: u64, total: u64) {
+        self.keys.insert(key.to_owned(), (today, total));
+    }
+
+    /// Counts `spend` if the account's available credit and the key's caps cover it (as
+    /// `Store::place_hold` judges a hold); why not otherwise, counting nothing. Its account (and
+    /// key, if capped) must have been noted.
+    pub(crate) fn spend(&mut self, spend: &CreditSpend) -> StoreResult<Result<(), HoldRefusal>> {
+        use vendbox_core::Usdc;
+        let unknown = || StoreError::Corrupt("a paid acquisition's funds were not read".into());
+        let amount = spend.payment.amount.atomic();
+        let &(balance, held) = self.funds.get(spend.account.as_str()).ok_or_else(unknown)?;
+        if balance.saturating_sub(held) < amount {
+            return Ok(Err(HoldRefusal::Short {
+                balance: Usdc(balance),
+                held: Usdc(held),
+                needed: Usdc(amount),
+            }));
+        }
+        let key = Spending::capped_key(spend);
+        if let Some(key) = key {
+            let &(today, total) = self.keys.get(key).ok_or_else(unknown)?;
+            let refusal = match (spend.caps.daily, spend.caps.total) {
+                (Some(cap), _) if today.saturating_add(amount) > cap.atomic() => {
+                    Some(HoldRefusal::DailyCap { cap, spent: Usdc(today) })
+                }
+                (_, Some(cap)) if total.saturating_add(amount) > cap.atomic() => {
+                    Some(HoldRefusal::TotalCap { cap, spent: Usdc(total) })
+                }
+                _ => None,
+            };
+            if let Some(refusal) = refusal {
+                return Ok(Err(refusal));
+            }
+        }
+        if let Some(funds) = self.funds.get_mut(spend.account.as_str()) {
+            funds.1 = held.saturating_add(amount);
+        }
+        if let Some(spent) = key.and_then(|k| self.keys.get_mut(k)) {
+            *spent = (spent.0.saturating_add(amount), spent.1.saturating_add(amount));
+        }
+        Ok(Ok(()))
+    }
+}
+
 /// The operations `members` of `ops` as the JSON array of objects a shared statement reads its
 /// rows from (the store's `rows` SQL): `k` the row's key, and for an acquisition `o` its owner,
 /// `t` its TTL in milliseconds and `m` its metadata, and `h` the release token's hash.
@@ -266,7 +387,8 @@ pub(crate) fn rows_json(ops: &[Op], members: impl Iterator<Item = usize>) -> Str
     use serde_json::{Value, json};
     let rows: Vec<Value> = members
         .map(|i| match &ops[i] {
-            Op::Acquire { key, owner, metadata, ttl_ms, release, .. } => json!({
+            Op::Acquire { key, owner, metadata, ttl_ms, release, .. }
+            | Op::AcquirePaid { key, owner, metadata, ttl_ms, release, .. } => json!({
                 "k": key.as_str(), "o": owner, "h": release.to_hex(), "t": ttl_ms, "m": metadata,
             }),
             Op::Release { key, release, .. } | Op::Renew { key, release, .. } => {
@@ -598,13 +720,21 @@ macro_rules! impl_locks {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 ops: &[$crate::aggregates::locks::Op],
             ) -> $crate::StoreResult<Vec<$crate::aggregates::locks::Answer>> {
-                use $crate::aggregates::locks::{Answer, Round};
+                use $crate::aggregates::locks::{Answer, Op, Round, Row, rows_of};
                 let mut tx = sqlx::Connection::begin(conn).await?;
                 let mut answers: Vec<Option<Answer>> = ops.iter().map(|_| None).collect();
                 // Accounts whose row lock this transaction took: their later operations in the
                 // batch need not take it again.
                 let mut locked = std::collections::HashSet::new();
-                let rounds = Round::all(ops);
+                // The batch is in row order (accounts, lock keys, payments), and takes its rows
+                // in that order: all its accounts (with those of its paid acquisitions), then its
+                // lock keys, then its payments.
+                let accounts = rows_of(ops, |row| matches!(row, Row::Account(_)));
+                let keys = rows_of(ops, |row| matches!(row, Row::Lock(_)));
+                let rest = rows_of(ops, |row| !matches!(row, Row::Account(_) | Row::Lock(_)));
+                let paid: Vec<usize> = keys.clone().filter(|&i| matches!(ops[i], Op::AcquirePaid { .. })).collect();
+                Self::apply_accounts_in(&mut tx, ops, accounts.clone(), &paid, &mut answers, &mut locked).await?;
+                let rounds = Round::of(ops, keys);
                 // On PostgreSQL the rows of every key the batch will change in one statement are
                 // locked first, in key order: one statement locks its rows in no set order.
                 if !$lock_rows.is_empty() && rounds.iter().any(Round::has_shared_statements) {
@@ -617,8 +747,10 @@ macro_rules! impl_locks {
                     .await?;
                 }
                 for round in &rounds {
-                    if round.acquires.len() > 1 {
-                        Self::acquire_locks_in(&mut tx, ops, &round.acquires, &mut answers).await?;
+                    // A paid acquisition its credits refused is answered already.
+                    let acquires: Vec<usize> = round.acquires.iter().copied().filter(|&i| answers[i].is_none()).collect();
+                    if acquires.len() > 1 {
+                        Self::acquire_locks_in(&mut tx, ops, &acquires, &mut answers).await?;
                     }
                     if round.releases.len() > 1 {
                         Self::release_locks_in(&mut tx, ops, &round.releases, &mut answers).await?;
@@ -630,11 +762,150 @@ macro_rules! impl_locks {
                         answers[i] = Some(Self::apply_lock_op_in(&mut tx, &ops[i], &mut locked).await?);
                     }
                 }
+                // The paid acquisitions' charges, now that their grants are known: new rows only
+                // (their accounts' rows are this transaction's already).
+                for &i in &paid {
+                    let Op::AcquirePaid { spend, .. } = &ops[i] else { continue };
+                    if let Some(Answer::Acquired(acquisition)) = answers[i].take_if(|a| matches!(a, Answer::Acquired(_))) {
+                        answers[i] = Some(Answer::PaidAcquired(Self::charge_paid_in(&mut tx, spend, acquisition).await?));
+                    }
+                }
+                for i in rest {
+                    answers[i] = Some(Self::apply_lock_op_in(&mut tx, &ops[i], &mut locked).await?);
+                }
                 tx.commit().await?;
                 answers
                     .into_iter()
                     .map(|a| a.ok_or_else(|| $crate::StoreError::Corrupt("a lock operation got no answer".into())))
                     .collect()
+            }
+
+            /// Applies the operations `accounts` of `ops` (on account rows, in account order),
+            /// and checks the credits of the paid acquisitions `paid`, taking each account's row
+            /// lock once, in account order: an account's own operations first, then its paid
+            /// acquisitions, which see what those held or charged. A paid acquisition the
+            /// credits or the key's caps do not cover is answered here, with nothing written;
+            /// the others are counted against their account (and key) for the rest of the batch.
+            async fn apply_accounts_in<'o>(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ops: &'o [$crate::aggregates::locks::Op],
+                accounts: std::ops::Range<usize>,
+                paid: &[usize],
+                answers: &mut [Option<$crate::aggregates::locks::Answer>],
+                locked: &mut std::collections::HashSet<&'o str>,
+            ) -> $crate::StoreResult<()> {
+                use sqlx::Row as _;
+                use $crate::aggregates::locks::{Answer, Op, Spending};
+                use $crate::shared::{ms, sql_to_u64};
+                let mut by_account: std::collections::BTreeMap<&str, (Vec<usize>, Vec<&$crate::CreditSpend>, Vec<usize>)> =
+                    std::collections::BTreeMap::new();
+                for i in accounts {
+                    if let $crate::aggregates::locks::Row::Account(account) = ops[i].order() {
+                        by_account.entry(account).or_default().0.push(i);
+                    }
+                }
+                for &i in paid {
+                    if let Op::AcquirePaid { spend, .. } = &ops[i] {
+                        let entry = by_account.entry(spend.account.as_str()).or_default();
+                        entry.1.push(spend);
+                        entry.2.push(i);
+                    }
+                }
+                let mut spending = Spending::default();
+                for (account, (own, spends, paid)) in by_account {
+                    for i in own {
+                        answers[i] = Some(Self::apply_lock_op_in(&mut *conn, &ops[i], locked).await?);
+                    }
+                    for (spend, i) in spends.into_iter().zip(paid) {
+                        if locked.insert(account) {
+                            Self::lock_account(&mut *conn, &spend.account, spend.now).await?;
+                        }
+                        if !spending.knows_account(account) {
+                            let funds = sqlx::query($crate::aggregates::ledger::FUNDS_SQL)
+                                .bind(account)
+                                .bind(ms(spend.now))
+                                .fetch_one(&mut *conn)
+                                .await?;
+                            spending.note_account(
+                                account,
+                                sql_to_u64(funds.try_get("balance")?, "balance")?,
+                                sql_to_u64(funds.try_get("held")?, "held")?,
+                            );
+                        }
+                        if let Some(key) = Spending::capped_key(spend).filter(|k| !spending.knows_key(k)) {
+                            let spent = sqlx::query($crate::aggregates::ledger::KEY_SPENT_SQL)
+                                .bind(key)
+                                .bind(ms(spend.caps.since))
+                                .bind(ms(spend.now))
+                                .fetch_one(&mut *conn)
+                                .await?;
+                            let held = sql_to_u64(spent.try_get("held")?, "held")?;
+                            let today = sql_to_u64(spent.try_get("charged_since")?, "charged")?;
+                            let total = sql_to_u64(spent.try_get("charged")?, "charged")?;
+                            spending.note_key(key, today.saturating_add(held), total.saturating_add(held));
+                        }
+                        if let Err(refusal) = spending.spend(spend)? {
+                            answers[i] = Some(Answer::PaidAcquired($crate::PaidAcquisition::Refused(refusal)));
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            /// Books the charge of the paid acquisition `spend` that came to `acquisition`
+            /// (its credits were counted under its account's lock) and records its payment
+            /// settled; or, when it found the key held and that is not charged, records the
+            /// payment voided.
+            async fn charge_paid_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                spend: &$crate::CreditSpend,
+                acquisition: $crate::LockAcquisition,
+            ) -> $crate::StoreResult<$crate::PaidAcquisition> {
+                use $crate::shared::{atomic_to_sql, ms};
+                let mut payment = spend.payment.clone();
+                payment.updated_at = spend.now;
+                let charged = matches!(acquisition, $crate::LockAcquisition::Acquired(_)) || spend.charge_when_held;
+                let charge = if charged {
+                    let amount = atomic_to_sql(payment.amount.atomic())?;
+                    // The balance was checked under the account's lock; the condition only
+                    // makes sure no way of getting here overdraws it.
+                    let row = sqlx::query(
+                        "INSERT INTO ledger_entries (account, kind, delta_atomic, reference, created_at, key_id) \
+                         SELECT $1, $2, $3, $4, $5, $6 \
+                         WHERE COALESCE((SELECT balance_atomic FROM accounts WHERE address = $1), 0) >= $7 RETURNING *",
+                    )
+                    .bind(spend.account.as_str())
+                    .bind(vendbox_core::LedgerKind::Charge.as_str())
+                    .bind(-amount)
+                    .bind(payment.id.to_string())
+                    .bind(ms(spend.now))
+                    .bind(spend.key_id.as_deref())
+                    .bind(amount)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    let Some(row) = row else {
+                        return Err($crate::StoreError::Corrupt(format!(
+                            "the credits of {} no longer cover a charge counted under its lock",
+                            spend.account
+                        )));
+                    };
+                    let entry = Self::ledger_from_row(&row)?;
+                    payment.state = vendbox_core::PaymentState::Settled;
+                    payment.settlement_ref = Some(entry.id.to_string());
+                    Some(entry)
+                } else {
+                    payment.state = vendbox_core::PaymentState::Voided;
+                    payment.void_reason = Some(spend.void_reason.clone());
+                    None
+                };
+                Self::record_payment_in(&mut *conn, &payment).await?;
+                Ok(match (acquisition, charge) {
+                    ($crate::LockAcquisition::Acquired(lock), Some(charge)) => $crate::PaidAcquisition::Acquired { lock, charge },
+                    ($crate::LockAcquisition::Acquired(_), None) => {
+                        return Err($crate::StoreError::Corrupt("a paid grant was not charged".into()));
+                    }
+                    ($crate::LockAcquisition::Held(holder), charge) => $crate::PaidAcquisition::Held { holder, charge },
+                })
             }
 
             /// Applies one operation of a batch alone; `locked` holds the accounts whose row
@@ -647,6 +918,11 @@ macro_rules! impl_locks {
                 use $crate::aggregates::locks::{Answer, Op};
                 Ok(match op {
                     Op::Acquire { key, owner, metadata, ttl_ms, release, .. } => Answer::Acquired(
+                        Self::acquire_lock_in(&mut *conn, key, owner.as_deref(), metadata.as_deref(), *ttl_ms, release)
+                            .await?,
+                    ),
+                    // Its credits were counted with its account's; the charge follows the grants.
+                    Op::AcquirePaid { key, owner, metadata, ttl_ms, release, .. } => Answer::Acquired(
                         Self::acquire_lock_in(&mut *conn, key, owner.as_deref(), metadata.as_deref(), *ttl_ms, release)
                             .await?,
                     ),
@@ -891,6 +1167,32 @@ macro_rules! impl_locks {
                 let metadata = metadata.map(serde_json::Value::to_string);
                 self.locks
                     .run(&key.as_str().to_owned(), |reply| $crate::aggregates::locks::Op::Acquire { key, owner, metadata, ttl_ms, release, reply })
+                    .await
+            }
+
+            async fn acquire_lock_paid(
+                &self,
+                key: &vendbox_core::LockKey,
+                owner: Option<&str>,
+                metadata: Option<&serde_json::Value>,
+                ttl: std::time::Duration,
+                release: &vendbox_core::TokenHash,
+                spend: &$crate::CreditSpend,
+            ) -> $crate::StoreResult<$crate::PaidAcquisition> {
+                let ttl_ms = $crate::aggregates::locks::ttl_ms(ttl)?;
+                let (key, owner, release) = (key.clone(), owner.map(str::to_owned), *release);
+                let metadata = metadata.map(serde_json::Value::to_string);
+                let spend = Box::new(spend.clone());
+                self.locks
+                    .run(&key.as_str().to_owned(), |reply| $crate::aggregates::locks::Op::AcquirePaid {
+                        key,
+                        owner,
+                        metadata,
+                        ttl_ms,
+                        release,
+                        spend,
+                        reply,
+                    })
                     .await
             }
 
