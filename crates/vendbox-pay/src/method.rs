@@ -262,6 +262,13 @@ pub trait PaymentMethod: Send + Sync + fmt::Debug {
 
     /// Finds out whether `payment`, left `verified` by a crash, moved money.
     async fn recover(&self, payment: &Payment) -> Result<Recovered, String>;
+
+    /// The method itself, for a gate that offers a method it knows a path of its own (prepaid
+    /// credits, whose money is in the gate's own store: paid work that can take the money in
+    /// its own write). `None` by default: the gate runs the steps above.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vendbox_core::PaymentId;
 use vendbox_pay::{Challenge, Charge, Proof};
-use vendbox_service::{Coded, Delivery, Paid, PayError, Payments, Unconfigured};
+use vendbox_service::{Coded, Delivery, Paid, PayError, Payments, Spent, Unconfigured};
+use vendbox_store::CreditSpend;
 
 use crate::error::ApiError;
 
@@ -57,6 +58,25 @@ where
     W: Future<Output = Result<Delivery<T, ApiError>, ApiError>>,
 {
     respond(payments.pay(&proof(payments, headers), charge, work).await, |value| value)
+}
+
+/// As [`pay`], for work that can also take its payment from credits in its own write
+/// (`Payments::pay_spending`): `spend` runs instead of `work` when the request pays with credits.
+pub async fn pay_spending<T, F, W, S, SW>(
+    payments: &Payments,
+    headers: &HeaderMap,
+    charge: Option<Charge>,
+    work: F,
+    spend: S,
+) -> Response
+where
+    T: IntoResponse,
+    F: FnOnce(Option<PaymentId>) -> W,
+    W: Future<Output = Result<Delivery<T, ApiError>, ApiError>>,
+    S: FnOnce(CreditSpend) -> SW,
+    SW: Future<Output = Result<Spent<T>, ApiError>>,
+{
+    respond(payments.pay_spending(&proof(payments, headers), charge, work, spend).await, |value| value)
 }
 
 /// As [`pay`], for work that either delivers or fails.

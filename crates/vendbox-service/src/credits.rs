@@ -12,6 +12,13 @@
 //! charge (settled) or drops the hold (voided). No chain is asked anything. Both writes are
 //! group-committed with the store's lock operations, so a purchase paid with credits costs no
 //! fsync of its own.
+//!
+//! Work whose own write can carry the charge (a lock grant) takes another way through the gate
+//! (`Payments::pay_spending`): [`Credits::spend`] makes the admitted payment into a
+//! `CreditSpend`, the work's write checks the credits and caps under the account's lock, grants,
+//! books the charge and records the payment in one transaction, and [`Credits::charged`] and
+//! [`Credits::refused`] word its receipt or refusal as the steps above would. Nothing is held, and nothing is left `verified`
+//! for recovery.
 
 use std::sync::Arc;
 
@@ -19,13 +26,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use vendbox_core::{
-    AccountAddress, KeyGrant, KeyScope, Payment, PaymentId, PaymentState, Principal, ReplayKey, Usdc,
+    AccountAddress, KeyGrant, KeyScope, LedgerEntry, Payment, PaymentId, PaymentState, Principal, ReplayKey,
+    Usdc,
 };
 use vendbox_pay::{
     Admission, AdmitError, Challenge, Charge, ChargeKind, PaymentMethod, Proof, Reason, Receipt, Recovered,
     Rejection, SettleFailure,
 };
-use vendbox_store::{CreditHold, HoldRefusal, SpendCaps, Store, StoreError};
+use vendbox_store::{CreditHold, CreditSpend, HoldRefusal, SpendCaps, Store, StoreError};
 
 use crate::clock::Clock;
 
@@ -94,6 +102,86 @@ impl Credits {
             (KeyScope::BoxesUpTo { max_price }, _) => {
                 refuse(format!("locks, and boxes of at most {max_price}"))
             }
+        }
+    }
+
+    /// The caps of `key` (none for a wallet's own signature), their day starting at `now`'s.
+    fn caps(key: Option<&KeyGrant>, now: DateTime<Utc>) -> SpendCaps {
+        SpendCaps {
+            daily: key.and_then(|k| k.daily_cap),
+            since: day_start(now),
+            total: key.and_then(|k| k.total_cap),
+        }
+    }
+
+    /// Why `principal` may not spend `amount`, as the store refused it, in words that say what
+    /// to do.
+    fn refusal(&self, principal: &Principal, amount: Usdc, refusal: HoldRefusal) -> Rejection {
+        let key_id = principal.key_id().unwrap_or_default();
+        match refusal {
+            HoldRefusal::Short { balance, held, needed } => {
+                self.short(&principal.account, balance, held, needed)
+            }
+            HoldRefusal::DailyCap { cap, spent } => Rejection::new(
+                Reason::KeyDailyCap,
+                format!(
+                    "API key {key_id} has a daily cap of {cap} and spent {spent} today (UTC); this costs {amount}"
+                ),
+            ),
+            HoldRefusal::TotalCap { cap, spent } => Rejection::new(
+                Reason::KeyTotalCap,
+                format!("API key {key_id} has a total cap of {cap} and spent {spent}; this costs {amount}"),
+            ),
+        }
+    }
+
+    /// The receipt of a payment settled by the ledger entry `reference` (empty while unknown).
+    fn receipt(admission: &Admission, reference: String) -> Receipt {
+        Receipt {
+            headers: vec![(
+                CREDITS_RECEIPT,
+                json!({
+                    "method": "credits",
+                    "reference": reference,
+                    "account": admission.payer,
+                    "amount": admission.payment.amount.to_string(),
+                })
+                .to_string(),
+            )],
+            reference,
+            payer: admission.payer.clone(),
+            network: CREDITS_CHAIN.into(),
+        }
+    }
+
+    /// The admitted payment as credits to spend in the same write as the work it pays for
+    /// (`Store::acquire_lock_paid`), rather than held at verification and charged at settlement:
+    /// the same account, key, caps and price; `void_reason` is recorded if nothing is charged.
+    pub fn spend(&self, admission: &Admission, void_reason: &str) -> Result<CreditSpend, AdmitError> {
+        let principal = Credits::principal(admission)
+            .ok_or_else(|| AdmitError::Unavailable("a credits admission without its account".into()))?;
+        let now = self.clock.now();
+        Ok(CreditSpend {
+            payment: admission.payment.clone(),
+            account: principal.account.clone(),
+            key_id: principal.key_id().map(str::to_owned),
+            caps: Credits::caps(principal.key.as_ref(), now),
+            charge_when_held: false,
+            void_reason: void_reason.to_owned(),
+            now,
+        })
+    }
+
+    /// The receipt of a spend the store charged with the ledger entry `charge`.
+    pub fn charged(admission: &Admission, charge: &LedgerEntry) -> Receipt {
+        Credits::receipt(admission, charge.id.to_string())
+    }
+
+    /// The refusal of a spend the store refused, in the words [`PaymentMethod::verify`] uses.
+    pub fn refused(&self, admission: &Admission, refusal: HoldRefusal) -> Rejection {
+        match Credits::principal(admission) {
+            Some(principal) => self.refusal(principal, admission.payment.amount, refusal),
+            None => Rejection::new(Reason::CreditsShort, "the credits of this account do not cover this"),
         }
     }
 
@@ -199,12 +287,7 @@ impl PaymentMethod for Credits {
         let principal = Credits::principal(admission)
             .ok_or_else(|| AdmitError::Unavailable("a credits admission without its account".into()))?;
         let now = self.clock.now();
-        let key = principal.key.as_ref();
-        let caps = SpendCaps {
-            daily: key.and_then(|k| k.daily_cap),
-            since: day_start(now),
-            total: key.and_then(|k| k.total_cap),
-        };
+        let caps = Credits::caps(principal.key.as_ref(), now);
         let hold = CreditHold {
             payment: admission.payment.id,
             account: principal.account.clone(),
@@ -212,27 +295,9 @@ impl PaymentMethod for Credits {
             amount: charge.amount,
             expires_at: now + self.hold_ttl,
         };
-        let key_id = principal.key_id().unwrap_or_default();
         match self.store.place_hold(&hold, &caps, Some(&admission.payment), now).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(HoldRefusal::Short { balance, held, needed })) => {
-                Err(AdmitError::Rejected(self.short(&principal.account, balance, held, needed)))
-            }
-            Ok(Err(HoldRefusal::DailyCap { cap, spent })) => Err(AdmitError::Rejected(Rejection::new(
-                Reason::KeyDailyCap,
-                format!(
-                    "API key {key_id} has a daily cap of {cap} and spent {spent} today (UTC); \
-                     this costs {}",
-                    charge.amount
-                ),
-            ))),
-            Ok(Err(HoldRefusal::TotalCap { cap, spent })) => Err(AdmitError::Rejected(Rejection::new(
-                Reason::KeyTotalCap,
-                format!(
-                    "API key {key_id} has a total cap of {cap} and spent {spent}; this costs {}",
-                    charge.amount
-                ),
-            ))),
+            Ok(Err(refusal)) => Err(AdmitError::Rejected(self.refusal(principal, charge.amount, refusal))),
             Err(StoreError::ReplayKeyTaken) => Err(AdmitError::Rejected(Rejection::new(
                 Reason::Replayed,
                 "this payment was reserved before; send the request again",
@@ -244,21 +309,7 @@ impl PaymentMethod for Credits {
     async fn settle(&self, admission: &Admission, _charge: &Charge) -> Result<Receipt, SettleFailure> {
         let id = admission.payment.id;
         let account = admission.payer.clone();
-        let receipt = |reference: String| Receipt {
-            headers: vec![(
-                CREDITS_RECEIPT,
-                json!({
-                    "method": "credits",
-                    "reference": reference,
-                    "account": account,
-                    "amount": admission.payment.amount.to_string(),
-                })
-                .to_string(),
-            )],
-            reference,
-            payer: account.clone(),
-            network: CREDITS_CHAIN.into(),
-        };
+        let receipt = |reference: String| Credits::receipt(admission, reference);
         let principal = Credits::principal(admission)
             .ok_or_else(|| SettleFailure::Failed("a credits admission without its account".into()))?;
         match self.store.settle_hold(&principal.account, id, self.clock.now()).await {
@@ -282,6 +333,10 @@ impl PaymentMethod for Credits {
                 Err(SettleFailure::Unconfirmed { receipt: receipt(String::new()), message: e.to_string() })
             }
         }
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     async fn release(&self, admission: &Admission) {

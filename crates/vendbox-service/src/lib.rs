@@ -52,7 +52,7 @@ pub use error::LeaseError;
 pub use exec::{DEFAULT_EXEC_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_EXEC_TIMEOUT, MAX_OUTPUT_BYTES, Ran};
 pub use leases::{Boxes, EXPIRY_BATCH, PodPlace, Provisioned, Reconciled};
 pub use locks::{LockError, LockWaiters, Locks};
-pub use payments::{Coded, Delivery, Faults, Paid, PayError, Payments, RecoverError, Unconfigured};
+pub use payments::{Coded, Delivery, Faults, Paid, PayError, Payments, RecoverError, Spent, Unconfigured};
 pub use purchase::Extension;
 pub use records::{RecordError, Records};
 /// An API key as `Auth` lists it.

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vendbox_core::{Catalog, CoreError, Lock, LockKey, LockRequest, Offer, OfferKind, SecretToken};
-use vendbox_store::{LockAcquisition, LockRefusal, LockRelease, LockRenewal, Store, StoreError};
+use vendbox_store::{
+    CreditSpend, LockAcquisition, LockRefusal, LockRelease, LockRenewal, PaidAcquisition, Store, StoreError,
+};
+
+use crate::payments::Spent;
 
 /// The `operation` label of the offer that prices acquisitions.
 pub const ACQUIRE: &str = "acquire";
@@ -180,6 +184,47 @@ impl Locks {
                 Acquired::Granted { lock, release_token: token }
             }
             LockAcquisition::Held(holder) => Acquired::Held(holder),
+        })
+    }
+
+    /// As [`Locks::acquire`], paid from credits in the grant's own transaction
+    /// (`Payments::pay_spending` gives the `spend`): the credits and the key's caps are checked
+    /// under the account's lock, and the key is granted and the charge booked together, or,
+    /// when the key is held, the payment voided (or charged, as [`Locks::when_held`] says); a
+    /// refusal grants, charges and records nothing.
+    pub async fn acquire_paid(
+        &self,
+        request: &LockRequest,
+        mut spend: CreditSpend,
+    ) -> Result<Spent<Acquired>, LockError> {
+        spend.charge_when_held = self.when_held() == WhenHeld::Charge;
+        let token = SecretToken::generate();
+        let ttl = Duration::from_secs(u64::from(request.ttl_seconds));
+        let answer = self
+            .store
+            .acquire_lock_paid(
+                &request.key,
+                request.owner.as_deref(),
+                request.metadata.as_ref(),
+                ttl,
+                &token.hash(),
+                &spend,
+            )
+            .await?;
+        Ok(match answer {
+            PaidAcquisition::Acquired { lock, charge } => {
+                tracing::info!(
+                    key = lock.key.as_str(),
+                    fencing_token = lock.fencing_token.0,
+                    "lock acquired, paid from credits"
+                );
+                Spent::Charged { value: Acquired::Granted { lock, release_token: token }, charge }
+            }
+            PaidAcquisition::Held { holder, charge: Some(charge) } => {
+                Spent::Charged { value: Acquired::Held(holder), charge }
+            }
+            PaidAcquisition::Held { holder, charge: None } => Spent::NotCharged(Acquired::Held(holder)),
+            PaidAcquisition::Refused(refusal) => Spent::Refused(refusal),
         })
     }
 

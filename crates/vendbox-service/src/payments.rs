@@ -15,14 +15,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vendbox_core::{PaymentId, PaymentState, Usdc};
+use vendbox_core::{LedgerEntry, PaymentId, PaymentState, Usdc};
 use vendbox_pay::{
     AdmitError, Challenge, Charge, ChargeKind, PaymentMethod, Proof, Reason, Receipt, Recovered, Rejection,
     SettleFailure,
 };
-use vendbox_store::{PaymentOutcome, Store, StoreError};
+use vendbox_store::{CreditSpend, HoldRefusal, PaymentOutcome, Store, StoreError};
 
 use crate::clock::{Clock, SystemClock};
+use crate::credits::Credits;
 
 /// A boxed step of paid work that runs around the settlement.
 type Step<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -92,6 +93,34 @@ pub struct Paid<T> {
     pub payment: Option<PaymentId>,
     /// Proof that the money moved.
     pub receipt: Option<Receipt>,
+}
+
+/// What paid work that takes its payment from credits in its own write came to (see
+/// [`Payments::pay_spending`]).
+#[derive(Debug)]
+pub enum Spent<T> {
+    /// Delivered and charged, by this ledger entry; the payment is settled.
+    Charged {
+        /// What the work produced.
+        value: T,
+        /// The charge.
+        charge: LedgerEntry,
+    },
+    /// Served, and nothing charged (a lock already held); the payment is voided.
+    NotCharged(T),
+    /// The credits or the key's caps did not cover the price; nothing was done or recorded.
+    Refused(HoldRefusal),
+}
+
+impl<T> Spent<T> {
+    /// The same outcome with its value made into another.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Spent<U> {
+        match self {
+            Spent::Charged { value, charge } => Spent::Charged { value: f(value), charge },
+            Spent::NotCharged(value) => Spent::NotCharged(f(value)),
+            Spent::Refused(refusal) => Spent::Refused(refusal),
+        }
+    }
 }
 
 /// Why a paid request was not answered with its work's value.
@@ -360,7 +389,7 @@ impl Payments {
             }
             Ok(Delivery { value, delivered: false, .. }) => {
                 method.release(&admission).await;
-                self.void(id, "nothing was sold for this request; nothing was charged").await;
+                self.void(id, UNSOLD).await;
                 Ok(Paid { value, payment: Some(id), receipt: None })
             }
             Ok(Delivery { value, delivered: true, undo, settled }) => {
@@ -386,6 +415,76 @@ impl Payments {
                         Err(refusal)
                     }
                 }
+            }
+        }
+    }
+
+    /// As [`Payments::pay`], for work that can also take its payment from credits in its own
+    /// write: when `proof` pays with credits, `spend` runs instead of `work`, given the admitted
+    /// payment as a [`CreditSpend`] (account, key, caps, price), and the credits are checked,
+    /// the work done and the charge booked (the payment recorded settled, or voided when nothing
+    /// is charged) in one transaction of the store: no hold, no settlement step, nothing left
+    /// `verified`. Its outcome is answered as `pay` would answer the same: the receipt names the
+    /// ledger entry, a refusal is the credits' 402. With any other method, or without proof,
+    /// this is `pay(proof, charge, work)`.
+    pub async fn pay_spending<T, E, F, W, S, SW>(
+        &self,
+        proof: &Proof,
+        charge: Option<Charge>,
+        work: F,
+        spend: S,
+    ) -> Result<Paid<T>, PayError<E>>
+    where
+        E: Coded + Send + 'static,
+        F: FnOnce(Option<PaymentId>) -> W,
+        W: Future<Output = Result<Delivery<T, E>, E>>,
+        S: FnOnce(CreditSpend) -> SW,
+        SW: Future<Output = Result<Spent<T>, E>>,
+    {
+        let credits = self
+            .methods
+            .iter()
+            .find(|m| m.recognizes(proof))
+            .and_then(|m| m.as_any())
+            .and_then(|m| m.downcast_ref::<Credits>());
+        let (Some(charge), Some(credits)) = (&charge, credits) else {
+            return self.pay(proof, charge, work).await;
+        };
+        let mut admission = credits
+            .check(proof, charge, PaymentId::new_random(), self.clock.now())
+            .map_err(|r| self.refused(charge, proof, &r, None))?;
+        admission
+            .payment
+            .purchase
+            .get_or_insert_with(|| format!("{} ({})", charge.description, charge.resource));
+        let id = admission.payment.id;
+        if self.faults.fail_work {
+            return Err(PayError::Internal { message: "injected fault: fail-work".into(), payment: None });
+        }
+        let credit_spend = match credits.spend(&admission, UNSOLD) {
+            Ok(spend) => spend,
+            Err(AdmitError::Rejected(r)) => return Err(self.refused(charge, proof, &r, None)),
+            Err(AdmitError::Unavailable(m)) => return Err(PayError::Unavailable(m)),
+        };
+        // Nothing is recorded unless the work's write commits: a failed one leaves no payment.
+        let outcome = spend(credit_spend).await.map_err(|error| PayError::Work { error, payment: None })?;
+        match outcome {
+            Spent::Charged { value, charge: entry } => {
+                tracing::info!(
+                    payment = %id,
+                    payer = %admission.payer,
+                    amount = %admission.payment.amount,
+                    entry = entry.id,
+                    "paid from credits in the work's own write"
+                );
+                Ok(Paid { value, payment: Some(id), receipt: Some(Credits::charged(&admission, &entry)) })
+            }
+            Spent::NotCharged(value) => {
+                tracing::info!(payment = %id, reason = UNSOLD, "payment voided");
+                Ok(Paid { value, payment: Some(id), receipt: None })
+            }
+            Spent::Refused(refusal) => {
+                Err(self.refused(charge, proof, &credits.refused(&admission, refusal), None))
             }
         }
     }
@@ -602,6 +701,9 @@ impl Payments {
         )
     }
 }
+
+/// Why a payment for a request that sold nothing (a lock already held) is voided.
+const UNSOLD: &str = "nothing was sold for this request; nothing was charged";
 
 /// The refusal of a proof this vendbox has taken before.
 fn replayed() -> Rejection {

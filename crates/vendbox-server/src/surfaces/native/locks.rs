@@ -284,6 +284,7 @@ pub(crate) async fn acquire(
     let offer = locks.offer(ACQUIRE)?;
     let charge = state.payments.charge_for(ChargeKind::Lock, offer.price.price(0, 0)?, path, &offer.title)?;
     let when_held = locks.when_held();
+    let paid_alone = (locks.clone(), request.clone());
     let work = async move {
         let acquired = match wait {
             Some(wait) => locks.acquire_waiting(&request, wait).await?,
@@ -291,36 +292,54 @@ pub(crate) async fn acquire(
         };
         Ok(match acquired {
             Acquired::Granted { lock, release_token } => {
-                let body = AcquireResponse {
-                    ok: true,
-                    acquired: true,
-                    lock: LockView::from(&lock),
-                    release_token: Some(release_token.expose().to_owned()),
-                    fencing_token: Some(lock.fencing_token.0),
-                };
                 // Unpaid after all: give the key back at once rather than at expiry.
-                let undo = locks.give_back(lock.key, &release_token);
-                Delivery::delivered((created, Json(body))).undo_with(undo)
+                let undo = locks.give_back(lock.key.clone(), &release_token);
+                Delivery::delivered(answer(Acquired::Granted { lock, release_token }, created))
+                    .undo_with(undo)
             }
-            Acquired::Held(holder) => {
-                let answer = (
-                    StatusCode::OK,
-                    Json(AcquireResponse {
-                        ok: true,
-                        acquired: false,
-                        lock: LockView::from(&holder),
-                        release_token: None,
-                        fencing_token: None,
-                    }),
-                );
-                match when_held {
-                    WhenHeld::Void => Delivery::not_delivered(answer),
-                    WhenHeld::Charge => Delivery::delivered(answer),
-                }
-            }
+            held @ Acquired::Held(_) => match when_held {
+                WhenHeld::Void => Delivery::not_delivered(answer(held, created)),
+                WhenHeld::Charge => Delivery::delivered(answer(held, created)),
+            },
         })
     };
-    Ok(crate::gate::pay(&state.payments, headers, charge, |_| work).await)
+    if wait.is_some() {
+        // A wait tries the key until it is free, paid once (with credits: held for the wait).
+        return Ok(crate::gate::pay(&state.payments, headers, charge, |_| work).await);
+    }
+    // Paid from credits, the grant and its charge are one write of the store.
+    let (locks, request) = paid_alone;
+    let spend = |spend| async move {
+        Ok(locks.acquire_paid(&request, spend).await?.map(|acquired| answer(acquired, created)))
+    };
+    Ok(crate::gate::pay_spending(&state.payments, headers, charge, |_| work, spend).await)
+}
+
+/// The answer to an acquisition: `created` and the release token (shown once) for a grant, 200
+/// and the holder's grant (never its token) for a key held by another.
+fn answer(acquired: Acquired, created: StatusCode) -> (StatusCode, Json<AcquireResponse>) {
+    match acquired {
+        Acquired::Granted { lock, release_token } => (
+            created,
+            Json(AcquireResponse {
+                ok: true,
+                acquired: true,
+                lock: LockView::from(&lock),
+                release_token: Some(release_token.expose().to_owned()),
+                fencing_token: Some(lock.fencing_token.0),
+            }),
+        ),
+        Acquired::Held(holder) => (
+            StatusCode::OK,
+            Json(AcquireResponse {
+                ok: true,
+                acquired: false,
+                lock: LockView::from(&holder),
+                release_token: None,
+                fencing_token: None,
+            }),
+        ),
+    }
 }
 
 pub(crate) async fn renew(
