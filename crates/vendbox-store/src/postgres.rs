@@ -92,6 +92,7 @@ impl PostgresStore {
 // batch locks its keys' rows in key order with `FOR UPDATE OF locks` before it changes them. A
 // release notifies `RELEASED_CHANNEL` (`aggregates::locks`) from its own `RETURNING`, in the
 // statement that releases rather than a round trip of its own, delivered only if it commits.
+// The charges and payments of a batch's paid acquisitions are read from JSON arrays the same way.
 store_impl!(
     PostgresStore,
     sqlx::Postgres,
@@ -100,5 +101,8 @@ store_impl!(
     skip_locked = "FOR UPDATE SKIP LOCKED",
     rows = "jsonb_to_recordset($1::jsonb) AS r(k text, o text, h text, t bigint, m text)",
     lock_rows = "FOR UPDATE OF locks",
-    notify_released = ", pg_notify('vendbox_lock_released', key)::text AS notified"
+    notify_released = ", pg_notify('vendbox_lock_released', key)::text AS notified",
+    charge_rows = "jsonb_to_recordset($1::jsonb) AS r(a text, p text, k text, n bigint, c bigint)",
+    payment_rows = "jsonb_to_recordset($1::jsonb) AS r(id text, q text, me text, ch text, asset text, \
+                    payer text, nonce text, n bigint, st text, sr text, vr text, pr text, c bigint, u bigint, pu text)"
 );

@@ -58,7 +58,9 @@ macro_rules! store_impl {
         skip_locked = $skip_locked:literal,
         rows = $rows:literal,
         lock_rows = $lock_rows:literal,
-        notify_released = $notify:literal
+        notify_released = $notify:literal,
+        charge_rows = $charge_rows:literal,
+        payment_rows = $payment_rows:literal
     ) => {
         $crate::aggregates::quotes::impl_quotes!($store, $db);
         $crate::aggregates::payments::impl_payments!($store, $db);
@@ -74,7 +76,9 @@ macro_rules! store_impl {
             clock_ms = $clock,
             rows = $rows,
             lock_rows = $lock_rows,
-            notify_released = $notify
+            notify_released = $notify,
+            charge_rows = $charge_rows,
+            payment_rows = $payment_rows
         );
 
         // Each method calls the inherent method of the same name, which method resolution picks

@@ -93,7 +93,8 @@ impl SqliteStore {
     }
 }
 
-// The rows of a shared lock statement come from `json_each` over its JSON array, and need no
+// The rows of a shared lock statement (and the charges and payments of a batch's paid
+// acquisitions) come from `json_each` over its JSON array, and need no
 // locking clause: the one writer holds the database's write lock for the whole batch.
 // The database clock: Unix milliseconds, stable within one statement. Writers take turns, so a
 // statement's clock is also read after every earlier write, and a statement that picks rows and
@@ -107,5 +108,12 @@ store_impl!(
     rows = "(SELECT value ->> 'k' AS k, value ->> 'o' AS o, value ->> 'h' AS h, value ->> 't' AS t, \
             value ->> 'm' AS m FROM json_each($1)) AS r",
     lock_rows = "",
-    notify_released = ""
+    notify_released = "",
+    charge_rows = "(SELECT value ->> 'a' AS a, value ->> 'p' AS p, value ->> 'k' AS k, value ->> 'n' AS n, \
+                   value ->> 'c' AS c FROM json_each($1)) AS r",
+    payment_rows = "(SELECT value ->> 'id' AS id, value ->> 'q' AS q, value ->> 'me' AS me, value ->> 'ch' AS ch, \
+                    value ->> 'asset' AS asset, value ->> 'payer' AS payer, value ->> 'nonce' AS nonce, \
+                    value ->> 'n' AS n, value ->> 'st' AS st, value ->> 'sr' AS sr, value ->> 'vr' AS vr, \
+                    value ->> 'pr' AS pr, value ->> 'c' AS c, value ->> 'u' AS u, value ->> 'pu' AS pu \
+                    FROM json_each($1)) AS r"
 );

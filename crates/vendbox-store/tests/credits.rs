@@ -394,6 +394,39 @@ async fn concurrent_paid_acquisitions_never_overspend(store: Arc<dyn Store>) {
     }
 }
 
+/// Many paid acquisitions of one key at once: one grant charged, every other answered with the
+/// holder, its payment voided and nothing charged.
+async fn paid_acquisitions_of_one_key_at_once_charge_one(store: Arc<dyn Store>) {
+    let a = account(12);
+    store.append_ledger(&a, LedgerKind::TopUp, Usdc(10_000), "top", t0()).await.unwrap();
+    let mut work = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (store, a) = (store.clone(), a.clone());
+        work.spawn(async move {
+            let s = spend(&a, None, SpendCaps::none(t0()), 100);
+            let answer = acquire_paid(store.as_ref(), "paid:contested", &s).await;
+            (answer, store.get_payment(s.payment.id).await.unwrap().unwrap())
+        });
+    }
+    let (mut granted, mut held) = (0, 0);
+    while let Some(done) = work.join_next().await {
+        match done.unwrap() {
+            (PaidAcquisition::Acquired { charge, .. }, p) => {
+                granted += 1;
+                assert_eq!((p.state, p.settlement_ref), (PaymentState::Settled, Some(charge.id.to_string())));
+            }
+            (PaidAcquisition::Held { charge: None, .. }, p) => {
+                held += 1;
+                assert_eq!(p.state, PaymentState::Voided);
+                assert_eq!(p.void_reason.as_deref(), Some("the key was held; nothing was charged"));
+            }
+            (other, _) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((granted, held), (1, 19));
+    assert_eq!(store.funds(&a, t0()).await.unwrap(), Funds { balance: Usdc(9_900), held: Usdc(0) });
+}
+
 /// Two hosts (two stores, each with its own lock writer) on one PostgreSQL database spend one
 /// account's credits with paid acquisitions at once: exactly the balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,6 +460,7 @@ async fn two_hosts_paying_for_locks_spend_one_balance_exactly() {
 common::suite!(
     a_paid_acquisition_charges_a_grant_and_nothing_else,
     concurrent_paid_acquisitions_never_overspend,
+    paid_acquisitions_of_one_key_at_once_charge_one,
     a_hold_reserves_its_payment_and_its_charge_settles_it,
     holds_keep_credit_aside_until_settled_or_released,
     concurrent_holds_never_overspend,

@@ -38,7 +38,8 @@
 //! must cover the price, or it is refused with nothing written; then it is granted with the other
 //! acquisitions of its key's round (in a shared statement with them), and once the grants are
 //! known its charge is booked and its payment recorded settled (or voided, for a key found held)
-//! in new rows only. So a credit-paid lock costs the writer two operations, acquire and release,
+//! in new rows only: the batch's charges in one `INSERT … SELECT … RETURNING` and their payments
+//! in one more, from JSON arrays (`charge_rows`, `payment_rows`). So a credit-paid lock costs the writer two operations, acquire and release,
 //! as a free one does, and no payment is ever left `verified` by it: a crash before the commit
 //! leaves nothing, after it everything.
 //!
@@ -564,7 +565,9 @@ macro_rules! impl_locks {
         clock_ms = $clock:literal,
         rows = $rows:literal,
         lock_rows = $lock_rows:literal,
-        notify_released = $notify:literal
+        notify_released = $notify:literal,
+        charge_rows = $charge_rows:literal,
+        payment_rows = $payment_rows:literal
     ) => {
         impl $store {
             fn lock_from_row(r: &<$db as sqlx::Database>::Row) -> $crate::StoreResult<vendbox_core::Lock> {
@@ -764,11 +767,19 @@ macro_rules! impl_locks {
                 }
                 // The paid acquisitions' charges, now that their grants are known: new rows only
                 // (their accounts' rows are this transaction's already).
+                let mut done = Vec::with_capacity(paid.len());
                 for &i in &paid {
                     let Op::AcquirePaid { spend, .. } = &ops[i] else { continue };
                     if let Some(Answer::Acquired(acquisition)) = answers[i].take_if(|a| matches!(a, Answer::Acquired(_))) {
+                        done.push((i, spend.as_ref(), acquisition));
+                    }
+                }
+                if done.len() == 1 {
+                    for (i, spend, acquisition) in done {
                         answers[i] = Some(Answer::PaidAcquired(Self::charge_paid_in(&mut tx, spend, acquisition).await?));
                     }
+                } else if !done.is_empty() {
+                    Self::charge_paid_together_in(&mut tx, done, &mut answers).await?;
                 }
                 for i in rest {
                     answers[i] = Some(Self::apply_lock_op_in(&mut tx, &ops[i], &mut locked).await?);
@@ -848,6 +859,114 @@ macro_rules! impl_locks {
                             answers[i] = Some(Answer::PaidAcquired($crate::PaidAcquisition::Refused(refusal)));
                         }
                     }
+                }
+                Ok(())
+            }
+
+            /// As [`Self::charge_paid_in`] for several paid acquisitions (`done`: each one's place
+            /// in the batch, its spend and what it came to), in two statements: one books every
+            /// charge, one records every payment, from JSON arrays (`charge_rows`,
+            /// `payment_rows`). Their credits were counted under their accounts' locks.
+            async fn charge_paid_together_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                done: Vec<(usize, &$crate::CreditSpend, $crate::LockAcquisition)>,
+                answers: &mut [Option<$crate::aggregates::locks::Answer>],
+            ) -> $crate::StoreResult<()> {
+                use serde_json::{Value, json};
+                use $crate::shared::{atomic_to_sql, ms};
+                let charged = |spend: &$crate::CreditSpend, acquisition: &$crate::LockAcquisition| {
+                    matches!(acquisition, $crate::LockAcquisition::Acquired(_)) || spend.charge_when_held
+                };
+                let mut charges = Vec::new();
+                for (_, spend, acquisition) in &done {
+                    if charged(spend, acquisition) {
+                        charges.push(json!({
+                            "a": spend.account.as_str(),
+                            "p": spend.payment.id.to_string(),
+                            "k": spend.key_id,
+                            "n": atomic_to_sql(spend.payment.amount.atomic())?,
+                            "c": ms(spend.now),
+                        }));
+                    }
+                }
+                let mut entries = std::collections::HashMap::with_capacity(charges.len());
+                if !charges.is_empty() {
+                    let rows = sqlx::query(concat!(
+                        "INSERT INTO ledger_entries (account, kind, delta_atomic, reference, created_at, key_id) \
+                         SELECT r.a, $2, -r.n, r.p, r.c, r.k FROM ", $charge_rows, " WHERE true RETURNING *"
+                    ))
+                    .bind(Value::from(charges).to_string())
+                    .bind(vendbox_core::LedgerKind::Charge.as_str())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    for row in &rows {
+                        let entry = Self::ledger_from_row(row)?;
+                        entries.insert(entry.reference.clone(), entry);
+                    }
+                }
+                let mut payments = Vec::with_capacity(done.len());
+                let mut outcomes = Vec::with_capacity(done.len());
+                for (i, spend, acquisition) in done {
+                    let p = &spend.payment;
+                    let charge = if charged(spend, &acquisition) {
+                        let entry = entries.remove(&p.id.to_string()).ok_or_else(|| {
+                            $crate::StoreError::Corrupt(format!("the charge of payment {} was not booked", p.id))
+                        })?;
+                        Some(entry)
+                    } else {
+                        None
+                    };
+                    let (state, settlement_ref, void_reason) = match &charge {
+                        Some(entry) => (vendbox_core::PaymentState::Settled, Some(entry.id.to_string()), None),
+                        None => (vendbox_core::PaymentState::Voided, None, Some(spend.void_reason.as_str())),
+                    };
+                    payments.push(json!({
+                        "id": p.id.to_string(),
+                        "q": p.quote_id.map(|q| q.to_string()),
+                        "me": p.method.as_str(),
+                        "ch": p.replay_key.chain,
+                        "asset": p.replay_key.asset,
+                        "payer": p.replay_key.payer,
+                        "nonce": p.replay_key.nonce,
+                        "n": atomic_to_sql(p.amount.atomic())?,
+                        "st": state.as_str(),
+                        "sr": settlement_ref,
+                        "vr": void_reason,
+                        "pr": p.proof,
+                        "c": ms(p.created_at),
+                        "u": ms(spend.now),
+                        "pu": p.purchase,
+                    }));
+                    outcomes.push((i, acquisition, charge));
+                }
+                let recorded = sqlx::query(concat!(
+                    "INSERT INTO payments (id, quote_id, method, chain, asset, payer, nonce, amount_atomic, state, \
+                     settlement_ref, void_reason, proof, created_at, updated_at, purchase) \
+                     SELECT r.id, r.q, r.me, r.ch, r.asset, r.payer, r.nonce, r.n, r.st, r.sr, r.vr, r.pr, r.c, r.u, r.pu \
+                     FROM ", $payment_rows, " WHERE true"
+                ))
+                .bind(Value::from(payments).to_string())
+                .execute(&mut *conn)
+                .await;
+                match recorded {
+                    Ok(_) => {}
+                    // A payment id or replay key taken: the batch is applied again one by one,
+                    // which tells which.
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Err($crate::StoreError::Conflict("a paid acquisition's payment exists".into()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                for (i, acquisition, charge) in outcomes {
+                    answers[i] = Some($crate::aggregates::locks::Answer::PaidAcquired(match (acquisition, charge) {
+                        ($crate::LockAcquisition::Acquired(lock), Some(charge)) => {
+                            $crate::PaidAcquisition::Acquired { lock, charge }
+                        }
+                        ($crate::LockAcquisition::Acquired(_), None) => {
+                            return Err($crate::StoreError::Corrupt("a paid grant was not charged".into()));
+                        }
+                        ($crate::LockAcquisition::Held(holder), charge) => $crate::PaidAcquisition::Held { holder, charge },
+                    }));
                 }
                 Ok(())
             }
