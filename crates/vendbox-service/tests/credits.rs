@@ -369,14 +369,13 @@ async fn a_hundred_credit_paid_acquisitions_at_once_spend_the_balance_exactly() 
 }
 
 #[tokio::test]
-async fn a_credit_paid_acquisition_without_credits_goes_the_gates_way_for_other_methods() {
+async fn without_credits_paying_the_gate_goes_its_usual_way() {
     // No proof at all: the 402, as from `pay`.
     let g = gate().await;
     let locks = locks(&g.store, None);
     let none = acquire(&g.payments, &locks, &Proof::none(), "job:unpaid").await;
     assert!(matches!(none, Err(PayError::Required { code: "payment_required", .. })), "{none:?}");
     // Free: the work runs, no spend.
-    let request = LockRequest::new("job:free", None, Some(60), None).unwrap();
     let free = g
         .payments
         .pay_spending(
@@ -388,5 +387,4 @@ async fn a_credit_paid_acquisition_without_credits_goes_the_gates_way_for_other_
         .await
         .unwrap();
     assert_eq!((free.value, free.payment), ("worked", None));
-    drop(request);
 }

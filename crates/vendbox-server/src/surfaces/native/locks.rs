@@ -5,6 +5,8 @@
 //! Acquiring and renewing are sold at the catalog's prices (pay on success: a key already held
 //! answers `acquired: false` and charges nothing, unless the acquire offer says
 //! `charge_when_held = true`, H3RETIK's own rule; a renewal that fails charges nothing).
+//! Paid from credits, an acquisition without a wait is checked, granted and charged in one write
+//! of the store (`Payments::pay_spending`, `Locks::acquire_paid`), answered as any other.
 //! Releasing and reading are free. Every decision about time is the store's clock's.
 
 use axum::Json;
