@@ -450,13 +450,7 @@ impl Payments {
         let (Some(charge), Some(credits)) = (&charge, credits) else {
             return self.pay(proof, charge, work).await;
         };
-        let mut admission = credits
-            .check(proof, charge, PaymentId::new_random(), self.clock.now())
-            .map_err(|r| self.refused(charge, proof, &r, None))?;
-        admission
-            .payment
-            .purchase
-            .get_or_insert_with(|| format!("{} ({})", charge.description, charge.resource));
+        let admission = self.checked(credits, proof, charge)?;
         let id = admission.payment.id;
         if self.faults.fail_work {
             return Err(PayError::Internal { message: "injected fault: fail-work".into(), payment: None });
@@ -489,6 +483,23 @@ impl Payments {
         }
     }
 
+    /// `method`'s check of `proof` for `charge`, the payment named after what it buys.
+    fn checked<E>(
+        &self,
+        method: &dyn PaymentMethod,
+        proof: &Proof,
+        charge: &Charge,
+    ) -> Result<vendbox_pay::Admission, PayError<E>> {
+        let mut admission = method
+            .check(proof, charge, PaymentId::new_random(), self.clock.now())
+            .map_err(|r| self.refused(charge, proof, &r, None))?;
+        admission
+            .payment
+            .purchase
+            .get_or_insert_with(|| format!("{} ({})", charge.description, charge.resource));
+        Ok(admission)
+    }
+
     /// Reads, checks, verifies and reserves the payment in `proof`.
     async fn admit<E>(
         &self,
@@ -500,13 +511,7 @@ impl Payments {
             let message = format!("pay this request with {}", names.join(" or "));
             return Err(self.required(charge, proof, "payment_required", &message, false, None));
         };
-        let mut admission = method
-            .check(proof, charge, PaymentId::new_random(), self.clock.now())
-            .map_err(|r| self.refused(charge, proof, &r, None))?;
-        admission
-            .payment
-            .purchase
-            .get_or_insert_with(|| format!("{} ({})", charge.description, charge.resource));
+        let admission = self.checked(method.as_ref(), proof, charge)?;
         // A replay key already taken here is refused before any call to where the money is
         // (the reservation below still decides a race).
         if !method.keeps_records()

@@ -90,9 +90,10 @@ impl Disks {
         users
     }
 
-    /// Makes an empty disk of `size_bytes` for `record`'s box, and writes the record.
-    pub(crate) fn create(&self, record: &DiskRecord, size_bytes: u64) -> Result<(), BoxError> {
-        for dir in [&self.dir, &self.box_dir(&record.id)] {
+    /// Makes `dir` (a box's or a warm slot's, in the disks' directory) and the disks' directory,
+    /// root's alone.
+    fn make_dir(&self, dir: &Path) -> Result<(), BoxError> {
+        for dir in [&self.dir, dir] {
             match fs::create_dir(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -103,6 +104,12 @@ impl Disks {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .map_err(BoxError::io(format!("setting the mode of {}", dir.display())))?;
         }
+        Ok(())
+    }
+
+    /// Makes an empty disk of `size_bytes` for `record`'s box, and writes the record.
+    pub(crate) fn create(&self, record: &DiskRecord, size_bytes: u64) -> Result<(), BoxError> {
+        self.make_dir(&self.box_dir(&record.id))?;
         let empty = self.empty_disk(size_bytes, record.id.as_str())?;
         copy_sparse(&empty, &self.file(&record.id))?;
         self.write_record(record)
@@ -166,17 +173,7 @@ impl Disks {
         uid: u32,
     ) -> Result<(), BoxError> {
         let dir = self.dir.join(name);
-        for dir in [&self.dir, &dir] {
-            match fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(BoxError::Io { context: format!("creating {}", dir.display()), source: e });
-                }
-            }
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .map_err(BoxError::io(format!("setting the mode of {}", dir.display())))?;
-        }
+        self.make_dir(&dir)?;
         let empty = self.empty_disk(size_bytes, name)?;
         let file = dir.join("disk.img");
         copy_sparse(&empty, &file)?;

@@ -46,41 +46,10 @@ macro_rules! impl_payments {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 p: &vendbox_core::Payment,
             ) -> $crate::StoreResult<()> {
-                use $crate::shared::{atomic_to_sql, ms};
                 if p.state != vendbox_core::PaymentState::Verified {
                     return Err($crate::StoreError::Conflict("a payment is reserved in the verified state".into()));
                 }
-                let result = sqlx::query(
-                    "INSERT INTO payments (id, quote_id, method, chain, asset, payer, nonce, amount_atomic, state, \
-                     settlement_ref, void_reason, proof, created_at, updated_at, purchase) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, $10, $11, $12, $13)",
-                )
-                .bind(p.id.to_string())
-                .bind(p.quote_id.map(|q| q.to_string()))
-                .bind(p.method.as_str())
-                .bind(&p.replay_key.chain)
-                .bind(&p.replay_key.asset)
-                .bind(&p.replay_key.payer)
-                .bind(&p.replay_key.nonce)
-                .bind(atomic_to_sql(p.amount.atomic())?)
-                .bind(p.state.as_str())
-                .bind(p.proof.as_deref())
-                .bind(ms(p.created_at))
-                .bind(ms(p.updated_at))
-                .bind(p.purchase.as_deref())
-                .execute(&mut *conn)
-                .await;
-                match result {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        if e.message().contains("payments.id") || e.message().contains("payments_pkey") {
-                            Err($crate::StoreError::Conflict(format!("payment {} exists", p.id)))
-                        } else {
-                            Err($crate::StoreError::ReplayKeyTaken)
-                        }
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                Self::record_payment_in(conn, p).await
             }
 
             /// [`Store::get_payment`] on `conn`.
