@@ -17,8 +17,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vendbox_core::PaymentId;
 use vendbox_pay::{Challenge, Charge, Proof};
-use vendbox_service::{Coded, Delivery, Paid, PayError, Payments, Spent, Unconfigured};
-use vendbox_store::CreditSpend;
+use vendbox_service::{Coded, CreditSpend, Delivery, Paid, PayError, Payments, Spent, Unconfigured};
 
 use crate::error::ApiError;
 

@@ -57,4 +57,6 @@ pub use purchase::Extension;
 pub use records::{RecordError, Records};
 /// An API key as `Auth` lists it.
 pub use vendbox_store::ApiKey;
+/// What credit-paid work is given to spend (see [`Payments::pay_spending`]).
+pub use vendbox_store::CreditSpend;
 pub use vms::{Agent, AgentRequest, NewVm, VmError, VmSettings, VmView, Vms};
