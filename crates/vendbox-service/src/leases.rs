@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use vendbox_box::{Backend, BoxId, BoxSpec, BoxStatus, Limits, Pod, Usage, Volume};
 
 use vendbox_core::{
@@ -49,6 +49,9 @@ pub struct Boxes {
     capacity: Usage,
     /// What boxes being made right now will hold (not yet counted by the backend).
     making: Arc<std::sync::Mutex<Usage>>,
+    /// The boxes of purchases under way: their leases are being written down or moved, which
+    /// the sweep and reconciliation leave to the purchase.
+    underway: Underway,
     /// The time of day.
     pub(crate) clock: Arc<dyn Clock>,
     /// The catalog's prices by offer, when an owner's early termination refunds unused time
@@ -67,6 +70,40 @@ impl Drop for Making {
     fn drop(&mut self) {
         let mut making = self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *making = making.minus(self.usage);
+    }
+}
+
+/// The boxes of the purchases under way on this host.
+#[derive(Debug, Default, Clone)]
+struct Underway(Arc<std::sync::Mutex<HashSet<BoxId>>>);
+
+impl Underway {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<BoxId>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks `id` as a purchase's until the mark is dropped.
+    fn mark(&self, id: BoxId) -> UnderwayMark {
+        self.set().insert(id.clone());
+        UnderwayMark { underway: self.clone(), id }
+    }
+
+    /// The boxes of purchases under way now.
+    fn now(&self) -> HashSet<BoxId> {
+        self.set().clone()
+    }
+}
+
+/// A purchase's box, marked under way until the purchase returns (or is dropped).
+#[derive(Debug)]
+struct UnderwayMark {
+    underway: Underway,
+    id: BoxId,
+}
+
+impl Drop for UnderwayMark {
+    fn drop(&mut self) {
+        self.underway.set().remove(&self.id);
     }
 }
 
@@ -108,6 +145,7 @@ impl Boxes {
             store,
             capacity,
             making: Arc::default(),
+            underway: Underway::default(),
             clock: Arc::new(SystemClock),
             refunds: None,
         }
@@ -239,28 +277,31 @@ impl Boxes {
         // From here on, a purchase dropped before it finished (a client that hung up, a request
         // timeout) fails its lease and destroys whatever was made of its box.
         let mut unfinished = Unfinished::new(self, lease.id, box_id.clone());
+        // Until this purchase returns, the sweep and reconciliation leave its box and lease to it.
+        let _underway = self.underway.mark(box_id.clone());
         // The lease is written down while its box is made: neither needs the other, and each
         // waits for the disk. Nothing is acknowledged or charged before both are done; a crash
         // between them leaves a box without a lease, which a restart's reconciliation destroys
         // as it destroys the box of a lease left `provisioning`.
+        let begun = std::time::Instant::now();
         let record = async {
             self.store.insert_lease(&lease, &hashes).await?;
             for key in ssh_keys {
                 self.store.add_lease_ssh_key(lease.id, &key.fingerprint, &key.public_key).await?;
             }
-            Ok::<_, LeaseError>(())
+            Ok::<_, LeaseError>(begun.elapsed())
         };
         let making = async {
             let held = self.hold(spec.limits).await?;
             let created = self.backend.create(&spec).await;
             drop(held);
-            Ok::<_, LeaseError>(created)
+            Ok::<_, LeaseError>((created, begun.elapsed()))
         };
         let (recorded, made) = tokio::join!(record, making);
         // Without its lease written down, the purchase ends here; `unfinished` destroys the box.
-        recorded?;
-        let created = match made {
-            Ok(created) => created,
+        let written = recorded?;
+        let (created, made_in) = match made {
+            Ok(made) => made,
             Err(e) => {
                 unfinished.disarm();
                 let e = LeaseError::NotCharged(Box::new(e));
@@ -287,6 +328,13 @@ impl Boxes {
             return Err(e.into());
         }
         unfinished.disarm();
+        tracing::debug!(
+            lease = %lease.id,
+            written_ms = written.as_secs_f64() * 1e3,
+            made_ms = made_in.as_secs_f64() * 1e3,
+            active_ms = begun.elapsed().as_secs_f64() * 1e3,
+            "box purchase"
+        );
         tracing::info!(lease = %lease.id, offer = %lease.offer_id, "box active");
         Ok(Provisioned { lease, tokens })
     }
@@ -364,14 +412,20 @@ impl Boxes {
 
     /// Marks a lease failed and destroys whatever box it has.
     async fn fail(&self, lease: &mut Lease, expected: LeaseState, reason: &str) {
+        lease.failure_reason = Some(reason.to_owned());
+        if lease.transition(LeaseState::Failed).is_ok() {
+            match self.store.update_lease(lease, expected, self.clock.now()).await {
+                Ok(()) => {}
+                // It moved on meanwhile (its purchase finished): its box is its own.
+                Err(StoreError::Conflict(why)) => {
+                    tracing::info!(lease = %lease.id, why, "a lease moved on before it could be failed");
+                    return;
+                }
+                Err(e) => tracing::warn!(lease = %lease.id, error = %e, "could not record a failed lease"),
+            }
+        }
         if let Some(box_id) = box_of(lease) {
             let _ = self.backend.destroy(&box_id).await;
-        }
-        lease.failure_reason = Some(reason.to_owned());
-        if lease.transition(LeaseState::Failed).is_ok()
-            && let Err(e) = self.store.update_lease(lease, expected, self.clock.now()).await
-        {
-            tracing::warn!(lease = %lease.id, error = %e, "could not record a failed lease");
         }
     }
 
@@ -390,15 +444,13 @@ impl Boxes {
     /// voided, is failed with the reason.
     pub async fn reconcile(&self) -> Result<Reconciled, LeaseError> {
         let mut report = Reconciled::default();
-        // Boxes first: a box listed here had its lease written before it was made, so the
-        // leases read next know it.
-        let boxes = self.backend.list().await.map_err(|e| LeaseError::from_box(&e))?;
-        let live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        // vendbox serves while it reconciles: a purchase under way is left to itself.
+        let (boxes, live) = self.at_rest().await?;
         report.orphans_destroyed = self.destroy_orphans(&boxes, &live).await?;
         // Boxes answer (or not) in parallel, so many stalled boxes cost one bounded wait.
         let checked: Vec<(Lease, Result<Verdict, LeaseError>)> =
             futures_util::stream::iter(live.into_iter().map(|lease| async {
-                let verdict = self.verdict(&lease, &boxes).await;
+                let verdict = self.verdict(&lease).await;
                 (lease, verdict)
             }))
             .buffer_unordered(RECONCILE_PARALLELISM)
@@ -435,17 +487,29 @@ impl Boxes {
     /// Destroys boxes whose lease has ended but whose destruction failed (or was cut short by a
     /// stop): no box runs unpaid for long. How many.
     pub async fn sweep(&self) -> Result<usize, LeaseError> {
-        let boxes = self.backend.list().await.map_err(|e| LeaseError::from_box(&e))?;
-        if boxes.is_empty() {
-            return Ok(0);
-        }
-        let live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        let (boxes, live) = self.at_rest().await?;
         self.destroy_orphans(&boxes, &live).await
+    }
+
+    /// The boxes on this host and the live leases in the store, less those of purchases under
+    /// way (which end their own box if they fail).
+    async fn at_rest(&self) -> Result<(Vec<BoxId>, Vec<Lease>), LeaseError> {
+        let mut boxes = self.backend.list().await.map_err(|e| LeaseError::from_box(&e))?;
+        // A box listed was made by a purchase begun before the list. If that purchase is no
+        // longer under way at this look, its lease was written before it, and the leases read
+        // next know the box.
+        let mut underway = self.underway.now();
+        let mut live = self.store.leases_in_states(&[LeaseState::Provisioning, LeaseState::Active]).await?;
+        // A lease read may be a purchase's begun since the first look.
+        underway.extend(self.underway.now());
+        boxes.retain(|b| !underway.contains(b));
+        live.retain(|l| box_of(l).is_none_or(|b| !underway.contains(&b)));
+        Ok((boxes, live))
     }
 
     /// What reconciliation does with a live lease (ending it at once when its time or actions
     /// ran out).
-    async fn verdict(&self, lease: &Lease, boxes: &[BoxId]) -> Result<Verdict, LeaseError> {
+    async fn verdict(&self, lease: &Lease) -> Result<Verdict, LeaseError> {
         if lease.state == LeaseState::Provisioning {
             return Ok(Verdict::Fail(
                 "vendbox stopped while the box was being made; nothing was charged".into(),
@@ -460,11 +524,11 @@ impl Boxes {
             return Ok(Verdict::Fail("its payment did not settle; nothing was charged".into()));
         }
         let box_id = box_of(lease);
+        // A box not listed may have been made since the list, by a purchase that has ended:
+        // the backend is asked about it too.
         let status = match &box_id {
-            Some(id) if boxes.contains(id) => {
-                self.backend.status(id).await.map_err(|e| LeaseError::from_box(&e))?
-            }
-            _ => BoxStatus::Gone,
+            Some(id) => self.backend.status(id).await.map_err(|e| LeaseError::from_box(&e))?,
+            None => BoxStatus::Gone,
         };
         Ok(if status == BoxStatus::Running {
             Verdict::Keep

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
+use sqlx::Connection as _;
 use vendbox_box::fake::FakeBackend;
 use vendbox_box::{Backend as _, BoxId, BoxSpec, Usage};
 use vendbox_core::{Capability, Lease, LeaseState, Offer, QuoteParams, QuoteTerms, SecretToken};
@@ -250,6 +251,75 @@ async fn a_purchase_whose_lease_cannot_be_written_down_leaves_no_box() {
     let states = [LeaseState::Provisioning, LeaseState::Active, LeaseState::Failed];
     assert!(w.store.leases_in_states(&states).await.unwrap().is_empty());
     db.close().await;
+}
+
+#[tokio::test]
+async fn the_sweep_leaves_a_box_whose_purchase_is_still_writing_its_lease() {
+    // On PostgreSQL, where the sweep's read of the leases does not queue behind the purchase's
+    // write as it does on SQLite's one connection.
+    let Some(schema) = vendbox_store::testkit::PostgresSchema::create().await else { return };
+    let store: Arc<dyn Store> = Arc::new(schema.store().await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(FakeBackend::new(dir.path().join("sockets")));
+    let boxes = Arc::new(Boxes::new(backend.clone(), store.clone()));
+    // Another session holds the leases table against writes (reads go on): the purchase's lease
+    // waits to be written down while its box already exists.
+    let mut blocker = sqlx::PgConnection::connect_with(&schema.options()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE leases IN EXCLUSIVE MODE").execute(&mut blocker).await.unwrap();
+    let buying = tokio::spawn({
+        let boxes = boxes.clone();
+        async move { boxes.provision(&offer(), &terms(5, 1), None, &[], &[Capability::Root]).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while backend.boxes().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the box was never made");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // The box is made and no lease is written down yet: the sweep must not take it for an
+    // orphan (nor may reconciliation, which runs while vendbox serves).
+    assert!(store.leases_in_states(&[LeaseState::Provisioning]).await.unwrap().is_empty());
+    assert_eq!(boxes.sweep().await.unwrap(), 0);
+    assert_eq!(boxes.reconcile().await.unwrap().orphans_destroyed, 0);
+    assert!(backend.destroyed().is_empty(), "a box being bought was destroyed");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let made = buying.await.unwrap().unwrap();
+    assert_eq!(made.lease.state, LeaseState::Active);
+    // Once bought, the box is its lease's, and the next sweep keeps it too.
+    assert_eq!(boxes.sweep().await.unwrap(), 0);
+    assert_eq!(backend.boxes().len(), 1);
+    assert!(backend.destroyed().is_empty());
+    drop(blocker);
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn reconciliation_while_serving_leaves_a_purchase_under_way_to_itself() {
+    let w = Arc::new(world().await);
+    w.backend.create_takes(std::time::Duration::from_millis(500));
+    let buying = tokio::spawn({
+        let w = w.clone();
+        async move { w.boxes.provision(&offer(), &terms(5, 1), None, &[], &[Capability::Root]).await }
+    });
+    // The lease is written down `provisioning` while the box is made.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while w.store.leases_in_states(&[LeaseState::Provisioning]).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the lease was never written down");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(!w.backend.boxes().is_empty());
+    // A vendbox that just started reconciles while it serves: this lease is no leftover of a
+    // stop, and its box is no orphan.
+    let report = w.boxes.reconcile().await.unwrap();
+    assert_eq!((report.leases_failed, report.orphans_destroyed), (0, 0), "{report:?}");
+    let made = buying.await.unwrap().unwrap();
+    assert_eq!(made.lease.state, LeaseState::Active);
+    assert!(w.backend.destroyed().is_empty());
+    let active = w.store.leases_in_states(&[LeaseState::Active]).await.unwrap();
+    assert_eq!(active.len(), 1);
+    // Afterwards it is an ordinary live box, which the next reconciliation keeps.
+    let report = w.boxes.reconcile().await.unwrap();
+    assert_eq!(report.boxes_kept, 1, "{report:?}");
 }
 
 /// A settled x402 payment of `amount` by `payer`, as the gate leaves one.
