@@ -318,25 +318,30 @@ macro_rules! impl_ledger {
                 use sqlx::Row;
                 use $crate::shared::{atomic_to_sql, ms, sql_to_u64};
                 let usdc = |v: i64, what: &str| sql_to_u64(v, what).map(vendbox_core::Usdc);
+                // Both ways of placing the hold bind its six values in this order.
+                let payment_id = hold.payment.to_string();
+                let insert = |sql: &'static str| -> $crate::StoreResult<_> {
+                    Ok(sqlx::query(sql)
+                        .bind(payment_id.as_str())
+                        .bind(hold.account.as_str())
+                        .bind(hold.key_id.as_deref())
+                        .bind(atomic_to_sql(hold.amount.atomic())?)
+                        .bind(ms(now))
+                        .bind(ms(hold.expires_at)))
+                };
                 if !locked {
                     Self::lock_account(&mut *tx, &hold.account, now).await?;
                 }
                 if hold.key_id.is_none() || (caps.daily.is_none() && caps.total.is_none()) {
                     // Without caps to sum, one statement places the hold where the balance less
                     // the unexpired holds covers it; a refusal reads the funds to say why.
-                    let placed = sqlx::query(
+                    let placed = insert(
                         "INSERT INTO credit_holds (payment_id, account, key_id, amount_atomic, created_at, expires_at) \
                          SELECT $1, $2, $3, $4, $5, $6 WHERE \
                          COALESCE((SELECT balance_atomic FROM accounts WHERE address = $2), 0) \
                          - (SELECT COALESCE(SUM(amount_atomic), 0) FROM credit_holds WHERE account = $2 AND expires_at > $5) \
                          >= $4",
-                    )
-                    .bind(hold.payment.to_string())
-                    .bind(hold.account.as_str())
-                    .bind(hold.key_id.as_deref())
-                    .bind(atomic_to_sql(hold.amount.atomic())?)
-                    .bind(ms(now))
-                    .bind(ms(hold.expires_at))
+                    )?
                     .execute(&mut *tx)
                     .await?;
                     if placed.rows_affected() == 1 {
@@ -382,16 +387,10 @@ macro_rules! impl_ledger {
                 if let Some(payment) = reserve {
                     Self::reserve_payment_in(&mut *tx, payment).await?;
                 }
-                sqlx::query(
+                insert(
                     "INSERT INTO credit_holds (payment_id, account, key_id, amount_atomic, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(hold.payment.to_string())
-                .bind(hold.account.as_str())
-                .bind(hold.key_id.as_deref())
-                .bind(atomic_to_sql(hold.amount.atomic())?)
-                .bind(ms(now))
-                .bind(ms(hold.expires_at))
+                )?
                 .execute(&mut *tx)
                 .await?;
                 Ok(Ok(()))
