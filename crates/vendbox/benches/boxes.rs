@@ -25,7 +25,10 @@
 //!   hierarchy's mount point.
 //!
 //! vendbox serves with its default `[boxes] warm` (box starts made ahead of a purchase);
-//! `VENDBOX_BENCH_WARM=0` makes every box start cold.
+//! `VENDBOX_BENCH_WARM=0` makes every box start cold. The create pairs' rounds are 250 ms apart,
+//! so that what one purchase leaves running (the kernel's teardown of its box's network, the
+//! warm slot made in its place) is done before the next pair of samples;
+//! `VENDBOX_BENCH_SETTLE_MS=0` runs them back to back.
 //!
 //! Every pair runs warm-up rounds first and throws them away, then alternates baseline and
 //! subject in ABBA order (see `common/stats.rs`); every row says how many samples it holds, and
@@ -82,7 +85,7 @@ const E2B_CREATES: Rounds = Rounds { warm_up: 3, measured: 40 };
 /// Create + first exec rounds from the debian-12 image.
 const IMAGE_CREATES: Rounds = Rounds { warm_up: 5, measured: 100 };
 /// Width of the row labels.
-const LABEL_WIDTH: usize = 62;
+const LABEL_WIDTH: usize = 76;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -421,6 +424,13 @@ async fn run(dir: &Path, data_dir: &Path) {
 }
 
 /// Whether part `name` runs (`VENDBOX_BENCH_PARTS`, all by default).
+/// The pause between a create pair's rounds (`VENDBOX_BENCH_SETTLE_MS`, default 250; 0: back to
+/// back, each purchase timed against what the one before it left running).
+fn settle() -> Duration {
+    let ms = std::env::var("VENDBOX_BENCH_SETTLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(250);
+    Duration::from_millis(ms)
+}
+
 fn part(name: &str) -> bool {
     std::env::var("VENDBOX_BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|p| p.trim() == name))
 }
@@ -442,6 +452,10 @@ async fn create_pair(client: &Client, image: Option<&str>) {
             client.exec_true(&b).await;
             let elapsed = started.elapsed();
             client.end(&b).await;
+            // What a purchase leaves running (the kernel's teardown of the ended box's network,
+            // the warm slot made in its place) finishes before the next round, as between an
+            // agent's purchases, so neither side of the pair is timed against it.
+            tokio::time::sleep(settle()).await;
             elapsed
         },
     )
@@ -451,6 +465,10 @@ async fn create_pair(client: &Client, image: Option<&str>) {
     let subject = match image {
         Some(image) => format!("create box + first exec, {image} (overlay, ext4 disk)"),
         None => "create box + first exec, through the API".to_owned(),
+    };
+    let subject = match settle().as_millis() {
+        0 => format!("{subject}, back to back"),
+        ms => format!("{subject}, {ms} ms apart"),
     };
     rows("bare `bwrap … /bin/true` spawn (baseline)", &bare, &subject, &create);
     stats::explain_missing(&create, "this pair ran fewer rounds");

@@ -46,6 +46,12 @@ pub const DEFAULT_WARM: usize = 2;
 /// How long the pool waits after a slot could not be made before it tries again.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// How long after a slot was taken the pool waits before it makes the next one, while a slot
+/// of that kind is still ready: the box just bought is starting and about to run its first
+/// command, and on a small host a slot's making (a bubblewrap, cgroups, a namespace, a disk)
+/// would take CPU from it. A kind with no slot left is refilled at once.
+const QUIET: Duration = Duration::from_millis(100);
+
 /// A box's start made ahead.
 pub(crate) struct Slot {
     pub(crate) name: String,
@@ -238,6 +244,8 @@ struct State {
     /// The limits of the last box of each kind (index: with egress), for the kinds kept warm:
     /// a kind is kept from its first purchase on, so a vendbox that sells no box makes none.
     wanted: [Option<Want>; 2],
+    /// When a slot was last taken.
+    taken: Option<std::time::Instant>,
     closed: bool,
 }
 
@@ -264,11 +272,15 @@ impl Pool {
         let short = [false, true].into_iter().find_map(|egress| {
             let want = state.wanted[usize::from(egress)]?;
             let ready = state.slots.iter().filter(|s| s.egress == egress).count();
-            (ready < self.size).then_some((egress, want))
+            (ready < self.size).then_some((egress, want, ready))
         });
-        match short {
-            Some((egress, want)) => Next::Make { egress, want },
-            None => Next::Wait,
+        let since_taken = state.taken.map(|t| t.elapsed());
+        match (short, since_taken) {
+            (Some((_, _, ready)), Some(since)) if ready > 0 && since < QUIET => {
+                Next::Later(QUIET.saturating_sub(since))
+            }
+            (Some((egress, want, _)), _) => Next::Make { egress, want },
+            (None, _) => Next::Wait,
         }
     }
 
@@ -281,9 +293,19 @@ impl Pool {
                     self.wake.notified().await;
                     continue;
                 }
+                Next::Later(after) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(after) => {}
+                        () = self.wake.notified() => {}
+                    }
+                    continue;
+                }
                 Next::Make { egress, want } => (egress, want),
             };
-            match self.maker.make(egress, want).await {
+            let begun = std::time::Instant::now();
+            let made = self.maker.make(egress, want).await;
+            tracing::debug!(egress, made_ms = begun.elapsed().as_secs_f64() * 1e3, "warm slot made");
+            match made {
                 Ok(slot) => {
                     let closed = {
                         let mut state = self.state();
@@ -313,6 +335,8 @@ enum Next {
     Stop,
     /// Every kind wanted has its slots: wait for a purchase.
     Wait,
+    /// A slot was just taken and one of its kind is left: look again after this long.
+    Later(Duration),
     /// Make a slot of this kind.
     Make { egress: bool, want: Want },
 }
@@ -324,7 +348,6 @@ async fn discard(maker: &Maker, mut slot: Slot) {
 }
 
 /// The warm slots of a backend, started with its first box.
-#[derive(Default)]
 pub(crate) struct Warm {
     size: usize,
     pool: OnceLock<Arc<Pool>>,
@@ -373,7 +396,11 @@ impl Warm {
             }
             state.wanted[usize::from(egress)] = Some(want);
             let at = state.slots.iter().position(|s| s.egress == egress);
-            at.map(|at| state.slots.swap_remove(at))
+            let slot = at.map(|at| state.slots.swap_remove(at));
+            if slot.is_some() {
+                state.taken = Some(std::time::Instant::now());
+            }
+            slot
         };
         pool.wake.notify_one();
         slot
