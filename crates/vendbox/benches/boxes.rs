@@ -100,7 +100,21 @@ fn rows(baseline_label: &str, baseline: &Summary, subject_label: &str, subject: 
 
 /// A vendbox selling a free small box (also as its E2B sandbox), on a runtime of its own thread;
 /// its URL, the SSH gateway's address and an API key for the E2B SDK.
-fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr, String) {
+/// vendbox serving in this program: its thread, and the way to stop it.
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Stops vendbox as a signal would (its warm slots are removed, the boxes stay) and waits.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr, String, Serving) {
     let mut config = Config::load(None, Vec::new()).unwrap();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.ssh.listen = "127.0.0.1:0".parse().unwrap();
@@ -132,7 +146,8 @@ fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr, String) {
         }
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
             let store = vendbox_store::open(None, &config.store.data_dir).await.unwrap();
@@ -153,10 +168,16 @@ fn serve(data_dir: PathBuf) -> (String, std::net::SocketAddr, String) {
             let server = Server::bind(&config, store, Secrets::default()).await.unwrap();
             let url = format!("http://{}", server.local_addr().unwrap());
             tx.send((url, server.ssh_addr().unwrap(), key.expose().to_owned())).unwrap();
-            server.run(std::future::pending()).await.unwrap();
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
         });
     });
-    rx.recv().unwrap()
+    let (url, ssh, key) = rx.recv().unwrap();
+    (url, ssh, key, Serving { stop, thread })
 }
 
 /// The bare spawn: the same namespaces and read-only /usr, as an unprivileged uid, `/bin/true`.
@@ -386,8 +407,9 @@ fn backend(data_dir: &Path) -> LocalBackend {
     LocalBackend::new(config).unwrap()
 }
 
-async fn run(dir: &Path, data_dir: &Path) {
-    let (url, ssh_addr, e2b_key) = serve(data_dir.to_owned());
+async fn run(dir: &Path, data_dir: &Path, serving: &mut Option<Serving>) {
+    let (url, ssh_addr, e2b_key, served) = serve(data_dir.to_owned());
+    *serving = Some(served);
     let client = &Client { http: reqwest::Client::new(), base: url };
     println!(
         "boxes on this host ({} CPUs); each pair alternates baseline and subject in ABBA order after \
@@ -800,9 +822,16 @@ fn main() {
         std::os::unix::fs::symlink(images, data_dir.join("images")).unwrap();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(run(dir.path(), &data_dir))));
-    // Leave nothing behind, also when a figure could not be measured: this instance's boxes, its
-    // cgroup parents and its run directory.
+    let mut serving = None;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(run(dir.path(), &data_dir, &mut serving));
+    }));
+    // Leave nothing behind, also when a figure could not be measured: vendbox stops first (and
+    // with it the making of warm slots), then this instance's boxes, its cgroup parents and its
+    // run directory go.
+    if let Some(serving) = serving {
+        serving.stop();
+    }
     runtime.block_on(backend(&data_dir).remove_all()).unwrap();
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
