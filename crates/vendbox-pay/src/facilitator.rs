@@ -168,16 +168,22 @@ impl Settler {
         }
     }
 
-    /// Signs and sends `request` (whose gas the node estimates, with a margin) with the next
-    /// nonce; the estimate is also the last dry run, so what would revert is not sent.
-    async fn send(&self, request: TransactionRequest) -> Result<InFlight, SettleError> {
+    /// Signs and sends `request` with the next nonce. Its gas limit is `gas` when the caller
+    /// knows it (a batch that was dry-run already); otherwise the node estimates it, with a
+    /// margin, and the estimate is also the last dry run, so what would revert is not sent.
+    async fn send(&self, request: TransactionRequest, gas: Option<u64>) -> Result<InFlight, SettleError> {
         let provider = self.chain.provider();
-        let (gas, fees) = tokio::join!(provider.estimate_gas(request.clone()), self.transactions.fees());
+        let estimate = async {
+            match gas {
+                Some(gas) => Ok(gas),
+                // A margin: an earlier settlement still in flight may change what this one touches.
+                None => provider.estimate_gas(request.clone()).await.map(|gas| gas + gas / 5),
+            }
+        };
+        let (gas, fees) = tokio::join!(estimate, self.transactions.fees());
         let gas = gas.map_err(|e| Self::not_sent(&e))?;
         let (max_fee, priority_fee) = fees.map_err(|e| Self::not_sent(&e))?;
-        // A margin: an earlier settlement still in flight may change what this one touches.
-        let request =
-            request.gas_limit(gas + gas / 5).max_fee_per_gas(max_fee).max_priority_fee_per_gas(priority_fee);
+        let request = request.gas_limit(gas).max_fee_per_gas(max_fee).max_priority_fee_per_gas(priority_fee);
         self.transactions.send(request).await.map_err(|e| match e {
             SendError::NotSent(message) => Self::not_sent(&message),
             SendError::Unknown { hash, message } => {
@@ -188,7 +194,8 @@ impl Settler {
 
     /// Sends the transfer of `payment` alone.
     async fn send_one(&self, payment: &CheckedPayment) -> Result<InFlight, SettleError> {
-        let sent = self.send(transfer_request(self.chain.asset().get(), payment).from(self.sender)).await?;
+        let sent =
+            self.send(transfer_request(self.chain.asset().get(), payment).from(self.sender), None).await?;
         tracing::info!(transaction = %sent.hash, nonce = sent.nonce, payer = %payment.payer(), "settlement sent");
         Ok(sent)
     }
@@ -279,20 +286,22 @@ impl Facilitator for BuiltinFacilitator {
         if chain.asset().get() != requirements.acceptance.asset {
             return Err(VerifyError::Unavailable("the facilitator serves another token".into()));
         }
-        // The dry run refuses an empty wallet (and every other revert) with its reason; the
-        // authorization state is asked alongside, so that a used nonce is named as such.
-        let (used, dry_run) = tokio::join!(
-            chain.authorization_state(auth.from, auth.nonce),
-            chain.simulate(payment, self.settler.sender)
-        );
-        if used? {
-            return Err(Rejection::new(
-                Reason::NonceUsed,
-                "this authorization's nonce was already used on chain; sign a new one",
-            )
-            .into());
+        // The dry run refuses a used nonce, an empty wallet and every other revert. Only when it
+        // refuses is the authorization's state asked, so that a used nonce is named as such: a
+        // payment that goes through costs the chain one call, not two.
+        match chain.simulate(payment, self.settler.sender).await {
+            Err(VerifyError::Rejected(refused)) => {
+                if chain.authorization_state(auth.from, auth.nonce).await? {
+                    return Err(Rejection::new(
+                        Reason::NonceUsed,
+                        "this authorization's nonce was already used on chain; sign a new one",
+                    )
+                    .into());
+                }
+                Err(VerifyError::Rejected(refused))
+            }
+            dry_run => dry_run,
         }
-        dry_run
     }
 
     async fn settle(

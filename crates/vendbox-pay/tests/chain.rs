@@ -294,6 +294,34 @@ async fn settlements_waiting_together_share_a_transaction_and_each_moves_its_pri
 }
 
 #[tokio::test]
+async fn a_batch_after_one_was_mined_takes_its_gas_limit_from_it_and_settles() {
+    let Some(w) = world_batching(10).await else { return };
+    let hex = |v: &serde_json::Value| {
+        u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let settle_five = || async {
+        let payments: Vec<_> = (0..5).map(|_| pay(&w, &w.payer)).collect();
+        let results =
+            futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)))
+                .await;
+        let hashes: std::collections::HashSet<_> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(hashes.len(), 1, "five payments waiting together share one transaction");
+        hashes.into_iter().next().unwrap()
+    };
+    // The first batch's limit is the node's estimate (with a margin).
+    let first = settle_five().await;
+    let first_used = hex(&receipt(&w, first).await["gasUsed"]);
+    // The next one's is twice what a payment of the first took, with no estimate asked.
+    let second = settle_five().await;
+    let sent = rpc(&w, "eth_getTransactionByHash", serde_json::json!([second.to_string()])).await;
+    assert_eq!(hex(&sent["gas"]), 21_000 + 2 * (first_used / 5) * 5, "{sent}");
+    let mined = receipt(&w, second).await;
+    assert_eq!(mined["status"].as_str(), Some("0x1"), "{mined}");
+    assert!(hex(&mined["gasUsed"]) < hex(&sent["gas"]));
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 100_000);
+}
+
+#[tokio::test]
 async fn a_batch_leaves_out_a_transfer_that_would_fail_and_settles_the_rest() {
     let Some(w) = world_batching(10).await else { return };
     let empty = Wallet::random();

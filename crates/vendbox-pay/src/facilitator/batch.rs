@@ -3,8 +3,9 @@
 //!
 //! Settlements queue for one task. It takes everything waiting (up to the most a batch may
 //! hold), dry-runs the batch with `eth_call`, answers those whose transfer would revert (the
-//! payer's reason, nothing sent), sends the rest as one transaction and goes on to the next
-//! batch without waiting for the receipt: batching costs no waiting, since a batch holds what
+//! payer's reason, nothing sent), sends the rest as one transaction (its gas limit twice the
+//! most a payment of an earlier batch took, or the node's estimate before any was mined) and
+//! goes on to the next batch without waiting for the receipt: batching costs no waiting, since a batch holds what
 //! queued while the previous one was being sent. A batch of one is sent as a plain transfer.
 //!
 //! Once mined, each payment reads its outcome from the receipt: the token's `AuthorizationUsed`
@@ -84,7 +85,12 @@ impl Batches {
     ) -> Result<B256, SettleError> {
         let queue = self.queue.get_or_init(|| {
             let (queue, waiting) = mpsc::unbounded_channel();
-            let batcher = Batcher { settler: settler.clone(), multicall: self.multicall, most: self.most };
+            let batcher = Batcher {
+                settler: settler.clone(),
+                multicall: self.multicall,
+                most: self.most,
+                per_payment_gas: std::sync::atomic::AtomicU64::new(0),
+            };
             tokio::spawn(batcher.run(waiting, queue.downgrade()));
             queue
         });
@@ -107,7 +113,14 @@ struct Batcher {
     settler: Arc<Settler>,
     multicall: Address,
     most: usize,
+    /// The most gas a payment of a mined batch took (its share of the transaction's gas), once
+    /// one was mined: later batches are sent with twice that a payment as their limit, without
+    /// asking the node to estimate (their `eth_call` dry run already showed what succeeds).
+    per_payment_gas: std::sync::atomic::AtomicU64,
 }
+
+/// A transaction's own gas, besides its calls'.
+const TRANSACTION_GAS: u64 = 21_000;
 
 impl Batcher {
     /// Sends what waits, batch after batch, until the facilitator is gone.
@@ -149,7 +162,11 @@ impl Batcher {
             }
             _ => {
                 let request = self.request(&items);
-                match self.settler.send(request).await {
+                let gas = match self.per_payment_gas.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => None,
+                    per_payment => Some(TRANSACTION_GAS + 2 * per_payment * items.len() as u64),
+                };
+                match self.settler.send(request, gas).await {
                     Ok(sent) => {
                         tracing::info!(
                             transaction = %sent.hash, nonce = sent.nonce, payments = items.len(),
@@ -236,6 +253,10 @@ impl Batcher {
         let hash = sent.hash;
         match self.settler.transactions.confirm(&mut sent, self.settler.receipt_timeout).await {
             Confirmation::Mined(receipt) => {
+                if receipt.status() && !items.is_empty() {
+                    let per_payment = receipt.gas_used / items.len() as u64;
+                    self.per_payment_gas.fetch_max(per_payment, std::sync::atomic::Ordering::Relaxed);
+                }
                 for item in items {
                     if transferred(&receipt, self.settler.chain.asset().get(), &item.payment) {
                         item.answer(Ok(hash));
