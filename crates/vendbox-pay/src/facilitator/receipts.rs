@@ -1,8 +1,8 @@
 //! `Receipts`: one watcher of the chain's new blocks for every settlement in flight. A settlement
 //! registers its transaction before sending it; while anyone waits, the watcher asks for the head
-//! every `interval` (a few milliseconds on a local chain), reads each new block's receipts in one
-//! call and hands each waiter its own. Nobody polls for a receipt of their own, and nobody sleeps
-//! for a fixed time before looking.
+//! every `interval` (a few milliseconds on a local chain), and at once after a transaction was
+//! sent, reads each new block's receipts in one call and hands each waiter its own. Nobody polls
+//! for a receipt of their own, and nobody sleeps for a fixed time before looking.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,6 +34,9 @@ pub(super) struct Receipts {
     /// Whether a watching task runs. Held while one starts or decides to stop, so that a
     /// transaction registered meanwhile is never left without a watcher.
     running: tokio::sync::Mutex<bool>,
+    /// Wakes the watcher before its interval is up: a transaction was just sent, and a local
+    /// chain that mines on arrival already holds it in a block.
+    sent: tokio::sync::Notify,
 }
 
 /// One registered transaction: its receipt, once a block holds it. Dropping it unregisters.
@@ -53,7 +56,14 @@ impl Receipts {
             interval,
             waiters: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(false),
+            sent: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Says a registered transaction was sent: the watcher asks for the head now rather than
+    /// at the end of its interval.
+    pub(super) fn sent(&self) {
+        self.sent.notify_one();
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
@@ -115,7 +125,10 @@ impl Receipts {
                     return;
                 }
             }
-            tokio::time::sleep(self.interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = self.sent.notified() => {}
+            }
         }
     }
 

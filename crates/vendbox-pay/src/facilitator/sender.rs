@@ -188,6 +188,7 @@ impl Sender {
             match failure {
                 None => {
                     *next = Some(nonce + 1);
+                    self.receipts.sent();
                     return Ok(InFlight { hash, nonce, raw, watch });
                 }
                 // The nonce is used: read it again from the node and sign anew.
