@@ -226,7 +226,7 @@ async fn the_official_python_client_pays_for_a_micro_session_that_runs_three_com
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let paid = shop.run_client_on(
         "python3",
         "pay_x402.py",
@@ -271,7 +271,7 @@ async fn a_box_that_cannot_be_made_charges_nothing() {
         return;
     };
     let payer = shop.payer().await;
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let args = ["--method", "POST"];
     let paid = shop.client_answer("python3", "pay_x402.py", &payer, "/x402/sessions/micro", &args, false);
     assert_eq!(paid["status"], 503, "{paid}");
@@ -288,7 +288,7 @@ async fn a_box_whose_payment_does_not_settle_is_destroyed() {
     }
     let Some(shop) = Shop::open(31337, &[("VENDBOX_FAULTS", "pause-before-settle=3")]).await else { return };
     let payer = shop.payer().await;
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let url = shop.url("/x402/sessions/micro");
     let unpaid = reqwest::Client::new().post(&url).json(&json!({})).send().await.unwrap();
     assert_eq!(unpaid.status(), 402);
@@ -364,4 +364,31 @@ async fn warm_slots_do_not_outlive_the_vendbox_that_made_them() {
     let left = looker.warm_leftovers();
     assert!(left.iter().all(|n| !new.contains(n)), "slots {left:?} outlived vendbox");
     host.vendbox = None;
+}
+
+#[tokio::test]
+async fn a_cgroup_left_in_one_hierarchy_only_is_found_and_removed() {
+    // A vendbox killed while it made or renamed a cgroup, one hierarchy after another, leaves
+    // that cgroup in some hierarchies only. Whichever one holds it, removing everything of the
+    // data directory must find it (and then its parent can go).
+    let Some(mut host) = BoxHost::start() else { return };
+    let b = host.buy("test-box", 30).await;
+    host.crash();
+    let parents: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|h| std::fs::read_dir(h.path().join("vendbox")).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|instance| instance.path())
+        .filter(|instance| instance.join(&b.id).is_dir())
+        .collect();
+    assert!(parents.len() > 1, "the box's cgroups are in several hierarchies: {parents:?}");
+    for parent in &parents {
+        std::fs::create_dir_all(parent.join("_warm1-0")).unwrap();
+        boxhost::remove_all(&host.data_dir());
+        for parent in &parents {
+            assert!(!parent.exists(), "{} is left", parent.display());
+        }
+    }
 }

@@ -395,7 +395,7 @@ async fn a_per_minute_box_ended_early_refunds_its_unused_minutes_once() {
         return;
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let wallet = shop.payer().await;
     // 10 minutes at 0.04 and one action at 0.01: 0.41 USDC with x402.
     let body = json!({ "offer": "h3retik-custom", "minutes": 10, "actions": 1 }).to_string();
@@ -451,7 +451,7 @@ async fn a_machine_is_provisioned_with_an_api_key_and_extended_with_a_signature_
     let Some(mut shop) = Shop::open(84532, &[]).await else { return };
     std::fs::write(shop.dir.path().join("vendbox.toml"), COMPUTE_CATALOG).unwrap();
     shop.vendbox = shop.serve(&[]);
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let wallet = shop.payer().await;
     let key = api_key(&shop, &wallet, json!({ "label": "machines" })).await;
     let topped = top_up(&shop, &wallet, &key, "1.00");

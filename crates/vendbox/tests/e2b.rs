@@ -80,7 +80,7 @@ async fn the_stock_sdks_run_a_sandbox_paid_by_credits() {
         return;
     }
     let Some(shop) = Shop::open(31337, &[("VENDBOX_SERVER__PORTS_DOMAIN", DOMAIN)]).await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let wallet = shop.payer().await;
     let key = api_key(&shop, &wallet).await;
     let header = format!("X-API-Key: {key}");

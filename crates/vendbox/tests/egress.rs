@@ -516,7 +516,7 @@ async fn a_pod_with_egress_reaches_the_internet_from_each_box_and_nothing_the_po
     let world = World::build();
     let data = tempfile::tempdir().unwrap();
     // Destroys the boxes and removes the instance's links, namespaces and table, also on failure.
-    let _cleanup = boxhost::Cleanup(data.path().to_path_buf());
+    let _cleanup = boxhost::Cleanup::new(data.path().to_path_buf());
     let mut backend = boxhost::backend_for(data.path());
     let egress = vendbox_box::local::EgressConfig {
         resolvers: vec![PUBLIC_DNS.parse().unwrap()],
@@ -644,7 +644,7 @@ async fn a_pods_first_box_started_again_keeps_the_pods_network_with_egress() {
     }
     let world = World::build();
     let data = tempfile::tempdir().unwrap();
-    let _cleanup = boxhost::Cleanup(data.path().to_path_buf());
+    let _cleanup = boxhost::Cleanup::new(data.path().to_path_buf());
     // The first box needs a disk to be started again from: an image box (a tiny one).
     let layout = support::oci_layout_of(data.path(), "tiny-layout", support::tiny_userland);
     let out = Command::new(support::BIN)
@@ -759,7 +759,7 @@ async fn a_box_started_from_a_warm_slot_is_the_box_it_would_have_been_cold() {
     }
     let world = World::build();
     let data = tempfile::tempdir().unwrap();
-    let _cleanup = boxhost::Cleanup(data.path().to_path_buf());
+    let _cleanup = boxhost::Cleanup::new(data.path().to_path_buf());
     let mut backend = boxhost::backend_for(data.path()).with_warm(1);
     let egress = vendbox_box::local::EgressConfig {
         resolvers: vec![PUBLIC_DNS.parse().unwrap()],

@@ -41,7 +41,7 @@ async fn storefront_machines_are_made_once_per_request_id_with_separate_tokens_a
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let (key, public) = support::ssh_keypair(shop.dir.path(), "agent_key");
     let health: Value = reqwest::get(shop.url("/api/health")).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
@@ -145,7 +145,7 @@ async fn vpsagent_rentals_log_in_with_their_password_renew_with_their_token_and_
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
     let payer = shop.payer().await;
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let rented = pay(&shop, &payer, "/rent", &json!({ "sku": "sandbox_1h", "region": "EU" }), &[]);
     assert_eq!(rented["status"], 200, "{rented}");
     let rental = &rented["body"];
@@ -248,7 +248,7 @@ async fn a_rental_whose_box_cannot_be_made_charges_nothing() {
         return;
     };
     let payer = shop.payer().await;
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let failed = pay(&shop, &payer, "/rent", &json!({ "sku": "sandbox_1h" }), &[]);
     assert_eq!(
         (failed["status"].as_u64(), failed["body"]["error"]["code"].as_str()),
@@ -269,7 +269,7 @@ async fn an_expired_rental_cannot_be_renewed_and_nothing_is_charged() {
     let config = "[[offers]]\nid = \"vpsagent-sandbox-1h\"\nduration = { rule = \"fixed\", minutes = 1 }\n";
     std::fs::write(shop.dir.path().join("vendbox.toml"), config).unwrap();
     shop.vendbox = shop.serve(&[]);
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let payer = shop.payer().await;
     let rented = pay(&shop, &payer, "/rent", &json!({ "sku": "sandbox_1h" }), &[]);
     assert_eq!(rented["status"], 200, "{rented}");

@@ -175,7 +175,7 @@ async fn the_official_mcp_client_buys_and_uses_a_box_and_a_lock_over_stdio() {
         return;
     }
     let Some((shop, key)) = shop_with_credits().await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let seen = drive(&["stdio", support::BIN, &shop.vendbox.url, &key]);
     check(&seen);
 }
@@ -186,7 +186,7 @@ async fn the_official_mcp_client_buys_and_uses_a_box_and_a_lock_over_http() {
         return;
     }
     let Some((shop, key)) = shop_with_credits().await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
 
     // Without an API key, /mcp is refused before any MCP is spoken.
     let response = reqwest::Client::new()

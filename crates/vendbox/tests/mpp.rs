@@ -294,7 +294,7 @@ async fn a_storefront_order_is_one_order_one_machine_and_one_transfer() {
         return;
     }
     let Some(shop) = open().await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let payer = shop.payer().await;
     let (_, payee_before) = balances(&shop, payer.address()).await;
     let orders = shop.url("/api/machine/mpp/orders");

@@ -377,7 +377,7 @@ async fn a_compose_vm_runs_from_the_registry_and_stops_when_its_balance_runs_out
         ("VENDBOX_SERVER__PORTS_DOMAIN", DOMAIN),
     ];
     let Some(shop) = open_shop(&env).await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let (payer, other) = (shop.payer().await, Wallet::random());
 
     // The seed's example: create, 402 Insufficient balance, top up with x402, create.
@@ -518,7 +518,7 @@ async fn a_vm_of_two_images_shares_its_network_and_a_volume_with_nothing_else() 
         ("VENDBOX_SECRETVM__BILLING_PERIOD_SECS", "2"),
     ];
     let Some(mut shop) = open_shop(&env).await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let payer = shop.payer().await;
 
     // `api` (started first: `web` depends on it) serves a page made of its image's marker and

@@ -219,7 +219,7 @@ async fn storefront_answers_are_the_seeds_every_error_included() {
         return;
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let payer = shop.payer().await;
     let (_, public) = support::ssh_keypair(shop.dir.path(), "agent_key");
     let mut r = Recorder::new(&shop.vendbox.url);
@@ -357,7 +357,7 @@ async fn h3retik_answers_are_the_seeds_sessions_and_locks() {
         return;
     }
     let Some(shop) = Shop::open(31337, &[]).await else { return };
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let payer = shop.payer().await;
     let other = shop.payer().await;
     let mut r = Recorder::new(&shop.vendbox.url);
@@ -724,7 +724,7 @@ async fn vpsagent_answers_carry_every_documented_field_header_and_status() {
     let config = "[[offers]]\nid = \"vpsagent-server-large-12mo\"\navailable = false\n";
     std::fs::write(shop.dir.path().join("vendbox.toml"), config).unwrap();
     shop.vendbox = shop.serve(&[]);
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let (first, second) = (shop.payer().await, shop.payer().await);
     let mut r = Recorder::new(&shop.vendbox.url);
 

@@ -191,7 +191,7 @@ async fn x402compute_provisions_with_both_official_clients_and_manages_instances
     let Some(mut shop) = Shop::open(84532, &[]).await else { return };
     std::fs::write(shop.dir.path().join("vendbox.toml"), CATALOG).unwrap();
     shop.vendbox = shop.serve(&[]);
-    let _cleanup = boxhost::Cleanup(shop.dir.path().join("state"));
+    let _cleanup = boxhost::Cleanup::after(shop.vendbox.child.id(), shop.dir.path().join("state"));
     let (payer, other) = (shop.payer().await, Wallet::random());
 
     let order = json!({ "plan": "vc2-1c-1gb", "region": "lax", "prepaid_hours": 2, "network": "base" });

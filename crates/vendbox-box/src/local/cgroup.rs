@@ -280,17 +280,21 @@ impl Hierarchies {
         Ok(())
     }
 
-    /// Names of the box cgroups of `instance` (from the first hierarchy).
+    /// Names of the box cgroups of `instance`, in any hierarchy: a vendbox killed while it made
+    /// or renamed a cgroup in one hierarchy after another leaves it in some of them only.
     pub(crate) fn list(&self, instance: &str) -> Vec<String> {
-        let Some((dir, _)) = self.dirs(&Self::instance_path(instance)).into_iter().next() else {
-            return Vec::new();
-        };
-        let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-        entries
+        let mut names: Vec<String> = self
+            .dirs(&Self::instance_path(instance))
+            .into_iter()
+            .filter_map(|(dir, _)| fs::read_dir(dir).ok())
+            .flatten()
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().into_string().ok())
-            .collect()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 

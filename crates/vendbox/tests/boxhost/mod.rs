@@ -230,10 +230,49 @@ pub fn remove_all(data_dir: &Path) {
 }
 
 /// Removes every box of a data directory when dropped, also when the test fails before its end.
-pub struct Cleanup(pub PathBuf);
+pub struct Cleanup {
+    data_dir: PathBuf,
+    /// The vendbox serving that data directory, killed first: a live one may be making a warm
+    /// slot meanwhile, which the removal would miss.
+    vendbox: Option<u32>,
+}
+
+impl Cleanup {
+    /// Removes every box of `data_dir`, which no vendbox serves by then.
+    pub fn new(data_dir: PathBuf) -> Cleanup {
+        Cleanup { data_dir, vendbox: None }
+    }
+
+    /// Kills the vendbox of pid `vendbox` (the test's own child) and waits until it is dead, then
+    /// removes every box of its `data_dir`.
+    pub fn after(vendbox: u32, data_dir: PathBuf) -> Cleanup {
+        Cleanup { data_dir, vendbox: Some(vendbox) }
+    }
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        remove_all(&self.0);
+        // Only while that pid is still a vendbox working in this data directory's parent (as a
+        // shop's runs): a pid the test let go of may name another process by now.
+        let ours = |pid: u32| {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+            cwd.is_some_and(|cwd| Some(cwd.as_path()) == self.data_dir.parent())
+        };
+        if let Some(pid) = self.vendbox.filter(|pid| ours(*pid)) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            // Dead once it is a zombie (its parent, the test, reaps it later) or gone.
+            let stat = format!("/proc/{pid}/stat");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match std::fs::read_to_string(&stat) {
+                    Ok(line) if line.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) => {
+                        break;
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => break,
+                }
+            }
+        }
+        remove_all(&self.data_dir);
     }
 }
