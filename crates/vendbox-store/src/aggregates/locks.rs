@@ -1036,12 +1036,10 @@ macro_rules! impl_locks {
             ) -> $crate::StoreResult<$crate::aggregates::locks::Answer> {
                 use $crate::aggregates::locks::{Answer, Op};
                 Ok(match op {
-                    Op::Acquire { key, owner, metadata, ttl_ms, release, .. } => Answer::Acquired(
-                        Self::acquire_lock_in(&mut *conn, key, owner.as_deref(), metadata.as_deref(), *ttl_ms, release)
-                            .await?,
-                    ),
-                    // Its credits were counted with its account's; the charge follows the grants.
-                    Op::AcquirePaid { key, owner, metadata, ttl_ms, release, .. } => Answer::Acquired(
+                    // A paid one's credits were counted with its account's; the charge follows
+                    // the grants.
+                    Op::Acquire { key, owner, metadata, ttl_ms, release, .. }
+                    | Op::AcquirePaid { key, owner, metadata, ttl_ms, release, .. } => Answer::Acquired(
                         Self::acquire_lock_in(&mut *conn, key, owner.as_deref(), metadata.as_deref(), *ttl_ms, release)
                             .await?,
                     ),
