@@ -90,6 +90,9 @@ pub async fn install_anvil(prefix: &Path) -> Result<PathBuf, DevChainError> {
     if status.success() && binary.is_file() { Ok(binary) } else { Err(DevChainError::AnvilMissing) }
 }
 
+/// The blocks whose state a dev chain keeps (see [`Anvil::start`]).
+pub const STATES_KEPT: u32 = 64;
+
 /// A running anvil, stopped (by its pid) when dropped.
 #[derive(Debug)]
 pub struct Anvil {
@@ -102,9 +105,16 @@ pub struct Anvil {
 
 impl Anvil {
     /// Starts `binary` on a free loopback port with `chain_id`, and waits until it answers.
+    ///
+    /// It keeps the state of its last [`STATES_KEPT`] blocks in memory and none on disk
+    /// (`--prune-history`): vendbox reads state only at the head (every block's transactions and
+    /// receipts are kept), and anvil's default, which writes older states to disk as JSON, made
+    /// each block slower as the chain grew (paid requests 1.6 to 2.3 times slower after 2,000
+    /// payments than before, in `benches/payments.rs`).
     pub async fn start(binary: &Path, chain_id: u64) -> Result<Anvil, DevChainError> {
         let mut child = Command::new(binary)
             .args(["--host", "127.0.0.1", "--port", "0", "--chain-id", &chain_id.to_string()])
+            .args(["--prune-history", &STATES_KEPT.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
