@@ -57,8 +57,10 @@ macro_rules! store_impl {
         clock_ms = $clock:literal,
         skip_locked = $skip_locked:literal,
         rows = $rows:literal,
-        lock_rows = $lock_rows:literal,
+        serialize_batch = $serialize_batch:literal,
         notify_released = $notify:literal,
+        notify_batch = ($notify_open:literal, $notify_close:literal),
+        keys_of_rows = $keys_of_rows:literal,
         charge_rows = $charge_rows:literal,
         payment_rows = $payment_rows:literal
     ) => {
@@ -75,8 +77,10 @@ macro_rules! store_impl {
             $db,
             clock_ms = $clock,
             rows = $rows,
-            lock_rows = $lock_rows,
+            serialize_batch = $serialize_batch,
             notify_released = $notify,
+            notify_batch = ($notify_open, $notify_close),
+            keys_of_rows = $keys_of_rows,
             charge_rows = $charge_rows,
             payment_rows = $payment_rows
         );

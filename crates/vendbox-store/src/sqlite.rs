@@ -107,8 +107,10 @@ store_impl!(
     skip_locked = "",
     rows = "(SELECT value ->> 'k' AS k, value ->> 'o' AS o, value ->> 'h' AS h, value ->> 't' AS t, \
             value ->> 'm' AS m FROM json_each($1)) AS r",
-    lock_rows = "",
+    serialize_batch = "",
     notify_released = "",
+    notify_batch = ("", ""),
+    keys_of_rows = "true",
     charge_rows = "(SELECT value ->> 'a' AS a, value ->> 'p' AS p, value ->> 'k' AS k, value ->> 'n' AS n, \
                    value ->> 'c' AS c FROM json_each($1)) AS r",
     payment_rows = "(SELECT value ->> 'id' AS id, value ->> 'q' AS q, value ->> 'me' AS me, value ->> 'ch' AS ch, \

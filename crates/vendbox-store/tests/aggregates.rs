@@ -243,3 +243,53 @@ cases!(
     one: [end_due_leases_ends_exactly_the_due_ones, payments_of_asset_in_state_are_not_crowded_out_by_another_asset],
     two: [concurrent_sweeps_end_each_due_lease_once],
 );
+
+/// On PostgreSQL, the releases of one batch (one shared statement) are announced to another
+/// host in notices of at most 8,000 bytes each: every key is heard, long ones that need several
+/// notices, one that reads as JSON and one with a newline included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_releases_is_heard_key_by_key_on_another_host() {
+    use vendbox_core::{LockKey, SecretToken};
+    use vendbox_store::LockAcquisition;
+    on_postgres(|one, other| async move {
+        let mut heard = other.lock_releases();
+        let mut keys: Vec<LockKey> =
+            (0..60).map(|i| LockKey::parse(&format!("{i:03}-{}", "k".repeat(240))).unwrap()).collect();
+        keys.push(LockKey::parse(r#"["not","a","list"]"#).unwrap());
+        keys.push(LockKey::parse("two\nlines").unwrap());
+        let ttl = std::time::Duration::from_mins(1);
+        let mut tokens = Vec::new();
+        for key in &keys {
+            let token = SecretToken::generate();
+            let acquired = one.acquire_lock(key, None, None, ttl, &token.hash()).await.unwrap();
+            assert!(matches!(acquired, LockAcquisition::Acquired(_)), "{key:?} is free");
+            tokens.push(token);
+        }
+        // Released all at once, so that the writer takes them in one batch (or a few).
+        let mut releases = tokio::task::JoinSet::new();
+        for (key, token) in keys.iter().zip(&tokens) {
+            let (store, key, hash) = (one.clone(), key.clone(), token.hash());
+            releases.spawn(async move { store.release_lock(&key, &hash).await.unwrap() });
+        }
+        while let Some(released) = releases.join_next().await {
+            assert!(matches!(released.unwrap(), vendbox_store::LockRelease::Released(_)));
+        }
+        let mut missing: HashSet<LockKey> = keys.into_iter().collect();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !missing.is_empty() {
+            match tokio::time::timeout_at(deadline, heard.recv()).await {
+                Ok(Ok(key)) => {
+                    missing.remove(&key);
+                }
+                Ok(Err(e)) => panic!("the release notices broke off: {e}"),
+                Err(elapsed) => {
+                    panic!(
+                        "{} releases were never heard on the other host ({elapsed}): {missing:?}",
+                        missing.len()
+                    )
+                }
+            }
+        }
+    })
+    .await;
+}

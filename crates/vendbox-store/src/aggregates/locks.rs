@@ -21,9 +21,13 @@
 //! than one or two per operation (on SQLite each statement is a round trip to the connection's
 //! thread, on PostgreSQL to the server). What a shared statement leaves unanswered (a refusal the
 //! release must tell apart, a holder that lapsed between two statements) and every other
-//! operation goes alone, as before. On PostgreSQL, a batch with shared statements first locks
-//! the rows of all its lock keys with one `SELECT … ORDER BY key FOR UPDATE` (`lock_rows`): a
-//! statement over many rows takes their locks in no set order, so this keeps the key order.
+//! operation goes alone, as before. On PostgreSQL, a batch with shared statements first takes
+//! one transaction-scoped advisory lock (`serialize_batch`): a statement over many rows takes
+//! their row locks in no set order, so two such batches (of two writers or two hosts) could each
+//! hold a row the other waits for; with the advisory lock they run one after the other. (It
+//! replaced a `SELECT … ORDER BY key FOR UPDATE` of the batch's keys, which cost as much as the
+//! batch's other statements together.) Its releases are announced in one notice per 6,000 bytes
+//! of keys, a JSON array, rather than one per key.
 //!
 //! **Credits share the writer.** A credit hold (with the reservation of the payment it is for)
 //! and the charge of a hold are applied by the same writers, in the same batches, keyed by
@@ -554,18 +558,24 @@ impl WeakQueue {
 /// Writes the lock methods of `$store`, whose `pool` is a pool of database `$db` and whose
 /// `locks` is its [`Queue`]; `$clock` is the SQL that reads the database's clock in Unix
 /// milliseconds when it is evaluated; `$rows` a `FROM` item `r (k, o, h, t, m)` of the rows of
-/// the JSON array bound as `$1` (see [`rows_json`]); `$lock_rows` the locking clause that locks
-/// the rows a `SELECT` returns, in its order (empty where one writer at a time needs none);
-/// `$notify` what a release's `RETURNING` adds to announce the released key to every host once
-/// the transaction commits (empty where the writer announces its own releases).
+/// the JSON array bound as `$1` (see [`rows_json`]); `$serialize_batch` the statement a batch
+/// with shared statements runs first so that no two such batches, of any writer or host, run at
+/// once (empty where one writer at a time needs none); `$notify` what a release's `RETURNING`
+/// adds to announce the released key to every host once the transaction commits, and
+/// `$notify_open` / `$notify_close` what wraps a shared release statement to announce all its
+/// keys in as few notices as fit (empty where the writer announces its own releases);
+/// `$keys_of_rows` a condition that lets the database find the rows' keys by their index (`true`
+/// where it does so unaided).
 macro_rules! impl_locks {
     (
         $store:ty,
         $db:ty,
         clock_ms = $clock:literal,
         rows = $rows:literal,
-        lock_rows = $lock_rows:literal,
+        serialize_batch = $serialize_batch:literal,
         notify_released = $notify:literal,
+        notify_batch = ($notify_open:literal, $notify_close:literal),
+        keys_of_rows = $keys_of_rows:literal,
         charge_rows = $charge_rows:literal,
         payment_rows = $payment_rows:literal
     ) => {
@@ -740,14 +750,8 @@ macro_rules! impl_locks {
                 let rounds = Round::of(ops, keys);
                 // On PostgreSQL the rows of every key the batch will change in one statement are
                 // locked first, in key order: one statement locks its rows in no set order.
-                if !$lock_rows.is_empty() && rounds.iter().any(Round::has_shared_statements) {
-                    let keys = $crate::aggregates::locks::rows_json(ops, (0..ops.len()).filter(|&i| ops[i].lock_key().is_some()));
-                    sqlx::query(concat!(
-                        "SELECT key FROM locks WHERE key IN (SELECT r.k FROM ", $rows, ") ORDER BY key ", $lock_rows
-                    ))
-                    .bind(keys)
-                    .execute(&mut *tx)
-                    .await?;
+                if !$serialize_batch.is_empty() && rounds.iter().any(Round::has_shared_statements) {
+                    sqlx::query($serialize_batch).execute(&mut *tx).await?;
                 }
                 for round in &rounds {
                     // A paid acquisition its credits refused is answered already.
@@ -1131,9 +1135,11 @@ macro_rules! impl_locks {
                 use $crate::aggregates::locks::Answer;
                 let rows = $crate::aggregates::locks::rows_json(ops, members.iter().copied());
                 let released = sqlx::query(concat!(
+                    $notify_open,
                     "UPDATE locks SET released_at = ", $clock, " \
-                     WHERE (key, release_token_hash) IN (SELECT r.k, r.h FROM ", $rows, ") \
-                     AND released_at IS NULL AND expires_at > ", $clock, " RETURNING *", $notify
+                     WHERE ", $keys_of_rows, " AND (key, release_token_hash) IN (SELECT r.k, r.h FROM ", $rows, ") \
+                     AND released_at IS NULL AND expires_at > ", $clock, " RETURNING *",
+                    $notify_close
                 ))
                 .bind(&rows)
                 .fetch_all(&mut *conn)
