@@ -5,6 +5,8 @@
 //! - vendbox over HTTP at price 0 and paid (x402 on anvil, built-in facilitator, and prepaid
 //!   credits spent with an API key: one x402 top-up, then no transaction per lock), on SQLite
 //!   and on PostgreSQL;
+//! - the HTTP ceiling: the same client sending the cycle's two requests to a path vendbox
+//!   answers 404, through every layer and no handler or store (no lock cycle can beat it);
 //! - contended, at price 0: the 64 clients share 8 keys and wait for them
 //!   (`POST /v1/locks/{key}?wait_seconds=60`), so each cycle is a handover and its time includes
 //!   the wait.
@@ -21,7 +23,7 @@
 //! rows and PostgreSQL at `VENDBOX_TEST_DATABASE_URL` or 127.0.0.1:5432/test for the PostgreSQL
 //! rows: those are skipped without them, and it says so).
 //!
-//! `VENDBOX_BENCH_PARTS` (comma-separated: durable, contended, paid) runs only those rows besides
+//! `VENDBOX_BENCH_PARTS` (comma-separated: durable, ceiling, contended, paid) runs only those rows besides
 //! the baseline and price 0 (`paid` is x402 and credits, which are compared with price 0);
 //! `VENDBOX_BENCH_STORES` (sqlite, postgresql) only those stores. Both default to all. A credits
 //! run on SQLite alone: `VENDBOX_BENCH_PARTS=paid VENDBOX_BENCH_STORES=sqlite cargo bench -p
@@ -329,6 +331,35 @@ async fn vendbox_cycle(base: String, pay: Pay<'_>, label: &str) -> Cycle {
     })
 }
 
+/// The HTTP ceiling: the cycle's two requests, with the same client, bodies and connections,
+/// to a path vendbox's router answers 404: every layer a lock request passes, no handler, no
+/// store. No lock cycle can run faster than this on the same host.
+fn ceiling_cycle(base: String) -> Cycle {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
+    let (acquire, release) =
+        (format!("{base}/bench/nowhere/acquire"), format!("{base}/bench/nowhere/release"));
+    Arc::new(move |client, n| {
+        let (http, acquire, release) = (http.clone(), acquire.clone(), release.clone());
+        async move {
+            let key = format!("bench:ceiling:{client}:{}", n % 100);
+            let response =
+                http.post(&acquire).json(&json!({ "key": key, "ttl_seconds": 30 })).send().await.unwrap();
+            assert_eq!(response.status(), 404);
+            response.bytes().await.unwrap();
+            let token = "0".repeat(64);
+            let response = http
+                .post(&release)
+                .json(&json!({ "key": key, "release_token": token }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404);
+            response.bytes().await.unwrap();
+        }
+        .boxed()
+    })
+}
+
 /// Keys the contended row's clients share.
 const CONTENDED_KEYS: usize = 8;
 
@@ -476,6 +507,10 @@ async fn run() {
         let label = format!("vendbox, price 0, {store}");
         let free_label = label.clone();
         let free_cycle = vendbox_cycle(free.clone(), Pay::Free, &label).await;
+        if chosen("VENDBOX_BENCH_PARTS", "ceiling") && *store == "SQLite" {
+            let label = "vendbox, the same two requests answered 404 (no handler)";
+            compare(label, &baseline, &ceiling_cycle(free.clone())).await;
+        }
         compare(&label, &baseline, &free_cycle).await;
         if chosen("VENDBOX_BENCH_PARTS", "contended") {
             let label = format!("vendbox, {CLIENTS} waiting on {CONTENDED_KEYS} keys, {store}");
