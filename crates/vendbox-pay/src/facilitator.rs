@@ -89,6 +89,8 @@ struct Settler {
     transactions: Sender,
     /// How long to wait for a settlement's receipt.
     receipt_timeout: Duration,
+    /// Whether the chain mines each transaction as it arrives (a node on this machine).
+    mines_on_arrival: bool,
 }
 
 /// How often the receipt watcher asks a node on this machine for its head while a settlement
@@ -111,7 +113,8 @@ impl BuiltinFacilitator {
     pub fn new(rpc_url: &str, asset: EvmAddress, wallet: &Wallet) -> Result<Self, ChainError> {
         let signer = wallet.signer().clone();
         let url = rpc_url.parse().map_err(|e| ChainError(format!("RPC URL {rpc_url:?}: {e}")))?;
-        let interval = if is_local(rpc_url) { LOCAL_HEAD_INTERVAL } else { REMOTE_HEAD_INTERVAL };
+        let mines_on_arrival = is_local(rpc_url);
+        let interval = if mines_on_arrival { LOCAL_HEAD_INTERVAL } else { REMOTE_HEAD_INTERVAL };
         let sender = signer.address();
         let provider = ProviderBuilder::new().disable_recommended_fillers().connect_http(url).erased();
         let receipts = Receipts::new(provider.clone(), interval);
@@ -120,6 +123,7 @@ impl BuiltinFacilitator {
             sender,
             transactions: Sender::new(provider, EthereumWallet::from(signer), sender, receipts),
             receipt_timeout: Duration::from_mins(1),
+            mines_on_arrival,
         };
         Ok(Self { settler: Arc::new(settler), batches: None })
     }

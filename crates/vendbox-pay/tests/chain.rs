@@ -321,6 +321,39 @@ async fn a_batch_after_one_was_mined_takes_its_gas_limit_from_it_and_settles() {
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 100_000);
 }
 
+/// On a chain that mines each transaction as it arrives (anvil here), a batch waits for the
+/// previous one's receipt (a short while at most): payments that come one after another while
+/// it is unmined go out together, in one transaction, rather than each in a block of its own.
+#[tokio::test]
+async fn on_a_chain_that_mines_on_arrival_a_batch_waits_for_the_previous_ones_receipt() {
+    let Some(w) = world_batching(10).await else { return };
+    // Nothing is mined until the test says so.
+    rpc(&w, "evm_setAutomine", serde_json::json!([false])).await;
+    let first = pay(&w, &w.payer);
+    let later: Vec<_> = (0..3).map(|_| pay(&w, &w.payer)).collect();
+    let settle_first = w.facilitator.settle(&first, &w.requirements);
+    let settle_later = futures_util::future::join_all(later.iter().enumerate().map(|(i, p)| {
+        let w = &w;
+        async move {
+            // After the first is sent, one by one, 5 ms apart.
+            wait_until_pooled(w, 1).await;
+            tokio::time::sleep(std::time::Duration::from_millis(5 * i as u64)).await;
+            w.facilitator.settle(p, &w.requirements).await
+        }
+    }));
+    let mine = async {
+        wait_until_pooled(&w, 2).await;
+        rpc(&w, "evm_mine", serde_json::json!([])).await;
+        rpc(&w, "evm_setAutomine", serde_json::json!([true])).await;
+    };
+    let (first, later, ()) = tokio::join!(settle_first, settle_later, mine);
+    let first = first.unwrap();
+    let later: std::collections::HashSet<_> = later.into_iter().map(Result::unwrap).collect();
+    assert_eq!(later.len(), 1, "the three that came while the first was unmined went together");
+    assert!(!later.contains(&first));
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
+}
+
 #[tokio::test]
 async fn a_batch_leaves_out_a_transfer_that_would_fail_and_settles_the_rest() {
     let Some(w) = world_batching(10).await else { return };

@@ -8,6 +8,14 @@
 //! goes on to the next batch without waiting for the receipt: batching costs no waiting, since a batch holds what
 //! queued while the previous one was being sent. A batch of one is sent as a plain transfer.
 //!
+//! On a chain that mines each transaction as it arrives (a local one), a batch waits for the
+//! previous one's receipt before it is sent (at most [`WAIT_FOR_PREVIOUS`]): what queues
+//! meanwhile goes with it, so the chain mines fewer, fuller blocks. There a block costs more than
+//! the calls in it (anvil recomputes the state root over the whole chain's state for each block,
+//! a cost that grows with every payment), and sending at once made blocks of two payments at
+//! 8 in flight and later payments 1.6× slower than the first (`benches/payments.rs`). On other
+//! chains, blocks come at their own pace and hold whatever was sent, so batches go at once.
+//!
 //! Once mined, each payment reads its outcome from the receipt: the token's `AuthorizationUsed`
 //! log for its authorization means it was transferred; no such log means its call failed in the
 //! batch (the chain then says whether the authorization was used elsewhere or is unused, the
@@ -15,6 +23,7 @@
 //! whose authorizations are still unused, as single settlements are.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
 use alloy::providers::Provider;
@@ -22,7 +31,7 @@ use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::sol;
 use alloy::sol_types::{SolCall, SolEvent};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::{Confirmation, InFlight, RESENDS, SettleError, Settler, gave_up};
 use crate::chain::{Eip3009Token, transfer_request};
@@ -90,6 +99,7 @@ impl Batches {
                 multicall: self.multicall,
                 most: self.most,
                 per_payment_gas: std::sync::atomic::AtomicU64::new(0),
+                unmined: settler.mines_on_arrival.then(|| Arc::new(Semaphore::new(1))),
             };
             tokio::spawn(batcher.run(waiting, queue.downgrade()));
             queue
@@ -117,7 +127,14 @@ struct Batcher {
     /// one was mined: later batches are sent with twice that a payment as their limit, without
     /// asking the node to estimate (their `eth_call` dry run already showed what succeeds).
     per_payment_gas: std::sync::atomic::AtomicU64,
+    /// On a chain that mines on arrival, the one batch that may be unmined: the next waits for
+    /// its receipt (see the module's documentation).
+    unmined: Option<Arc<Semaphore>>,
 }
+
+/// The longest a batch waits for the previous one's receipt, so that a transaction the chain is
+/// slow to mine holds the others back only this long.
+const WAIT_FOR_PREVIOUS: Duration = Duration::from_millis(100);
 
 /// A transaction's own gas, besides its calls'.
 const TRANSACTION_GAS: u64 = 21_000;
@@ -127,6 +144,13 @@ impl Batcher {
     async fn run(self, mut waiting: mpsc::UnboundedReceiver<Item>, again: mpsc::WeakUnboundedSender<Item>) {
         let this = Arc::new(self);
         while let Some(first) = waiting.recv().await {
+            let previous_mined = match &this.unmined {
+                Some(unmined) => tokio::time::timeout(WAIT_FOR_PREVIOUS, unmined.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => None,
+            };
             let mut items = vec![first];
             while items.len() < this.most {
                 match waiting.try_recv() {
@@ -134,13 +158,18 @@ impl Batcher {
                     Err(_) => break,
                 }
             }
-            this.send(items, &again).await;
+            this.send(items, &again, previous_mined).await;
         }
     }
 
     /// Dry-runs `items` together, answers those that would fail, sends the rest, and leaves the
-    /// receipt to a task of its own.
-    async fn send(self: &Arc<Self>, items: Vec<Item>, again: &mpsc::WeakUnboundedSender<Item>) {
+    /// receipt to a task of its own, which lets `unmined` go once the receipt is in.
+    async fn send(
+        self: &Arc<Self>,
+        items: Vec<Item>,
+        again: &mpsc::WeakUnboundedSender<Item>,
+        unmined: Option<OwnedSemaphorePermit>,
+    ) {
         let mut items = self.dry_run(items).await;
         match items.len() {
             0 => {}
@@ -151,7 +180,9 @@ impl Batcher {
                         let this = self.clone();
                         let again = again.clone();
                         tokio::spawn(async move {
-                            match this.settler.finish_one(&item.payment, sent).await {
+                            let finished = this.settler.finish_one(&item.payment, sent).await;
+                            drop(unmined);
+                            match finished {
                                 Some(outcome) => item.answer(outcome),
                                 None => resend(item, &again),
                             }
@@ -174,7 +205,7 @@ impl Batcher {
                         );
                         let this = self.clone();
                         let again = again.clone();
-                        tokio::spawn(async move { this.finish(items, sent, &again).await });
+                        tokio::spawn(async move { this.finish(items, sent, &again, unmined).await });
                     }
                     Err(e) => {
                         for item in items {
@@ -249,9 +280,17 @@ impl Batcher {
     }
 
     /// Waits for the batch `sent` and answers each of `items` from its receipt.
-    async fn finish(&self, items: Vec<Item>, mut sent: InFlight, again: &mpsc::WeakUnboundedSender<Item>) {
+    async fn finish(
+        &self,
+        items: Vec<Item>,
+        mut sent: InFlight,
+        again: &mpsc::WeakUnboundedSender<Item>,
+        unmined: Option<OwnedSemaphorePermit>,
+    ) {
         let hash = sent.hash;
-        match self.settler.transactions.confirm(&mut sent, self.settler.receipt_timeout).await {
+        let confirmation = self.settler.transactions.confirm(&mut sent, self.settler.receipt_timeout).await;
+        drop(unmined);
+        match confirmation {
             Confirmation::Mined(receipt) => {
                 if receipt.status() && !items.is_empty() {
                     let per_payment = receipt.gas_used / items.len() as u64;
