@@ -103,7 +103,9 @@ store_impl!(
     clock_ms = "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
     skip_locked = "FOR UPDATE SKIP LOCKED",
     rows = "jsonb_to_recordset($1::jsonb) AS r(k text, o text, h text, t bigint, m text)",
-    serialize_batch = "SELECT pg_advisory_xact_lock(7795330710466707779)",
+    // One lock per schema (`vblk` and the schema's hash): vendboxes on one database in schemas of
+    // their own do not wait for each other.
+    serialize_batch = "SELECT pg_advisory_xact_lock(1986161771, hashtext(current_schema()))",
     notify_released = ", pg_notify('vendbox_lock_released', json_build_array(key)::text)::text AS notified",
     notify_batch = (
         "WITH released AS (",
