@@ -318,17 +318,17 @@ async fn vendbox_cycle(base: String, pay: Pay<'_>, label: &str) -> Cycle {
             let body: Value = response.json().await.unwrap();
             assert_eq!(body["acquired"], true, "{body}");
             let token = body["release_token"].as_str().unwrap();
-            let response = http
-                .post(&release)
-                .json(&json!({ "key": key, "release_token": token }))
-                .send()
-                .await
-                .unwrap();
+            let response = release_request(&http, &release, &key, token).await;
             assert_eq!(response.status(), 200);
             response.bytes().await.unwrap();
         }
         .boxed()
     })
+}
+
+/// The cycle's release: `key` with `token`, posted to `url` as H3RETIK's release body.
+async fn release_request(http: &reqwest::Client, url: &str, key: &str, token: &str) -> reqwest::Response {
+    http.post(url).json(&json!({ "key": key, "release_token": token })).send().await.unwrap()
 }
 
 /// The HTTP ceiling: the cycle's two requests, with the same client, bodies and connections,
@@ -346,13 +346,7 @@ fn ceiling_cycle(base: String) -> Cycle {
                 http.post(&acquire).json(&json!({ "key": key, "ttl_seconds": 30 })).send().await.unwrap();
             assert_eq!(response.status(), 404);
             response.bytes().await.unwrap();
-            let token = "0".repeat(64);
-            let response = http
-                .post(&release)
-                .json(&json!({ "key": key, "release_token": token }))
-                .send()
-                .await
-                .unwrap();
+            let response = release_request(&http, &release, &key, &"0".repeat(64)).await;
             assert_eq!(response.status(), 404);
             response.bytes().await.unwrap();
         }

@@ -23,6 +23,7 @@
 //! whose authorizations are still unused, as single settlements are.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
@@ -98,7 +99,7 @@ impl Batches {
                 settler: settler.clone(),
                 multicall: self.multicall,
                 most: self.most,
-                per_payment_gas: std::sync::atomic::AtomicU64::new(0),
+                per_payment_gas: AtomicU64::new(0),
                 unmined: settler.mines_on_arrival.then(|| Arc::new(Semaphore::new(1))),
             };
             tokio::spawn(batcher.run(waiting, queue.downgrade()));
@@ -126,7 +127,7 @@ struct Batcher {
     /// The most gas a payment of a mined batch took (its share of the transaction's gas), once
     /// one was mined: later batches are sent with twice that a payment as their limit, without
     /// asking the node to estimate (their `eth_call` dry run already showed what succeeds).
-    per_payment_gas: std::sync::atomic::AtomicU64,
+    per_payment_gas: AtomicU64,
     /// On a chain that mines on arrival, the one batch that may be unmined: the next waits for
     /// its receipt (see the module's documentation).
     unmined: Option<Arc<Semaphore>>,
@@ -144,13 +145,7 @@ impl Batcher {
     async fn run(self, mut waiting: mpsc::UnboundedReceiver<Item>, again: mpsc::WeakUnboundedSender<Item>) {
         let this = Arc::new(self);
         while let Some(first) = waiting.recv().await {
-            let previous_mined = match &this.unmined {
-                Some(unmined) => tokio::time::timeout(WAIT_FOR_PREVIOUS, unmined.clone().acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
-                None => None,
-            };
+            let previous_mined = this.previous_mined().await;
             let mut items = vec![first];
             while items.len() < this.most {
                 match waiting.try_recv() {
@@ -160,6 +155,13 @@ impl Batcher {
             }
             this.send(items, &again, previous_mined).await;
         }
+    }
+
+    /// Where the chain mines on arrival, waits for the previous batch's receipt (at most
+    /// [`WAIT_FOR_PREVIOUS`]); the permit to hold until this batch's receipt is in, if it came.
+    async fn previous_mined(&self) -> Option<OwnedSemaphorePermit> {
+        let unmined = self.unmined.clone()?;
+        tokio::time::timeout(WAIT_FOR_PREVIOUS, unmined.acquire_owned()).await.ok()?.ok()
     }
 
     /// Dry-runs `items` together, answers those that would fail, sends the rest, and leaves the
@@ -193,7 +195,7 @@ impl Batcher {
             }
             _ => {
                 let request = self.request(&items);
-                let gas = match self.per_payment_gas.load(std::sync::atomic::Ordering::Relaxed) {
+                let gas = match self.per_payment_gas.load(Ordering::Relaxed) {
                     0 => None,
                     per_payment => Some(TRANSACTION_GAS + 2 * per_payment * items.len() as u64),
                 };
@@ -294,7 +296,7 @@ impl Batcher {
             Confirmation::Mined(receipt) => {
                 if receipt.status() && !items.is_empty() {
                     let per_payment = receipt.gas_used / items.len() as u64;
-                    self.per_payment_gas.fetch_max(per_payment, std::sync::atomic::Ordering::Relaxed);
+                    self.per_payment_gas.fetch_max(per_payment, Ordering::Relaxed);
                 }
                 for item in items {
                     if transferred(&receipt, self.settler.chain.asset().get(), &item.payment) {

@@ -748,8 +748,8 @@ macro_rules! impl_locks {
                 let paid: Vec<usize> = keys.clone().filter(|&i| matches!(ops[i], Op::AcquirePaid { .. })).collect();
                 Self::apply_accounts_in(&mut tx, ops, accounts.clone(), &paid, &mut answers, &mut locked).await?;
                 let rounds = Round::of(ops, keys);
-                // On PostgreSQL the rows of every key the batch will change in one statement are
-                // locked first, in key order: one statement locks its rows in no set order.
+                // On PostgreSQL a batch with shared statements first takes the advisory lock that
+                // keeps such batches one at a time: one statement locks its rows in no set order.
                 if !$serialize_batch.is_empty() && rounds.iter().any(Round::has_shared_statements) {
                     sqlx::query($serialize_batch).execute(&mut *tx).await?;
                 }
