@@ -107,9 +107,11 @@ store_impl!(
     // their own do not wait for each other.
     serialize_batch = "SELECT pg_advisory_xact_lock(1986161771, hashtext(current_schema()))",
     notify_released = ", pg_notify('vendbox_lock_released', json_build_array(key)::text)::text AS notified",
+    // A part's keys add up to less than 6,000 bytes as JSON (with `json_agg`'s ", " between
+    // them), plus one key of at most 256 characters (1,538 bytes escaped): under 8,000.
     notify_batch = (
         "WITH released AS (",
-        "), parts AS (SELECT key, SUM(OCTET_LENGTH(TO_JSON(key)::text) + 1) OVER (ORDER BY key) / 6000 AS part \
+        "), parts AS (SELECT key, SUM(OCTET_LENGTH(TO_JSON(key)::text) + 2) OVER (ORDER BY key) / 6000 AS part \
          FROM released), told AS (SELECT COUNT(pg_notify('vendbox_lock_released', keys)) AS notices \
          FROM (SELECT JSON_AGG(key ORDER BY key)::text AS keys FROM parts GROUP BY part) p) \
          SELECT released.* FROM released, told"
