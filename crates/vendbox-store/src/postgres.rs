@@ -104,8 +104,12 @@ store_impl!(
     skip_locked = "FOR UPDATE SKIP LOCKED",
     rows = "jsonb_to_recordset($1::jsonb) AS r(k text, o text, h text, t bigint, m text)",
     // One lock per schema (`vblk` and the schema's hash): vendboxes on one database in schemas of
-    // their own do not wait for each other.
-    serialize_batch = "SELECT pg_advisory_xact_lock(1986161771, hashtext(current_schema()))",
+    // their own do not wait for each other. And, for the batch's transaction, no sequential scan
+    // where an index serves: the shared statements look keys up from a JSON array whose size the
+    // planner cannot see, and on a table not analyzed yet (a new vendbox's) it chose to read the
+    // whole of `locks`, a plan that then stayed cached for every later batch.
+    serialize_batch = "SELECT pg_advisory_xact_lock(1986161771, hashtext(current_schema())), \
+                       set_config('enable_seqscan', 'off', true)",
     notify_released = ", pg_notify('vendbox_lock_released', json_build_array(key)::text)::text AS notified",
     // A part's keys add up to less than 6,000 bytes as JSON (with `json_agg`'s ", " between
     // them), plus one key of at most 256 characters (1,538 bytes escaped): under 8,000.

@@ -293,3 +293,75 @@ async fn a_batch_of_releases_is_heard_key_by_key_on_another_host() {
     })
     .await;
 }
+
+/// On PostgreSQL, a batch's shared statements find their keys through the primary key whatever
+/// the table's statistics say: on a table PostgreSQL has not analyzed yet (every new vendbox's),
+/// the planner chose a sequential scan of `locks` for the shared release, and its plan stayed
+/// cached, so that every batch read the whole table. Many grants, a batch of refusals and a batch
+/// of releases, on a fresh schema; then no sequential scan of `locks` may be counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_batches_read_locks_by_key_even_before_the_table_is_analyzed() {
+    use sqlx::Connection as _;
+    use vendbox_core::{LockKey, SecretToken};
+    use vendbox_store::{LockAcquisition, LockRelease};
+    let Some(schema) = PostgresSchema::create().await else { return };
+    let store: Arc<dyn Store> = Arc::new(schema.store().await.unwrap());
+    let outcome = tokio::spawn(async move {
+        let ttl = std::time::Duration::from_mins(1);
+        let keys: Vec<LockKey> = (0..400).map(|i| LockKey::parse(&format!("scan:{i:04}")).unwrap()).collect();
+        // Each wave at once, so that the writer takes it in a few batches of shared statements.
+        let mut grants = tokio::task::JoinSet::new();
+        for key in &keys {
+            let (store, key, token) = (store.clone(), key.clone(), SecretToken::generate());
+            grants.spawn(async move {
+                let acquired = store.acquire_lock(&key, None, None, ttl, &token.hash()).await.unwrap();
+                assert!(matches!(acquired, LockAcquisition::Acquired(_)), "{key:?} is free");
+                (key, token)
+            });
+        }
+        let held: Vec<(LockKey, SecretToken)> = grants.join_all().await;
+        let mut refusals = tokio::task::JoinSet::new();
+        for (key, _) in &held {
+            let (store, key, token) = (store.clone(), key.clone(), SecretToken::generate());
+            refusals.spawn(async move {
+                let acquired = store.acquire_lock(&key, None, None, ttl, &token.hash()).await.unwrap();
+                assert!(matches!(acquired, LockAcquisition::Held(_)), "{key:?} is held");
+            });
+        }
+        refusals.join_all().await;
+        let mut releases = tokio::task::JoinSet::new();
+        for (key, token) in held {
+            let store = store.clone();
+            releases.spawn(async move {
+                let released = store.release_lock(&key, &token.hash()).await.unwrap();
+                assert!(matches!(released, LockRelease::Released(_)), "{key:?} is released");
+            });
+        }
+        releases.join_all().await;
+    })
+    .await;
+    // A backend reports its table counters once idle, at most a second after its last report:
+    // wait until the releases' updates are counted, then read the scans counted with them.
+    let mut conn = sqlx::PgConnection::connect_with(&schema.options()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (seq_scans, updated) = loop {
+        let (seq_scans, updated): (i64, i64) = sqlx::query_as(
+            "SELECT seq_scan, n_tup_upd FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'locks'",
+        )
+        .bind(&schema.name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if updated >= 400 || std::time::Instant::now() > deadline {
+            break (seq_scans, updated);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    drop(conn);
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    assert!(updated >= 400, "the releases' updates were never counted ({updated})");
+    assert_eq!(seq_scans, 0, "lock batches scanned the whole locks table {seq_scans} times");
+}

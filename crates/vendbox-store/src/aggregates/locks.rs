@@ -26,7 +26,9 @@
 //! their row locks in no set order, so two such batches (of two writers or two hosts) could each
 //! hold a row the other waits for; with the advisory lock they run one after the other. (It
 //! replaced a `SELECT … ORDER BY key FOR UPDATE` of the batch's keys, which cost as much as the
-//! batch's other statements together.) Its releases are announced in one notice per 6,000 bytes
+//! batch's other statements together.) The same statement turns sequential scans off for the
+//! batch's transaction, so that its statements find keys by index whatever the table's statistics
+//! say (see `postgres.rs`). Its releases are announced in one notice per 6,000 bytes
 //! of keys, a JSON array, rather than one per key.
 //!
 //! **Credits share the writer.** A credit hold (with the reservation of the payment it is for)
