@@ -30,9 +30,29 @@ use crate::surfaces::{self, storefront};
 /// Header carrying the request id, set by vendbox when the client sends none.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What every handler can reach.
+/// What every handler can reach: [`AppParts`] behind one `Arc`, so that the copies the router's
+/// layers and extractors take of it for every request cost one reference count, not one per
+/// part (a dozen counters that the server's threads took turns to bump, several times a request).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl From<AppParts> for AppState {
+    fn from(parts: AppParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub struct AppParts {
     /// Offers for sale as this host can make them now (they follow its image store): a handler
     /// takes one snapshot (`catalog.now()`) and judges its whole request by it.
     pub catalog: LiveCatalog,

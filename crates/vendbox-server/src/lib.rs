@@ -22,7 +22,7 @@ pub mod ssh;
 pub mod surfaces;
 pub mod worker;
 
-pub use app::{AppState, Limits, router};
+pub use app::{AppParts, AppState, Limits, router};
 pub use config::{Config, ConfigError};
 pub use error::ApiError;
 pub use serve::{Secrets, Server, shutdown_signal};

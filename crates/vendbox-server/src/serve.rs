@@ -18,7 +18,7 @@ use vendbox_pay::x402::X402Exact;
 use vendbox_pay::{EvmAddress, Wallet};
 use vendbox_service::{Faults, Payments};
 
-use crate::app::{AppState, Limits, SshEndpoint, router};
+use crate::app::{AppParts, AppState, Limits, SshEndpoint, router};
 use crate::boxes::{BoxExpiry, Boxes};
 use crate::config::{BackendKind, Config, FacilitatorKind};
 use crate::metrics::Metrics;
@@ -114,7 +114,7 @@ impl Server {
                 data_dir: config.store.data_dir.clone(),
             },
         );
-        let state = AppState {
+        let state = AppState::from(AppParts {
             catalog,
             store,
             metrics: Arc::new(Metrics::new()),
@@ -123,7 +123,7 @@ impl Server {
             boxes,
             ssh,
             vms,
-        };
+        });
         let limits = Limits {
             request_timeout: config.server.request_timeout(),
             max_body_bytes: config.server.max_body_bytes,

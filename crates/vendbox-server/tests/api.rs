@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use vendbox_server::{AppState, Config, Limits, router};
+use vendbox_server::{AppParts, AppState, Config, Limits, router};
 use vendbox_store::testkit::PostgresSchema;
 use vendbox_store::{SqliteStore, Store};
 
@@ -43,7 +43,7 @@ fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
         vendbox_service::LiveCatalog::default(),
         vendbox_service::VmSettings::default(),
     );
-    let state = AppState {
+    let state = AppState::from(AppParts {
         catalog: config.catalog().into(),
         store,
         metrics: Arc::default(),
@@ -52,7 +52,7 @@ fn app_on(store: Arc<dyn Store>, limits: Limits) -> Router {
         boxes: Err("no boxes in these tests".into()),
         ssh: None,
         vms,
-    };
+    });
     router(state, limits)
 }
 

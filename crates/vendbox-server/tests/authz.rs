@@ -33,7 +33,7 @@ use vendbox_pay::exact::Acceptance;
 use vendbox_pay::fake::NoFacilitator;
 use vendbox_pay::x402::X402Exact;
 use vendbox_server::boxes::Boxes;
-use vendbox_server::{AppState, Config, Limits, router};
+use vendbox_server::{AppParts, AppState, Config, Limits, router};
 use vendbox_service::Payments;
 use vendbox_store::{SqliteStore, Store};
 
@@ -417,7 +417,7 @@ async fn harness() -> Harness {
         vendbox_service::LiveCatalog::default(),
         vendbox_service::VmSettings::default(),
     );
-    let state = AppState {
+    let state = AppState::from(AppParts {
         catalog: config.catalog().into(),
         boxes: Ok(Arc::new(Boxes::new(backend, store.clone()))),
         store,
@@ -426,7 +426,7 @@ async fn harness() -> Harness {
         lock_waiters: Arc::default(),
         ssh: None,
         vms,
-    };
+    });
     let router = router(state, Limits::default());
     let (status, quote) =
         send(&router, Method::POST, "/v1/quotes", None, Some(json!({ "offer_id": "h3retik-micro" }))).await;

@@ -37,7 +37,7 @@ use vendbox_pay::fake::NoFacilitator;
 use vendbox_pay::x402::X402Exact;
 use vendbox_pay::{Network, wire};
 use vendbox_server::boxes::Boxes;
-use vendbox_server::{AppState, Config, Limits, router};
+use vendbox_server::{AppParts, AppState, Config, Limits, router};
 use vendbox_service::Payments;
 use vendbox_store::{SqliteStore, Store};
 
@@ -193,7 +193,7 @@ fn harness(setup: Setup) -> Harness {
         vendbox_service::LiveCatalog::default(),
         vendbox_service::VmSettings::default(),
     );
-    let state = AppState {
+    let state = AppState::from(AppParts {
         catalog: config.catalog().into(),
         store,
         metrics: Arc::default(),
@@ -202,7 +202,7 @@ fn harness(setup: Setup) -> Harness {
         boxes,
         ssh: None,
         vms,
-    };
+    });
     Harness { rt, router: router(state, Limits::default()), seeded, setup, _dir: dir }
 }
 

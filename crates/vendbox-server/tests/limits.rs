@@ -33,7 +33,7 @@ use vendbox_pay::wire::{self, MAX_HEADER_BYTES, PaymentPayloadV2, PaymentRequire
 use vendbox_pay::x402::X402Exact;
 use vendbox_server::boxes::Boxes;
 use vendbox_server::metrics::Metrics;
-use vendbox_server::{AppState, Config, Limits, router};
+use vendbox_server::{AppParts, AppState, Config, Limits, router};
 use vendbox_store::{SqliteStore, Store};
 
 /// Offers sold for nothing, so that "served" means made, acquired or extended; and a small box.
@@ -129,7 +129,7 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
         vendbox_service::LiveCatalog::default(),
         vendbox_service::VmSettings::default(),
     );
-    let state = AppState {
+    let state = AppState::from(AppParts {
         catalog: config.catalog().into(),
         store: store.clone(),
         metrics: metrics.clone(),
@@ -138,7 +138,7 @@ async fn shop_with(toml: &str, payments: Payments) -> Shop {
         boxes: Ok(Arc::new(boxes.with_capacity(capacity))),
         ssh: None,
         vms,
-    };
+    });
     // As `Server::new` reads them.
     let limits = Limits {
         request_timeout: config.server.request_timeout(),
