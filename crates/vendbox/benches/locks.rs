@@ -165,7 +165,9 @@ const BASELINE: &str = "Redis SET NX PX + compare-and-delete (baseline)";
 fn serve(config: Config) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        // Named, so that a profile tells the server's threads from the clients'.
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().thread_name("vendbox").enable_all().build().unwrap();
         runtime.block_on(async move {
             let store = vendbox_store::open(config.store.database_url.as_deref(), &config.store.data_dir)
                 .await
@@ -544,5 +546,10 @@ fn chosen(var: &str, name: &str) -> bool {
 }
 
 fn main() {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(run());
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("clients")
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
 }
