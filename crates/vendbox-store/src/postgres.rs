@@ -36,6 +36,12 @@ impl PostgresStore {
 
     const RELEASES_ANNOUNCED_BY_DATABASE: bool = true;
 
+    /// A writer's connection never scans a table where an index serves: a batch looks its rows
+    /// up by key, some from a JSON array whose size the planner cannot see, and on a table not
+    /// analyzed yet (a new vendbox's, or one that grew since) it chose to read the whole table,
+    /// a plan it then kept for every later batch on that connection.
+    const LOCK_WRITER_SETUP: &'static str = "SET enable_seqscan = off";
+
     /// Connects to `url` and brings the schema up to date (sqlx holds an advisory lock while
     /// migrating, so several hosts starting at once do not race).
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -104,12 +110,8 @@ store_impl!(
     skip_locked = "FOR UPDATE SKIP LOCKED",
     rows = "jsonb_to_recordset($1::jsonb) AS r(k text, o text, h text, t bigint, m text)",
     // One lock per schema (`vblk` and the schema's hash): vendboxes on one database in schemas of
-    // their own do not wait for each other. And, for the batch's transaction, no sequential scan
-    // where an index serves: the shared statements look keys up from a JSON array whose size the
-    // planner cannot see, and on a table not analyzed yet (a new vendbox's) it chose to read the
-    // whole of `locks`, a plan that then stayed cached for every later batch.
-    serialize_batch = "SELECT pg_advisory_xact_lock(1986161771, hashtext(current_schema())), \
-                       set_config('enable_seqscan', 'off', true)",
+    // their own do not wait for each other.
+    serialize_batch = "SELECT pg_advisory_xact_lock(1986161771, hashtext(current_schema()))",
     notify_released = ", pg_notify('vendbox_lock_released', json_build_array(key)::text)::text AS notified",
     // A part's keys add up to less than 6,000 bytes as JSON (with `json_agg`'s ", " between
     // them), plus one key of at most 256 characters (1,538 bytes escaped): under 8,000.

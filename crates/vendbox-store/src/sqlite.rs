@@ -41,6 +41,9 @@ impl SqliteStore {
 
     const RELEASES_ANNOUNCED_BY_DATABASE: bool = false;
 
+    /// The writer has no connection of its own to set up.
+    const LOCK_WRITER_SETUP: &'static str = "";
+
     /// Opens (creating if needed) the database file at `path`, and its directory.
     pub async fn open_file(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
