@@ -334,8 +334,8 @@ async fn lock_batches_read_locks_by_key_even_before_the_table_is_analyzed() {
         for (key, token) in held {
             let store = store.clone();
             releases.spawn(async move {
-                let released = store.release_lock(&key, &token.hash()).await.unwrap();
-                assert!(matches!(released, LockRelease::Released(_)), "{key:?} is released");
+                let outcome = store.release_lock(&key, &token.hash()).await.unwrap();
+                assert!(matches!(outcome, LockRelease::Released(_)), "{key:?} is released");
             });
         }
         releases.join_all().await;
