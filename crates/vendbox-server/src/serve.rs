@@ -186,7 +186,13 @@ impl Server {
         );
         let app = crate::surfaces::e2b::front::in_front(app, self.ports_domain);
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+        // Answers leave at once, not after the client's acknowledgement of the last one (Nagle).
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp: &mut tokio::net::TcpStream| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
+        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = draining_tx.send(true);
