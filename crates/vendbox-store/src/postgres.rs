@@ -39,7 +39,9 @@ impl PostgresStore {
     /// A writer's connection never scans a table where an index serves: a batch looks its rows
     /// up by key, some from a JSON array whose size the planner cannot see, and on a table not
     /// analyzed yet (a new vendbox's, or one that grew since) it chose to read the whole table,
-    /// a plan it then kept for every later batch on that connection.
+    /// a plan it then kept for every later batch on that connection. (The shared release still
+    /// needs `keys_of_rows`: without it the planner, told not to scan, walks the whole primary
+    /// key index instead.)
     const LOCK_WRITER_SETUP: &'static str = "SET enable_seqscan = off";
 
     /// Connects to `url` and brings the schema up to date (sqlx holds an advisory lock while

@@ -424,8 +424,9 @@ const GATHER: std::time::Duration = std::time::Duration::ZERO;
 /// batches alternate between many and few operations, each paying a whole commit (an fsync).
 /// So when fewer operations wait than the last batch had, the writer can wait for the rest a
 /// little: at most half the last batch's time (what a second commit would cost them), and at
-/// most [`GATHER`] (by default nothing: where a commit is cheap, waiting costs more). At rest (one caller, or none back yet) this waits at most once per drop in
-/// load; nothing is answered earlier or later than its commit either way.
+/// most [`GATHER`] (by default nothing: where a commit is cheap, waiting costs more). At rest
+/// (one caller, or none back yet) this waits at most once per drop in load; nothing is answered
+/// earlier or later than its commit either way.
 #[derive(Debug)]
 pub(crate) struct Gathering {
     /// Operations in the last batch.
