@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alloy::network::EthereumWallet;
@@ -25,7 +26,7 @@ mod sender;
 
 use batch::Batches;
 use receipts::Receipts;
-use sender::{Confirmation, InFlight, SendError, Sender};
+use sender::{Confirmation, InFlight, SendError, Sender, Until};
 
 /// Why a settlement did not take the money.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +92,8 @@ struct Settler {
     receipt_timeout: Duration,
     /// Whether the chain mines each transaction as it arrives (a node on this machine).
     mines_on_arrival: bool,
+    /// The most gas a transfer sent alone took, once one was mined (0 before).
+    transfer_gas: AtomicU64,
 }
 
 /// How often the receipt watcher asks a node on this machine for its head while a settlement
@@ -108,12 +111,33 @@ fn is_local(rpc_url: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// How a chain mines the transactions it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mining {
+    /// Each as it arrives, in a block of its own (a development node, such as anvil's automine).
+    OnArrival,
+    /// In blocks that come at the chain's own pace.
+    Paced,
+}
+
 impl BuiltinFacilitator {
-    /// A facilitator for the token at `asset`, sending through `rpc_url` with `signer`.
+    /// A facilitator for the token at `asset`, sending through `rpc_url` with `signer`. A node
+    /// on this machine is taken to mine on arrival (see [`Mining`]), any other one at its pace.
     pub fn new(rpc_url: &str, asset: EvmAddress, wallet: &Wallet) -> Result<Self, ChainError> {
+        let mining = if is_local(rpc_url) { Mining::OnArrival } else { Mining::Paced };
+        Self::with_mining(rpc_url, asset, wallet, mining)
+    }
+
+    /// The same, on a chain that mines as `mining` says.
+    pub fn with_mining(
+        rpc_url: &str,
+        asset: EvmAddress,
+        wallet: &Wallet,
+        mining: Mining,
+    ) -> Result<Self, ChainError> {
         let signer = wallet.signer().clone();
         let url = rpc_url.parse().map_err(|e| ChainError(format!("RPC URL {rpc_url:?}: {e}")))?;
-        let mines_on_arrival = is_local(rpc_url);
+        let mines_on_arrival = mining == Mining::OnArrival;
         let interval = if mines_on_arrival { LOCAL_HEAD_INTERVAL } else { REMOTE_HEAD_INTERVAL };
         let sender = signer.address();
         let provider = ProviderBuilder::new().disable_recommended_fillers().connect_http(url).erased();
@@ -124,6 +148,7 @@ impl BuiltinFacilitator {
             transactions: Sender::new(provider, EthereumWallet::from(signer), sender, receipts),
             receipt_timeout: Duration::from_mins(1),
             mines_on_arrival,
+            transfer_gas: AtomicU64::new(0),
         };
         Ok(Self { settler: Arc::new(settler), batches: None })
     }
@@ -175,7 +200,12 @@ impl Settler {
     /// Signs and sends `request` with the next nonce. Its gas limit is `gas` when the caller
     /// knows it (a batch that was dry-run already); otherwise the node estimates it, with a
     /// margin, and the estimate is also the last dry run, so what would revert is not sent.
-    async fn send(&self, request: TransactionRequest, gas: Option<u64>) -> Result<InFlight, SettleError> {
+    async fn send(
+        &self,
+        request: TransactionRequest,
+        gas: Option<u64>,
+        until: Until,
+    ) -> Result<InFlight, SettleError> {
         let provider = self.chain.provider();
         let estimate = async {
             match gas {
@@ -188,7 +218,7 @@ impl Settler {
         let gas = gas.map_err(|e| Self::not_sent(&e))?;
         let (max_fee, priority_fee) = fees.map_err(|e| Self::not_sent(&e))?;
         let request = request.gas_limit(gas).max_fee_per_gas(max_fee).max_priority_fee_per_gas(priority_fee);
-        self.transactions.send(request).await.map_err(|e| match e {
+        self.transactions.send(request, until).await.map_err(|e| match e {
             SendError::NotSent(message) => Self::not_sent(&message),
             SendError::Unknown { hash, message } => {
                 SettleError::Unconfirmed { transaction: Some(hash), message }
@@ -196,10 +226,17 @@ impl Settler {
         })
     }
 
-    /// Sends the transfer of `payment` alone.
-    async fn send_one(&self, payment: &CheckedPayment) -> Result<InFlight, SettleError> {
-        let sent =
-            self.send(transfer_request(self.chain.asset().get(), payment).from(self.sender), None).await?;
+    /// Sends the transfer of `payment` alone. Its gas limit is the node's estimate, which is
+    /// also its dry run; to come back mined (a chain that mines on arrival), once a transfer was
+    /// mined, it is twice what one took, with no estimate asked: one that fails is mined
+    /// reverted, and its reason asked for then (see [`Settler::left_unsettled`]).
+    async fn send_one(&self, payment: &CheckedPayment, until: Until) -> Result<InFlight, SettleError> {
+        let request = transfer_request(self.chain.asset().get(), payment).from(self.sender);
+        let gas = match (until, self.transfer_gas.load(Ordering::Relaxed)) {
+            (Until::Pooled, _) | (_, 0) => None,
+            (Until::Mined { .. }, most) => Some(2 * most),
+        };
+        let sent = self.send(request, gas, until).await?;
         tracing::info!(transaction = %sent.hash, nonce = sent.nonce, payer = %payment.payer(), "settlement sent");
         Ok(sent)
     }
@@ -213,8 +250,11 @@ impl Settler {
     ) -> Option<Result<B256, SettleError>> {
         let hash = sent.hash;
         match self.transactions.confirm(&mut sent, self.receipt_timeout).await {
-            Confirmation::Mined(receipt) if receipt.status() => Some(Ok(hash)),
-            Confirmation::Mined(_) => Some(Err(SettleError::Reverted(hash))),
+            Confirmation::Mined(receipt) if receipt.status() => {
+                self.transfer_gas.fetch_max(receipt.gas_used, Ordering::Relaxed);
+                Some(Ok(hash))
+            }
+            Confirmation::Mined(_) => Some(self.left_unsettled(payment, hash).await),
             Confirmation::TimedOut => Some(Err(self.timed_out(hash))),
             Confirmation::Replaced => {
                 tracing::warn!(transaction = %hash, "another transaction took the settlement's nonce");
@@ -233,12 +273,27 @@ impl Settler {
     /// Sends `payment`'s transfer alone, again while another transaction takes its nonce.
     async fn settle_one(&self, payment: &CheckedPayment) -> Result<B256, SettleError> {
         for _ in 0..RESENDS {
-            let sent = self.send_one(payment).await?;
+            let sent = self.send_one(payment, Until::Pooled).await?;
             if let Some(outcome) = self.finish_one(payment, sent).await {
                 return outcome;
             }
         }
         Err(gave_up())
+    }
+
+    /// What became of `payment` when `transaction`, which carried its transfer, was mined without
+    /// moving its money: settled by another transaction or cancelled (see
+    /// [`Settler::after_replacement`]), or unused, the payer not charged: refused with the
+    /// payer's reason when the transfer run alone now reverts (an emptied wallet), reverted
+    /// otherwise.
+    async fn left_unsettled(&self, payment: &CheckedPayment, transaction: B256) -> Result<B256, SettleError> {
+        if let Some(outcome) = self.after_replacement(payment).await {
+            return outcome;
+        }
+        match self.chain.simulate(payment, self.sender).await {
+            Err(VerifyError::Rejected(refused)) => Err(SettleError::Refused(refused)),
+            Ok(()) | Err(VerifyError::Unavailable(_)) => Err(SettleError::Reverted(transaction)),
+        }
     }
 
     /// What the chain says of `payment`'s authorization once the settlement sent for it can no

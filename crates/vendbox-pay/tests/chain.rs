@@ -2,14 +2,17 @@
 //! signatures and real transfers.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::future::IntoFuture;
 use std::str::FromStr;
+
+use axum::response::IntoResponse;
 
 use alloy::signers::local::PrivateKeySigner;
 use vendbox_core::Usdc;
 use vendbox_pay::chain::{Chain, VerifyError};
 use vendbox_pay::devchain::{self, ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
 use vendbox_pay::exact::{self, Acceptance, Charge, Requirements, SentPayment};
-use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator};
+use vendbox_pay::facilitator::{BuiltinFacilitator, Facilitator, Mining};
 use vendbox_pay::{EvmAddress, Network, Reason, Wallet, client, wire};
 
 struct World {
@@ -27,6 +30,16 @@ async fn world() -> Option<World> {
 /// A world whose facilitator settles up to `most` payments in one transaction, through the
 /// multicall placed at Multicall3's address.
 async fn world_batching(most: usize) -> Option<World> {
+    world_with(most, |anvil| async move { ((anvil, ()), Mining::OnArrival) }).await.map(|(w, ())| w)
+}
+
+/// A world whose facilitator reaches anvil where `route` says (the URL it is given, or a proxy
+/// in front of it), on a chain that mines as it says; and what `route` made.
+async fn world_with<R, F, T>(most: usize, route: R) -> Option<(World, T)>
+where
+    R: FnOnce(String) -> F,
+    F: std::future::Future<Output = ((String, T), Mining)>,
+{
     let Some(binary) = devchain::find_anvil(&[]) else {
         requirement_missing("anvil is not installed");
         return None;
@@ -38,7 +51,8 @@ async fn world_batching(most: usize) -> Option<World> {
     devchain::mint(&anvil.rpc_url, &deployer, asset, payer.address(), 1_000_000).await.unwrap();
     let chain = Chain::connect(&anvil.rpc_url, asset).unwrap();
     let settler = Wallet::from_str(ANVIL_KEY_1).unwrap();
-    let mut facilitator = BuiltinFacilitator::new(&anvil.rpc_url, asset, &settler).unwrap();
+    let ((url, made), mining) = route(anvil.rpc_url.clone()).await;
+    let mut facilitator = BuiltinFacilitator::with_mining(&url, asset, &settler, mining).unwrap();
     if most > 1 {
         let multicall = devchain::place_multicall(&anvil.rpc_url).await.unwrap();
         facilitator = facilitator.batching(multicall, most);
@@ -54,7 +68,7 @@ async fn world_batching(most: usize) -> Option<World> {
             kind: vendbox_pay::ChargeKind::Other,
         },
     );
-    Some(World { anvil, chain, facilitator, requirements, payer })
+    Some((World { anvil, chain, facilitator, requirements, payer }, made))
 }
 
 fn now() -> u64 {
@@ -354,8 +368,10 @@ async fn on_a_chain_that_mines_on_arrival_a_batch_waits_for_the_previous_ones_re
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
 }
 
+/// On a chain that mines on arrival, nothing is dry-run ahead of a batch: a transfer that
+/// fails there fails alone, and its payer is refused with the reason.
 #[tokio::test]
-async fn a_batch_leaves_out_a_transfer_that_would_fail_and_settles_the_rest() {
+async fn on_a_chain_that_mines_on_arrival_a_transfer_that_would_fail_fails_alone_in_its_batch() {
     let Some(w) = world_batching(10).await else { return };
     let empty = Wallet::random();
     let mut payments: Vec<_> = (0..4).map(|_| pay(&w, &w.payer)).collect();
@@ -372,6 +388,7 @@ async fn a_batch_leaves_out_a_transfer_that_would_fail_and_settles_the_rest() {
     let settled: std::collections::HashSet<_> =
         results.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, r)| *r.as_ref().unwrap()).collect();
     assert_eq!(settled.len(), 1, "the four others went out together");
+    assert_eq!(calls_in(&w, *settled.iter().next().unwrap()).await, 5, "the fifth went with them");
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
 }
 
@@ -430,6 +447,170 @@ async fn a_batch_whose_nonce_another_transaction_took_is_sent_anew_and_each_sett
     }
     assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), 940_000, "each charged once");
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 60_000);
+}
+
+/// A JSON-RPC proxy in front of a node: it counts the methods called through it, and plays a
+/// node without the methods in `missing` (it answers them "method not found").
+struct Proxy {
+    url: String,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String, missing: &'static [&'static str]) -> Proxy {
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let counted = calls.clone();
+        let http = reqwest::Client::new();
+        let forward = move |body: axum::body::Bytes| {
+            let (calls, http, upstream) = (counted.clone(), http.clone(), upstream.clone());
+            async move {
+                let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let single = |r: &serde_json::Value| r["method"].as_str().unwrap().to_owned();
+                let methods = match &request {
+                    serde_json::Value::Array(all) => all.iter().map(single).collect(),
+                    one => vec![single(one)],
+                };
+                calls.lock().unwrap().extend(methods.iter().cloned());
+                if request.is_object() && missing.contains(&methods[0].as_str()) {
+                    let refusal = serde_json::json!({"jsonrpc": "2.0", "id": request["id"],
+                        "error": {"code": -32601, "message": "Method not found"}});
+                    return axum::Json(refusal).into_response();
+                }
+                let answer = http
+                    .post(&upstream)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let answer: serde_json::Value = answer.json().await.unwrap();
+                axum::Json(answer).into_response()
+            }
+        };
+        let app = axum::Router::new().route("/", axum::routing::post(forward));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Ends with the test's runtime.
+        tokio::spawn(axum::serve(listener, app).into_future());
+        Proxy { url, calls }
+    }
+
+    /// How many calls of `method` went through.
+    fn count(&self, method: &str) -> usize {
+        self.calls.lock().unwrap().iter().filter(|m| *m == method).count()
+    }
+}
+
+/// A world whose facilitator reaches anvil through a [`Proxy`] without the methods `missing`,
+/// on a chain that mines as `mining` says.
+async fn world_through_proxy(
+    most: usize,
+    mining: Mining,
+    missing: &'static [&'static str],
+) -> Option<(World, Proxy)> {
+    world_with(most, |anvil| async move {
+        let proxy = Proxy::start(anvil, missing).await;
+        ((proxy.url.clone(), proxy), mining)
+    })
+    .await
+}
+
+/// Settles `count` payments of the world's payer at once; the transactions that carried them.
+async fn settle_together(w: &World, count: usize) -> std::collections::HashSet<alloy::primitives::B256> {
+    let payments: Vec<_> = (0..count).map(|_| pay(w, &w.payer)).collect();
+    let results =
+        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)))
+            .await;
+    results.into_iter().map(Result::unwrap).collect()
+}
+
+/// On a chain that mines on arrival, a batch is sent with `eth_sendRawTransactionSync`
+/// (EIP-7966), which answers with its receipt: no block is polled for, no receipt read, and no
+/// dry run made ahead of it.
+#[tokio::test]
+async fn on_a_chain_that_mines_on_arrival_a_batch_comes_back_mined_without_watching_blocks() {
+    let Some((w, proxy)) = world_through_proxy(10, Mining::OnArrival, &[]).await else { return };
+    let mut transactions = settle_together(&w, 5).await;
+    transactions.extend(settle_together(&w, 5).await);
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 100_000);
+    assert_eq!(proxy.count("eth_sendRawTransactionSync"), transactions.len(), "{:?}", proxy.calls);
+    for method in [
+        "eth_sendRawTransaction",
+        "eth_blockNumber",
+        "eth_getBlockReceipts",
+        "eth_getTransactionReceipt",
+        "eth_call",
+    ] {
+        assert_eq!(proxy.count(method), 0, "{method}: {:?}", proxy.calls);
+    }
+}
+
+/// A node without `eth_sendRawTransactionSync` says so once; from then on it is sent plain
+/// transactions, whose receipts come through the block watcher.
+#[tokio::test]
+async fn a_node_without_sync_sends_is_sent_plain_transactions_and_each_settles() {
+    let missing = &["eth_sendRawTransactionSync"];
+    let Some((w, proxy)) = world_through_proxy(10, Mining::OnArrival, missing).await else { return };
+    let mut transactions = settle_together(&w, 5).await;
+    transactions.extend(settle_together(&w, 5).await);
+    transactions.extend(settle_together(&w, 1).await);
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 110_000);
+    assert_eq!(proxy.count("eth_sendRawTransactionSync"), 1, "asked once: {:?}", proxy.calls);
+    assert_eq!(proxy.count("eth_sendRawTransaction"), transactions.len(), "{:?}", proxy.calls);
+    assert!(proxy.count("eth_getBlockReceipts") >= 1, "{:?}", proxy.calls);
+}
+
+/// On a chain that mines at its own pace, a batch is dry-run first: a transfer that would fail
+/// is left out (its payer refused with the reason) and never sent.
+#[tokio::test]
+async fn on_a_chain_mining_at_its_pace_a_batch_leaves_out_a_transfer_that_would_fail() {
+    let Some((w, proxy)) = world_through_proxy(10, Mining::Paced, &[]).await else { return };
+    let empty = Wallet::random();
+    let mut payments: Vec<_> = (0..4).map(|_| pay(&w, &w.payer)).collect();
+    payments.insert(2, pay(&w, &empty));
+    let results =
+        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)))
+            .await;
+    match &results[2] {
+        Err(vendbox_pay::facilitator::SettleError::Refused(r)) => {
+            assert_eq!(r.reason, Reason::InsufficientFunds);
+        }
+        other => panic!("the empty wallet's transfer is refused with its reason, got {other:?}"),
+    }
+    let settled: std::collections::HashSet<_> =
+        results.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, r)| *r.as_ref().unwrap()).collect();
+    assert_eq!(settled.len(), 1, "the four others went out together");
+    assert_eq!(calls_in(&w, *settled.iter().next().unwrap()).await, 4, "the fifth was not sent");
+    assert!(proxy.count("eth_call") >= 1, "dry-run: {:?}", proxy.calls);
+    assert_eq!(proxy.count("eth_sendRawTransactionSync"), 0, "{:?}", proxy.calls);
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
+}
+
+/// How many calls the `aggregate3` transaction `tx` carries (the length of its one array
+/// argument, after the selector and the array's offset).
+async fn calls_in(w: &World, tx: alloy::primitives::B256) -> usize {
+    let sent = rpc(w, "eth_getTransactionByHash", serde_json::json!([tx.to_string()])).await;
+    let input = hex::decode(sent["input"].as_str().unwrap().trim_start_matches("0x")).unwrap();
+    let length = alloy::primitives::U256::from_be_slice(&input[36..68]);
+    usize::try_from(length).unwrap()
+}
+
+/// On a chain that mines on arrival, a payment settled alone after one was mined is sent with
+/// twice the gas that one took, without asking the node for an estimate.
+#[tokio::test]
+async fn a_transfer_alone_after_one_was_mined_takes_its_gas_limit_from_it() {
+    let Some((w, proxy)) = world_through_proxy(10, Mining::OnArrival, &[]).await else { return };
+    let hex = |v: &serde_json::Value| {
+        u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let first = settle_together(&w, 1).await.into_iter().next().unwrap();
+    let first_used = hex(&receipt(&w, first).await["gasUsed"]);
+    let second = settle_together(&w, 1).await.into_iter().next().unwrap();
+    let sent = rpc(&w, "eth_getTransactionByHash", serde_json::json!([second.to_string()])).await;
+    assert_eq!(sent["to"].as_str().unwrap().to_lowercase(), w.chain.asset().to_string().to_lowercase());
+    assert_eq!(hex(&sent["gas"]), 2 * first_used, "{sent}");
+    assert_eq!(proxy.count("eth_estimateGas"), 1, "only the first was estimated: {:?}", proxy.calls);
+    assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 20_000);
 }
 
 /// Called when a test's requirement is missing: the test fails, naming it, unless

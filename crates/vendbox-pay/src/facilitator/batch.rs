@@ -5,8 +5,9 @@
 //! hold), dry-runs the batch with `eth_call`, answers those whose transfer would revert (the
 //! payer's reason, nothing sent), sends the rest as one transaction (its gas limit twice the
 //! most a payment of an earlier batch took, or the node's estimate before any was mined) and
-//! goes on to the next batch without waiting for the receipt: batching costs no waiting, since a batch holds what
-//! queued while the previous one was being sent. A batch of one is sent as a plain transfer.
+//! goes on to the next batch without waiting for the receipt: batching costs no waiting, since a
+//! batch holds what queued while the previous one was being sent. A batch of one is sent as a
+//! plain transfer.
 //!
 //! On a chain that mines each transaction as it arrives (a local one), a batch waits for the
 //! previous one's receipt before it is sent (at most [`WAIT_FOR_PREVIOUS`]): what queues
@@ -15,6 +16,13 @@
 //! a cost that grows with every payment), and sending at once made blocks of two payments at
 //! 8 in flight and later payments 1.6× slower than the first (`benches/payments.rs`). On other
 //! chains, blocks come at their own pace and hold whatever was sent, so batches go at once.
+//!
+//! On such a chain a batch is also sent to come back mined (`eth_sendRawTransactionSync`, see
+//! [`Until::Mined`]): its receipt is the node's answer, with no block watched for. And it is not
+//! dry-run: every call the node would run twice (once to try, once to mine) costs the chain as
+//! much as the block's other work, and a transfer that fails in the batch fails alone anyway, its
+//! reason asked for then ([`Settler::left_unsettled`]). A transfer alone is sent with twice the
+//! gas one took, once one was mined, rather than the node's estimate (several runs of it).
 //!
 //! Once mined, each payment reads its outcome from the receipt: the token's `AuthorizationUsed`
 //! log for its authorization means it was transferred; no such log means its call failed in the
@@ -34,7 +42,7 @@ use alloy::sol_types::{SolCall, SolEvent};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::{Confirmation, InFlight, RESENDS, SettleError, Settler, gave_up};
+use super::{Confirmation, InFlight, RESENDS, SettleError, Settler, Until, gave_up};
 use crate::chain::{Eip3009Token, transfer_request};
 use crate::exact::CheckedPayment;
 
@@ -157,6 +165,15 @@ impl Batcher {
         }
     }
 
+    /// What a send waits for: on a chain that mines on arrival, its block, since the next batch
+    /// waits for it anyway; elsewhere, only the node's pool.
+    fn until(&self) -> Until {
+        match self.unmined {
+            Some(_) => Until::Mined { within: WAIT_FOR_PREVIOUS },
+            None => Until::Pooled,
+        }
+    }
+
     /// Where the chain mines on arrival, waits for the previous batch's receipt (at most
     /// [`WAIT_FOR_PREVIOUS`]); the permit to hold until this batch's receipt is in, if it came.
     async fn previous_mined(&self) -> Option<OwnedSemaphorePermit> {
@@ -172,12 +189,15 @@ impl Batcher {
         again: &mpsc::WeakUnboundedSender<Item>,
         unmined: Option<OwnedSemaphorePermit>,
     ) {
-        let mut items = self.dry_run(items).await;
+        // On a chain that mines on arrival, a transfer that would fail is sent and fails alone:
+        // its reason is asked for then (see `Settler::left_unsettled`), not by a dry run of
+        // every batch ahead of it.
+        let mut items = if self.unmined.is_some() { items } else { self.dry_run(items).await };
         match items.len() {
             0 => {}
             1 => {
                 let Some(item) = items.pop() else { return };
-                match self.settler.send_one(&item.payment).await {
+                match self.settler.send_one(&item.payment, self.until()).await {
                     Ok(sent) => {
                         let this = self.clone();
                         let again = again.clone();
@@ -199,7 +219,7 @@ impl Batcher {
                     0 => None,
                     per_payment => Some(TRANSACTION_GAS + 2 * per_payment * items.len() as u64),
                 };
-                match self.settler.send(request, gas).await {
+                match self.settler.send(request, gas, self.until()).await {
                     Ok(sent) => {
                         tracing::info!(
                             transaction = %sent.hash, nonce = sent.nonce, payments = items.len(),
@@ -303,12 +323,9 @@ impl Batcher {
                         item.answer(Ok(hash));
                         continue;
                     }
-                    // Its call failed in the batch: unused, the payer was not charged; used, it
-                    // was used by another transaction, which the chain names.
-                    match self.settler.after_replacement(&item.payment).await {
-                        Some(outcome) => item.answer(outcome),
-                        None => item.answer(Err(SettleError::Reverted(hash))),
-                    }
+                    // Its call failed in the batch.
+                    let outcome = self.settler.left_unsettled(&item.payment, hash).await;
+                    item.answer(outcome);
                 }
             }
             Confirmation::TimedOut => {

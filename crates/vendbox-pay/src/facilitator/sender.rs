@@ -8,7 +8,15 @@
 //! After a send, [`Sender::confirm`] waits for the receipt through the shared block watcher, and
 //! now and then looks for what else can happen: the transaction dropped from the pool (sent
 //! again, the same bytes), or its nonce taken by another transaction (it can never be mined).
+//!
+//! A send may ask to come back mined ([`Until::Mined`]): the node is then sent
+//! `eth_sendRawTransactionSync` (EIP-7966), which answers with the receipt once a block holds the
+//! transaction, so that nothing is polled and no watcher round trip is waited for. That is for a
+//! chain that mines on arrival, where it answers within a block's work; a node without the method
+//! is sent plain transactions from then on, and one that does not answer in time leaves the
+//! transaction to the watcher, as any other.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,6 +39,20 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 const RECEIPT_LAG: Duration = Duration::from_millis(500);
 /// Sends of the same bytes before a send whose fate is unknown is given up.
 const SEND_TRIES: u32 = 3;
+/// The JSON-RPC error code of a method the node does not have.
+const METHOD_NOT_FOUND: i64 = -32601;
+/// The EIP-7966 error code of a transaction taken into the pool but not mined within the wait.
+const SYNC_TIMED_OUT: i64 = 4;
+
+/// What a send waits for before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Until {
+    /// The node took the transaction into its pool; the receipt comes through the watcher.
+    Pooled,
+    /// A block holds it, for up to `within` (where the node serves `eth_sendRawTransactionSync`;
+    /// otherwise, and after `within`, as [`Until::Pooled`]).
+    Mined { within: Duration },
+}
 
 /// The operator's account, sending.
 #[derive(Debug)]
@@ -45,6 +67,8 @@ pub(super) struct Sender {
     /// The latest fee estimate (max fee, priority fee) and when it was made.
     fees: Mutex<Option<(Instant, (u128, u128))>>,
     receipts: Arc<Receipts>,
+    /// Whether the node may serve `eth_sendRawTransactionSync`: false once it said it does not.
+    sync: AtomicBool,
 }
 
 /// A transaction the node accepted, waited for.
@@ -54,7 +78,11 @@ pub(super) struct InFlight {
     pub(super) nonce: u64,
     /// Its signed bytes, sent again if the node drops it.
     raw: Vec<u8>,
-    watch: Watch,
+    /// Its registration with the block watcher: made before the send, or, for a send that was
+    /// to come back mined and did not, when it is first waited for.
+    watch: Option<Watch>,
+    /// Its receipt, when the send came back mined.
+    mined: Option<TransactionReceipt>,
 }
 
 /// Why a transaction is not in the node's pool.
@@ -120,6 +148,7 @@ impl Sender {
             chain_id: OnceCell::new(),
             fees: Mutex::new(None),
             receipts,
+            sync: AtomicBool::new(true),
         }
     }
 
@@ -142,9 +171,15 @@ impl Sender {
     }
 
     /// Signs `request` (gas and fees set) with the next nonce and sends it, without waiting for
-    /// earlier transactions to be mined. A nonce the node says is taken is read again and the
-    /// transaction signed anew; the same bytes are sent again while the node does not answer.
-    pub(super) async fn send(&self, request: TransactionRequest) -> Result<InFlight, SendError> {
+    /// earlier transactions to be mined; with [`Until::Mined`], the node may answer once it has
+    /// mined this one (see the module's documentation). A nonce the node says is taken is read
+    /// again and the transaction signed anew; the same bytes are sent again while the node does
+    /// not answer.
+    pub(super) async fn send(
+        &self,
+        request: TransactionRequest,
+        until: Until,
+    ) -> Result<InFlight, SendError> {
         let chain_id = self.chain_id().await.map_err(|e| SendError::NotSent(e.to_string()))?;
         let request = request.from(self.address).with_chain_id(chain_id);
         let mut taken = 0;
@@ -167,13 +202,30 @@ impl Sender {
                 .map_err(|e| SendError::NotSent(e.to_string()))?;
             let hash = *envelope.tx_hash();
             let raw = envelope.encoded_2718();
-            // Registered before it is sent, so that the block holding it cannot pass unseen.
-            let watch = self.receipts.watch(hash).await.map_err(|e| SendError::NotSent(e.0))?;
+            let sync = match until {
+                Until::Mined { within } if self.sync.load(Ordering::Relaxed) => Some(within),
+                _ => None,
+            };
+            // Registered before it is sent, so that the block holding it cannot pass unseen; a
+            // send that is to come back mined registers only if it does not (see `confirm`).
+            let watch = match sync {
+                Some(_) => None,
+                None => Some(self.receipts.watch(hash).await.map_err(|e| SendError::NotSent(e.0))?),
+            };
+            let mut mined = None;
             let mut tries = 0;
             let failure = loop {
                 tries += 1;
-                match self.provider.send_raw_transaction(&raw).await {
-                    Ok(_) => break None,
+                // Sent again (no answer), it goes as a plain transaction: the watcher finds it.
+                let answer = match sync {
+                    Some(within) if tries == 1 => self.send_sync(&raw, within).await,
+                    _ => self.provider.send_raw_transaction(&raw).await.map(|_| None),
+                };
+                match answer {
+                    Ok(receipt) => {
+                        mined = receipt;
+                        break None;
+                    }
                     Err(e) => match e.as_error_resp().map(|r| refusal(&r.message)) {
                         Some(Refusal::Known) => break None,
                         Some(Refusal::NonceTaken) => break Some((Refusal::NonceTaken, e.to_string())),
@@ -188,8 +240,10 @@ impl Sender {
             match failure {
                 None => {
                     *next = Some(nonce + 1);
-                    self.receipts.sent();
-                    return Ok(InFlight { hash, nonce, raw, watch });
+                    if watch.is_some() {
+                        self.receipts.sent();
+                    }
+                    return Ok(InFlight { hash, nonce, raw, watch, mined });
                 }
                 // The nonce is used: read it again from the node and sign anew.
                 Some((Refusal::NonceTaken, message)) => {
@@ -214,13 +268,58 @@ impl Sender {
         }
     }
 
+    /// Sends `raw` with `eth_sendRawTransactionSync`: its receipt, or `None` when the node took
+    /// it but did not mine it `within` (the node's own time-out, or this one: a node that holds
+    /// the call has the transaction). A node without the method is sent the plain transaction,
+    /// now and from then on.
+    async fn send_sync(
+        &self,
+        raw: &[u8],
+        within: Duration,
+    ) -> Result<Option<TransactionReceipt>, TransportError> {
+        let call = self.provider.raw_request::<_, TransactionReceipt>(
+            "eth_sendRawTransactionSync".into(),
+            (alloy::primitives::Bytes::copy_from_slice(raw),),
+        );
+        match tokio::time::timeout(within, call).await {
+            Ok(Ok(receipt)) => Ok(Some(receipt)),
+            Ok(Err(e)) => match e.as_error_resp().map(|r| r.code) {
+                Some(METHOD_NOT_FOUND) => {
+                    tracing::info!("the node has no eth_sendRawTransactionSync; sending plain transactions");
+                    self.sync.store(false, Ordering::Relaxed);
+                    self.provider.send_raw_transaction(raw).await.map(|_| None)
+                }
+                Some(SYNC_TIMED_OUT) => Ok(None),
+                _ => Err(e),
+            },
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Waits up to `timeout` for `sent` to be mined; sends it again if the node dropped it.
     pub(super) async fn confirm(&self, sent: &mut InFlight, timeout: Duration) -> Confirmation {
+        if let Some(receipt) = sent.mined.take() {
+            return mined(receipt);
+        }
+        if sent.watch.is_none() {
+            // Sent to come back mined, and it did not: watched from now on, and looked for once
+            // in case a block took it before. Without a watch, the lookups below still find it.
+            sent.watch = self.receipts.watch(sent.hash).await.ok();
+            if let Ok(Some(receipt)) = self.provider.get_transaction_receipt(sent.hash).await {
+                return mined(receipt);
+            }
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let check = tokio::time::Instant::now() + CHECK_EVERY;
+            let watched = async {
+                match sent.watch.as_mut() {
+                    Some(watch) => watch.receipt().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                Some(receipt) = sent.watch.receipt() => return mined(receipt),
+                Some(receipt) = watched => return mined(receipt),
                 () = tokio::time::sleep_until(check.min(deadline)) => {}
             }
             if let Ok(Some(receipt)) = self.provider.get_transaction_receipt(sent.hash).await {
