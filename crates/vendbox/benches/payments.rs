@@ -9,7 +9,9 @@
 //! - paid throughput on `GET /catalog` with C requests in flight (C = 1, 8, 32, 128 by default):
 //!   pre-signed payments, each verified, reserved, settled on anvil and recorded, against the free
 //!   route at the same C: paid requests per second, p50 and p99, and the median of the first
-//!   500 payments against the last 500 (a settlement path that slows as it works shows there).
+//!   500 payments against the last 500 (a settlement path that slows as it works shows there);
+//!   and the chain's own slowing next to it: the median time anvil takes to mine a block of one
+//!   plain transfer, before the level and after it.
 //! - MPP against x402 on the same paid `GET /catalog`, C requests in flight (C = 1, 8, 32 by
 //!   default): MPP credentials (one challenge each, fetched and signed beforehand) against x402
 //!   payments, each verified, reserved, settled on anvil and recorded: requests per second, p50
@@ -440,6 +442,7 @@ async fn throughput() {
         level(&http, &shops.paid, warm_paid, concurrency, warm / 2).await;
 
         let payments = shops.payments(count).into_iter().map(Some).collect();
+        let chain_before = chain_block_time(&shops.anvil.rpc_url, CHAIN_PROBES).await;
         // Alternate which side runs first, so that neither always runs on a quieter machine.
         let (free, paid) = if round % 2 == 0 {
             let free = level(&http, &shops.free, vec![None; count], concurrency, edge).await;
@@ -463,9 +466,17 @@ async fn throughput() {
                 ),
             );
         }
+        let chain_after = chain_block_time(&shops.anvil.rpc_url, CHAIN_PROBES).await;
         println!(
             "  {concurrency:>4}  paid requests per second: {:.2}% of the free route's",
             100.0 * stats::ratio(paid.rate, free.rate, "paid against free requests per second")
+        );
+        println!(
+            "  {concurrency:>4}  the chain alone, a block of one plain transfer (median of {CHAIN_PROBES}): \
+             {} before the level, {} after: {:.2}x",
+            stats::duration(chain_before),
+            stats::duration(chain_after),
+            stats::ratio(chain_after.as_secs_f64(), chain_before.as_secs_f64(), "chain after against before"),
         );
         shops.anvil.stop().await;
     }
@@ -569,6 +580,40 @@ async fn batched_against_single() {
 
 /// The most a batch holds in the batched throughput rows.
 const BATCH: usize = 50;
+
+/// Blocks of one plain transfer timed at each end of a throughput level.
+const CHAIN_PROBES: usize = 25;
+
+/// The chain's own time for a block, as its state is now: the median of `count` plain
+/// transfers of 1 wei between two of anvil's own accounts, each sent with
+/// `eth_sendTransactionSync` (answered once it is mined). Such a transfer adds no state, so
+/// what it takes grows only with what the chain already holds.
+async fn chain_block_time(rpc_url: &str, count: usize) -> Duration {
+    let http = reqwest::Client::new();
+    let call = |method: &'static str, params: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let answer: serde_json::Value =
+                http.post(rpc_url).json(&body).send().await.unwrap().json().await.unwrap();
+            assert!(answer.get("error").is_none(), "{method}: {answer}");
+            answer["result"].clone()
+        }
+    };
+    let accounts = call("eth_accounts", serde_json::json!([])).await;
+    let accounts = accounts.as_array().unwrap();
+    // The last two: neither sends settlements nor mints.
+    let (from, to) = (&accounts[accounts.len() - 1], &accounts[accounts.len() - 2]);
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let transfer = serde_json::json!([{"from": from, "to": to, "value": "0x1"}]);
+        let started = Instant::now();
+        call("eth_sendTransactionSync", transfer).await;
+        times.push(started.elapsed());
+    }
+    times.sort_unstable();
+    times[times.len() / 2]
+}
 
 async fn block_number(rpc_url: &str) -> u64 {
     let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []});
