@@ -368,14 +368,12 @@ async fn on_a_chain_that_mines_on_arrival_a_batch_waits_for_the_previous_ones_re
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
 }
 
-/// On a chain that mines on arrival, nothing is dry-run ahead of a batch: a transfer that
-/// fails there fails alone, and its payer is refused with the reason.
-#[tokio::test]
-async fn on_a_chain_that_mines_on_arrival_a_transfer_that_would_fail_fails_alone_in_its_batch() {
-    let Some(w) = world_batching(10).await else { return };
+/// Settles five payments at once, the third from an empty wallet: that one is refused with its
+/// reason, and the four others share one transaction, which is returned.
+async fn settle_four_and_an_empty_wallet(w: &World) -> alloy::primitives::B256 {
     let empty = Wallet::random();
-    let mut payments: Vec<_> = (0..4).map(|_| pay(&w, &w.payer)).collect();
-    payments.insert(2, pay(&w, &empty));
+    let mut payments: Vec<_> = (0..4).map(|_| pay(w, &w.payer)).collect();
+    payments.insert(2, pay(w, &empty));
     let results =
         futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)))
             .await;
@@ -388,7 +386,16 @@ async fn on_a_chain_that_mines_on_arrival_a_transfer_that_would_fail_fails_alone
     let settled: std::collections::HashSet<_> =
         results.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, r)| *r.as_ref().unwrap()).collect();
     assert_eq!(settled.len(), 1, "the four others went out together");
-    assert_eq!(calls_in(&w, *settled.iter().next().unwrap()).await, 5, "the fifth went with them");
+    settled.into_iter().next().unwrap()
+}
+
+/// On a chain that mines on arrival, nothing is dry-run ahead of a batch: a transfer that
+/// fails there fails alone, and its payer is refused with the reason.
+#[tokio::test]
+async fn on_a_chain_that_mines_on_arrival_a_transfer_that_would_fail_fails_alone_in_its_batch() {
+    let Some(w) = world_batching(10).await else { return };
+    let batch = settle_four_and_an_empty_wallet(&w).await;
+    assert_eq!(calls_in(&w, batch).await, 5, "the fifth went with them");
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
 }
 
@@ -565,22 +572,8 @@ async fn a_node_without_sync_sends_is_sent_plain_transactions_and_each_settles()
 #[tokio::test]
 async fn on_a_chain_mining_at_its_pace_a_batch_leaves_out_a_transfer_that_would_fail() {
     let Some((w, proxy)) = world_through_proxy(10, Mining::Paced, &[]).await else { return };
-    let empty = Wallet::random();
-    let mut payments: Vec<_> = (0..4).map(|_| pay(&w, &w.payer)).collect();
-    payments.insert(2, pay(&w, &empty));
-    let results =
-        futures_util::future::join_all(payments.iter().map(|p| w.facilitator.settle(p, &w.requirements)))
-            .await;
-    match &results[2] {
-        Err(vendbox_pay::facilitator::SettleError::Refused(r)) => {
-            assert_eq!(r.reason, Reason::InsufficientFunds);
-        }
-        other => panic!("the empty wallet's transfer is refused with its reason, got {other:?}"),
-    }
-    let settled: std::collections::HashSet<_> =
-        results.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, r)| *r.as_ref().unwrap()).collect();
-    assert_eq!(settled.len(), 1, "the four others went out together");
-    assert_eq!(calls_in(&w, *settled.iter().next().unwrap()).await, 4, "the fifth was not sent");
+    let batch = settle_four_and_an_empty_wallet(&w).await;
+    assert_eq!(calls_in(&w, batch).await, 4, "the fifth was not sent");
     assert!(proxy.count("eth_call") >= 1, "dry-run: {:?}", proxy.calls);
     assert_eq!(proxy.count("eth_sendRawTransactionSync"), 0, "{:?}", proxy.calls);
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 40_000);
