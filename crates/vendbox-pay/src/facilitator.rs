@@ -227,14 +227,15 @@ impl Settler {
     }
 
     /// Sends the transfer of `payment` alone. Its gas limit is the node's estimate, which is
-    /// also its dry run; to come back mined (a chain that mines on arrival), once a transfer was
-    /// mined, it is twice what one took, with no estimate asked: one that fails is mined
-    /// reverted, and its reason asked for then (see [`Settler::left_unsettled`]).
+    /// also its dry run; on a chain that mines on arrival, once a transfer was mined, it is
+    /// twice what one took, with no estimate asked (an estimate is several runs of the transfer
+    /// on such a chain's one busy node): one that fails is mined reverted, and its reason asked
+    /// for then (see [`Settler::left_unsettled`]).
     async fn send_one(&self, payment: &CheckedPayment, until: Until) -> Result<InFlight, SettleError> {
         let request = transfer_request(self.chain.asset().get(), payment).from(self.sender);
-        let gas = match (until, self.transfer_gas.load(Ordering::Relaxed)) {
-            (Until::Pooled, _) | (_, 0) => None,
-            (Until::Mined { .. }, most) => Some(2 * most),
+        let gas = match self.transfer_gas.load(Ordering::Relaxed) {
+            most if most > 0 && self.mines_on_arrival => Some(2 * most),
+            _ => None,
         };
         let sent = self.send(request, gas, until).await?;
         tracing::info!(transaction = %sent.hash, nonce = sent.nonce, payer = %payment.payer(), "settlement sent");
@@ -285,10 +286,19 @@ impl Settler {
     /// moving its money: settled by another transaction or cancelled (see
     /// [`Settler::after_replacement`]), or unused, the payer not charged: refused with the
     /// payer's reason when the transfer run alone now reverts (an emptied wallet), reverted
-    /// otherwise.
+    /// otherwise. On a chain that mines on arrival, where nothing is dry-run before it is sent,
+    /// an authorization another transaction used is refused as used, as a dry run would have
+    /// refused it: such a chain mines what it is sent at once, so it was used before this send.
     async fn left_unsettled(&self, payment: &CheckedPayment, transaction: B256) -> Result<B256, SettleError> {
-        if let Some(outcome) = self.after_replacement(payment).await {
-            return outcome;
+        match self.after_replacement(payment).await {
+            Some(Ok(_)) if self.mines_on_arrival => {
+                return Err(SettleError::Refused(Rejection::new(
+                    Reason::NonceUsed,
+                    "this authorization's nonce was already used on chain; sign a new one",
+                )));
+            }
+            Some(outcome) => return outcome,
+            None => {}
         }
         match self.chain.simulate(payment, self.sender).await {
             Err(VerifyError::Rejected(refused)) => Err(SettleError::Refused(refused)),

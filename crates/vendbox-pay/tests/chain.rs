@@ -589,21 +589,41 @@ async fn calls_in(w: &World, tx: alloy::primitives::B256) -> usize {
 }
 
 /// On a chain that mines on arrival, a payment settled alone after one was mined is sent with
-/// twice the gas that one took, without asking the node for an estimate.
+/// twice the gas that one took, without asking the node for an estimate: in a batch of one, and
+/// without batching.
 #[tokio::test]
 async fn a_transfer_alone_after_one_was_mined_takes_its_gas_limit_from_it() {
-    let Some((w, proxy)) = world_through_proxy(10, Mining::OnArrival, &[]).await else { return };
+    for most in [10, 1] {
+        a_transfer_alone_takes_its_gas_limit_from_the_last(most).await;
+    }
+}
+
+async fn a_transfer_alone_takes_its_gas_limit_from_the_last(most: usize) {
+    let Some((w, proxy)) = world_through_proxy(most, Mining::OnArrival, &[]).await else { return };
     let hex = |v: &serde_json::Value| {
         u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
     };
-    let first = settle_together(&w, 1).await.into_iter().next().unwrap();
+    let refused = |outcome, reason| match outcome {
+        Err(vendbox_pay::facilitator::SettleError::Refused(r)) => assert_eq!(r.reason, reason),
+        other => panic!("refused with {reason:?}, got {other:?}"),
+    };
+    let once = pay(&w, &w.payer);
+    let first = w.facilitator.settle(&once, &w.requirements).await.unwrap();
     let first_used = hex(&receipt(&w, first).await["gasUsed"]);
     let second = settle_together(&w, 1).await.into_iter().next().unwrap();
     let sent = rpc(&w, "eth_getTransactionByHash", serde_json::json!([second.to_string()])).await;
     assert_eq!(sent["to"].as_str().unwrap().to_lowercase(), w.chain.asset().to_string().to_lowercase());
     assert_eq!(hex(&sent["gas"]), 2 * first_used, "{sent}");
+    // What cannot succeed is sent too, mined reverted, and refused with the reason a dry run
+    // would have given: an empty wallet, and an authorization already used.
+    let empty = pay(&w, &Wallet::random());
+    refused(w.facilitator.settle(&empty, &w.requirements).await, Reason::InsufficientFunds);
+    refused(w.facilitator.settle(&once, &w.requirements).await, Reason::NonceUsed);
+    let sends = proxy.count("eth_sendRawTransaction") + proxy.count("eth_sendRawTransactionSync");
+    assert_eq!(sends, 4, "{:?}", proxy.calls);
     assert_eq!(proxy.count("eth_estimateGas"), 1, "only the first was estimated: {:?}", proxy.calls);
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 20_000);
+    assert_eq!(w.chain.balance_of(w.payer.address()).await.unwrap(), 980_000, "charged twice, once each");
 }
 
 /// Called when a test's requirement is missing: the test fails, naming it, unless
