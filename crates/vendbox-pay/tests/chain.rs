@@ -143,11 +143,16 @@ async fn rpc(w: &World, method: &str, params: serde_json::Value) -> serde_json::
     answer["result"].clone()
 }
 
+/// A JSON-RPC quantity (`0x…`) as a number.
+fn quantity(value: &serde_json::Value) -> u64 {
+    u64::from_str_radix(value.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
 /// Transactions waiting in the chain's pool, ready and queued.
 async fn pooled(w: &World) -> (u64, u64) {
     let status = rpc(w, "txpool_status", serde_json::json!([])).await;
     let count = |v: &serde_json::Value| match v {
-        serde_json::Value::String(hex) => u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap(),
+        serde_json::Value::String(_) => quantity(v),
         other => other.as_u64().unwrap(),
     };
     (count(&status["pending"]), count(&status["queued"]))
@@ -297,9 +302,7 @@ async fn settlements_waiting_together_share_a_transaction_and_each_moves_its_pri
     // A batch is one transaction to the multicall, cheaper per payment than a transfer alone.
     let single = pay(&w, &w.payer);
     let alone = w.facilitator.settle(&single, &w.requirements).await.unwrap();
-    let gas = |r: &serde_json::Value| {
-        u64::from_str_radix(r["gasUsed"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    };
+    let gas = |r: &serde_json::Value| quantity(&r["gasUsed"]);
     let alone = receipt(&w, alone).await;
     assert_eq!(alone["to"].as_str().unwrap().to_lowercase(), w.chain.asset().to_string().to_lowercase());
     let batch = receipt(&w, hashes[0]).await;
@@ -310,9 +313,6 @@ async fn settlements_waiting_together_share_a_transaction_and_each_moves_its_pri
 #[tokio::test]
 async fn a_batch_after_one_was_mined_takes_its_gas_limit_from_it_and_settles() {
     let Some(w) = world_batching(10).await else { return };
-    let hex = |v: &serde_json::Value| {
-        u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    };
     let settle_five = || async {
         let payments: Vec<_> = (0..5).map(|_| pay(&w, &w.payer)).collect();
         let results =
@@ -324,14 +324,14 @@ async fn a_batch_after_one_was_mined_takes_its_gas_limit_from_it_and_settles() {
     };
     // The first batch's limit is the node's estimate (with a margin).
     let first = settle_five().await;
-    let first_used = hex(&receipt(&w, first).await["gasUsed"]);
+    let first_used = quantity(&receipt(&w, first).await["gasUsed"]);
     // The next one's is twice what a payment of the first took, with no estimate asked.
     let second = settle_five().await;
     let sent = rpc(&w, "eth_getTransactionByHash", serde_json::json!([second.to_string()])).await;
-    assert_eq!(hex(&sent["gas"]), 21_000 + 2 * (first_used / 5) * 5, "{sent}");
+    assert_eq!(quantity(&sent["gas"]), 21_000 + 2 * (first_used / 5) * 5, "{sent}");
     let mined = receipt(&w, second).await;
     assert_eq!(mined["status"].as_str(), Some("0x1"), "{mined}");
-    assert!(hex(&mined["gasUsed"]) < hex(&sent["gas"]));
+    assert!(quantity(&mined["gasUsed"]) < quantity(&sent["gas"]));
     assert_eq!(w.chain.balance_of(w.requirements.acceptance.pay_to()).await.unwrap(), 100_000);
 }
 
@@ -600,20 +600,17 @@ async fn a_transfer_alone_after_one_was_mined_takes_its_gas_limit_from_it() {
 
 async fn a_transfer_alone_takes_its_gas_limit_from_the_last(most: usize) {
     let Some((w, proxy)) = world_through_proxy(most, Mining::OnArrival, &[]).await else { return };
-    let hex = |v: &serde_json::Value| {
-        u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    };
     let refused = |outcome, reason| match outcome {
         Err(vendbox_pay::facilitator::SettleError::Refused(r)) => assert_eq!(r.reason, reason),
         other => panic!("refused with {reason:?}, got {other:?}"),
     };
     let once = pay(&w, &w.payer);
     let first = w.facilitator.settle(&once, &w.requirements).await.unwrap();
-    let first_used = hex(&receipt(&w, first).await["gasUsed"]);
+    let first_used = quantity(&receipt(&w, first).await["gasUsed"]);
     let second = settle_together(&w, 1).await.into_iter().next().unwrap();
     let sent = rpc(&w, "eth_getTransactionByHash", serde_json::json!([second.to_string()])).await;
     assert_eq!(sent["to"].as_str().unwrap().to_lowercase(), w.chain.asset().to_string().to_lowercase());
-    assert_eq!(hex(&sent["gas"]), 2 * first_used, "{sent}");
+    assert_eq!(quantity(&sent["gas"]), 2 * first_used, "{sent}");
     // What cannot succeed is sent too, mined reverted, and refused with the reason a dry run
     // would have given: an empty wallet, and an authorization already used.
     let empty = pay(&w, &Wallet::random());

@@ -590,17 +590,7 @@ const CHAIN_PROBES: usize = 25;
 /// what it takes grows only with what the chain already holds.
 async fn chain_block_time(rpc_url: &str, count: usize) -> Duration {
     let http = reqwest::Client::new();
-    let call = |method: &'static str, params: serde_json::Value| {
-        let http = http.clone();
-        async move {
-            let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-            let answer: serde_json::Value =
-                http.post(rpc_url).json(&body).send().await.unwrap().json().await.unwrap();
-            assert!(answer.get("error").is_none(), "{method}: {answer}");
-            answer["result"].clone()
-        }
-    };
-    let accounts = call("eth_accounts", serde_json::json!([])).await;
+    let accounts = rpc(&http, rpc_url, "eth_accounts", serde_json::json!([])).await;
     let accounts = accounts.as_array().unwrap();
     // The last two: neither sends settlements nor mints.
     let (from, to) = (&accounts[accounts.len() - 1], &accounts[accounts.len() - 2]);
@@ -608,18 +598,35 @@ async fn chain_block_time(rpc_url: &str, count: usize) -> Duration {
     for _ in 0..count {
         let transfer = serde_json::json!([{"from": from, "to": to, "value": "0x1"}]);
         let started = Instant::now();
-        call("eth_sendTransactionSync", transfer).await;
+        rpc(&http, rpc_url, "eth_sendTransactionSync", transfer).await;
         times.push(started.elapsed());
     }
     times.sort_unstable();
     times[times.len() / 2]
 }
 
-async fn block_number(rpc_url: &str) -> u64 {
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []});
+/// The result of JSON-RPC `method` with `params` at `rpc_url`; fails the bench on an error.
+async fn rpc(
+    http: &reqwest::Client,
+    rpc_url: &str,
+    method: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     let answer: serde_json::Value =
-        reqwest::Client::new().post(rpc_url).json(&body).send().await.unwrap().json().await.unwrap();
-    u64::from_str_radix(answer["result"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+        http.post(rpc_url).json(&body).send().await.unwrap().json().await.unwrap();
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+/// A JSON-RPC quantity (`0x…`) as a number.
+fn quantity(value: &serde_json::Value) -> u64 {
+    let hex = value.as_str().unwrap_or_else(|| panic!("a quantity, got {value}"));
+    u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap()
+}
+
+async fn block_number(rpc_url: &str) -> u64 {
+    quantity(&rpc(&reqwest::Client::new(), rpc_url, "eth_blockNumber", serde_json::json!([])).await)
 }
 
 /// Gas per payment from real receipts: a transaction per payment against batches of 10 and 50
@@ -665,11 +672,9 @@ async fn gas_per_payment() {
         let transactions: std::collections::BTreeSet<_> = hashes.iter().copied().collect();
         let mut gas = 0u64;
         for tx in &transactions {
-            let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionReceipt", "params": [tx.to_string()]});
-            let receipt: serde_json::Value =
-                http.post(&anvil.rpc_url).json(&body).send().await.unwrap().json().await.unwrap();
-            let used = receipt["result"]["gasUsed"].as_str().expect("a receipt with gasUsed");
-            gas += u64::from_str_radix(used.trim_start_matches("0x"), 16).unwrap();
+            let params = serde_json::json!([tx.to_string()]);
+            let receipt = rpc(&http, &anvil.rpc_url, "eth_getTransactionReceipt", params).await;
+            gas += quantity(&receipt["gasUsed"]);
         }
         let per_payment = gas as f64 / PAYMENTS as f64;
         let baseline = *single_gas.get_or_insert(per_payment);

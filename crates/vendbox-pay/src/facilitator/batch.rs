@@ -168,10 +168,7 @@ impl Batcher {
     /// What a send waits for: on a chain that mines on arrival, its block, since the next batch
     /// waits for it anyway; elsewhere, only the node's pool.
     fn until(&self) -> Until {
-        match self.unmined {
-            Some(_) => Until::Mined { within: WAIT_FOR_PREVIOUS },
-            None => Until::Pooled,
-        }
+        if self.settler.mines_on_arrival { Until::Mined { within: WAIT_FOR_PREVIOUS } } else { Until::Pooled }
     }
 
     /// Where the chain mines on arrival, waits for the previous batch's receipt (at most
@@ -192,7 +189,7 @@ impl Batcher {
         // On a chain that mines on arrival, a transfer that would fail is sent and fails alone:
         // its reason is asked for then (see `Settler::left_unsettled`), not by a dry run of
         // every batch ahead of it.
-        let mut items = if self.unmined.is_some() { items } else { self.dry_run(items).await };
+        let mut items = if self.settler.mines_on_arrival { items } else { self.dry_run(items).await };
         match items.len() {
             0 => {}
             1 => {
